@@ -1,0 +1,34 @@
+# The verbs a newcomer types. Everything installs into the repo (.tools/, .venv/).
+PYTHON ?= python3
+UV := .tools/uv/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: up test bench lint install clean
+
+$(UV):
+	$(PYTHON) -m venv .tools/uv
+	.tools/uv/bin/pip install --quiet --disable-pip-version-check "uv>=0.9,<0.14"
+
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock $(wildcard */pyproject.toml */*/pyproject.toml)
+	$(UV) sync --all-packages --frozen --python $(PYTHON)
+	@touch $@
+
+install: $(VENV)/.installed
+
+up: install
+	$(VENV)/bin/taskengine up
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+bench: install
+	$(VENV)/bin/python -m tests.bench.burndown
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf .venv .tools .pytest_cache .ruff_cache

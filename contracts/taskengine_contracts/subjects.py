@@ -1,0 +1,36 @@
+"""JetStream stream and subject names: the only place they are spelled."""
+
+from __future__ import annotations
+
+from taskengine_contracts.events import Event, topic_of
+
+STREAM = "TASKENGINE"
+"""One stream holds every event, in store order."""
+
+PREFIX = "taskengine"
+ALL = f"{PREFIX}.>"
+
+JOBS = f"{PREFIX}.job.>"
+EXECUTIONS = f"{PREFIX}.execution.>"
+CALLBACKS = f"{PREFIX}.callback.>"
+CLIENTS = f"{PREFIX}.client.>"
+SETTINGS = f"{PREFIX}.settings.>"
+
+POSITION_HEADER = "Taskengine-Position"
+"""Header carrying the event's notification id: its position in the store's global order."""
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+def subject_for(event: Event | type[Event]) -> str:
+    """`taskengine.<topic>`, e.g. `taskengine.job.submitted`."""
+    return f"{PREFIX}.{topic_of(event)}"
+
+
+def subject_for_topic(topic: str) -> str:
+    return f"{PREFIX}.{topic}"
+
+
+def message_id(event: Event) -> str:
+    """`<aggregate id>:<version>`: unique per stored event, so JetStream drops re-publishes."""
+    return f"{event.id}:{event.version}"

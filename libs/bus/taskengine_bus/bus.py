@@ -1,0 +1,145 @@
+"""JetStream plumbing shared by the services: connect, the stream, batched durable consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+from taskengine_contracts import subjects
+from taskengine_contracts.events import AnyEvent, decode
+
+log = logging.getLogger(__name__)
+
+STREAM_MAX_AGE = 7 * 24 * 3600.0
+DUPLICATE_WINDOW = 300.0
+
+
+async def connect(url: str, name: str) -> tuple[Client, JetStreamContext]:
+    """A connection that keeps reconnecting for as long as the process lives."""
+
+    async def on_error(error: Exception) -> None:
+        log.warning("nats: %s", error)
+
+    nc = await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+    )
+    return nc, nc.jetstream(publish_async_max_pending=8000)
+
+
+async def ensure_stream(js: JetStreamContext) -> None:
+    """The one stream for every event (file storage; duplicates dropped by Nats-Msg-Id)."""
+    config = api.StreamConfig(
+        name=subjects.STREAM,
+        subjects=[subjects.ALL],
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS,
+        max_age=STREAM_MAX_AGE,
+        duplicate_window=DUPLICATE_WINDOW,
+    )
+    try:
+        await js.stream_info(subjects.STREAM)
+    except NotFoundError:
+        await js.add_stream(config)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """An event from the bus with its position in the store's global order."""
+
+    position: int
+    event: AnyEvent
+
+
+Handler = Callable[[list[Delivered]], Awaitable[None]]
+
+
+class BatchConsumer:
+    """A durable pull consumer handled a batch at a time, in order.
+
+    The handler commits its effects with a tracking record of the batch's last position, so
+    anything at or below `handled` is a redelivery and is skipped. At most one batch is
+    unacknowledged (`max_ack_pending` = batch size), and a failing batch is retried as a whole,
+    so no later event is handled before an earlier one.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        durable: str,
+        filter_subjects: Sequence[str],
+        handler: Handler,
+        handled: int,
+        batch: int = 500,
+        wait: float = 0.05,
+        idle: Callable[[], Awaitable[None]] | None = None,
+    ):
+        self.js, self.durable, self.filter_subjects = js, durable, list(filter_subjects)
+        self.handler, self.handled, self.batch, self.wait = handler, handled, batch, wait
+        self.idle = idle
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        config = api.ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=api.AckPolicy.ALL,
+            deliver_policy=api.DeliverPolicy.ALL,
+            max_ack_pending=self.batch,
+            ack_wait=120.0,
+            filter_subjects=self.filter_subjects,
+        )
+        await self.js.add_consumer(subjects.STREAM, config)
+        return await self.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM)
+
+    async def run(self) -> None:
+        subscription = await self._subscribe()
+        while True:
+            try:
+                messages = await subscription.fetch(self.batch, timeout=self.wait)
+            except (TimeoutError, nats.errors.TimeoutError):
+                if self.idle:
+                    await self.idle()
+                continue
+            if not messages:
+                continue
+            batch = []
+            for message in messages:
+                position = int((message.headers or {}).get(subjects.POSITION_HEADER, 0))
+                if position and position <= self.handled:
+                    continue
+                try:
+                    batch.append(Delivered(position, decode(message.data)))
+                except msgspec.ValidationError as error:
+                    log.error(
+                        "%s: undecodable event at %s skipped: %s", self.durable, position, error
+                    )
+            if batch:
+                await self._handle(batch)
+                self.handled = max(self.handled, batch[-1].position)
+            await messages[-1].ack()
+            if self.idle:
+                await self.idle()
+
+    async def _handle(self, batch: list[Delivered]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.handler(batch)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "%s: batch of %d failed; retrying in %.1fs", self.durable, len(batch), delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

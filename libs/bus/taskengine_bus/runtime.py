@@ -1,0 +1,95 @@
+"""What every service process shares: configuration, logging, the store, the bus, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import uvloop
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from taskengine_contracts.events import SettingChanged
+from taskengine_core.config import EngineSettings, engine_settings
+from taskengine_core.ids import SETTINGS_STREAM
+from taskengine_core.settings import RuntimeSettings
+from taskengine_store.store import EventStore
+
+from taskengine_bus.bus import connect, ensure_stream
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    name: str
+    config: EngineSettings
+    store: EventStore
+    nc: Client
+    js: JetStreamContext
+    settings: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+    @property
+    def instance(self) -> str:
+        return self.config.instance or f"{self.name}-{os.uname().nodename}"
+
+    async def call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """Runs blocking store work off the event loop: one thread hop per batch."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def load_settings(self) -> None:
+        events = await self.call(self.store.stream, SETTINGS_STREAM)
+        self.settings = RuntimeSettings.fold(e for e in events if isinstance(e, SettingChanged))
+
+    def apply(self, event: object) -> bool:
+        """Applies a settings event; True if it was one."""
+        if isinstance(event, SettingChanged):
+            self.settings.apply(event)
+            log.info("%s: setting %s = %s", self.name, event.name, event.value)
+            return True
+        return False
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
+    """Entry point of a service process: wire everything, run `main`, stop on SIGTERM/SIGINT."""
+    config = engine_settings()
+    configure_logging(config.log_level)
+    if not config.database_url or not config.nats_url:
+        sys.exit(f"{name}: TASKENGINE_DATABASE_URL and TASKENGINE_NATS_URL must be set")
+
+    async def start() -> None:
+        store = EventStore(
+            config.database_url, pool_size=config.pool_size, create_tables=config.create_tables
+        )
+        nc, js = await connect(config.nats_url, name)
+        await ensure_stream(js)
+        runtime = Runtime(name, config, store, nc, js)
+        await runtime.load_settings()
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)  # type: ignore[union-attr]
+        log.info("%s started (instance %s)", name, runtime.instance)
+        try:
+            await main(runtime)
+        except asyncio.CancelledError:
+            log.info("%s stopping", name)
+        finally:
+            await nc.drain()
+            store.close()
+
+    uvloop.run(start())

@@ -1,0 +1,185 @@
+"""The event store: eventsourcing's PostgreSQL process recorder plus each service's own tables.
+
+One `commit()` is one transaction holding new events (with optimistic version checks on their
+streams), an optional tracking record (the consumer's position) and the service's table
+changes, so a consumer's effects and its position can never disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlparse
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
+from psycopg.sql import SQL
+from taskengine_contracts.events import Event, decode, encode, topic_of
+
+from taskengine_store.schema import SCHEMA
+
+log = logging.getLogger(__name__)
+
+Statement = tuple[str, Sequence[Any] | dict[str, Any]]
+"""One SQL statement and its parameters, run inside a commit's transaction."""
+
+
+class Conflict(Exception):
+    """Streams moved by someone else since the caller's view: its events for them are stale."""
+
+    def __init__(self, stale: set[UUID]):
+        super().__init__(f"{len(stale)} stream(s) moved concurrently")
+        self.stale = stale
+
+
+@dataclass(frozen=True)
+class Position:
+    """A stored event and its place in the store's global order (its notification id)."""
+
+    position: int
+    event: Event
+
+
+class _Recorder(PostgresProcessRecorder):
+    """Runs the caller's statements in the same transaction as the events and tracking."""
+
+    def _insert_events(self, curs, stored_events, **kwargs):  # type: ignore[no-untyped-def]
+        super()._insert_events(curs, stored_events, **kwargs)
+        for query, params in kwargs.get("statements", ()):
+            curs.execute(query, params, prepare=True)
+
+
+class EventStore:
+    """Append-only source of truth. Blocking: call it from a thread, once per batch."""
+
+    def __init__(self, database_url: str, pool_size: int = 4, create_tables: bool = False):
+        url = urlparse(database_url)
+        self.datastore = PostgresDatastore(
+            dbname=url.path.lstrip("/") or "postgres",
+            host=url.hostname or "127.0.0.1",
+            port=url.port or 5432,
+            user=unquote(url.username or "postgres"),
+            password=unquote(url.password or ""),
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            connect_timeout=10,
+            pre_ping=True,
+        )
+        self.recorder = _Recorder(self.datastore)
+        if create_tables:
+            self.create_tables()
+        self.datastore.register_type_adapters()
+
+    def create_tables(self) -> None:
+        """Idempotent; run once before services start (concurrent DDL races in PostgreSQL)."""
+        self.recorder.create_table()
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(SCHEMA)
+
+    def close(self) -> None:
+        self.datastore.close()
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def commit(
+        self,
+        events: Sequence[Event] = (),
+        tracking: Tracking | None = None,
+        statements: Sequence[Statement] = (),
+    ) -> list[int]:
+        """Stores everything in one transaction; returns the events' positions.
+
+        Raises `Conflict` naming the streams whose version moved; nothing is stored then.
+        """
+        stored = [
+            StoredEvent(
+                originator_id=e.id, originator_version=e.version, topic=topic_of(e), state=encode(e)
+            )
+            for e in events
+        ]
+        try:
+            ids = self.recorder.insert_events(stored, tracking=tracking, statements=statements)
+        except IntegrityError as error:
+            stale = self._stale_streams(events)
+            if not stale and tracking is not None and self._already_tracked(tracking):
+                raise Conflict(set()) from error
+            if not stale:
+                raise
+            raise Conflict(stale) from error
+        return list(ids or [])
+
+    def _stale_streams(self, events: Sequence[Event]) -> set[UUID]:
+        first: dict[UUID, int] = {}
+        for e in events:
+            first[e.id] = min(e.version, first.get(e.id, e.version))
+        with self.datastore.transaction() as curs:
+            curs.execute(
+                "SELECT originator_id, max(originator_version) AS v FROM stored_events"
+                " WHERE originator_id = ANY(%s) GROUP BY originator_id",
+                (list(first),),
+            )
+            current = {row["originator_id"]: row["v"] for row in curs.fetchall()}
+        return {i for i, v in first.items() if current.get(i, 0) != v - 1}
+
+    def _already_tracked(self, tracking: Tracking) -> bool:
+        done = self.recorder.max_tracking_id(tracking.application_name) or 0
+        return done >= tracking.notification_id
+
+    def next_job_ids(self, count: int) -> list[int]:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute("SELECT nextval('job_id_seq') AS id FROM generate_series(1, %s)", (count,))
+            return [row["id"] for row in curs.fetchall()]
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def stream(self, stream_id: UUID, after: int = 0) -> list[Event]:
+        return [decode(s.state) for s in self.recorder.select_events(stream_id, gt=after or None)]
+
+    def streams(self, stream_ids: Iterable[UUID], version: int | None = None) -> dict[UUID, list]:
+        """Several streams in one query (optionally only one version of each)."""
+        ids = list(stream_ids)
+        result: dict[UUID, list] = {i: [] for i in ids}
+        if not ids:
+            return result
+        query = "SELECT originator_id, state FROM stored_events WHERE originator_id = ANY(%s)"
+        params: list[Any] = [ids]
+        if version is not None:
+            query += " AND originator_version = %s"
+            params.append(version)
+        with self.datastore.transaction() as curs:
+            curs.execute(query + " ORDER BY originator_id, originator_version", params)
+            for row in curs.fetchall():
+                result[row["originator_id"]].append(decode(bytes(row["state"])))
+        return result
+
+    def notifications(self, after: int, limit: int, stop: int | None = None) -> list[Notification]:
+        return list(
+            self.recorder.select_notifications(
+                start=after, limit=limit, stop=stop, inclusive_of_start=False
+            )
+        )
+
+    def events_after(self, after: int, limit: int) -> list[Position]:
+        return [Position(n.id, decode(n.state)) for n in self.notifications(after, limit)]
+
+    def max_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+    def tracked(self, name: str) -> int:
+        return self.recorder.max_tracking_id(name) or 0
+
+    def track(self, name: str, position: int) -> None:
+        self.recorder.insert_tracking(Tracking(name, position))
+
+    def query(self, sql: str | SQL, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict]:
+        with self.datastore.transaction() as curs:
+            curs.execute(sql, params)
+            return list(curs.fetchall())
+
+    def execute(self, statements: Sequence[Statement]) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            for query, params in statements:
+                curs.execute(query, params)

@@ -1,0 +1,186 @@
+"""The admission controller: grants queued jobs a slot and takes it back when they stop.
+
+Its queue (waiting and admitted jobs) is kept in memory and mirrored in `admission_queue`,
+written in the same transaction as the `JobAdmitted` events and the tracking record.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from taskengine_bus import BatchConsumer, Delivered, Runtime
+from taskengine_contracts import subjects
+from taskengine_contracts.events import (
+    JobAdmitted,
+    JobCancelled,
+    JobFailed,
+    JobQueued,
+    JobRetryScheduled,
+    JobSubmitted,
+    JobSucceeded,
+    JobTimedOut,
+)
+from taskengine_core.jobs import JobRef, JobState, advance
+from taskengine_store.store import Conflict, Statement
+
+from taskengine_admission.policy import Entry, Limits, choose
+
+log = logging.getLogger(__name__)
+
+NAME = "admission"
+RELEASES = (JobSucceeded, JobFailed, JobTimedOut, JobCancelled, JobRetryScheduled)
+
+_UPSERT = (
+    "INSERT INTO admission_queue (job_uuid, job_id, client, workflow, priority, version,"
+    " queued_at, admitted, attempt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (job_uuid) DO UPDATE SET priority = excluded.priority,"
+    " version = excluded.version, queued_at = excluded.queued_at,"
+    " admitted = excluded.admitted, attempt = excluded.attempt"
+)
+_DELETE = "DELETE FROM admission_queue WHERE job_uuid = %s"
+
+
+class Admission:
+    def __init__(self, runtime: Runtime, entries: dict[UUID, Entry]):
+        self.runtime = runtime
+        self.entries = entries
+
+    @property
+    def limits(self) -> Limits:
+        s = self.runtime.settings
+        return Limits(s.max_jobs, s.int("priority_slots"), s.int("priority_threshold"))
+
+    async def on_job_events(self, batch: list[Delivered]) -> None:
+        touched: set[UUID] = set()
+        for item in batch:
+            event = item.event
+            if self.runtime.apply(event):
+                continue
+            match event:
+                case JobSubmitted(state="queued") | JobQueued():
+                    attempts = event.attempts if isinstance(event, JobQueued) else 0
+                    self.entries[event.id] = Entry(
+                        event.id,
+                        event.job_id,
+                        event.client,
+                        event.workflow,
+                        event.priority,
+                        event.version,
+                        event.at,
+                        attempt=attempts,
+                    )
+                case JobAdmitted() if event.id in self.entries:
+                    entry = self.entries[event.id]
+                    entry.admitted, entry.version, entry.attempt = (
+                        True,
+                        event.version,
+                        event.attempt,
+                    )
+                case (
+                    JobSucceeded()
+                    | JobFailed()
+                    | JobTimedOut()
+                    | JobCancelled()
+                    | JobRetryScheduled()
+                ):
+                    self.entries.pop(event.id, None)
+            touched.add(event.id)
+        await self._admit(touched, Tracking(NAME, batch[-1].position))
+
+    async def _admit(self, touched: set[UUID], tracking: Tracking) -> None:
+        """Admits what the limits allow; commits admissions, queue rows and position at once."""
+        while True:
+            chosen = choose(self.entries.values(), self.limits)
+            running = sum(e.admitted for e in self.entries.values())
+            events = []
+            for entry in chosen:
+                running += 1
+                ref = JobRef(
+                    entry.job_uuid, entry.job_id, entry.client, entry.version, JobState.QUEUED
+                )
+                events.append(
+                    advance(
+                        ref,
+                        JobAdmitted,
+                        at=datetime.now(UTC),
+                        workflow=entry.workflow,
+                        priority=entry.priority,
+                        attempt=entry.attempt + 1,
+                        running=running,
+                        max_jobs=self.limits.max_jobs,
+                    )
+                )
+            rows = touched | {e.job_uuid for e in chosen}
+            try:
+                await self.runtime.call(
+                    self.runtime.store.commit,
+                    events,
+                    tracking,
+                    self._rows(rows, {e.id: e for e in events}),
+                )
+            except Conflict as conflict:
+                # Those jobs moved meanwhile (e.g. cancelled); their own events will follow.
+                for job in conflict.stale:
+                    self.entries.pop(job, None)
+                touched |= conflict.stale
+                if conflict.stale:
+                    continue
+                return  # the batch was already handled
+            for event in events:
+                entry = self.entries[event.id]
+                entry.admitted, entry.version, entry.attempt = True, event.version, event.attempt
+            return
+
+    def _rows(self, jobs: set[UUID], admitted: dict[UUID, JobAdmitted]) -> list[Statement]:
+        statements: list[Statement] = []
+        for job in jobs:
+            entry = self.entries.get(job)
+            if entry is None:
+                statements.append((_DELETE, (job,)))
+                continue
+            event = admitted.get(job)
+            version = event.version if event else entry.version
+            attempt = event.attempt if event else entry.attempt
+            statements.append(
+                (
+                    _UPSERT,
+                    (
+                        entry.job_uuid,
+                        entry.job_id,
+                        entry.client,
+                        entry.workflow,
+                        entry.priority,
+                        version,
+                        entry.queued_at,
+                        entry.admitted or event is not None,
+                        attempt,
+                    ),
+                )
+            )
+        return statements
+
+
+async def load_entries(runtime: Runtime) -> dict[UUID, Entry]:
+    rows = await runtime.call(runtime.store.query, "SELECT * FROM admission_queue")
+    return {r["job_uuid"]: Entry(**r) for r in rows}
+
+
+async def admission(runtime: Runtime) -> None:
+    service = Admission(runtime, await load_entries(runtime))
+    consumer = BatchConsumer(
+        runtime.js,
+        durable=NAME,
+        filter_subjects=[
+            subjects.subject_for(JobSubmitted),
+            subjects.subject_for(JobQueued),
+            subjects.subject_for(JobAdmitted),
+            *(subjects.subject_for(e) for e in RELEASES),
+            subjects.SETTINGS,
+        ],
+        handler=service.on_job_events,
+        handled=await runtime.call(runtime.store.tracked, NAME),
+    )
+    await consumer.run()

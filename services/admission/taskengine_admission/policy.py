@@ -1,0 +1,69 @@
+"""Which waiting jobs get a slot: priority order (1 highest), then first come first served.
+
+At most `max_jobs` run at once; `priority_slots` of them are reserved for jobs whose priority
+is at or above `priority_threshold` (numerically <=). Priority jobs use reserved slots first,
+so ordinary jobs are never kept waiting by a priority job that could have used a reserved one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+
+@dataclass(slots=True)
+class Entry:
+    job_uuid: UUID
+    job_id: int
+    client: str
+    workflow: str
+    priority: int
+    version: int
+    queued_at: datetime
+    admitted: bool = False
+    attempt: int = 0
+
+    @property
+    def order(self) -> tuple[int, datetime, int]:
+        return (self.priority, self.queued_at, self.job_id)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_jobs: int
+    priority_slots: int
+    priority_threshold: int
+
+    def is_priority(self, entry: Entry) -> bool:
+        return entry.priority <= self.priority_threshold
+
+
+def choose(entries: Iterable[Entry], limits: Limits) -> list[Entry]:
+    """The waiting entries to admit now, in admission order."""
+    reserved = min(limits.priority_slots, limits.max_jobs)
+    running_priority = running_ordinary = 0
+    waiting = []
+    for entry in entries:
+        if entry.admitted:
+            if limits.is_priority(entry):
+                running_priority += 1
+            else:
+                running_ordinary += 1
+        else:
+            waiting.append(entry)
+    chosen = []
+    for entry in sorted(waiting, key=lambda e: e.order):
+        if running_priority + running_ordinary >= limits.max_jobs:
+            break
+        # Ordinary jobs share the unreserved slots with priority jobs that overflowed theirs.
+        overflow = max(0, running_priority - reserved)
+        if limits.is_priority(entry):
+            running_priority += 1
+        elif running_ordinary + overflow < limits.max_jobs - reserved:
+            running_ordinary += 1
+        else:
+            continue
+        chosen.append(entry)
+    return chosen

@@ -1,0 +1,31 @@
+"""Where a running system is: written by `taskengine up`, read by the other commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from taskengine_core.config import EngineSettings
+
+
+def endpoints_file(data_dir: Path) -> Path:
+    return data_dir / "run" / "endpoints.json"
+
+
+def write_endpoints(data_dir: Path, **urls: str) -> None:
+    path = endpoints_file(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(urls, indent=2))
+
+
+def database_url(config: EngineSettings) -> str:
+    """The environment's `TASKENGINE_DATABASE_URL`, else the one `taskengine up` is using."""
+    if config.database_url:
+        return config.database_url
+    path = endpoints_file(config.data_dir)
+    if path.exists():
+        return json.loads(path.read_text())["database_url"]
+    raise SystemExit(
+        "no database: set TASKENGINE_DATABASE_URL or start the system with `make up`"
+        f" (looked for {path})"
+    )

@@ -1,0 +1,120 @@
+"""The `taskengine` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from taskengine_core.clients import new_key
+from taskengine_core.config import engine_settings
+from taskengine_core.workflows import BUILT_IN
+from taskengine_store.store import EventStore
+
+from taskengine_cli import ops
+from taskengine_cli.clients import register
+from taskengine_cli.endpoints import database_url
+
+
+def _store() -> EventStore:
+    return EventStore(database_url(engine_settings()), pool_size=1)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from taskengine_cli.supervisor import Supervisor
+
+    return Supervisor(engine_settings()).run()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    EventStore(database_url(engine_settings()), pool_size=1).create_tables()
+    print("tables ready")
+    return 0
+
+
+def cmd_clients_add(args: argparse.Namespace) -> int:
+    key = args.key or new_key()
+    register(_store(), args.name, key, admin=args.admin)
+    print(f"client {args.name}{' (admin)' if args.admin else ''}: key {key}")
+    return 0
+
+
+def cmd_clients_list(args: argparse.Namespace) -> int:
+    rows = _store().query(
+        "SELECT name, key_hint, admin, registered_at FROM rm_clients ORDER BY name"
+    )
+    for row in rows:
+        admin = " admin" if row["admin"] else ""
+        print(f"{row['name']}\tkey ****{row['key_hint']}\t{row['registered_at']:%Y-%m-%d}{admin}")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    try:
+        ops.print_events(_store(), after=args.after, follow=args.follow, job=args.job)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    store = _store()
+    if args.reset:
+        ops.reset_read_models(store)
+        print("read models emptied; the projector is rebuilding them from position 0")
+        return 0
+    replayed, live, position = ops.replay(store)
+    print(f"position   {position}")
+    print(f"replayed   {replayed}")
+    print(f"live       {live}")
+    print("identical" if replayed == live else "DIFFERENT")
+    return 0 if replayed == live else 1
+
+
+def cmd_workflows(args: argparse.Namespace) -> int:
+    for name, workflow in sorted(BUILT_IN.items()):
+        print(f"{name}\t{workflow.describe}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="taskengine", description="Taskengine operations")
+    sub = root.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the embedded system (servers and services)").set_defaults(
+        func=cmd_up
+    )
+    sub.add_parser("migrate", help="create the tables").set_defaults(func=cmd_migrate)
+
+    clients = sub.add_parser("clients", help="manage API clients").add_subparsers(required=True)
+    add = clients.add_parser("add", help="create a client (or give it a new key); prints the key")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true")
+    add.add_argument("--key", help="use this key instead of a random one")
+    add.set_defaults(func=cmd_clients_add)
+    clients.add_parser("list").set_defaults(func=cmd_clients_list)
+
+    events = sub.add_parser("events", help="print or follow the event log")
+    events.add_argument("--after", type=int, default=0, help="start after this position")
+    events.add_argument("--follow", "-f", action="store_true")
+    events.add_argument("--job", type=int, help="only this job's events")
+    events.set_defaults(func=cmd_events)
+
+    replay = sub.add_parser("replay", help="rebuild read models from position 0, compare hashes")
+    replay.add_argument(
+        "--reset",
+        action="store_true",
+        help="instead, empty the live read models so the projector rebuilds them",
+    )
+    replay.set_defaults(func=cmd_replay)
+
+    workflows = sub.add_parser("workflows", help="list workflows").add_subparsers(required=True)
+    workflows.add_parser("list").set_defaults(func=cmd_workflows)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

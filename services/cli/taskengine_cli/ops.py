@@ -1,0 +1,98 @@
+"""Operator commands over the event store: follow the log, replay the read models."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import msgspec
+from taskengine_contracts.events import Event
+from taskengine_store.projections import PROJECTOR, project, state_hash
+from taskengine_store.schema import READ_MODELS
+from taskengine_store.store import EventStore
+
+REPLAY_PREFIX = "replay_"
+_json = msgspec.json.Encoder()
+
+
+def print_events(
+    store: EventStore,
+    after: int = 0,
+    follow: bool = False,
+    job: int | None = None,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Prints events after a position, one JSON line each; with `follow`, waits for more."""
+    position = after
+    while True:
+        batch = store.events_after(position, 1000)
+        for item in batch:
+            if job is None or getattr(item.event, "job_id", None) == job:
+                out(_line(item.position, item.event))
+        if batch:
+            position = batch[-1].position
+        elif not follow:
+            return position
+        else:
+            time.sleep(0.2)
+
+
+def _line(position: int, event: Event) -> str:
+    return _json.encode({"position": position, "event": event}).decode()
+
+
+def replay(store: EventStore, batch: int = 5000) -> tuple[str, str, int]:
+    """Rebuilds every read model from position 0 into scratch tables.
+
+    Returns (replayed hash, live hash, position): the live hash is taken in one snapshot with
+    the live projector's position, and the replay stops at exactly that position.
+    """
+    live_hash, position = _live_snapshot(store)
+    statements = [(f"DROP TABLE IF EXISTS {REPLAY_PREFIX}{t}", ()) for t in READ_MODELS]
+    statements += [
+        (f"CREATE TABLE {REPLAY_PREFIX}{t} (LIKE {t} INCLUDING ALL)", ()) for t in READ_MODELS
+    ]
+    store.execute(statements)
+    done = 0
+    try:
+        while done < position:
+            items = [p for p in store.events_after(done, batch) if p.position <= position]
+            if not items:
+                break
+            tables = {name.removeprefix("rm_"): REPLAY_PREFIX + name for name in READ_MODELS}
+            jobs, log, clients = tables["jobs"], tables["job_log"], tables["clients"]
+            store.execute(project(items, jobs=jobs, log=log, clients=clients))
+            done = items[-1].position
+        replayed = state_hash(store.query, prefix=REPLAY_PREFIX)
+    finally:
+        store.execute([(f"DROP TABLE IF EXISTS {REPLAY_PREFIX}{t}", ()) for t in READ_MODELS])
+    return replayed, live_hash, position
+
+
+def _live_snapshot(store: EventStore) -> tuple[str, int]:
+    with store.datastore.transaction() as curs:
+        curs.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        curs.execute(
+            "SELECT notification_id FROM notification_tracking WHERE application_name = %s",
+            (PROJECTOR,),
+        )
+        row = curs.fetchone()
+        position = row["notification_id"] if row else 0
+
+        def query(sql: str, params=()):  # type: ignore[no-untyped-def]
+            curs.execute(sql, params)
+            return curs.fetchall()
+
+        return state_hash(query), position
+
+
+def reset_read_models(store: EventStore) -> None:
+    """Empties the read models and rewinds the projector: it rebuilds them from position 0."""
+    statements = [(f"TRUNCATE {t}", ()) for t in READ_MODELS]
+    statements.append(
+        ("DELETE FROM notification_tracking WHERE application_name = %s", (PROJECTOR,))
+    )
+    store.execute(statements)
+
+
+__all__ = ["print_events", "replay", "reset_read_models"]

@@ -1,0 +1,205 @@
+"""`taskengine up`: the embedded default. Servers from wheels, then every service as a process.
+
+Starts a real nats-server and PostgreSQL from their wheels unless `TASKENGINE_NATS_URL` /
+`TASKENGINE_DATABASE_URL` name existing ones, creates the tables once, makes sure a client
+exists, then runs each service as its own process (own process group), restarting any that
+dies. SIGINT/SIGTERM stop every child, then the servers it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from taskengine_core.clients import mask
+from taskengine_core.config import EngineSettings
+from taskengine_embedded import EmbeddedNats, EmbeddedPostgres
+from taskengine_store.store import EventStore
+
+from taskengine_cli.clients import ensure_clients
+from taskengine_cli.endpoints import write_endpoints
+
+SERVICES = ("relay", "projector", "scheduler", "admission", "dispatcher", "notifier", "gateway")
+STOP_GRACE = 10.0
+
+
+@dataclass
+class Child:
+    name: str
+    log_path: Path
+    pid_path: Path
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    started: float = 0.0
+    backoff: float = 0.5
+    next_start: float = 0.0
+
+    def start(self, env: dict[str, str]) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115  (owned by the child from here)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"taskengine_{self.name}"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.started = time.monotonic()
+        self.pid_path.write_text(str(self.process.pid))
+
+    def signal_group(self, signum: int) -> None:
+        if self.process and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+@dataclass
+class Supervisor:
+    config: EngineSettings
+    children: list[Child] = field(default_factory=list)
+    servers: list = field(default_factory=list)
+    stopping: bool = False
+
+    def run(self) -> int:
+        data_dir = self.config.data_dir.resolve()
+        for sub in ("logs", "run"):
+            (data_dir / sub).mkdir(parents=True, exist_ok=True)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+        try:
+            nats_url, database_url = self._servers(data_dir)
+            store = EventStore(database_url, pool_size=1, create_tables=True)
+            banner_clients = ensure_clients(store, self.config, data_dir)
+            store.close()
+            env = {
+                **os.environ,
+                "TASKENGINE_DATABASE_URL": database_url,
+                "TASKENGINE_NATS_URL": nats_url,
+                "TASKENGINE_DATA_DIR": str(data_dir),
+                "TASKENGINE_CREATE_TABLES": "false",
+            }
+            gateway_url = f"http://{self.config.host}:{self.config.port}"
+            write_endpoints(
+                data_dir, database_url=database_url, nats_url=nats_url, gateway_url=gateway_url
+            )
+            for name in SERVICES:
+                child = Child(
+                    name, data_dir / "logs" / f"{name}.log", data_dir / "run" / f"{name}.pid"
+                )
+                child.start({**env, "TASKENGINE_INSTANCE": f"{name}-0"})
+                self.children.append(child)
+            ready = self._wait_ready(gateway_url)
+            self._banner(data_dir, gateway_url, nats_url, database_url, banner_clients, ready)
+            self._watch(env)
+        finally:
+            self._stop()
+        return 0
+
+    def _servers(self, data_dir: Path) -> tuple[str, str]:
+        nats_url, database_url = self.config.nats_url, self.config.database_url
+        if not nats_url:
+            server = EmbeddedNats(data_dir / "nats")
+            nats_url = server.start()
+            self.servers.append(server)
+        if not database_url:
+            server = EmbeddedPostgres(data_dir / "postgres")
+            database_url = server.start()
+            self.servers.append(server)
+        return nats_url, database_url
+
+    def _wait_ready(self, gateway_url: str, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            try:
+                with urllib.request.urlopen(gateway_url + "/", timeout=1) as response:
+                    if response.status == 200:
+                        return True
+            except OSError:
+                time.sleep(0.2)
+        return False
+
+    def _banner(self, data_dir, gateway_url, nats_url, database_url, clients, ready) -> None:  # type: ignore[no-untyped-def]
+        lines = [
+            "",
+            f"Taskengine is {'up' if ready else 'starting (gateway not answering yet)'}",
+            f"  gateway     {gateway_url}",
+            f"  NATS        {nats_url}",
+            f"  PostgreSQL  {database_url}",
+            f"  data        {data_dir}",
+            f"  logs        {data_dir / 'logs'}/<service>.log",
+            "",
+        ]
+        for name, key, shown in clients:
+            lines.append(f"  client {name}: key {key if shown else mask(key)}")
+        if clients:
+            name, key, _ = clients[0]
+            lines += [
+                "",
+                "  Authenticate with any of:",
+                f"    -H 'client: {name}' -H 'api-key: <key>'",
+                "    -H 'Authorization: Bearer <key>'",
+                f"    -u '{name}:<key>'",
+                "",
+                f"  curl -s {gateway_url}/job -H 'client: {name}' -H 'api-key: <key>' \\",
+                "    -H 'Content-Type: application/json' \\",
+                f'    -d \'{{"client": "{name}", "job": {{"workflow": "echo"}}, '
+                '"parameters": {"hello": "world"}}\'',
+            ]
+        lines += ["", "Ctrl-C stops everything.", ""]
+        print("\n".join(lines), flush=True)
+
+    def _watch(self, env: dict[str, str]) -> None:
+        while not self.stopping:
+            now = time.monotonic()
+            for child in self.children:
+                process = child.process
+                if process is None or process.poll() is None:
+                    if process is None and now >= child.next_start:
+                        child.start({**env, "TASKENGINE_INSTANCE": f"{child.name}-0"})
+                    continue
+                # It died: restart with backoff, reset once it stays up a minute.
+                code = process.returncode
+                child.process = None
+                if now - child.started > 60:
+                    child.backoff = 0.5
+                child.restarts += 1
+                child.next_start = now + child.backoff
+                print(
+                    f"{child.name} exited ({code}); restarting in {child.backoff:.1f}s"
+                    f" (see {child.log_path})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                child.backoff = min(child.backoff * 2, 30.0)
+            time.sleep(0.2)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _stop(self) -> None:
+        for child in self.children:
+            child.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for child in self.children:
+            if child.process:
+                try:
+                    child.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    pass
+            child.signal_group(signal.SIGKILL)
+            if child.process:
+                child.process.wait()
+            child.pid_path.unlink(missing_ok=True)
+        for server in reversed(self.servers):
+            server.stop()
+        if self.children:
+            print("Taskengine stopped.", flush=True)

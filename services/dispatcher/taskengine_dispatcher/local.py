@@ -1,0 +1,99 @@
+"""The local executor: runs a workflow's steps as real subprocesses on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from taskengine_contracts.events import LogLine
+from taskengine_core.workflows import Step
+
+MAX_LINE = 8192
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended: `succeeded`, `failed` (with exit code) or `timed_out`."""
+
+    status: str
+    reason: str = ""
+    exit_code: int | None = None
+    timeout: float = 0.0
+
+
+def _die_with_parent() -> None:
+    # A step must not outlive a dispatcher killed with -9.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+async def run_steps(
+    steps: list[Step],
+    env: dict[str, str],
+    timeout: float,
+    emit: Callable[[LogLine], None],
+) -> Outcome:
+    """Runs `steps` in order, streaming their output to `emit`; stops at the first failure."""
+    deadline = time.monotonic() + timeout
+    for number, step in enumerate(steps, start=1):
+        emit(_line(number, "INFO", f"'{step.name}' started: {' '.join(step.argv)[:200]}"))
+        remaining = deadline - time.monotonic()
+        limit = min(remaining, step.timeout) if step.timeout else remaining
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *step.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, **env},
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                limit=2**20,
+            )
+        except OSError as error:
+            emit(_line(number, "ERROR", f"'{step.name}' could not start: {error}"))
+            return Outcome("failed", f"step '{step.name}' could not start: {error}", 127)
+        try:
+            code = await asyncio.wait_for(_supervise(process, number, emit), timeout=max(limit, 0))
+        except TimeoutError:
+            _kill(process)
+            await process.wait()
+            emit(_line(number, "ERROR", f"'{step.name}' timed out after {limit:g}s"))
+            return Outcome("timed_out", f"step '{step.name}' timed out", timeout=limit)
+        except asyncio.CancelledError:
+            _kill(process)
+            raise
+        if code != 0:
+            emit(_line(number, "ERROR", f"'{step.name}' failed with exit code {code}"))
+            return Outcome("failed", f"step '{step.name}' exited with {code}", code)
+        emit(_line(number, "INFO", f"'{step.name}' completed successfully"))
+    return Outcome("succeeded")
+
+
+async def _supervise(
+    process: asyncio.subprocess.Process, step: int, emit: Callable[[LogLine], None]
+) -> int:
+    async def pump(stream: asyncio.StreamReader | None, severity: str) -> None:
+        assert stream is not None
+        while raw := await stream.readline():
+            emit(_line(step, severity, raw[:MAX_LINE].decode(errors="replace").rstrip("\n")))
+
+    await asyncio.gather(pump(process.stdout, "INFO"), pump(process.stderr, "ERROR"))
+    return await process.wait()
+
+
+def _kill(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _line(step: int, severity: str, text: str) -> LogLine:
+    return LogLine(datetime.now(UTC), step, severity, text)  # type: ignore[arg-type]

@@ -1,0 +1,57 @@
+"""The gateway process: the only HTTP entry point, serving every dialect from one app."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from litestar import Litestar, Request
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from taskengine_bus import Runtime
+
+from taskengine_gateway.auth import Authenticator, Client
+from taskengine_gateway.errors import http_error, internal_error
+from taskengine_gateway.state import GatewayState
+from taskengine_gateway.submitter import Submitter
+from taskengine_gateway.taskengine_api import TaskEngineController
+
+log = logging.getLogger(__name__)
+
+
+def create_app(state: GatewayState) -> Litestar:
+    async def provide_state() -> GatewayState:
+        return state
+
+    async def provide_client(request: Request) -> Client:
+        return await state.authenticator.authenticate(request)
+
+    return Litestar(
+        route_handlers=[TaskEngineController],
+        dependencies={"gateway": Provide(provide_state), "client": Provide(provide_client)},
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        request_max_body_size=state.runtime.config.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="Taskengine", version="0.1.0", path="/schema"),
+        logging_config=None,
+    )
+
+
+async def gateway(runtime: Runtime) -> None:
+    state = GatewayState(runtime, Submitter(runtime), Authenticator(runtime))
+    state.submitter.start()
+    config = uvicorn.Config(
+        create_app(state),
+        host=runtime.config.host,
+        port=runtime.config.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    try:
+        await server.serve()
+    finally:
+        server.should_exit = True
+        await state.submitter.stop()

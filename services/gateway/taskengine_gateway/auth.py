@@ -1,0 +1,101 @@
+"""Who is calling: a client's key in any of the seeds' header styles.
+
+`client` + `api-key` headers (Task Engine), `Authorization: Bearer <key>` (work tasks,
+scheduled tasks) and `Authorization: Basic client:key` (container tasks). Keys are kept only as
+PBKDF2 hashes; a successful check is remembered by digest so the slow hash runs once per key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import time
+from dataclasses import dataclass
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from taskengine_bus import Runtime
+from taskengine_contracts.events import ClientRegistered
+from taskengine_core.clients import key_lookup, verify_key
+from taskengine_core.ids import client_stream
+
+CACHE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    admin: bool
+
+
+@dataclass(frozen=True)
+class _Record:
+    name: str
+    key_hash: str
+    admin: bool
+    loaded: float
+
+
+class Authenticator:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.records: dict[str, _Record] = {}
+        self.verified: dict[tuple[str, str, str], bool] = {}
+
+    async def authenticate(self, connection: ASGIConnection) -> Client:
+        name, key = credentials(connection)
+        if not key:
+            raise NotAuthorizedException("missing credentials: send client and api-key headers")
+        candidates = [await self._record(name)] if name else await self._by_key(key)
+        for record in candidates:
+            if record and self._check(record, key):
+                return Client(record.name, record.admin)
+        raise NotAuthorizedException("invalid client or api-key")
+
+    def _check(self, record: _Record, key: str) -> bool:
+        cache_key = (record.name, record.key_hash, hashlib.sha256(key.encode()).hexdigest())
+        if cache_key not in self.verified:
+            if len(self.verified) > 10_000:
+                self.verified.clear()
+            self.verified[cache_key] = verify_key(key, record.key_hash)
+        return self.verified[cache_key]
+
+    async def _record(self, name: str) -> _Record | None:
+        record = self.records.get(name)
+        if record and time.monotonic() - record.loaded < CACHE_SECONDS:
+            return record
+        events = await self.runtime.call(self.runtime.store.stream, client_stream(name))
+        registrations = [e for e in events if isinstance(e, ClientRegistered)]
+        if not registrations:
+            return None
+        last = registrations[-1]
+        record = _Record(last.name, last.key_hash, last.admin, time.monotonic())
+        self.records[name] = record
+        return record
+
+    async def _by_key(self, key: str) -> list[_Record | None]:
+        rows = await self.runtime.call(
+            self.runtime.store.query,
+            "SELECT name FROM rm_clients WHERE key_lookup = %s",
+            (key_lookup(key),),
+        )
+        return [await self._record(row["name"]) for row in rows]
+
+
+def credentials(connection: ASGIConnection) -> tuple[str | None, str | None]:
+    """(client name or None, key or None) from whichever header style the caller used."""
+    headers = connection.headers
+    if key := headers.get("api-key") or headers.get("x-api-key"):
+        return headers.get("client"), key
+    authorization = headers.get("authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return None, value.strip()
+    if scheme.lower() == "basic" and value.strip():
+        try:
+            name, _, key = base64.b64decode(value.strip()).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise NotAuthorizedException("malformed Basic credentials") from None
+        return name or None, key or None
+    return None, None

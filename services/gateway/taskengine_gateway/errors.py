@@ -1,0 +1,35 @@
+"""Errors in the seed's shape: `{"error": message}` with the right status, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_403_FORBIDDEN
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(HTTPException):
+    status_code = HTTP_400_BAD_REQUEST
+
+
+class Forbidden(HTTPException):
+    status_code = HTTP_403_FORBIDDEN
+
+
+def http_error(request: Request, error: HTTPException) -> Response:
+    detail = error.detail
+    if error.status_code == 413:
+        detail = "request body too large"
+    elif error.status_code == 405:
+        detail = f"method {request.method} not allowed on {request.url.path}"
+    elif error.status_code == 404 and detail == "Not Found":
+        detail = f"no such endpoint: {request.method} {request.url.path}"
+    return Response({"error": detail}, status_code=error.status_code)
+
+
+def internal_error(request: Request, error: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return Response({"error": "internal error"}, status_code=500)

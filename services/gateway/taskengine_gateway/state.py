@@ -1,0 +1,17 @@
+"""What the gateway's handlers are given: the runtime, the submitter, the authenticator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from taskengine_bus import Runtime
+
+from taskengine_gateway.auth import Authenticator
+from taskengine_gateway.submitter import Submitter
+
+
+@dataclass
+class GatewayState:
+    runtime: Runtime
+    submitter: Submitter
+    authenticator: Authenticator

@@ -1,0 +1,252 @@
+"""The Task Engine dialect (seed 002): `/`, `/job`, `/jobs/<id>`, `/logs/<id>`, `/settings`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.exceptions import NotFoundException
+from taskengine_contracts.events import Event, JobEvent, JobSubmitted, SettingChanged
+from taskengine_core import workflows
+from taskengine_core.errors import DomainError
+from taskengine_core.ids import SETTINGS_STREAM, job_stream
+from taskengine_core.jobs import Job, JobState
+from taskengine_core.settings import validate_setting
+
+from taskengine_gateway.auth import Client
+from taskengine_gateway.errors import BadRequest, Forbidden
+from taskengine_gateway.state import GatewayState
+
+QUEUE_STATE = {
+    JobState.QUEUED: ("queued", 0),
+    JobState.ADMITTED: ("started", 1),
+    JobState.RUNNING: ("started", 1),
+    JobState.SUCCEEDED: ("completed", 2),
+    JobState.FAILED: ("completed", 2),
+    JobState.TIMED_OUT: ("completed", 2),
+    JobState.RETRY_WAIT: ("pending", 3),
+    JobState.CANCELLED: ("broken", 4),
+    JobState.BROKEN: ("broken", 4),
+    JobState.SCHEDULED: ("scheduled", 5),
+    JobState.PAUSED: ("paused", 6),
+}
+MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 1, 10, 5
+
+
+def stamp(moment: datetime) -> str:
+    """The seed's timestamps: UTC, milliseconds, `Z`."""
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def parse_run_at(value: object) -> datetime:
+    """`yyyy-MM-ddTHH:mm:ss.fff` in UTC (an explicit offset or `Z` is accepted too)."""
+    if not isinstance(value, str):
+        raise BadRequest("run_at must be a string like 2030-01-31T14:30:00.000 (UTC)")
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"run_at {value!r} is not yyyy-MM-ddTHH:mm:ss.fff (UTC)") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_priority(value: object) -> int:
+    if isinstance(value, bool):
+        raise BadRequest("priority must be an integer from 1 (highest) to 10")
+    try:
+        priority = int(value) if isinstance(value, (int, str)) else None  # type: ignore[arg-type]
+    except ValueError:
+        priority = None
+    if priority is None or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise BadRequest(f"priority must be an integer from 1 (highest) to 10, got {value!r}")
+    return priority
+
+
+def parse_callbacks(parameters: dict[str, Any]) -> list[str]:
+    endpoints = parameters.get("rest_endpoints", [])
+    if not isinstance(endpoints, list) or not all(isinstance(u, str) for u in endpoints):
+        raise BadRequest("parameters.rest_endpoints must be a list of URLs")
+    for url in endpoints:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadRequest(f"parameters.rest_endpoints: {url!r} is not an http(s) URL")
+    return endpoints
+
+
+def parse_timeout(parameters: dict[str, Any]) -> float | None:
+    timeout = parameters.get("timeout")
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise BadRequest("parameters.timeout must be a positive number of seconds")
+    return float(timeout)
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise BadRequest(f"malformed JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def job_submission(data: dict[str, Any], client: Client) -> tuple[str, dict, int, datetime | None]:
+    """Validates a `POST /job` body; returns (workflow, parameters, priority, run_at)."""
+    if "client" in data and data["client"] != client.name:
+        raise Forbidden(f"body client {data['client']!r} does not match the credentials")
+    job = data.get("job")
+    if not isinstance(job, dict) or not isinstance(job.get("workflow"), str):
+        raise BadRequest("job.workflow is required and must be a string")
+    parameters = data.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise BadRequest("parameters must be a JSON object")
+    try:
+        workflows.validate(job["workflow"], parameters)
+    except (DomainError, ValueError) as error:
+        raise BadRequest(str(error)) from None
+    priority = parse_priority(data["priority"]) if "priority" in data else DEFAULT_PRIORITY
+    run_at = parse_run_at(data["run_at"]) if data.get("run_at") is not None else None
+    return job["workflow"], parameters, priority, run_at
+
+
+def job_view(job: Job, position: int) -> dict[str, Any]:
+    queue_state, _ = QUEUE_STATE[job.state]
+    return {
+        "id": job.job_id,
+        "client": job.client,
+        "workflow": job.workflow,
+        "priority": job.priority,
+        "position": position,
+        "top_of_queue": position == 1,
+        "parameters": job.parameters,
+        "created_at": stamp(job.created_at),
+        "updated_at": stamp(job.updated_at),
+        "queue_state": queue_state,
+        "failed": job.failed,
+        "run_at": stamp(job.run_at),
+    }
+
+
+class TaskEngineController(Controller):
+    """Seed 002. Every route but `/` needs a client's credentials."""
+
+    @get("/", operation_id="alive")
+    async def alive(self) -> dict[str, str]:
+        return {"result": "alive"}
+
+    @post("/job", operation_id="submit_job", status_code=200)
+    async def submit_job(self, request: Request, gateway: GatewayState, client: Client) -> dict:
+        data = decode_object(await request.body())
+        workflow, parameters, priority, run_at = job_submission(data, client)
+        callbacks = parse_callbacks(parameters)
+        timeout = parse_timeout(parameters)
+        now = datetime.now(UTC)
+        due = run_at if run_at and run_at > now else None
+
+        def build(number: int) -> list[Event]:
+            return [
+                JobSubmitted(
+                    id=job_stream(number),
+                    version=1,
+                    at=now,
+                    job_id=number,
+                    client=client.name,
+                    workflow=workflow,
+                    parameters=parameters,
+                    priority=priority,
+                    run_at=run_at or now,
+                    state="scheduled" if due else "queued",
+                    callbacks=callbacks,
+                    timeout=timeout,
+                )
+            ]
+
+        number = await gateway.submitter.submit(build)
+        return {"id": number, "result": "accepted"}
+
+    @get("/jobs/{job_id:str}", operation_id="get_job")
+    async def get_job(self, job_id: str, gateway: GatewayState, client: Client) -> dict:
+        job = await load_job(gateway, job_id, client)
+        return job_view(job, await queue_position(gateway, job))
+
+    @get("/logs/{job_id:str}", operation_id="get_logs")
+    async def get_logs(self, job_id: str, gateway: GatewayState, client: Client) -> list[dict]:
+        job = await load_job(gateway, job_id, client)
+        rows = await gateway.runtime.call(
+            gateway.runtime.store.query,
+            "SELECT * FROM rm_job_log WHERE job_id = %s ORDER BY id",
+            (job.job_id,),
+        )
+        return [
+            {
+                "id": row["id"],
+                "job_id": row["job_id"],
+                "severity": row["severity"],
+                "severity_description": ("DEBUG", "INFO", "WARN", "ERROR")[row["severity"]],
+                "progname": row["progname"],
+                "message": row["message"],
+                "created_at": stamp(row["created_at"]),
+                "updated_at": stamp(row["created_at"]),
+                "task_id": row["task_id"],
+                "visible": True,
+            }
+            for row in rows
+        ]
+
+    @post("/settings", operation_id="update_setting", status_code=200)
+    async def update_setting(self, request: Request, gateway: GatewayState, client: Client) -> dict:
+        data = decode_object(await request.body())
+        try:
+            name, value = validate_setting(data.get("name"), data.get("setting"))
+        except DomainError as error:
+            raise BadRequest(str(error)) from None
+        store = gateway.runtime.store
+
+        def append() -> bool:
+            existing = store.stream(SETTINGS_STREAM)
+            created = not any(isinstance(e, SettingChanged) and e.name == name for e in existing)
+            store.commit(
+                [
+                    SettingChanged(
+                        id=SETTINGS_STREAM,
+                        version=len(existing) + 1,
+                        at=datetime.now(UTC),
+                        name=name,
+                        value=value,
+                    )
+                ]
+            )
+            return created
+
+        created = await gateway.runtime.call(append)
+        return {"result": "ok", "message": f"{name} setting {'created' if created else 'updated'}"}
+
+
+async def load_job(gateway: GatewayState, job_id: str, client: Client) -> Job:
+    """The caller's job rebuilt from its events; another client's job does not exist for it."""
+    if not job_id.isdigit():
+        raise NotFoundException(f"job {job_id!r} not found")
+    events = await gateway.runtime.call(gateway.runtime.store.stream, job_stream(int(job_id)))
+    job = Job.fold(e for e in events if isinstance(e, JobEvent))
+    if job is None or job.client != client.name:
+        raise NotFoundException(f"job {job_id} not found")
+    return job
+
+
+async def queue_position(gateway: GatewayState, job: Job) -> int:
+    """1-based place in admission order among queued jobs; 0 when the job is not waiting."""
+    if job.state != JobState.QUEUED:
+        return 0
+    rows = await gateway.runtime.call(
+        gateway.runtime.store.query,
+        "SELECT count(*) AS ahead FROM rm_jobs WHERE state = 'queued'"
+        " AND (priority, updated_at, job_id) < (%s, %s, %s)",
+        (job.priority, job.updated_at, job.job_id),
+    )
+    return rows[0]["ahead"] + 1

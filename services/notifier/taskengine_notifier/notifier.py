@@ -1,0 +1,237 @@
+"""The notifier: POSTs a job's lifecycle to the URLs in its `rest_endpoints`.
+
+Deliveries due are rows of `notifier_deliveries`, written with the consumer's tracking record;
+each attempt's result is an event (`CallbackDelivered`, `CallbackAttemptFailed`), so the job
+log shows every delivery. Failed attempts are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import httpx
+import msgspec
+from eventsourcing.persistence import Tracking
+from taskengine_bus import BatchConsumer, Delivered, Runtime
+from taskengine_contracts import subjects
+from taskengine_contracts.events import (
+    CallbackAttemptFailed,
+    CallbackDelivered,
+    Event,
+    JobFailed,
+    JobStarted,
+    JobSucceeded,
+    JobTimedOut,
+)
+from taskengine_core.ids import callback_stream
+from taskengine_core.jobs import state_after
+from taskengine_store.store import Statement
+
+from taskengine_notifier.guard import CallbackGuard, parse_allowlist
+
+log = logging.getLogger(__name__)
+
+NAME = "notifier"
+MAX_ATTEMPTS = 10
+MAX_BACKOFF = 60.0
+CONCURRENCY = 64
+NOTIFIED = {JobStarted: "start", JobSucceeded: "complete", JobFailed: "fail", JobTimedOut: "fail"}
+
+_INSERT = (
+    "INSERT INTO notifier_deliveries (id, job_id, url, event, body, attempts, next_at)"
+    " VALUES (%s, %s, %s, %s, %s, 0, %s) ON CONFLICT (id) DO NOTHING"
+)
+_RESCHEDULE = "UPDATE notifier_deliveries SET attempts = %s, next_at = %s WHERE id = %s"
+_DELETE = "DELETE FROM notifier_deliveries WHERE id = %s"
+
+
+class CallbackBody(msgspec.Struct, frozen=True):
+    """What a receiver gets: the job, what happened, and its state after it."""
+
+    id: int
+    job_id: int
+    client: str
+    event: str
+    status: str
+    workflow: str
+    attempt: int
+    at: datetime
+    failed: bool
+    reason: str | None = None
+
+
+@dataclass(order=True)
+class Delivery:
+    next_at: float
+    id: UUID = field(compare=False)
+    job_id: int = field(compare=False)
+    url: str = field(compare=False)
+    event: str = field(compare=False)
+    body: bytes = field(compare=False)
+    attempts: int = field(compare=False, default=0)
+
+
+def deliveries_for(event: Event) -> list[tuple]:
+    """Rows for the callbacks an event asks for (none unless the job has rest_endpoints)."""
+    kind = NOTIFIED.get(type(event))
+    callbacks = getattr(event, "callbacks", [])
+    if kind is None or not callbacks:
+        return []
+    state = state_after(event)  # type: ignore[arg-type]
+    body = msgspec.json.encode(
+        CallbackBody(
+            id=event.job_id,
+            job_id=event.job_id,
+            client=event.client,
+            event=kind,  # type: ignore[attr-defined]
+            status=str(state),
+            workflow=event.workflow,
+            attempt=event.attempt,  # type: ignore[attr-defined]
+            at=event.at,
+            failed=kind == "fail",
+            reason=getattr(event, "reason", None),
+        )
+    )
+    return [
+        (
+            callback_stream(event.job_id, f"{kind}:{event.version}", url),
+            event.job_id,
+            url,
+            kind,  # type: ignore[attr-defined]
+            body,
+            event.at,
+        )
+        for url in callbacks
+    ]
+
+
+class Notifier:
+    def __init__(self, runtime: Runtime, client: httpx.AsyncClient):
+        self.runtime = runtime
+        self.client = client
+        self.guard = CallbackGuard(parse_allowlist(runtime.config.callback_allowlist))
+        self.due: list[Delivery] = []
+        self.wake = asyncio.Event()
+
+    def schedule(self, row: tuple, attempts: int = 0) -> None:
+        delivery_id, job_id, url, kind, body, at = row
+        heapq.heappush(
+            self.due, Delivery(_mono(at), delivery_id, job_id, url, kind, body, attempts)
+        )
+        self.wake.set()
+
+    async def on_job_events(self, batch: list[Delivered]) -> None:
+        rows = []
+        for item in batch:
+            self.runtime.apply(item.event)
+            rows.extend(deliveries_for(item.event))
+        statements = [(_INSERT, row) for row in rows]
+        await self.runtime.call(
+            self.runtime.store.commit, (), Tracking(NAME, batch[-1].position), statements
+        )
+        for row in rows:
+            self.schedule(row)
+
+    async def deliver_forever(self) -> None:
+        while True:
+            now = time.monotonic()
+            batch = []
+            while self.due and self.due[0].next_at <= now and len(batch) < CONCURRENCY:
+                batch.append(heapq.heappop(self.due))
+            if not batch:
+                self.wake.clear()
+                wait = self.due[0].next_at - now if self.due else None
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+                continue
+            results = await asyncio.gather(*(self.attempt(d) for d in batch))
+            events: list[Event] = []
+            statements: list[Statement] = []
+            for delivery, (status, error) in zip(batch, results, strict=True):
+                delivery.attempts += 1
+                event, statement = self.record(delivery, status, error)
+                events.append(event)
+                statements.append(statement)
+            await self.runtime.call(self.runtime.store.commit, events, None, statements)
+
+    async def attempt(self, delivery: Delivery) -> tuple[int | None, str | None]:
+        refusal = await self.guard.refusal(delivery.url)
+        if refusal:
+            return None, f"refused: {refusal}"
+        try:
+            response = await self.client.post(
+                delivery.url,
+                content=delivery.body,
+                headers={"content-type": "application/json", "webhook-id": str(delivery.id)},
+            )
+        except httpx.HTTPError as error:
+            return None, f"{type(error).__name__}: {error}"[:300]
+        if response.status_code < 300:
+            return response.status_code, None
+        return response.status_code, f"HTTP {response.status_code}"
+
+    def record(self, d: Delivery, status: int | None, error: str | None) -> tuple[Event, Statement]:
+        common = {
+            "id": d.id,
+            "version": d.attempts,
+            "at": datetime.now(UTC),
+            "job_id": d.job_id,
+            "url": d.url,
+            "event": d.event,
+        }
+        if error is None:
+            return (
+                CallbackDelivered(status_code=status or 0, attempts=d.attempts, **common),
+                (_DELETE, (d.id,)),
+            )
+        final = d.attempts >= MAX_ATTEMPTS or error.startswith("refused")
+        if final:
+            event = CallbackAttemptFailed(attempt=d.attempts, error=error, next_at=None, **common)
+            return event, (_DELETE, (d.id,))
+        delay = min(2.0 ** (d.attempts - 1), MAX_BACKOFF)
+        next_at = datetime.now(UTC) + timedelta(seconds=delay)
+        d.next_at = time.monotonic() + delay
+        heapq.heappush(self.due, d)
+        event = CallbackAttemptFailed(attempt=d.attempts, error=error, next_at=next_at, **common)
+        return event, (_RESCHEDULE, (d.attempts, next_at, d.id))
+
+
+def _mono(at: datetime) -> float:
+    return time.monotonic() + (at - datetime.now(UTC)).total_seconds()
+
+
+async def notifier(runtime: Runtime) -> None:
+    async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
+        service = Notifier(runtime, client)
+        for row in await runtime.call(runtime.store.query, "SELECT * FROM notifier_deliveries"):
+            service.schedule(
+                (
+                    row["id"],
+                    row["job_id"],
+                    row["url"],
+                    row["event"],
+                    bytes(row["body"]),
+                    row["next_at"],
+                ),
+                row["attempts"],
+            )
+        consumer = BatchConsumer(
+            runtime.js,
+            durable=NAME,
+            filter_subjects=[*(subjects.subject_for(e) for e in NOTIFIED), subjects.SETTINGS],
+            handler=service.on_job_events,
+            handled=await runtime.call(runtime.store.tracked, NAME),
+        )
+        sender = asyncio.create_task(service.deliver_forever())
+        try:
+            await consumer.run()
+        finally:
+            sender.cancel()
