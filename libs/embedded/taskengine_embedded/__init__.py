@@ -1,0 +1,5 @@
+"""Real nats-server and PostgreSQL started from wheels, for the embedded default and tests."""
+
+from .servers import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port
+
+__all__ = ["EmbeddedNats", "EmbeddedPostgres", "EmbeddedServerError", "free_port"]

@@ -1,0 +1,163 @@
+"""Real nats-server and PostgreSQL processes started from the wheels; no mocks."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import psycopg
+import pytest
+from taskengine_embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port
+from taskengine_embedded._nobody import as_nobody, must_drop_root
+from taskengine_embedded._process import descendants, port_open
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def data_root() -> Iterator[Path]:
+    # pytest's tmp_path lives under a root-only dir that uid 65534 (postgres as root) cannot enter
+    root = Path(tempfile.mkdtemp(prefix="te-embedded-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_closed(port: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while port_open(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_free_port_avoids_busy_port() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        assert free_port(taken) != taken
+    assert free_port(taken) == taken
+
+
+async def test_nats_jetstream_roundtrip(data_root: Path) -> None:
+    server = EmbeddedNats(data_root / "nats")
+    url = server.start()
+    assert server.port != 4222  # the machine's own nats-server keeps 4222
+    assert server.pid is not None
+    try:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        await js.add_stream(name="EMBEDDED", subjects=["embedded.>"])
+        ack = await js.publish("embedded.hello", b"hi")
+        assert ack.stream == "EMBEDDED" and ack.seq == 1
+        msg = await js.get_msg("EMBEDDED", 1)
+        assert msg.data == b"hi"
+        await nc.close()
+    finally:
+        server.stop()
+    assert server.pid is None
+    assert _wait_closed(server.port)
+    assert (data_root / "nats" / "jetstream").is_dir()
+
+
+def test_nats_fixed_port_in_use_is_reported(data_root: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        server = EmbeddedNats(data_root / "nats", port=busy.getsockname()[1])
+        with pytest.raises(EmbeddedServerError, match="already in use"):
+            server.start()
+
+
+def test_postgres_data_survives_restart(data_root: Path) -> None:
+    pg = EmbeddedPostgres(data_root / "pg")
+    with pg:
+        assert pg.port != 5432  # the machine's own PostgreSQL keeps 5432
+        assert pg.url.endswith("/taskengine")
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (v text)")
+            conn.execute("INSERT INTO t VALUES ('kept')")
+    assert pg.pid is None
+    assert _wait_closed(pg.port)
+
+    with EmbeddedPostgres(data_root / "pg") as again:
+        with psycopg.connect(again.url) as conn:
+            assert conn.execute("SELECT v FROM t").fetchall() == [("kept",)]
+
+
+def test_postgres_restarts_after_kill_with_recycled_pid(data_root: Path) -> None:
+    pg = EmbeddedPostgres(data_root / "pg", database="other")
+    pg.start()
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t AS SELECT 1 AS v")
+    pid = pg.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # a crash: postmaster.pid stays behind
+    pg.stop()
+    pid_file = data_root / "pg" / "postmaster.pid"
+    assert pid_file.exists()
+    # simulate pid reuse: the stale file now names a live process that is not postgres,
+    # owned by the server's uid (postgres itself treats a pid it may not signal as stale)
+    sleeper = ["sleep", "60"]
+    squatter = subprocess.Popen(as_nobody(sleeper) if must_drop_root() else sleeper)
+    try:
+        lines = pid_file.read_text().splitlines()
+        pid_file.write_text("\n".join([str(squatter.pid), *lines[1:]]) + "\n")
+        with pg, psycopg.connect(pg.url) as conn:
+            assert conn.execute("SELECT v FROM t").fetchone() == (1,)
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def _dead(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")  # killed; only waiting for its new parent to reap it
+
+
+def test_postgres_stop_timeout_kills_children_too(data_root: Path) -> None:
+    pg = EmbeddedPostgres(data_root / "pg")
+    pg.start()
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        assert pg.pid is not None
+        children = descendants(pg.pid)
+        assert children  # checkpointer, walwriter, this connection's backend...
+        pg.stop(timeout=0)  # no time for a fast shutdown: straight to SIGKILL
+    assert all(_dead(pid) for pid in children)
+    with pg:  # and the killed cluster starts again
+        assert pg.pid is not None
+
+
+def test_postgres_start_failure_shows_log_tail(data_root: Path) -> None:
+    pg = EmbeddedPostgres(data_root / "pg")
+    pg.start()
+    pg.stop()
+    with open(data_root / "pg" / "postgresql.conf", "a") as conf:
+        conf.write("\nno_such_setting_here = 1\n")
+    with pytest.raises(RuntimeError, match="no_such_setting_here") as excinfo:
+        pg.start()
+    assert "exited with code" in str(excinfo.value)
+    assert pg.pid is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uid 65534 is only used when running as root")
+def test_postgres_untraversable_parent_is_named(data_root: Path) -> None:
+    locked = data_root / "locked"
+    locked.mkdir(mode=0o700)
+    with pytest.raises(EmbeddedServerError, match=re.escape(str(locked))):
+        EmbeddedPostgres(locked / "pg").start()
