@@ -34,6 +34,8 @@ class Runtime:
     nc: Client
     js: JetStreamContext
     settings: RuntimeSettings = field(default_factory=RuntimeSettings)
+    on_stop: Callable[[], None] | None = None
+    """How SIGTERM stops this service gracefully; by default its main task is cancelled."""
 
     @property
     def instance(self) -> str:
@@ -80,16 +82,21 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
         runtime = Runtime(name, config, store, nc, js)
         await runtime.load_settings()
         task = asyncio.current_task()
+        assert task is not None
+
+        def stop() -> None:
+            (runtime.on_stop or task.cancel)()
+
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, task.cancel)  # type: ignore[union-attr]
+            loop.add_signal_handler(signum, stop)
         log.info("%s started (instance %s)", name, runtime.instance)
         try:
             await main(runtime)
         except asyncio.CancelledError:
             log.info("%s stopping", name)
         finally:
-            await nc.drain()
+            await nc.close()  # handled batches are acked; the rest is redelivered
             store.close()
 
     uvloop.run(start())

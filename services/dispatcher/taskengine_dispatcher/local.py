@@ -45,8 +45,9 @@ async def run_steps(
     deadline = time.monotonic() + timeout
     for number, step in enumerate(steps, start=1):
         emit(_line(number, "INFO", f"'{step.name}' started: {' '.join(step.argv)[:200]}"))
-        remaining = deadline - time.monotonic()
-        limit = min(remaining, step.timeout) if step.timeout else remaining
+        limit, budget = deadline - time.monotonic(), timeout
+        if step.timeout and step.timeout < limit:
+            limit = budget = step.timeout
         try:
             process = await asyncio.create_subprocess_exec(
                 *step.argv,
@@ -66,8 +67,8 @@ async def run_steps(
         except TimeoutError:
             _kill(process)
             await process.wait()
-            emit(_line(number, "ERROR", f"'{step.name}' timed out after {limit:g}s"))
-            return Outcome("timed_out", f"step '{step.name}' timed out", timeout=limit)
+            emit(_line(number, "ERROR", f"'{step.name}' timed out after {budget:g}s"))
+            return Outcome("timed_out", f"step '{step.name}' timed out", timeout=budget)
         except asyncio.CancelledError:
             _kill(process)
             raise

@@ -50,8 +50,12 @@ async def gateway(runtime: Runtime) -> None:
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+    def stop() -> None:  # finish in-flight requests (and their commits), then exit
+        server.should_exit = True
+
+    runtime.on_stop = stop
     try:
         await server.serve()
     finally:
-        server.should_exit = True
         await state.submitter.stop()

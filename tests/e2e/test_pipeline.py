@@ -1,0 +1,132 @@
+"""One job from POST /job to completion, through every service started as `make up` does."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+from tests.support.receiver import CallbackReceiver
+from tests.support.system import ADMIN, OTHER
+from tests.support.waiting import wait_until
+
+
+def job_state(client, job_id: int) -> dict:
+    response = client.get(f"/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_completed(client, job_id: int, timeout: float = 30.0) -> dict:
+    return wait_until(
+        lambda: (j := job_state(client, job_id))["queue_state"] == "completed" and j,
+        timeout=timeout,
+        what=f"job {job_id} to complete",
+    )
+
+
+def test_a_job_runs_to_completion_with_logs_and_callbacks(system_factory):
+    system = system_factory()
+    with CallbackReceiver() as receiver, system.client() as client:
+        assert client.get("/").json() == {"result": "alive"}
+        body = {
+            "client": ADMIN[0],
+            "job": {"workflow": "echo"},
+            "parameters": {"content_id": "abc-123", "rest_endpoints": [receiver.url]},
+        }
+        accepted = client.post("/job", json=body)
+        assert accepted.status_code == 200, accepted.text
+        job_id = accepted.json()["id"]
+        assert accepted.json() == {"id": job_id, "result": "accepted"}
+
+        job = wait_completed(client, job_id)
+        assert job["failed"] is False
+        assert job["workflow"] == "echo" and job["client"] == ADMIN[0] and job["priority"] == 5
+        assert job["parameters"]["content_id"] == "abc-123"
+        assert job["created_at"].endswith("Z") and len(job["created_at"]) == 24
+
+        wait_until(lambda: receiver.events_for(job_id) == ["start", "complete"], what="callbacks")
+        complete = [r for r in receiver.received if r["event"] == "complete"][0]
+        assert complete["status"] == "succeeded" and complete["id"] == job_id
+
+        def logs() -> list[dict]:
+            rows = client.get(f"/logs/{job_id}").json()
+            return (
+                rows
+                if {r["progname"] for r in rows} >= {"api", "controller", "worker", "callback"}
+                else []
+            )
+
+        rows = wait_until(logs, what="log rows from every service")
+        assert set(rows[0]) == {
+            "id",
+            "job_id",
+            "severity",
+            "severity_description",
+            "progname",
+            "message",
+            "created_at",
+            "updated_at",
+            "task_id",
+            "visible",
+        }
+        messages = [r["message"] for r in rows]
+        assert any('"content_id": "abc-123"' in m for m in messages if "job_created" in m)
+        assert "job has completed successfully" in messages
+        worker_output = [r for r in rows if r["progname"] == "worker" and r["task_id"] == 1]
+        assert any("abc-123" in r["message"] for r in worker_output), worker_output
+
+
+def test_failing_job_is_retried_then_marked_failed(system_factory):
+    system = system_factory()
+    with system.client() as client:
+        client.post("/settings", json={"name": "retry_delay", "setting": "0"})
+        client.post("/settings", json={"name": "retry_limit", "setting": "1"})
+        flaky = client.post(
+            "/job", json={"job": {"workflow": "flaky"}, "parameters": {"failures": 1}}
+        )
+        failing = client.post(
+            "/job", json={"job": {"workflow": "fail"}, "parameters": {"exit_code": 3}}
+        )
+        assert wait_completed(client, flaky.json()["id"])["failed"] is False
+        assert wait_completed(client, failing.json()["id"])["failed"] is True
+        rows = client.get(f"/logs/{failing.json()['id']}").json()
+        messages = [r["message"] for r in rows]
+        assert any("attempt 1 failed" in m for m in messages)
+        assert any(m.startswith("job failed") and "exited with 3" in m for m in messages)
+
+
+def test_run_at_in_the_future_stays_scheduled_until_due(system_factory):
+    system = system_factory()
+    with system.client() as client:
+        due = datetime.now(UTC) + timedelta(seconds=3)
+        run_at = due.strftime("%Y-%m-%dT%H:%M:%S.") + f"{due.microsecond // 1000:03d}"
+        job_id = client.post("/job", json={"job": {"workflow": "noop"}, "run_at": run_at}).json()[
+            "id"
+        ]
+        assert job_state(client, job_id)["queue_state"] == "scheduled"
+        job = wait_completed(client, job_id, timeout=20)
+        assert datetime.now(UTC) >= due
+        assert job["run_at"].startswith(run_at[:19])
+
+
+def test_every_header_style_authenticates_and_tenants_are_isolated(system_factory):
+    system = system_factory()
+    name, key = ADMIN
+    styles = [
+        {"client": name, "api-key": key},
+        {"Authorization": f"Bearer {key}"},
+        {"Authorization": "Basic " + base64.b64encode(f"{name}:{key}".encode()).decode()},
+    ]
+    with system.client() as client:
+        job_id = client.post("/job", json={"job": {"workflow": "noop"}}).json()["id"]
+    import httpx
+
+    for headers in styles:
+        response = httpx.get(f"{system.url}/jobs/{job_id}", headers=headers)
+        assert response.status_code == 200, (headers, response.text)
+    with system.client(OTHER) as other:
+        assert other.get(f"/jobs/{job_id}").status_code == 404
+        assert other.get(f"/logs/{job_id}").status_code == 404
+    for headers in ({}, {"client": name, "api-key": "wrong"}, {"Authorization": "Bearer nope"}):
+        response = httpx.get(f"{system.url}/jobs/{job_id}", headers=headers)
+        assert response.status_code == 401 and "error" in response.json()

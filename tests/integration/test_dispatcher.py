@@ -1,0 +1,83 @@
+"""The dispatcher runs real subprocesses: output, exit codes, timeouts, retries, recovery."""
+
+from __future__ import annotations
+
+from taskengine_contracts.events import (
+    ExecutionLogged,
+    JobAdmitted,
+    JobEvent,
+    JobFailed,
+    JobRetryScheduled,
+    JobStarted,
+    JobSucceeded,
+    JobTimedOut,
+)
+from taskengine_core.jobs import JobRef, advance
+
+from tests.support.factories import settings, submitted
+from tests.support.system import wait_events
+
+
+def admit(job, attempt: int = 1) -> JobAdmitted:  # type: ignore[no-untyped-def]
+    return advance(
+        JobRef.of(job),
+        JobAdmitted,
+        workflow=job.workflow,
+        priority=job.priority,
+        attempt=attempt,
+        running=1,
+        max_jobs=10,
+    )
+
+
+def job_events(events, job_id: int) -> list:  # type: ignore[no-untyped-def]
+    return [e for e in events if getattr(e, "job_id", None) == job_id]
+
+
+def ended(events, job) -> bool:  # type: ignore[no-untyped-def]
+    return any(
+        isinstance(e, (JobSucceeded, JobFailed, JobTimedOut, JobRetryScheduled))
+        for e in job_events(events, job.job_id)
+    )
+
+
+def test_runs_steps_records_output_and_outcomes(services):
+    settings(services.store, retry_limit=0)
+    echo = submitted("echo", parameters={"word": "hello-from-echo"})
+    fail = submitted("fail", parameters={"exit_code": 7})
+    slow = submitted("sleep", parameters={"seconds": 30, "timeout": 1}, timeout=1.0)
+    jobs = [echo, fail, slow]
+    services.store.commit(jobs)
+    services.store.commit([admit(j) for j in jobs])
+    services.start("relay", "dispatcher")
+
+    events = wait_events(services, lambda es: all(ended(es, j) for j in jobs), what="all ended")
+    lines = [
+        line.text
+        for e in job_events(events, echo.job_id)
+        if isinstance(e, ExecutionLogged)
+        for line in e.lines
+    ]
+    assert any("hello-from-echo" in text for text in lines), lines
+    assert isinstance(job_events(events, echo.job_id)[-1], JobSucceeded)
+    failed = job_events(events, fail.job_id)[-1]
+    assert isinstance(failed, JobFailed) and failed.exit_code == 7
+    timed_out = [e for e in job_events(events, slow.job_id) if isinstance(e, JobEvent)][-1]
+    assert isinstance(timed_out, JobTimedOut) and timed_out.timeout == 1.0
+    started = [e for e in events if isinstance(e, JobStarted)]
+    assert len(started) == 3 and all(s.executor == "local" for s in started)
+
+
+def test_an_attempt_lost_with_its_dispatcher_is_retried_after_restart(services):
+    settings(services.store, retry_limit=2, retry_delay=0)
+    job = submitted("sleep", parameters={"seconds": 30})
+    services.store.commit([job])
+    services.store.commit([admit(job)])
+    services.start("relay", "dispatcher")
+    wait_events(services, lambda es: any(isinstance(e, JobStarted) for e in es), what="start")
+    services.kill("dispatcher")
+    services.start("dispatcher")
+
+    events = wait_events(services, lambda es: ended(es, job), what="the lost attempt to end")
+    retry = [e for e in job_events(events, job.job_id) if isinstance(e, JobRetryScheduled)]
+    assert len(retry) == 1 and retry[0].reason.startswith("lost")

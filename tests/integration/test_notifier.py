@@ -1,0 +1,70 @@
+"""The notifier POSTs callbacks, retries while the receiver is down, records each delivery."""
+
+from __future__ import annotations
+
+from taskengine_contracts.events import CallbackAttemptFailed, CallbackDelivered, JobStarted
+from taskengine_core.jobs import JobRef, JobState
+
+from tests.support.factories import submitted
+from tests.support.receiver import CallbackReceiver
+from tests.support.system import wait_events
+from tests.support.waiting import wait_until
+
+
+def started(job, callbacks: list[str]) -> JobStarted:  # type: ignore[no-untyped-def]
+    ref = JobRef(job.id, job.job_id, job.client, 2, JobState.ADMITTED)
+    return JobStarted(
+        id=ref.id,
+        version=3,
+        at=job.at,
+        job_id=job.job_id,
+        client=job.client,
+        workflow=job.workflow,
+        attempt=1,
+        executor="test",
+        callbacks=callbacks,
+    )
+
+
+def test_callback_is_retried_while_the_receiver_is_down_then_delivered(services):
+    services.start("relay", "notifier")
+    with CallbackReceiver() as receiver:
+        receiver.status = 503
+        job = submitted(callbacks=[receiver.url])
+        services.store.commit([job])
+        services.store.commit([started(job, [receiver.url])])
+        wait_events(
+            services,
+            lambda es: any(isinstance(e, CallbackAttemptFailed) for e in es),
+            what="a failed attempt",
+        )
+        receiver.status = 200
+        events = wait_events(
+            services,
+            lambda es: any(isinstance(e, CallbackDelivered) for e in es),
+            timeout=20,
+            what="the delivery",
+        )
+        wait_until(lambda: receiver.received, what="the receiver to get it")
+    [body] = receiver.received
+    assert body["event"] == "start" and body["job_id"] == job.job_id and body["status"] == "running"
+    delivered = [e for e in events if isinstance(e, CallbackDelivered)]
+    assert delivered[0].attempts >= 2 and delivered[0].status_code == 200
+    assert services.store.query("SELECT count(*) AS n FROM notifier_deliveries")[0]["n"] == 0
+
+
+def test_callbacks_to_internal_addresses_are_refused_without_allowlist(services):
+    services.env["TASKENGINE_CALLBACK_ALLOWLIST"] = ""
+    services.start("relay", "notifier")
+    with CallbackReceiver() as receiver:
+        job = submitted(callbacks=[receiver.url])
+        services.store.commit([job])
+        services.store.commit([started(job, [receiver.url])])
+        events = wait_events(
+            services,
+            lambda es: any(isinstance(e, CallbackAttemptFailed) for e in es),
+            what="the refusal",
+        )
+    [refused] = [e for e in events if isinstance(e, CallbackAttemptFailed)]
+    assert refused.next_at is None and "internal address" in refused.error
+    assert receiver.received == []

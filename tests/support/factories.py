@@ -1,0 +1,62 @@
+"""Events as the services would write them, with unique job numbers per test."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime, timedelta
+
+from taskengine_contracts.events import JobSubmitted, SettingChanged
+from taskengine_core.ids import SETTINGS_STREAM, job_stream
+
+_numbers = itertools.count(random.randrange(10**6, 10**9, 10**5))
+
+
+def job_number() -> int:
+    return next(_numbers)
+
+
+def submitted(
+    workflow: str = "noop",
+    priority: int = 5,
+    delay: float = 0.0,
+    parameters: dict | None = None,
+    callbacks: list[str] | None = None,
+    timeout: float | None = None,
+    client: str = "tester",
+    job_id: int | None = None,
+) -> JobSubmitted:
+    number = job_id or job_number()
+    now = datetime.now(UTC)
+    return JobSubmitted(
+        id=job_stream(number),
+        version=1,
+        at=now,
+        job_id=number,
+        client=client,
+        workflow=workflow,
+        parameters=parameters or {},
+        priority=priority,
+        run_at=now + timedelta(seconds=delay),
+        state="scheduled" if delay > 0 else "queued",
+        callbacks=callbacks or [],
+        timeout=timeout,
+    )
+
+
+def settings(store, **values: int) -> None:  # type: ignore[no-untyped-def]
+    """Appends settings changes the way POST /settings does."""
+    version = len(store.stream(SETTINGS_STREAM))
+    events = []
+    for name, value in values.items():
+        version += 1
+        events.append(
+            SettingChanged(
+                id=SETTINGS_STREAM,
+                version=version,
+                at=datetime.now(UTC),
+                name=name,
+                value=str(value),
+            )
+        )
+    store.commit(events)

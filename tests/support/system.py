@@ -1,0 +1,221 @@
+"""The engine under test, started for real.
+
+`System` runs `taskengine up` exactly as `make up` does (a supervisor with every service as
+its own process). `Services` runs chosen service processes alone, for integration tests.
+Both get a fresh database and their own NATS (or a reset stream on a named test server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import nats
+from nats.js.errors import NotFoundError
+from taskengine_bus import ensure_stream
+from taskengine_contracts import subjects
+from taskengine_contracts.events import Event
+from taskengine_embedded import free_port
+from taskengine_store.store import EventStore
+
+from tests.support.waiting import wait_until
+
+BIN = Path(sys.executable).parent
+ADMIN = ("tester", "tester-key-0123456789")
+OTHER = ("other", "other-key-9876543210")
+
+
+def reset_stream(nats_url: str) -> None:
+    """A clean stream, as the services would create it: no events from an earlier test."""
+
+    async def reset() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            await nc.jetstream().delete_stream(subjects.STREAM)
+        except NotFoundError:
+            pass
+        await ensure_stream(nc.jetstream())
+        await nc.close()
+
+    asyncio.run(reset())
+
+
+class _Engine:
+    def __init__(self, root: Path, nats_url: str, database_url: str, **env: str):
+        self.root = root
+        self.data_dir = root / "data"
+        self.nats_url = nats_url
+        self.database_url = database_url
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "TASKENGINE_DATA_DIR": str(self.data_dir),
+            "TASKENGINE_PORT": str(self.port),
+            "TASKENGINE_NATS_URL": nats_url,
+            "TASKENGINE_DATABASE_URL": database_url,
+            "TASKENGINE_BOOTSTRAP_CLIENT": f"{ADMIN[0]}:{ADMIN[1]}:admin,{OTHER[0]}:{OTHER[1]}",
+            "TASKENGINE_CALLBACK_ALLOWLIST": "127.0.0.0/8",
+            **env,
+        }
+        self._store: EventStore | None = None
+
+    @property
+    def store(self) -> EventStore:
+        if self._store is None:
+            self._store = EventStore(self.database_url, pool_size=2, create_tables=True)
+        return self._store
+
+    def client(self, who: tuple[str, str] = ADMIN) -> httpx.Client:
+        headers = {"client": who[0], "api-key": who[1]}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def events(self, job_id: int | None = None) -> list[Event]:
+        items = []
+        position = 0
+        while batch := self.store.events_after(position, 5000):
+            items.extend(batch)
+            position = batch[-1].position
+        return [
+            p.event for p in items if job_id is None or getattr(p.event, "job_id", None) == job_id
+        ]
+
+    def close_store(self) -> None:
+        if self._store:
+            self._store.close()
+            self._store = None
+
+
+class System(_Engine):
+    """`taskengine up` as a subprocess, in its own process group."""
+
+    process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> System:
+        reset_stream(self.nats_url)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.output = open(self.root / "up.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [str(BIN / "taskengine"), "up"],
+            env=self.env,
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(self._alive, timeout=timeout, what="the gateway to answer")
+        wait_until(lambda: len(self.pids()) == 7, timeout=10, what="all services")
+        return self
+
+    def _alive(self) -> bool:
+        if self.process and self.process.poll() is not None:
+            raise AssertionError(f"taskengine up exited: {(self.root / 'up.log').read_text()}")
+        try:
+            return httpx.get(self.url + "/", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def pids(self) -> dict[str, int]:
+        run = self.data_dir / "run"
+        return {p.stem: int(p.read_text()) for p in run.glob("*.pid") if p.read_text().strip()}
+
+    def kill(self, service: str, signum: int = signal.SIGKILL) -> int:
+        pid = self.pids()[service]
+        os.kill(pid, signum)
+        return pid
+
+    def wait_restarted(self, service: str, old_pid: int, timeout: float = 30.0) -> None:
+        def restarted() -> bool:
+            pid = self.pids().get(service)
+            return bool(pid and pid != old_pid and _alive(pid))
+
+        wait_until(restarted, timeout=timeout, what=f"{service} to be restarted")
+
+    def stop(self) -> list[int]:
+        """SIGTERM to the supervisor; returns the pids of its children still alive after it."""
+        children = list(self.pids().values())
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+        self.close_store()
+        return [pid for pid in children if _alive(pid)]
+
+    def log(self) -> str:
+        return (self.root / "up.log").read_text()
+
+
+class Services(_Engine):
+    """Chosen service processes (e.g. relay + admission) without the supervisor."""
+
+    def __init__(self, root: Path, nats_url: str, database_url: str, **env: str):
+        super().__init__(root, nats_url, database_url, **env)
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.prepared = False
+
+    def start(self, *names: str) -> Services:
+        if not self.prepared:
+            self.prepared = True
+            reset_stream(self.nats_url)
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.store  # noqa: B018  (creates the tables before any service starts)
+        for name in names:
+            log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", f"taskengine_{name}"],
+                env={**self.env, "TASKENGINE_INSTANCE": f"{name}-test"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def stop(self, *names: str) -> None:
+        for name in names or list(self.processes):
+            process = self.processes.pop(name)
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait()
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text()
+
+    def close(self) -> None:
+        self.stop()
+        self.close_store()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        return (
+            "zombie" not in Path(f"/proc/{pid}/status").read_text().lower().split("state:")[1][:20]
+        )
+    except (OSError, IndexError):
+        return True
+
+
+def wait_events(engine: _Engine, predicate, timeout: float = 30.0, what: str = ""):  # type: ignore[no-untyped-def]
+    """Waits until the event log satisfies `predicate(events)`; returns the events."""
+    return wait_until(
+        lambda: (lambda es: es if predicate(es) else None)(engine.events()),
+        timeout=timeout,
+        what=what,
+    )
+
+
+__all__ = ["ADMIN", "OTHER", "Services", "System", "time", "wait_events"]
