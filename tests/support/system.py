@@ -148,6 +148,18 @@ class System(_Engine):
     def log(self) -> str:
         return (self.root / "up.log").read_text()
 
+    def service_errors(self, lines: int = 20) -> str:
+        """The last error lines of every service log, to explain a failure."""
+        report = []
+        for path in sorted((self.data_dir / "logs").glob("*.log")):
+            errors = [
+                line
+                for line in path.read_text().splitlines()
+                if "ERROR" in line or "Error" in line or "WARNING" in line
+            ]
+            report += [f"--- {path.name}", *errors[-lines:]]
+        return "\n".join(report)
+
 
 class Services(_Engine):
     """Chosen service processes (e.g. relay + admission) without the supervisor."""

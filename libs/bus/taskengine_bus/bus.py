@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 STREAM_MAX_AGE = 7 * 24 * 3600.0
 DUPLICATE_WINDOW = 300.0
+RESUME_MARGIN = 1000
 
 
 async def connect(url: str, name: str) -> tuple[Client, JetStreamContext]:
@@ -28,7 +29,7 @@ async def connect(url: str, name: str) -> tuple[Client, JetStreamContext]:
         log.warning("nats: %s", error)
 
     nc = await nats.connect(
-        url,
+        [server.strip() for server in url.split(",") if server.strip()],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -89,16 +90,48 @@ class BatchConsumer:
         self.idle = idle
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        """(Re)creates the consumer to deliver from just after the tracked position.
+
+        The store's tracking record, not JetStream's ack floor, says what was handled: a
+        predecessor killed mid-batch may have left fetched-but-unhandled messages that a plain
+        resume (with ack-all) would acknowledge unseen.
+        """
+        start = await self._stream_sequence_after(self.handled)
+        try:
+            await self.js.delete_consumer(subjects.STREAM, self.durable)
+        except NotFoundError:
+            pass
         config = api.ConsumerConfig(
             durable_name=self.durable,
             ack_policy=api.AckPolicy.ALL,
-            deliver_policy=api.DeliverPolicy.ALL,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
             max_ack_pending=self.batch,
             ack_wait=120.0,
             filter_subjects=self.filter_subjects,
         )
         await self.js.add_consumer(subjects.STREAM, config)
         return await self.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM)
+
+    async def _stream_sequence_after(self, position: int) -> int:
+        """The first stream sequence holding an event past `position` (binary search)."""
+        state = (await self.js.stream_info(subjects.STREAM)).state
+        low, high = state.first_seq, state.last_seq + 1
+        if position == 0 or state.messages == 0:
+            return max(low, 1)
+        while low < high:
+            middle = (low + high) // 2
+            try:
+                message = await self.js.get_msg(subjects.STREAM, middle)
+                found = int((message.headers or {}).get(subjects.POSITION_HEADER, 0))
+            except NotFoundError:  # removed by a limit: treat as already handled
+                found = 0
+            if found <= position:
+                low = middle + 1
+            else:
+                high = middle
+        # Positions are monotonic in the stream; a margin covers a late re-publish.
+        return max(state.first_seq, low - RESUME_MARGIN, 1)
 
     async def run(self) -> None:
         subscription = await self._subscribe()

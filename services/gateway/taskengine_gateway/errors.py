@@ -15,6 +15,10 @@ class BadRequest(HTTPException):
     status_code = HTTP_400_BAD_REQUEST
 
 
+class JobRefused(BadRequest):
+    """A refused `POST /job`: the seed's shape names the (absent) job id too."""
+
+
 class Forbidden(HTTPException):
     status_code = HTTP_403_FORBIDDEN
 
@@ -27,7 +31,10 @@ def http_error(request: Request, error: HTTPException) -> Response:
         detail = f"method {request.method} not allowed on {request.url.path}"
     elif error.status_code == 404 and detail == "Not Found":
         detail = f"no such endpoint: {request.method} {request.url.path}"
-    return Response({"error": detail}, status_code=error.status_code)
+    body: dict[str, object] = {"error": detail}
+    if isinstance(error, JobRefused):
+        body = {"id": None, "error": detail}
+    return Response(body, status_code=error.status_code)
 
 
 def internal_error(request: Request, error: Exception) -> Response:

@@ -17,7 +17,7 @@ from taskengine_core.jobs import Job, JobState
 from taskengine_core.settings import validate_setting
 
 from taskengine_gateway.auth import Client
-from taskengine_gateway.errors import BadRequest, Forbidden
+from taskengine_gateway.errors import BadRequest, Forbidden, JobRefused
 from taskengine_gateway.state import GatewayState
 
 QUEUE_STATE = {
@@ -142,10 +142,13 @@ class TaskEngineController(Controller):
 
     @post("/job", operation_id="submit_job", status_code=200)
     async def submit_job(self, request: Request, gateway: GatewayState, client: Client) -> dict:
-        data = decode_object(await request.body())
-        workflow, parameters, priority, run_at = job_submission(data, client)
-        callbacks = parse_callbacks(parameters)
-        timeout = parse_timeout(parameters)
+        try:
+            data = decode_object(await request.body())
+            workflow, parameters, priority, run_at = job_submission(data, client)
+            callbacks = parse_callbacks(parameters)
+            timeout = parse_timeout(parameters)
+        except BadRequest as error:
+            raise JobRefused(error.detail) from None
         now = datetime.now(UTC)
         due = run_at if run_at and run_at > now else None
 

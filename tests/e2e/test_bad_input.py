@@ -1,0 +1,96 @@
+"""Bad input gets the seed's error shape and status, and nothing is stored."""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import pytest
+
+from tests.support.servers import drop_database, fresh_database, nats_server, scratch_dir
+from tests.support.system import ADMIN, System
+
+
+@pytest.fixture(scope="module")
+def system(postgres_url):
+    root = scratch_dir("te-bad-input-")
+    database_url = fresh_database(postgres_url)
+    with nats_server(root) as nats_url:
+        engine = System(root, nats_url, database_url).start()
+        yield engine
+        engine.stop()
+    drop_database(postgres_url, database_url)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+AUTH = {"client": ADMIN[0], "api-key": ADMIN[1]}
+
+REFUSED_JOBS = [
+    (b"{not json", "malformed JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"parameters": {}}', "job.workflow is required"),
+    (b'{"job": {"workflow": 5}}', "job.workflow is required"),
+    (b'{"job": {"workflow": "no-such-flow"}}', "unknown workflow 'no-such-flow'"),
+    (b'{"job": {"workflow": "noop"}, "parameters": [1]}', "parameters must be a JSON object"),
+    (b'{"job": {"workflow": "noop"}, "priority": "high"}', "priority must be an integer"),
+    (b'{"job": {"workflow": "noop"}, "priority": 11}', "priority must be an integer"),
+    (b'{"job": {"workflow": "noop"}, "run_at": "tomorrow"}', "run_at 'tomorrow' is not"),
+    (b'{"job": {"workflow": "sleep"}, "parameters": {"seconds": "x"}}', "parameters.seconds"),
+    (
+        b'{"job": {"workflow": "noop"}, "parameters": {"rest_endpoints": ["ftp://x"]}}',
+        "not an http(s) URL",
+    ),
+    (b'{"job": {"workflow": "noop"}, "parameters": {"timeout": -1}}', "parameters.timeout"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), REFUSED_JOBS)
+def test_a_refused_job_is_a_400_in_the_seed_shape_and_nothing_is_stored(system, body, message):
+    before = system.store.max_position()
+    response = httpx.post(system.url + "/job", content=body, headers=AUTH)
+    assert response.status_code == 400, response.text
+    assert response.json().keys() == {"id", "error"} and message in response.json()["error"]
+    assert system.store.max_position() == before
+
+
+def test_oversized_body_is_413(system):
+    body = b'{"job": {"workflow": "noop"}, "parameters": {"blob": "' + b"x" * 2_000_000 + b'"}}'
+    before = system.store.max_position()
+    response = httpx.post(system.url + "/job", content=body, headers=AUTH)
+    assert response.status_code == 413 and "too large" in response.json()["error"]
+    assert system.store.max_position() == before
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"client": ADMIN[0]},
+        {"client": ADMIN[0], "api-key": "wrong"},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic !!notbase64"},
+    ],
+)
+def test_missing_or_wrong_credentials_are_401(system, headers):
+    before = system.store.max_position()
+    response = httpx.post(system.url + "/job", json={"job": {"workflow": "noop"}}, headers=headers)
+    assert response.status_code == 401 and "error" in response.json()
+    assert system.store.max_position() == before
+
+
+def test_a_body_naming_another_client_is_refused(system):
+    body = {"client": "someone-else", "job": {"workflow": "noop"}}
+    response = httpx.post(system.url + "/job", json=body, headers=AUTH)
+    assert response.status_code == 403 and "does not match" in response.json()["error"]
+
+
+@pytest.mark.parametrize("path", ["/jobs/999999999", "/jobs/abc", "/logs/999999999", "/nowhere"])
+def test_unknown_things_are_404_with_an_error(system, path):
+    response = httpx.get(system.url + path, headers=AUTH)
+    assert response.status_code == 404 and "error" in response.json()
+
+
+def test_server_errors_never_leak_a_traceback(system):
+    response = httpx.post(system.url + "/settings", content=b'{"name": "max_jobs"}', headers=AUTH)
+    assert response.status_code == 400
+    assert "Traceback" not in response.text and response.json().keys() == {"error"}
