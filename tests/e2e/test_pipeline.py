@@ -31,7 +31,11 @@ def test_a_job_runs_to_completion_with_logs_and_callbacks(system_factory):
         body = {
             "client": ADMIN[0],
             "job": {"workflow": "echo"},
-            "parameters": {"content_id": "abc-123", "rest_endpoints": [receiver.url]},
+            "parameters": {
+                "content_id": "abc-123",
+                "rest_endpoints": [receiver.url],
+                "api_key": "sk-live-0123456789abcdef",
+            },
         }
         accepted = client.post("/job", json=body)
         assert accepted.status_code == 200, accepted.text
@@ -42,6 +46,7 @@ def test_a_job_runs_to_completion_with_logs_and_callbacks(system_factory):
         assert job["failed"] is False
         assert job["workflow"] == "echo" and job["client"] == ADMIN[0] and job["priority"] == 5
         assert job["parameters"]["content_id"] == "abc-123"
+        assert job["parameters"]["api_key"] == "*" * 20 + "cdef"  # secrets: last 4 at most
         assert job["created_at"].endswith("Z") and len(job["created_at"]) == 24
 
         wait_until(lambda: receiver.events_for(job_id) == ["start", "complete"], what="callbacks")
@@ -71,6 +76,7 @@ def test_a_job_runs_to_completion_with_logs_and_callbacks(system_factory):
         }
         messages = [r["message"] for r in rows]
         assert any('"content_id": "abc-123"' in m for m in messages if "job_created" in m)
+        assert not any("sk-live-0123456789" in m for m in messages)
         assert "job has completed successfully" in messages
         worker_output = [r for r in rows if r["progname"] == "worker" and r["task_id"] == 1]
         assert any("abc-123" in r["message"] for r in worker_output), worker_output

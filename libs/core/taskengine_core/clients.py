@@ -26,7 +26,7 @@ def verify_key(key: str, stored: str) -> bool:
         scheme, iterations, salt, digest = stored.split("$")
     except ValueError:
         return False
-    if scheme != "pbkdf2_sha256":
+    if scheme != "pbkdf2_sha256" or not iterations.isdigit() or int(iterations) < 1:
         return False
     candidate = hashlib.pbkdf2_hmac("sha256", key.encode(), salt.encode(), int(iterations)).hex()
     return hmac.compare_digest(candidate, digest)
@@ -38,19 +38,51 @@ def key_lookup(key: str) -> str:
 
 
 def mask(secret: str) -> str:
-    """All but the last 4 characters replaced: the most of a secret that may ever be shown."""
-    return "*" * max(len(secret) - 4, 0) + secret[-4:]
+    """All but the last 4 characters replaced (all of a short one): the most ever shown."""
+    if len(secret) < 12:
+        return "*" * max(len(secret), 4)
+    return "*" * (len(secret) - 4) + secret[-4:]
 
 
-_SECRETISH = re.compile(
-    r"(?i)((?:api[-_]?key|token|secret|password|authorization|credentials?)"
-    r"[\"']?\s*[:=]\s*[\"']?(?:bearer\s+|basic\s+)?)([^\s\"',}&]+)"
+_SECRET_NAME = (
+    r"[\w-]*(?:api[-_]?key|access[-_]?key|secret|token|passw(?:or)?d|authorization|credentials?)"
+    r"[\w-]*"
 )
+_SECRETISH = re.compile(
+    rf"(?i)({_SECRET_NAME}[\"']?\s*[:=]\s*)"
+    r"(?:(\")((?:[^\"\\]|\\.)*)\"|(')([^']*)'|((?:bearer|basic)\s+)?([^\s\"',}&]+))"
+)
+
+
+def _mask_match(m: re.Match[str]) -> str:
+    name = m.group(1)
+    if m.group(2):  # a double-quoted value, spaces and all
+        return f'{name}"{mask(m.group(3))}"'
+    if m.group(4):
+        return f"{name}'{mask(m.group(5))}'"
+    return name + (m.group(6) or "") + mask(m.group(7))
+
+
+_SECRET_KEY = re.compile(rf"(?i)^{_SECRET_NAME}$")
+
+
+def mask_values(data: object) -> object:
+    """A copy of JSON data with the values of secret-looking keys masked, at any depth."""
+    if isinstance(data, dict):
+        return {
+            key: mask(str(value))
+            if _SECRET_KEY.match(str(key)) and isinstance(value, (str, int))
+            else mask_values(value)
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [mask_values(item) for item in data]
+    return data
 
 
 def mask_secrets(text: str) -> str:
     """Masks values that follow secret-looking names (`api_key=...`, `"token": "..."`)."""
-    return _SECRETISH.sub(lambda m: m.group(1) + mask(m.group(2)), text)
+    return _SECRETISH.sub(_mask_match, text)
 
 
 def parse_bootstrap(spec: str) -> list[tuple[str, str, bool]]:
@@ -58,7 +90,12 @@ def parse_bootstrap(spec: str) -> list[tuple[str, str, bool]]:
     clients = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         parts = item.split(":")
-        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        if (
+            len(parts) not in (2, 3)
+            or not parts[0]
+            or not parts[1]
+            or (len(parts) == 3 and parts[2] != "admin")
+        ):
             raise ValueError(f"TASKENGINE_BOOTSTRAP_CLIENT entry {item!r} is not name:key[:admin]")
-        clients.append((parts[0], parts[1], len(parts) == 3 and parts[2] == "admin"))
+        clients.append((parts[0], parts[1], len(parts) == 3))
     return clients

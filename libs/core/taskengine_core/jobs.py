@@ -181,6 +181,8 @@ class Job(msgspec.Struct):
                 self.failure, self.exit_code, self.finished_at = reason, code, event.at
             case JobTimedOut(timeout=timeout):
                 self.failure, self.finished_at = f"timed out after {timeout:g}s", event.at
-            case JobSucceeded() | JobCancelled():
+            case JobSucceeded():
+                self.failure, self.exit_code, self.finished_at = None, None, event.at
+            case JobCancelled():
                 self.finished_at = event.at
         return self

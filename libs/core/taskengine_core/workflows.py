@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 
 import msgspec
@@ -39,7 +40,9 @@ def _sleep(parameters: dict[str, object], attempt: int) -> list[Step]:
 
 
 def _fail(parameters: dict[str, object], attempt: int) -> list[Step]:
-    code = int(_number(parameters.get("exit_code", 1), "exit_code")) or 1
+    code = int(_number(parameters.get("exit_code", 1), "exit_code"))
+    if not 1 <= code <= 255:  # the shell reports `exit 256` as success
+        raise ValueError("parameters.exit_code must be from 1 to 255")
     message = shlex.quote(str(parameters.get("message", "failing on purpose")))
     return [Step("fail", ["sh", "-c", f"echo {message} >&2; exit {code}"])]
 
@@ -58,6 +61,8 @@ def _number(value: object, name: str) -> float:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ValueError(f"parameters.{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"parameters.{name} must be a finite number, got {value!r}")
     if number < 0:
         raise ValueError(f"parameters.{name} must not be negative")
     return number

@@ -11,6 +11,7 @@ from litestar import Controller, Request, get, post
 from litestar.exceptions import NotFoundException
 from taskengine_contracts.events import Event, JobEvent, JobSubmitted, SettingChanged
 from taskengine_core import workflows
+from taskengine_core.clients import mask_values
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import SETTINGS_STREAM, job_stream
 from taskengine_core.jobs import Job, JobState
@@ -124,7 +125,7 @@ def job_view(job: Job, position: int) -> dict[str, Any]:
         "priority": job.priority,
         "position": position,
         "top_of_queue": position == 1,
-        "parameters": job.parameters,
+        "parameters": mask_values(job.parameters),
         "created_at": stamp(job.created_at),
         "updated_at": stamp(job.updated_at),
         "queue_state": queue_state,

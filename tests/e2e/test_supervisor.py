@@ -1,0 +1,115 @@
+"""`taskengine up` as a user runs it: embedded servers, demo client, restart, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+from taskengine_embedded import free_port
+
+from tests.support.servers import scratch_dir
+from tests.support.system import BIN
+from tests.support.waiting import wait_until
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line mentions `text` (e.g. the data dir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().split(") ")[1][0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def start(env: dict[str, str], log: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [str(BIN / "taskengine"), "up"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{env['TASKENGINE_PORT']}/"
+
+    def alive() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(alive, timeout=90, what="taskengine up")
+    return process
+
+
+def test_embedded_default_keeps_data_across_restarts_and_leaves_no_orphans():
+    root = scratch_dir("te-up-")
+    data_dir = root / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKENGINE_")}
+    env |= {"TASKENGINE_DATA_DIR": str(data_dir), "TASKENGINE_PORT": str(free_port())}
+    url = f"http://127.0.0.1:{env['TASKENGINE_PORT']}"
+    try:
+        first = start(env, root / "up.log")
+        banner = (root / "up.log").read_text()
+        key = (data_dir / "demo-client.key").read_text().strip()
+        assert f"client demo-client: key {key}" in banner and url in banner
+        assert oct((data_dir / "demo-client.key").stat().st_mode)[-3:] == "600"
+        headers = {"client": "demo-client", "api-key": key}
+        job = httpx.post(url + "/job", json={"job": {"workflow": "echo"}}, headers=headers).json()
+
+        def completed(job_id: int) -> bool:
+            response = httpx.get(f"{url}/jobs/{job_id}", headers=headers)
+            return response.json()["queue_state"] == "completed"
+
+        wait_until(lambda: completed(job["id"]), what="the job to complete")
+        started_processes = processes_mentioning(str(data_dir))
+        assert len(started_processes) >= 2  # at least the embedded PostgreSQL and NATS
+
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0
+        wait_until(
+            lambda: not processes_mentioning(str(data_dir)),
+            timeout=20,
+            what="every child to be gone",
+        )
+        leftover = [
+            p
+            for p in started_processes
+            if Path(f"/proc/{p}").exists()
+            and (Path(f"/proc/{p}/stat").read_text().split(") ")[1][0] != "Z")
+        ]
+        assert leftover == []
+
+        second = start(env, root / "up.log")
+        try:
+            assert (data_dir / "demo-client.key").read_text().strip() == key
+            assert completed(job["id"])  # the first run's job survived the restart
+            again = httpx.post(url + "/job", json={"job": {"workflow": "noop"}}, headers=headers)
+            assert again.json()["id"] == job["id"] + 1
+            wait_until(lambda: completed(again.json()["id"]), what="a job after restart")
+            events = subprocess.run(
+                [str(BIN / "taskengine"), "events", "--job", str(job["id"])],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            types = [json.loads(line)["event"]["type"] for line in events.stdout.splitlines()]
+            assert types[0] == "job.submitted" and "job.succeeded" in types, events.stderr
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=60)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
