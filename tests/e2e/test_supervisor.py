@@ -62,9 +62,14 @@ def test_embedded_default_keeps_data_across_restarts_and_leaves_no_orphans():
     url = f"http://127.0.0.1:{env['TASKENGINE_PORT']}"
     try:
         first = start(env, root / "up.log")
-        banner = (root / "up.log").read_text()
+
+        def banner() -> str:
+            text = (root / "up.log").read_text()
+            return text if "Ctrl-C stops everything" in text else ""
+
+        printed = wait_until(banner, what="the banner")
         key = (data_dir / "demo-client.key").read_text().strip()
-        assert f"client demo-client: key {key}" in banner and url in banner
+        assert f"client demo-client: key {key}" in printed and url in printed
         assert oct((data_dir / "demo-client.key").stat().st_mode)[-3:] == "600"
         headers = {"client": "demo-client", "api-key": key}
         job = httpx.post(url + "/job", json={"job": {"workflow": "echo"}}, headers=headers).json()
@@ -74,6 +79,17 @@ def test_embedded_default_keeps_data_across_restarts_and_leaves_no_orphans():
             return response.json()["queue_state"] == "completed"
 
         wait_until(lambda: completed(job["id"]), what="the job to complete")
+        # A second `up` on the same data dir, or on a busy port, refuses clearly.
+        twin = subprocess.run(
+            [str(BIN / "taskengine"), "up"], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert twin.returncode == 1 and "already running" in twin.stderr
+        other = {**env, "TASKENGINE_DATA_DIR": str(root / "other")}
+        busy = subprocess.run(
+            [str(BIN / "taskengine"), "up"], env=other, capture_output=True, text=True, timeout=30
+        )
+        assert busy.returncode == 1 and "is in use" in busy.stderr
+
         started_processes = processes_mentioning(str(data_dir))
         assert len(started_processes) >= 2  # at least the embedded PostgreSQL and NATS
 

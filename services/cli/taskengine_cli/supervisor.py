@@ -8,8 +8,10 @@ dies. SIGINT/SIGTERM stop every child, then the servers it started.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +29,12 @@ from taskengine_cli.endpoints import write_endpoints
 
 SERVICES = ("relay", "projector", "scheduler", "admission", "dispatcher", "notifier", "gateway")
 STOP_GRACE = 10.0
+
+
+def port_open(port: int, host: str) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
 
 
 @dataclass
@@ -73,6 +81,19 @@ class Supervisor:
         data_dir = self.config.data_dir.resolve()
         for sub in ("logs", "run"):
             (data_dir / sub).mkdir(parents=True, exist_ok=True)
+        lock = open(data_dir / "run" / "supervisor.lock", "a+")  # noqa: SIM115  (held until exit)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"taskengine is already running with data dir {data_dir}", file=sys.stderr)
+            return 1
+        if port_open(self.config.port, self.config.host):
+            print(
+                f"port {self.config.port} on {self.config.host} is in use: stop what listens"
+                " there or set TASKENGINE_PORT",
+                file=sys.stderr,
+            )
+            return 1
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
         try:
