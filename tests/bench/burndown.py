@@ -136,16 +136,20 @@ def main() -> int:
         print(f"  submit -> complete {percentiles([times[j][1] - submitted[j][0] for j in times])}")
         return 0
     finally:
-        os.killpg(up.pid, signal.SIGTERM)
-        up.wait(timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP"):
+            print(f"  kept running: data in {root / 'data'}, supervisor pid {up.pid}")
+        else:
+            os.killpg(up.pid, signal.SIGTERM)
+            up.wait(timeout=60)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def wait_for_completion(db, jobs: set[int], deadline: float) -> dict[int, tuple[float, float]]:  # type: ignore[no-untyped-def]
     """job id -> (started at, completed at) from the event log, once every job completed."""
     while True:
         done = db.execute(
-            "SELECT count(*) FROM stored_events WHERE topic = 'job.succeeded'"
+            "SELECT count(*) FROM rm_jobs WHERE state = 'succeeded' AND job_id = ANY(%s)",
+            (list(jobs),),
         ).fetchone()[0]
         if done >= len(jobs) or time.monotonic() > deadline:
             break
@@ -159,9 +163,9 @@ def wait_for_completion(db, jobs: set[int], deadline: float) -> dict[int, tuple[
         if event["job_id"] in jobs:
             at = datetime.fromisoformat(event["at"].replace("Z", "+00:00")).timestamp()
             times.setdefault(event["job_id"], [0.0, 0.0])[topic == "job.succeeded"] = at
-    missing = len(jobs) - sum(1 for t in times.values() if t[1])
+    missing = sorted(j for j in jobs if not times.get(j, [0, 0])[1])
     if missing:
-        raise SystemExit(f"{missing} jobs did not complete in time")
+        raise SystemExit(f"{len(missing)} jobs did not complete in time, e.g. {missing[:10]}")
     return {job: (t[0], t[1]) for job, t in times.items()}
 
 

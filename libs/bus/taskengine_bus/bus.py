@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -62,7 +63,12 @@ class Delivered:
     event: AnyEvent
 
 
-Handler = Callable[[list[Delivered]], Awaitable[None]]
+Handler = Callable[[list[Delivered]], Awaitable[bool]]
+"""Handles a batch; True if it committed the batch's tracking record with its effects.
+
+False means the batch had no durable effect: redelivering it would be harmless, so its
+position is recorded lazily (`track`, at most once per `TRACK_EVERY` seconds)."""
+TRACK_EVERY = 1.0
 
 
 class BatchConsumer:
@@ -81,13 +87,16 @@ class BatchConsumer:
         filter_subjects: Sequence[str],
         handler: Handler,
         handled: int,
+        track: Callable[[int], Awaitable[None]],
         batch: int = 500,
         wait: float = 0.05,
         idle: Callable[[], Awaitable[None]] | None = None,
     ):
         self.js, self.durable, self.filter_subjects = js, durable, list(filter_subjects)
         self.handler, self.handled, self.batch, self.wait = handler, handled, batch, wait
-        self.idle = idle
+        self.track, self.idle = track, idle
+        self.tracked = handled
+        self.tracked_at = 0.0
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         """(Re)creates the consumer to deliver from just after the tracked position.
@@ -139,6 +148,7 @@ class BatchConsumer:
             try:
                 messages = await subscription.fetch(self.batch, timeout=self.wait)
             except (TimeoutError, nats.errors.TimeoutError):
+                await self._track_lazily()
                 if self.idle:
                     await self.idle()
                 continue
@@ -156,18 +166,25 @@ class BatchConsumer:
                         "%s: undecodable event at %s skipped: %s", self.durable, position, error
                     )
             if batch:
-                await self._handle(batch)
+                if await self._handle(batch):
+                    self.tracked = batch[-1].position
                 self.handled = max(self.handled, batch[-1].position)
             await messages[-1].ack()
+            await self._track_lazily()
             if self.idle:
                 await self.idle()
 
-    async def _handle(self, batch: list[Delivered]) -> None:
+    async def _track_lazily(self) -> None:
+        now = time.monotonic()
+        if self.handled > self.tracked and now - self.tracked_at >= TRACK_EVERY:
+            await self.track(self.handled)
+            self.tracked, self.tracked_at = self.handled, now
+
+    async def _handle(self, batch: list[Delivered]) -> bool:
         delay = 0.2
         while True:
             try:
-                await self.handler(batch)
-                return
+                return await self.handler(batch)
             except asyncio.CancelledError:
                 raise
             except Exception:

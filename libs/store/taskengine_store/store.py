@@ -8,7 +8,8 @@ changes, so a consumer's effects and its position can never disagree.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -16,6 +17,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
+from psycopg import Cursor
 from psycopg.sql import SQL
 from taskengine_contracts.events import Event, decode, encode, topic_of
 
@@ -66,7 +68,6 @@ class EventStore:
             pool_size=pool_size,
             max_overflow=pool_size,
             connect_timeout=10,
-            pre_ping=True,
         )
         self.recorder = _Recorder(self.datastore)
         if create_tables:
@@ -115,7 +116,7 @@ class EventStore:
         first: dict[UUID, int] = {}
         for e in events:
             first[e.id] = min(e.version, first.get(e.id, e.version))
-        with self.datastore.transaction() as curs:
+        with self._reading() as curs:
             curs.execute(
                 "SELECT originator_id, max(originator_version) AS v FROM stored_events"
                 " WHERE originator_id = ANY(%s) GROUP BY originator_id",
@@ -149,7 +150,7 @@ class EventStore:
         if version is not None:
             query += " AND originator_version = %s"
             params.append(version)
-        with self.datastore.transaction() as curs:
+        with self._reading() as curs:
             curs.execute(query + " ORDER BY originator_id, originator_version", params)
             for row in curs.fetchall():
                 result[row["originator_id"]].append(decode(bytes(row["state"])))
@@ -175,9 +176,17 @@ class EventStore:
         self.recorder.insert_tracking(Tracking(name, position))
 
     def query(self, sql: str | SQL, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict]:
-        with self.datastore.transaction() as curs:
+        with self._reading() as curs:
             curs.execute(sql, params)
             return list(curs.fetchall())
+
+    @contextmanager
+    def _reading(self) -> Iterator[Cursor]:
+        """A cursor outside any transaction: a read-only transaction would end in ROLLBACK,
+        which makes psycopg drop every prepared statement of the connection (re-preparing
+        the inserts after each read)."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            yield curs
 
     def execute(self, statements: Sequence[Statement]) -> None:
         with self.datastore.transaction(commit=True) as curs:

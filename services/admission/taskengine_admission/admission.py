@@ -35,12 +35,13 @@ RELEASES = (JobSucceeded, JobFailed, JobTimedOut, JobCancelled, JobRetrySchedule
 
 _UPSERT = (
     "INSERT INTO admission_queue (job_uuid, job_id, client, workflow, priority, version,"
-    " queued_at, admitted, attempt) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " queued_at, admitted, attempt) SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[],"
+    " %s::text[], %s::int[], %s::bigint[], %s::timestamptz[], %s::bool[], %s::int[])"
     " ON CONFLICT (job_uuid) DO UPDATE SET priority = excluded.priority,"
     " version = excluded.version, queued_at = excluded.queued_at,"
     " admitted = excluded.admitted, attempt = excluded.attempt"
 )
-_DELETE = "DELETE FROM admission_queue WHERE job_uuid = %s"
+_DELETE = "DELETE FROM admission_queue WHERE job_uuid = ANY(%s)"
 
 
 class Admission:
@@ -53,7 +54,7 @@ class Admission:
         s = self.runtime.settings
         return Limits(s.max_jobs, s.int("priority_slots"), s.int("priority_threshold"))
 
-    async def on_job_events(self, batch: list[Delivered]) -> None:
+    async def on_job_events(self, batch: list[Delivered]) -> bool:
         touched: set[UUID] = set()
         for item in batch:
             event = item.event
@@ -89,6 +90,7 @@ class Admission:
                     self.entries.pop(event.id, None)
             touched.add(event.id)
         await self._admit(touched, Tracking(NAME, batch[-1].position))
+        return True
 
     async def _admit(self, touched: set[UUID], tracking: Tracking) -> None:
         """Admits what the limits allow; commits admissions, queue rows and position at once."""
@@ -135,31 +137,33 @@ class Admission:
             return
 
     def _rows(self, jobs: set[UUID], admitted: dict[UUID, JobAdmitted]) -> list[Statement]:
-        statements: list[Statement] = []
+        """The queue rows of `jobs` as they now are: one upsert and one delete, set-based."""
+        upserts: list[list] = [[] for _ in range(9)]
+        deletes: list[UUID] = []
         for job in jobs:
             entry = self.entries.get(job)
             if entry is None:
-                statements.append((_DELETE, (job,)))
+                deletes.append(job)
                 continue
             event = admitted.get(job)
-            version = event.version if event else entry.version
-            attempt = event.attempt if event else entry.attempt
-            statements.append(
-                (
-                    _UPSERT,
-                    (
-                        entry.job_uuid,
-                        entry.job_id,
-                        entry.client,
-                        entry.workflow,
-                        entry.priority,
-                        version,
-                        entry.queued_at,
-                        entry.admitted or event is not None,
-                        attempt,
-                    ),
-                )
+            row = (
+                entry.job_uuid,
+                entry.job_id,
+                entry.client,
+                entry.workflow,
+                entry.priority,
+                event.version if event else entry.version,
+                entry.queued_at,
+                entry.admitted or event is not None,
+                event.attempt if event else entry.attempt,
             )
+            for column, value in zip(upserts, row, strict=True):
+                column.append(value)
+        statements: list[Statement] = []
+        if upserts[0]:
+            statements.append((_UPSERT, upserts))
+        if deletes:
+            statements.append((_DELETE, (deletes,)))
         return statements
 
 
@@ -182,5 +186,6 @@ async def admission(runtime: Runtime) -> None:
         ],
         handler=service.on_job_events,
         handled=await runtime.call(runtime.store.tracked, NAME),
+        track=runtime.tracker(NAME),
     )
     await consumer.run()

@@ -81,12 +81,14 @@ class Dispatcher:
 
     # --- starting --------------------------------------------------------------------------
 
-    async def on_job_events(self, batch: list[Delivered]) -> None:
+    async def on_job_events(self, batch: list[Delivered]) -> bool:
         admitted = [d.event for d in batch if isinstance(d.event, JobAdmitted)]
         for item in batch:
             if isinstance(item.event, JobCancelled):
                 self._cancel(item.event)
             self.runtime.apply(item.event)
+        if not admitted:
+            return False
         specs = await self.runtime.call(
             self.runtime.store.streams, [e.id for e in admitted], version=1
         )
@@ -98,13 +100,14 @@ class Dispatcher:
                 break
             except Conflict as conflict:
                 if not conflict.stale:
-                    return  # already handled before a restart
+                    return True  # already handled before a restart
                 admitted = [e for e in admitted if e.id not in conflict.stale]
         for execution, steps, env, timeout in launches:
             self.running[execution.ref.id] = execution
             execution.task = asyncio.create_task(self._run(execution, steps, env, timeout))
         if launches:
             self.wake.set()
+        return True
 
     def _starts(self, admitted: list[JobAdmitted], specs: dict[UUID, list[Event]]):  # type: ignore[no-untyped-def]
         events: list[Event] = []
@@ -329,6 +332,7 @@ async def dispatcher(runtime: Runtime) -> None:
         ],
         handler=service.on_job_events,
         handled=await runtime.call(runtime.store.tracked, NAME),
+        track=runtime.tracker(NAME),
     )
     flusher = asyncio.create_task(service.flush_forever())
     try:

@@ -19,6 +19,7 @@ Build = Callable[[int], list[Event]]
 """Builds a job's first events once its number is known."""
 
 MAX_BATCH = 500
+ID_BLOCK = 1000
 
 
 class Submitter:
@@ -26,6 +27,7 @@ class Submitter:
         self.runtime = runtime
         self.pending: asyncio.Queue[tuple[Build, asyncio.Future[int]]] = asyncio.Queue()
         self.task: asyncio.Task | None = None
+        self.numbers: list[int] = []  # reserved job numbers, handed out in order
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run())

@@ -126,17 +126,20 @@ class Notifier:
         )
         self.wake.set()
 
-    async def on_job_events(self, batch: list[Delivered]) -> None:
+    async def on_job_events(self, batch: list[Delivered]) -> bool:
         rows = []
         for item in batch:
             self.runtime.apply(item.event)
             rows.extend(deliveries_for(item.event))
+        if not rows:
+            return False
         statements = [(_INSERT, row) for row in rows]
         await self.runtime.call(
             self.runtime.store.commit, (), Tracking(NAME, batch[-1].position), statements
         )
         for row in rows:
             self.schedule(row)
+        return True
 
     async def deliver_forever(self) -> None:
         while True:
@@ -229,6 +232,7 @@ async def notifier(runtime: Runtime) -> None:
             filter_subjects=[*(subjects.subject_for(e) for e in NOTIFIED), subjects.SETTINGS],
             handler=service.on_job_events,
             handled=await runtime.call(runtime.store.tracked, NAME),
+            track=runtime.tracker(NAME),
         )
         sender = asyncio.create_task(service.deliver_forever())
         try:

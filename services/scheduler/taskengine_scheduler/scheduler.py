@@ -88,14 +88,16 @@ class Scheduler:
         self.runtime = runtime
         self.next_tick = 0.0
 
-    async def on_job_events(self, batch: list[Delivered]) -> None:
+    async def on_job_events(self, batch: list[Delivered]) -> bool:
         for item in batch:
             self.runtime.apply(item.event)
+        statements = timer_statements(batch)
+        if not statements:
+            return False
         tracking = Tracking(NAME, batch[-1].position)
-        await self.runtime.call(
-            self.runtime.store.commit, tracking=tracking, statements=timer_statements(batch)
-        )
+        await self.runtime.call(self.runtime.store.commit, (), tracking, statements)
         self.next_tick = 0.0
+        return True
 
     async def tick(self) -> None:
         """Queues every due timer: one query, one commit."""
@@ -153,6 +155,7 @@ async def scheduler(runtime: Runtime) -> None:
         ],
         handler=service.on_job_events,
         handled=await runtime.call(runtime.store.tracked, NAME),
+        track=runtime.tracker(NAME),
         idle=service.tick,
     )
     await consumer.run()
