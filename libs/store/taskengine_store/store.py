@@ -112,6 +112,22 @@ class EventStore:
             raise Conflict(stale) from error
         return list(ids or [])
 
+    def commit_unmoved(
+        self, events: Sequence[Event], statements: Sequence[Statement] = ()
+    ) -> set[UUID]:
+        """Commits, leaving out events of streams someone else moved meanwhile.
+
+        For outcomes that are moot once the job moved (e.g. it was cancelled while it ran).
+        Returns the streams whose events were left out.
+        """
+        dropped: set[UUID] = set()
+        while True:
+            try:
+                self.commit([e for e in events if e.id not in dropped], None, statements)
+                return dropped
+            except Conflict as conflict:
+                dropped |= conflict.stale
+
     def _stale_streams(self, events: Sequence[Event]) -> set[UUID]:
         first: dict[UUID, int] = {}
         for e in events:

@@ -232,13 +232,8 @@ class Dispatcher:
                     events.append(self.outcome_event(execution))
         if not events and not rows:
             return
-        while True:
-            try:
-                await self.runtime.call(self.runtime.store.commit, events, None, rows)
-                break
-            except Conflict as conflict:
-                # Someone else moved the job (e.g. cancelled it): our outcome is moot.
-                events = [e for e in events if e.id not in conflict.stale]
+        # A job someone else moved meanwhile (e.g. cancelled) keeps that outcome, not ours.
+        await self.runtime.call(self.runtime.store.commit_unmoved, events, rows)
         for execution in done:
             self.running.pop(execution.ref.id, None)
 
@@ -282,12 +277,7 @@ class Dispatcher:
                 )
             )
         deletes = [(_DELETE_EXECUTION, (row["job_uuid"],)) for row in rows]
-        while True:
-            try:
-                await self.runtime.call(self.runtime.store.commit, events, None, deletes)
-                break
-            except Conflict as conflict:
-                events = [e for e in events if e.id not in conflict.stale]
+        await self.runtime.call(self.runtime.store.commit_unmoved, events, deletes)
         log.warning("dispatcher: %d attempt(s) lost in a restart were ended", len(rows))
 
 

@@ -1,0 +1,77 @@
+"""The event store on real PostgreSQL: racing moves, atomic commits, tracking."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from eventsourcing.persistence import Tracking
+from taskengine_contracts.events import JobAdmitted, JobCancelled
+from taskengine_core.jobs import JobRef, advance
+from taskengine_store.store import Conflict, EventStore
+
+from tests.support.factories import submitted
+
+
+@pytest.fixture
+def store(database_url):
+    store = EventStore(database_url, pool_size=4, create_tables=True)
+    yield store
+    store.close()
+
+
+def admit(job) -> JobAdmitted:  # type: ignore[no-untyped-def]
+    return advance(
+        JobRef.of(job), JobAdmitted, workflow="noop", priority=5, attempt=1, running=1, max_jobs=2
+    )
+
+
+def test_two_services_racing_to_move_a_job_cannot_both_win(store):
+    job = submitted()
+    store.commit([job])
+    moves = [admit(job), advance(JobRef.of(job), JobCancelled, reason="race", by="test")] * 4
+
+    def attempt(event) -> bool:  # type: ignore[no-untyped-def]
+        try:
+            store.commit([event])
+            return True
+        except Conflict as conflict:
+            assert conflict.stale == {job.id}
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(attempt, moves))
+    assert results.count(True) == 1
+    assert [e.version for e in store.stream(job.id)] == [1, 2]
+
+
+def test_a_conflicting_commit_stores_nothing_of_the_batch(store):
+    first, second = submitted(), submitted()
+    store.commit([first, second])
+    store.commit([admit(first)])
+    position = store.max_position()
+    statement = ("INSERT INTO rm_clients VALUES ('x', 'h', 'l', 'hint', false, now())", ())
+    with pytest.raises(Conflict) as raised:
+        store.commit([admit(second), admit(first)], Tracking("t", position), [statement])
+    assert raised.value.stale == {first.id}
+    assert store.max_position() == position
+    assert store.tracked("t") == 0
+    assert store.query("SELECT count(*) AS n FROM rm_clients")[0]["n"] == 0
+
+
+def test_commit_unmoved_leaves_out_only_the_moved_streams(store):
+    first, second = submitted(), submitted()
+    store.commit([first, second])
+    store.commit([admit(first)])
+    dropped = store.commit_unmoved([admit(first), admit(second)])
+    assert dropped == {first.id}
+    assert [e.version for e in store.stream(second.id)] == [1, 2]
+
+
+def test_a_batch_already_tracked_is_reported_as_handled(store):
+    job = submitted()
+    store.commit([job], Tracking("consumer", 10))
+    with pytest.raises(Conflict) as raised:
+        store.commit([admit(job)], Tracking("consumer", 10))
+    assert raised.value.stale == set()
+    assert store.tracked("consumer") == 10 and len(store.stream(job.id)) == 1
