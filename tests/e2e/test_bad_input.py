@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.support.servers import drop_database, fresh_database, nats_server, scratch_dir
-from tests.support.system import ADMIN, System
+from tests.support.system import ADMIN, OTHER, System
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,15 @@ def test_a_body_naming_another_client_is_refused(system):
 def test_unknown_things_are_404_with_an_error(system, path):
     response = httpx.get(system.url + path, headers=AUTH)
     assert response.status_code == 404 and "error" in response.json()
+
+
+def test_only_an_admin_client_may_change_settings(system):
+    other = {"client": OTHER[0], "api-key": OTHER[1]}
+    body = {"name": "max_jobs", "setting": 7}
+    response = httpx.post(system.url + "/settings", json=body, headers=other)
+    assert response.status_code == 403 and "admin" in response.json()["error"]
+    response = httpx.post(system.url + "/settings", json=body, headers=AUTH)
+    assert response.json() == {"result": "ok", "message": "max_jobs setting created"}
 
 
 def test_server_errors_never_leak_a_traceback(system):

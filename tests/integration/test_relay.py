@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 
 import nats
 from nats.js.errors import NotFoundError
@@ -10,6 +11,7 @@ from taskengine_contracts import subjects
 from taskengine_contracts.events import decode
 
 from tests.support.factories import submitted
+from tests.support.system import BIN
 from tests.support.waiting import wait_until
 
 
@@ -67,6 +69,35 @@ def test_relay_publishes_every_event_in_store_order_exactly_once_across_restarts
     first = messages[0]
     assert first.headers[subjects.MSG_ID_HEADER] == f"{events[0].id}:1"
     assert first.subject == "taskengine.job.submitted"
+
+
+def test_a_lost_stream_is_rebuilt_from_the_store_with_taskengine_republish(services):
+    services.start("relay")
+    events = [submitted() for _ in range(120)]
+    services.store.commit(events)
+    wait_until(lambda: len(stream_messages(services.nats_url)) == 120, what="120 messages")
+    services.kill("relay")
+    asyncio.run(_delete_stream(services.nats_url))
+
+    republish = subprocess.run(
+        [str(BIN / "taskengine"), "republish", "--after", "0"],
+        env=services.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert republish.returncode == 0, republish.stderr
+    services.start("relay")
+    wait_until(lambda: len(stream_messages(services.nats_url)) == 120, what="the rebuilt stream")
+    assert [decode(m.data).job_id for m in stream_messages(services.nats_url)] == [
+        e.job_id for e in events
+    ]
+
+
+async def _delete_stream(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    await nc.jetstream().delete_stream(subjects.STREAM)
+    await nc.close()
 
 
 def test_an_outside_subscriber_follows_a_job_with_plain_nats_py(services):

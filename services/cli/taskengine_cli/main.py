@@ -70,6 +70,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if replayed == live else 1
 
 
+def cmd_republish(args: argparse.Namespace) -> int:
+    ops.rewind_relay(_store(), args.after)
+    print(
+        f"the relay will publish every event after position {args.after} again when it"
+        " restarts (stop its process; `taskengine up` restarts it). JetStream drops what"
+        " is still within its duplicate window; consumers skip what they already handled."
+    )
+    return 0
+
+
 def cmd_workflows(args: argparse.Namespace) -> int:
     for name, workflow in sorted(BUILT_IN.items()):
         print(f"{name}\t{workflow.describe}")
@@ -105,6 +115,10 @@ def parser() -> argparse.ArgumentParser:
         help="instead, empty the live read models so the projector rebuilds them",
     )
     replay.set_defaults(func=cmd_replay)
+
+    republish = sub.add_parser("republish", help="re-publish the event log (e.g. a lost stream)")
+    republish.add_argument("--after", type=int, default=0, help="from after this position")
+    republish.set_defaults(func=cmd_republish)
 
     workflows = sub.add_parser("workflows", help="list workflows").add_subparsers(required=True)
     workflows.add_parser("list").set_defaults(func=cmd_workflows)

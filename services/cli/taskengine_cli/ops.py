@@ -95,4 +95,14 @@ def reset_read_models(store: EventStore) -> None:
     store.execute(statements)
 
 
-__all__ = ["print_events", "replay", "reset_read_models"]
+def rewind_relay(store: EventStore, after: int) -> None:
+    """Moves the relay's position back, so it publishes everything after `after` again."""
+    store.execute(
+        [
+            ("DELETE FROM notification_tracking WHERE application_name = 'relay'", ()),
+            ("INSERT INTO notification_tracking VALUES ('relay', %s)", (after,)),
+        ]
+    )
+
+
+__all__ = ["print_events", "replay", "reset_read_models", "rewind_relay"]

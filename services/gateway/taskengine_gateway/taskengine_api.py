@@ -205,6 +205,8 @@ class TaskEngineController(Controller):
 
     @post("/settings", operation_id="update_setting", status_code=200)
     async def update_setting(self, request: Request, gateway: GatewayState, client: Client) -> dict:
+        if not client.admin:
+            raise Forbidden("settings can be changed only by an admin client")
         data = decode_object(await request.body())
         try:
             name, value = validate_setting(data.get("name"), data.get("setting"))
