@@ -138,9 +138,10 @@ def project(
         statements.append(
             (
                 f"INSERT INTO {jobs} (job_uuid, job_id, client, workflow, priority, state, attempt,"
-                " created_at, updated_at, run_at, version) SELECT * FROM unnest(%s::uuid[],"
-                " %s::bigint[], %s::text[], %s::text[], %s::int[], %s::text[], %s::int[],"
-                " %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::bigint[])"
+                " created_at, updated_at, run_at, version, parameters) SELECT * FROM unnest("
+                "%s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::int[], %s::text[],"
+                " %s::int[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],"
+                " %s::bigint[], %s::jsonb[])"
                 " ON CONFLICT (job_uuid) DO NOTHING",
                 [list(c) for c in columns],
             )
@@ -189,6 +190,7 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
             event.at,
             event.run_at,
             event.version,
+            json.dumps(event.parameters, sort_keys=True),
         ]
     elif event.id in new:
         row = new[event.id]

@@ -69,6 +69,9 @@ CREATE TABLE IF NOT EXISTS rm_jobs (
     version bigint NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rm_jobs_client_state ON rm_jobs (client, state);
+ALTER TABLE rm_jobs ADD COLUMN IF NOT EXISTS parameters jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE rm_jobs ADD COLUMN IF NOT EXISTS persist boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS rm_jobs_client_created ON rm_jobs (client, created_at);
 
 CREATE TABLE IF NOT EXISTS rm_job_log (
     id bigint PRIMARY KEY,

@@ -276,6 +276,7 @@ def test_a_submission_and_its_later_events_in_one_batch_make_one_insert_and_no_u
         events[-1].at,  # updated_at: the last event
         RETRY_AT,  # run_at: moved by the retry
         8,
+        '{"failures": 1}',  # the parameters, for search and listing
     ]
     # the row matches the job folded from the same events
     assert row[4:7] == [job.priority, str(job.state), job.attempt]

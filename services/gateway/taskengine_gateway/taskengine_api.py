@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,10 +16,11 @@ from taskengine_core.clients import mask_values
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import SETTINGS_STREAM, job_stream
 from taskengine_core.jobs import Job, JobState
-from taskengine_core.settings import validate_setting
+from taskengine_core.settings import RuntimeSettings, validate_setting
 
 from taskengine_gateway.auth import Client
 from taskengine_gateway.errors import BadRequest, Forbidden, JobRefused
+from taskengine_gateway.job_queries import dashboard_query, list_query
 from taskengine_gateway.state import GatewayState
 
 QUEUE_STATE = {
@@ -35,6 +37,7 @@ QUEUE_STATE = {
     JobState.PAUSED: ("paused", 6),
 }
 MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 1, 10, 5
+VERSION = metadata.version("taskengine-gateway")
 
 
 def stamp(moment: datetime) -> str:
@@ -116,6 +119,24 @@ def job_submission(data: dict[str, Any], client: Client) -> tuple[str, dict, int
     return job["workflow"], parameters, priority, run_at
 
 
+def row_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A job of the `rm_jobs` read model in the seed's list shape."""
+    state = JobState(row["state"])
+    return {
+        "id": row["job_id"],
+        "client": row["client"],
+        "workflow": row["workflow"],
+        "priority": row["priority"],
+        "position": row["position"],
+        "created_at": stamp(row["created_at"]),
+        "updated_at": stamp(row["updated_at"]),
+        "queue_state": QUEUE_STATE[state][0],
+        "parameters": mask_values(row["parameters"]),
+        "failed": state in (JobState.FAILED, JobState.TIMED_OUT),
+        "run_at": stamp(row["run_at"]),
+    }
+
+
 def job_view(job: Job, position: int) -> dict[str, Any]:
     queue_state, _ = QUEUE_STATE[job.state]
     return {
@@ -173,6 +194,34 @@ class TaskEngineController(Controller):
 
         number = await gateway.submitter.submit(build)
         return {"id": number, "result": "accepted"}
+
+    @get("/jobs", operation_id="list_jobs")
+    async def list_jobs(self, request: Request, gateway: GatewayState, client: Client) -> list:
+        sql, args = list_query(request.query_params, client.name)
+        rows = await gateway.runtime.call(gateway.runtime.store.query, sql, args)
+        return [row_view(row) for row in rows]
+
+    @get("/dashboard", operation_id="dashboard")
+    async def dashboard(self, gateway: GatewayState, client: Client) -> dict:
+        sql, args = dashboard_query(client.name)
+        store = gateway.runtime.store
+        rows = await gateway.runtime.call(store.query, sql, args)
+        settings = RuntimeSettings.fold(
+            e
+            for e in await gateway.runtime.call(store.stream, SETTINGS_STREAM)
+            if isinstance(e, SettingChanged)
+        )
+        lists: dict[str, list] = {"started": [], "queued": [], "scheduled": []}
+        for row in rows:
+            view = row_view(row)
+            view.pop("parameters")
+            lists.setdefault(view["queue_state"], []).append(view)
+        return {
+            "max_jobs": settings.max_jobs,
+            "priority_slots": settings.int("priority_slots"),
+            **lists,
+            "version": VERSION,
+        }
 
     @get("/jobs/{job_id:str}", operation_id="get_job")
     async def get_job(self, job_id: str, gateway: GatewayState, client: Client) -> dict:
