@@ -117,6 +117,40 @@ class JobCancelled(JobEvent, frozen=True, kw_only=True, tag="job.cancelled"):
     by: str
 
 
+class JobUpdated(JobEvent, frozen=True, kw_only=True, tag="job.updated"):
+    """Fields changed without a change of state; carries the job's current values."""
+
+    state: str
+    workflow: str
+    priority: int
+    run_at: datetime
+    persist: bool
+    changed: list[str]
+
+
+class JobScheduled(JobEvent, frozen=True, kw_only=True, tag="job.scheduled"):
+    """The job waits for `run_at` again (a new run_at, or resumed before its time)."""
+
+    workflow: str
+    priority: int
+    run_at: datetime
+    attempts: int = 0
+
+
+class JobPaused(JobEvent, frozen=True, kw_only=True, tag="job.paused"):
+    """Held until resumed; a paused job takes no slot."""
+
+    by: str
+
+
+class JobBroken(JobEvent, frozen=True, kw_only=True, tag="job.broken"):
+    """Invalidated (by a client, or by a rerun that replaces it); final."""
+
+    by: str
+    reason: str
+    rerun_as: int | None = None
+
+
 JOB_EVENTS = (
     JobSubmitted,
     JobQueued,
@@ -127,8 +161,12 @@ JOB_EVENTS = (
     JobTimedOut,
     JobRetryScheduled,
     JobCancelled,
+    JobUpdated,
+    JobScheduled,
+    JobPaused,
+    JobBroken,
 )
-TERMINAL_JOB_EVENTS = (JobSucceeded, JobFailed, JobTimedOut, JobCancelled)
+TERMINAL_JOB_EVENTS = (JobSucceeded, JobFailed, JobTimedOut, JobCancelled, JobBroken)
 
 
 # --- executions: what an attempt printed (kept out of the job's stream) --------------------
@@ -200,6 +238,10 @@ AnyEvent = (
     | JobTimedOut
     | JobRetryScheduled
     | JobCancelled
+    | JobUpdated
+    | JobScheduled
+    | JobPaused
+    | JobBroken
     | ExecutionLogged
     | CallbackDelivered
     | CallbackAttemptFailed

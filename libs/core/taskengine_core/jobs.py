@@ -16,15 +16,19 @@ from uuid import UUID
 import msgspec
 from taskengine_contracts.events import (
     JobAdmitted,
+    JobBroken,
     JobCancelled,
     JobEvent,
     JobFailed,
+    JobPaused,
     JobQueued,
     JobRetryScheduled,
+    JobScheduled,
     JobStarted,
     JobSubmitted,
     JobSucceeded,
     JobTimedOut,
+    JobUpdated,
 )
 
 from taskengine_core.errors import IllegalTransition
@@ -62,11 +66,15 @@ TRANSITIONS: dict[type[JobEvent], tuple[frozenset[JobState], JobState | None]] =
     JobTimedOut: (frozenset({S.RUNNING}), S.TIMED_OUT),
     JobRetryScheduled: (frozenset({S.ADMITTED, S.RUNNING}), S.RETRY_WAIT),
     JobCancelled: (ACTIVE_STATES, S.CANCELLED),
+    JobScheduled: (frozenset({S.SCHEDULED, S.QUEUED, S.PAUSED}), S.SCHEDULED),
+    JobPaused: (frozenset({S.SCHEDULED, S.QUEUED, S.RETRY_WAIT}), S.PAUSED),
+    JobBroken: (frozenset(JobState) - {S.BROKEN}, S.BROKEN),
+    JobUpdated: (frozenset(JobState), None),
 }
 
 
 def state_after(event: JobEvent) -> JobState:
-    if isinstance(event, JobSubmitted):
+    if isinstance(event, (JobSubmitted, JobUpdated)):
         return JobState(event.state)
     return TRANSITIONS[type(event)][1]  # type: ignore[return-value]
 
@@ -91,6 +99,9 @@ E = TypeVar("E", bound=JobEvent)
 def advance(ref: JobRef, event_type: type[E], at: datetime | None = None, **fields: Any) -> E:
     """The next event of the job's stream, if the lifecycle allows it from `ref.state`."""
     allowed, target = TRANSITIONS[event_type]
+    if event_type is JobUpdated:
+        fields.setdefault("state", str(ref.state))
+        target = ref.state
     if ref.state not in allowed:
         raise IllegalTransition(
             f"job {ref.job_id} is {ref.state}: cannot become {target} "
@@ -126,6 +137,8 @@ class Job(msgspec.Struct):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     dialect: str = "taskengine"
+    persist: bool = False
+    rerun_as: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -165,12 +178,20 @@ class Job(msgspec.Struct):
         allowed, _ = TRANSITIONS[type(event)]
         if self.state not in allowed or event.version != self.version + 1:
             raise IllegalTransition(f"job {self.job_id}: {event} does not follow {self.state}")
+        if isinstance(event, JobUpdated) and event.state != self.state:
+            raise IllegalTransition(f"job {self.job_id}: an update cannot change its state")
         self.state = state_after(event)
         self.version = event.version
         self.updated_at = event.at
         match event:
             case JobQueued(priority=priority):
                 self.priority = priority
+            case JobUpdated(priority=priority, run_at=run_at, persist=persist):
+                self.priority, self.run_at, self.persist = priority, run_at, persist
+            case JobScheduled(priority=priority, run_at=run_at):
+                self.priority, self.run_at = priority, run_at
+            case JobBroken(rerun_as=rerun_as):
+                self.rerun_as, self.finished_at = rerun_as, self.finished_at or event.at
             case JobAdmitted(attempt=attempt):
                 self.attempt = attempt
             case JobStarted():

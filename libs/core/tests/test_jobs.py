@@ -10,15 +10,19 @@ import pytest
 from taskengine_contracts.events import (
     JOB_EVENTS,
     JobAdmitted,
+    JobBroken,
     JobCancelled,
     JobEvent,
     JobFailed,
+    JobPaused,
     JobQueued,
     JobRetryScheduled,
+    JobScheduled,
     JobStarted,
     JobSubmitted,
     JobSucceeded,
     JobTimedOut,
+    JobUpdated,
 )
 from taskengine_core.errors import IllegalTransition
 from taskengine_core.jobs import (
@@ -53,6 +57,16 @@ FIELDS: dict[type[JobEvent], dict[str, Any]] = {
         "exit_code": 1,
     },
     JobCancelled: {"reason": "no longer needed", "by": "alice"},
+    JobUpdated: {
+        "workflow": "echo",
+        "priority": 2,
+        "run_at": T0,
+        "persist": True,
+        "changed": ["priority", "persist"],
+    },
+    JobScheduled: {"workflow": "echo", "priority": 3, "run_at": T0 + timedelta(hours=1)},
+    JobPaused: {"by": "alice"},
+    JobBroken: {"by": "alice", "reason": "rerun", "rerun_as": 43},
 }
 
 LEGAL = [
@@ -116,9 +130,12 @@ def test_only_admitted_and_running_jobs_hold_a_slot():
     assert HOLDS_SLOT <= ACTIVE_STATES
 
 
-def test_no_transition_leaves_a_final_state():
-    for allowed, _ in TRANSITIONS.values():
-        assert not allowed & FINAL_STATES
+def test_only_breaking_and_updating_follow_a_final_state():
+    # A rerun breaks even a completed job (seed 002); persist may change on a finished one.
+    for event_type, (allowed, _) in TRANSITIONS.items():
+        if event_type not in (JobBroken, JobUpdated):
+            assert not allowed & FINAL_STATES, event_type
+    assert JobState.BROKEN not in TRANSITIONS[JobBroken][0]
 
 
 def test_every_job_event_type_has_a_transition():
@@ -137,6 +154,10 @@ def test_the_lifecycle_table_is_the_documented_one():
         JobTimedOut: ({S.RUNNING}, S.TIMED_OUT),
         JobRetryScheduled: ({S.ADMITTED, S.RUNNING}, S.RETRY_WAIT),
         JobCancelled: (set(ACTIVE_STATES), S.CANCELLED),
+        JobScheduled: ({S.SCHEDULED, S.QUEUED, S.PAUSED}, S.SCHEDULED),
+        JobPaused: ({S.SCHEDULED, S.QUEUED, S.RETRY_WAIT}, S.PAUSED),
+        JobBroken: (set(JobState) - {S.BROKEN}, S.BROKEN),
+        JobUpdated: (set(JobState), None),
     }
     assert {cls: (set(a), t) for cls, (a, t) in TRANSITIONS.items()} == expected
 
@@ -155,8 +176,9 @@ def test_advance_builds_the_next_event_for_every_legal_transition(event_type, st
     assert event.at == at
     for name, value in FIELDS[event_type].items():
         assert getattr(event, name) == value
-    assert state_after(event) == TRANSITIONS[event_type][1]
-    assert JobRef.of(event) == JobRef(JOB_UUID, 42, "alice", 5, TRANSITIONS[event_type][1])
+    after = state if event_type is JobUpdated else TRANSITIONS[event_type][1]
+    assert state_after(event) == after
+    assert JobRef.of(event) == JobRef(JOB_UUID, 42, "alice", 5, after)
 
 
 @pytest.mark.parametrize(("event_type", "state"), ILLEGAL, ids=_id)

@@ -19,15 +19,19 @@ from taskengine_contracts.events import (
     Event,
     ExecutionLogged,
     JobAdmitted,
+    JobBroken,
     JobCancelled,
     JobEvent,
     JobFailed,
+    JobPaused,
     JobQueued,
     JobRetryScheduled,
+    JobScheduled,
     JobStarted,
     JobSubmitted,
     JobSucceeded,
     JobTimedOut,
+    JobUpdated,
 )
 from taskengine_core.clients import mask_secrets
 from taskengine_core.jobs import state_after
@@ -83,6 +87,16 @@ def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
             return [("WARN", "controller", text, 0)]
         case JobCancelled():
             return [("WARN", "api", f"job cancelled by {event.by}: {event.reason}", 0)]
+        case JobUpdated():
+            text = f"job updated by client: {', '.join(event.changed)}"
+            return [("INFO", "api", text, 0)]
+        case JobScheduled():
+            return [("INFO", "api", f"job scheduled for {event.run_at.isoformat()}", 0)]
+        case JobPaused():
+            return [("INFO", "api", f"job paused by {event.by}", 0)]
+        case JobBroken():
+            rerun = f"; rerun as job {event.rerun_as}" if event.rerun_as else ""
+            return [("WARN", "api", f"job broken by {event.by}: {event.reason}{rerun}", 0)]
         case CallbackDelivered():
             text = f"{event.event} callback delivered to {event.url} (HTTP {event.status_code})"
             return [("INFO", "callback", text, 0)]
@@ -138,10 +152,10 @@ def project(
         statements.append(
             (
                 f"INSERT INTO {jobs} (job_uuid, job_id, client, workflow, priority, state, attempt,"
-                " created_at, updated_at, run_at, version, parameters) SELECT * FROM unnest("
-                "%s::uuid[], %s::bigint[], %s::text[], %s::text[], %s::int[], %s::text[],"
-                " %s::int[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],"
-                " %s::bigint[], %s::jsonb[])"
+                " created_at, updated_at, run_at, version, parameters, persist)"
+                " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[],"
+                " %s::int[], %s::text[], %s::int[], %s::timestamptz[], %s::timestamptz[],"
+                " %s::timestamptz[], %s::bigint[], %s::jsonb[], %s::bool[])"
                 " ON CONFLICT (job_uuid) DO NOTHING",
                 [list(c) for c in columns],
             )
@@ -153,10 +167,11 @@ def project(
                 f"UPDATE {jobs} AS j SET state = u.state, version = u.version,"
                 " updated_at = u.updated_at, attempt = coalesce(u.attempt, j.attempt),"
                 " priority = coalesce(u.priority, j.priority),"
-                " run_at = coalesce(u.run_at, j.run_at)"
+                " run_at = coalesce(u.run_at, j.run_at), persist = coalesce(u.persist, j.persist)"
                 " FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::timestamptz[], %s::int[],"
-                " %s::int[], %s::timestamptz[]) AS u(job_uuid, state, version, updated_at, attempt,"
-                " priority, run_at) WHERE j.job_uuid = u.job_uuid AND j.version < u.version",
+                " %s::int[], %s::timestamptz[], %s::bool[]) AS u(job_uuid, state, version,"
+                " updated_at, attempt, priority, run_at, persist)"
+                " WHERE j.job_uuid = u.job_uuid AND j.version < u.version",
                 [list(c) for c in columns],
             )
         )
@@ -175,8 +190,12 @@ def project(
 def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
     state = str(state_after(event))
     attempt = getattr(event, "attempt", None)
-    priority = getattr(event, "priority", None) if isinstance(event, JobQueued) else None
+    moves_fields = isinstance(event, (JobQueued, JobUpdated, JobScheduled))
+    priority = getattr(event, "priority", None) if moves_fields else None
     run_at: datetime | None = event.retry_at if isinstance(event, JobRetryScheduled) else None
+    if isinstance(event, (JobUpdated, JobScheduled)):
+        run_at = event.run_at
+    persist = event.persist if isinstance(event, JobUpdated) else None
     if isinstance(event, JobSubmitted):
         new[event.id] = [
             event.id,
@@ -191,6 +210,7 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
             event.run_at,
             event.version,
             json.dumps(event.parameters, sort_keys=True),
+            False,
         ]
     elif event.id in new:
         row = new[event.id]
@@ -198,6 +218,7 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
         row[6] = attempt if attempt is not None else row[6]
         row[4] = priority if priority is not None else row[4]
         row[9] = run_at or row[9]
+        row[12] = persist if persist is not None else row[12]
     else:
         previous = moved.get(event.id)
         moved[event.id] = [
@@ -208,6 +229,7 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
             attempt if attempt is not None else (previous[4] if previous else None),
             priority if priority is not None else (previous[5] if previous else None),
             run_at or (previous[6] if previous else None),
+            persist if persist is not None else (previous[7] if previous else None),
         ]
 
 

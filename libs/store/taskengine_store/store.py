@@ -19,7 +19,8 @@ from eventsourcing.persistence import IntegrityError, Notification, StoredEvent,
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg import Cursor
 from psycopg.sql import SQL
-from taskengine_contracts.events import Event, decode, encode, topic_of
+from taskengine_contracts.events import Event, JobEvent, decode, encode, topic_of
+from taskengine_core.jobs import Job
 
 from taskengine_store.schema import SCHEMA
 
@@ -171,6 +172,14 @@ class EventStore:
             for row in curs.fetchall():
                 result[row["originator_id"]].append(decode(bytes(row["state"])))
         return result
+
+    def jobs(self, job_streams: Iterable[UUID]) -> dict[UUID, Job]:
+        """Jobs as their streams now tell them (for a service whose view turned out stale)."""
+        found = self.streams(job_streams)
+        jobs = {
+            i: Job.fold(e for e in events if isinstance(e, JobEvent)) for i, events in found.items()
+        }
+        return {i: job for i, job in jobs.items() if job is not None}
 
     def notifications(self, after: int, limit: int, stop: int | None = None) -> list[Notification]:
         return list(

@@ -15,15 +15,19 @@ from taskengine_bus import BatchConsumer, Delivered, Runtime
 from taskengine_contracts import subjects
 from taskengine_contracts.events import (
     JobAdmitted,
+    JobBroken,
     JobCancelled,
     JobFailed,
+    JobPaused,
     JobQueued,
     JobRetryScheduled,
+    JobScheduled,
     JobSubmitted,
     JobSucceeded,
     JobTimedOut,
+    JobUpdated,
 )
-from taskengine_core.jobs import JobRef, JobState, advance
+from taskengine_core.jobs import HOLDS_SLOT, JobRef, JobState, advance
 from taskengine_store.store import Conflict, Statement
 
 from taskengine_admission.policy import Entry, Limits, choose
@@ -31,7 +35,17 @@ from taskengine_admission.policy import Entry, Limits, choose
 log = logging.getLogger(__name__)
 
 NAME = "admission"
-RELEASES = (JobSucceeded, JobFailed, JobTimedOut, JobCancelled, JobRetryScheduled)
+RELEASES = (
+    JobSucceeded,
+    JobFailed,
+    JobTimedOut,
+    JobCancelled,
+    JobRetryScheduled,
+    JobPaused,
+    JobBroken,
+    JobScheduled,
+)
+"""Events after which a job holds no slot and waits for none."""
 
 _UPSERT = (
     "INSERT INTO admission_queue (job_uuid, job_id, client, workflow, priority, version,"
@@ -75,18 +89,12 @@ class Admission:
                     )
                 case JobAdmitted() if event.id in self.entries:
                     entry = self.entries[event.id]
-                    entry.admitted, entry.version, entry.attempt = (
-                        True,
-                        event.version,
-                        event.attempt,
-                    )
-                case (
-                    JobSucceeded()
-                    | JobFailed()
-                    | JobTimedOut()
-                    | JobCancelled()
-                    | JobRetryScheduled()
-                ):
+                    entry.admitted, entry.version = True, event.version
+                    entry.attempt = event.attempt
+                case JobUpdated() if event.id in self.entries:
+                    entry = self.entries[event.id]
+                    entry.priority, entry.version = event.priority, event.version
+                case _ if isinstance(event, RELEASES):
                     self.entries.pop(event.id, None)
             touched.add(event.id)
         await self._admit(touched, Tracking(NAME, batch[-1].position))
@@ -124,17 +132,35 @@ class Admission:
                     self._rows(rows, {e.id: e for e in events}),
                 )
             except Conflict as conflict:
-                # Those jobs moved meanwhile (e.g. cancelled); their own events will follow.
-                for job in conflict.stale:
-                    self.entries.pop(job, None)
+                if not conflict.stale:
+                    return  # the batch was already handled
+                await self._refresh(conflict.stale)
                 touched |= conflict.stale
-                if conflict.stale:
-                    continue
-                return  # the batch was already handled
+                continue
             for event in events:
                 entry = self.entries[event.id]
                 entry.admitted, entry.version, entry.attempt = True, event.version, event.attempt
             return
+
+    async def _refresh(self, stale: set[UUID]) -> None:
+        """Rebuilds the entries of jobs that moved meanwhile from their streams."""
+        jobs = await self.runtime.call(self.runtime.store.jobs, stale)
+        for job_uuid in stale:
+            job, entry = jobs.get(job_uuid), self.entries.pop(job_uuid, None)
+            if job is None or job.state not in (JobState.QUEUED, *HOLDS_SLOT):
+                continue
+            queued_at = entry.queued_at if entry else job.updated_at
+            self.entries[job_uuid] = Entry(
+                job.id,
+                job.job_id,
+                job.client,
+                job.workflow,
+                job.priority,
+                job.version,
+                queued_at,
+                job.state in HOLDS_SLOT,
+                job.attempt,
+            )
 
     def _rows(self, jobs: set[UUID], admitted: dict[UUID, JobAdmitted]) -> list[Statement]:
         """The queue rows of `jobs` as they now are: one upsert and one delete, set-based."""
@@ -181,6 +207,7 @@ async def admission(runtime: Runtime) -> None:
             subjects.subject_for(JobSubmitted),
             subjects.subject_for(JobQueued),
             subjects.subject_for(JobAdmitted),
+            subjects.subject_for(JobUpdated),
             *(subjects.subject_for(e) for e in RELEASES),
             subjects.SETTINGS,
         ],

@@ -23,6 +23,7 @@ from taskengine_contracts.events import (
     Event,
     ExecutionLogged,
     JobAdmitted,
+    JobBroken,
     JobCancelled,
     JobEvent,
     JobFailed,
@@ -84,7 +85,7 @@ class Dispatcher:
     async def on_job_events(self, batch: list[Delivered]) -> bool:
         admitted = [d.event for d in batch if isinstance(d.event, JobAdmitted)]
         for item in batch:
-            if isinstance(item.event, JobCancelled):
+            if isinstance(item.event, (JobCancelled, JobBroken)):
                 self._cancel(item.event)
             self.runtime.apply(item.event)
         if not admitted:
@@ -190,7 +191,7 @@ class Dispatcher:
         finally:
             self.wake.set()
 
-    def _cancel(self, event: JobCancelled) -> None:
+    def _cancel(self, event: JobCancelled | JobBroken) -> None:
         execution = self.running.get(event.id)
         if execution and execution.task:
             execution.cancelled = True
@@ -318,6 +319,7 @@ async def dispatcher(runtime: Runtime) -> None:
         filter_subjects=[
             subjects.subject_for(JobAdmitted),
             subjects.subject_for(JobCancelled),
+            subjects.subject_for(JobBroken),
             subjects.SETTINGS,
         ],
         handler=service.on_job_events,

@@ -15,12 +15,16 @@ from eventsourcing.persistence import Tracking
 from taskengine_bus import BatchConsumer, Delivered, Runtime
 from taskengine_contracts import subjects
 from taskengine_contracts.events import (
+    JobBroken,
     JobCancelled,
+    JobPaused,
     JobQueued,
     JobRetryScheduled,
+    JobScheduled,
     JobSubmitted,
+    JobUpdated,
 )
-from taskengine_core.jobs import JobRef, JobState, advance
+from taskengine_core.jobs import Job, JobRef, JobState, advance
 from taskengine_store.store import Conflict, Statement
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,10 @@ _UPSERT_TIMER = (
     " reason = excluded.reason, priority = excluded.priority, attempts = excluded.attempts"
 )
 _DROP_TIMER = "DELETE FROM scheduler_timers WHERE job_uuid = %s"
+_FOLLOW_UPDATE = (
+    "UPDATE scheduler_timers SET version = %s, priority = %s,"
+    " due_at = CASE WHEN reason = 'due' THEN %s ELSE due_at END WHERE job_uuid = %s"
+)
 
 
 def timer_statements(batch: list[Delivered]) -> list[Statement]:
@@ -45,42 +53,59 @@ def timer_statements(batch: list[Delivered]) -> list[Statement]:
         event = item.event
         match event:
             case JobSubmitted(state="scheduled"):
-                statements.append(
-                    (
-                        _UPSERT_TIMER,
-                        (
-                            event.id,
-                            event.job_id,
-                            event.client,
-                            event.workflow,
-                            event.priority,
-                            event.version,
-                            event.run_at,
-                            "due",
-                            0,
-                        ),
-                    )
-                )
+                statements.append(_timer(event, event.run_at, "due", 0))
+            case JobScheduled():
+                statements.append(_timer(event, event.run_at, "due", event.attempts))
             case JobRetryScheduled():
+                statements.append(_timer(event, event.retry_at, "retry", event.attempt))
+            case JobUpdated(state="scheduled" | "retry_wait"):
                 statements.append(
-                    (
-                        _UPSERT_TIMER,
-                        (
-                            event.id,
-                            event.job_id,
-                            event.client,
-                            event.workflow,
-                            event.priority,
-                            event.version,
-                            event.retry_at,
-                            "retry",
-                            event.attempt,
-                        ),
-                    )
+                    (_FOLLOW_UPDATE, (event.version, event.priority, event.run_at, event.id))
                 )
-            case JobCancelled():
+            case JobCancelled() | JobPaused() | JobBroken():
                 statements.append((_DROP_TIMER, (event.id,)))
     return statements
+
+
+def _timer(event, due_at, reason: str, attempts: int) -> Statement:  # type: ignore[no-untyped-def]
+    return (
+        _UPSERT_TIMER,
+        (
+            event.id,
+            event.job_id,
+            event.client,
+            event.workflow,
+            event.priority,
+            event.version,
+            due_at,
+            reason,
+            attempts,
+        ),
+    )
+
+
+def timer_for(job: Job) -> Statement:
+    """The timer a job needs as its stream now tells it: none unless it is waiting for a time."""
+    if job.state == JobState.SCHEDULED:
+        reason = "due"
+    elif job.state == JobState.RETRY_WAIT:
+        reason = "retry"
+    else:
+        return (_DROP_TIMER, (job.id,))
+    return (
+        _UPSERT_TIMER,
+        (
+            job.id,
+            job.job_id,
+            job.client,
+            job.workflow,
+            job.priority,
+            job.version,
+            job.run_at,
+            reason,
+            job.attempt,
+        ),
+    )
 
 
 class Scheduler:
@@ -118,10 +143,14 @@ class Scheduler:
                 await self.runtime.call(store.commit, events, statements=drops)
                 rows = []
             except Conflict as conflict:
-                # The job moved (cancelled, paused...): its timer is obsolete.
-                log.info("scheduler: %d timer(s) superseded", len(conflict.stale))
+                # The job moved meanwhile (updated, paused, cancelled...): rebuild its timer.
+                jobs = await self.runtime.call(store.jobs, conflict.stale)
                 await self.runtime.call(
-                    store.execute, [(_DROP_TIMER, (job,)) for job in conflict.stale]
+                    store.execute,
+                    [
+                        timer_for(jobs[job]) if job in jobs else (_DROP_TIMER, (job,))
+                        for job in conflict.stale
+                    ],
                 )
                 rows = [r for r in rows if r["job_uuid"] not in conflict.stale]
         if full:
@@ -151,6 +180,10 @@ async def scheduler(runtime: Runtime) -> None:
             subjects.subject_for(JobSubmitted),
             subjects.subject_for(JobRetryScheduled),
             subjects.subject_for(JobCancelled),
+            subjects.subject_for(JobScheduled),
+            subjects.subject_for(JobUpdated),
+            subjects.subject_for(JobPaused),
+            subjects.subject_for(JobBroken),
             subjects.SETTINGS,
         ],
         handler=service.on_job_events,
