@@ -95,8 +95,13 @@ def test_failing_job_is_retried_then_marked_failed(system_factory):
         )
         assert wait_completed(client, flaky.json()["id"])["failed"] is False
         assert wait_completed(client, failing.json()["id"])["failed"] is True
-        rows = client.get(f"/logs/{failing.json()['id']}").json()
-        messages = [r["message"] for r in rows]
+
+        def failure_logged() -> list[str]:
+            rows = client.get(f"/logs/{failing.json()['id']}").json()
+            messages = [r["message"] for r in rows]
+            return messages if any(m.startswith("job failed") for m in messages) else []
+
+        messages = wait_until(failure_logged, what="the failure in the job log")
         assert any("attempt 1 failed" in m for m in messages)
         assert any(m.startswith("job failed") and "exited with 3" in m for m in messages)
 

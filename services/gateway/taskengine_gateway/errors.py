@@ -6,7 +6,7 @@ import logging
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
-from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_403_FORBIDDEN
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_403_FORBIDDEN, HTTP_409_CONFLICT
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,15 @@ class BadRequest(HTTPException):
 
 
 class JobRefused(BadRequest):
-    """A refused `POST /job`: the seed's shape names the (absent) job id too."""
+    """A refused job request: the seed's shape names the job id too (None for a new job)."""
+
+    def __init__(self, detail: str, job_id: int | None = None):
+        super().__init__(detail)
+        self.job_id = job_id
+
+
+class JobConflict(JobRefused):
+    status_code = HTTP_409_CONFLICT
 
 
 class Forbidden(HTTPException):
@@ -33,7 +41,7 @@ def http_error(request: Request, error: HTTPException) -> Response:
         detail = f"no such endpoint: {request.method} {request.url.path}"
     body: dict[str, object] = {"error": detail}
     if isinstance(error, JobRefused):
-        body = {"id": None, "error": detail}
+        body = {"id": error.job_id, "error": detail}
     return Response(body, status_code=error.status_code)
 
 

@@ -5,21 +5,30 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
-from urllib.parse import urlsplit
 
-import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, get, patch, post
 from litestar.exceptions import NotFoundException
 from taskengine_contracts.events import Event, JobEvent, JobSubmitted, SettingChanged
 from taskengine_core import workflows
 from taskengine_core.clients import mask_values
-from taskengine_core.errors import DomainError
+from taskengine_core.errors import DomainError, IllegalTransition
 from taskengine_core.ids import SETTINGS_STREAM, job_stream
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.settings import RuntimeSettings, validate_setting
+from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client
-from taskengine_gateway.errors import BadRequest, Forbidden, JobRefused
+from taskengine_gateway.errors import BadRequest, Forbidden, JobConflict, JobRefused
+from taskengine_gateway.fields import (
+    DEFAULT_PRIORITY,
+    decode_object,
+    parse_callbacks,
+    parse_priority,
+    parse_run_at,
+    parse_timeout,
+    stamp,
+)
+from taskengine_gateway.job_changes import plan_patch, plan_rerun
 from taskengine_gateway.job_queries import dashboard_query, list_query
 from taskengine_gateway.state import GatewayState
 
@@ -36,68 +45,7 @@ QUEUE_STATE = {
     JobState.SCHEDULED: ("scheduled", 5),
     JobState.PAUSED: ("paused", 6),
 }
-MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 1, 10, 5
 VERSION = metadata.version("taskengine-gateway")
-
-
-def stamp(moment: datetime) -> str:
-    """The seed's timestamps: UTC, milliseconds, `Z`."""
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
-
-
-def parse_run_at(value: object) -> datetime:
-    """`yyyy-MM-ddTHH:mm:ss.fff` in UTC (an explicit offset or `Z` is accepted too)."""
-    if not isinstance(value, str):
-        raise BadRequest("run_at must be a string like 2030-01-31T14:30:00.000 (UTC)")
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"run_at {value!r} is not yyyy-MM-ddTHH:mm:ss.fff (UTC)") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def parse_priority(value: object) -> int:
-    if isinstance(value, bool):
-        raise BadRequest("priority must be an integer from 1 (highest) to 10")
-    try:
-        priority = int(value) if isinstance(value, (int, str)) else None  # type: ignore[arg-type]
-    except ValueError:
-        priority = None
-    if priority is None or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-        raise BadRequest(f"priority must be an integer from 1 (highest) to 10, got {value!r}")
-    return priority
-
-
-def parse_callbacks(parameters: dict[str, Any]) -> list[str]:
-    endpoints = parameters.get("rest_endpoints", [])
-    if not isinstance(endpoints, list) or not all(isinstance(u, str) for u in endpoints):
-        raise BadRequest("parameters.rest_endpoints must be a list of URLs")
-    for url in endpoints:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BadRequest(f"parameters.rest_endpoints: {url!r} is not an http(s) URL")
-    return endpoints
-
-
-def parse_timeout(parameters: dict[str, Any]) -> float | None:
-    timeout = parameters.get("timeout")
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise BadRequest("parameters.timeout must be a positive number of seconds")
-    return float(timeout)
-
-
-def decode_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
-        raise BadRequest(f"malformed JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    return data
 
 
 def job_submission(data: dict[str, Any], client: Client) -> tuple[str, dict, int, datetime | None]:
@@ -228,6 +176,37 @@ class TaskEngineController(Controller):
         job = await load_job(gateway, job_id, client)
         return job_view(job, await queue_position(gateway, job))
 
+    @patch("/jobs/{job_id:str}", operation_id="update_job")
+    async def update_job(
+        self, job_id: str, request: Request, gateway: GatewayState, client: Client
+    ) -> dict:
+        job = await load_job(gateway, job_id, client)
+        try:
+            data = decode_object(await request.body())
+            events, done = plan_patch(job, data, client.name, datetime.now(UTC))
+        except IllegalTransition as error:
+            raise JobRefused(str(error), job_id=job.job_id) from None
+        except BadRequest as error:
+            raise JobRefused(error.detail, job_id=job.job_id) from None
+        await commit_job_change(gateway, job, events)
+        return {"id": job.job_id, "result": f"Performed updates: {', '.join(done)}"}
+
+    @post("/jobs/{job_id:str}/rerun", operation_id="rerun_job", status_code=200)
+    async def rerun_job(self, job_id: str, gateway: GatewayState, client: Client) -> dict:
+        job = await load_job(gateway, job_id, client)
+        store = gateway.runtime.store
+        [number] = await gateway.runtime.call(store.next_job_ids, 1)
+        events = plan_rerun(
+            job,
+            number,
+            client.name,
+            datetime.now(UTC),
+            parse_callbacks(job.parameters),
+            parse_timeout(job.parameters),
+        )
+        await commit_job_change(gateway, job, events)
+        return {"id": number, "result": "accepted"}
+
     @get("/logs/{job_id:str}", operation_id="get_logs")
     async def get_logs(self, job_id: str, gateway: GatewayState, client: Client) -> list[dict]:
         job = await load_job(gateway, job_id, client)
@@ -292,6 +271,15 @@ async def load_job(gateway: GatewayState, job_id: str, client: Client) -> Job:
     if job is None or job.client != client.name:
         raise NotFoundException(f"job {job_id} not found")
     return job
+
+
+async def commit_job_change(gateway: GatewayState, job: Job, events: list) -> None:
+    try:
+        await gateway.runtime.call(gateway.runtime.store.commit, events)
+    except Conflict:
+        raise JobConflict(
+            f"job {job.job_id} changed meanwhile; read it and retry", job_id=job.job_id
+        ) from None
 
 
 async def queue_position(gateway: GatewayState, job: Job) -> int:

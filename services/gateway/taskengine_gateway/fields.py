@@ -1,0 +1,73 @@
+"""The Task Engine dialect's field formats: parsing requests, formatting timestamps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from taskengine_gateway.errors import BadRequest
+
+MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 1, 10, 5
+
+
+def stamp(moment: datetime) -> str:
+    """The seed's timestamps: UTC, milliseconds, `Z`."""
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def parse_run_at(value: object) -> datetime:
+    """`yyyy-MM-ddTHH:mm:ss.fff` in UTC (an explicit offset or `Z` is accepted too)."""
+    if not isinstance(value, str):
+        raise BadRequest("run_at must be a string like 2030-01-31T14:30:00.000 (UTC)")
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"run_at {value!r} is not yyyy-MM-ddTHH:mm:ss.fff (UTC)") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_priority(value: object) -> int:
+    if isinstance(value, bool):
+        raise BadRequest("priority must be an integer from 1 (highest) to 10")
+    try:
+        priority = int(value) if isinstance(value, (int, str)) else None  # type: ignore[arg-type]
+    except ValueError:
+        priority = None
+    if priority is None or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise BadRequest(f"priority must be an integer from 1 (highest) to 10, got {value!r}")
+    return priority
+
+
+def parse_callbacks(parameters: dict[str, Any]) -> list[str]:
+    endpoints = parameters.get("rest_endpoints", [])
+    if not isinstance(endpoints, list) or not all(isinstance(u, str) for u in endpoints):
+        raise BadRequest("parameters.rest_endpoints must be a list of URLs")
+    for url in endpoints:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadRequest(f"parameters.rest_endpoints: {url!r} is not an http(s) URL")
+    return endpoints
+
+
+def parse_timeout(parameters: dict[str, Any]) -> float | None:
+    timeout = parameters.get("timeout")
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise BadRequest("parameters.timeout must be a positive number of seconds")
+    return float(timeout)
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise BadRequest(f"malformed JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data

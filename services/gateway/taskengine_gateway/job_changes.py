@@ -1,0 +1,192 @@
+"""What a `PATCH /jobs/<id>` or a rerun does to a job, as lifecycle events (pure functions)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from taskengine_contracts.events import (
+    JobBroken,
+    JobEvent,
+    JobPaused,
+    JobQueued,
+    JobScheduled,
+    JobSubmitted,
+    JobUpdated,
+)
+from taskengine_core.errors import IllegalTransition
+from taskengine_core.ids import job_stream
+from taskengine_core.jobs import Job, JobRef, JobState, advance
+
+from taskengine_gateway.errors import BadRequest
+from taskengine_gateway.fields import parse_priority, parse_run_at
+
+S = JobState
+WAITING = (S.SCHEDULED, S.QUEUED, S.PAUSED, S.RETRY_WAIT)
+PATCHABLE = {"client", "persist", "priority", "queue_state", "run_at"}
+NOT_YET = {"semaphore_url", "sempahore_url"}
+
+
+def plan_patch(
+    job: Job, data: dict[str, Any], by: str, now: datetime
+) -> tuple[list[JobEvent], list[str]]:
+    """The events that apply `data` to `job`, in order, and the `field=value` summary.
+
+    Raises BadRequest for a bad field and IllegalTransition for a move the lifecycle forbids.
+    """
+    unknown = set(data) - PATCHABLE - NOT_YET
+    if unknown:
+        raise BadRequest(
+            f"cannot update {', '.join(sorted(unknown))}; can: persist, priority,"
+            " queue_state, run_at"
+        )
+    if NOT_YET & set(data):
+        raise BadRequest("semaphore_url is not supported by this engine yet")
+    if data.get("client", job.client) != job.client:
+        raise BadRequest(f"job {job.job_id} does not belong to client {data['client']!r}")
+    events: list[JobEvent] = []
+    done: list[str] = []
+    ref = job.ref
+
+    def add(event: JobEvent) -> None:
+        nonlocal ref
+        events.append(event)
+        ref = JobRef.of(event)
+
+    priority, persist, run_at = job.priority, job.persist, job.run_at
+    changed = []
+    if "priority" in data:
+        priority = parse_priority(data["priority"])
+        if job.state not in WAITING:
+            raise IllegalTransition(
+                f"job {job.job_id} is {job.state}: its priority no longer matters"
+            )
+        changed.append("priority")
+        done.append(f"priority={priority}")
+    if "persist" in data:
+        if not isinstance(data["persist"], bool):
+            raise BadRequest("persist must be true or false")
+        persist = data["persist"]
+        changed.append("persist")
+        done.append(f"persist={str(persist).lower()}")
+    if "run_at" in data:
+        run_at = parse_run_at(data["run_at"])
+        if job.state not in (S.SCHEDULED, S.QUEUED, S.PAUSED):
+            raise IllegalTransition(f"job {job.job_id} is {job.state}: run_at can no longer change")
+        done.append(f"run_at={data['run_at']}")
+    future = run_at > now
+    if "run_at" in data and future and job.state != S.PAUSED:
+        if changed:
+            add(
+                advance(
+                    ref,
+                    JobUpdated,
+                    at=now,
+                    workflow=job.workflow,
+                    priority=priority,
+                    run_at=job.run_at,
+                    persist=persist,
+                    changed=changed,
+                )
+            )
+        add(
+            advance(
+                ref,
+                JobScheduled,
+                at=now,
+                workflow=job.workflow,
+                priority=priority,
+                run_at=run_at,
+                attempts=job.attempt,
+            )
+        )
+    elif changed or "run_at" in data:
+        add(
+            advance(
+                ref,
+                JobUpdated,
+                at=now,
+                workflow=job.workflow,
+                priority=priority,
+                run_at=run_at,
+                persist=persist,
+                changed=changed + ["run_at"] * ("run_at" in data),
+            )
+        )
+        if "run_at" in data and ref.state == S.SCHEDULED:  # its time has already come
+            add(
+                advance(
+                    ref,
+                    JobQueued,
+                    at=now,
+                    workflow=job.workflow,
+                    priority=priority,
+                    reason="due",
+                    attempts=job.attempt,
+                )
+            )
+    if "queue_state" in data:
+        target = data["queue_state"]
+        if target == "paused":
+            add(advance(ref, JobPaused, at=now, by=by))
+        elif target == "broken":
+            add(advance(ref, JobBroken, at=now, by=by, reason=f"broken by {by}"))
+        elif target == "queued":
+            if ref.state != S.PAUSED:
+                raise IllegalTransition(
+                    f"job {job.job_id} is {ref.state}: only a paused job can be queued again"
+                )  # noqa: E501
+            if future:
+                add(
+                    advance(
+                        ref,
+                        JobScheduled,
+                        at=now,
+                        workflow=job.workflow,
+                        priority=priority,
+                        run_at=run_at,
+                        attempts=job.attempt,
+                    )
+                )
+            else:
+                add(
+                    advance(
+                        ref,
+                        JobQueued,
+                        at=now,
+                        workflow=job.workflow,
+                        priority=priority,
+                        reason="resumed",
+                        attempts=job.attempt,
+                    )
+                )
+        else:
+            raise BadRequest("queue_state must be paused, broken or queued")
+        done.append(f"queue_state={target}")
+    if not done:
+        raise BadRequest("nothing to update: send persist, priority, queue_state or run_at")
+    return events, done
+
+
+def plan_rerun(
+    job: Job, number: int, by: str, now: datetime, callbacks: list[str], timeout: float | None
+) -> list[JobEvent]:  # noqa: E501
+    """A new job with exactly the same parameters; the original becomes broken."""
+    rerun = JobSubmitted(
+        id=job_stream(number),
+        version=1,
+        at=now,
+        job_id=number,
+        client=job.client,
+        workflow=job.workflow,
+        parameters=job.parameters,
+        priority=job.priority,
+        run_at=now,
+        state="queued",
+        callbacks=callbacks,
+        timeout=timeout,
+        dialect=job.dialect,
+    )
+    if job.state == S.BROKEN:
+        return [rerun]
+    return [rerun, advance(job.ref, JobBroken, at=now, by=by, reason="rerun", rerun_as=number)]
