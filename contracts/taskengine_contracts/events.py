@@ -258,6 +258,16 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     SettingChanged,
 )
 
+
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    """A service instance is alive (core NATS, never stored); `working`: what it has in hand."""
+
+    service: str
+    instance: str
+    working: int
+    at: datetime
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)
 

@@ -16,6 +16,14 @@ CALLBACKS = f"{PREFIX}.callback.>"
 CLIENTS = f"{PREFIX}.client.>"
 SETTINGS = f"{PREFIX}.settings.>"
 
+HEARTBEATS = "heartbeat.taskengine.>"
+"""Core NATS (not JetStream): each service instance says it is alive every few seconds."""
+
+
+def heartbeat_subject(service: str) -> str:
+    return f"heartbeat.taskengine.{service}"
+
+
 POSITION_HEADER = "Taskengine-Position"
 """Header carrying the event's notification id: its position in the store's global order."""
 

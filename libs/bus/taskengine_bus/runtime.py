@@ -9,12 +9,15 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
+import msgspec
 import uvloop
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from taskengine_contracts.events import SettingChanged
+from taskengine_contracts import subjects
+from taskengine_contracts.events import Heartbeat, SettingChanged
 from taskengine_core.config import EngineSettings, engine_settings
 from taskengine_core.ids import SETTINGS_STREAM
 from taskengine_core.settings import RuntimeSettings
@@ -24,6 +27,7 @@ from taskengine_bus.bus import connect, ensure_stream
 
 T = TypeVar("T")
 SWITCH_INTERVAL = 0.0005
+HEARTBEAT = 2.0
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +41,24 @@ class Runtime:
     settings: RuntimeSettings = field(default_factory=RuntimeSettings)
     on_stop: Callable[[], None] | None = None
     """How SIGTERM stops this service gracefully; by default its main task is cancelled."""
+    working: Callable[[], int] = lambda: 0
+    """What this instance has in hand, for its heartbeat (e.g. running attempts)."""
+
+    async def heartbeat_forever(self) -> None:
+        """Says this instance is alive every HEARTBEAT seconds (what /health counts)."""
+        subject = subjects.heartbeat_subject(self.name)
+        while True:
+            beat = Heartbeat(
+                service=self.name,
+                instance=self.instance,
+                working=self.working(),
+                at=datetime.now(UTC),
+            )
+            try:
+                await self.nc.publish(subject, msgspec.json.encode(beat))
+            except Exception as error:  # the bus reconnects by itself; try again next beat
+                log.debug("heartbeat not sent: %s", error)
+            await asyncio.sleep(HEARTBEAT)
 
     @property
     def instance(self) -> str:
@@ -104,11 +126,13 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop)
         log.info("%s started (instance %s)", name, runtime.instance)
+        heartbeat = asyncio.create_task(runtime.heartbeat_forever())
         try:
             await main(runtime)
         except asyncio.CancelledError:
             log.info("%s stopping", name)
         finally:
+            heartbeat.cancel()
             await nc.close()  # handled batches are acked; the rest is redelivered
             store.close()
 

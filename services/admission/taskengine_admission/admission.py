@@ -200,6 +200,7 @@ async def load_entries(runtime: Runtime) -> dict[UUID, Entry]:
 
 async def admission(runtime: Runtime) -> None:
     service = Admission(runtime, await load_entries(runtime))
+    runtime.working = lambda: sum(e.admitted for e in service.entries.values())
     consumer = BatchConsumer(
         runtime.js,
         durable=NAME,

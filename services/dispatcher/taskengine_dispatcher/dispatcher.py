@@ -312,6 +312,7 @@ def ended(ref, workflow_name, priority, attempt, callbacks, outcome, settings) -
 
 async def dispatcher(runtime: Runtime) -> None:
     service = Dispatcher(runtime)
+    runtime.working = lambda: len(service.running)
     await service.recover()
     consumer = BatchConsumer(
         runtime.js,

@@ -13,6 +13,7 @@ from taskengine_bus import Runtime
 
 from taskengine_gateway.auth import Authenticator, Client
 from taskengine_gateway.errors import http_error, internal_error
+from taskengine_gateway.health import Heartbeats
 from taskengine_gateway.state import GatewayState
 from taskengine_gateway.submitter import Submitter
 from taskengine_gateway.taskengine_api import TaskEngineController
@@ -38,8 +39,9 @@ def create_app(state: GatewayState) -> Litestar:
 
 
 async def gateway(runtime: Runtime) -> None:
-    state = GatewayState(runtime, Submitter(runtime), Authenticator(runtime))
+    state = GatewayState(runtime, Submitter(runtime), Authenticator(runtime), Heartbeats())
     state.submitter.start()
+    await state.heartbeats.follow(runtime.nc)
     config = uvicorn.Config(
         create_app(state),
         host=runtime.config.host,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from taskengine_bus import Runtime
 
 from taskengine_gateway.auth import Authenticator
+from taskengine_gateway.health import Heartbeats
 from taskengine_gateway.submitter import Submitter
 
 
@@ -15,3 +16,4 @@ class GatewayState:
     runtime: Runtime
     submitter: Submitter
     authenticator: Authenticator
+    heartbeats: Heartbeats

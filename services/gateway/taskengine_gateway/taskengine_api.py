@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-from litestar import Controller, Request, get, patch, post
+from litestar import Controller, Request, Response, get, patch, post
 from litestar.exceptions import NotFoundException
 from taskengine_contracts.events import Event, JobEvent, JobSubmitted, SettingChanged
 from taskengine_core import workflows
@@ -28,6 +28,7 @@ from taskengine_gateway.fields import (
     parse_timeout,
     stamp,
 )
+from taskengine_gateway.health import ComponentDown, health_report
 from taskengine_gateway.job_changes import plan_patch, plan_rerun
 from taskengine_gateway.job_queries import dashboard_query, list_query
 from taskengine_gateway.state import GatewayState
@@ -143,6 +144,16 @@ class TaskEngineController(Controller):
         number = await gateway.submitter.submit(build)
         return {"id": number, "result": "accepted"}
 
+    @get("/health", operation_id="health")
+    async def health(self, gateway: GatewayState, client: Client) -> Response:
+        try:
+            report = await health_report(
+                gateway.runtime, gateway.heartbeats, await current_settings(gateway), VERSION
+            )
+        except ComponentDown as down:
+            return Response({"error": str(down)}, status_code=500)
+        return Response(report)
+
     @get("/jobs", operation_id="list_jobs")
     async def list_jobs(self, request: Request, gateway: GatewayState, client: Client) -> list:
         sql, args = list_query(request.query_params, client.name)
@@ -152,13 +163,8 @@ class TaskEngineController(Controller):
     @get("/dashboard", operation_id="dashboard")
     async def dashboard(self, gateway: GatewayState, client: Client) -> dict:
         sql, args = dashboard_query(client.name)
-        store = gateway.runtime.store
-        rows = await gateway.runtime.call(store.query, sql, args)
-        settings = RuntimeSettings.fold(
-            e
-            for e in await gateway.runtime.call(store.stream, SETTINGS_STREAM)
-            if isinstance(e, SettingChanged)
-        )
+        rows = await gateway.runtime.call(gateway.runtime.store.query, sql, args)
+        settings = await current_settings(gateway)
         lists: dict[str, list] = {"started": [], "queued": [], "scheduled": []}
         for row in rows:
             view = row_view(row)
@@ -271,6 +277,12 @@ async def load_job(gateway: GatewayState, job_id: str, client: Client) -> Job:
     if job is None or job.client != client.name:
         raise NotFoundException(f"job {job_id} not found")
     return job
+
+
+async def current_settings(gateway: GatewayState) -> RuntimeSettings:
+    """The settings as stored now (the gateway does not follow the bus for them)."""
+    events = await gateway.runtime.call(gateway.runtime.store.stream, SETTINGS_STREAM)
+    return RuntimeSettings.fold(e for e in events if isinstance(e, SettingChanged))
 
 
 async def commit_job_change(gateway: GatewayState, job: Job, events: list) -> None:

@@ -214,6 +214,7 @@ def _mono(at: datetime) -> float:
 async def notifier(runtime: Runtime) -> None:
     async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
         service = Notifier(runtime, client)
+        runtime.working = lambda: len(service.due)
         for row in await runtime.call(runtime.store.query, "SELECT * FROM notifier_deliveries"):
             service.schedule(
                 (

@@ -1,0 +1,130 @@
+"""`GET /health`: live checks of PostgreSQL and NATS, each service's instances and backlog."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from taskengine_contracts import subjects
+from taskengine_contracts.events import Heartbeat
+
+ALIVE_FOR = 6.0
+"""An instance counts as a worker while its last heartbeat is this recent (3 beats)."""
+CHECK_TIMEOUT = 3.0
+
+QUEUES = {
+    "scheduler": "scheduler",
+    "work": "dispatcher",
+    "controller": "admission",
+    "callback": "notifier",
+    "gateway": "gateway",
+    "relay": "relay",
+    "projector": "projector",
+}
+"""Seed 002's queue names and the services behind them."""
+CONSUMERS = {"scheduler", "dispatcher", "admission", "notifier"}
+FOLLOWERS = {"relay", "projector"}  # they follow the store's log, not a JetStream consumer
+
+JOB_COUNTERS = {
+    "queued": "state = 'queued'",
+    "started": "state IN ('admitted', 'running')",
+    "completed": "state = 'succeeded'",
+    "failed": "state IN ('failed', 'timed_out')",
+    "pending": "state = 'retry_wait'",
+    "broken": "state IN ('broken', 'cancelled')",
+    "scheduled": "state = 'scheduled'",
+    "paused": "state = 'paused'",
+}
+_decoder = msgspec.json.Decoder(Heartbeat)
+
+
+class Heartbeats:
+    """The last heartbeat of every service instance, from core NATS."""
+
+    def __init__(self) -> None:
+        self.last: dict[tuple[str, str], tuple[float, Heartbeat]] = {}
+
+    async def follow(self, nc: NatsClient) -> None:
+        async def on_beat(message: Msg) -> None:
+            try:
+                beat = _decoder.decode(message.data)
+            except msgspec.ValidationError:
+                return
+            self.last[(beat.service, beat.instance)] = (time.monotonic(), beat)
+
+        await nc.subscribe(subjects.HEARTBEATS, cb=on_beat)
+
+    def alive(self, service: str) -> list[Heartbeat]:
+        now = time.monotonic()
+        for key, (seen, _) in list(self.last.items()):
+            if now - seen > 10 * ALIVE_FOR:  # long gone: forget it
+                del self.last[key]
+        return [
+            b for (s, _), (seen, b) in self.last.items() if s == service and now - seen <= ALIVE_FOR
+        ]
+
+
+class ComponentDown(Exception):
+    pass
+
+
+async def check(name: str, probe) -> Any:  # type: ignore[no-untyped-def]
+    try:
+        return await asyncio.wait_for(probe, timeout=CHECK_TIMEOUT)
+    except Exception as error:  # any failure of a probe is the component being down
+        raise ComponentDown(f"{name}: {error or type(error).__name__}") from None
+
+
+def job_counts_query() -> str:
+    counts = ", ".join(
+        f"count(*) FILTER (WHERE {cond}) AS {name}" for name, cond in JOB_COUNTERS.items()
+    )
+    return (
+        f"SELECT {counts}, coalesce(sum(attempt), 0) AS attempts,"
+        " count(*) FILTER (WHERE state = 'admitted') AS admitted FROM rm_jobs"
+    )
+
+
+async def health_report(runtime, heartbeats: Heartbeats, settings, version: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]  # noqa: E501
+    """The seed's health document; raises ComponentDown naming what is unreachable."""
+    store = runtime.store
+    await check("postgres", runtime.call(store.query, "SELECT 1"))
+    await check("nats", runtime.js.stream_info(subjects.STREAM))
+    max_position = await check("postgres", runtime.call(store.max_position))
+    queues: dict[str, dict[str, int]] = {}
+    for queue, service in QUEUES.items():
+        beats = heartbeats.alive(service)
+        pending = 0
+        if service in CONSUMERS:
+            info = await check("nats", runtime.js.consumer_info(subjects.STREAM, service))
+            pending = info.num_pending or 0
+        elif service in FOLLOWERS:
+            tracked = await check("postgres", runtime.call(store.tracked, service))
+            pending = max(max_position - tracked, 0)
+        queues[queue] = {
+            "workers": len(beats),
+            "working": sum(b.working for b in beats),
+            "pending": pending,
+        }
+    [counts] = await check("postgres", runtime.call(store.query, job_counts_query()))
+    attempts = int(counts["attempts"])
+    return {
+        "version": version,
+        "databases": {"postgres": "OK", "nats": "OK"},
+        "queues": queues,
+        # Tasks are attempts: run so far, those that did not succeed, and those about to start.
+        "tasks": {
+            "processed": attempts,
+            "failed": max(attempts - counts["completed"] - counts["started"], 0),
+            "pending": counts["admitted"],
+        },
+        "jobs": {
+            **{name: counts[name] for name in JOB_COUNTERS},
+            "max_jobs": settings.max_jobs,
+            "priority_slots": settings.int("priority_slots"),
+        },
+    }
