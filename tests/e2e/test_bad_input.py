@@ -41,6 +41,25 @@ REFUSED_JOBS = [
         "not an http(s) URL",
     ),
     (b'{"job": {"workflow": "noop"}, "parameters": {"timeout": -1}}', "parameters.timeout"),
+    (
+        b'{"job": {"workflow": "noop"}, "parameters": {"timeout": 1' + b"0" * 400 + b"}}",
+        "parameters.timeout",
+    ),
+    (b'{"job": {"workflow": "noop"}, "run_at": "9999-12-31T23:59:59-05:00"}', "run_at"),
+    (
+        b'{"job": {"workflow": "noop"}, "parameters": {"rest_endpoints": ["http://[::1"]}}',
+        "not an http(s) URL",
+    ),
+    (
+        b'{"job": {"workflow": "noop"}, "parameters": {"rest_endpoints": ["http://x:99999/"]}}',
+        "not an http(s) URL",
+    ),
+    (
+        b'{"job": {"workflow": "noop"}, "parameters": {"rest_endpoints": ["http://a..b/"]}}',
+        "not an http(s) URL",
+    ),
+    (b'{"job": {"workflow": "noop"}, "parameters": {"note": "a\\u0000b"}}', "NUL"),
+    (b'{"job": {"workflow": "fail"}, "parameters": {"exit_code": "inf"}}', "finite"),
 ]
 
 
@@ -84,7 +103,17 @@ def test_a_body_naming_another_client_is_refused(system):
     assert response.status_code == 403 and "does not match" in response.json()["error"]
 
 
-@pytest.mark.parametrize("path", ["/jobs/999999999", "/jobs/abc", "/logs/999999999", "/nowhere"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/jobs/999999999",
+        "/jobs/abc",
+        "/logs/999999999",
+        "/nowhere",
+        "/jobs/\u00b2",
+        "/jobs/" + "9" * 5000,
+    ],
+)
 def test_unknown_things_are_404_with_an_error(system, path):
     response = httpx.get(system.url + path, headers=AUTH)
     assert response.status_code == 404 and "error" in response.json()
@@ -97,6 +126,11 @@ def test_only_an_admin_client_may_change_settings(system):
     assert response.status_code == 403 and "admin" in response.json()["error"]
     response = httpx.post(system.url + "/settings", json=body, headers=AUTH)
     assert response.json() == {"result": "ok", "message": "max_jobs setting created"}
+
+
+def test_a_nul_in_a_search_is_400(system):
+    response = httpx.get(system.url + "/jobs", params={"search": "a\x00b"}, headers=AUTH)
+    assert response.status_code == 400 and "NUL" in response.json()["error"]
 
 
 def test_server_errors_never_leak_a_traceback(system):

@@ -75,6 +75,9 @@ def test_pause_resume_reprioritise_and_break_move_jobs_through_admission(client)
     refused = patch(client, holder, queue_state="paused")
     assert refused.status_code == 400 and refused.json()["id"] == holder
     assert "is running" in refused.json()["error"]
+    # An update must not race the dispatcher's next append for a running job.
+    refused = patch(client, holder, persist=True)
+    assert refused.status_code == 400 and "when it ends" in refused.json()["error"]
 
     # Breaking the running job frees its slot: the top of the queue (third) runs next, and
     # the paused job does not.

@@ -24,7 +24,7 @@ class EngineSettings(BaseSettings):
     instance: str = Field(default="", description="stable name of this process instance")
     create_tables: bool = False
     log_level: str = "INFO"
-    max_body_bytes: int = 1_048_576
+    max_body_bytes: int = 524_288  # an event must fit NATS's default 1 MB max payload
     pool_size: int = 4
 
 

@@ -69,7 +69,8 @@ TRANSITIONS: dict[type[JobEvent], tuple[frozenset[JobState], JobState | None]] =
     JobScheduled: (frozenset({S.SCHEDULED, S.QUEUED, S.PAUSED}), S.SCHEDULED),
     JobPaused: (frozenset({S.SCHEDULED, S.QUEUED, S.RETRY_WAIT}), S.PAUSED),
     JobBroken: (frozenset(JobState) - {S.BROKEN}, S.BROKEN),
-    JobUpdated: (frozenset(JobState), None),
+    # Not while admitted or running: the dispatcher appends the next event of those.
+    JobUpdated: (frozenset(JobState) - {S.ADMITTED, S.RUNNING}, None),
 }
 
 

@@ -18,6 +18,14 @@ DEFAULTS: dict[str, int] = {
     "retry_limit": 3,
 }
 _MINIMUM = {"max_jobs": 1, "priority_threshold": 1}
+_MAXIMUM = {
+    "retry_delay": 7 * 24 * 3600,
+    "schedule_interval": 24 * 3600,
+    "max_jobs": 100_000,
+    "retry_limit": 1000,
+    "priority_slots": 100_000,
+    "priority_threshold": 10,
+}
 
 
 class RuntimeSettings(msgspec.Struct):
@@ -67,4 +75,6 @@ def validate_setting(name: object, value: object) -> tuple[str, str]:
         raise InvalidSetting(f"{name} must be an integer, got {value!r}") from None
     if number < _MINIMUM.get(name, 0):
         raise InvalidSetting(f"{name} must be at least {_MINIMUM.get(name, 0)}")
+    if number > _MAXIMUM[name]:
+        raise InvalidSetting(f"{name} must be at most {_MAXIMUM[name]}")
     return name, str(number)

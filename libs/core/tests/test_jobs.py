@@ -157,7 +157,7 @@ def test_the_lifecycle_table_is_the_documented_one():
         JobScheduled: ({S.SCHEDULED, S.QUEUED, S.PAUSED}, S.SCHEDULED),
         JobPaused: ({S.SCHEDULED, S.QUEUED, S.RETRY_WAIT}, S.PAUSED),
         JobBroken: (set(JobState) - {S.BROKEN}, S.BROKEN),
-        JobUpdated: (set(JobState), None),
+        JobUpdated: (set(JobState) - {S.ADMITTED, S.RUNNING}, None),
     }
     assert {cls: (set(a), t) for cls, (a, t) in TRANSITIONS.items()} == expected
 

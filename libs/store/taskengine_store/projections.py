@@ -99,11 +99,11 @@ def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
             return [("WARN", "api", f"job broken by {event.by}: {event.reason}{rerun}", 0)]
         case CallbackDelivered():
             text = f"{event.event} callback delivered to {event.url} (HTTP {event.status_code})"
-            return [("INFO", "callback", text, 0)]
+            return [("INFO", "callback", mask_secrets(text), 0)]
         case CallbackAttemptFailed():
             then = f"retry at {event.next_at.isoformat()}" if event.next_at else "abandoned"
             text = f"{event.event} callback to {event.url} failed: {event.error}; {then}"
-            return [("WARN" if event.next_at else "ERROR", "callback", text, 0)]
+            return [("WARN" if event.next_at else "ERROR", "callback", mask_secrets(text), 0)]
     return []
 
 

@@ -40,7 +40,8 @@ def register(store: EventStore, name: str, key: str, admin: bool = False) -> Non
 def ensure_clients(store: EventStore, config: EngineSettings, data_dir: Path) -> list:
     """Bootstrap clients from the environment, or the demo client whose key lives in the data dir.
 
-    Returns (name, key, show_key) for the banner: a key is shown in full only when just created.
+    Returns (name, key, show_key) for the banner: a key is shown in full only when just
+    created; afterwards its last 4 characters and the file that holds it.
     """
     if config.bootstrap_client:
         clients = parse_bootstrap(config.bootstrap_client)
@@ -51,7 +52,7 @@ def ensure_clients(store: EventStore, config: EngineSettings, data_dir: Path) ->
     if key_file.exists():
         key = key_file.read_text().strip()
         register(store, DEMO_CLIENT, key, admin=True)
-        return [(DEMO_CLIENT, key, True)]
+        return [(DEMO_CLIENT, key, False)]
     key = new_key()
     register(store, DEMO_CLIENT, key, admin=True)
     key_file.touch(mode=0o600)

@@ -15,6 +15,7 @@ def endpoints_file(data_dir: Path) -> Path:
 def write_endpoints(data_dir: Path, **urls: str) -> None:
     path = endpoints_file(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)  # the database URL may hold a password
     path.write_text(json.dumps(urls, indent=2))
 
 

@@ -18,6 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from taskengine_core.clients import mask
 from taskengine_core.config import EngineSettings
@@ -29,6 +30,13 @@ from taskengine_cli.endpoints import write_endpoints
 
 SERVICES = ("relay", "projector", "scheduler", "admission", "dispatcher", "notifier", "gateway")
 STOP_GRACE = 10.0
+
+
+def hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":****@")).geturl()
 
 
 def port_open(port: int, host: str) -> bool:
@@ -154,13 +162,20 @@ class Supervisor:
             f"Taskengine is {'up' if ready else 'starting (gateway not answering yet)'}",
             f"  gateway     {gateway_url}",
             f"  NATS        {nats_url}",
-            f"  PostgreSQL  {database_url}",
+            f"  PostgreSQL  {hide_password(database_url)}",
             f"  data        {data_dir}",
             f"  logs        {data_dir / 'logs'}/<service>.log",
             "",
         ]
         for name, key, shown in clients:
-            lines.append(f"  client {name}: key {key if shown else mask(key)}")
+            where = (
+                ""
+                if shown
+                else f" (in {data_dir / f'{name}.key'})"
+                if name == "demo-client"
+                else ""
+            )
+            lines.append(f"  client {name}: key {key if shown else mask(key)}{where}")
         if clients:
             name, key, _ = clients[0]
             lines += [

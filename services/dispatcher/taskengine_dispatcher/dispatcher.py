@@ -73,6 +73,10 @@ class Execution:
     task: asyncio.Task | None = None
     cancelled: bool = False
 
+    def emit(self, line: LogLine) -> None:
+        """Where the executor sends output: the lines not yet stored (flush swaps the list)."""
+        self.lines.append(line)
+
 
 class Dispatcher:
     def __init__(self, runtime: Runtime):
@@ -181,7 +185,7 @@ class Dispatcher:
 
     async def _run(self, execution: Execution, steps, env, timeout) -> None:  # type: ignore[no-untyped-def]
         try:
-            execution.outcome = await run_steps(steps, env, timeout, execution.lines.append)
+            execution.outcome = await run_steps(steps, env, timeout, execution.emit)
         except asyncio.CancelledError:
             execution.outcome = Outcome("failed", "cancelled")
             raise
@@ -200,20 +204,28 @@ class Dispatcher:
     # --- recording ---------------------------------------------------------------------------
 
     async def flush_forever(self) -> None:
+        delay = FLUSH
         while True:
             if not self.running:
                 await self.wake.wait()
-            await asyncio.sleep(FLUSH)
+            await asyncio.sleep(delay)
             self.wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+                delay = FLUSH
+            except Exception:  # the store is unreachable: keep everything and try again
+                log.exception("dispatcher: recording outcomes failed; retrying")
+                delay = min(delay * 4, 5.0)
 
     async def flush(self) -> None:
         """Stores new output lines and finished attempts of every execution in one commit."""
         events: list[Event] = []
         rows: list[Statement] = []
         done: list[Execution] = []
+        taken: list[tuple[Execution, list[LogLine]]] = []
         for execution in list(self.running.values()):
             lines, execution.lines = execution.lines, []
+            taken.append((execution, lines))
             if lines:
                 execution.log_version += 1
                 events.append(
@@ -233,8 +245,15 @@ class Dispatcher:
                     events.append(self.outcome_event(execution))
         if not events and not rows:
             return
-        # A job someone else moved meanwhile (e.g. cancelled) keeps that outcome, not ours.
-        await self.runtime.call(self.runtime.store.commit_unmoved, events, rows)
+        try:
+            # A job someone else moved meanwhile (e.g. cancelled) keeps that outcome, not ours.
+            await self.runtime.call(self.runtime.store.commit_unmoved, events, rows)
+        except Exception:
+            for execution, lines in taken:  # nothing was stored: next flush stores it all
+                execution.lines[:0] = lines
+                if lines:
+                    execution.log_version -= 1
+            raise
         for execution in done:
             self.running.pop(execution.ref.id, None)
 

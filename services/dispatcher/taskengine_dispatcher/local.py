@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from taskengine_contracts.events import LogLine
+from taskengine_core.clients import mask_secrets
 from taskengine_core.workflows import Step
 
 MAX_LINE = 8192
@@ -44,7 +45,8 @@ async def run_steps(
     """Runs `steps` in order, streaming their output to `emit`; stops at the first failure."""
     deadline = time.monotonic() + timeout
     for number, step in enumerate(steps, start=1):
-        emit(_line(number, "INFO", f"'{step.name}' started: {' '.join(step.argv)[:200]}"))
+        command = mask_secrets(" ".join(step.argv))  # mask before cutting: a cut secret hides
+        emit(_line(number, "INFO", f"'{step.name}' started: {command[:200]}"))
         limit, budget = deadline - time.monotonic(), timeout
         if step.timeout and step.timeout < limit:
             limit = budget = step.timeout
@@ -97,4 +99,5 @@ def _kill(process: asyncio.subprocess.Process) -> None:
 
 
 def _line(step: int, severity: str, text: str) -> LogLine:
-    return LogLine(datetime.now(UTC), step, severity, text)  # type: ignore[arg-type]
+    # PostgreSQL text cannot hold NUL: a step printing one must not stall the read models.
+    return LogLine(datetime.now(UTC), step, severity, text.replace("\x00", "\ufffd"))  # type: ignore[arg-type]

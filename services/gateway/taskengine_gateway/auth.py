@@ -49,16 +49,18 @@ class Authenticator:
             raise NotAuthorizedException("missing credentials: send client and api-key headers")
         candidates = [await self._record(name)] if name else await self._by_key(key)
         for record in candidates:
-            if record and self._check(record, key):
+            if record and await self._check(record, key):
                 return Client(record.name, record.admin)
         raise NotAuthorizedException("invalid client or api-key")
 
-    def _check(self, record: _Record, key: str) -> bool:
+    async def _check(self, record: _Record, key: str) -> bool:
         cache_key = (record.name, record.key_hash, hashlib.sha256(key.encode()).hexdigest())
         if cache_key not in self.verified:
             if len(self.verified) > 10_000:
                 self.verified.clear()
-            self.verified[cache_key] = verify_key(key, record.key_hash)
+            # The slow hash runs in a thread, so a flood of wrong keys cannot stall the loop.
+            verified = await self.runtime.call(verify_key, key, record.key_hash)
+            self.verified[cache_key] = verified
         return self.verified[cache_key]
 
     async def _record(self, name: str) -> _Record | None:
@@ -95,7 +97,7 @@ def credentials(connection: ASGIConnection) -> tuple[str | None, str | None]:
     if scheme.lower() == "basic" and value.strip():
         try:
             name, _, key = base64.b64decode(value.strip()).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):
             raise NotAuthorizedException("malformed Basic credentials") from None
         return name or None, key or None
     return None, None

@@ -26,9 +26,9 @@ def parse_run_at(value: object) -> datetime:
         raise BadRequest("run_at must be a string like 2030-01-31T14:30:00.000 (UTC)")
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise BadRequest(f"run_at {value!r} is not yyyy-MM-ddTHH:mm:ss.fff (UTC)") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def parse_priority(value: object) -> int:
@@ -43,27 +43,45 @@ def parse_priority(value: object) -> int:
     return priority
 
 
+MAX_CALLBACKS = 20
+
+
 def parse_callbacks(parameters: dict[str, Any]) -> list[str]:
+    """The distinct callback URLs, each a well-formed http(s) URL with a valid port and host."""
     endpoints = parameters.get("rest_endpoints", [])
     if not isinstance(endpoints, list) or not all(isinstance(u, str) for u in endpoints):
         raise BadRequest("parameters.rest_endpoints must be a list of URLs")
+    if len(endpoints) > MAX_CALLBACKS:
+        raise BadRequest(f"parameters.rest_endpoints: at most {MAX_CALLBACKS} URLs")
     for url in endpoints:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018  (raises on a bad port)
+            (parts.hostname or "").encode("idna")
+        except (ValueError, UnicodeError):
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadRequest(f"parameters.rest_endpoints: {url!r} is not an http(s) URL")
-    return endpoints
+    return list(dict.fromkeys(endpoints))
 
 
 def parse_timeout(parameters: dict[str, Any]) -> float | None:
     timeout = parameters.get("timeout")
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise BadRequest("parameters.timeout must be a positive number of seconds")
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise BadRequest(f"parameters.timeout must be from 0 to {MAX_TIMEOUT} seconds")
     return float(timeout)
 
 
+MAX_TIMEOUT = 7 * 24 * 3600
+
+
 def decode_object(body: bytes) -> dict[str, Any]:
+    if b"\\u0000" in body:  # PostgreSQL text and jsonb cannot hold NUL
+        raise BadRequest("NUL characters (\\u0000) are not accepted")
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as error:

@@ -66,6 +66,8 @@ def plan_patch(
     if "persist" in data:
         if not isinstance(data["persist"], bool):
             raise BadRequest("persist must be true or false")
+        if job.state in (S.ADMITTED, S.RUNNING):
+            raise IllegalTransition(f"job {job.job_id} is {job.state}: set persist when it ends")
         persist = data["persist"]
         changed.append("persist")
         done.append(f"persist={str(persist).lower()}")

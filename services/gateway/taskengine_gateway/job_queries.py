@@ -105,6 +105,8 @@ def list_query(params: Mapping[str, str], client: str) -> tuple[str, list[Any]]:
     if persist is not None:
         where.append("j.persist = %s")
         args.append(persist)
+    if "\x00" in params.get("search", ""):
+        raise BadRequest("search must not contain NUL characters")
     if params.get("search"):
         where.append("j.parameters::text ILIKE %s")
         args.append("%" + params["search"].replace("%", r"\%").replace("_", r"\_") + "%")

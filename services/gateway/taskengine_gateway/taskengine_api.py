@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
 from litestar import Controller, Request, Response, get, patch, post
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import HTTPException, NotFoundException
 from taskengine_contracts.events import Event, JobEvent, JobSubmitted, SettingChanged
 from taskengine_core import workflows
 from taskengine_core.clients import mask_values
@@ -47,6 +48,7 @@ QUEUE_STATE = {
     JobState.PAUSED: ("paused", 6),
 }
 VERSION = metadata.version("taskengine-gateway")
+JOB_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
 def job_submission(data: dict[str, Any], client: Client) -> tuple[str, dict, int, datetime | None]:
@@ -249,6 +251,14 @@ class TaskEngineController(Controller):
         store = gateway.runtime.store
 
         def append() -> bool:
+            for _ in range(5):  # another change may take the version first: re-read, retry
+                try:
+                    return append_once()
+                except Conflict:
+                    continue
+            raise HTTPException(status_code=409, detail="settings changed concurrently; retry")
+
+        def append_once() -> bool:
             existing = store.stream(SETTINGS_STREAM)
             created = not any(isinstance(e, SettingChanged) and e.name == name for e in existing)
             store.commit(
@@ -270,8 +280,8 @@ class TaskEngineController(Controller):
 
 async def load_job(gateway: GatewayState, job_id: str, client: Client) -> Job:
     """The caller's job rebuilt from its events; another client's job does not exist for it."""
-    if not job_id.isdigit():
-        raise NotFoundException(f"job {job_id!r} not found")
+    if not JOB_NUMBER.fullmatch(job_id):
+        raise NotFoundException(f"job {job_id[:40]!r} not found")
     events = await gateway.runtime.call(gateway.runtime.store.stream, job_stream(int(job_id)))
     job = Job.fold(e for e in events if isinstance(e, JobEvent))
     if job is None or job.client != client.name:

@@ -22,17 +22,16 @@ class CallbackGuard:
 
     async def refusal(self, url: str) -> str | None:
         """Why `url` may not be called, or None when every address it resolves to is public."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return f"not an http(s) URL: {url}"
         try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                return f"not an http(s) URL: {url}"
             infos = await asyncio.get_running_loop().getaddrinfo(
-                parts.hostname,
-                parts.port or (443 if parts.scheme == "https" else 80),
-                type=socket.SOCK_STREAM,
+                parts.hostname, port, type=socket.SOCK_STREAM
             )
-        except OSError as error:
-            return f"cannot resolve {parts.hostname}: {error}"
+        except (OSError, ValueError) as error:  # bad port, bad IDNA label, unresolvable
+            return f"cannot reach {url}: {error}"
         for info in infos:
             address = ipaddress.ip_address(info[4][0])
             if any(address in network for network in self.allowlist):

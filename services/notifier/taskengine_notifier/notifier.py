@@ -107,7 +107,7 @@ def deliveries_for(event: Event) -> list[tuple]:
             body,
             event.at,
         )
-        for url in callbacks
+        for url in dict.fromkeys(callbacks)  # one delivery per distinct URL
     ]
 
 
@@ -142,6 +142,17 @@ class Notifier:
         return True
 
     async def deliver_forever(self) -> None:
+        """Sends due deliveries forever; a failure to record them is retried, never fatal."""
+        while True:
+            try:
+                await self.deliver_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("notifier: recording deliveries failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def deliver_due(self) -> None:
         while True:
             now = time.monotonic()
             batch = []
@@ -163,9 +174,25 @@ class Notifier:
                 event, statement = self.record(delivery, status, error)
                 events.append(event)
                 statements.append(statement)
-            await self.runtime.call(self.runtime.store.commit, events, None, statements)
+            try:
+                await self.runtime.call(self.runtime.store.commit, events, None, statements)
+            except Exception:
+                # Not recorded: attempt them all again in a second (at least once).
+                sent = {id(d) for d in batch}
+                for delivery in batch:
+                    delivery.attempts -= 1
+                    delivery.next_at = time.monotonic() + 1.0
+                self.due = [d for d in self.due if id(d) not in sent] + batch
+                heapq.heapify(self.due)
+                raise
 
     async def attempt(self, delivery: Delivery) -> tuple[int | None, str | None]:
+        try:
+            return await self._post(delivery)
+        except Exception as error:  # whatever the URL or the receiver does, it is a failed attempt
+            return None, f"{type(error).__name__}: {error}"[:300]
+
+    async def _post(self, delivery: Delivery) -> tuple[int | None, str | None]:
         refusal = await self.guard.refusal(delivery.url)
         if refusal:
             return None, f"refused: {refusal}"

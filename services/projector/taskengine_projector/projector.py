@@ -28,6 +28,8 @@ async def projector(runtime: Runtime) -> None:
         if not batch:
             await asyncio.sleep(idle)
             idle = min(idle * 2, 0.2)
+            # `taskengine replay --reset` rewinds us to 0 while we run: follow it.
+            position = min(position, await runtime.call(store.tracked, PROJECTOR))
             continue
         idle = 0.01
         last = batch[-1].position

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 NAME = "relay"
 BATCH = 2000
+ACK_TIMEOUT = 30.0
 
 
 async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
@@ -47,7 +48,8 @@ async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
                         subjects.subject_for_topic(note.topic), note.state, headers=headers
                     )
                 )
-            await asyncio.gather(*acks)
+            # A lost ack must not hang the relay: exit, restart, re-publish (deduplicated).
+            await asyncio.wait_for(asyncio.gather(*acks), timeout=ACK_TIMEOUT)
             position = notes[-1].id
             await runtime.call(store.track, NAME, position)
     finally:
