@@ -228,6 +228,14 @@ class SettingChanged(Event, frozen=True, kw_only=True, tag="settings.changed"):
     value: str
 
 
+class ScheduleSwitched(Event, frozen=True, kw_only=True, tag="schedule.switched"):
+    """One of the scheduler's periodic duties was switched on or off."""
+
+    name: str
+    active: bool
+    by: str
+
+
 AnyEvent = (
     JobSubmitted
     | JobQueued
@@ -247,6 +255,7 @@ AnyEvent = (
     | CallbackAttemptFailed
     | ClientRegistered
     | SettingChanged
+    | ScheduleSwitched
 )
 
 ALL_EVENTS: tuple[type[Event], ...] = (
@@ -256,6 +265,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     CallbackAttemptFailed,
     ClientRegistered,
     SettingChanged,
+    ScheduleSwitched,
 )
 
 

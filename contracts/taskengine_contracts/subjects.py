@@ -15,6 +15,7 @@ EXECUTIONS = f"{PREFIX}.execution.>"
 CALLBACKS = f"{PREFIX}.callback.>"
 CLIENTS = f"{PREFIX}.client.>"
 SETTINGS = f"{PREFIX}.settings.>"
+SCHEDULES = f"{PREFIX}.schedule.>"
 
 HEARTBEATS = "heartbeat.taskengine.>"
 """Core NATS (not JetStream): each service instance says it is alive every few seconds."""

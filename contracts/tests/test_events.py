@@ -33,6 +33,7 @@ from taskengine_contracts.events import (
     JobTimedOut,
     JobUpdated,
     LogLine,
+    ScheduleSwitched,
     SettingChanged,
     decode,
     encode,
@@ -142,6 +143,14 @@ EXAMPLES: dict[type[Event], Event] = {
         key_hint="****c3d4",
         admin=True,
     ),
+    ScheduleSwitched: ScheduleSwitched(
+        id=UUID("55555555-2222-4333-8444-555555555555"),
+        version=1,
+        at=T0,
+        name="queue_scheduled_jobs",
+        active=False,
+        by="alice",
+    ),
     SettingChanged: SettingChanged(
         id=UUID("44444444-2222-4333-8444-555555555555"),
         version=7,
@@ -170,6 +179,7 @@ TAGS = {
     CallbackAttemptFailed: "callback.attempt_failed",
     ClientRegistered: "client.registered",
     SettingChanged: "settings.changed",
+    ScheduleSwitched: "schedule.switched",
 }
 
 
@@ -217,6 +227,7 @@ def test_every_subject_falls_under_its_family_wildcard(cls):
         "callback": subjects.CALLBACKS,
         "client": subjects.CLIENTS,
         "settings": subjects.SETTINGS,
+        "schedule": subjects.SCHEDULES,
     }[TAGS[cls].split(".")[0]]
     assert subject_for(cls).startswith(family.removesuffix(">"))
     assert subject_for(cls).startswith(subjects.ALL.removesuffix(">"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -159,3 +160,46 @@ def test_another_clients_job_cannot_be_changed_or_rerun(client, postgres_url):
         == 404
     )
     assert httpx.post(f"{base}/jobs/{job_id}/rerun", headers=headers).status_code == 404
+
+
+def test_switching_off_queue_scheduled_jobs_holds_due_jobs_until_switched_on(client):
+    listing = client.get("/schedules").json()
+    duty = listing["schedules"]["queue_scheduled_jobs"]
+    assert listing["result"] == "ok" and duty["active"] is True
+    assert duty["class"] == "QueueJobs" and duty["queue"] == "scheduler" and duty["description"]
+
+    off = client.put("/scheduler", json={"schedule": "queue_scheduled_jobs", "active": False})
+    assert off.json() == {"result": "ok", "schedules": []}
+    job_id = submit(client, run_at=stamp(datetime.now(UTC) + timedelta(seconds=1)))
+    held_until = datetime.now(UTC) + timedelta(seconds=3)
+    while datetime.now(UTC) < held_until:  # due, yet held: nothing may queue it
+        assert state(client, job_id) == "scheduled"
+        time.sleep(0.1)  # poll gently
+    assert client.get("/schedules").json()["schedules"]["queue_scheduled_jobs"]["active"] is False
+
+    on = client.put("/scheduler", json={"schedule": "queue_scheduled_jobs", "active": True})
+    assert on.json() == {"result": "ok", "schedules": ["queue_scheduled_jobs"]}
+    becomes(client, job_id, "completed")
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"schedule": "nope", "active": True}, 400),
+        ({"schedule": "queue_scheduled_jobs"}, 400),
+        ({"schedule": "queue_scheduled_jobs", "active": "yes"}, 400),
+    ],
+)
+def test_bad_schedule_switches_are_refused(client, body, status):
+    response = client.put("/scheduler", json=body)
+    assert response.status_code == status and "error" in response.json()
+
+
+def test_only_an_admin_may_switch_schedules(client):
+    import httpx
+
+    headers = {"client": OTHER[0], "api-key": OTHER[1]}
+    body = {"schedule": "queue_scheduled_jobs", "active": False}
+    response = httpx.put(f"{client.base_url}/scheduler", json=body, headers=headers)
+    assert response.status_code == 403
+    assert client.get("/schedules").json()["schedules"]["queue_scheduled_jobs"]["active"] is True

@@ -7,14 +7,21 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-from litestar import Controller, Request, Response, get, patch, post
+from litestar import Controller, Request, Response, get, patch, post, put
 from litestar.exceptions import HTTPException, NotFoundException
-from taskengine_contracts.events import Event, JobEvent, JobSubmitted, SettingChanged
+from taskengine_contracts.events import (
+    Event,
+    JobEvent,
+    JobSubmitted,
+    ScheduleSwitched,
+    SettingChanged,
+)
 from taskengine_core import workflows
 from taskengine_core.clients import mask_values
 from taskengine_core.errors import DomainError, IllegalTransition
-from taskengine_core.ids import SETTINGS_STREAM, job_stream
+from taskengine_core.ids import SCHEDULES_STREAM, SETTINGS_STREAM, job_stream
 from taskengine_core.jobs import Job, JobState
+from taskengine_core.schedules import DUTIES, TICK, active_duties, duty
 from taskengine_core.settings import RuntimeSettings, validate_setting
 from taskengine_store.store import Conflict
 
@@ -239,6 +246,60 @@ class TaskEngineController(Controller):
             for row in rows
         ]
 
+    @get("/schedules", operation_id="list_schedules")
+    async def list_schedules(self, gateway: GatewayState, client: Client) -> dict:
+        active = await current_duties(gateway)
+        return {
+            "result": "ok",
+            "schedules": {
+                name: {
+                    "class": d.cls,
+                    "every": [TICK, {"first_in": 0}],
+                    "queue": d.queue,
+                    "description": d.description,
+                    "active": active[name],
+                }
+                for name, d in DUTIES.items()
+            },
+        }
+
+    @put("/scheduler", operation_id="switch_schedule", status_code=200)
+    async def switch_schedule(
+        self, request: Request, gateway: GatewayState, client: Client
+    ) -> dict:
+        if not client.admin:
+            raise Forbidden("schedules can be switched only by an admin client")
+        data = decode_object(await request.body())
+        try:
+            name = duty(data.get("schedule")).name
+        except DomainError as error:
+            raise BadRequest(str(error)) from None
+        if not isinstance(data.get("active"), bool):
+            raise BadRequest("active must be true or false")
+        store = gateway.runtime.store
+
+        def append() -> None:
+            for _ in range(5):  # another switch may take the version first: re-read, retry
+                events = store.stream(SCHEDULES_STREAM)
+                switch = ScheduleSwitched(
+                    id=SCHEDULES_STREAM,
+                    version=len(events) + 1,
+                    at=datetime.now(UTC),
+                    name=name,
+                    active=data["active"],
+                    by=client.name,
+                )
+                try:
+                    store.commit([switch])
+                    return
+                except Conflict:
+                    continue
+            raise HTTPException(status_code=409, detail="schedules changed concurrently; retry")
+
+        await gateway.runtime.call(append)
+        active = await current_duties(gateway)
+        return {"result": "ok", "schedules": [n for n, on in active.items() if on]}
+
     @post("/settings", operation_id="update_setting", status_code=200)
     async def update_setting(self, request: Request, gateway: GatewayState, client: Client) -> dict:
         if not client.admin:
@@ -293,6 +354,11 @@ async def current_settings(gateway: GatewayState) -> RuntimeSettings:
     """The settings as stored now (the gateway does not follow the bus for them)."""
     events = await gateway.runtime.call(gateway.runtime.store.stream, SETTINGS_STREAM)
     return RuntimeSettings.fold(e for e in events if isinstance(e, SettingChanged))
+
+
+async def current_duties(gateway: GatewayState) -> dict[str, bool]:
+    events = await gateway.runtime.call(gateway.runtime.store.stream, SCHEDULES_STREAM)
+    return active_duties(e for e in events if isinstance(e, ScheduleSwitched))
 
 
 async def commit_job_change(gateway: GatewayState, job: Job, events: list) -> None:

@@ -155,9 +155,18 @@ class Notifier:
     async def deliver_due(self) -> None:
         while True:
             now = time.monotonic()
-            batch = []
+            batch: list[Delivery] = []
+            later: list[Delivery] = []
+            receivers: set[tuple[int, str]] = set()
             while self.due and self.due[0].next_at <= now and len(batch) < CONCURRENCY:
-                batch.append(heapq.heappop(self.due))
+                delivery = heapq.heappop(self.due)
+                # One delivery per job and URL at a time, so a receiver gets a job's
+                # callbacks in order (start before complete).
+                receiver = (delivery.job_id, delivery.url)
+                (later if receiver in receivers else batch).append(delivery)
+                receivers.add(receiver)
+            for delivery in later:
+                heapq.heappush(self.due, delivery)
             if not batch:
                 self.wake.clear()
                 wait = self.due[0].next_at - now if self.due else None

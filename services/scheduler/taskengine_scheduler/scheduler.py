@@ -23,15 +23,17 @@ from taskengine_contracts.events import (
     JobScheduled,
     JobSubmitted,
     JobUpdated,
+    ScheduleSwitched,
 )
+from taskengine_core.ids import SCHEDULES_STREAM
 from taskengine_core.jobs import Job, JobRef, JobState, advance
+from taskengine_core.schedules import TICK, active_duties
 from taskengine_store.store import Conflict, Statement
 
 log = logging.getLogger(__name__)
 
 NAME = "scheduler"
 DUE_BATCH = 500
-TICK = 0.25
 
 _UPSERT_TIMER = (
     "INSERT INTO scheduler_timers (job_uuid, job_id, client, workflow, priority, version,"
@@ -109,13 +111,17 @@ def timer_for(job: Job) -> Statement:
 
 
 class Scheduler:
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, duties: dict[str, bool]):
         self.runtime = runtime
+        self.duties = duties
         self.next_tick = 0.0
 
     async def on_job_events(self, batch: list[Delivered]) -> bool:
         for item in batch:
             self.runtime.apply(item.event)
+            if isinstance(item.event, ScheduleSwitched):
+                self.duties[item.event.name] = item.event.active
+                log.info("scheduler: %s %s", item.event.name, "on" if item.event.active else "off")
         statements = timer_statements(batch)
         if not statements:
             return False
@@ -126,7 +132,7 @@ class Scheduler:
 
     async def tick(self) -> None:
         """Queues every due timer: one query, one commit."""
-        if time.monotonic() < self.next_tick:
+        if time.monotonic() < self.next_tick or not self.duties["queue_scheduled_jobs"]:
             return
         self.next_tick = time.monotonic() + TICK
         store = self.runtime.store
@@ -172,7 +178,10 @@ class Scheduler:
 
 
 async def scheduler(runtime: Runtime) -> None:
-    service = Scheduler(runtime)
+    switches = await runtime.call(runtime.store.stream, SCHEDULES_STREAM)
+    service = Scheduler(
+        runtime, active_duties(e for e in switches if isinstance(e, ScheduleSwitched))
+    )
     consumer = BatchConsumer(
         runtime.js,
         durable=NAME,
@@ -185,6 +194,7 @@ async def scheduler(runtime: Runtime) -> None:
             subjects.subject_for(JobPaused),
             subjects.subject_for(JobBroken),
             subjects.SETTINGS,
+            subjects.SCHEDULES,
         ],
         handler=service.on_job_events,
         handled=await runtime.call(runtime.store.tracked, NAME),

@@ -1,0 +1,47 @@
+"""The scheduler's named periodic duties (the Task Engine `/schedules`), on unless switched off."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+from taskengine_contracts.events import ScheduleSwitched
+
+from taskengine_core.errors import DomainError
+
+TICK = 0.25
+"""How often the scheduler looks for due jobs, in seconds."""
+
+
+class Duty(msgspec.Struct, frozen=True):
+    name: str
+    cls: str
+    description: str
+    queue: str = "scheduler"
+
+
+DUTIES = {
+    "queue_scheduled_jobs": Duty(
+        "queue_scheduled_jobs",
+        "QueueJobs",
+        "Enqueues scheduled jobs that have a run_at time in the past.",
+    ),
+}
+
+
+class UnknownSchedule(DomainError):
+    pass
+
+
+def duty(name: object) -> Duty:
+    if not isinstance(name, str) or name not in DUTIES:
+        raise UnknownSchedule(f"unknown schedule {name!r}; known: {', '.join(DUTIES)}")
+    return DUTIES[name]
+
+
+def active_duties(events: Iterable[ScheduleSwitched]) -> dict[str, bool]:
+    """Every duty and whether it is active, after these switches."""
+    active = dict.fromkeys(DUTIES, True)
+    for event in events:
+        active[event.name] = event.active
+    return active
