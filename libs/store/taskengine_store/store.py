@@ -8,7 +8,7 @@ changes, so a consumer's effects and its position can never disagree.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -128,6 +128,21 @@ class EventStore:
                 return dropped
             except Conflict as conflict:
                 dropped |= conflict.stale
+
+    def append_next(
+        self, stream_id: UUID, build: Callable[[list[Event], int], Event], attempts: int = 5
+    ) -> Event:
+        """Appends `build(current events, next version)` to a shared stream (settings,
+        schedules, a client), re-reading and retrying when another writer got there first."""
+        for _ in range(attempts):
+            events = self.stream(stream_id)
+            event = build(events, len(events) + 1)
+            try:
+                self.commit([event])
+                return event
+            except Conflict:
+                continue
+        raise Conflict({stream_id})
 
     def _stale_streams(self, events: Sequence[Event]) -> set[UUID]:
         first: dict[UUID, int] = {}

@@ -53,6 +53,32 @@ def plan_patch(
         events.append(event)
         ref = JobRef.of(event)
 
+    def wait_for_run_at() -> None:
+        add(
+            advance(
+                ref,
+                JobScheduled,
+                at=now,
+                workflow=job.workflow,
+                priority=priority,
+                run_at=run_at,
+                attempts=job.attempt,
+            )
+        )
+
+    def queue(reason: str) -> None:
+        add(
+            advance(
+                ref,
+                JobQueued,
+                at=now,
+                workflow=job.workflow,
+                priority=priority,
+                reason=reason,
+                attempts=job.attempt,
+            )
+        )
+
     priority, persist, run_at = job.priority, job.persist, job.run_at
     changed = []
     if "priority" in data:
@@ -91,17 +117,7 @@ def plan_patch(
                     changed=changed,
                 )
             )
-        add(
-            advance(
-                ref,
-                JobScheduled,
-                at=now,
-                workflow=job.workflow,
-                priority=priority,
-                run_at=run_at,
-                attempts=job.attempt,
-            )
-        )
+        wait_for_run_at()
     elif changed or "run_at" in data:
         add(
             advance(
@@ -116,17 +132,7 @@ def plan_patch(
             )
         )
         if "run_at" in data and ref.state == S.SCHEDULED:  # its time has already come
-            add(
-                advance(
-                    ref,
-                    JobQueued,
-                    at=now,
-                    workflow=job.workflow,
-                    priority=priority,
-                    reason="due",
-                    attempts=job.attempt,
-                )
-            )
+            queue("due")
     if "queue_state" in data:
         target = data["queue_state"]
         if target == "paused":
@@ -139,29 +145,9 @@ def plan_patch(
                     f"job {job.job_id} is {ref.state}: only a paused job can be queued again"
                 )  # noqa: E501
             if future:
-                add(
-                    advance(
-                        ref,
-                        JobScheduled,
-                        at=now,
-                        workflow=job.workflow,
-                        priority=priority,
-                        run_at=run_at,
-                        attempts=job.attempt,
-                    )
-                )
+                wait_for_run_at()
             else:
-                add(
-                    advance(
-                        ref,
-                        JobQueued,
-                        at=now,
-                        workflow=job.workflow,
-                        priority=priority,
-                        reason="resumed",
-                        attempts=job.attempt,
-                    )
-                )
+                queue("resumed")
         else:
             raise BadRequest("queue_state must be paused, broken or queued")
         done.append(f"queue_state={target}")

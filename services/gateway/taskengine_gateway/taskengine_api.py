@@ -276,27 +276,18 @@ class TaskEngineController(Controller):
             raise BadRequest(str(error)) from None
         if not isinstance(data.get("active"), bool):
             raise BadRequest("active must be true or false")
-        store = gateway.runtime.store
 
-        def append() -> None:
-            for _ in range(5):  # another switch may take the version first: re-read, retry
-                events = store.stream(SCHEDULES_STREAM)
-                switch = ScheduleSwitched(
-                    id=SCHEDULES_STREAM,
-                    version=len(events) + 1,
-                    at=datetime.now(UTC),
-                    name=name,
-                    active=data["active"],
-                    by=client.name,
-                )
-                try:
-                    store.commit([switch])
-                    return
-                except Conflict:
-                    continue
-            raise HTTPException(status_code=409, detail="schedules changed concurrently; retry")
+        def switch(events: list, version: int) -> ScheduleSwitched:
+            return ScheduleSwitched(
+                id=SCHEDULES_STREAM,
+                version=version,
+                at=datetime.now(UTC),
+                name=name,
+                active=data["active"],
+                by=client.name,
+            )
 
-        await gateway.runtime.call(append)
+        await append_shared(gateway, SCHEDULES_STREAM, switch)
         active = await current_duties(gateway)
         return {"result": "ok", "schedules": [n for n, on in active.items() if on]}
 
@@ -309,33 +300,16 @@ class TaskEngineController(Controller):
             name, value = validate_setting(data.get("name"), data.get("setting"))
         except DomainError as error:
             raise BadRequest(str(error)) from None
-        store = gateway.runtime.store
+        created = False
 
-        def append() -> bool:
-            for _ in range(5):  # another change may take the version first: re-read, retry
-                try:
-                    return append_once()
-                except Conflict:
-                    continue
-            raise HTTPException(status_code=409, detail="settings changed concurrently; retry")
-
-        def append_once() -> bool:
-            existing = store.stream(SETTINGS_STREAM)
-            created = not any(isinstance(e, SettingChanged) and e.name == name for e in existing)
-            store.commit(
-                [
-                    SettingChanged(
-                        id=SETTINGS_STREAM,
-                        version=len(existing) + 1,
-                        at=datetime.now(UTC),
-                        name=name,
-                        value=value,
-                    )
-                ]
+        def change(events: list, version: int) -> SettingChanged:
+            nonlocal created
+            created = not any(isinstance(e, SettingChanged) and e.name == name for e in events)
+            return SettingChanged(
+                id=SETTINGS_STREAM, version=version, at=datetime.now(UTC), name=name, value=value
             )
-            return created
 
-        created = await gateway.runtime.call(append)
+        await append_shared(gateway, SETTINGS_STREAM, change)
         return {"result": "ok", "message": f"{name} setting {'created' if created else 'updated'}"}
 
 
@@ -354,6 +328,14 @@ async def current_settings(gateway: GatewayState) -> RuntimeSettings:
     """The settings as stored now (the gateway does not follow the bus for them)."""
     events = await gateway.runtime.call(gateway.runtime.store.stream, SETTINGS_STREAM)
     return RuntimeSettings.fold(e for e in events if isinstance(e, SettingChanged))
+
+
+async def append_shared(gateway: GatewayState, stream_id, build):  # type: ignore[no-untyped-def]
+    """Appends to a stream many writers share; 409 if it stays contended."""
+    try:
+        return await gateway.runtime.call(gateway.runtime.store.append_next, stream_id, build)
+    except Conflict:
+        raise HTTPException(status_code=409, detail="changed concurrently; retry") from None
 
 
 async def current_duties(gateway: GatewayState) -> dict[str, bool]:
