@@ -40,6 +40,6 @@ def subject_for_topic(topic: str) -> str:
     return f"{PREFIX}.{topic}"
 
 
-def message_id(event: Event) -> str:
+def message_id(stream_id: object, version: int) -> str:
     """`<aggregate id>:<version>`: unique per stored event, so JetStream drops re-publishes."""
-    return f"{event.id}:{event.version}"
+    return f"{stream_id}:{version}"

@@ -305,15 +305,15 @@ def test_events_are_immutable():
 @pytest.mark.parametrize("cls", ALL_EVENTS, ids=_name)
 def test_message_id_is_aggregate_id_colon_version(cls):
     event = EXAMPLES[cls]
-    assert message_id(event) == f"{event.id}:{event.version}"
+    assert message_id(event.id, event.version) == f"{event.id}:{event.version}"
 
 
 def test_message_id_differs_between_versions_of_one_stream():
     a = EXAMPLES[JobQueued]
     b = EXAMPLES[JobAdmitted]
     assert a.id == b.id
-    assert message_id(a) == f"{JOB}:2"
-    assert message_id(b) == f"{JOB}:3"
+    assert message_id(a.id, a.version) == f"{JOB}:2"
+    assert message_id(b.id, b.version) == f"{JOB}:3"
 
 
 def test_subject_constants():

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
-
 import httpx
 import pytest
 
-from tests.support.servers import drop_database, fresh_database, nats_server, scratch_dir
-from tests.support.system import ADMIN, OTHER, System
+from tests.support.system import ADMIN, OTHER, running_system
 
 
 @pytest.fixture(scope="module")
 def system(postgres_url):
-    root = scratch_dir("te-bad-input-")
-    database_url = fresh_database(postgres_url)
-    with nats_server(root) as nats_url:
-        engine = System(root, nats_url, database_url).start()
+    with running_system(postgres_url, "bad-input") as engine:
         yield engine
-        engine.stop()
-    drop_database(postgres_url, database_url)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 AUTH = {"client": ADMIN[0], "api-key": ADMIN[1]}

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.support.servers import drop_database, fresh_database, nats_server, scratch_dir
-from tests.support.system import OTHER, System
+from tests.support.system import OTHER, running_system
 from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
 def client(postgres_url):
-    root = scratch_dir("te-changes-")
-    database_url = fresh_database(postgres_url)
-    with nats_server(root) as nats_url:
-        system = System(root, nats_url, database_url).start()
-        with system.client() as http:
-            http.post("/settings", json={"name": "max_jobs", "setting": 1})
-            http.post("/settings", json={"name": "retry_delay", "setting": 0})
-            yield http
-        system.stop()
-    drop_database(postgres_url, database_url)
-    shutil.rmtree(root, ignore_errors=True)
+    with running_system(postgres_url, "changes") as system, system.client() as http:
+        http.post("/settings", json={"name": "max_jobs", "setting": 1})
+        http.post("/settings", json={"name": "retry_delay", "setting": 0})
+        yield http
 
 
 def submit(client, **body) -> int:  # type: ignore[no-untyped-def]

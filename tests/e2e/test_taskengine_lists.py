@@ -2,52 +2,43 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.support.servers import drop_database, fresh_database, nats_server, scratch_dir
-from tests.support.system import OTHER, System
+from tests.support.system import OTHER, running_system
 from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
 def jobs(postgres_url):
     """A system with max_jobs 1 holding one started, three queued and one scheduled job."""
-    root = scratch_dir("te-lists-")
-    database_url = fresh_database(postgres_url)
-    with nats_server(root) as nats_url:
-        system = System(root, nats_url, database_url).start()
-        with system.client() as client:
-            client.post("/settings", json={"name": "max_jobs", "setting": 1})
-            submit = lambda body: client.post("/job", json=body).json()["id"]  # noqa: E731
-            running = submit({"job": {"workflow": "sleep"}, "parameters": {"seconds": 60}})
-            wait_until(lambda: client.get(f"/jobs/{running}").json()["queue_state"] == "started")
-            later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.000")
-            ids = {
-                "running": running,
-                "urgent": submit({"job": {"workflow": "noop"}, "priority": 3}),
-                "needle": submit(
-                    {"job": {"workflow": "echo"}, "parameters": {"content_id": "needle-42"}}
-                ),
-                "low": submit({"job": {"workflow": "noop"}, "priority": 7}),
-                "scheduled": submit({"job": {"workflow": "noop"}, "run_at": later}),
-            }
-            with system.client(OTHER) as other:
-                ids["other"] = other.post("/job", json={"job": {"workflow": "noop"}}).json()["id"]
-                wait_until(
-                    lambda: other.get("/jobs", params={"state": 0}).json(),
-                    what="the other client's job in the projection",
-                )
+    with running_system(postgres_url, "lists") as system, system.client() as client:
+        client.post("/settings", json={"name": "max_jobs", "setting": 1})
+        submit = lambda body: client.post("/job", json=body).json()["id"]  # noqa: E731
+        running = submit({"job": {"workflow": "sleep"}, "parameters": {"seconds": 60}})
+        wait_until(lambda: client.get(f"/jobs/{running}").json()["queue_state"] == "started")
+        later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.000")
+        ids = {
+            "running": running,
+            "urgent": submit({"job": {"workflow": "noop"}, "priority": 3}),
+            "needle": submit(
+                {"job": {"workflow": "echo"}, "parameters": {"content_id": "needle-42"}}
+            ),
+            "low": submit({"job": {"workflow": "noop"}, "priority": 7}),
+            "scheduled": submit({"job": {"workflow": "noop"}, "run_at": later}),
+        }
+        with system.client(OTHER) as other:
+            ids["other"] = other.post("/job", json={"job": {"workflow": "noop"}}).json()["id"]
             wait_until(
-                lambda: len(client.get("/jobs", params={"state": 0}).json()) == 3,
-                what="the projection to hold the queued jobs",
+                lambda: other.get("/jobs", params={"state": 0}).json(),
+                what="the other client's job in the projection",
             )
-            yield system, client, ids
-        system.stop()
-    drop_database(postgres_url, database_url)
-    shutil.rmtree(root, ignore_errors=True)
+        wait_until(
+            lambda: len(client.get("/jobs", params={"state": 0}).json()) == 3,
+            what="the projection to hold the queued jobs",
+        )
+        yield system, client, ids
 
 
 def listed(http, **params) -> list[int]:  # type: ignore[no-untyped-def]

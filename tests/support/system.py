@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -206,6 +209,25 @@ class Services(_Engine):
     def close(self) -> None:
         self.stop()
         self.close_store()
+
+
+@contextmanager
+def running_system(postgres_url: str, name: str) -> Iterator[System]:
+    """A system of its own (fresh database, own NATS) for a whole test module."""
+    from tests.support.servers import drop_database, fresh_database, nats_server, scratch_dir
+
+    root = scratch_dir(f"te-{name}-")
+    database_url = fresh_database(postgres_url)
+    try:
+        with nats_server(root) as nats_url:
+            system = System(root, nats_url, database_url).start()
+            try:
+                yield system
+            finally:
+                system.stop()
+    finally:
+        drop_database(postgres_url, database_url)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -51,7 +51,6 @@ class Child:
     log_path: Path
     pid_path: Path
     process: subprocess.Popen | None = None
-    restarts: int = 0
     started: float = 0.0
     backoff: float = 0.5
     next_start: float = 0.0
@@ -207,7 +206,6 @@ class Supervisor:
                 child.process = None
                 if now - child.started > 60:
                     child.backoff = 0.5
-                child.restarts += 1
                 child.next_start = now + child.backoff
                 print(
                     f"{child.name} exited ({code}); restarting in {child.backoff:.1f}s"

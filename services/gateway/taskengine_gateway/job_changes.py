@@ -103,22 +103,8 @@ def plan_patch(
             raise IllegalTransition(f"job {job.job_id} is {job.state}: run_at can no longer change")
         done.append(f"run_at={data['run_at']}")
     future = run_at > now
-    if "run_at" in data and future and job.state != S.PAUSED:
-        if changed:
-            add(
-                advance(
-                    ref,
-                    JobUpdated,
-                    at=now,
-                    workflow=job.workflow,
-                    priority=priority,
-                    run_at=job.run_at,
-                    persist=persist,
-                    changed=changed,
-                )
-            )
-        wait_for_run_at()
-    elif changed or "run_at" in data:
+
+    def update(new_run_at: datetime, fields: list[str]) -> None:
         add(
             advance(
                 ref,
@@ -126,11 +112,18 @@ def plan_patch(
                 at=now,
                 workflow=job.workflow,
                 priority=priority,
-                run_at=run_at,
+                run_at=new_run_at,
                 persist=persist,
-                changed=changed + ["run_at"] * ("run_at" in data),
+                changed=fields,
             )
         )
+
+    if "run_at" in data and future and job.state != S.PAUSED:
+        if changed:
+            update(job.run_at, changed)
+        wait_for_run_at()
+    elif changed or "run_at" in data:
+        update(run_at, changed + ["run_at"] * ("run_at" in data))
         if "run_at" in data and ref.state == S.SCHEDULED:  # its time has already come
             queue("due")
     if "queue_state" in data:

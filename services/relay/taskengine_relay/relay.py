@@ -40,7 +40,9 @@ async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
             acks = []
             for note in notes:
                 headers = {
-                    subjects.MSG_ID_HEADER: f"{note.originator_id}:{note.originator_version}",
+                    subjects.MSG_ID_HEADER: subjects.message_id(
+                        note.originator_id, note.originator_version
+                    ),
                     subjects.POSITION_HEADER: str(note.id),
                 }
                 acks.append(
