@@ -37,7 +37,8 @@ class JobEvent(Event, frozen=True, kw_only=True):
 
 
 class JobSubmitted(JobEvent, frozen=True, kw_only=True, tag="job.submitted"):
-    """A client's job was accepted. `state` is `queued`, or `scheduled` when `run_at` is ahead."""
+    """A client's job was accepted. `state` is `queued`, or `scheduled` when `run_at` is ahead
+    or a `semaphore_url` must answer 2xx/3xx before the job is queued."""
 
     workflow: str
     parameters: JsonObject
@@ -47,6 +48,7 @@ class JobSubmitted(JobEvent, frozen=True, kw_only=True, tag="job.submitted"):
     callbacks: list[str] = []
     timeout: float | None = None
     dialect: str = "taskengine"
+    semaphore_url: str | None = None
 
 
 class JobQueued(JobEvent, frozen=True, kw_only=True, tag="job.queued"):
@@ -67,6 +69,9 @@ class JobAdmitted(JobEvent, frozen=True, kw_only=True, tag="job.admitted"):
     attempt: int
     running: int
     max_jobs: int
+    position: int = 0
+    """The last log position admission had applied when it chose this job: replaying the log
+    up to it gives exactly what the controller saw."""
 
 
 class JobStarted(JobEvent, frozen=True, kw_only=True, tag="job.started"):
@@ -82,6 +87,8 @@ class JobSucceeded(JobEvent, frozen=True, kw_only=True, tag="job.succeeded"):
     workflow: str
     attempt: int
     callbacks: list[str] = []
+    custom_data: object = None
+    """The job's `parameters.custom_data`, echoed to callbacks at the job's end."""
 
 
 class JobFailed(JobEvent, frozen=True, kw_only=True, tag="job.failed"):
@@ -92,6 +99,7 @@ class JobFailed(JobEvent, frozen=True, kw_only=True, tag="job.failed"):
     reason: str
     exit_code: int | None = None
     callbacks: list[str] = []
+    custom_data: object = None
 
 
 class JobTimedOut(JobEvent, frozen=True, kw_only=True, tag="job.timed_out"):
@@ -99,6 +107,7 @@ class JobTimedOut(JobEvent, frozen=True, kw_only=True, tag="job.timed_out"):
     attempt: int
     timeout: float
     callbacks: list[str] = []
+    custom_data: object = None
 
 
 class JobRetryScheduled(JobEvent, frozen=True, kw_only=True, tag="job.retry_scheduled"):
@@ -126,6 +135,7 @@ class JobUpdated(JobEvent, frozen=True, kw_only=True, tag="job.updated"):
     run_at: datetime
     persist: bool
     changed: list[str]
+    semaphore_url: str | None = None
 
 
 class JobScheduled(JobEvent, frozen=True, kw_only=True, tag="job.scheduled"):
@@ -135,6 +145,7 @@ class JobScheduled(JobEvent, frozen=True, kw_only=True, tag="job.scheduled"):
     priority: int
     run_at: datetime
     attempts: int = 0
+    semaphore_url: str | None = None
 
 
 class JobPaused(JobEvent, frozen=True, kw_only=True, tag="job.paused"):
@@ -187,6 +198,20 @@ class ExecutionLogged(Event, frozen=True, kw_only=True, tag="execution.logged"):
     lines: list[LogLine]
 
 
+class StepChanged(Event, frozen=True, kw_only=True, tag="execution.step"):
+    """A step of an attempt started, completed or failed (in the attempt's execution stream)."""
+
+    job_id: int
+    client: str
+    attempt: int
+    step: int
+    name: str
+    event: Literal["start", "complete", "fail"]
+    exit_code: int | None = None
+    reason: str | None = None
+    callbacks: list[str] = []
+
+
 # --- callbacks --------------------------------------------------------------------------
 
 
@@ -223,6 +248,13 @@ class ClientRegistered(Event, frozen=True, kw_only=True, tag="client.registered"
     admin: bool = False
 
 
+class ClientRevoked(Event, frozen=True, kw_only=True, tag="client.revoked"):
+    """The client's key no longer works; registering it again gives it a new one."""
+
+    name: str
+    by: str
+
+
 class SettingChanged(Event, frozen=True, kw_only=True, tag="settings.changed"):
     name: str
     value: str
@@ -234,6 +266,14 @@ class ScheduleSwitched(Event, frozen=True, kw_only=True, tag="schedule.switched"
     name: str
     active: bool
     by: str
+
+
+class FinishedJobsCleared(Event, frozen=True, kw_only=True, tag="schedule.jobs_cleared"):
+    """Retention: finished jobs that are not `persist` and ended before `finished_before` leave
+    the read models (job list and job log). Their events stay in the store."""
+
+    finished_before: datetime
+    retention_seconds: int
 
 
 AnyEvent = (
@@ -251,21 +291,27 @@ AnyEvent = (
     | JobPaused
     | JobBroken
     | ExecutionLogged
+    | StepChanged
     | CallbackDelivered
     | CallbackAttemptFailed
     | ClientRegistered
+    | ClientRevoked
     | SettingChanged
     | ScheduleSwitched
+    | FinishedJobsCleared
 )
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     *JOB_EVENTS,
     ExecutionLogged,
+    StepChanged,
     CallbackDelivered,
     CallbackAttemptFailed,
     ClientRegistered,
+    ClientRevoked,
     SettingChanged,
     ScheduleSwitched,
+    FinishedJobsCleared,
 )
 
 

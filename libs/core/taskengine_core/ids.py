@@ -25,3 +25,4 @@ def client_stream(name: str) -> UUID:
 
 SETTINGS_STREAM = uuid5(NAMESPACE, "settings")
 SCHEDULES_STREAM = uuid5(NAMESPACE, "schedules")
+RETENTION_STREAM = uuid5(NAMESPACE, "retention")

@@ -16,8 +16,10 @@ DEFAULTS: dict[str, int] = {
     "schedule_interval": 60,
     "retry_delay": 5,
     "retry_limit": 3,
+    "retention_seconds": 30 * 24 * 3600,
 }
-_MINIMUM = {"max_jobs": 1, "priority_threshold": 1}
+"""`retention_seconds`: how long finished, non-persisted jobs stay in the job list and log."""
+_MINIMUM = {"max_jobs": 1, "priority_threshold": 1, "retention_seconds": 1}
 _MAXIMUM = {
     "retry_delay": 7 * 24 * 3600,
     "schedule_interval": 24 * 3600,
@@ -25,6 +27,7 @@ _MAXIMUM = {
     "retry_limit": 1000,
     "priority_slots": 100_000,
     "priority_threshold": 10,
+    "retention_seconds": 10 * 365 * 24 * 3600,
 }
 
 

@@ -31,6 +31,7 @@ def test_defaults_are_the_documented_values():
         "schedule_interval": 60,
         "retry_delay": 5,
         "retry_limit": 3,
+        "retention_seconds": 30 * 24 * 3600,
     }
 
 
