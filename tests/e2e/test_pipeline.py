@@ -35,6 +35,7 @@ def test_a_job_runs_to_completion_with_logs_and_callbacks(system_factory):
                 "content_id": "abc-123",
                 "rest_endpoints": [receiver.url],
                 "api_key": "sk-live-0123456789abcdef",
+                "custom_data": {"asset": "abc-123", "tags": ["a", "b"]},
             },
         }
         accepted = client.post("/job", json=body)
@@ -49,9 +50,19 @@ def test_a_job_runs_to_completion_with_logs_and_callbacks(system_factory):
         assert job["parameters"]["api_key"] == "*" * 20 + "cdef"  # secrets: last 4 at most
         assert job["created_at"].endswith("Z") and len(job["created_at"]) == 24
 
-        wait_until(lambda: receiver.events_for(job_id) == ["start", "complete"], what="callbacks")
-        complete = [r for r in receiver.received if r["event"] == "complete"][0]
-        assert complete["status"] == "succeeded" and complete["id"] == job_id
+        # The job's start, its step's start and completion, then the job's end, in order.
+        expected = [("start", None), ("start", 1), ("complete", 1), ("complete", None)]
+        wait_until(
+            lambda: [(r["event"], r["step"]) for r in receiver.received] == expected,
+            what="callbacks",
+        )
+        step_done, job_done = receiver.received[2:]
+        assert step_done["step_name"] == "echo" and step_done["status"] == "running"
+        assert step_done["custom_data"] is None
+        assert job_done["status"] == "succeeded" and job_done["id"] == job_id
+        assert job_done["custom_data"] == {"asset": "abc-123", "tags": ["a", "b"]}
+        assert receiver.verify_signatures(ADMIN[0]) == 4  # Standard Webhooks, client's secret
+        assert len({h["webhook-id"] for h in receiver.headers}) == 4
 
         def logs() -> list[dict]:
             rows = client.get(f"/logs/{job_id}").json()

@@ -11,6 +11,7 @@ from taskengine_contracts.events import (
     JobStarted,
     JobSucceeded,
     JobTimedOut,
+    StepChanged,
 )
 from taskengine_core.jobs import JobRef, advance
 
@@ -66,6 +67,32 @@ def test_runs_steps_records_output_and_outcomes(services):
     assert isinstance(timed_out, JobTimedOut) and timed_out.timeout == 1.0
     started = [e for e in events if isinstance(e, JobStarted)]
     assert len(started) == 3 and all(s.executor == "local" for s in started)
+
+    def steps(job) -> list[tuple]:  # type: ignore[no-untyped-def]
+        return [
+            (e.step, e.name, e.event, e.exit_code)
+            for e in job_events(events, job.job_id)
+            if isinstance(e, StepChanged)
+        ]
+
+    assert steps(echo) == [(1, "echo", "start", None), (1, "echo", "complete", 0)]
+    assert steps(fail) == [(1, "fail", "start", None), (1, "fail", "fail", 7)]
+    assert steps(slow) == [(1, "sleep", "start", None), (1, "sleep", "fail", None)]
+
+
+def test_the_job_end_echoes_custom_data_also_when_its_attempt_was_lost(services):
+    settings(services.store, retry_limit=0)
+    job = submitted("sleep", parameters={"seconds": 30, "custom_data": {"ref": "x-1"}})
+    services.store.commit([job])
+    services.store.commit([admit(job)])
+    services.start("relay", "dispatcher")
+    wait_events(services, lambda es: any(isinstance(e, JobStarted) for e in es), what="start")
+    services.kill("dispatcher")
+    services.start("dispatcher")
+
+    events = wait_events(services, lambda es: ended(es, job), what="the lost attempt to end")
+    failed = job_events(events, job.job_id)[-1]
+    assert isinstance(failed, JobFailed) and failed.custom_data == {"ref": "x-1"}
 
 
 def test_an_attempt_lost_with_its_dispatcher_is_retried_after_restart(services):

@@ -48,6 +48,7 @@ def test_callback_is_retried_while_the_receiver_is_down_then_delivered(services)
         wait_until(lambda: receiver.received, what="the receiver to get it")
     [body] = receiver.received
     assert body["event"] == "start" and body["job_id"] == job.job_id and body["status"] == "running"
+    assert receiver.verify_signatures(job.client) == 1
     delivered = [e for e in events if isinstance(e, CallbackDelivered)]
     assert delivered[0].attempts >= 2 and delivered[0].status_code == 200
     assert services.store.query("SELECT count(*) AS n FROM notifier_deliveries")[0]["n"] == 0

@@ -1,10 +1,18 @@
-"""A real HTTP callback receiver on loopback that records what it was sent."""
+"""A real HTTP callback receiver on loopback that records what it was sent.
+
+It also plays a semaphore: a GET is answered with `gate` (e.g. 423 until the test opens it).
+"""
 
 from __future__ import annotations
 
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from standardwebhooks.webhooks import Webhook
+from taskengine_core.outbound import webhook_secret
+
+from tests.support.system import WEBHOOK_KEY
 
 
 class CallbackReceiver:
@@ -13,7 +21,10 @@ class CallbackReceiver:
     def __init__(self) -> None:
         self.received: list[dict] = []
         self.headers: list[dict] = []
+        self.raw: list[bytes] = []
         self.status = 200
+        self.gate = 200
+        self.checks = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -22,7 +33,13 @@ class CallbackReceiver:
                 if receiver.status < 300:
                     receiver.received.append(json.loads(body))
                     receiver.headers.append(dict(self.headers))
+                    receiver.raw.append(body)
                 self.send_response(receiver.status)
+                self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802
+                receiver.checks += 1
+                self.send_response(receiver.gate)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -42,3 +59,10 @@ class CallbackReceiver:
 
     def events_for(self, job_id: int) -> list[str]:
         return [r["event"] for r in self.received if r["job_id"] == job_id]
+
+    def verify_signatures(self, client: str) -> int:
+        """Checks every delivery's Standard Webhooks signature with `client`'s secret."""
+        webhook = Webhook(webhook_secret(WEBHOOK_KEY, client))
+        for body, headers in zip(self.raw, self.headers, strict=True):
+            webhook.verify(body, {k.lower(): v for k, v in headers.items()})
+        return len(self.raw)

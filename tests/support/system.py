@@ -32,6 +32,7 @@ from tests.support.waiting import wait_until
 BIN = Path(sys.executable).parent
 ADMIN = ("tester", "tester-key-0123456789")
 OTHER = ("other", "other-key-9876543210")
+WEBHOOK_KEY = "test-webhook-key-0123456789abcdef"
 
 
 def reset_stream(nats_url: str) -> None:
@@ -65,6 +66,7 @@ class _Engine:
             "TASKENGINE_DATABASE_URL": database_url,
             "TASKENGINE_BOOTSTRAP_CLIENT": f"{ADMIN[0]}:{ADMIN[1]}:admin,{OTHER[0]}:{OTHER[1]}",
             "TASKENGINE_CALLBACK_ALLOWLIST": "127.0.0.0/8",
+            "TASKENGINE_WEBHOOK_KEY": WEBHOOK_KEY,
             **env,
         }
         self._store: EventStore | None = None

@@ -21,6 +21,10 @@ class EngineSettings(BaseSettings):
     port: int = 8080
     bootstrap_client: str = ""
     callback_allowlist: str = ""
+    webhook_key: str = Field(
+        default="",
+        description="signs callbacks; each client's secret is derived from it (keep it secret)",
+    )
     instance: str = Field(default="", description="stable name of this process instance")
     create_tables: bool = False
     log_level: str = "INFO"

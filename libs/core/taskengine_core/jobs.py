@@ -140,6 +140,7 @@ class Job(msgspec.Struct):
     dialect: str = "taskengine"
     persist: bool = False
     rerun_as: int | None = None
+    semaphore_url: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -173,6 +174,7 @@ class Job(msgspec.Struct):
             state=JobState(event.state),
             version=event.version,
             dialect=event.dialect,
+            semaphore_url=event.semaphore_url,
         )
 
     def apply(self, event: JobEvent) -> Job:
@@ -189,8 +191,10 @@ class Job(msgspec.Struct):
                 self.priority = priority
             case JobUpdated(priority=priority, run_at=run_at, persist=persist):
                 self.priority, self.run_at, self.persist = priority, run_at, persist
+                self.semaphore_url = event.semaphore_url
             case JobScheduled(priority=priority, run_at=run_at):
                 self.priority, self.run_at = priority, run_at
+                self.semaphore_url = event.semaphore_url
             case JobBroken(rerun_as=rerun_as):
                 self.rerun_as, self.finished_at = rerun_as, self.finished_at or event.at
             case JobAdmitted(attempt=attempt):

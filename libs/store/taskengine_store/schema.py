@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS scheduler_timers (
     reason text NOT NULL,
     attempts int NOT NULL DEFAULT 0
 );
+ALTER TABLE scheduler_timers ADD COLUMN IF NOT EXISTS semaphore_url text;
 CREATE INDEX IF NOT EXISTS scheduler_timers_due ON scheduler_timers (due_at);
 
 CREATE TABLE IF NOT EXISTS admission_queue (
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS dispatcher_executions (
     callbacks jsonb NOT NULL DEFAULT '[]',
     started_at timestamptz NOT NULL
 );
+ALTER TABLE dispatcher_executions ADD COLUMN IF NOT EXISTS custom_data jsonb;
 
 CREATE TABLE IF NOT EXISTS notifier_deliveries (
     id uuid PRIMARY KEY,

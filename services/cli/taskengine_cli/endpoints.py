@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 from taskengine_core.config import EngineSettings
@@ -30,3 +31,17 @@ def database_url(config: EngineSettings) -> str:
         "no database: set TASKENGINE_DATABASE_URL or start the system with `make up`"
         f" (looked for {path})"
     )
+
+
+def webhook_key(config: EngineSettings, create: bool = False) -> str | None:
+    """`TASKENGINE_WEBHOOK_KEY`, else the key kept in the data dir (made there if `create`)."""
+    if config.webhook_key:
+        return config.webhook_key
+    path = config.data_dir / "webhook.key"
+    if not path.exists():
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()

@@ -26,7 +26,7 @@ from taskengine_embedded import EmbeddedNats, EmbeddedPostgres
 from taskengine_store.store import EventStore
 
 from taskengine_cli.clients import ensure_clients
-from taskengine_cli.endpoints import write_endpoints
+from taskengine_cli.endpoints import webhook_key, write_endpoints
 
 SERVICES = ("relay", "projector", "scheduler", "admission", "dispatcher", "notifier", "gateway")
 STOP_GRACE = 10.0
@@ -114,6 +114,7 @@ class Supervisor:
                 "TASKENGINE_NATS_URL": nats_url,
                 "TASKENGINE_DATA_DIR": str(data_dir),
                 "TASKENGINE_CREATE_TABLES": "false",
+                "TASKENGINE_WEBHOOK_KEY": webhook_key(self.config, create=True) or "",
             }
             gateway_url = f"http://{self.config.host}:{self.config.port}"
             write_endpoints(

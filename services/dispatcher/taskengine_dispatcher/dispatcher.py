@@ -33,6 +33,7 @@ from taskengine_contracts.events import (
     JobSucceeded,
     JobTimedOut,
     LogLine,
+    StepChanged,
 )
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import execution_stream
@@ -40,7 +41,7 @@ from taskengine_core.jobs import JobRef, JobState, advance
 from taskengine_core.workflows import workflow
 from taskengine_store.store import Conflict, Statement
 
-from taskengine_dispatcher.local import Outcome, run_steps
+from taskengine_dispatcher.local import Outcome, StepEvent, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ DEFAULT_TIMEOUT = 3600.0
 
 _INSERT_EXECUTION = (
     "INSERT INTO dispatcher_executions (job_uuid, job_id, client, workflow, priority, attempt,"
-    " version, instance, callbacks, started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " version, instance, callbacks, started_at, custom_data)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (job_uuid) DO UPDATE SET attempt = excluded.attempt,"
     " version = excluded.version, instance = excluded.instance, started_at = excluded.started_at"
 )
@@ -67,8 +69,10 @@ class Execution:
     priority: int
     attempt: int
     callbacks: list[str]
+    custom_data: object = None
     log_version: int = 0
     lines: list[LogLine] = field(default_factory=list)
+    steps: list[StepEvent] = field(default_factory=list)
     outcome: Outcome | None = None
     task: asyncio.Task | None = None
     cancelled: bool = False
@@ -76,6 +80,9 @@ class Execution:
     def emit(self, line: LogLine) -> None:
         """Where the executor sends output: the lines not yet stored (flush swaps the list)."""
         self.lines.append(line)
+
+    def on_step(self, step: StepEvent) -> None:
+        self.steps.append(step)
 
 
 class Dispatcher:
@@ -144,6 +151,7 @@ class Dispatcher:
                 callbacks=spec.callbacks,
             )
             events.append(started)
+            custom_data = spec.parameters.get("custom_data")
             if not steps:  # nothing to run: the attempt is over as soon as it starts
                 events.append(
                     advance(
@@ -152,11 +160,17 @@ class Dispatcher:
                         workflow=spec.workflow,
                         attempt=event.attempt,
                         callbacks=spec.callbacks,
+                        custom_data=custom_data,
                     )
                 )
                 continue
             execution = Execution(
-                JobRef.of(started), spec.workflow, event.priority, event.attempt, spec.callbacks
+                JobRef.of(started),
+                spec.workflow,
+                event.priority,
+                event.attempt,
+                spec.callbacks,
+                custom_data,
             )
             rows.append(
                 (
@@ -172,6 +186,7 @@ class Dispatcher:
                         self.runtime.instance,
                         json.dumps(spec.callbacks),
                         started.at,
+                        None if custom_data is None else json.dumps(custom_data),
                     ),
                 )
             )
@@ -185,7 +200,9 @@ class Dispatcher:
 
     async def _run(self, execution: Execution, steps, env, timeout) -> None:  # type: ignore[no-untyped-def]
         try:
-            execution.outcome = await run_steps(steps, env, timeout, execution.emit)
+            execution.outcome = await run_steps(
+                steps, env, timeout, execution.emit, execution.on_step
+            )
         except asyncio.CancelledError:
             execution.outcome = Outcome("failed", "cancelled")
             raise
@@ -225,17 +242,37 @@ class Dispatcher:
         taken: list[tuple[Execution, list[LogLine]]] = []
         for execution in list(self.running.values()):
             lines, execution.lines = execution.lines, []
-            taken.append((execution, lines))
+            steps, execution.steps = execution.steps, []
+            taken.append((execution, lines, steps))
+            stream = execution_stream(execution.ref.job_id, execution.attempt)
             if lines:
                 execution.log_version += 1
                 events.append(
                     ExecutionLogged(
-                        id=execution_stream(execution.ref.job_id, execution.attempt),
+                        id=stream,
                         version=execution.log_version,
                         at=datetime.now(UTC),
                         job_id=execution.ref.job_id,
                         attempt=execution.attempt,
                         lines=lines,
+                    )
+                )
+            for step in steps:
+                execution.log_version += 1
+                events.append(
+                    StepChanged(
+                        id=stream,
+                        version=execution.log_version,
+                        at=datetime.now(UTC),
+                        job_id=execution.ref.job_id,
+                        client=execution.ref.client,
+                        attempt=execution.attempt,
+                        step=step.step,
+                        name=step.name,
+                        event=step.event,  # type: ignore[arg-type]
+                        exit_code=step.exit_code,
+                        reason=step.reason,
+                        callbacks=execution.callbacks,
                     )
                 )
             if execution.outcome is not None:
@@ -249,10 +286,10 @@ class Dispatcher:
             # A job someone else moved meanwhile (e.g. cancelled) keeps that outcome, not ours.
             await self.runtime.call(self.runtime.store.commit_unmoved, events, rows)
         except Exception:
-            for execution, lines in taken:  # nothing was stored: next flush stores it all
+            for execution, lines, steps in taken:  # nothing stored: the next flush stores it
                 execution.lines[:0] = lines
-                if lines:
-                    execution.log_version -= 1
+                execution.steps[:0] = steps
+                execution.log_version -= bool(lines) + len(steps)
             raise
         for execution in done:
             self.running.pop(execution.ref.id, None)
@@ -266,6 +303,7 @@ class Dispatcher:
             execution.callbacks,
             execution.outcome,
             self.runtime.settings,
+            execution.custom_data,
         )  # type: ignore[arg-type]
 
     # --- recovery --------------------------------------------------------------------------
@@ -294,6 +332,7 @@ class Dispatcher:
                     row["callbacks"],
                     lost,
                     self.runtime.settings,
+                    row["custom_data"],
                 )
             )
         deletes = [(_DELETE_EXECUTION, (row["job_uuid"],)) for row in rows]
@@ -301,13 +340,16 @@ class Dispatcher:
         log.warning("dispatcher: %d attempt(s) lost in a restart were ended", len(rows))
 
 
-def ended(ref, workflow_name, priority, attempt, callbacks, outcome, settings) -> JobEvent:  # type: ignore[no-untyped-def]
+def ended(
+    ref, workflow_name, priority, attempt, callbacks, outcome, settings, custom_data=None
+) -> JobEvent:  # type: ignore[no-untyped-def]  # noqa: E501
     """The event ending an attempt: success, timeout, a retry while attempts remain, or failure."""
     common = {"workflow": workflow_name, "attempt": attempt}
+    final = {"callbacks": callbacks, "custom_data": custom_data}
     if outcome.status == "succeeded":
-        return advance(ref, JobSucceeded, callbacks=callbacks, **common)
+        return advance(ref, JobSucceeded, **final, **common)
     if outcome.status == "timed_out":
-        return advance(ref, JobTimedOut, timeout=outcome.timeout, callbacks=callbacks, **common)
+        return advance(ref, JobTimedOut, timeout=outcome.timeout, **final, **common)
     if attempt <= settings.retry_limit:
         retry_at = datetime.now(UTC) + timedelta(seconds=settings.retry_delay)
         return advance(
@@ -324,7 +366,7 @@ def ended(ref, workflow_name, priority, attempt, callbacks, outcome, settings) -
         JobFailed,
         reason=outcome.reason,
         exit_code=outcome.exit_code,
-        callbacks=callbacks,
+        **final,
         **common,
     )
 

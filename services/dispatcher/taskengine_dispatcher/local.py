@@ -21,6 +21,17 @@ _PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
+class StepEvent:
+    """A step started, completed or failed: what step callbacks are made of."""
+
+    step: int
+    name: str
+    event: str
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How an attempt ended: `succeeded`, `failed` (with exit code) or `timed_out`."""
 
@@ -41,12 +52,15 @@ async def run_steps(
     env: dict[str, str],
     timeout: float,
     emit: Callable[[LogLine], None],
+    on_step: Callable[[StepEvent], None] = lambda _: None,
 ) -> Outcome:
-    """Runs `steps` in order, streaming their output to `emit`; stops at the first failure."""
+    """Runs `steps` in order, streaming their output to `emit` and each step's start and end
+    to `on_step`; stops at the first failure."""
     deadline = time.monotonic() + timeout
     for number, step in enumerate(steps, start=1):
         command = mask_secrets(" ".join(step.argv))  # mask before cutting: a cut secret hides
         emit(_line(number, "INFO", f"'{step.name}' started: {command[:200]}"))
+        on_step(StepEvent(number, step.name, "start"))
         limit, budget = deadline - time.monotonic(), timeout
         if step.timeout and step.timeout < limit:
             limit = budget = step.timeout
@@ -63,21 +77,28 @@ async def run_steps(
             )
         except OSError as error:
             emit(_line(number, "ERROR", f"'{step.name}' could not start: {error}"))
-            return Outcome("failed", f"step '{step.name}' could not start: {error}", 127)
+            reason = f"step '{step.name}' could not start: {error}"
+            on_step(StepEvent(number, step.name, "fail", 127, reason))
+            return Outcome("failed", reason, 127)
         try:
             code = await asyncio.wait_for(_supervise(process, number, emit), timeout=max(limit, 0))
         except TimeoutError:
             _kill(process)
             await process.wait()
             emit(_line(number, "ERROR", f"'{step.name}' timed out after {budget:g}s"))
+            reason = f"step '{step.name}' timed out after {budget:g}s"
+            on_step(StepEvent(number, step.name, "fail", None, reason))
             return Outcome("timed_out", f"step '{step.name}' timed out", timeout=budget)
         except asyncio.CancelledError:
             _kill(process)
             raise
         if code != 0:
             emit(_line(number, "ERROR", f"'{step.name}' failed with exit code {code}"))
-            return Outcome("failed", f"step '{step.name}' exited with {code}", code)
+            reason = f"step '{step.name}' exited with {code}"
+            on_step(StepEvent(number, step.name, "fail", code, reason))
+            return Outcome("failed", reason, code)
         emit(_line(number, "INFO", f"'{step.name}' completed successfully"))
+        on_step(StepEvent(number, step.name, "complete", 0))
     return Outcome("succeeded")
 
 

@@ -1,14 +1,18 @@
 """The notifier: POSTs a job's lifecycle to the URLs in its `rest_endpoints`.
 
-Deliveries due are rows of `notifier_deliveries`, written with the consumer's tracking record;
-each attempt's result is an event (`CallbackDelivered`, `CallbackAttemptFailed`), so the job
-log shows every delivery. Failed attempts are retried with exponential backoff.
+A receiver hears of the job's start, each step's start, completion or failure, and the job's
+end (with `custom_data` from the job's parameters). Deliveries due are rows of
+`notifier_deliveries`, written with the consumer's tracking record; each attempt's result is an
+event (`CallbackDelivered`, `CallbackAttemptFailed`), so the job log shows every delivery.
+Failed attempts are retried with exponential backoff. Every delivery is signed (Standard
+Webhooks) with the job's client's secret, and goes only to addresses the guard allows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,12 +32,18 @@ from taskengine_contracts.events import (
     JobStarted,
     JobSucceeded,
     JobTimedOut,
+    StepChanged,
 )
 from taskengine_core.ids import callback_stream
 from taskengine_core.jobs import state_after
+from taskengine_core.outbound import (
+    OutboundGuard,
+    outbound_client,
+    parse_allowlist,
+    sign,
+    webhook_secret,
+)
 from taskengine_store.store import Statement
-
-from taskengine_notifier.guard import CallbackGuard, parse_allowlist
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,7 @@ MAX_ATTEMPTS = 10
 MAX_BACKOFF = 60.0
 CONCURRENCY = 64
 NOTIFIED = {JobStarted: "start", JobSucceeded: "complete", JobFailed: "fail", JobTimedOut: "fail"}
+"""Job events a receiver hears of (and `StepChanged`: each step's start, complete or fail)."""
 
 _INSERT = (
     "INSERT INTO notifier_deliveries (id, job_id, url, event, body, attempts, next_at)"
@@ -52,23 +63,35 @@ _DELETE = "DELETE FROM notifier_deliveries WHERE id = %s"
 
 
 class CallbackBody(msgspec.Struct, frozen=True):
-    """What a receiver gets: the job, what happened, and its state after it."""
+    """What a receiver gets: the job, what happened, and the job's state after it.
+
+    `step` and `step_name` are set for a step's callbacks and null for the job's own;
+    `custom_data` (the job's `parameters.custom_data`) comes with the job's end.
+    """
 
     id: int
     job_id: int
     client: str
     event: str
     status: str
-    workflow: str
     attempt: int
     at: datetime
     failed: bool
+    workflow: str | None = None
+    step: int | None = None
+    step_name: str | None = None
     reason: str | None = None
+    exit_code: int | None = None
+    custom_data: object = None
+
+
+_arrival = itertools.count()
 
 
 @dataclass(order=True)
 class Delivery:
     next_at: float
+    seq: int  # ties go to the earlier event, so a receiver hears of a job in order
     id: UUID = field(compare=False)
     job_id: int = field(compare=False)
     url: str = field(compare=False)
@@ -77,52 +100,85 @@ class Delivery:
     attempts: int = field(compare=False, default=0)
 
 
-def deliveries_for(event: Event) -> list[tuple]:
-    """Rows for the callbacks an event asks for (none unless the job has rest_endpoints)."""
-    kind = NOTIFIED.get(type(event))
-    callbacks = getattr(event, "callbacks", [])
-    if kind is None or not callbacks:
-        return []
-    state = state_after(event)  # type: ignore[arg-type]
-    body = msgspec.json.encode(
-        CallbackBody(
+def callback_body(event: Event) -> tuple[str, CallbackBody] | None:
+    """(delivery key, body) for an event a receiver hears of; None for any other event."""
+    if isinstance(event, StepChanged):
+        key = f"step:{event.attempt}:{event.step}:{event.event}"
+        return key, CallbackBody(
             id=event.job_id,
             job_id=event.job_id,
             client=event.client,
-            event=kind,  # type: ignore[attr-defined]
-            status=str(state),
-            workflow=event.workflow,
-            attempt=event.attempt,  # type: ignore[attr-defined]
+            event=event.event,
+            status="running",
+            attempt=event.attempt,
             at=event.at,
-            failed=kind == "fail",
-            reason=getattr(event, "reason", None),
+            failed=event.event == "fail",
+            step=event.step,
+            step_name=event.name,
+            reason=event.reason,
+            exit_code=event.exit_code,
         )
+    kind = NOTIFIED.get(type(event))
+    if kind is None:
+        return None
+    return f"{kind}:{event.version}", CallbackBody(
+        id=event.job_id,  # type: ignore[attr-defined]
+        job_id=event.job_id,  # type: ignore[attr-defined]
+        client=event.client,  # type: ignore[attr-defined]
+        event=kind,
+        status=str(state_after(event)),  # type: ignore[arg-type]
+        attempt=event.attempt,  # type: ignore[attr-defined]
+        at=event.at,
+        failed=kind == "fail",
+        workflow=event.workflow,  # type: ignore[attr-defined]
+        reason=getattr(event, "reason", None),
+        exit_code=getattr(event, "exit_code", None),
+        custom_data=getattr(event, "custom_data", None),
     )
+
+
+def deliveries_for(event: Event) -> list[tuple]:
+    """Rows for the callbacks an event asks for (none unless the job has rest_endpoints)."""
+    callbacks = getattr(event, "callbacks", [])
+    described = callback_body(event) if callbacks else None
+    if described is None:
+        return []
+    key, body = described
+    encoded = msgspec.json.encode(body)
     return [
-        (
-            callback_stream(event.job_id, f"{kind}:{event.version}", url),
-            event.job_id,
-            url,
-            kind,  # type: ignore[attr-defined]
-            body,
-            event.at,
-        )
+        (callback_stream(body.job_id, key, url), body.job_id, url, body.event, encoded, event.at)
         for url in dict.fromkeys(callbacks)  # one delivery per distinct URL
     ]
 
 
 class Notifier:
-    def __init__(self, runtime: Runtime, client: httpx.AsyncClient):
+    def __init__(self, runtime: Runtime, client: httpx.AsyncClient, guard: OutboundGuard):
         self.runtime = runtime
         self.client = client
-        self.guard = CallbackGuard(parse_allowlist(runtime.config.callback_allowlist))
+        self.guard = guard
         self.due: list[Delivery] = []
         self.wake = asyncio.Event()
+        self.secrets: dict[str, str] = {}
+
+    def headers(self, delivery: Delivery) -> dict[str, str]:
+        """Standard Webhooks headers: the id stays the same across retries, the time does not."""
+        client = msgspec.json.decode(delivery.body, type=_Owner).client
+        if client not in self.secrets:
+            self.secrets[client] = webhook_secret(self.runtime.config.webhook_key, client)
+        timestamp = int(time.time())
+        message_id = str(delivery.id)
+        return {
+            "content-type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(self.secrets[client], message_id, timestamp, delivery.body),
+        }
 
     def schedule(self, row: tuple, attempts: int = 0) -> None:
         delivery_id, job_id, url, kind, body, at = row
         heapq.heappush(
-            self.due, Delivery(_mono(at), delivery_id, job_id, url, kind, body, attempts)
+            self.due,
+            Delivery(_mono(at), next(_arrival), delivery_id, job_id, url, kind, body, attempts),
         )
         self.wake.set()
 
@@ -207,9 +263,7 @@ class Notifier:
             return None, f"refused: {refusal}"
         try:
             response = await self.client.post(
-                delivery.url,
-                content=delivery.body,
-                headers={"content-type": "application/json", "webhook-id": str(delivery.id)},
+                delivery.url, content=delivery.body, headers=self.headers(delivery)
             )
         except httpx.HTTPError as error:
             return None, f"{type(error).__name__}: {error}"[:300]
@@ -243,13 +297,20 @@ class Notifier:
         return event, (_RESCHEDULE, (d.attempts, next_at, d.id))
 
 
+class _Owner(msgspec.Struct):
+    client: str
+
+
 def _mono(at: datetime) -> float:
     return time.monotonic() + (at - datetime.now(UTC)).total_seconds()
 
 
 async def notifier(runtime: Runtime) -> None:
-    async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
-        service = Notifier(runtime, client)
+    if not runtime.config.webhook_key:
+        raise SystemExit("notifier: TASKENGINE_WEBHOOK_KEY is not set; callbacks must be signed")
+    guard = OutboundGuard(parse_allowlist(runtime.config.callback_allowlist))
+    async with outbound_client(guard) as client:
+        service = Notifier(runtime, client, guard)
         runtime.working = lambda: len(service.due)
         for row in await runtime.call(runtime.store.query, "SELECT * FROM notifier_deliveries"):
             service.schedule(
@@ -266,7 +327,10 @@ async def notifier(runtime: Runtime) -> None:
         consumer = BatchConsumer(
             runtime.js,
             durable=NAME,
-            filter_subjects=[*(subjects.subject_for(e) for e in NOTIFIED), subjects.SETTINGS],
+            filter_subjects=[
+                *(subjects.subject_for(e) for e in (*NOTIFIED, StepChanged)),
+                subjects.SETTINGS,
+            ],
             handler=service.on_job_events,
             handled=await runtime.call(runtime.store.tracked, NAME),
             track=runtime.tracker(NAME),

@@ -1,0 +1,97 @@
+"""Outbound calls: the SSRF guard (at submit and at connect) and Standard Webhooks signatures."""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from taskengine_core.outbound import (
+    OutboundGuard,
+    outbound_client,
+    parse_allowlist,
+    sign,
+    webhook_secret,
+)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/x",
+        "http://localhost:8080/",
+        "http://10.1.2.3/",
+        "http://169.254.169.254/",
+        "http://[::1]/",
+        "ftp://example.com/",
+        "http://example.com:99999/",
+        "http://x:abc/",
+        "http://a..b/",
+        "http://" + "a" * 64 + ".com/",
+    ],
+)
+async def test_internal_or_malformed_urls_are_refused_with_a_reason(url):
+    refusal = await OutboundGuard().refusal(url)
+    assert isinstance(refusal, str) and refusal
+
+
+async def test_the_allowlist_lets_an_internal_network_through():
+    guard = OutboundGuard(parse_allowlist("127.0.0.0/8, 10.0.0.0/8"))
+    assert await guard.refusal("http://127.0.0.1:9/callback") is None
+    assert await guard.refusal("http://10.9.8.7/") is None
+    assert await guard.refusal("http://192.168.1.1/") is not None
+
+
+async def test_an_unresolvable_name_is_refused_only_when_asked_to():
+    url = "http://no-such-host.invalid/hook"
+    assert await OutboundGuard().refusal(url) is not None
+    assert await OutboundGuard().refusal(url, unresolvable_ok=True) is None
+    assert await OutboundGuard().refusal("http://127.0.0.1/", unresolvable_ok=True) is not None
+
+
+class _Rebinding(OutboundGuard):
+    """A name that resolved to a public address at submit time and to loopback now."""
+
+    async def resolve(self, host, port):
+        return await super().resolve("127.0.0.1", port)
+
+
+async def test_the_client_checks_the_address_it_connects_to():
+    with socket.socket() as listener:  # a real local server the guard must keep us from
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        async with outbound_client(_Rebinding()) as client:
+            with pytest.raises(httpx.ConnectError, match="internal address 127.0.0.1"):
+                await client.get(f"http://public.example:{port}/")
+        allowed = _Rebinding(parse_allowlist("127.0.0.0/8"))
+        async with outbound_client(allowed, timeout=0.5) as client:
+            # Allowed: it connects (and times out waiting, since the listener never answers).
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get(f"http://public.example:{port}/")
+
+
+def test_signatures_verify_with_the_standard_webhooks_library():
+    secret = webhook_secret("engine-master-key", "alice")
+    body = json.dumps({"job_id": 7, "event": "complete"}).encode()
+    now = datetime.now(UTC).replace(microsecond=0)
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": sign(secret, "msg_1", int(now.timestamp()), body),
+    }
+    assert Webhook(secret).verify(body, headers) == {"job_id": 7, "event": "complete"}
+    with pytest.raises(WebhookVerificationError):
+        Webhook(webhook_secret("engine-master-key", "bob")).verify(body, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(body + b" ", headers)
+
+
+def test_each_client_has_its_own_stable_secret():
+    assert webhook_secret("k", "alice") == webhook_secret("k", "alice")
+    assert webhook_secret("k", "alice") != webhook_secret("k", "bob")
+    assert webhook_secret("k", "alice") != webhook_secret("k2", "alice")
+    assert webhook_secret("k", "alice").startswith("whsec_")
