@@ -127,7 +127,9 @@ def test_rerun_makes_a_new_job_with_the_same_parameters_and_breaks_the_original(
         ({"priority": 0}, "priority must be an integer"),
         ({"run_at": "soon"}, "run_at 'soon' is not"),
         ({"persist": "yes"}, "persist must be true or false"),
-        ({"sempahore_url": "https://example.com/ok"}, "semaphore_url is not supported"),
+        ({"sempahore_url": "ftp://example.com/ok"}, "is not an http(s) URL"),
+        ({"semaphore_url": "http://169.254.169.254/latest"}, "internal address 169.254.169.254"),
+        ({"semaphore_url": "http://a.example/", "sempahore_url": "http://b.example/"}, "differ"),
         ({}, "nothing to update"),
     ],
 )
@@ -160,7 +162,7 @@ def test_switching_off_queue_scheduled_jobs_holds_due_jobs_until_switched_on(cli
     assert duty["class"] == "QueueJobs" and duty["queue"] == "scheduler" and duty["description"]
 
     off = client.put("/scheduler", json={"schedule": "queue_scheduled_jobs", "active": False})
-    assert off.json() == {"result": "ok", "schedules": []}
+    assert off.json() == {"result": "ok", "schedules": ["clear_finished_jobs"]}
     job_id = submit(client, run_at=stamp(datetime.now(UTC) + timedelta(seconds=1)))
     held_until = datetime.now(UTC) + timedelta(seconds=3)
     while datetime.now(UTC) < held_until:  # due, yet held: nothing may queue it
@@ -169,7 +171,10 @@ def test_switching_off_queue_scheduled_jobs_holds_due_jobs_until_switched_on(cli
     assert client.get("/schedules").json()["schedules"]["queue_scheduled_jobs"]["active"] is False
 
     on = client.put("/scheduler", json={"schedule": "queue_scheduled_jobs", "active": True})
-    assert on.json() == {"result": "ok", "schedules": ["queue_scheduled_jobs"]}
+    assert on.json() == {
+        "result": "ok",
+        "schedules": ["queue_scheduled_jobs", "clear_finished_jobs"],
+    }
     becomes(client, job_id, "completed")
 
 

@@ -18,13 +18,23 @@ class Duty(msgspec.Struct, frozen=True):
     cls: str
     description: str
     queue: str = "scheduler"
+    every: str | None = None
+    """The setting holding its period in seconds; None: every TICK."""
 
 
 DUTIES = {
     "queue_scheduled_jobs": Duty(
         "queue_scheduled_jobs",
         "QueueJobs",
-        "Enqueues scheduled jobs that have a run_at time in the past.",
+        "Enqueues scheduled jobs that have a run_at time in the past and whose semaphore_url,"
+        " if any, answers 2xx/3xx (asked again every schedule_interval until it does).",
+    ),
+    "clear_finished_jobs": Duty(
+        "clear_finished_jobs",
+        "ClearFinishedJobs",
+        "Removes finished jobs that are not persist from the job list and logs once they are"
+        " older than retention_seconds (the event store keeps them).",
+        every="schedule_interval",
     ),
 }
 

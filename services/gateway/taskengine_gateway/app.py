@@ -10,6 +10,7 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from taskengine_bus import Runtime
+from taskengine_core.outbound import OutboundGuard, parse_allowlist
 
 from taskengine_gateway.auth import Authenticator, Client
 from taskengine_gateway.errors import http_error, internal_error
@@ -39,7 +40,13 @@ def create_app(state: GatewayState) -> Litestar:
 
 
 async def gateway(runtime: Runtime) -> None:
-    state = GatewayState(runtime, Submitter(runtime), Authenticator(runtime), Heartbeats())
+    state = GatewayState(
+        runtime,
+        Submitter(runtime),
+        Authenticator(runtime),
+        Heartbeats(),
+        OutboundGuard(parse_allowlist(runtime.config.callback_allowlist)),
+    )
     state.submitter.start()
     await state.heartbeats.follow(runtime.nc)
     config = uvicorn.Config(

@@ -46,23 +46,41 @@ def parse_priority(value: object) -> int:
 MAX_CALLBACKS = 20
 
 
+def parse_url(url: object, name: str) -> str:
+    """A well-formed http(s) URL with a valid port and host."""
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts:
+            parts.port  # noqa: B018  (raises on a bad port)
+            (parts.hostname or "").encode("idna")
+    except (ValueError, UnicodeError):
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest(f"{name}: {url!r} is not an http(s) URL")
+    return url  # type: ignore[return-value]
+
+
 def parse_callbacks(parameters: dict[str, Any]) -> list[str]:
-    """The distinct callback URLs, each a well-formed http(s) URL with a valid port and host."""
+    """The distinct callback URLs of `parameters.rest_endpoints`."""
     endpoints = parameters.get("rest_endpoints", [])
-    if not isinstance(endpoints, list) or not all(isinstance(u, str) for u in endpoints):
+    if not isinstance(endpoints, list):
         raise BadRequest("parameters.rest_endpoints must be a list of URLs")
     if len(endpoints) > MAX_CALLBACKS:
         raise BadRequest(f"parameters.rest_endpoints: at most {MAX_CALLBACKS} URLs")
-    for url in endpoints:
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018  (raises on a bad port)
-            (parts.hostname or "").encode("idna")
-        except (ValueError, UnicodeError):
-            parts = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BadRequest(f"parameters.rest_endpoints: {url!r} is not an http(s) URL")
-    return list(dict.fromkeys(endpoints))
+    return list(dict.fromkeys(parse_url(url, "parameters.rest_endpoints") for url in endpoints))
+
+
+SEMAPHORE_FIELDS = ("semaphore_url", "sempahore_url")
+"""The field and the seed's own spelling of it; both are accepted."""
+
+
+def parse_semaphore(data: dict[str, Any]) -> str | None:
+    """The semaphore URL in `data` (null or "" for none); data must hold one of the fields."""
+    given = {data[name] for name in SEMAPHORE_FIELDS if name in data}
+    if len(given) > 1:
+        raise BadRequest("semaphore_url and sempahore_url differ: send one")
+    [value] = given
+    return None if value in (None, "") else parse_url(value, "semaphore_url")
 
 
 def parse_timeout(parameters: dict[str, Any]) -> float | None:

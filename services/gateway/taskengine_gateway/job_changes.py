@@ -19,12 +19,16 @@ from taskengine_core.ids import job_stream
 from taskengine_core.jobs import Job, JobRef, JobState, advance
 
 from taskengine_gateway.errors import BadRequest
-from taskengine_gateway.fields import parse_priority, parse_run_at
+from taskengine_gateway.fields import (
+    SEMAPHORE_FIELDS,
+    parse_priority,
+    parse_run_at,
+    parse_semaphore,
+)
 
 S = JobState
 WAITING = (S.SCHEDULED, S.QUEUED, S.PAUSED, S.RETRY_WAIT)
-PATCHABLE = {"client", "persist", "priority", "queue_state", "run_at"}
-NOT_YET = {"semaphore_url", "sempahore_url"}
+PATCHABLE = {"client", "persist", "priority", "queue_state", "run_at", *SEMAPHORE_FIELDS}
 
 
 def plan_patch(
@@ -34,14 +38,12 @@ def plan_patch(
 
     Raises BadRequest for a bad field and IllegalTransition for a move the lifecycle forbids.
     """
-    unknown = set(data) - PATCHABLE - NOT_YET
+    unknown = set(data) - PATCHABLE
     if unknown:
         raise BadRequest(
             f"cannot update {', '.join(sorted(unknown))}; can: persist, priority,"
-            " queue_state, run_at"
+            " queue_state, run_at, semaphore_url"
         )
-    if NOT_YET & set(data):
-        raise BadRequest("semaphore_url is not supported by this engine yet")
     if data.get("client", job.client) != job.client:
         raise BadRequest(f"job {job.job_id} does not belong to client {data['client']!r}")
     events: list[JobEvent] = []
@@ -63,6 +65,7 @@ def plan_patch(
                 priority=priority,
                 run_at=run_at,
                 attempts=job.attempt,
+                semaphore_url=semaphore,
             )
         )
 
@@ -79,7 +82,7 @@ def plan_patch(
             )
         )
 
-    priority, persist, run_at = job.priority, job.persist, job.run_at
+    priority, persist, run_at, semaphore = job.priority, job.persist, job.run_at, job.semaphore_url
     changed = []
     if "priority" in data:
         priority = parse_priority(data["priority"])
@@ -102,6 +105,16 @@ def plan_patch(
         if job.state not in (S.SCHEDULED, S.QUEUED, S.PAUSED):
             raise IllegalTransition(f"job {job.job_id} is {job.state}: run_at can no longer change")
         done.append(f"run_at={data['run_at']}")
+    gate_added = False
+    if set(SEMAPHORE_FIELDS) & set(data):
+        semaphore = parse_semaphore(data)
+        if job.state not in (S.SCHEDULED, S.QUEUED, S.PAUSED):
+            raise IllegalTransition(
+                f"job {job.job_id} is {job.state}: its semaphore_url no longer matters"
+            )
+        gate_added = semaphore is not None and job.semaphore_url is None
+        changed.append("semaphore_url")
+        done.append(f"semaphore_url={semaphore or 'none'}")
     future = run_at > now
 
     def update(new_run_at: datetime, fields: list[str]) -> None:
@@ -115,17 +128,20 @@ def plan_patch(
                 run_at=new_run_at,
                 persist=persist,
                 changed=fields,
+                semaphore_url=semaphore,
             )
         )
 
-    if "run_at" in data and future and job.state != S.PAUSED:
+    if job.state != S.PAUSED and (
+        ("run_at" in data and future) or (gate_added and job.state == S.QUEUED)
+    ):
         if changed:
             update(job.run_at, changed)
-        wait_for_run_at()
+        wait_for_run_at()  # for its time, or for its new semaphore to open
     elif changed or "run_at" in data:
         update(run_at, changed + ["run_at"] * ("run_at" in data))
-        if "run_at" in data and ref.state == S.SCHEDULED:  # its time has already come
-            queue("due")
+        if "run_at" in data and ref.state == S.SCHEDULED and not semaphore:
+            queue("due")  # its time has already come
     if "queue_state" in data:
         target = data["queue_state"]
         if target == "paused":
@@ -137,7 +153,7 @@ def plan_patch(
                 raise IllegalTransition(
                     f"job {job.job_id} is {ref.state}: only a paused job can be queued again"
                 )  # noqa: E501
-            if future:
+            if future or semaphore:
                 wait_for_run_at()
             else:
                 queue("resumed")
@@ -145,7 +161,9 @@ def plan_patch(
             raise BadRequest("queue_state must be paused, broken or queued")
         done.append(f"queue_state={target}")
     if not done:
-        raise BadRequest("nothing to update: send persist, priority, queue_state or run_at")
+        raise BadRequest(
+            "nothing to update: send persist, priority, queue_state, run_at or semaphore_url"
+        )
     return events, done
 
 
@@ -163,10 +181,11 @@ def plan_rerun(
         parameters=job.parameters,
         priority=job.priority,
         run_at=now,
-        state="queued",
+        state="scheduled" if job.semaphore_url else "queued",
         callbacks=callbacks,
         timeout=timeout,
         dialect=job.dialect,
+        semaphore_url=job.semaphore_url,
     )
     if job.state == S.BROKEN:
         return [rerun]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from taskengine_bus import Runtime
+from taskengine_core.outbound import OutboundGuard
 
 from taskengine_gateway.auth import Authenticator
 from taskengine_gateway.health import Heartbeats
@@ -17,3 +18,4 @@ class GatewayState:
     submitter: Submitter
     authenticator: Authenticator
     heartbeats: Heartbeats
+    guard: OutboundGuard

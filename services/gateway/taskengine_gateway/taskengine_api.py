@@ -17,7 +17,7 @@ from taskengine_contracts.events import (
     SettingChanged,
 )
 from taskengine_core import workflows
-from taskengine_core.clients import mask_values
+from taskengine_core.clients import mask_secrets, mask_values
 from taskengine_core.errors import DomainError, IllegalTransition
 from taskengine_core.ids import SCHEDULES_STREAM, SETTINGS_STREAM, job_stream
 from taskengine_core.jobs import Job, JobState
@@ -29,10 +29,12 @@ from taskengine_gateway.auth import Client
 from taskengine_gateway.errors import BadRequest, Forbidden, JobConflict, JobRefused
 from taskengine_gateway.fields import (
     DEFAULT_PRIORITY,
+    SEMAPHORE_FIELDS,
     decode_object,
     parse_callbacks,
     parse_priority,
     parse_run_at,
+    parse_semaphore,
     parse_timeout,
     stamp,
 )
@@ -58,8 +60,10 @@ VERSION = metadata.version("taskengine-gateway")
 JOB_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
-def job_submission(data: dict[str, Any], client: Client) -> tuple[str, dict, int, datetime | None]:
-    """Validates a `POST /job` body; returns (workflow, parameters, priority, run_at)."""
+def job_submission(
+    data: dict[str, Any], client: Client
+) -> tuple[str, dict, int, datetime | None, str | None]:
+    """Validates a `POST /job` body; returns (workflow, parameters, priority, run_at, semaphore)."""
     if "client" in data and data["client"] != client.name:
         raise Forbidden(f"body client {data['client']!r} does not match the credentials")
     job = data.get("job")
@@ -74,7 +78,15 @@ def job_submission(data: dict[str, Any], client: Client) -> tuple[str, dict, int
         raise BadRequest(str(error)) from None
     priority = parse_priority(data["priority"]) if "priority" in data else DEFAULT_PRIORITY
     run_at = parse_run_at(data["run_at"]) if data.get("run_at") is not None else None
-    return job["workflow"], parameters, priority, run_at
+    semaphore = parse_semaphore(data) if set(SEMAPHORE_FIELDS) & set(data) else None
+    return job["workflow"], parameters, priority, run_at, semaphore
+
+
+async def refuse_internal(gateway: GatewayState, urls: list[str]) -> None:
+    """Callback and semaphore URLs must not lead inside the engine's network (SSRF)."""
+    for url in urls:
+        if refusal := await gateway.guard.refusal(url, unresolvable_ok=True):
+            raise BadRequest(f"{url} is refused: {refusal}")
 
 
 def row_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +122,7 @@ def job_view(job: Job, position: int) -> dict[str, Any]:
         "queue_state": queue_state,
         "failed": job.failed,
         "run_at": stamp(job.run_at),
+        "semaphore_url": job.semaphore_url and mask_secrets(job.semaphore_url),
     }
 
 
@@ -124,13 +137,14 @@ class TaskEngineController(Controller):
     async def submit_job(self, request: Request, gateway: GatewayState, client: Client) -> dict:
         try:
             data = decode_object(await request.body())
-            workflow, parameters, priority, run_at = job_submission(data, client)
+            workflow, parameters, priority, run_at, semaphore = job_submission(data, client)
             callbacks = parse_callbacks(parameters)
             timeout = parse_timeout(parameters)
+            await refuse_internal(gateway, callbacks + ([semaphore] if semaphore else []))
         except BadRequest as error:
             raise JobRefused(error.detail) from None
         now = datetime.now(UTC)
-        due = run_at if run_at and run_at > now else None
+        waits = semaphore is not None or (run_at is not None and run_at > now)
 
         def build(number: int) -> list[Event]:
             return [
@@ -144,9 +158,10 @@ class TaskEngineController(Controller):
                     parameters=parameters,
                     priority=priority,
                     run_at=run_at or now,
-                    state="scheduled" if due else "queued",
+                    state="scheduled" if waits else "queued",
                     callbacks=callbacks,
                     timeout=timeout,
+                    semaphore_url=semaphore,
                 )
             ]
 
@@ -199,6 +214,8 @@ class TaskEngineController(Controller):
         try:
             data = decode_object(await request.body())
             events, done = plan_patch(job, data, client.name, datetime.now(UTC))
+            if set(SEMAPHORE_FIELDS) & set(data) and (semaphore := parse_semaphore(data)):
+                await refuse_internal(gateway, [semaphore])
         except IllegalTransition as error:
             raise JobRefused(str(error), job_id=job.job_id) from None
         except BadRequest as error:
@@ -249,12 +266,13 @@ class TaskEngineController(Controller):
     @get("/schedules", operation_id="list_schedules")
     async def list_schedules(self, gateway: GatewayState, client: Client) -> dict:
         active = await current_duties(gateway)
+        settings = await current_settings(gateway)
         return {
             "result": "ok",
             "schedules": {
                 name: {
                     "class": d.cls,
-                    "every": [TICK, {"first_in": 0}],
+                    "every": [settings.int(d.every) if d.every else TICK, {"first_in": 0}],
                     "queue": d.queue,
                     "description": d.description,
                     "active": active[name],

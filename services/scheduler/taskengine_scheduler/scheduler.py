@@ -1,20 +1,29 @@
 """The scheduler: holds jobs until their time comes, then queues them.
 
-Jobs submitted with a future `run_at` and attempts waiting out a retry delay become timers
-(rows written with the consumer's tracking record); when a timer is due the scheduler appends
-`JobQueued` at the job's next version and drops the timer in the same transaction.
+Jobs submitted with a future `run_at` or a `semaphore_url`, and attempts waiting out a retry
+delay, become timers (rows written with the consumer's tracking record); when a timer is due
+the scheduler appends `JobQueued` at the job's next version and drops the timer in the same
+transaction. A due job with a semaphore is queued only once a GET of its URL answers 2xx/3xx;
+until then its timer moves `schedule_interval` seconds ahead (no event: waiting is not news).
+
+Its other duty clears finished jobs from the read models after `retention_seconds`, by
+appending `FinishedJobsCleared`, which the projector applies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
+import httpx
 from eventsourcing.persistence import Tracking
 from taskengine_bus import BatchConsumer, Delivered, Runtime
 from taskengine_contracts import subjects
 from taskengine_contracts.events import (
+    FinishedJobsCleared,
     JobBroken,
     JobCancelled,
     JobPaused,
@@ -25,8 +34,10 @@ from taskengine_contracts.events import (
     JobUpdated,
     ScheduleSwitched,
 )
-from taskengine_core.ids import SCHEDULES_STREAM
+from taskengine_core.clients import mask_secrets
+from taskengine_core.ids import RETENTION_STREAM, SCHEDULES_STREAM
 from taskengine_core.jobs import Job, JobRef, JobState, advance
+from taskengine_core.outbound import OutboundGuard, outbound_client, parse_allowlist
 from taskengine_core.schedules import TICK, active_duties
 from taskengine_store.store import Conflict, Statement
 
@@ -34,18 +45,24 @@ log = logging.getLogger(__name__)
 
 NAME = "scheduler"
 DUE_BATCH = 500
+GATE_CHECKS = 32
+"""Semaphore URLs asked at once."""
 
 _UPSERT_TIMER = (
     "INSERT INTO scheduler_timers (job_uuid, job_id, client, workflow, priority, version,"
-    " due_at, reason, attempts) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " due_at, reason, attempts, semaphore_url) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (job_uuid) DO UPDATE SET version = excluded.version, due_at = excluded.due_at,"
-    " reason = excluded.reason, priority = excluded.priority, attempts = excluded.attempts"
+    " reason = excluded.reason, priority = excluded.priority, attempts = excluded.attempts,"
+    " semaphore_url = excluded.semaphore_url"
 )
 _DROP_TIMER = "DELETE FROM scheduler_timers WHERE job_uuid = %s"
 _FOLLOW_UPDATE = (
     "UPDATE scheduler_timers SET version = %s, priority = %s,"
-    " due_at = CASE WHEN reason = 'due' THEN %s ELSE due_at END WHERE job_uuid = %s"
+    " due_at = CASE WHEN reason = 'due' THEN %s ELSE due_at END,"
+    " semaphore_url = CASE WHEN reason = 'due' THEN %s END WHERE job_uuid = %s"
 )
+_GATE_CLOSED = "UPDATE scheduler_timers SET due_at = %s WHERE job_uuid = %s AND version = %s"
+_CLEARABLE = "SELECT 1 FROM rm_jobs WHERE finished_at < %s AND NOT persist LIMIT 1"
 
 
 def timer_statements(batch: list[Delivered]) -> list[Statement]:
@@ -55,21 +72,32 @@ def timer_statements(batch: list[Delivered]) -> list[Statement]:
         event = item.event
         match event:
             case JobSubmitted(state="scheduled"):
-                statements.append(_timer(event, event.run_at, "due", 0))
+                statements.append(_timer(event, event.run_at, "due", 0, event.semaphore_url))
             case JobScheduled():
-                statements.append(_timer(event, event.run_at, "due", event.attempts))
+                statements.append(
+                    _timer(event, event.run_at, "due", event.attempts, event.semaphore_url)
+                )
             case JobRetryScheduled():
                 statements.append(_timer(event, event.retry_at, "retry", event.attempt))
             case JobUpdated(state="scheduled" | "retry_wait"):
                 statements.append(
-                    (_FOLLOW_UPDATE, (event.version, event.priority, event.run_at, event.id))
+                    (
+                        _FOLLOW_UPDATE,
+                        (
+                            event.version,
+                            event.priority,
+                            event.run_at,
+                            event.semaphore_url,
+                            event.id,
+                        ),
+                    )
                 )
             case JobCancelled() | JobPaused() | JobBroken():
                 statements.append((_DROP_TIMER, (event.id,)))
     return statements
 
 
-def _timer(event, due_at, reason: str, attempts: int) -> Statement:  # type: ignore[no-untyped-def]
+def _timer(event, due_at, reason: str, attempts: int, semaphore: str | None = None) -> Statement:  # type: ignore[no-untyped-def]  # noqa: E501
     return (
         _UPSERT_TIMER,
         (
@@ -82,6 +110,7 @@ def _timer(event, due_at, reason: str, attempts: int) -> Statement:  # type: ign
             due_at,
             reason,
             attempts,
+            semaphore,
         ),
     )
 
@@ -106,15 +135,21 @@ def timer_for(job: Job) -> Statement:
             job.run_at,
             reason,
             job.attempt,
+            job.semaphore_url if reason == "due" else None,
         ),
     )
 
 
 class Scheduler:
-    def __init__(self, runtime: Runtime, duties: dict[str, bool]):
+    def __init__(self, runtime: Runtime, duties: dict[str, bool], http: httpx.AsyncClient):
         self.runtime = runtime
         self.duties = duties
+        self.http = http
         self.next_tick = 0.0
+        self.last_clear = -float("inf")
+        self.checking: set[UUID] = set()
+        """Jobs whose semaphore is being asked now."""
+        self.checks: set[asyncio.Task] = set()
 
     async def on_job_events(self, batch: list[Delivered]) -> bool:
         for item in batch:
@@ -131,17 +166,33 @@ class Scheduler:
         return True
 
     async def tick(self) -> None:
-        """Queues every due timer: one query, one commit."""
-        if time.monotonic() < self.next_tick or not self.duties["queue_scheduled_jobs"]:
+        """Queues every due timer (one query, one commit) and asks due jobs' semaphores."""
+        if time.monotonic() < self.next_tick:
             return
         self.next_tick = time.monotonic() + TICK
-        store = self.runtime.store
+        if self.duties["clear_finished_jobs"]:
+            await self.clear_finished()
+        if not self.duties["queue_scheduled_jobs"]:
+            return
         rows = await self.runtime.call(
-            store.query,
-            "SELECT * FROM scheduler_timers WHERE due_at <= now() ORDER BY due_at LIMIT %s",
-            (DUE_BATCH,),
+            self.runtime.store.query,
+            "SELECT * FROM scheduler_timers WHERE due_at <= now() AND job_uuid <> ALL(%s)"
+            " ORDER BY due_at LIMIT %s",
+            (list(self.checking), DUE_BATCH),
         )
-        full = len(rows) == DUE_BATCH
+        gated = [r for r in rows if r["semaphore_url"] and r["reason"] == "due"]
+        if gated:
+            self.checking.update(row["job_uuid"] for row in gated)
+            task = asyncio.create_task(self.check_gates(gated))
+            self.checks.add(task)
+            task.add_done_callback(self.checks.discard)
+        await self.queue([r for r in rows if not (r["semaphore_url"] and r["reason"] == "due")])
+        if len(rows) == DUE_BATCH:
+            self.next_tick = 0.0
+
+    async def queue(self, rows: list[dict]) -> None:
+        """Appends `JobQueued` for each row and drops its timer, in one commit."""
+        store = self.runtime.store
         while rows:
             events = [self._queue(row) for row in rows]
             drops = [(_DROP_TIMER, (row["job_uuid"],)) for row in rows]
@@ -159,8 +210,75 @@ class Scheduler:
                     ],
                 )
                 rows = [r for r in rows if r["job_uuid"] not in conflict.stale]
-        if full:
-            self.next_tick = 0.0
+
+    async def check_gates(self, rows: list[dict]) -> None:
+        """Queues the jobs whose semaphore answers 2xx/3xx; the others wait another interval."""
+        try:
+            limit = asyncio.Semaphore(GATE_CHECKS)
+
+            async def ask(row: dict) -> str | None:
+                async with limit:
+                    return await self.gate_closed(row["semaphore_url"])
+
+            answers = await asyncio.gather(*(ask(row) for row in rows))
+            interval = self.runtime.settings.int("schedule_interval")
+            later = datetime.now(UTC) + timedelta(seconds=interval)
+            closed = [(row, why) for row, why in zip(rows, answers, strict=True) if why]
+            for row, why in closed:
+                log.info(
+                    "job %s waits: semaphore %s %s; asking again in %ss",
+                    row["job_id"],
+                    mask_secrets(row["semaphore_url"]),
+                    why,
+                    interval,
+                )
+            await self.runtime.call(
+                self.runtime.store.execute,
+                [(_GATE_CLOSED, (later, row["job_uuid"], row["version"])) for row, _ in closed],
+            )
+            if self.duties["queue_scheduled_jobs"]:
+                await self.queue([row for row, why in zip(rows, answers, strict=True) if not why])
+        except Exception:  # the timers stay due: the next tick asks again
+            log.exception("scheduler: asking semaphores failed")
+        finally:
+            self.checking.difference_update(row["job_uuid"] for row in rows)
+
+    async def gate_closed(self, url: str) -> str | None:
+        """None when the semaphore is open (2xx/3xx), else why it is not."""
+        try:
+            response = await self.http.get(url)
+        except httpx.HTTPError as error:
+            return f"unreachable ({type(error).__name__}: {error})"[:300]
+        return None if response.status_code < 400 else f"answered HTTP {response.status_code}"
+
+    async def clear_finished(self) -> None:
+        """Every `schedule_interval`: if some finished job outlived `retention_seconds`, says
+        so with `FinishedJobsCleared` (the projector then removes such jobs)."""
+        settings = self.runtime.settings
+        if time.monotonic() - self.last_clear < settings.int("schedule_interval"):
+            return
+        self.last_clear = time.monotonic()
+        retention = settings.int("retention_seconds")
+        now = datetime.now(UTC)
+        before = now - timedelta(seconds=retention)
+        store = self.runtime.store
+        try:
+            if not await self.runtime.call(store.query, _CLEARABLE, (before,)):
+                return
+
+            def cleared(events: list, version: int) -> FinishedJobsCleared:
+                return FinishedJobsCleared(
+                    id=RETENTION_STREAM,
+                    version=version,
+                    at=now,
+                    finished_before=before,
+                    retention_seconds=retention,
+                )
+
+            await self.runtime.call(store.append_next, RETENTION_STREAM, cleared)
+            log.info("scheduler: clearing jobs finished before %s", before.isoformat())
+        except Exception:  # retention can wait for the next interval
+            log.exception("scheduler: clearing finished jobs failed")
 
     @staticmethod
     def _queue(row: dict) -> JobQueued:
@@ -179,26 +297,28 @@ class Scheduler:
 
 async def scheduler(runtime: Runtime) -> None:
     switches = await runtime.call(runtime.store.stream, SCHEDULES_STREAM)
-    service = Scheduler(
-        runtime, active_duties(e for e in switches if isinstance(e, ScheduleSwitched))
-    )
-    consumer = BatchConsumer(
-        runtime.js,
-        durable=NAME,
-        filter_subjects=[
-            subjects.subject_for(JobSubmitted),
-            subjects.subject_for(JobRetryScheduled),
-            subjects.subject_for(JobCancelled),
-            subjects.subject_for(JobScheduled),
-            subjects.subject_for(JobUpdated),
-            subjects.subject_for(JobPaused),
-            subjects.subject_for(JobBroken),
-            subjects.SETTINGS,
-            subjects.SCHEDULES,
-        ],
-        handler=service.on_job_events,
-        handled=await runtime.call(runtime.store.tracked, NAME),
-        track=runtime.tracker(NAME),
-        idle=service.tick,
-    )
-    await consumer.run()
+    guard = OutboundGuard(parse_allowlist(runtime.config.callback_allowlist))
+    async with outbound_client(guard) as http:
+        service = Scheduler(
+            runtime, active_duties(e for e in switches if isinstance(e, ScheduleSwitched)), http
+        )
+        consumer = BatchConsumer(
+            runtime.js,
+            durable=NAME,
+            filter_subjects=[
+                subjects.subject_for(JobSubmitted),
+                subjects.subject_for(JobRetryScheduled),
+                subjects.subject_for(JobCancelled),
+                subjects.subject_for(JobScheduled),
+                subjects.subject_for(JobUpdated),
+                subjects.subject_for(JobPaused),
+                subjects.subject_for(JobBroken),
+                subjects.SETTINGS,
+                subjects.SCHEDULES,
+            ],
+            handler=service.on_job_events,
+            handled=await runtime.call(runtime.store.tracked, NAME),
+            track=runtime.tracker(NAME),
+            idle=service.tick,
+        )
+        await consumer.run()

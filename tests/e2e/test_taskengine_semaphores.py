@@ -1,0 +1,101 @@
+"""semaphore_url: a due job is queued only once its semaphore answers 2xx/3xx, re-asked every
+schedule_interval; internal addresses are refused at submit and at PATCH."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.receiver import CallbackReceiver
+from tests.support.system import running_system
+from tests.support.waiting import wait_until
+
+
+@pytest.fixture(scope="module")
+def client(postgres_url):
+    with running_system(postgres_url, "semaphores") as system, system.client() as http:
+        http.post("/settings", json={"name": "schedule_interval", "setting": 1})
+        yield http
+
+
+@pytest.fixture
+def gate():
+    with CallbackReceiver() as receiver:
+        receiver.gate = 423
+        yield receiver
+
+
+def submit(client, **body) -> int:  # type: ignore[no-untyped-def]
+    response = client.post("/job", json={"job": {"workflow": "noop"}, **body})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def state(client, job_id: int) -> str:  # type: ignore[no-untyped-def]
+    return client.get(f"/jobs/{job_id}").json()["queue_state"]
+
+
+def test_a_job_waits_while_its_semaphore_is_closed_and_runs_once_it_opens(client, gate):
+    job_id = submit(client, semaphore_url=gate.url)
+    assert state(client, job_id) == "scheduled"
+    assert client.get(f"/jobs/{job_id}").json()["semaphore_url"] == gate.url
+
+    wait_until(lambda: gate.checks >= 3, what="the semaphore to be asked again and again")
+    assert state(client, job_id) == "scheduled"
+
+    gate.gate = 204
+    wait_until(lambda: state(client, job_id) == "completed", what="the job to run")
+    asked = gate.checks
+    assert client.get(f"/jobs/{job_id}").json()["failed"] is False
+    assert gate.checks == asked  # a queued job's semaphore is not asked any more
+
+
+def test_the_seed_spelling_and_a_redirect_answer_open_the_gate(client, gate):
+    gate.gate = 302
+    job_id = submit(client, sempahore_url=gate.url)
+    wait_until(lambda: state(client, job_id) == "completed", what="the job to run")
+
+
+def test_patching_a_semaphore_onto_a_queued_job_holds_it_and_removing_it_frees_it(client, gate):
+    settings = {"max_jobs": "1"}
+    for name, value in settings.items():
+        client.post("/settings", json={"name": name, "setting": value})
+    holder = submit(client, job={"workflow": "sleep"}, parameters={"seconds": 30})
+    wait_until(lambda: state(client, holder) == "started", what="the holder to start")
+    job_id = submit(client)
+    assert state(client, job_id) == "queued"
+
+    response = client.patch(f"/jobs/{job_id}", json={"sempahore_url": gate.url})
+    assert response.json() == {
+        "id": job_id,
+        "result": f"Performed updates: semaphore_url={gate.url}",
+    }
+    assert state(client, job_id) == "scheduled"
+    wait_until(lambda: gate.checks >= 1, what="the semaphore to be asked")
+
+    response = client.patch(f"/jobs/{job_id}", json={"semaphore_url": None})
+    assert response.json()["result"] == "Performed updates: semaphore_url=none"
+    wait_until(lambda: state(client, job_id) == "queued", what="the job to be queued again")
+    client.patch(f"/jobs/{holder}", json={"queue_state": "broken"})
+    wait_until(lambda: state(client, job_id) == "completed", what="the job to run")
+    client.post("/settings", json={"name": "max_jobs", "setting": "2"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/gate",
+        "http://[::ffff:169.254.169.254]/",
+        "file:///etc/passwd",
+    ],
+)
+def test_internal_or_odd_semaphore_and_callback_urls_are_refused_at_submit(client, url):
+    before = client.get("/jobs", params={"limit": 1}).json()
+    for body in (
+        {"semaphore_url": url},
+        {"parameters": {"rest_endpoints": ["https://example.com/ok", url]}},
+    ):
+        response = client.post("/job", json={"job": {"workflow": "noop"}, **body})
+        assert response.status_code == 400, response.text
+        assert url in response.json()["error"]
+    assert client.get("/jobs", params={"limit": 1}).json() == before
