@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from taskengine_cli.ops import replay
-from taskengine_contracts.events import JobAdmitted
+from taskengine_contracts.events import FinishedJobsCleared, JobAdmitted
+from taskengine_core.ids import RETENTION_STREAM
 from taskengine_core.jobs import JobRef, advance
 
 from tests.support.factories import submitted
@@ -15,6 +18,12 @@ def test_read_models_follow_the_log_through_a_kill_and_match_a_replay(services):
     services.store.commit(jobs[:200])
     services.start("projector")
     services.store.commit(jobs[200:])
+    now = datetime.now(UTC)
+    # A clearing among them removes nothing: no job has finished.
+    clearing = FinishedJobsCleared(
+        id=RETENTION_STREAM, version=1, at=now, finished_before=now, retention_seconds=1
+    )
+    services.store.commit([clearing])
     services.kill("projector")
     services.store.commit(
         [

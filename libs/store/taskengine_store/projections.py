@@ -1,7 +1,9 @@
-"""Read models projected from the event log: the job list (`rm_jobs`) and the job log.
+"""Read models projected from the event log: the job list (`rm_jobs`), the job log and the
+clients.
 
-`project()` turns a batch of positioned events into two set-based statements, so the live
-projector and `taskengine replay` build identical tables from the same code.
+`project()` turns a batch of positioned events into a few set-based statements, so the live
+projector and `taskengine replay` build identical tables from the same code, whatever the
+batch boundaries.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from taskengine_contracts.events import (
     CallbackAttemptFailed,
     CallbackDelivered,
     ClientRegistered,
+    ClientRevoked,
     Event,
     ExecutionLogged,
+    FinishedJobsCleared,
     JobAdmitted,
     JobBroken,
     JobCancelled,
@@ -34,7 +38,7 @@ from taskengine_contracts.events import (
     JobUpdated,
 )
 from taskengine_core.clients import mask_secrets
-from taskengine_core.jobs import state_after
+from taskengine_core.jobs import FINAL_STATES, TRANSITIONS, state_after
 
 from taskengine_store.store import Position, Statement
 
@@ -43,6 +47,9 @@ LINES_PER_EVENT = 1000
 """Log row ids are position * 1000 + line: stable across replays."""
 
 PROJECTOR = "projector"
+
+_FINISHING = tuple(t for t, (_, state) in TRANSITIONS.items() if state in FINAL_STATES)
+"""Events that end a job (a `broken` after a completion keeps the first end as finished_at)."""
 
 
 def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
@@ -113,7 +120,54 @@ def project(
     log: str = "rm_job_log",
     clients: str = "rm_clients",
 ) -> list[Statement]:
-    """The statements that apply `batch` (in store order) to the read models."""
+    """The statements that apply `batch` (in store order) to the read models.
+
+    The batch is cut at each `FinishedJobsCleared`: what precedes it, then the clearing, then
+    the rest, so a clearing removes exactly the jobs finished at its place in the log, however
+    the live projector or a replay happened to batch the events.
+    """
+    statements: list[Statement] = []
+    for segment, clearing in segments(batch):
+        statements += _project_segment(segment, jobs, log, clients)
+        if clearing is not None:
+            statements.append(clear_finished_jobs(clearing, jobs, log))
+    return statements
+
+
+def segments(
+    batch: Sequence[Position],
+) -> list[tuple[list[Position], FinishedJobsCleared | None]]:
+    """The batch cut after each `FinishedJobsCleared`: (events before it, the clearing); the
+    last segment has no clearing."""
+    cut: list[tuple[list[Position], FinishedJobsCleared | None]] = []
+    segment: list[Position] = []
+    for item in batch:
+        if isinstance(item.event, FinishedJobsCleared):
+            cut.append((segment, item.event))
+            segment = []
+        else:
+            segment.append(item)
+    if segment or not cut:
+        cut.append((segment, None))
+    return cut
+
+
+def clear_finished_jobs(
+    event: FinishedJobsCleared, jobs: str = "rm_jobs", log: str = "rm_job_log"
+) -> Statement:
+    """Retention: deletes the finished, non-persist jobs that ended before the cutoff, and
+    their log rows."""
+    return (
+        f"WITH cleared AS (DELETE FROM {jobs} WHERE finished_at < %s AND NOT persist"
+        " AND state = ANY(%s) RETURNING job_id)"
+        f" DELETE FROM {log} WHERE job_id IN (SELECT job_id FROM cleared)",
+        (event.finished_before, sorted(str(state) for state in FINAL_STATES)),
+    )
+
+
+def _project_segment(
+    batch: Sequence[Position], jobs: str, log: str, clients: str
+) -> list[Statement]:
     new: dict[Any, list[Any]] = {}
     moved: dict[Any, list[Any]] = {}
     log_values: list[list[Any]] = [[], [], [], [], [], [], []]
@@ -140,11 +194,19 @@ def project(
             statements.append(
                 (
                     f"INSERT INTO {clients} (name, key_hash, key_lookup, key_hint, admin,"
-                    " registered_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE"
-                    " SET key_hash = excluded.key_hash, key_lookup = excluded.key_lookup,"
-                    " key_hint = excluded.key_hint, admin = excluded.admin,"
-                    " registered_at = excluded.registered_at",
+                    " registered_at, revoked_at) VALUES (%s, %s, %s, %s, %s, %s, NULL)"
+                    " ON CONFLICT (name) DO UPDATE SET key_hash = excluded.key_hash,"
+                    " key_lookup = excluded.key_lookup, key_hint = excluded.key_hint,"
+                    " admin = excluded.admin, registered_at = excluded.registered_at,"
+                    " revoked_at = NULL",
                     (e.name, e.key_hash, e.key_lookup, e.key_hint, e.admin, e.at),
+                )
+            )
+        elif isinstance(item.event, ClientRevoked):
+            statements.append(
+                (
+                    f"UPDATE {clients} SET revoked_at = %s WHERE name = %s",
+                    (item.event.at, item.event.name),
                 )
             )
     if new:
@@ -152,35 +214,43 @@ def project(
         statements.append(
             (
                 f"INSERT INTO {jobs} (job_uuid, job_id, client, workflow, priority, state, attempt,"
-                " created_at, updated_at, run_at, version, parameters, persist)"
+                " created_at, updated_at, run_at, version, parameters, persist, finished_at)"
                 " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[],"
                 " %s::int[], %s::text[], %s::int[], %s::timestamptz[], %s::timestamptz[],"
-                " %s::timestamptz[], %s::bigint[], %s::jsonb[], %s::bool[])"
+                " %s::timestamptz[], %s::bigint[], %s::jsonb[], %s::bool[], %s::timestamptz[])"
                 " ON CONFLICT (job_uuid) DO NOTHING",
                 [list(c) for c in columns],
             )
         )
     if moved:
         columns = list(zip(*moved.values(), strict=True))
+        # No row, no update: events of a job cleared by retention leave no trace.
         statements.append(
             (
                 f"UPDATE {jobs} AS j SET state = u.state, version = u.version,"
                 " updated_at = u.updated_at, attempt = coalesce(u.attempt, j.attempt),"
                 " priority = coalesce(u.priority, j.priority),"
-                " run_at = coalesce(u.run_at, j.run_at), persist = coalesce(u.persist, j.persist)"
+                " run_at = coalesce(u.run_at, j.run_at), persist = coalesce(u.persist, j.persist),"
+                " finished_at = coalesce(j.finished_at, u.finished_at)"
                 " FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::timestamptz[], %s::int[],"
-                " %s::int[], %s::timestamptz[], %s::bool[]) AS u(job_uuid, state, version,"
-                " updated_at, attempt, priority, run_at, persist)"
+                " %s::int[], %s::timestamptz[], %s::bool[], %s::timestamptz[]) AS u(job_uuid,"
+                " state, version, updated_at, attempt, priority, run_at, persist, finished_at)"
                 " WHERE j.job_uuid = u.job_uuid AND j.version < u.version",
                 [list(c) for c in columns],
             )
         )
     if log_values[0]:
+        # Only rows of jobs in the list: a late event of a job cleared by retention (a
+        # callback, output) adds none. A job's rows never precede its submission, and jobs
+        # leave only between segments, so this is the same under any batching.
         statements.append(
             (
                 f"INSERT INTO {log} (id, job_id, severity, progname, message, created_at, task_id)"
-                " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[],"
-                " %s::text[], %s::timestamptz[], %s::int[]) ON CONFLICT (id) DO NOTHING",
+                " SELECT u.* FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[],"
+                " %s::text[], %s::timestamptz[], %s::int[]) AS u(id, job_id, severity, progname,"
+                " message, created_at, task_id)"
+                f" WHERE EXISTS (SELECT 1 FROM {jobs} j WHERE j.job_id = u.job_id)"
+                " ON CONFLICT (id) DO NOTHING",
                 log_values,
             )
         )
@@ -196,6 +266,7 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
     if isinstance(event, (JobUpdated, JobScheduled)):
         run_at = event.run_at
     persist = event.persist if isinstance(event, JobUpdated) else None
+    finished_at = event.at if isinstance(event, _FINISHING) else None
     if isinstance(event, JobSubmitted):
         new[event.id] = [
             event.id,
@@ -211,6 +282,7 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
             event.version,
             json.dumps(event.parameters, sort_keys=True),
             False,
+            None,
         ]
     elif event.id in new:
         row = new[event.id]
@@ -219,6 +291,7 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
         row[4] = priority if priority is not None else row[4]
         row[9] = run_at or row[9]
         row[12] = persist if persist is not None else row[12]
+        row[13] = row[13] or finished_at
     else:
         previous = moved.get(event.id)
         moved[event.id] = [
@@ -230,6 +303,7 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
             priority if priority is not None else (previous[5] if previous else None),
             run_at or (previous[6] if previous else None),
             persist if persist is not None else (previous[7] if previous else None),
+            (previous[8] if previous else None) or finished_at,
         ]
 
 

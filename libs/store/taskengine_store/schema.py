@@ -74,6 +74,10 @@ CREATE INDEX IF NOT EXISTS rm_jobs_client_state ON rm_jobs (client, state);
 ALTER TABLE rm_jobs ADD COLUMN IF NOT EXISTS parameters jsonb NOT NULL DEFAULT '{}';
 ALTER TABLE rm_jobs ADD COLUMN IF NOT EXISTS persist boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS rm_jobs_client_created ON rm_jobs (client, created_at);
+-- When the job first reached a final state; retention clears by it.
+ALTER TABLE rm_jobs ADD COLUMN IF NOT EXISTS finished_at timestamptz;
+CREATE INDEX IF NOT EXISTS rm_jobs_finished ON rm_jobs (finished_at)
+    WHERE finished_at IS NOT NULL AND NOT persist;
 
 CREATE TABLE IF NOT EXISTS rm_job_log (
     id bigint PRIMARY KEY,
@@ -95,6 +99,8 @@ CREATE TABLE IF NOT EXISTS rm_clients (
     registered_at timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rm_clients_lookup ON rm_clients (key_lookup);
+-- Set by a revocation, cleared by the next registration: a revoked client's key is refused.
+ALTER TABLE rm_clients ADD COLUMN IF NOT EXISTS revoked_at timestamptz;
 """
 
 READ_MODELS = ("rm_jobs", "rm_job_log", "rm_clients")

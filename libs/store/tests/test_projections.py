@@ -13,9 +13,12 @@ from taskengine_contracts.events import (
     CallbackAttemptFailed,
     CallbackDelivered,
     ClientRegistered,
+    ClientRevoked,
     Event,
     ExecutionLogged,
+    FinishedJobsCleared,
     JobAdmitted,
+    JobBroken,
     JobCancelled,
     JobEvent,
     JobFailed,
@@ -25,11 +28,19 @@ from taskengine_contracts.events import (
     JobSubmitted,
     JobSucceeded,
     JobTimedOut,
+    JobUpdated,
     LogLine,
     SettingChanged,
 )
-from taskengine_core.jobs import Job, JobRef, advance
-from taskengine_store.projections import LINES_PER_EVENT, SEVERITY, log_rows, project
+from taskengine_core.jobs import Job, JobRef, JobState, advance
+from taskengine_store.projections import (
+    LINES_PER_EVENT,
+    SEVERITY,
+    clear_finished_jobs,
+    log_rows,
+    project,
+    segments,
+)
 from taskengine_store.store import Position
 
 JOB = UUID("6f1c1b8e-7a8e-4c1e-9d1c-0a1b2c3d4e5f")
@@ -236,8 +247,10 @@ def test_execution_lines_beyond_the_per_event_limit_are_dropped():
             id=OTHER, version=1, at=T0, name="a", key_hash="h", key_lookup="l", key_hint="x"
         ),
         SettingChanged(id=OTHER, version=1, at=T0, name="max_jobs", value="3"),
+        ClientRevoked(id=OTHER, version=2, at=T0, name="a", by="cli"),
+        FinishedJobsCleared(id=OTHER, version=1, at=T0, finished_before=T0, retention_seconds=1),
     ],
-    ids=["ClientRegistered", "SettingChanged"],
+    ids=["ClientRegistered", "SettingChanged", "ClientRevoked", "FinishedJobsCleared"],
 )
 def test_non_job_events_have_no_log_rows(event):
     assert log_rows(event) == []
@@ -278,10 +291,12 @@ def test_a_submission_and_its_later_events_in_one_batch_make_one_insert_and_no_u
         8,
         '{"failures": 1}',  # the parameters, for search and listing
         False,  # persist
+        events[-1].at,  # finished_at: the success
     ]
     # the row matches the job folded from the same events
     assert row[4:7] == [job.priority, str(job.state), job.attempt]
     assert (row[8], row[9], row[10]) == (job.updated_at, job.run_at, job.version)
+    assert row[13] == job.finished_at
 
 
 def test_the_jobs_insert_is_idempotent_on_job_uuid():
@@ -296,7 +311,9 @@ def test_events_of_a_job_submitted_in_an_earlier_batch_make_one_update_with_the_
     assert not any(s[0].startswith("INSERT INTO rm_jobs") for s in statements)
     query, _ = statement(statements, "UPDATE rm_jobs")
     assert "j.version < u.version" in query  # an older replayed update never wins
-    assert jobs_update(statements) == [[JOB, "succeeded", 8, events[-1].at, 2, 2, RETRY_AT, None]]
+    assert jobs_update(statements) == [
+        [JOB, "succeeded", 8, events[-1].at, 2, 2, RETRY_AT, None, events[-1].at]
+    ]
 
 
 def test_an_update_carries_attempt_priority_and_run_at_from_earlier_events_in_the_batch():
@@ -305,13 +322,13 @@ def test_an_update_carries_attempt_priority_and_run_at_from_earlier_events_in_th
     retry, queued = events[3], events[4]
     cancelled = advance(JobRef.of(queued), JobCancelled, at=T0 + timedelta(1), reason="x", by="b")
     [row] = jobs_update(project(positioned([retry, queued, cancelled])))
-    assert row == [JOB, "cancelled", 6, T0 + timedelta(1), 1, 2, RETRY_AT, None]
+    assert row == [JOB, "cancelled", 6, T0 + timedelta(1), 1, 2, RETRY_AT, None, T0 + timedelta(1)]
 
 
 def test_an_update_leaves_unknown_columns_null_for_coalesce():
     cancelled = JobCancelled(**job_fields(2), reason="x", by="b")
     [row] = jobs_update(project(positioned([cancelled])))
-    assert row == [JOB, "cancelled", 2, cancelled.at, None, None, None, None]
+    assert row == [JOB, "cancelled", 2, cancelled.at, None, None, None, None, cancelled.at]
 
 
 def test_two_jobs_in_one_batch_get_one_row_each():
@@ -391,3 +408,152 @@ def test_a_setting_change_projects_nothing():
 def test_table_names_can_be_redirected():
     statements = project(positioned([submitted()]), jobs="x_jobs", log="x_log", clients="x_c")
     assert {s[0].split()[2] for s in statements} == {"x_jobs", "x_log"}
+
+
+def test_the_log_insert_skips_rows_of_jobs_not_in_the_list():
+    query, _ = statement(project(positioned([submitted()])), "INSERT INTO rm_job_log")
+    assert "WHERE EXISTS (SELECT 1 FROM rm_jobs j WHERE j.job_id = u.job_id)" in query
+
+
+# --- finished_at -------------------------------------------------------------------------
+
+
+def test_a_job_updated_after_it_finished_keeps_its_finished_at():
+    events = stream()
+    updated = advance(
+        JobRef.of(events[-1]), JobUpdated, at=T0 + timedelta(hours=1), workflow="flaky",
+        priority=1, run_at=RETRY_AT, persist=True, changed=["persist"],
+    )  # fmt: skip
+    [row] = jobs_insert(project(positioned([*events, updated])))
+    assert (row[8], row[12], row[13]) == (updated.at, True, events[-1].at)
+    [moved] = jobs_update(project(positioned([updated], start=200)))
+    assert moved[8] is None  # coalesce keeps the row's finished_at
+
+
+def test_a_rerun_breaking_a_finished_job_keeps_the_first_end_as_finished_at():
+    events = stream()
+    broken = advance(
+        JobRef.of(events[-1]), JobBroken, at=T0 + timedelta(hours=1), by="alice",
+        reason="rerun", rerun_as=43,
+    )  # fmt: skip
+    [row] = jobs_insert(project(positioned([*events, broken])))
+    assert (row[5], row[13]) == ("broken", events[-1].at)
+    assert row[13] == Job.fold([*events, broken]).finished_at  # type: ignore[union-attr]
+    query, _ = statement(project(positioned([broken], start=200)), "UPDATE rm_jobs")
+    assert "finished_at = coalesce(j.finished_at, u.finished_at)" in query
+
+
+def test_an_unfinished_job_has_no_finished_at():
+    events = stream()[:4]  # waiting for its retry
+    [row] = jobs_insert(project(positioned(events)))
+    assert (row[5], row[13]) == ("retry_wait", None)
+
+
+# --- retention ---------------------------------------------------------------------------
+
+CUTOFF = T0 + timedelta(minutes=5)
+
+
+def clearing(version: int = 1, finished_before: datetime = CUTOFF) -> FinishedJobsCleared:
+    return FinishedJobsCleared(
+        id=OTHER, version=version, at=T0 + timedelta(hours=1), finished_before=finished_before,
+        retention_seconds=3600,
+    )  # fmt: skip
+
+
+def test_a_batch_without_clearing_is_one_segment():
+    batch = positioned(stream())
+    assert segments(batch) == [(batch, None)]
+    assert segments([]) == [([], None)]
+
+
+def test_a_batch_is_cut_after_each_clearing():
+    events = stream()
+    first, second = clearing(1), clearing(2)
+    batch = positioned([*events[:3], first, *events[3:5], second, *events[5:]])
+    assert segments(batch) == [
+        (batch[:3], first),
+        (batch[4:6], second),
+        (batch[7:], None),
+    ]
+
+
+def test_a_clearing_at_either_end_of_a_batch():
+    events = stream()
+    first, last = clearing(1), clearing(2)
+    batch = positioned([first, *events[:2], last])
+    assert segments(batch) == [([], first), (batch[1:3], last)]
+
+
+def test_the_clearing_deletes_finished_non_persist_jobs_before_the_cutoff_and_their_log():
+    query, params = clear_finished_jobs(clearing())
+    assert query == (
+        "WITH cleared AS (DELETE FROM rm_jobs WHERE finished_at < %s AND NOT persist"
+        " AND state = ANY(%s) RETURNING job_id)"
+        " DELETE FROM rm_job_log WHERE job_id IN (SELECT job_id FROM cleared)"
+    )
+    finished_before, states = params
+    assert finished_before == CUTOFF
+    assert set(states) == {"succeeded", "failed", "timed_out", "cancelled", "broken"}
+    assert set(states) == {str(s) for s in JobState} - {
+        "scheduled", "queued", "admitted", "running", "retry_wait", "paused"
+    }  # fmt: skip
+
+
+def test_a_clearing_is_applied_between_what_precedes_it_and_what_follows():
+    """A job submitted before the clearing and ended after it is not folded across the cut:
+    it is inserted (and may be cleared) first, and its later events update it afterwards."""
+    events = stream()
+    batch = positioned([*events[:4], clearing(), *events[4:]])
+    statements = project(batch)
+    assert [" ".join(s[0].split()[:3]) for s in statements] == [
+        "INSERT INTO rm_jobs",
+        "INSERT INTO rm_job_log",
+        "WITH cleared AS",
+        "UPDATE rm_jobs AS",
+        "INSERT INTO rm_job_log",
+    ]
+    [inserted] = [list(r) for r in zip(*statements[0][1], strict=True)]
+    assert (inserted[5], inserted[10], inserted[13]) == ("retry_wait", 4, None)
+    [updated] = [list(r) for r in zip(*statements[3][1], strict=True)]
+    assert (updated[1], updated[2], updated[8]) == ("succeeded", 8, events[-1].at)
+    before, after = statements[1][1][0], statements[4][1][0]
+    assert before == [p * LINES_PER_EVENT for p in range(100, 104)]
+    assert after == [p * LINES_PER_EVENT for p in range(105, 109)]
+
+
+def test_the_same_events_split_anywhere_give_the_same_statements_around_a_clearing():
+    events = stream()
+    batch = positioned([*events[:4], clearing(), *events[4:]])
+    whole = project(batch)
+    # The live projector's batches may end anywhere; a cut at the clearing is always made.
+    assert project(batch[:5]) + project(batch[5:]) == whole
+    assert project(batch[:4]) + project(batch[4:]) == whole
+
+
+def test_a_revocation_marks_the_client_and_a_registration_clears_the_mark():
+    registered = ClientRegistered(
+        id=OTHER, version=1, at=T0, name="alice", key_hash="h", key_lookup="l", key_hint="x"
+    )
+    revoked = ClientRevoked(id=OTHER, version=2, at=T0 + timedelta(1), name="alice", by="cli")
+    again = ClientRegistered(
+        id=OTHER, version=3, at=T0 + timedelta(2), name="alice", key_hash="h2",
+        key_lookup="l2", key_hint="y",
+    )  # fmt: skip
+    statements = project(positioned([registered, revoked, again]))
+    assert [s[0].split()[0] for s in statements] == ["INSERT", "UPDATE", "INSERT"]
+    assert statements[1] == (
+        "UPDATE rm_clients SET revoked_at = %s WHERE name = %s",
+        (revoked.at, "alice"),
+    )
+    assert "revoked_at = NULL" in statements[2][0]
+
+
+def test_table_names_of_a_clearing_and_a_revocation_can_be_redirected():
+    revoked = ClientRevoked(id=OTHER, version=2, at=T0, name="alice", by="cli")
+    statements = project(
+        positioned([revoked, clearing()]), jobs="x_jobs", log="x_log", clients="x_c"
+    )
+    assert "UPDATE x_c " in statements[0][0]
+    assert "DELETE FROM x_jobs " in statements[1][0]
+    assert "DELETE FROM x_log " in statements[1][0]

@@ -5,54 +5,93 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from taskengine_contracts.events import ClientRegistered
+from taskengine_contracts.events import ClientRegistered, ClientRevoked, Event
 from taskengine_core.clients import hash_key, key_lookup, mask, new_key, parse_bootstrap, verify_key
 from taskengine_core.config import EngineSettings
+from taskengine_core.errors import DomainError
 from taskengine_core.ids import client_stream
 from taskengine_store.store import EventStore
 
 DEMO_CLIENT = "demo-client"
 
 
-def register(store: EventStore, name: str, key: str, admin: bool = False) -> None:
-    """Creates the client, or gives it this key (and admin flag) if it exists."""
+class ClientError(DomainError):
+    """No such client, or it is already revoked."""
+
+
+def latest(events: list[Event]) -> ClientRegistered | ClientRevoked | None:
+    """The client's last registration or revocation: a revocation wins until it registers again."""
+    for event in reversed(events):
+        if isinstance(event, (ClientRegistered, ClientRevoked)):
+            return event
+    return None
+
+
+def register(
+    store: EventStore, name: str, key: str, admin: bool = False, revive: bool = True
+) -> bool:
+    """Creates the client, or gives it this key (and admin flag) if it exists.
+
+    A revoked client is registered again only with `revive` (startup passes False, so an old
+    key file or environment never undoes a revocation). Returns whether the client is usable.
+    """
     stream = client_stream(name)
-    events = store.stream(stream)
-    last = next((e for e in reversed(events) if isinstance(e, ClientRegistered)), None)
-    if last and last.admin == admin and verify_key(key, last.key_hash):
-        return
-    store.commit(
-        [
-            ClientRegistered(
-                id=stream,
-                version=len(events) + 1,
-                at=datetime.now(UTC),
-                name=name,
-                key_hash=hash_key(key),
-                key_lookup=key_lookup(key),
-                key_hint=mask(key)[-4:],
-                admin=admin,
-            )
-        ]
+    last = latest(store.stream(stream))
+    if (
+        isinstance(last, ClientRegistered)
+        and last.admin == admin
+        and verify_key(key, last.key_hash)
+    ):
+        return True
+    if isinstance(last, ClientRevoked) and not revive:
+        return False
+    store.append_next(
+        stream,
+        lambda _, version: ClientRegistered(
+            id=stream,
+            version=version,
+            at=datetime.now(UTC),
+            name=name,
+            key_hash=hash_key(key),
+            key_lookup=key_lookup(key),
+            key_hint=mask(key)[-4:],
+            admin=admin,
+        ),
     )
+    return True
+
+
+def revoke(store: EventStore, name: str, by: str) -> ClientRevoked:
+    """Appends the client's revocation: its key is refused from now on."""
+    stream = client_stream(name)
+
+    def build(events: list[Event], version: int) -> ClientRevoked:
+        last = latest(events)
+        if last is None:
+            raise ClientError(f"no client named {name!r}")
+        if isinstance(last, ClientRevoked):
+            raise ClientError(f"client {name!r} is already revoked")
+        return ClientRevoked(id=stream, version=version, at=datetime.now(UTC), name=name, by=by)
+
+    return store.append_next(stream, build)  # type: ignore[return-value]
 
 
 def ensure_clients(store: EventStore, config: EngineSettings, data_dir: Path) -> list:
     """Bootstrap clients from the environment, or the demo client whose key lives in the data dir.
 
     Returns (name, key, show_key) for the banner: a key is shown in full only when just
-    created; afterwards its last 4 characters and the file that holds it.
+    created; afterwards its last 4 characters and the file that holds it. A revoked client
+    stays revoked (`taskengine clients add` registers it again) and is left out.
     """
     if config.bootstrap_client:
         clients = parse_bootstrap(config.bootstrap_client)
-        for name, key, admin in clients:
-            register(store, name, key, admin)
-        return [(name, key, False) for name, key, _ in clients]
+        usable = [(n, k, a) for n, k, a in clients if register(store, n, k, a, revive=False)]
+        return [(name, key, False) for name, key, _ in usable]
     key_file = data_dir / f"{DEMO_CLIENT}.key"
     if key_file.exists():
         key = key_file.read_text().strip()
-        register(store, DEMO_CLIENT, key, admin=True)
-        return [(DEMO_CLIENT, key, False)]
+        usable = register(store, DEMO_CLIENT, key, admin=True, revive=False)
+        return [(DEMO_CLIENT, key, False)] if usable else []
     key = new_key()
     register(store, DEMO_CLIENT, key, admin=True)
     key_file.touch(mode=0o600)

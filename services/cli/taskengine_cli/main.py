@@ -11,7 +11,7 @@ from taskengine_core.workflows import BUILT_IN
 from taskengine_store.store import EventStore
 
 from taskengine_cli import ops
-from taskengine_cli.clients import register
+from taskengine_cli.clients import ClientError, register, revoke
 from taskengine_cli.endpoints import database_url
 
 
@@ -38,11 +38,24 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clients_revoke(args: argparse.Namespace) -> int:
+    try:
+        revoke(_store(), args.name, by="cli")
+    except ClientError as error:
+        print(f"taskengine: {error}", file=sys.stderr)
+        return 1
+    print(f"client {args.name} revoked: the gateway refuses its key within 5 s")
+    return 0
+
+
 def cmd_clients_list(args: argparse.Namespace) -> int:
     rows = _store().query(
-        "SELECT name, key_hint, admin, registered_at FROM rm_clients ORDER BY name"
+        "SELECT name, key_hint, admin, registered_at, revoked_at FROM rm_clients ORDER BY name"
     )
     for row in rows:
+        if row["revoked_at"]:
+            print(f"{row['name']}\trevoked\t{row['revoked_at']:%Y-%m-%d}")
+            continue
         admin = " admin" if row["admin"] else ""
         print(f"{row['name']}\tkey ****{row['key_hint']}\t{row['registered_at']:%Y-%m-%d}{admin}")
     return 0
@@ -95,12 +108,17 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="create the tables").set_defaults(func=cmd_migrate)
 
     clients = sub.add_parser("clients", help="manage API clients").add_subparsers(required=True)
-    add = clients.add_parser("add", help="create a client (or give it a new key); prints the key")
+    add = clients.add_parser(
+        "add", help="create a client (or give it a new key, also after a revoke); prints the key"
+    )
     add.add_argument("name")
     add.add_argument("--admin", action="store_true")
     add.add_argument("--key", help="use this key instead of a random one")
     add.set_defaults(func=cmd_clients_add)
     clients.add_parser("list").set_defaults(func=cmd_clients_list)
+    revocation = clients.add_parser("revoke", help="refuse the client's key from now on")
+    revocation.add_argument("name")
+    revocation.set_defaults(func=cmd_clients_revoke)
 
     events = sub.add_parser("events", help="print or follow the event log")
     events.add_argument("--after", type=int, default=0, help="start after this position")

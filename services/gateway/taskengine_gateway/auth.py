@@ -3,6 +3,8 @@
 `client` + `api-key` headers (Task Engine), `Authorization: Bearer <key>` (work tasks,
 scheduled tasks) and `Authorization: Basic client:key` (container tasks). Keys are kept only as
 PBKDF2 hashes; a successful check is remembered by digest so the slow hash runs once per key.
+A client's record is read from its stream and kept `CACHE_SECONDS`: a revocation (or a new key)
+takes effect within that time.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from taskengine_bus import Runtime
-from taskengine_contracts.events import ClientRegistered
+from taskengine_contracts.events import ClientRegistered, ClientRevoked
 from taskengine_core.clients import key_lookup, verify_key
 from taskengine_core.ids import client_stream
 
@@ -68,10 +70,13 @@ class Authenticator:
         if record and time.monotonic() - record.loaded < CACHE_SECONDS:
             return record
         events = await self.runtime.call(self.runtime.store.stream, client_stream(name))
-        registrations = [e for e in events if isinstance(e, ClientRegistered)]
-        if not registrations:
+        # The latest registration or revocation decides: a revoked key is simply not known.
+        last = next(
+            (e for e in reversed(events) if isinstance(e, (ClientRegistered, ClientRevoked))), None
+        )
+        if not isinstance(last, ClientRegistered):
+            self.records.pop(name, None)
             return None
-        last = registrations[-1]
         record = _Record(last.name, last.key_hash, last.admin, time.monotonic())
         self.records[name] = record
         return record
@@ -79,7 +84,7 @@ class Authenticator:
     async def _by_key(self, key: str) -> list[_Record | None]:
         rows = await self.runtime.call(
             self.runtime.store.query,
-            "SELECT name FROM rm_clients WHERE key_lookup = %s",
+            "SELECT name FROM rm_clients WHERE key_lookup = %s AND revoked_at IS NULL",
             (key_lookup(key),),
         )
         return [await self._record(row["name"]) for row in rows]

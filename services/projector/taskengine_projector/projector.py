@@ -1,7 +1,9 @@
-"""The projector: keeps the read models (`rm_jobs`, `rm_job_log`) up to date with the store.
+"""The projector: keeps the read models (`rm_jobs`, `rm_job_log`, `rm_clients`) up to date
+with the store.
 
 It follows the notification log directly (the record, not the bus) and writes each batch's
-rows together with its tracking record, so a crash never skips or doubles a row.
+rows together with its tracking record, so a crash never skips or doubles a row. Retention
+(`FinishedJobsCleared`) is applied at its place in the log: `project()` cuts the batch there.
 """
 
 from __future__ import annotations
