@@ -11,9 +11,10 @@ from taskengine_cli.clients import DEMO_CLIENT, ensure_clients, register, revoke
 from taskengine_contracts.events import ClientRegistered, ClientRevoked
 from taskengine_core.config import EngineSettings
 from taskengine_core.ids import client_stream
+from taskengine_core.outbound import webhook_secret
 from taskengine_store.store import EventStore
 
-from tests.support.system import BIN, System
+from tests.support.system import BIN, WEBHOOK_KEY, System
 from tests.support.waiting import wait_until
 
 NAME = "revocable"
@@ -32,9 +33,12 @@ def taskengine(system: System, *args: str) -> subprocess.CompletedProcess[str]:
 def add(system: System, name: str) -> str:
     done = taskengine(system, "clients", "add", name)
     assert done.returncode == 0, done.stderr
+    key_line, secret_line = done.stdout.splitlines()
     prefix = f"client {name}: key "
-    assert done.stdout.startswith(prefix), done.stdout
-    return done.stdout.removeprefix(prefix).strip()
+    assert key_line.startswith(prefix), done.stdout
+    # The secret its callbacks are signed with, derived from the system's webhook key.
+    assert secret_line.startswith(f"webhook secret {webhook_secret(WEBHOOK_KEY, name)} ")
+    return key_line.removeprefix(prefix).strip()
 
 
 def header_styles(name: str, key: str) -> dict[str, dict[str, str]]:

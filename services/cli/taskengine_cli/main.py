@@ -7,12 +7,13 @@ import sys
 
 from taskengine_core.clients import new_key
 from taskengine_core.config import engine_settings
+from taskengine_core.outbound import webhook_secret
 from taskengine_core.workflows import BUILT_IN
 from taskengine_store.store import EventStore
 
 from taskengine_cli import ops
 from taskengine_cli.clients import ClientError, register, revoke
-from taskengine_cli.endpoints import database_url
+from taskengine_cli.endpoints import database_url, webhook_key
 
 
 def _store() -> EventStore:
@@ -35,6 +36,20 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
     key = args.key or new_key()
     register(_store(), args.name, key, admin=args.admin)
     print(f"client {args.name}{' (admin)' if args.admin else ''}: key {key}")
+    print_webhook_secret(args.name)
+    return 0
+
+
+def print_webhook_secret(name: str) -> None:
+    master = webhook_key(engine_settings())
+    if master is None:
+        print("webhook secret: unknown here (set TASKENGINE_WEBHOOK_KEY as the notifier has it)")
+        return
+    print(f"webhook secret {webhook_secret(master, name)} (verifies this client's callbacks)")
+
+
+def cmd_clients_secret(args: argparse.Namespace) -> int:
+    print_webhook_secret(args.name)
     return 0
 
 
@@ -116,6 +131,11 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--key", help="use this key instead of a random one")
     add.set_defaults(func=cmd_clients_add)
     clients.add_parser("list").set_defaults(func=cmd_clients_list)
+    secret = clients.add_parser(
+        "webhook-secret", help="print the secret that signs this client's callbacks"
+    )
+    secret.add_argument("name")
+    secret.set_defaults(func=cmd_clients_secret)
     revocation = clients.add_parser("revoke", help="refuse the client's key from now on")
     revocation.add_argument("name")
     revocation.set_defaults(func=cmd_clients_revoke)

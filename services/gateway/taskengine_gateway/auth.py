@@ -97,12 +97,15 @@ def credentials(connection: ASGIConnection) -> tuple[str | None, str | None]:
         return headers.get("client"), key
     authorization = headers.get("authorization", "")
     scheme, _, value = authorization.partition(" ")
+    named = headers.get("client")  # with a bearer key, the client it must belong to
     if scheme.lower() == "bearer" and value.strip():
-        return None, value.strip()
+        return named, value.strip()
     if scheme.lower() == "basic" and value.strip():
         try:
             name, _, key = base64.b64decode(value.strip()).decode().partition(":")
         except (binascii.Error, ValueError):
             raise NotAuthorizedException("malformed Basic credentials") from None
-        return name or None, key or None
+        if named and name and named != name:
+            raise NotAuthorizedException("the client header and the credentials disagree")
+        return name or named or None, key or None
     return None, None

@@ -1,5 +1,6 @@
-"""semaphore_url: a due job is queued only once its semaphore answers 2xx/3xx, re-asked every
-schedule_interval; internal addresses are refused at submit and at PATCH."""
+"""The scheduler's duties, live: semaphores (a due job is queued only once its semaphore_url
+answers 2xx/3xx, asked again every schedule_interval; internal addresses are refused at submit
+and PATCH) and retention of finished jobs."""
 
 from __future__ import annotations
 
@@ -99,3 +100,25 @@ def test_internal_or_odd_semaphore_and_callback_urls_are_refused_at_submit(clien
         assert response.status_code == 400, response.text
         assert url in response.json()["error"]
     assert client.get("/jobs", params={"limit": 1}).json() == before
+
+
+def test_finished_jobs_leave_the_lists_after_retention_unless_persisted(client):
+    kept = submit(client)
+    gone = submit(client)
+    waiting = submit(client, run_at="2031-01-01T00:00:00.000")
+    for job_id in (kept, gone):
+        wait_until(lambda j=job_id: state(client, j) == "completed", what="the jobs to finish")
+    assert client.patch(f"/jobs/{kept}", json={"persist": True}).status_code == 200
+
+    def listed() -> set[int]:
+        return {row["id"] for row in client.get("/jobs", params={"limit": 100}).json()}
+
+    wait_until(lambda: {kept, gone, waiting} <= listed(), what="the jobs to be listed")
+    client.post("/settings", json={"name": "retention_seconds", "setting": 1})
+    try:
+        wait_until(lambda: gone not in listed(), what="retention to clear the finished job")
+        assert {kept, waiting} <= listed()
+        assert client.get(f"/logs/{gone}").json() == []
+        assert state(client, gone) == "completed"  # the job's events are still in the store
+    finally:
+        client.post("/settings", json={"name": "retention_seconds", "setting": 2592000})
