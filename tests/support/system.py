@@ -190,6 +190,19 @@ class Services(_Engine):
             )
         return self
 
+    def start_as(self, name: str, instance: str) -> Services:
+        """One more process of service `name`, as `instance` (its key here and its log name),
+        e.g. a second admission controller."""
+        self.start()  # prepares the stream and tables on first use
+        log = open(self.root / f"{instance}.log", "ab")  # noqa: SIM115
+        self.processes[instance] = subprocess.Popen(
+            [sys.executable, "-m", f"taskengine_{name}"],
+            env={**self.env, "TASKENGINE_INSTANCE": instance},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
     def stop(self, *names: str) -> None:
         for name in names or list(self.processes):
             process = self.processes.pop(name)

@@ -1,11 +1,13 @@
 """The admission controller: grants queued jobs a slot and takes it back when they stop.
 
 Its queue (waiting and admitted jobs) is kept in memory and mirrored in `admission_queue`,
-written in the same transaction as the `JobAdmitted` events and the tracking record.
+written in the same transaction as the `JobAdmitted` events and the tracking record. Only the
+holder of the leader lock admits (`leadership`); other instances wait as standbys.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from uuid import UUID
@@ -17,6 +19,7 @@ from taskengine_contracts.events import (
     JobAdmitted,
     JobBroken,
     JobCancelled,
+    JobEvent,
     JobFailed,
     JobPaused,
     JobQueued,
@@ -26,10 +29,15 @@ from taskengine_contracts.events import (
     JobSucceeded,
     JobTimedOut,
     JobUpdated,
+    SettingChanged,
+    decode,
 )
-from taskengine_core.jobs import HOLDS_SLOT, JobRef, JobState, advance
+from taskengine_core.ids import SETTINGS_STREAM
+from taskengine_core.jobs import HOLDS_SLOT, Job, JobRef, JobState, advance
+from taskengine_core.settings import RuntimeSettings
 from taskengine_store.store import Conflict, Statement
 
+from taskengine_admission.leadership import LeaderLock, LeadershipLost
 from taskengine_admission.policy import Entry, Limits, choose
 
 log = logging.getLogger(__name__)
@@ -59,9 +67,18 @@ _DELETE = "DELETE FROM admission_queue WHERE job_uuid = ANY(%s)"
 
 
 class Admission:
-    def __init__(self, runtime: Runtime, entries: dict[UUID, Entry]):
+    def __init__(
+        self,
+        runtime: Runtime,
+        entries: dict[UUID, Entry],
+        position: int = 0,
+        fence: Statement | None = None,
+    ):
         self.runtime = runtime
         self.entries = entries
+        self.position = position
+        """The last log position applied to `entries` and the settings."""
+        self.fence = fence
 
     @property
     def limits(self) -> Limits:
@@ -70,10 +87,14 @@ class Admission:
 
     async def on_job_events(self, batch: list[Delivered]) -> bool:
         touched: set[UUID] = set()
+        self.position = batch[-1].position
         for item in batch:
             event = item.event
             if self.runtime.apply(event):
                 continue
+            known = self.entries.get(event.id)
+            if known is not None and event.version <= known.version:
+                continue  # not news: a re-read of the job's stream (`_refresh`) told us more
             match event:
                 case JobSubmitted(state="queued") | JobQueued():
                     attempts = event.attempts if isinstance(event, JobQueued) else 0
@@ -121,16 +142,14 @@ class Admission:
                         attempt=entry.attempt + 1,
                         running=running,
                         max_jobs=self.limits.max_jobs,
+                        position=self.position,
                     )
                 )
-            rows = touched | {e.job_uuid for e in chosen}
+            rows = self._rows(touched | {e.job_uuid for e in chosen}, {e.id: e for e in events})
+            if self.fence:
+                rows.insert(0, self.fence)
             try:
-                await self.runtime.call(
-                    self.runtime.store.commit,
-                    events,
-                    tracking,
-                    self._rows(rows, {e.id: e for e in events}),
-                )
+                await self.runtime.call(self.runtime.store.commit, events, tracking, rows)
             except Conflict as conflict:
                 if not conflict.stale:
                     return  # the batch was already handled
@@ -144,12 +163,18 @@ class Admission:
 
     async def _refresh(self, stale: set[UUID]) -> None:
         """Rebuilds the entries of jobs that moved meanwhile from their streams."""
-        jobs = await self.runtime.call(self.runtime.store.jobs, stale)
-        for job_uuid in stale:
-            job, entry = jobs.get(job_uuid), self.entries.pop(job_uuid, None)
+        streams = await self.runtime.call(self.runtime.store.streams, stale)
+        for job_uuid, events in streams.items():
+            self.entries.pop(job_uuid, None)
+            job = Job.fold(e for e in events if isinstance(e, JobEvent))
             if job is None or job.state not in (JobState.QUEUED, *HOLDS_SLOT):
                 continue
-            queued_at = entry.queued_at if entry else job.updated_at
+            # Queued (again) when its last queuing event says, exactly as if it had come by bus.
+            queued_at = next(
+                e.at
+                for e in reversed(events)
+                if isinstance(e, JobQueued) or (isinstance(e, JobSubmitted) and e.state == "queued")
+            )
             self.entries[job_uuid] = Entry(
                 job.id,
                 job.job_id,
@@ -198,8 +223,33 @@ async def load_entries(runtime: Runtime) -> dict[UUID, Entry]:
     return {r["job_uuid"]: Entry(**r) for r in rows}
 
 
+async def settings_at(runtime: Runtime, position: int) -> RuntimeSettings:
+    """The settings as of log `position`: what the queue mirrored at that position saw."""
+    rows = await runtime.call(
+        runtime.store.query,
+        "SELECT state FROM stored_events WHERE originator_id = %s AND notification_id <= %s"
+        " ORDER BY originator_version",
+        (SETTINGS_STREAM, position),
+    )
+    events = (decode(bytes(row["state"])) for row in rows)
+    return RuntimeSettings.fold(e for e in events if isinstance(e, SettingChanged))
+
+
 async def admission(runtime: Runtime) -> None:
-    service = Admission(runtime, await load_entries(runtime))
+    lock = LeaderLock(runtime.config.database_url)
+    try:
+        await lock.acquire()
+        log.info("admission: leading")
+        await lead(runtime, lock)
+    finally:
+        await lock.close()
+
+
+async def lead(runtime: Runtime, lock: LeaderLock) -> None:
+    """Admits from where the last leader's commits left off until the lock is lost."""
+    position = await runtime.call(runtime.store.tracked, NAME)
+    runtime.settings = await settings_at(runtime, position)
+    service = Admission(runtime, await load_entries(runtime), position, lock.fence)
     runtime.working = lambda: sum(e.admitted for e in service.entries.values())
     consumer = BatchConsumer(
         runtime.js,
@@ -213,7 +263,13 @@ async def admission(runtime: Runtime) -> None:
             subjects.SETTINGS,
         ],
         handler=service.on_job_events,
-        handled=await runtime.call(runtime.store.tracked, NAME),
+        handled=position,
         track=runtime.tracker(NAME),
     )
-    await consumer.run()
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(consumer.run())
+            group.create_task(lock.watch())
+    except* LeadershipLost as lost:
+        # Exit at once, non-zero: the supervisor restarts this process as a standby.
+        raise SystemExit(f"admission: lost the leader lock ({lost.exceptions[0]})") from None

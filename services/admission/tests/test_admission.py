@@ -1,0 +1,139 @@
+"""The controller's decisions over a batch, on an in-memory stand-in for the store.
+
+What it must tell the log: every `JobAdmitted` names the position of the last event applied
+when the job was chosen, also when a job moved meanwhile and had to be re-read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from taskengine_admission.admission import Admission
+from taskengine_bus import Delivered, Runtime
+from taskengine_contracts.events import (
+    Event,
+    JobAdmitted,
+    JobPaused,
+    JobQueued,
+    JobSubmitted,
+    SettingChanged,
+)
+from taskengine_core.ids import SETTINGS_STREAM, job_stream
+from taskengine_store.store import Conflict
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+class Store:
+    """Streams with optimistic version checks, as `EventStore.commit` has them."""
+
+    def __init__(self) -> None:
+        self.events: dict[UUID, list[Event]] = {}
+        self.commits: list[tuple[list[Event], Tracking | None]] = []
+
+    def append(self, *events: Event) -> None:
+        for event in events:
+            self.events.setdefault(event.id, []).append(event)
+
+    def commit(self, events: Sequence[Event], tracking=None, statements=()) -> list[int]:  # type: ignore[no-untyped-def]
+        stale = {e.id for e in events if len(self.events.get(e.id, [])) != e.version - 1}
+        if stale:
+            raise Conflict(stale)
+        self.append(*events)
+        self.commits.append((list(events), tracking))
+        return []
+
+    def streams(self, ids) -> dict[UUID, list[Event]]:  # type: ignore[no-untyped-def]
+        return {i: list(self.events.get(i, [])) for i in ids}
+
+
+class Calls(Runtime):
+    async def call(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return fn(*args, **kwargs)
+
+
+def controller() -> tuple[Admission, Store]:
+    store = Store()
+    runtime = Calls("admission", None, store, None, None)  # type: ignore[arg-type]
+    return Admission(runtime, {}), store
+
+
+def submitted(number: int, priority: int = 5, at: float = 0) -> JobSubmitted:
+    return JobSubmitted(
+        id=job_stream(number),
+        version=1,
+        at=T0 + timedelta(seconds=at),
+        job_id=number,
+        client="c",
+        workflow="noop",
+        parameters={},
+        priority=priority,
+        run_at=T0,
+        state="queued",
+    )
+
+
+def setting(version: int, name: str, value: int) -> SettingChanged:
+    return SettingChanged(id=SETTINGS_STREAM, version=version, at=T0, name=name, value=str(value))
+
+
+def batch(*events: tuple[int, Event]) -> list[Delivered]:
+    return [Delivered(position, event) for position, event in events]
+
+
+def admissions(store: Store) -> list[JobAdmitted]:
+    return [e for events, _ in store.commits for e in events if isinstance(e, JobAdmitted)]
+
+
+async def test_admissions_name_the_last_position_applied_and_commit_it_as_tracked():
+    admission, store = controller()
+    jobs = [submitted(1, 5), submitted(2, 3)]
+    store.append(*jobs)
+    await admission.on_job_events(batch((10, jobs[0]), (11, setting(1, "max_jobs", 1))))
+    await admission.on_job_events(batch((12, jobs[1])))
+    [first] = admissions(store)
+    assert (first.job_id, first.position) == (1, 11)
+    assert store.commits[-1][1] == Tracking("admission", 12)
+    assert admission.position == 12
+
+
+async def test_a_settings_change_admits_with_the_position_of_the_change():
+    admission, store = controller()
+    jobs = [submitted(n, 5, at=n) for n in (1, 2, 3)]
+    store.append(*jobs)
+    await admission.on_job_events(batch(*((n, job) for n, job in enumerate(jobs, 1))))
+    await admission.on_job_events(batch((9, setting(1, "max_jobs", 3))))
+    assert [(e.job_id, e.position) for e in admissions(store)] == [(1, 3), (2, 3), (3, 9)]
+
+
+async def test_a_job_that_moved_meanwhile_is_reread_and_keeps_its_place_by_its_queueing():
+    admission, store = controller()
+    job = submitted(1)
+    paused = JobPaused(id=job.id, version=2, at=T0, job_id=1, client="c", by="c")
+    resumed = JobQueued(
+        id=job.id,
+        version=3,
+        at=T0 + timedelta(seconds=30),
+        job_id=1,
+        client="c",
+        workflow="noop",
+        priority=2,
+        reason="resumed",
+    )
+    store.append(job, paused, resumed)  # the bus has delivered only the submission so far
+    await admission.on_job_events(batch((4, setting(1, "max_jobs", 1)), (5, job)))
+
+    [admitted] = admissions(store)
+    assert (admitted.version, admitted.priority, admitted.position) == (4, 2, 5)
+    entry = admission.entries[job.id]
+    assert entry.admitted and entry.queued_at == resumed.at
+
+    # The events it re-read arrive later: old news, the job still holds the only slot.
+    urgent = submitted(2, priority=1)
+    store.append(urgent)
+    await admission.on_job_events(batch((6, paused), (7, resumed), (8, urgent)))
+    assert admission.entries[job.id].admitted
+    assert len(admissions(store)) == 1
