@@ -7,14 +7,11 @@ import asyncio
 
 import msgspec
 import nats
-import psycopg
-import pytest
-from eventsourcing.persistence import Tracking
 from taskengine_admission.admission import settings_at
-from taskengine_admission.leadership import LEADER_KEY, LeaderLock, LeadershipLost
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Heartbeat, JobAdmitted, JobStarted, JobSucceeded
 from taskengine_core.jobs import JobRef, advance
+from taskengine_store.leadership import lock_key
 from taskengine_store.store import EventStore
 
 from tests.support.factories import settings, submitted
@@ -55,63 +52,6 @@ def test_admits_by_priority_then_fifo_up_to_max_jobs_and_refills_freed_slots(ser
 
 LEADING = "admission: leading"
 STANDBY = "admission: standby, waiting for the leader lock"
-
-
-def test_one_leader_at_a_time_and_a_standby_takes_over_when_its_session_ends(database_url):
-    async def scenario() -> None:
-        leader, standby = LeaderLock(database_url), LeaderLock(database_url)
-        await asyncio.wait_for(leader.acquire(), 10)
-        waiting = asyncio.create_task(standby.acquire(poll=0.05))
-        done, _ = await asyncio.wait({waiting}, timeout=0.5)
-        assert not done, "a second process took the leader lock while it was held"
-        await leader.close()  # as when the leader is killed: PostgreSQL ends its session
-        await asyncio.wait_for(waiting, 10)
-        await standby.close()
-
-    asyncio.run(scenario())
-
-
-def test_a_leader_that_lost_its_lock_connection_stops_and_cannot_commit(database_url):
-    store = EventStore(database_url, pool_size=2, create_tables=True)
-
-    async def scenario() -> None:
-        lock = LeaderLock(database_url)
-        await lock.acquire()
-        fence = lock.fence
-        store.commit([], Tracking("fenced", 1), [fence])  # leading: accepted
-        assert lock.connection is not None
-        store.query("SELECT pg_terminate_backend(%s)", (lock.connection.info.backend_pid,))
-        with pytest.raises(LeadershipLost):
-            await asyncio.wait_for(lock.watch(every=0.05), 10)
-        with pytest.raises(Exception, match="no longer holds the leader lock"):
-            store.commit([], Tracking("fenced", 2), [fence])
-        await lock.close()
-
-    try:
-        asyncio.run(scenario())
-        assert store.tracked("fenced") == 1
-    finally:
-        store.close()
-
-
-def test_a_new_leader_waits_out_a_fenced_commit_of_the_old_one(database_url):
-    async def scenario() -> None:
-        old, new = LeaderLock(database_url), LeaderLock(database_url)
-        await old.acquire()
-        assert old.connection is not None
-        with psycopg.connect(database_url) as committing:
-            committing.execute(*old.fence)  # the fence passed; the transaction is still open
-            with psycopg.connect(database_url, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (old.connection.info.backend_pid,))
-            taking_over = asyncio.create_task(new.acquire(poll=0.05))
-            done, _ = await asyncio.wait({taking_over}, timeout=0.5)
-            assert not done, "the new leader did not wait for the old leader's commit"
-            committing.commit()
-        await asyncio.wait_for(taking_over, 10)
-        await old.close()
-        await new.close()
-
-    asyncio.run(scenario())
 
 
 def heartbeats(nats_url: str, instances: set[str], timeout: float = 10.0) -> dict[str, Heartbeat]:
@@ -183,10 +123,11 @@ def test_two_controllers_the_standby_takes_over_after_kill_9_where_the_leader_st
     assert standby.returncode == 0
 
     # A leader whose lock connection is cut exits (non-zero) so its supervisor restarts it.
+    key = lock_key("taskengine:admission")
     [row] = services.store.query(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
         " AND classid = %s AND objid = %s",
-        ((LEADER_KEY >> 32) & 0xFFFFFFFF, LEADER_KEY & 0xFFFFFFFF),
+        ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
     )
     services.store.query("SELECT pg_terminate_backend(%s)", (row["pid"],))
     leader = services.processes["admission-b"]

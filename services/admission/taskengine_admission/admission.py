@@ -7,7 +7,6 @@ holder of the leader lock admits (`leadership`); other instances wait as standby
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 from uuid import UUID
@@ -35,9 +34,9 @@ from taskengine_contracts.events import (
 from taskengine_core.ids import SETTINGS_STREAM
 from taskengine_core.jobs import HOLDS_SLOT, Job, JobRef, JobState, advance
 from taskengine_core.settings import RuntimeSettings
+from taskengine_store.leadership import LeaderLock, run_as_leader
 from taskengine_store.store import Conflict, Statement
 
-from taskengine_admission.leadership import LeaderLock, LeadershipLost
 from taskengine_admission.policy import Entry, Limits, choose
 
 log = logging.getLogger(__name__)
@@ -57,8 +56,9 @@ RELEASES = (
 
 _UPSERT = (
     "INSERT INTO admission_queue (job_uuid, job_id, client, workflow, priority, version,"
-    " queued_at, admitted, attempt) SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[],"
-    " %s::text[], %s::int[], %s::bigint[], %s::timestamptz[], %s::bool[], %s::int[])"
+    " queued_at, admitted, attempt, concurrency_key) SELECT * FROM unnest(%s::uuid[],"
+    " %s::bigint[], %s::text[], %s::text[], %s::int[], %s::bigint[], %s::timestamptz[],"
+    " %s::bool[], %s::int[], %s::text[])"
     " ON CONFLICT (job_uuid) DO UPDATE SET priority = excluded.priority,"
     " version = excluded.version, queued_at = excluded.queued_at,"
     " admitted = excluded.admitted, attempt = excluded.attempt"
@@ -107,6 +107,7 @@ class Admission:
                         event.version,
                         event.at,
                         attempt=attempts,
+                        concurrency_key=event.concurrency_key,
                     )
                 case JobAdmitted() if event.id in self.entries:
                     entry = self.entries[event.id]
@@ -185,11 +186,12 @@ class Admission:
                 queued_at,
                 job.state in HOLDS_SLOT,
                 job.attempt,
+                job.concurrency_key,
             )
 
     def _rows(self, jobs: set[UUID], admitted: dict[UUID, JobAdmitted]) -> list[Statement]:
         """The queue rows of `jobs` as they now are: one upsert and one delete, set-based."""
-        upserts: list[list] = [[] for _ in range(9)]
+        upserts: list[list] = [[] for _ in range(10)]
         deletes: list[UUID] = []
         for job in jobs:
             entry = self.entries.get(job)
@@ -207,6 +209,7 @@ class Admission:
                 entry.queued_at,
                 entry.admitted or event is not None,
                 event.attempt if event else entry.attempt,
+                entry.concurrency_key,
             )
             for column, value in zip(upserts, row, strict=True):
                 column.append(value)
@@ -236,17 +239,11 @@ async def settings_at(runtime: Runtime, position: int) -> RuntimeSettings:
 
 
 async def admission(runtime: Runtime) -> None:
-    lock = LeaderLock(runtime.config.database_url)
-    try:
-        await lock.acquire()
-        log.info("admission: leading")
-        await lead(runtime, lock)
-    finally:
-        await lock.close()
+    await run_as_leader(runtime.config.database_url, NAME, lambda lock: lead(runtime, lock))
 
 
 async def lead(runtime: Runtime, lock: LeaderLock) -> None:
-    """Admits from where the last leader's commits left off until the lock is lost."""
+    """Admits from where the last leader's commits left off."""
     position = await runtime.call(runtime.store.tracked, NAME)
     runtime.settings = await settings_at(runtime, position)
     service = Admission(runtime, await load_entries(runtime), position, lock.fence)
@@ -266,10 +263,4 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
         handled=position,
         track=runtime.tracker(NAME),
     )
-    try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(consumer.run())
-            group.create_task(lock.watch())
-    except* LeadershipLost as lost:
-        # Exit at once, non-zero: the supervisor restarts this process as a standby.
-        raise SystemExit(f"admission: lost the leader lock ({lost.exceptions[0]})") from None
+    await consumer.run()

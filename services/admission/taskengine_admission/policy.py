@@ -3,6 +3,8 @@
 At most `max_jobs` run at once; `priority_slots` of them are reserved for jobs whose priority
 is at or above `priority_threshold` (numerically <=). Priority jobs use reserved slots first,
 so ordinary jobs are never kept waiting by a priority job that could have used a reserved one.
+A job with a `concurrency_key` waits while another job of its client with that key holds a
+slot (it keeps its place; jobs behind it that may run are not held up).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ class Entry:
     queued_at: datetime
     admitted: bool = False
     attempt: int = 0
+    concurrency_key: str | None = None
+
+    @property
+    def exclusive(self) -> tuple[str, str] | None:
+        """What at most one admitted job may hold at a time: the client's concurrency key."""
+        return None if self.concurrency_key is None else (self.client, self.concurrency_key)
 
     @property
     def order(self) -> tuple[int, datetime, int]:
@@ -45,8 +53,11 @@ def choose(entries: Iterable[Entry], limits: Limits) -> list[Entry]:
     reserved = min(limits.priority_slots, limits.max_jobs)
     running_priority = running_ordinary = 0
     waiting = []
+    held: set[tuple[str, str]] = set()
     for entry in entries:
         if entry.admitted:
+            if entry.exclusive:
+                held.add(entry.exclusive)
             if limits.is_priority(entry):
                 running_priority += 1
             else:
@@ -57,6 +68,8 @@ def choose(entries: Iterable[Entry], limits: Limits) -> list[Entry]:
     for entry in sorted(waiting, key=lambda e: e.order):
         if running_priority + running_ordinary >= limits.max_jobs:
             break
+        if entry.exclusive in held:
+            continue
         # Ordinary jobs share the unreserved slots with priority jobs that overflowed theirs.
         overflow = max(0, running_priority - reserved)
         if limits.is_priority(entry):
@@ -65,5 +78,7 @@ def choose(entries: Iterable[Entry], limits: Limits) -> list[Entry]:
             running_ordinary += 1
         else:
             continue
+        if entry.exclusive:
+            held.add(entry.exclusive)
         chosen.append(entry)
     return chosen

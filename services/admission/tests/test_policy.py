@@ -33,17 +33,20 @@ def entry(
     queued: float = 0,
     job_id: int | None = None,
     admitted: bool = False,
+    key: str | None = None,
+    client: str = "alice",
 ) -> Entry:
     number = next(_ids) if job_id is None else job_id
     return Entry(
         job_uuid=UUID(int=number),
         job_id=number,
-        client="alice",
+        client=client,
         workflow="noop",
         priority=priority,
         version=2,
         queued_at=T0 + timedelta(seconds=queued),
         admitted=admitted,
+        concurrency_key=key,
     )
 
 
@@ -236,6 +239,38 @@ def test_choose_does_not_mark_entries_admitted():
     entries = waiting(5, 2)
     choose(entries, NO_RESERVE)
     assert not any(e.admitted for e in entries)
+
+
+# --- concurrency keys ------------------------------------------------------------------------
+
+WIDE = Limits(max_jobs=10, priority_slots=0, priority_threshold=5)
+
+
+def test_one_job_per_concurrency_key_is_admitted_at_a_time():
+    first, second, other = entry(key="db"), entry(key="db", queued=1), entry(key="mail", queued=2)
+    assert ids(choose([first, second, other], WIDE)) == [first.job_id, other.job_id]
+
+
+def test_a_job_waits_while_another_with_its_key_runs_and_later_jobs_pass_it():
+    holder, keyed, free = entry(key="db", admitted=True), entry(key="db"), entry(queued=5)
+    assert ids(choose([holder, keyed, free], WIDE)) == [free.job_id]
+
+
+def test_the_next_job_of_a_key_is_admitted_once_the_holder_is_gone():
+    second, third = entry(key="db", queued=1), entry(key="db", queued=2)
+    assert ids(choose([second, third], WIDE)) == [second.job_id]
+
+
+def test_concurrency_keys_are_per_client():
+    alice, bob = entry(key="db"), entry(key="db", client="bob", queued=1)
+    assert ids(choose([alice, bob], WIDE)) == [alice.job_id, bob.job_id]
+
+
+def test_a_key_blocked_job_takes_no_slot():
+    limits = Limits(max_jobs=2, priority_slots=0, priority_threshold=5)
+    holder, keyed = entry(key="db", admitted=True), entry(key="db", priority=1)
+    free = entry(queued=3)
+    assert ids(choose([holder, keyed, free], limits)) == [free.job_id]
 
 
 # --- randomized invariants ----------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""Active/standby admission: only the holder of one PostgreSQL advisory lock admits jobs.
+"""Active/standby services: only the holder of one PostgreSQL advisory lock does the work.
 
-Each admission process takes a session advisory lock on a connection of its own before it
-consumes. A standby polls for the lock (so it stays responsive to SIGTERM and keeps sending
-heartbeats) and leads once PostgreSQL releases it: a killed leader's session ends, and its
-lock with it. A leader whose lock connection is lost must stop at once; it exits, and its
-supervisor restarts it as a standby.
+Admission and the scheduler run this way. Each of their processes takes a session advisory
+lock on a connection of its own before it consumes. A standby polls for the lock (so it stays
+responsive to SIGTERM and keeps sending heartbeats) and leads once PostgreSQL releases it: a
+killed leader's session ends, and its lock with it. A leader whose lock connection is lost
+must stop at once; it exits, and its supervisor restarts it as a standby.
 
 Every commit of the leader carries a fence, so a leader that lost its lock cannot slip in a
 commit before it notices: the fence fails the transaction unless the lock is still held, and
@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import psycopg
+
 from taskengine_store.store import Statement
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,6 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-LEADER_KEY = lock_key("taskengine:admission")
-COMMIT_KEY = lock_key("taskengine:admission:commit")
 POLL = 0.5
 """How often a standby tries to take the lock (seconds)."""
 CHECK = 1.0
@@ -41,14 +41,17 @@ _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2}
 
 
 class LeadershipLost(RuntimeError):
-    """The leader lock's connection broke: this process may no longer admit anything."""
+    """The leader lock's connection broke: this process may no longer do the leader's work."""
 
 
 class LeaderLock:
-    """The admission leader lock, held by a dedicated connection for as long as it lives."""
+    """The leader lock of service `name`, held by a dedicated connection for as long as it
+    lives."""
 
-    def __init__(self, database_url: str, key: int = LEADER_KEY, commit_key: int = COMMIT_KEY):
-        self.database_url, self.key, self.commit_key = database_url, key, commit_key
+    def __init__(self, database_url: str, name: str):
+        self.database_url, self.name = database_url, name
+        self.key = lock_key(f"taskengine:{name}")
+        self.commit_key = lock_key(f"taskengine:{name}:commit")
         self.connection: psycopg.AsyncConnection | None = None
 
     async def acquire(self, poll: float = POLL) -> None:
@@ -60,10 +63,10 @@ class LeaderLock:
                     await self._takeover()
                     return
             except psycopg.Error as error:
-                log.warning("admission: cannot try the leader lock (%s); retrying", error)
+                log.warning("%s: cannot try the leader lock (%s); retrying", self.name, error)
                 await self.close()
             if not waiting:
-                log.info("admission: standby, waiting for the leader lock")
+                log.info("%s: standby, waiting for the leader lock", self.name)
                 waiting = True
             await asyncio.sleep(poll)
 
@@ -90,7 +93,7 @@ class LeaderLock:
             try:
                 await asyncio.wait_for(self.connection.execute("SELECT 1"), CHECK_TIMEOUT)
             except (psycopg.Error, TimeoutError) as error:
-                log.error("admission: lost the leader lock (%s); exiting as leader", error)
+                log.error("%s: lost the leader lock (%s); exiting as leader", self.name, error)
                 raise LeadershipLost(str(error) or type(error).__name__) from error
 
     @property
@@ -105,7 +108,7 @@ class LeaderLock:
             f" PERFORM pg_advisory_xact_lock_shared({self.commit_key});"
             " IF NOT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted"
             f" AND pid = {pid} AND classid = {high} AND objid = {low} AND objsubid = 1)"
-            " THEN RAISE EXCEPTION 'admission: this process no longer holds the leader lock';"
+            f" THEN RAISE EXCEPTION '{self.name}: this process no longer holds the leader lock';"
             " END IF; END $$",
             (),
         )
@@ -117,3 +120,22 @@ class LeaderLock:
             except psycopg.Error:
                 pass
             self.connection = None
+
+
+async def run_as_leader(
+    database_url: str, name: str, work: Callable[[LeaderLock], Awaitable[None]]
+) -> None:
+    """Waits as a standby until this process holds `name`'s leader lock, then runs `work`
+    (which should put `lock.fence` in each of its commits) until it ends or the lock is lost.
+    A lost lock ends the process at once, non-zero: its supervisor restarts it as a standby."""
+    lock = LeaderLock(database_url, name)
+    try:
+        await lock.acquire()
+        log.info("%s: leading", name)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(work(lock))
+            group.create_task(lock.watch())
+    except* LeadershipLost as lost:
+        raise SystemExit(f"{name}: lost the leader lock ({lost.exceptions[0]})") from None
+    finally:
+        await lock.close()

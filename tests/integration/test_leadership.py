@@ -1,0 +1,72 @@
+"""The leader lock behind active/standby services (admission, scheduler), on a real
+PostgreSQL: one leader at a time, a standby takes over when the leader's session ends, and a
+leader that lost its lock can neither go on nor slip a commit in after its successor."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+from eventsourcing.persistence import Tracking
+from taskengine_store.leadership import LeaderLock, LeadershipLost
+from taskengine_store.store import EventStore
+
+NAME = "test-service"
+
+
+def test_one_leader_at_a_time_and_a_standby_takes_over_when_its_session_ends(database_url):
+    async def scenario() -> None:
+        leader, standby = LeaderLock(database_url, NAME), LeaderLock(database_url, NAME)
+        await asyncio.wait_for(leader.acquire(), 10)
+        waiting = asyncio.create_task(standby.acquire(poll=0.05))
+        done, _ = await asyncio.wait({waiting}, timeout=0.5)
+        assert not done, "a second process took the leader lock while it was held"
+        await leader.close()  # as when the leader is killed: PostgreSQL ends its session
+        await asyncio.wait_for(waiting, 10)
+        await standby.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_leader_that_lost_its_lock_connection_stops_and_cannot_commit(database_url):
+    store = EventStore(database_url, pool_size=2, create_tables=True)
+
+    async def scenario() -> None:
+        lock = LeaderLock(database_url, NAME)
+        await lock.acquire()
+        fence = lock.fence
+        store.commit([], Tracking("fenced", 1), [fence])  # leading: accepted
+        assert lock.connection is not None
+        store.query("SELECT pg_terminate_backend(%s)", (lock.connection.info.backend_pid,))
+        with pytest.raises(LeadershipLost):
+            await asyncio.wait_for(lock.watch(every=0.05), 10)
+        with pytest.raises(Exception, match="no longer holds the leader lock"):
+            store.commit([], Tracking("fenced", 2), [fence])
+        await lock.close()
+
+    try:
+        asyncio.run(scenario())
+        assert store.tracked("fenced") == 1
+    finally:
+        store.close()
+
+
+def test_a_new_leader_waits_out_a_fenced_commit_of_the_old_one(database_url):
+    async def scenario() -> None:
+        old, new = LeaderLock(database_url, NAME), LeaderLock(database_url, NAME)
+        await old.acquire()
+        assert old.connection is not None
+        with psycopg.connect(database_url) as committing:
+            committing.execute(*old.fence)  # the fence passed; the transaction is still open
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (old.connection.info.backend_pid,))
+            taking_over = asyncio.create_task(new.acquire(poll=0.05))
+            done, _ = await asyncio.wait({taking_over}, timeout=0.5)
+            assert not done, "the new leader did not wait for the old leader's commit"
+            committing.commit()
+        await asyncio.wait_for(taking_over, 10)
+        await old.close()
+        await new.close()
+
+    asyncio.run(scenario())
