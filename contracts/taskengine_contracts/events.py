@@ -36,6 +36,14 @@ class JobEvent(Event, frozen=True, kw_only=True):
 # --- job lifecycle -------------------------------------------------------------------------
 
 
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How a job's failed attempts are retried: up to `max_retries` times, each after a delay
+    from `backoff` based on the `retry_delay` setting (capped by `retry_max_delay`)."""
+
+    max_retries: int
+    backoff: Literal["exponential_jitter", "linear", "fixed"] = "fixed"
+
+
 class JobSubmitted(JobEvent, frozen=True, kw_only=True, tag="job.submitted"):
     """A client's job was accepted. `state` is `queued`, or `scheduled` when `run_at` is ahead
     or a `semaphore_url` must answer 2xx/3xx before the job is queued."""
@@ -49,6 +57,12 @@ class JobSubmitted(JobEvent, frozen=True, kw_only=True, tag="job.submitted"):
     timeout: float | None = None
     dialect: str = "taskengine"
     semaphore_url: str | None = None
+    task_id: UUID | None = None
+    """The scheduled task this job is a run of, if any."""
+    retry: RetryPolicy | None = None
+    """The job's own retry policy; None: the `retry_limit` / `retry_delay` settings."""
+    concurrency_key: str | None = None
+    """At most one job of the client with this key holds a slot at a time."""
 
 
 class JobQueued(JobEvent, frozen=True, kw_only=True, tag="job.queued"):
@@ -59,6 +73,7 @@ class JobQueued(JobEvent, frozen=True, kw_only=True, tag="job.queued"):
     reason: Literal["due", "retry", "resumed"]
     attempts: int = 0
     """Attempts already made; the next admission runs attempt `attempts + 1`."""
+    concurrency_key: str | None = None
 
 
 class JobAdmitted(JobEvent, frozen=True, kw_only=True, tag="job.admitted"):
@@ -119,6 +134,7 @@ class JobRetryScheduled(JobEvent, frozen=True, kw_only=True, tag="job.retry_sche
     retry_at: datetime
     reason: str
     exit_code: int | None = None
+    concurrency_key: str | None = None
 
 
 class JobCancelled(JobEvent, frozen=True, kw_only=True, tag="job.cancelled"):
@@ -146,6 +162,7 @@ class JobScheduled(JobEvent, frozen=True, kw_only=True, tag="job.scheduled"):
     run_at: datetime
     attempts: int = 0
     semaphore_url: str | None = None
+    concurrency_key: str | None = None
 
 
 class JobPaused(JobEvent, frozen=True, kw_only=True, tag="job.paused"):
@@ -234,6 +251,129 @@ class CallbackAttemptFailed(Event, frozen=True, kw_only=True, tag="callback.atte
     next_at: datetime | None
 
 
+# --- scheduled tasks: definitions that fire runs (jobs) ------------------------------------
+
+
+class TaskDefinition(msgspec.Struct, frozen=True, kw_only=True):
+    """A scheduled task as it now stands: what fires it and what each run is."""
+
+    title: str
+    description: str
+    schedule_kind: Literal["cron", "rrule", "once", "event"]
+    schedule_expr: str | None
+    """The cron line, the RRULE, the ISO-8601 instant, or (for `event`) the topic."""
+    timezone: str = "UTC"
+    payload: JsonObject
+    """The pipeline each run executes: `{"workflow": NAME, "parameters": {...}}` or inline
+    `{"steps": [...]}`."""
+    created_by: UUID
+    priority: int = 5
+    max_retries: int = 3
+    backoff_strategy: Literal["exponential_jitter", "linear", "fixed"] = "exponential_jitter"
+    dedupe_key: str | None = None
+    dedupe_window_seconds: int | None = None
+    concurrency_key: str | None = None
+
+
+class TaskEvent(Event, frozen=True, kw_only=True):
+    """An event in a scheduled task's stream (`id` is the task's public UUID).
+
+    `next_fire_at` is when the schedule fires next after this event (None: not by the clock,
+    e.g. paused, cancelled, exhausted, or an `event` task)."""
+
+    client: str
+    next_fire_at: datetime | None = None
+
+
+class TaskCreated(TaskEvent, frozen=True, kw_only=True, tag="task.created"):
+    definition: TaskDefinition
+
+
+class TaskUpdated(TaskEvent, frozen=True, kw_only=True, tag="task.updated"):
+    """Fields of the definition changed; carries the whole new definition."""
+
+    definition: TaskDefinition
+    changed: list[str]
+
+
+class TaskPaused(TaskEvent, frozen=True, kw_only=True, tag="task.paused"):
+    by: str
+
+
+class TaskResumed(TaskEvent, frozen=True, kw_only=True, tag="task.resumed"):
+    by: str
+
+
+class TaskCancelled(TaskEvent, frozen=True, kw_only=True, tag="task.cancelled"):
+    """Final: the task never fires again."""
+
+    by: str
+
+
+class TaskSnoozed(TaskEvent, frozen=True, kw_only=True, tag="task.snoozed"):
+    """The pending run moved `delay_seconds` later (to `next_fire_at`)."""
+
+    by: str
+    delay_seconds: int
+    reason: str | None = None
+
+
+class TaskRunRequested(TaskEvent, frozen=True, kw_only=True, tag="task.run_requested"):
+    """`run_now`: one run outside the schedule (which stays as it is); the scheduler fires it
+    as `run_id`."""
+
+    by: str
+    run_id: UUID
+
+
+class TaskFired(TaskEvent, frozen=True, kw_only=True, tag="task.fired"):
+    """A run started: job `job_id` was submitted in the same commit. `fire_at` is the instant
+    it was due (schedule) or asked for (run_now, event); `run_id` derives from task and
+    fire instant (or the request), so two schedulers cannot fire the same run twice."""
+
+    run_id: UUID
+    trigger: Literal["schedule", "run_now", "event"]
+    fire_at: datetime
+    job_id: int
+    event_id: UUID | None = None
+    missed: int = 0
+    """Scheduled fires that passed while no scheduler ran, folded into this one."""
+
+
+class TaskRunSkipped(TaskEvent, frozen=True, kw_only=True, tag="task.run_skipped"):
+    """A due run did not start: a run with the same `dedupe_key` (job `duplicate_of`) started
+    less than `dedupe_window_seconds` before it."""
+
+    run_id: UUID
+    trigger: Literal["schedule", "run_now", "event"]
+    fire_at: datetime
+    reason: str
+    duplicate_of: int | None = None
+    event_id: UUID | None = None
+
+
+class TopicPublished(Event, frozen=True, kw_only=True, tag="task.topic_published"):
+    """`POST /events`: starts a run of each of the client's active `event` tasks on `topic`."""
+
+    client: str
+    topic: str
+    payload: JsonObject = {}
+    source_agent_id: str | None = None
+
+
+TASK_EVENTS = (
+    TaskCreated,
+    TaskUpdated,
+    TaskPaused,
+    TaskResumed,
+    TaskCancelled,
+    TaskSnoozed,
+    TaskRunRequested,
+    TaskFired,
+    TaskRunSkipped,
+)
+
+
 # --- clients and settings -----------------------------------------------------------------
 
 
@@ -294,6 +434,16 @@ AnyEvent = (
     | StepChanged
     | CallbackDelivered
     | CallbackAttemptFailed
+    | TaskCreated
+    | TaskUpdated
+    | TaskPaused
+    | TaskResumed
+    | TaskCancelled
+    | TaskSnoozed
+    | TaskRunRequested
+    | TaskFired
+    | TaskRunSkipped
+    | TopicPublished
     | ClientRegistered
     | ClientRevoked
     | SettingChanged
@@ -307,6 +457,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     StepChanged,
     CallbackDelivered,
     CallbackAttemptFailed,
+    *TASK_EVENTS,
+    TopicPublished,
     ClientRegistered,
     ClientRevoked,
     SettingChanged,

@@ -16,6 +16,7 @@ CALLBACKS = f"{PREFIX}.callback.>"
 CLIENTS = f"{PREFIX}.client.>"
 SETTINGS = f"{PREFIX}.settings.>"
 SCHEDULES = f"{PREFIX}.schedule.>"
+TASKS = f"{PREFIX}.task.>"
 
 HEARTBEATS = "heartbeat.taskengine.>"
 """Core NATS (not JetStream): each service instance says it is alive every few seconds."""

@@ -35,9 +35,21 @@ from taskengine_contracts.events import (
     JobTimedOut,
     JobUpdated,
     LogLine,
+    RetryPolicy,
     ScheduleSwitched,
     SettingChanged,
     StepChanged,
+    TaskCancelled,
+    TaskCreated,
+    TaskDefinition,
+    TaskFired,
+    TaskPaused,
+    TaskResumed,
+    TaskRunRequested,
+    TaskRunSkipped,
+    TaskSnoozed,
+    TaskUpdated,
+    TopicPublished,
     decode,
     encode,
     topic_of,
@@ -47,6 +59,24 @@ from taskengine_contracts.subjects import message_id, subject_for, subject_for_t
 JOB = UUID("6f1c1b8e-7a8e-4c1e-9d1c-0a1b2c3d4e5f")
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 JOB_FIELDS = {"id": JOB, "at": T0, "job_id": 42, "client": "alice"}
+TASK = UUID("77777777-2222-4333-8444-555555555555")
+TASK_FIELDS = {"id": TASK, "at": T0, "client": "alice", "next_fire_at": T0 + timedelta(hours=1)}
+DEFINITION = TaskDefinition(
+    title="Nightly report",
+    description="Builds it",
+    schedule_kind="cron",
+    schedule_expr="0 3 * * *",
+    timezone="Europe/Chisinau",
+    payload={"workflow": "echo", "parameters": {"n": 1}},
+    created_by=UUID("88888888-2222-4333-8444-555555555555"),
+    priority=2,
+    max_retries=5,
+    backoff_strategy="linear",
+    dedupe_key="nightly",
+    dedupe_window_seconds=600,
+    concurrency_key="reports",
+)
+RUN = UUID("99999999-2222-4333-8444-555555555555")
 
 EXAMPLES: dict[type[Event], Event] = {
     JobSubmitted: JobSubmitted(
@@ -60,6 +90,9 @@ EXAMPLES: dict[type[Event], Event] = {
         callbacks=["http://receiver.local/hook"],
         timeout=30.0,
         dialect="other",
+        task_id=TASK,
+        retry=RetryPolicy(max_retries=2, backoff="exponential_jitter"),
+        concurrency_key="reports",
     ),
     JobQueued: JobQueued(
         **JOB_FIELDS, version=2, workflow="echo", priority=3, reason="due", attempts=0
@@ -189,6 +222,36 @@ EXAMPLES: dict[type[Event], Event] = {
         name="max_jobs",
         value="4",
     ),
+    TaskCreated: TaskCreated(**TASK_FIELDS, version=1, definition=DEFINITION),
+    TaskUpdated: TaskUpdated(
+        **TASK_FIELDS, version=2, definition=DEFINITION, changed=["schedule_expr"]
+    ),
+    TaskPaused: TaskPaused(**{**TASK_FIELDS, "next_fire_at": None}, version=3, by="alice"),
+    TaskResumed: TaskResumed(**TASK_FIELDS, version=4, by="alice"),
+    TaskSnoozed: TaskSnoozed(**TASK_FIELDS, version=5, by="alice", delay_seconds=60, reason="db"),
+    TaskRunRequested: TaskRunRequested(**TASK_FIELDS, version=6, by="alice", run_id=RUN),
+    TaskFired: TaskFired(
+        **TASK_FIELDS, version=7, run_id=RUN, trigger="run_now", fire_at=T0, job_id=42, missed=0
+    ),
+    TaskRunSkipped: TaskRunSkipped(
+        **TASK_FIELDS,
+        version=8,
+        run_id=RUN,
+        trigger="schedule",
+        fire_at=T0,
+        reason="dedupe",
+        duplicate_of=41,
+    ),
+    TaskCancelled: TaskCancelled(**{**TASK_FIELDS, "next_fire_at": None}, version=9, by="alice"),
+    TopicPublished: TopicPublished(
+        id=UUID("aaaaaaaa-2222-4333-8444-555555555555"),
+        version=1,
+        at=T0,
+        client="alice",
+        topic="files.new",
+        payload={"file": "a.csv"},
+        source_agent_id="88888888-2222-4333-8444-555555555555",
+    ),
 }
 
 TAGS = {
@@ -214,6 +277,16 @@ TAGS = {
     FinishedJobsCleared: "schedule.jobs_cleared",
     SettingChanged: "settings.changed",
     ScheduleSwitched: "schedule.switched",
+    TaskCreated: "task.created",
+    TaskUpdated: "task.updated",
+    TaskPaused: "task.paused",
+    TaskResumed: "task.resumed",
+    TaskSnoozed: "task.snoozed",
+    TaskRunRequested: "task.run_requested",
+    TaskFired: "task.fired",
+    TaskRunSkipped: "task.run_skipped",
+    TaskCancelled: "task.cancelled",
+    TopicPublished: "task.topic_published",
 }
 
 
@@ -262,6 +335,7 @@ def test_every_subject_falls_under_its_family_wildcard(cls):
         "client": subjects.CLIENTS,
         "settings": subjects.SETTINGS,
         "schedule": subjects.SCHEDULES,
+        "task": subjects.TASKS,
     }[TAGS[cls].split(".")[0]]
     assert subject_for(cls).startswith(family.removesuffix(">"))
     assert subject_for(cls).startswith(subjects.ALL.removesuffix(">"))

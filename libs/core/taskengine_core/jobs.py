@@ -29,6 +29,7 @@ from taskengine_contracts.events import (
     JobSucceeded,
     JobTimedOut,
     JobUpdated,
+    RetryPolicy,
 )
 
 from taskengine_core.errors import IllegalTransition
@@ -141,6 +142,9 @@ class Job(msgspec.Struct):
     persist: bool = False
     rerun_as: int | None = None
     semaphore_url: str | None = None
+    task_id: UUID | None = None
+    retry: RetryPolicy | None = None
+    concurrency_key: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -175,6 +179,9 @@ class Job(msgspec.Struct):
             version=event.version,
             dialect=event.dialect,
             semaphore_url=event.semaphore_url,
+            task_id=event.task_id,
+            retry=event.retry,
+            concurrency_key=event.concurrency_key,
         )
 
     def apply(self, event: JobEvent) -> Job:

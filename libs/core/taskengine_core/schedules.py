@@ -29,6 +29,13 @@ DUTIES = {
         "Enqueues scheduled jobs that have a run_at time in the past and whose semaphore_url,"
         " if any, answers 2xx/3xx (asked again every schedule_interval until it does).",
     ),
+    "fire_scheduled_tasks": Duty(
+        "fire_scheduled_tasks",
+        "FireTasks",
+        "Starts the runs of scheduled tasks whose cron, rrule or once time came, and those asked"
+        " for by run_now or a published event (dedupe applied; a run missed while stopped fires"
+        " once).",
+    ),
     "clear_finished_jobs": Duty(
         "clear_finished_jobs",
         "ClearFinishedJobs",

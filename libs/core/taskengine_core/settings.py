@@ -17,8 +17,10 @@ DEFAULTS: dict[str, int] = {
     "retry_delay": 5,
     "retry_limit": 3,
     "retention_seconds": 30 * 24 * 3600,
+    "retry_max_delay": 600,
 }
-"""`retention_seconds`: how long finished, non-persisted jobs stay in the job list and log."""
+"""`retention_seconds`: how long finished, non-persisted jobs stay in the job list and log.
+`retry_max_delay`: the longest delay a backoff strategy may reach (seconds)."""
 _MINIMUM = {"max_jobs": 1, "priority_threshold": 1, "retention_seconds": 1}
 _MAXIMUM = {
     "retry_delay": 7 * 24 * 3600,
@@ -28,6 +30,7 @@ _MAXIMUM = {
     "priority_slots": 100_000,
     "priority_threshold": 10,
     "retention_seconds": 10 * 365 * 24 * 3600,
+    "retry_max_delay": 7 * 24 * 3600,
 }
 
 

@@ -15,6 +15,7 @@ class Step(msgspec.Struct, frozen=True):
     name: str
     argv: list[str]
     timeout: float | None = None
+    env: dict[str, str] = {}
 
 
 class Workflow(msgspec.Struct, frozen=True):
@@ -56,6 +57,41 @@ def _flaky(parameters: dict[str, object], attempt: int) -> list[Step]:
     return [Step("flaky", ["sh", "-c", script])]
 
 
+MAX_INLINE_STEPS = 50
+
+
+def _inline(parameters: dict[str, object], attempt: int) -> list[Step]:
+    """Steps given with the job: `parameters.steps`, each `{"name", "run": [argv...],
+    "timeout": seconds, "env": {NAME: value}}` (`run` may be one shell command string)."""
+    steps = parameters.get("steps")
+    if not isinstance(steps, list) or not 1 <= len(steps) <= MAX_INLINE_STEPS:
+        raise ValueError(f"parameters.steps must be a list of 1 to {MAX_INLINE_STEPS} steps")
+    return [_inline_step(step, f"parameters.steps[{n}]") for n, step in enumerate(steps)]
+
+
+def _inline_step(step: object, where: str) -> Step:
+    if not isinstance(step, dict):
+        raise ValueError(f"{where} must be an object with name and run")
+    unknown = set(step) - {"name", "run", "timeout", "env"}
+    if unknown:
+        raise ValueError(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
+    name, run, env = step.get("name"), step.get("run"), step.get("env") or {}
+    if not isinstance(name, str) or not 0 < len(name) <= 100:
+        raise ValueError(f"{where}.name must be a string of 1 to 100 characters")
+    if isinstance(run, str) and run.strip():
+        run = ["sh", "-c", run]
+    if not isinstance(run, list) or not run or not all(isinstance(a, str) for a in run):
+        raise ValueError(f"{where}.run must be a non-empty list of strings (or a command line)")
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in env.items()
+    ):
+        raise ValueError(f"{where}.env must map names to strings")
+    timeout = step.get("timeout")
+    if timeout is not None and (_number(timeout, f"{where[11:]}.timeout") <= 0):
+        raise ValueError(f"{where}.timeout must be a positive number of seconds")
+    return Step(name, run, None if timeout is None else float(timeout), env)
+
+
 def _number(value: object, name: str) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
@@ -74,6 +110,7 @@ _BUILT_IN_STEPS = {
     "sleep": _sleep,
     "fail": _fail,
     "flaky": _flaky,
+    "inline": _inline,
 }
 
 BUILT_IN = {
@@ -82,6 +119,7 @@ BUILT_IN = {
     "sleep": Workflow("sleep", "sleeps parameters.seconds (default 1)"),
     "fail": Workflow("fail", "exits with parameters.exit_code (default 1)"),
     "flaky": Workflow("flaky", "fails the first parameters.failures attempts (default 1)"),
+    "inline": Workflow("inline", "runs the steps given in parameters.steps"),
 }
 
 

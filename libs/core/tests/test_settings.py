@@ -32,6 +32,7 @@ def test_defaults_are_the_documented_values():
         "retry_delay": 5,
         "retry_limit": 3,
         "retention_seconds": 30 * 24 * 3600,
+        "retry_max_delay": 600,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -21,7 +22,7 @@ def only_step(name: str, parameters: dict[str, object], attempt: int = 1) -> Ste
 
 
 def test_every_built_in_workflow_is_named_by_its_key_and_described():
-    assert set(BUILT_IN) == {"noop", "echo", "sleep", "fail", "flaky"}
+    assert set(BUILT_IN) == {"noop", "echo", "sleep", "fail", "flaky", "inline"}
     for name, flow in BUILT_IN.items():
         assert flow.name == name
         assert flow.describe
@@ -122,7 +123,7 @@ def test_unknown_workflow_is_refused_listing_the_known_ones():
         workflow("nope")
     message = str(raised.value)
     assert "'nope'" in message
-    assert "known: echo, fail, flaky, noop, sleep" in message
+    assert "known: echo, fail, flaky, inline, noop, sleep" in message
 
 
 def test_validate_accepts_usable_parameters():
@@ -162,3 +163,38 @@ def test_validate_refuses_infinite_counts_with_value_error(name, parameters):
 def test_validate_refuses_nan_seconds():
     with pytest.raises(ValueError):
         validate("sleep", {"seconds": "nan"})
+
+
+def test_inline_steps_run_as_given():
+    steps = workflow("inline").steps(
+        {
+            "steps": [
+                {"name": "a", "run": ["echo", "hi"], "timeout": 5, "env": {"MODE": "fast"}},
+                {"name": "b", "run": "echo $MODE | tr a-z A-Z"},
+            ]
+        },
+        attempt=1,
+    )
+    assert steps == [
+        Step("a", ["echo", "hi"], 5.0, {"MODE": "fast"}),
+        Step("b", ["sh", "-c", "echo $MODE | tr a-z A-Z"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("steps", "problem"),
+    [
+        (None, "parameters.steps must be a list"),
+        ([], "parameters.steps must be a list"),
+        (["echo"], "parameters.steps[0] must be an object"),
+        ([{"run": ["x"]}], "parameters.steps[0].name"),
+        ([{"name": "a", "run": []}], "parameters.steps[0].run"),
+        ([{"name": "a", "run": [1]}], "parameters.steps[0].run"),
+        ([{"name": "a", "run": ["x"], "timeout": 0}], "timeout must be a positive"),
+        ([{"name": "a", "run": ["x"], "env": {"A": 1}}], "parameters.steps[0].env"),
+        ([{"name": "a", "run": ["x"], "cwd": "/"}], "unknown fields: cwd"),
+    ],
+)
+def test_inline_steps_that_could_not_run_are_refused(steps, problem):
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        validate("inline", {"steps": steps})

@@ -19,7 +19,43 @@ CREATE TABLE IF NOT EXISTS scheduler_timers (
     attempts int NOT NULL DEFAULT 0
 );
 ALTER TABLE scheduler_timers ADD COLUMN IF NOT EXISTS semaphore_url text;
+ALTER TABLE scheduler_timers ADD COLUMN IF NOT EXISTS concurrency_key text;
 CREATE INDEX IF NOT EXISTS scheduler_timers_due ON scheduler_timers (due_at);
+
+-- Scheduled tasks as the scheduler's events say (definition: the TaskDefinition as JSON).
+CREATE TABLE IF NOT EXISTS scheduler_tasks (
+    task_uuid uuid PRIMARY KEY,
+    client text NOT NULL,
+    version bigint NOT NULL,
+    status text,
+    definition jsonb,
+    next_fire_at timestamptz,
+    created_at timestamptz,
+    kind text GENERATED ALWAYS AS (definition->>'schedule_kind') STORED,
+    topic text GENERATED ALWAYS AS (definition->>'schedule_expr') STORED
+);
+CREATE INDEX IF NOT EXISTS scheduler_tasks_due ON scheduler_tasks (next_fire_at)
+    WHERE status = 'active';
+CREATE INDEX IF NOT EXISTS scheduler_tasks_topic ON scheduler_tasks (client, topic)
+    WHERE kind = 'event';
+-- Runs asked for (run_now, a published topic), fired on the next tick.
+CREATE TABLE IF NOT EXISTS scheduler_requests (
+    task_uuid uuid NOT NULL,
+    token text NOT NULL,
+    trigger text NOT NULL,
+    fire_at timestamptz NOT NULL,
+    run_id uuid,
+    event_id uuid,
+    PRIMARY KEY (task_uuid, token)
+);
+-- The last run started per (client, dedupe_key).
+CREATE TABLE IF NOT EXISTS scheduler_dedupe (
+    client text NOT NULL,
+    dedupe_key text NOT NULL,
+    fired_at timestamptz NOT NULL,
+    job_id bigint NOT NULL,
+    PRIMARY KEY (client, dedupe_key)
+);
 
 CREATE TABLE IF NOT EXISTS admission_queue (
     job_uuid uuid PRIMARY KEY,
@@ -32,6 +68,7 @@ CREATE TABLE IF NOT EXISTS admission_queue (
     admitted boolean NOT NULL DEFAULT false,
     attempt int NOT NULL DEFAULT 0
 );
+ALTER TABLE admission_queue ADD COLUMN IF NOT EXISTS concurrency_key text;
 
 CREATE TABLE IF NOT EXISTS dispatcher_executions (
     job_uuid uuid PRIMARY KEY,
@@ -101,6 +138,60 @@ CREATE TABLE IF NOT EXISTS rm_clients (
 CREATE INDEX IF NOT EXISTS rm_clients_lookup ON rm_clients (key_lookup);
 -- Set by a revocation, cleared by the next registration: a revoked client's key is refused.
 ALTER TABLE rm_clients ADD COLUMN IF NOT EXISTS revoked_at timestamptz;
+
+CREATE TABLE IF NOT EXISTS rm_tasks (
+    task_uuid uuid PRIMARY KEY,
+    client text NOT NULL,
+    title text,
+    description text,
+    schedule_kind text,
+    schedule_expr text,
+    timezone text,
+    payload jsonb,
+    created_by uuid,
+    priority int,
+    max_retries int,
+    backoff_strategy text,
+    dedupe_key text,
+    dedupe_window_seconds int,
+    concurrency_key text,
+    status text NOT NULL,
+    next_fire_at timestamptz,
+    last_fire_at timestamptz,
+    runs int NOT NULL DEFAULT 0,
+    skipped int NOT NULL DEFAULT 0,
+    snoozed_until timestamptz,
+    snooze_reason text,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    version bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rm_tasks_client_status ON rm_tasks (client, status);
+CREATE INDEX IF NOT EXISTS rm_tasks_client_created ON rm_tasks (client, created_at);
+
+-- One row per fired or skipped run; a fired run follows its job (job_version: the job
+-- event it reflects). Retention keeps runs.
+CREATE TABLE IF NOT EXISTS rm_task_runs (
+    run_id uuid PRIMARY KEY,
+    task_uuid uuid NOT NULL,
+    client text NOT NULL,
+    trigger text NOT NULL,
+    fire_at timestamptz NOT NULL,
+    job_id bigint UNIQUE,
+    status text NOT NULL,
+    reason text,
+    duplicate_of bigint,
+    event_id uuid,
+    attempts int NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL,
+    started_at timestamptz,
+    finished_at timestamptz,
+    updated_at timestamptz NOT NULL,
+    job_version bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS rm_task_runs_task ON rm_task_runs (task_uuid, fire_at);
 """
 
-READ_MODELS = ("rm_jobs", "rm_job_log", "rm_clients")
+READ_MODELS = ("rm_jobs", "rm_job_log", "rm_clients", "rm_tasks", "rm_task_runs")
+"""Tables projected from the event log: emptied by `taskengine replay --reset`, rebuilt and
+compared by `taskengine replay`."""

@@ -1,0 +1,461 @@
+"""Scheduled tasks (the `/tasks` API): schedules, retry backoff, dedupe, run ids, field checks.
+
+Pure decisions, no I/O. Cron and rrule schedules step through local wall-clock times and map
+each to an instant with one DST rule: a wall time the clock skips (spring forward) fires once,
+at the end of the gap; a wall time the clock repeats (fall back) fires once, at its first
+occurrence. Fire instants are therefore strictly increasing: several wall times that land on
+the same instant fire once.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import ClassVar
+from uuid import UUID, uuid5
+from zoneinfo import ZoneInfo, available_timezones
+
+from croniter import CroniterBadDateError, CroniterError, croniter
+from dateutil.rrule import rrule, rrulestr
+
+from taskengine_core.errors import DomainError
+from taskengine_core.ids import NAMESPACE
+
+SCHEDULE_KINDS = ("cron", "rrule", "once", "event")
+BACKOFF_STRATEGIES = ("exponential_jitter", "linear", "fixed")
+LIMITS: dict[str, tuple[int, int]] = {
+    "priority": (1, 9),
+    "max_retries": (0, 100),
+    "dedupe_window_seconds": (1, 31 * 24 * 3600),
+    "delay_seconds": (1, 7 * 24 * 3600),
+}
+"""Inclusive bounds of the integer request fields, checked by `check_int`."""
+MAX_KEY_LENGTH = 200
+"""Longest event topic, dedupe key or concurrency key."""
+MAX_RRULE_NUMBER = 100_000
+"""Largest rrule COUNT or INTERVAL."""
+
+
+class InvalidTask(DomainError):
+    """A task request the domain refuses; `field` names the offending request field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+# --- wall-clock time -> instants ----------------------------------------------------------
+
+
+def _aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"expected a timezone-aware datetime, got {moment!r}")
+    return moment.astimezone(UTC)
+
+
+def _transition(before: datetime, after: datetime, zone: ZoneInfo) -> datetime:
+    """The first whole second in (before, after] whose UTC offset differs from before's."""
+    lo, hi = int(before.timestamp()), int(after.timestamp())
+    offset = datetime.fromtimestamp(lo, zone).utcoffset()
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, zone).utcoffset() == offset:
+            lo = mid
+        else:
+            hi = mid
+    return datetime.fromtimestamp(hi, UTC)
+
+
+def _instant(wall: datetime, zone: ZoneInfo) -> datetime:
+    """When a naive local time happens: first occurrence if repeated, end of gap if skipped."""
+    first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    if first.astimezone(zone).replace(tzinfo=None) == wall:
+        return first
+    # Skipped: read with the offset after the gap (fold=1) it lands before the gap, with the
+    # offset before it (fold=0) after the gap; the transition lies between.
+    return _transition(wall.replace(tzinfo=zone, fold=1), first, zone)
+
+
+def _first_fire(
+    next_wall: Callable[[datetime], datetime | None], zone: ZoneInfo, after: datetime
+) -> datetime | None:
+    """The first fire strictly after `after`; `next_wall(w)` is the first wall time > w."""
+    after = _aware(after)
+    local = after.astimezone(zone)
+    wall = local.replace(tzinfo=None, microsecond=0)
+    if local.fold:
+        # `after` is in the second pass of a repeated hour, whose wall times all fired in the
+        # first pass: resume at the first wall time after the repeat.
+        first_pass = local.replace(fold=0)
+        end = _transition(first_pass, after, zone) + first_pass.utcoffset()  # type: ignore[operator]
+        wall = end.replace(tzinfo=None) - timedelta(seconds=1)
+    candidate = next_wall(wall)
+    while candidate is not None:
+        fire = _instant(candidate, zone)
+        if fire > after:
+            return fire
+        candidate = next_wall(candidate)
+    return None
+
+
+# --- schedules ----------------------------------------------------------------------------
+
+
+class Schedule:
+    """When a task fires: `next_after` for time-driven kinds, `matches` for events."""
+
+    kind: ClassVar[str]
+
+    def next_after(self, after: datetime) -> datetime | None:
+        """The first fire strictly after the aware instant `after` (UTC), or None if none."""
+        raise NotImplementedError
+
+    def matches(self, topic: str) -> bool:
+        """Whether an event on `topic` fires the task."""
+        return False
+
+
+@dataclass(frozen=True)
+class CronSchedule(Schedule):
+    """5 fields (minute hour day month weekday) or 6 with seconds first, in `zone`."""
+
+    expr: str
+    zone: ZoneInfo
+    _cron: croniter = field(repr=False, compare=False)
+    kind: ClassVar[str] = "cron"
+
+    def next_after(self, after: datetime) -> datetime | None:
+        return _first_fire(self._next_wall, self.zone, after)
+
+    def _next_wall(self, wall: datetime) -> datetime | None:
+        # A copy skips re-parsing the expression; croniter instances keep a cursor.
+        cron = copy.copy(self._cron)
+        try:
+            return cron.get_next(datetime, start_time=wall)
+        except CroniterBadDateError:
+            return None
+
+
+@dataclass(frozen=True)
+class RRuleSchedule(Schedule):
+    """An RFC 5545 rule over naive wall times in `zone`; `until` is an instant, inclusive."""
+
+    rule: rrule
+    zone: ZoneInfo
+    start: datetime
+    until: datetime | None = None
+    period: timedelta | None = None
+    """The rule repeats every `period` of wall time (no COUNT, fixed-length FREQ), if set."""
+    kind: ClassVar[str] = "rrule"
+
+    def next_after(self, after: datetime) -> datetime | None:
+        fire = _first_fire(self._next_wall, self.zone, after)
+        return None if fire is None or (self.until and fire > self.until) else fire
+
+    def _next_wall(self, wall: datetime) -> datetime | None:
+        rule = self.rule
+        if self.period and wall - self.start > self.period:
+            # dateutil iterates from DTSTART; skip the whole periods before `wall`.
+            rule = rule.replace(
+                dtstart=self.start + (wall - self.start) // self.period * self.period
+            )
+        return rule.after(wall)
+
+
+@dataclass(frozen=True)
+class OnceSchedule(Schedule):
+    """Fires once, at the instant `at` (aware, UTC)."""
+
+    at: datetime
+    kind: ClassVar[str] = "once"
+
+    def next_after(self, after: datetime) -> datetime | None:
+        return self.at if self.at > _aware(after) else None
+
+
+@dataclass(frozen=True)
+class EventSchedule(Schedule):
+    """Fired only by events whose topic equals `topic` exactly (no wildcards)."""
+
+    topic: str
+    kind: ClassVar[str] = "event"
+
+    def next_after(self, after: datetime) -> datetime | None:
+        return None
+
+    def matches(self, topic: str) -> bool:
+        return topic == self.topic
+
+
+def parse_schedule(
+    kind: str, expr: str | None, timezone: str = "UTC", start: datetime | None = None
+) -> Schedule:
+    """Validates a schedule; `start` (aware) is the rrule DTSTART when the rule names none."""
+    zone = check_timezone(timezone)
+    if kind not in SCHEDULE_KINDS:
+        raise InvalidTask("schedule_kind", f"must be one of {', '.join(SCHEDULE_KINDS)}")
+    if not isinstance(expr, str) or not expr.strip():
+        raise InvalidTask("schedule_expr", f"is required for {kind} schedules")
+    if kind == "cron":
+        return _parse_cron(expr, zone)
+    if kind == "rrule":
+        return _parse_rrule(expr, zone, start)
+    if kind == "once":
+        return _parse_once(expr, zone)
+    return EventSchedule(check_key(expr, "schedule_expr"))
+
+
+_EQUAL_RANGE = re.compile(r"(\w+)-(\w+)(?:/\d+)?")
+_HASHED = re.compile(r"[hr](\(.*\))?(/.*)?", re.IGNORECASE)
+
+
+def _parse_cron(expr: str, zone: ZoneInfo) -> CronSchedule:
+    fields = expr.split()
+    alias = len(fields) == 1 and fields[0].startswith("@")
+    if not expr.isascii() or not (len(fields) in (5, 6) or alias):
+        raise InvalidTask(
+            "schedule_expr",
+            f"cron {expr!r} needs 5 fields (minute hour day month weekday) or 6 with seconds first",
+        )
+    if any(_HASHED.fullmatch(value) for part in fields for value in part.split(",")):
+        raise InvalidTask(
+            "schedule_expr", f"cron {expr!r}: hashed and random values (H, R) are not supported"
+        )
+    # croniter reads an equal range ("5-5") as the whole field; cron means the one value.
+    fields = [",".join(map(_single, part.split(","))) for part in fields]
+    line = " ".join(fields)
+    try:
+        croniter.expand(line, second_at_beginning=True, strict=True)
+        template = croniter(line, datetime(2000, 1, 1), ret_type=datetime, second_at_beginning=True)
+    except (CroniterError, ValueError, TypeError) as error:
+        raise InvalidTask("schedule_expr", f"invalid cron {expr!r}: {error}") from None
+    return CronSchedule(line, zone, template)
+
+
+def _single(part: str) -> str:
+    match = _EQUAL_RANGE.fullmatch(part)
+    if match and match[1].lower() == match[2].lower():
+        return match[1]
+    if match and match[1].isdigit() and match[2].isdigit() and int(match[1]) == int(match[2]):
+        return match[1]
+    return part
+
+
+_DTSTART = re.compile(
+    r"DTSTART(?:;TZID=([^:;]+))?(?:;VALUE=DATE-TIME)?:(\d{8}T\d{6})(Z?)", re.IGNORECASE
+)
+_UNTIL = re.compile(r"(\d{8})(?:T(\d{6})(Z?))?")
+_PERIODS = {
+    "SECONDLY": timedelta(seconds=1),
+    "MINUTELY": timedelta(minutes=1),
+    "HOURLY": timedelta(hours=1),
+    "DAILY": timedelta(days=1),
+    "WEEKLY": timedelta(weeks=1),
+}
+
+
+def _parse_rrule(text: str, zone: ZoneInfo, start: datetime | None) -> RRuleSchedule:
+    def invalid(problem: str) -> InvalidTask:
+        return InvalidTask("schedule_expr", f"invalid rrule {text!r}: {problem}")
+
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    starts = [line for line in lines if line.upper().startswith("DTSTART")]
+    rules = [line.upper().removeprefix("RRULE:") for line in lines if line not in starts]
+    if len(starts) > 1 or len(rules) != 1:
+        raise invalid("give one RRULE line and at most one DTSTART line")
+    if starts:
+        match = _DTSTART.fullmatch(starts[0])
+        if not match or (match[1] and match[3]):
+            raise invalid("DTSTART must be YYYYMMDDTHHMMSS, with Z, TZID=zone or neither")
+        if match[1]:
+            try:
+                zone = check_timezone(match[1])
+            except InvalidTask as error:
+                raise invalid(str(error)) from None
+        zone = ZoneInfo("UTC") if match[3] else zone
+        begin = _basic_datetime(match[2], invalid)
+    elif start is None:
+        raise ValueError("an rrule without DTSTART needs a start")
+    else:
+        begin = _aware(start).astimezone(zone).replace(tzinfo=None, microsecond=0)
+    params: dict[str, str] = {}
+    for part in filter(None, (part.strip() for part in rules[0].split(";"))):
+        name, _, value = part.partition("=")
+        if name in params:
+            raise invalid(f"{name} is given twice")
+        params[name] = value
+    if "COUNT" in params and "UNTIL" in params:
+        raise invalid("COUNT and UNTIL cannot be combined")
+    if "BYEASTER" in params:
+        raise invalid("BYEASTER is not RFC 5545")
+    for name in ("COUNT", "INTERVAL"):
+        value = params.get(name, "1")
+        if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_RRULE_NUMBER):
+            raise invalid(f"{name} must be an integer from 1 to {MAX_RRULE_NUMBER}")
+    until = _until(params.pop("UNTIL"), zone, invalid) if "UNTIL" in params else None
+    try:
+        rule = rrulestr(
+            ";".join(f"{name}={value}" for name, value in params.items()), dtstart=begin
+        )
+    except (ValueError, TypeError, KeyError, IndexError) as error:
+        raise invalid(str(error)) from None
+    if not isinstance(rule, rrule):
+        raise invalid("give one RRULE")
+    period = None if "COUNT" in params else _PERIODS.get(params["FREQ"])
+    if period:
+        period *= int(params.get("INTERVAL", 1))
+    try:
+        first = _first_wall(rule, begin)
+    except ValueError as error:  # dateutil finds some impossible BYxxx only while iterating
+        raise invalid(str(error)) from None
+    if first is None:
+        raise invalid("it does not fire within 400 years of its start")
+    if until and _instant(first, zone) > until:
+        raise invalid("UNTIL comes before its first fire")
+    return RRuleSchedule(rule, zone, begin, until, period)
+
+
+def _first_wall(rule: rrule, begin: datetime) -> datetime | None:
+    """The rule's first wall time, if within 400 years of `begin`.
+
+    dateutil looks for a match up to year 9999; the Gregorian calendar repeats every 400
+    years, so searching a copy moved to just before then bounds that search.
+    """
+    shift = max(0, (9599 - begin.year) // 400 * 400)
+    first = rule.replace(dtstart=begin.replace(year=begin.year + shift)).after(
+        begin.replace(year=begin.year + shift), inc=True
+    )
+    return None if first is None else first.replace(year=first.year - shift)
+
+
+def _basic_datetime(value: str, invalid: Callable[[str], InvalidTask]) -> datetime:
+    try:
+        return datetime.strptime(value, "%Y%m%dT%H%M%S")
+    except ValueError:
+        raise invalid(f"no such date-time {value}") from None
+
+
+def _until(value: str, zone: ZoneInfo, invalid: Callable[[str], InvalidTask]) -> datetime:
+    """UNTIL as an instant: Z is UTC, a floating date-time is local, a date ends its day."""
+    match = _UNTIL.fullmatch(value)
+    if not match:
+        raise invalid("UNTIL must be YYYYMMDD, YYYYMMDDTHHMMSS or YYYYMMDDTHHMMSSZ")
+    wall = _basic_datetime(f"{match[1]}T{match[2] or '235959'}", invalid)
+    return wall.replace(tzinfo=UTC) if match[3] else _instant(wall, zone)
+
+
+def _parse_once(expr: str, zone: ZoneInfo) -> OnceSchedule:
+    try:
+        at = datetime.fromisoformat(expr.strip())
+        return OnceSchedule(_aware(at) if at.tzinfo else _instant(at, zone))
+    except (ValueError, OverflowError):
+        raise InvalidTask("schedule_expr", f"{expr!r} is not an ISO-8601 date-time") from None
+
+
+# --- request fields -----------------------------------------------------------------------
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(available_timezones()) - {"localtime"}
+
+
+def check_timezone(name: object) -> ZoneInfo:
+    """The IANA zone called `name`."""
+    if not isinstance(name, str) or name not in _zone_names():
+        raise InvalidTask("timezone", f"unknown IANA time zone {name!r}")
+    return ZoneInfo(name)
+
+
+def check_int(field: str, value: object) -> int:
+    """An integer request field within its `LIMITS`."""
+    low, high = LIMITS[field]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidTask(field, f"must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def check_backoff(value: object) -> str:
+    if value not in BACKOFF_STRATEGIES:
+        raise InvalidTask("backoff_strategy", f"must be one of {', '.join(BACKOFF_STRATEGIES)}")
+    return value  # type: ignore[return-value]
+
+
+def check_key(value: object, field: str = "schedule_expr") -> str:
+    """An event topic, dedupe or concurrency key: printable, no whitespace, at most 200 chars."""
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_KEY_LENGTH
+        or not value.isprintable()
+        or any(char.isspace() for char in value)
+    ):
+        raise InvalidTask(
+            field, f"must be 1 to {MAX_KEY_LENGTH} printable characters without whitespace"
+        )
+    return value
+
+
+def check_dedupe(key: object, window: object) -> tuple[str | None, int | None]:
+    """The dedupe key and window; a window without a key means nothing, so it is refused."""
+    if window is not None and key is None:
+        raise InvalidTask("dedupe_window_seconds", "needs a dedupe_key")
+    return (
+        None if key is None else check_key(key, "dedupe_key"),
+        None if window is None else check_int("dedupe_window_seconds", window),
+    )
+
+
+def check_uuid(field: str, value: object) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, AttributeError):
+        raise InvalidTask(field, f"must be a UUID, got {value!r}") from None
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+_RNG = random.Random()
+
+
+def backoff_delay(
+    strategy: str, retry: int, base: float, cap: float, rng: random.Random | None = None
+) -> float:
+    """Seconds before retry number `retry` (1 = the first retry), at most `cap`.
+
+    fixed: base; linear: base * retry; exponential_jitter ("full jitter"): uniform between 0
+    and base * 2 ** (retry - 1).
+    """
+    if retry < 1 or base < 0 or cap < 0:
+        raise ValueError(f"need retry >= 1, base >= 0, cap >= 0; got {retry}, {base}, {cap}")
+    if strategy == "fixed":
+        return min(cap, base)
+    if strategy == "linear":
+        return min(cap, base * retry)
+    if strategy == "exponential_jitter":
+        bound = min(cap, base * 2.0 ** min(retry - 1, 1000))
+        return (rng or _RNG).uniform(0, bound)
+    raise InvalidTask("backoff_strategy", f"must be one of {', '.join(BACKOFF_STRATEGIES)}")
+
+
+def dedupe_blocks(window_seconds: int | None, last_started: datetime | None, now: datetime) -> bool:
+    """Whether a run is skipped: one with its dedupe key started less than the window ago."""
+    if window_seconds is None or last_started is None:
+        return False
+    return _aware(now) - _aware(last_started) < timedelta(seconds=window_seconds)
+
+
+def run_id(task_id: UUID, fire_at: datetime) -> UUID:
+    """The id of the scheduled run firing at `fire_at`: the same in every scheduler."""
+    return uuid5(NAMESPACE, f"task-run:{task_id}:at:{_aware(fire_at).isoformat()}")
+
+
+def manual_run_id(task_id: UUID, token: str) -> UUID:
+    """The id of a run_now or event run; `token` must be unique per such run of the task."""
+    return uuid5(NAMESPACE, f"task-run:{task_id}:manual:{token}")
