@@ -1,5 +1,5 @@
-"""Read models projected from the event log: the job list (`rm_jobs`), the job log and the
-clients.
+"""Read models projected from the event log: the job list (`rm_jobs`), the job log, the
+clients, and the scheduled tasks with their runs (`rm_tasks`, `rm_task_runs`).
 
 `project()` turns a batch of positioned events into a few set-based statements, so the live
 projector and `taskengine replay` build identical tables from the same code, whatever the
@@ -41,6 +41,7 @@ from taskengine_core.clients import mask_secrets
 from taskengine_core.jobs import FINAL_STATES, TRANSITIONS, state_after
 
 from taskengine_store.store import Position, Statement
+from taskengine_store.task_projections import run_inserts, run_updates, task_statements
 
 SEVERITY = {"DEBUG": 0, "INFO": 1, "WARN": 2, "ERROR": 3}
 LINES_PER_EVENT = 1000
@@ -119,6 +120,8 @@ def project(
     jobs: str = "rm_jobs",
     log: str = "rm_job_log",
     clients: str = "rm_clients",
+    tasks: str = "rm_tasks",
+    runs: str = "rm_task_runs",
 ) -> list[Statement]:
     """The statements that apply `batch` (in store order) to the read models.
 
@@ -128,7 +131,10 @@ def project(
     """
     statements: list[Statement] = []
     for segment, clearing in segments(batch):
-        statements += _project_segment(segment, jobs, log, clients)
+        statements += task_statements(segment, tasks)
+        # A run's row before its job's, so the job's events in the segment reach it.
+        statements += run_inserts(segment, runs, jobs)
+        statements += _project_segment(segment, jobs, log, clients, runs)
         if clearing is not None:
             statements.append(clear_finished_jobs(clearing, jobs, log))
     return statements
@@ -156,7 +162,7 @@ def clear_finished_jobs(
     event: FinishedJobsCleared, jobs: str = "rm_jobs", log: str = "rm_job_log"
 ) -> Statement:
     """Retention: deletes the finished, non-persist jobs that ended before the cutoff, and
-    their log rows."""
+    their log rows. Runs of scheduled tasks stay."""
     return (
         f"WITH cleared AS (DELETE FROM {jobs} WHERE finished_at < %s AND NOT persist"
         " AND state = ANY(%s) RETURNING job_id)"
@@ -166,7 +172,7 @@ def clear_finished_jobs(
 
 
 def _project_segment(
-    batch: Sequence[Position], jobs: str, log: str, clients: str
+    batch: Sequence[Position], jobs: str, log: str, clients: str, runs: str
 ) -> list[Statement]:
     new: dict[Any, list[Any]] = {}
     moved: dict[Any, list[Any]] = {}
@@ -239,6 +245,7 @@ def _project_segment(
                 [list(c) for c in columns],
             )
         )
+    statements += run_updates(batch, runs)
     if log_values[0]:
         # Only rows of jobs in the list: a late event of a job cleared by retention (a
         # callback, output) adds none. A job's rows never precede its submission, and jobs
@@ -307,10 +314,20 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
         ]
 
 
+KEYS = (
+    ("rm_jobs", "job_uuid"),
+    ("rm_job_log", "id"),
+    ("rm_clients", "name"),
+    ("rm_tasks", "task_uuid"),
+    ("rm_task_runs", "run_id"),
+)
+"""Each read model and its key, in `state_hash` order."""
+
+
 def state_hash(query: Callable[[str], list[dict]], prefix: str = "") -> str:
     """SHA-256 over every read-model row in key order: equal hashes mean identical state."""
     digest = hashlib.sha256()
-    for table, key in (("rm_jobs", "job_uuid"), ("rm_job_log", "id"), ("rm_clients", "name")):
+    for table, key in KEYS:
         for row in query(f"SELECT * FROM {prefix}{table} ORDER BY {key}"):
             digest.update(repr(sorted(row.items())).encode())
     return digest.hexdigest()

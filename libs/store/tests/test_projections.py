@@ -273,7 +273,7 @@ def test_a_submission_and_its_later_events_in_one_batch_make_one_insert_and_no_u
     events = stream()
     statements = project(positioned(events))
 
-    assert not any(s[0].startswith("UPDATE") for s in statements)
+    assert not any(s[0].startswith("UPDATE rm_jobs") for s in statements)
     [row] = jobs_insert(statements)
     job = Job.fold(events)
     assert job is not None
@@ -406,8 +406,13 @@ def test_a_setting_change_projects_nothing():
 
 
 def test_table_names_can_be_redirected():
-    statements = project(positioned([submitted()]), jobs="x_jobs", log="x_log", clients="x_c")
-    assert {s[0].split()[2] for s in statements} == {"x_jobs", "x_log"}
+    statements = project(
+        positioned([submitted()]), jobs="x_jobs", log="x_log", clients="x_c", runs="x_runs"
+    )
+    named = {
+        s[0].removeprefix("INSERT INTO ").removeprefix("UPDATE ").split()[0] for s in statements
+    }
+    assert named == {"x_jobs", "x_log", "x_runs"}
 
 
 def test_the_log_insert_skips_rows_of_jobs_not_in_the_list():
@@ -508,16 +513,18 @@ def test_a_clearing_is_applied_between_what_precedes_it_and_what_follows():
     statements = project(batch)
     assert [" ".join(s[0].split()[:3]) for s in statements] == [
         "INSERT INTO rm_jobs",
+        "UPDATE rm_task_runs AS",  # the job's run, if it is one
         "INSERT INTO rm_job_log",
         "WITH cleared AS",
         "UPDATE rm_jobs AS",
+        "UPDATE rm_task_runs AS",
         "INSERT INTO rm_job_log",
     ]
     [inserted] = [list(r) for r in zip(*statements[0][1], strict=True)]
     assert (inserted[5], inserted[10], inserted[13]) == ("retry_wait", 4, None)
-    [updated] = [list(r) for r in zip(*statements[3][1], strict=True)]
+    [updated] = [list(r) for r in zip(*statements[4][1], strict=True)]
     assert (updated[1], updated[2], updated[8]) == ("succeeded", 8, events[-1].at)
-    before, after = statements[1][1][0], statements[4][1][0]
+    before, after = statements[2][1][0], statements[6][1][0]
     assert before == [p * LINES_PER_EVENT for p in range(100, 104)]
     assert after == [p * LINES_PER_EVENT for p in range(105, 109)]
 

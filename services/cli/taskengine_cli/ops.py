@@ -61,7 +61,10 @@ def replay(store: EventStore, batch: int = 5000) -> tuple[str, str, int]:
                 break
             tables = {name.removeprefix("rm_"): REPLAY_PREFIX + name for name in READ_MODELS}
             jobs, log, clients = tables["jobs"], tables["job_log"], tables["clients"]
-            store.execute(project(items, jobs=jobs, log=log, clients=clients))
+            tasks, runs = tables["tasks"], tables["task_runs"]
+            store.execute(
+                project(items, jobs=jobs, log=log, clients=clients, tasks=tasks, runs=runs)
+            )
             done = items[-1].position
         replayed = state_hash(store.query, prefix=REPLAY_PREFIX)
     finally:

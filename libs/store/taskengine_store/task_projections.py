@@ -1,0 +1,322 @@
+"""Read models of scheduled tasks: the task list (`rm_tasks`) and each task's runs
+(`rm_task_runs`), which follow the jobs they started.
+
+Like the job list, each is a few set-based statements per batch segment, idempotent and the
+same under any batching: a task row carries its stream version, a run row its job's version,
+and an update applies only what is newer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from taskengine_contracts.events import (
+    TERMINAL_JOB_EVENTS,
+    JobAdmitted,
+    JobEvent,
+    JobFailed,
+    JobRetryScheduled,
+    JobStarted,
+    JobTimedOut,
+    TaskCancelled,
+    TaskCreated,
+    TaskDefinition,
+    TaskEvent,
+    TaskFired,
+    TaskPaused,
+    TaskResumed,
+    TaskRunSkipped,
+    TaskSnoozed,
+    TaskUpdated,
+)
+from taskengine_core.jobs import state_after
+
+from taskengine_store.store import Position, Statement
+
+STATUS = {
+    TaskCreated: "active",
+    TaskPaused: "paused",
+    TaskResumed: "active",
+    TaskCancelled: "canceled",  # the seed's spelling
+}
+
+DEFINITION = (
+    ("title", "text"),
+    ("description", "text"),
+    ("schedule_kind", "text"),
+    ("schedule_expr", "text"),
+    ("timezone", "text"),
+    ("payload", "jsonb"),
+    ("created_by", "uuid"),
+    ("priority", "int"),
+    ("max_retries", "int"),
+    ("backoff_strategy", "text"),
+    ("dedupe_key", "text"),
+    ("dedupe_window_seconds", "int"),
+    ("concurrency_key", "text"),
+)
+"""The definition's columns in `rm_tasks`, in `TaskDefinition`'s field order."""
+
+
+def definition_values(definition: TaskDefinition | None) -> list[Any]:
+    if definition is None:
+        return [None] * len(DEFINITION)
+    values = [getattr(definition, name) for name, _ in DEFINITION]
+    return [json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in values]
+
+
+UNSNOOZED: tuple[datetime | None, str | None] = (None, None)
+
+
+@dataclass
+class TaskChange:
+    """What a segment's events do to one task's row."""
+
+    task_uuid: UUID
+    client: str
+    version: int
+    updated_at: datetime
+    next_fire_at: datetime | None
+    created: TaskCreated | None = None
+    status: str | None = None
+    definition: TaskDefinition | None = None
+    runs: int = 0
+    skipped: int = 0
+    last_fire_at: datetime | None = None
+    snooze: tuple[datetime | None, str | None] | None = None
+    """(snoozed_until, reason) set or cleared (None, None) by the segment; None: untouched."""
+
+    def apply(self, event: TaskEvent) -> None:
+        self.version = event.version
+        self.updated_at = event.at
+        self.next_fire_at = event.next_fire_at
+        self.status = STATUS.get(type(event), self.status)
+        match event:
+            case TaskCreated():
+                self.created, self.definition = event, event.definition
+            case TaskUpdated():
+                self.definition, self.snooze = event.definition, UNSNOOZED
+            case TaskResumed():
+                self.snooze = UNSNOOZED
+            case TaskSnoozed():
+                self.snooze = (event.next_fire_at, event.reason)
+            case TaskFired():
+                self.runs += 1
+                self.last_fire_at = event.fire_at
+            case TaskRunSkipped():
+                self.skipped += 1
+        # The snoozed run came due (fired or skipped); a run_now or an event leaves it.
+        if isinstance(event, (TaskFired, TaskRunSkipped)) and event.trigger == "schedule":
+            self.snooze = UNSNOOZED
+
+    def inserted(self) -> list[Any]:
+        assert self.created is not None
+        snoozed_until, reason = self.snooze or UNSNOOZED
+        return [
+            self.task_uuid,
+            self.client,
+            *definition_values(self.definition),
+            self.status,
+            self.next_fire_at,
+            self.last_fire_at,
+            self.runs,
+            self.skipped,
+            snoozed_until,
+            reason,
+            self.created.at,
+            self.updated_at,
+            self.version,
+        ]
+
+    def moved(self) -> list[Any]:
+        snoozed_until, reason = self.snooze or UNSNOOZED
+        return [
+            self.task_uuid,
+            self.version,
+            self.updated_at,
+            self.next_fire_at,
+            self.status,
+            self.definition is not None,
+            *definition_values(self.definition),
+            self.runs,
+            self.skipped,
+            self.last_fire_at,
+            self.snooze is not None,
+            snoozed_until,
+            reason,
+        ]
+
+
+@dataclass
+class RunProgress:
+    """What a segment's events of one job do to the run it is (if it is one)."""
+
+    job_id: int
+    status: str = ""
+    version: int = 0
+    updated_at: datetime | None = None
+    attempts: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    reason: str | None = None
+
+    def apply(self, event: JobEvent) -> None:
+        self.status = str(state_after(event))
+        self.version = event.version
+        self.updated_at = event.at
+        match event:
+            case JobAdmitted():
+                self.attempts = event.attempt
+            case JobStarted():
+                self.started_at = self.started_at or event.at
+            case JobFailed() | JobRetryScheduled():
+                self.reason = event.reason
+            case JobTimedOut():
+                self.reason = f"timed out after {event.timeout:g}s"
+        if isinstance(event, TERMINAL_JOB_EVENTS):
+            self.finished_at = self.finished_at or event.at
+
+    def row(self) -> list[Any]:
+        return [
+            self.job_id,
+            self.status,
+            self.version,
+            self.updated_at,
+            self.attempts,
+            self.started_at,
+            self.finished_at,
+            self.reason,
+        ]
+
+
+def task_statements(batch: Sequence[Position], tasks: str = "rm_tasks") -> list[Statement]:
+    """The task list's INSERT (tasks created in the segment, with their later events folded
+    in) and UPDATE (tasks created before it)."""
+    changes: dict[UUID, TaskChange] = {}
+    for item in batch:
+        event = item.event
+        if not isinstance(event, TaskEvent):
+            continue
+        change = changes.get(event.id)
+        if change is None:
+            change = changes[event.id] = TaskChange(
+                event.id, event.client, event.version, event.at, event.next_fire_at
+            )
+        change.apply(event)
+    new = [c.inserted() for c in changes.values() if c.created is not None]
+    moved = [c.moved() for c in changes.values() if c.created is None]
+    statements: list[Statement] = []
+    names = ", ".join(name for name, _ in DEFINITION)
+    types = ", ".join(f"%s::{kind}[]" for _, kind in DEFINITION)
+    if new:
+        statements.append(
+            (
+                f"INSERT INTO {tasks} (task_uuid, client, {names}, status, next_fire_at,"
+                " last_fire_at, runs, skipped, snoozed_until, snooze_reason, created_at,"
+                f" updated_at, version) SELECT * FROM unnest(%s::uuid[], %s::text[], {types},"
+                " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::int[], %s::int[],"
+                " %s::timestamptz[], %s::text[], %s::timestamptz[], %s::timestamptz[],"
+                " %s::bigint[]) ON CONFLICT (task_uuid) DO NOTHING",
+                [list(column) for column in zip(*new, strict=True)],
+            )
+        )
+    if moved:
+        redefine = ", ".join(
+            f"{name} = CASE WHEN u.redefined THEN u.{name} ELSE t.{name} END"
+            for name, _ in DEFINITION
+        )
+        # A batch is applied whole, with its tracking record: the counters add up once.
+        statements.append(
+            (
+                f"UPDATE {tasks} AS t SET version = u.version, updated_at = u.updated_at,"
+                " next_fire_at = u.next_fire_at, status = coalesce(u.status, t.status),"
+                f" {redefine}, runs = t.runs + u.runs, skipped = t.skipped + u.skipped,"
+                " last_fire_at = coalesce(u.last_fire_at, t.last_fire_at),"
+                " snoozed_until = CASE WHEN u.snoozed THEN u.snoozed_until"
+                " ELSE t.snoozed_until END,"
+                " snooze_reason = CASE WHEN u.snoozed THEN u.snooze_reason"
+                " ELSE t.snooze_reason END"
+                " FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[], %s::timestamptz[],"
+                f" %s::text[], %s::bool[], {types}, %s::int[], %s::int[], %s::timestamptz[],"
+                " %s::bool[], %s::timestamptz[], %s::text[]) AS u(task_uuid, version,"
+                f" updated_at, next_fire_at, status, redefined, {names}, runs, skipped,"
+                " last_fire_at, snoozed, snoozed_until, snooze_reason)"
+                " WHERE t.task_uuid = u.task_uuid AND t.version < u.version",
+                [list(column) for column in zip(*moved, strict=True)],
+            )
+        )
+    return statements
+
+
+def run_inserts(
+    batch: Sequence[Position], runs: str = "rm_task_runs", jobs: str = "rm_jobs"
+) -> list[Statement]:
+    """Rows of the runs fired or skipped in the segment.
+
+    Runs before the segment's job-list statements: a fired run whose job was submitted in an
+    earlier batch (same commit, cut between) starts from that job's row, as the runs' UPDATE
+    would have left it had both been in one batch.
+    """
+    rows: dict[UUID, list[Any]] = {}
+    for item in batch:
+        match item.event:
+            case TaskFired() as e:
+                job_id, status, reason, duplicate_of = e.job_id, "queued", None, None
+            case TaskRunSkipped() as e:
+                job_id, status, reason, duplicate_of = None, "skipped", e.reason, e.duplicate_of
+            case _:
+                continue
+        row = [e.run_id, e.id, e.client, e.trigger, e.fire_at, job_id, status, reason]
+        rows.setdefault(e.run_id, [*row, duplicate_of, e.event_id, e.at])
+    if not rows:
+        return []
+    return [
+        (
+            f"INSERT INTO {runs} (run_id, task_uuid, client, trigger, fire_at, job_id, status,"
+            " reason, duplicate_of, event_id, attempts, created_at, finished_at, updated_at,"
+            " job_version) SELECT v.run_id, v.task_uuid, v.client, v.trigger, v.fire_at,"
+            " v.job_id, coalesce(j.state, v.status), v.reason, v.duplicate_of, v.event_id,"
+            " coalesce(j.attempt, 0), v.created_at, j.finished_at,"
+            " coalesce(j.updated_at, v.created_at), coalesce(j.version, 0)"
+            " FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::timestamptz[],"
+            " %s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::uuid[],"
+            " %s::timestamptz[]) AS v(run_id, task_uuid, client, trigger, fire_at, job_id,"
+            " status, reason, duplicate_of, event_id, created_at)"
+            f" LEFT JOIN {jobs} AS j ON j.job_id = v.job_id"
+            " ON CONFLICT (run_id) DO NOTHING",
+            [list(column) for column in zip(*rows.values(), strict=True)],
+        )
+    ]
+
+
+def run_updates(batch: Sequence[Position], runs: str = "rm_task_runs") -> list[Statement]:
+    """One UPDATE moving each run whose job has events in the segment to the job's state.
+
+    Every job of the segment is offered: whether it is a run is known only to the run rows.
+    """
+    progress: dict[int, RunProgress] = {}
+    for item in batch:
+        if isinstance(item.event, JobEvent):
+            job_id = item.event.job_id
+            progress.setdefault(job_id, RunProgress(job_id)).apply(item.event)
+    if not progress:
+        return []
+    return [
+        (
+            f"UPDATE {runs} AS r SET status = u.status, job_version = u.version,"
+            " updated_at = u.updated_at, attempts = coalesce(u.attempts, r.attempts),"
+            " started_at = coalesce(r.started_at, u.started_at),"
+            " finished_at = coalesce(r.finished_at, u.finished_at),"
+            " reason = coalesce(u.reason, r.reason)"
+            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::timestamptz[], %s::int[],"
+            " %s::timestamptz[], %s::timestamptz[], %s::text[]) AS u(job_id, status, version,"
+            " updated_at, attempts, started_at, finished_at, reason)"
+            " WHERE r.job_id = u.job_id AND r.job_version < u.version",
+            [list(column) for column in zip(*(p.row() for p in progress.values()), strict=True)],
+        )
+    ]
