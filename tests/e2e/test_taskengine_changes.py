@@ -162,7 +162,10 @@ def test_switching_off_queue_scheduled_jobs_holds_due_jobs_until_switched_on(cli
     assert duty["class"] == "QueueJobs" and duty["queue"] == "scheduler" and duty["description"]
 
     off = client.put("/scheduler", json={"schedule": "queue_scheduled_jobs", "active": False})
-    assert off.json() == {"result": "ok", "schedules": ["clear_finished_jobs"]}
+    assert off.json() == {
+        "result": "ok",
+        "schedules": ["fire_scheduled_tasks", "clear_finished_jobs"],
+    }
     job_id = submit(client, run_at=stamp(datetime.now(UTC) + timedelta(seconds=1)))
     held_until = datetime.now(UTC) + timedelta(seconds=3)
     while datetime.now(UTC) < held_until:  # due, yet held: nothing may queue it
@@ -173,7 +176,7 @@ def test_switching_off_queue_scheduled_jobs_holds_due_jobs_until_switched_on(cli
     on = client.put("/scheduler", json={"schedule": "queue_scheduled_jobs", "active": True})
     assert on.json() == {
         "result": "ok",
-        "schedules": ["queue_scheduled_jobs", "clear_finished_jobs"],
+        "schedules": ["queue_scheduled_jobs", "fire_scheduled_tasks", "clear_finished_jobs"],
     }
     becomes(client, job_id, "completed")
 

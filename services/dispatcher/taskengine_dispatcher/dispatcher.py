@@ -33,11 +33,14 @@ from taskengine_contracts.events import (
     JobSucceeded,
     JobTimedOut,
     LogLine,
+    RetryPolicy,
     StepChanged,
 )
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import execution_stream
 from taskengine_core.jobs import JobRef, JobState, advance
+from taskengine_core.settings import RuntimeSettings
+from taskengine_core.tasks import backoff_delay
 from taskengine_core.workflows import workflow
 from taskengine_store.store import Conflict, Statement
 
@@ -70,6 +73,8 @@ class Execution:
     attempt: int
     callbacks: list[str]
     custom_data: object = None
+    retry: RetryPolicy | None = None
+    concurrency_key: str | None = None
     log_version: int = 0
     lines: list[LogLine] = field(default_factory=list)
     steps: list[StepEvent] = field(default_factory=list)
@@ -171,6 +176,8 @@ class Dispatcher:
                 event.attempt,
                 spec.callbacks,
                 custom_data,
+                spec.retry,
+                spec.concurrency_key,
             )
             rows.append(
                 (
@@ -304,6 +311,8 @@ class Dispatcher:
             execution.outcome,
             self.runtime.settings,
             execution.custom_data,
+            execution.retry,
+            execution.concurrency_key,
         )  # type: ignore[arg-type]
 
     # --- recovery --------------------------------------------------------------------------
@@ -318,8 +327,13 @@ class Dispatcher:
         if not rows:
             return
         lost = Outcome("failed", "lost: the dispatcher running it stopped")
+        specs = await self.runtime.call(
+            self.runtime.store.streams, [row["job_uuid"] for row in rows], version=1
+        )
         events: list[Event] = []
         for row in rows:
+            spec = specs[row["job_uuid"]][0]
+            assert isinstance(spec, JobSubmitted), f"job {row['job_id']} has no submission"
             ref = JobRef(
                 row["job_uuid"], row["job_id"], row["client"], row["version"], JobState.RUNNING
             )
@@ -333,6 +347,8 @@ class Dispatcher:
                     lost,
                     self.runtime.settings,
                     row["custom_data"],
+                    spec.retry,
+                    spec.concurrency_key,
                 )
             )
         deletes = [(_DELETE_EXECUTION, (row["job_uuid"],)) for row in rows]
@@ -341,24 +357,43 @@ class Dispatcher:
 
 
 def ended(
-    ref, workflow_name, priority, attempt, callbacks, outcome, settings, custom_data=None
-) -> JobEvent:  # type: ignore[no-untyped-def]  # noqa: E501
-    """The event ending an attempt: success, timeout, a retry while attempts remain, or failure."""
+    ref: JobRef,
+    workflow_name: str,
+    priority: int,
+    attempt: int,
+    callbacks: list[str],
+    outcome: Outcome,
+    settings: RuntimeSettings,
+    custom_data: object = None,
+    retry: RetryPolicy | None = None,
+    concurrency_key: str | None = None,
+) -> JobEvent:
+    """The event ending an attempt: success, timeout, a retry while attempts remain, or failure.
+
+    A job with its own retry policy is retried up to `retry.max_retries` times, after a delay
+    from its backoff strategy; others up to the `retry_limit` setting after `retry_delay`."""
     common = {"workflow": workflow_name, "attempt": attempt}
     final = {"callbacks": callbacks, "custom_data": custom_data}
     if outcome.status == "succeeded":
         return advance(ref, JobSucceeded, **final, **common)
     if outcome.status == "timed_out":
         return advance(ref, JobTimedOut, timeout=outcome.timeout, **final, **common)
-    if attempt <= settings.retry_limit:
-        retry_at = datetime.now(UTC) + timedelta(seconds=settings.retry_delay)
+    limit = settings.retry_limit if retry is None else retry.max_retries
+    if attempt <= limit:
+        delay = backoff_delay(
+            "fixed" if retry is None else retry.backoff,
+            attempt,
+            base=settings.retry_delay,
+            cap=max(settings.retry_delay, settings.int("retry_max_delay")),
+        )
         return advance(
             ref,
             JobRetryScheduled,
             priority=priority,
-            retry_at=retry_at,
+            retry_at=datetime.now(UTC) + timedelta(seconds=delay),
             reason=outcome.reason,
             exit_code=outcome.exit_code,
+            concurrency_key=concurrency_key,
             **common,
         )
     return advance(

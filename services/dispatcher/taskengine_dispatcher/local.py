@@ -47,6 +47,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+PASSED_THROUGH = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER", "SHELL")
+"""What a step inherits from the dispatcher's environment (and `LC_*`): never its settings,
+which hold the database URL and keys."""
+
+
+def worker_environment() -> dict[str, str]:
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name in PASSED_THROUGH or name.startswith("LC_")
+    }
+
+
 async def run_steps(
     steps: list[Step],
     env: dict[str, str],
@@ -70,7 +83,7 @@ async def run_steps(
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, **env},
+                env={**worker_environment(), **env, **step.env},
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
                 limit=2**20,

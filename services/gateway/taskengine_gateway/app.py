@@ -18,6 +18,7 @@ from taskengine_gateway.health import Heartbeats
 from taskengine_gateway.state import GatewayState
 from taskengine_gateway.submitter import Submitter
 from taskengine_gateway.taskengine_api import TaskEngineController
+from taskengine_gateway.tasks_api import TasksController
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def create_app(state: GatewayState) -> Litestar:
         return await state.authenticator.authenticate(request)
 
     return Litestar(
-        route_handlers=[TaskEngineController],
+        route_handlers=[TaskEngineController, TasksController],
         dependencies={"gateway": Provide(provide_state), "client": Provide(provide_client)},
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         request_max_body_size=state.runtime.config.max_body_bytes,

@@ -66,6 +66,7 @@ def plan_patch(
                 run_at=run_at,
                 attempts=job.attempt,
                 semaphore_url=semaphore,
+                concurrency_key=job.concurrency_key,
             )
         )
 
@@ -79,6 +80,7 @@ def plan_patch(
                 priority=priority,
                 reason=reason,
                 attempts=job.attempt,
+                concurrency_key=job.concurrency_key,
             )
         )
 
@@ -186,6 +188,9 @@ def plan_rerun(
         timeout=timeout,
         dialect=job.dialect,
         semaphore_url=job.semaphore_url,
+        task_id=job.task_id,
+        retry=job.retry,
+        concurrency_key=job.concurrency_key,
     )
     if job.state == S.BROKEN:
         return [rerun]

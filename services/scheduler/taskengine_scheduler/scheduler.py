@@ -6,8 +6,11 @@ the scheduler appends `JobQueued` at the job's next version and drops the timer 
 transaction. A due job with a semaphore is queued only once a GET of its URL answers 2xx/3xx;
 until then its timer moves `schedule_interval` seconds ahead (no event: waiting is not news).
 
-Its other duty clears finished jobs from the read models after `retention_seconds`, by
-appending `FinishedJobsCleared`, which the projector applies.
+It fires the runs of scheduled tasks (`tasks`), and clears finished jobs from the read models
+after `retention_seconds` by appending `FinishedJobsCleared`, which the projector applies.
+
+Only one scheduler works at a time: the holder of its leader lock; others wait as standbys
+(`taskengine_store.leadership`), and every commit of the leader carries the lock's fence.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ from taskengine_core.ids import RETENTION_STREAM, SCHEDULES_STREAM
 from taskengine_core.jobs import Job, JobRef, JobState, advance
 from taskengine_core.outbound import OutboundGuard, outbound_client, parse_allowlist
 from taskengine_core.schedules import TICK, active_duties
+from taskengine_store.leadership import LeaderLock, run_as_leader
 from taskengine_store.store import Conflict, Statement
+
+from taskengine_scheduler.tasks import TaskFiring, task_statements
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +56,11 @@ GATE_CHECKS = 32
 
 _UPSERT_TIMER = (
     "INSERT INTO scheduler_timers (job_uuid, job_id, client, workflow, priority, version,"
-    " due_at, reason, attempts, semaphore_url) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " due_at, reason, attempts, semaphore_url, concurrency_key)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (job_uuid) DO UPDATE SET version = excluded.version, due_at = excluded.due_at,"
     " reason = excluded.reason, priority = excluded.priority, attempts = excluded.attempts,"
-    " semaphore_url = excluded.semaphore_url"
+    " semaphore_url = excluded.semaphore_url, concurrency_key = excluded.concurrency_key"
 )
 _DROP_TIMER = "DELETE FROM scheduler_timers WHERE job_uuid = %s"
 _FOLLOW_UPDATE = (
@@ -98,6 +105,7 @@ def timer_statements(batch: list[Delivered]) -> list[Statement]:
 
 
 def _timer(event, due_at, reason: str, attempts: int, semaphore: str | None = None) -> Statement:  # type: ignore[no-untyped-def]  # noqa: E501
+    """A timer row from a job event (each of them carries the job's concurrency key)."""
     return (
         _UPSERT_TIMER,
         (
@@ -111,6 +119,7 @@ def _timer(event, due_at, reason: str, attempts: int, semaphore: str | None = No
             reason,
             attempts,
             semaphore,
+            event.concurrency_key,
         ),
     )
 
@@ -136,15 +145,24 @@ def timer_for(job: Job) -> Statement:
             reason,
             job.attempt,
             job.semaphore_url if reason == "due" else None,
+            job.concurrency_key,
         ),
     )
 
 
 class Scheduler:
-    def __init__(self, runtime: Runtime, duties: dict[str, bool], http: httpx.AsyncClient):
+    def __init__(
+        self,
+        runtime: Runtime,
+        duties: dict[str, bool],
+        http: httpx.AsyncClient,
+        fence: Statement | None = None,
+    ):
         self.runtime = runtime
         self.duties = duties
         self.http = http
+        self.fence = fence
+        self.tasks = TaskFiring(runtime, fence)
         self.next_tick = 0.0
         self.last_clear = -float("inf")
         self.checking: set[UUID] = set()
@@ -157,11 +175,11 @@ class Scheduler:
             if isinstance(item.event, ScheduleSwitched):
                 self.duties[item.event.name] = item.event.active
                 log.info("scheduler: %s %s", item.event.name, "on" if item.event.active else "off")
-        statements = timer_statements(batch)
+        statements = timer_statements(batch) + task_statements(batch)
         if not statements:
             return False
         tracking = Tracking(NAME, batch[-1].position)
-        await self.runtime.call(self.runtime.store.commit, (), tracking, statements)
+        await self.runtime.call(self.runtime.store.commit, (), tracking, self._fenced(statements))
         self.next_tick = 0.0
         return True
 
@@ -172,6 +190,12 @@ class Scheduler:
         self.next_tick = time.monotonic() + TICK
         if self.duties["clear_finished_jobs"]:
             await self.clear_finished()
+        if self.duties["fire_scheduled_tasks"]:
+            try:
+                if await self.tasks.fire_due():
+                    self.next_tick = 0.0  # there may be more due
+            except Exception:  # e.g. the store is unreachable: the runs stay due
+                log.exception("scheduler: firing scheduled tasks failed")
         if not self.duties["queue_scheduled_jobs"]:
             return
         rows = await self.runtime.call(
@@ -197,7 +221,7 @@ class Scheduler:
             events = [self._queue(row) for row in rows]
             drops = [(_DROP_TIMER, (row["job_uuid"],)) for row in rows]
             try:
-                await self.runtime.call(store.commit, events, statements=drops)
+                await self.runtime.call(store.commit, events, None, self._fenced(drops))
                 rows = []
             except Conflict as conflict:
                 # The job moved meanwhile (updated, paused, cancelled...): rebuild its timer.
@@ -234,7 +258,9 @@ class Scheduler:
                 )
             await self.runtime.call(
                 self.runtime.store.execute,
-                [(_GATE_CLOSED, (later, row["job_uuid"], row["version"])) for row, _ in closed],
+                self._fenced(
+                    [(_GATE_CLOSED, (later, row["job_uuid"], row["version"])) for row, _ in closed]
+                ),
             )
             if self.duties["queue_scheduled_jobs"]:
                 await self.queue([row for row, why in zip(rows, answers, strict=True) if not why])
@@ -280,6 +306,9 @@ class Scheduler:
         except Exception:  # retention can wait for the next interval
             log.exception("scheduler: clearing finished jobs failed")
 
+    def _fenced(self, statements: list[Statement]) -> list[Statement]:
+        return [self.fence, *statements] if self.fence else statements
+
     @staticmethod
     def _queue(row: dict) -> JobQueued:
         state = JobState.SCHEDULED if row["reason"] == "due" else JobState.RETRY_WAIT
@@ -292,15 +321,23 @@ class Scheduler:
             priority=row["priority"],
             reason=row["reason"],
             attempts=row["attempts"],
+            concurrency_key=row["concurrency_key"],
         )
 
 
 async def scheduler(runtime: Runtime) -> None:
+    await run_as_leader(runtime.config.database_url, NAME, lambda lock: lead(runtime, lock))
+
+
+async def lead(runtime: Runtime, lock: LeaderLock) -> None:
     switches = await runtime.call(runtime.store.stream, SCHEDULES_STREAM)
     guard = OutboundGuard(parse_allowlist(runtime.config.callback_allowlist))
     async with outbound_client(guard) as http:
         service = Scheduler(
-            runtime, active_duties(e for e in switches if isinstance(e, ScheduleSwitched)), http
+            runtime,
+            active_duties(e for e in switches if isinstance(e, ScheduleSwitched)),
+            http,
+            lock.fence,
         )
         consumer = BatchConsumer(
             runtime.js,
@@ -315,6 +352,7 @@ async def scheduler(runtime: Runtime) -> None:
                 subjects.subject_for(JobBroken),
                 subjects.SETTINGS,
                 subjects.SCHEDULES,
+                subjects.TASKS,
             ],
             handler=service.on_job_events,
             handled=await runtime.call(runtime.store.tracked, NAME),

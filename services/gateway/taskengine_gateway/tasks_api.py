@@ -1,0 +1,476 @@
+"""The scheduled-tasks dialect (seed 001): `/tasks`, its actions and runs, and `/events`.
+
+Errors take this dialect's shape: `{"detail": "..."}`, and for a request field that does not
+validate, 422 with `{"detail": [{"loc": ["body", FIELD], "msg": ..., "type": ...}]}`. A task
+is read from its own stream (read-your-writes); lists come from the `rm_tasks` and
+`rm_task_runs` read models.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import msgspec
+from litestar import Controller, Request, Response, get, post, put
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from taskengine_contracts.events import TaskDefinition, TaskEvent, TopicPublished
+from taskengine_core import workflows
+from taskengine_core.clients import mask_values
+from taskengine_core.errors import DomainError, IllegalTransition
+from taskengine_core.task_lifecycle import Task, created
+from taskengine_core.tasks import (
+    BACKOFF_STRATEGIES,
+    SCHEDULE_KINDS,
+    InvalidTask,
+    check_backoff,
+    check_dedupe,
+    check_int,
+    check_key,
+    check_uuid,
+    parse_schedule,
+)
+from taskengine_store.store import Conflict
+
+from taskengine_gateway.auth import Client
+from taskengine_gateway.errors import internal_error
+from taskengine_gateway.fields import decode_object
+from taskengine_gateway.state import GatewayState
+
+FIELDS = (
+    "title",
+    "description",
+    "schedule_kind",
+    "schedule_expr",
+    "timezone",
+    "payload",
+    "created_by",
+    "priority",
+    "max_retries",
+    "backoff_strategy",
+    "dedupe_key",
+    "dedupe_window_seconds",
+    "concurrency_key",
+)
+REQUIRED = ("title", "description", "schedule_kind", "payload", "created_by")
+STATUSES = ("active", "paused", "canceled")
+DEFAULT_LIMIT, MAX_LIMIT = 50, 500
+ATTEMPTS = 3
+"""Tries of a change that raced another (usually the scheduler firing the task)."""
+_UUID = re.compile(r"[0-9a-fA-F-]{32,36}")
+
+
+class TasksError(HTTPException):
+    """An error in this dialect's shape; `detail` is a message or FastAPI-style field list."""
+
+    def __init__(self, status_code: int, detail: object):
+        super().__init__(status_code=status_code, detail="")
+        self.body = {"detail": detail}
+
+
+def invalid(field: str, message: str, kind: str = "value_error", where: str = "body") -> TasksError:
+    return TasksError(422, [{"loc": [where, field], "msg": message, "type": kind}])
+
+
+def tasks_error(request: Request, error: Exception) -> Response:
+    if isinstance(error, TasksError):
+        return Response(error.body, status_code=error.status_code)
+    if isinstance(error, InvalidTask):
+        return Response(invalid(error.field, str(error)).body, status_code=422)
+    if isinstance(error, HTTPException):
+        detail = error.detail
+        if error.status_code == 405:
+            detail = f"Method {request.method} not allowed on {request.url.path}"
+        elif error.status_code == 413:
+            detail = "Request body too large"
+        headers = (
+            {"WWW-Authenticate": "Bearer"} if isinstance(error, NotAuthorizedException) else None
+        )
+        return Response({"detail": detail}, status_code=error.status_code, headers=headers)
+    return internal_error(request, error)
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+def _body(raw: bytes) -> dict[str, Any]:
+    try:
+        return decode_object(raw)
+    except HTTPException as error:
+        detail = [{"loc": ["body"], "msg": error.detail, "type": "json_invalid"}]
+        raise TasksError(422, detail) from None
+
+
+def _string(data: dict, field: str, longest: int, empty_ok: bool = False) -> str:
+    value = data[field]
+    if not isinstance(value, str) or (not empty_ok and not value.strip()):
+        raise invalid(field, f"{field} must be a{'' if empty_ok else ' non-empty'} string")
+    if len(value) > longest:
+        raise invalid(field, f"{field} must be at most {longest} characters")
+    return value
+
+
+def _payload(value: object) -> dict[str, Any]:
+    """`{"workflow": NAME, "parameters": {...}}` or `{"steps": [...]}`, runnable as given."""
+    if not isinstance(value, dict):
+        raise invalid("payload", "payload must be an object naming a workflow or giving steps")
+    if "steps" in value:
+        workflow, parameters = (
+            "inline",
+            {"steps": value["steps"], **(value.get("parameters") or {})},
+        )
+    elif isinstance(value.get("workflow"), str):
+        workflow, parameters = value["workflow"], value.get("parameters", {})
+    else:
+        raise invalid("payload", "payload.workflow (a workflow name) or payload.steps is required")
+    if not isinstance(parameters, dict):
+        raise invalid("payload", "payload.parameters must be an object")
+    try:
+        workflows.validate(workflow, parameters)
+    except (DomainError, ValueError) as error:
+        raise invalid("payload", f"payload: {error}") from None
+    return value
+
+
+def definition_of(data: dict[str, Any], now: datetime) -> TaskDefinition:
+    """A whole task definition from a request body (defaults filled), or a 422 naming the
+    first field that does not validate."""
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise invalid(unknown[0], f"unknown field {unknown[0]!r}", "extra_forbidden")
+    for field in REQUIRED:
+        if data.get(field) is None:
+            raise invalid(field, f"{field} is required", "missing")
+    kind = data["schedule_kind"]
+    if kind not in SCHEDULE_KINDS:
+        raise invalid("schedule_kind", f"schedule_kind must be one of {', '.join(SCHEDULE_KINDS)}")
+    expr = data.get("schedule_expr")
+    if expr is not None and not isinstance(expr, str):
+        raise invalid("schedule_expr", "schedule_expr must be a string")
+    timezone = data.get("timezone") or "UTC"
+    if not isinstance(timezone, str):
+        raise invalid("timezone", "timezone must be an IANA name such as Europe/Chisinau")
+    if kind != "event" or expr is not None:
+        parse_schedule(kind, expr, timezone, now)
+    dedupe_key, window = check_dedupe(data.get("dedupe_key"), data.get("dedupe_window_seconds"))
+    concurrency = data.get("concurrency_key")
+    return TaskDefinition(
+        title=_string(data, "title", 200),
+        description=_string(data, "description", 10_000, empty_ok=True),
+        schedule_kind=kind,
+        schedule_expr=expr.strip() if isinstance(expr, str) else None,
+        timezone=timezone,
+        payload=_payload(data["payload"]),
+        created_by=check_uuid("created_by", data["created_by"]),
+        priority=check_int("priority", data.get("priority", 5)),
+        max_retries=check_int("max_retries", data.get("max_retries", 3)),
+        backoff_strategy=check_backoff(data.get("backoff_strategy", BACKOFF_STRATEGIES[0])),  # type: ignore[arg-type]
+        dedupe_key=dedupe_key,
+        dedupe_window_seconds=window,
+        concurrency_key=None if concurrency is None else check_key(concurrency, "concurrency_key"),
+    )
+
+
+def _as_body(definition: TaskDefinition) -> dict[str, Any]:
+    body = msgspec.to_builtins(definition)
+    body["created_by"] = str(definition.created_by)
+    return body
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def task_view(task: Task) -> dict[str, Any]:
+    body = _as_body(task.definition)
+    body["payload"] = mask_values(body["payload"])
+    return {
+        "id": str(task.id),
+        **body,
+        "status": task.status,
+        "next_run_at": iso(task.next_fire_at),
+        "last_run_at": iso(task.last_fire_at),
+        "snoozed_until": iso(task.snoozed_until),
+        "snooze_reason": task.snooze_reason,
+        "run_count": task.runs,
+        "created_at": iso(task.created_at),
+        "updated_at": iso(task.updated_at),
+    }
+
+
+def row_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A task of the `rm_tasks` read model in the same shape as `task_view`."""
+    return {
+        "id": str(row["task_uuid"]),
+        "title": row["title"],
+        "description": row["description"],
+        "schedule_kind": row["schedule_kind"],
+        "schedule_expr": row["schedule_expr"],
+        "timezone": row["timezone"],
+        "payload": mask_values(row["payload"]),
+        "created_by": str(row["created_by"]),
+        "priority": row["priority"],
+        "max_retries": row["max_retries"],
+        "backoff_strategy": row["backoff_strategy"],
+        "dedupe_key": row["dedupe_key"],
+        "dedupe_window_seconds": row["dedupe_window_seconds"],
+        "concurrency_key": row["concurrency_key"],
+        "status": row["status"],
+        "next_run_at": iso(row["next_fire_at"]),
+        "last_run_at": iso(row["last_fire_at"]),
+        "snoozed_until": iso(row["snoozed_until"]),
+        "snooze_reason": row["snooze_reason"],
+        "run_count": row["runs"],
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+    }
+
+
+RUN_STATUS = {"retry_wait": "retrying", "admitted": "running", "cancelled": "canceled"}
+
+
+def run_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["run_id"]),
+        "task_id": str(row["task_uuid"]),
+        "trigger": row["trigger"],
+        "status": RUN_STATUS.get(row["status"], row["status"]),
+        "scheduled_for": iso(row["fire_at"]),
+        "job_id": row["job_id"],
+        "attempts": row["attempts"],
+        "reason": row["reason"],
+        "duplicate_of": row["duplicate_of"],
+        "event_id": row["event_id"] and str(row["event_id"]),
+        "created_at": iso(row["created_at"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "updated_at": iso(row["updated_at"]),
+    }
+
+
+def _page(request: Request) -> tuple[int, int]:
+    params = request.query_params
+    try:
+        limit = int(params.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        raise invalid("limit", "limit must be an integer", where="query") from None
+    try:
+        offset = int(params.get("offset", 0))
+    except ValueError:
+        raise invalid("offset", "offset must be an integer", where="query") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise invalid("limit", f"limit must be from 1 to {MAX_LIMIT}", where="query")
+    if offset < 0:
+        raise invalid("offset", "offset must not be negative", where="query")
+    return limit, offset
+
+
+# --- the controller ---------------------------------------------------------------------------
+
+
+class TasksController(Controller):
+    """Seed 001. Every route needs a client's credentials (`Authorization: Bearer <key>`)."""
+
+    exception_handlers = {HTTPException: tasks_error, Exception: tasks_error}
+
+    @post("/tasks", operation_id="create_task", status_code=201)
+    async def create_task(self, request: Request, gateway: GatewayState, client: Client) -> dict:
+        now = datetime.now(UTC)
+        definition = definition_of(_body(await request.body()), now)
+        event = created(uuid4(), client.name, definition, now)
+        await gateway.runtime.call(gateway.runtime.store.commit, [event])
+        task = Task.fold([event])
+        assert task is not None
+        return task_view(task)
+
+    @get("/tasks", operation_id="list_tasks")
+    async def list_tasks(self, request: Request, gateway: GatewayState, client: Client) -> list:
+        params = request.query_params
+        limit, offset = _page(request)
+        where, args = ["client = %s"], [client.name]
+        if (status := params.get("status")) is not None:
+            if status not in STATUSES:
+                raise invalid(
+                    "status", f"status must be one of {', '.join(STATUSES)}", where="query"
+                )
+            where.append("status = %s")
+            args.append(status)
+        if (kind := params.get("schedule_kind")) is not None:
+            if kind not in SCHEDULE_KINDS:
+                message = f"schedule_kind must be one of {', '.join(SCHEDULE_KINDS)}"
+                raise invalid("schedule_kind", message, where="query")
+            where.append("schedule_kind = %s")
+            args.append(kind)
+        if (creator := params.get("created_by")) is not None:
+            try:
+                where.append("created_by = %s")
+                args.append(str(check_uuid("created_by", creator)))
+            except InvalidTask as error:
+                raise invalid("created_by", str(error), "uuid_parsing", "query") from None
+        sql = (
+            f"SELECT * FROM rm_tasks WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, task_uuid LIMIT %s OFFSET %s"
+        )
+        rows = await gateway.runtime.call(gateway.runtime.store.query, sql, [*args, limit, offset])
+        return [row_view(row) for row in rows]
+
+    @get("/tasks/{task_id:str}", operation_id="get_task")
+    async def get_task(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
+        return task_view(await load_task(gateway, task_id, client))
+
+    @put("/tasks/{task_id:str}", operation_id="update_task")
+    async def update_task(
+        self, task_id: str, request: Request, gateway: GatewayState, client: Client
+    ) -> dict:
+        data = _body(await request.body())
+
+        def plan(task: Task, now: datetime) -> TaskEvent:
+            unknown = sorted(set(data) - set(FIELDS))
+            if unknown:
+                raise invalid(unknown[0], f"unknown field {unknown[0]!r}", "extra_forbidden")
+            current = _as_body(task.definition)
+            if data.get("schedule_kind") not in (None, current["schedule_kind"]):
+                current["schedule_expr"] = None  # a new kind needs its own expression
+            merged = {**current, **data}
+            definition = definition_of({k: v for k, v in merged.items() if v is not None}, now)
+            after = _as_body(definition)
+            changed = [
+                field for field in FIELDS if after[field] != _as_body(task.definition)[field]
+            ]
+            return task.update(definition, changed, now)
+
+        return task_view(await change_task(gateway, task_id, client, plan))
+
+    @post("/tasks/{task_id:str}/run_now", operation_id="run_task_now", status_code=202)
+    async def run_now(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
+        requested: list = []
+
+        def plan(task: Task, now: datetime) -> TaskEvent:
+            event = task.run_now(client.name, now)
+            requested.append(event)
+            return event
+
+        task = await change_task(gateway, task_id, client, plan)
+        return {"task_id": str(task.id), "run_id": str(requested[-1].run_id), "status": "requested"}
+
+    @post("/tasks/{task_id:str}/snooze", operation_id="snooze_task", status_code=200)
+    async def snooze(
+        self, task_id: str, request: Request, gateway: GatewayState, client: Client
+    ) -> dict:
+        data = _body(await request.body())
+        if "delay_seconds" not in data:
+            raise invalid("delay_seconds", "delay_seconds is required", "missing")
+        delay = check_int("delay_seconds", data["delay_seconds"])
+        reason = data.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+            raise invalid("reason", "reason must be a string of at most 1000 characters")
+        task = await change_task(
+            gateway, task_id, client, lambda task, now: task.snooze(delay, reason, client.name, now)
+        )
+        return task_view(task)
+
+    @post("/tasks/{task_id:str}/pause", operation_id="pause_task", status_code=200)
+    async def pause(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
+        return task_view(
+            await change_task(gateway, task_id, client, lambda t, now: t.pause(client.name, now))
+        )
+
+    @post("/tasks/{task_id:str}/resume", operation_id="resume_task", status_code=200)
+    async def resume(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
+        return task_view(
+            await change_task(gateway, task_id, client, lambda t, now: t.resume(client.name, now))
+        )
+
+    @post("/tasks/{task_id:str}/cancel", operation_id="cancel_task", status_code=200)
+    async def cancel(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
+        return task_view(
+            await change_task(gateway, task_id, client, lambda t, now: t.cancel(client.name, now))
+        )
+
+    @get("/tasks/{task_id:str}/runs", operation_id="list_task_runs")
+    async def runs(
+        self, task_id: str, request: Request, gateway: GatewayState, client: Client
+    ) -> list:
+        task = await load_task(gateway, task_id, client)
+        limit, offset = _page(request)
+        rows = await gateway.runtime.call(
+            gateway.runtime.store.query,
+            "SELECT * FROM rm_task_runs WHERE task_uuid = %s"
+            " ORDER BY fire_at DESC, created_at DESC LIMIT %s OFFSET %s",
+            (task.id, limit, offset),
+        )
+        return [run_view(row) for row in rows]
+
+    @post("/events", operation_id="publish_event", status_code=202)
+    async def publish(self, request: Request, gateway: GatewayState, client: Client) -> dict:
+        data = _body(await request.body())
+        unknown = sorted(set(data) - {"topic", "payload", "source_agent_id"})
+        if unknown:
+            raise invalid(unknown[0], f"unknown field {unknown[0]!r}", "extra_forbidden")
+        if data.get("topic") is None:
+            raise invalid("topic", "topic is required", "missing")
+        topic = check_key(data["topic"], "topic")
+        payload = data.get("payload") or {}
+        if not isinstance(payload, dict):
+            raise invalid("payload", "payload must be an object")
+        source = data.get("source_agent_id")
+        if source is not None:
+            source = str(check_uuid("source_agent_id", source))
+        event = TopicPublished(
+            id=uuid4(),
+            version=1,
+            at=datetime.now(UTC),
+            client=client.name,
+            topic=topic,
+            payload=payload,
+            source_agent_id=source,
+        )
+        await gateway.runtime.call(gateway.runtime.store.commit, [event])
+        return {
+            "id": str(event.id),
+            "topic": topic,
+            "status": "accepted",
+            "received_at": iso(event.at),
+        }
+
+
+async def load_task(gateway: GatewayState, task_id: str, client: Client) -> Task:
+    """The caller's task from its stream; another client's task does not exist for it."""
+    missing = TasksError(404, "Task not found")
+    if not _UUID.fullmatch(task_id):
+        raise missing
+    try:
+        stream = UUID(task_id)
+    except ValueError:
+        raise missing from None
+    events = await gateway.runtime.call(gateway.runtime.store.stream, stream)
+    try:
+        task = Task.fold(e for e in events if isinstance(e, TaskEvent))
+    except IllegalTransition:  # the id of some other kind of stream
+        raise missing from None
+    if task is None or task.client != client.name:
+        raise missing
+    return task
+
+
+async def change_task(gateway: GatewayState, task_id: str, client: Client, plan) -> Task:  # type: ignore[no-untyped-def]
+    """Appends `plan(task, now)` at the task's next version; re-reads and plans again if the
+    task moved meanwhile (e.g. the scheduler fired it)."""
+    for _ in range(ATTEMPTS):
+        task = await load_task(gateway, task_id, client)
+        try:
+            event = plan(task, datetime.now(UTC))
+        except IllegalTransition as error:
+            raise TasksError(409, str(error)) from None
+        try:
+            await gateway.runtime.call(gateway.runtime.store.commit, [event])
+        except Conflict:
+            continue
+        task.apply(event)
+        return task
+    raise TasksError(409, "the task kept changing; retry")

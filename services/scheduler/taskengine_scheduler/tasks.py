@@ -1,0 +1,380 @@
+"""Scheduled tasks in the scheduler: when they are due, and firing their runs.
+
+The scheduler keeps one row per task (`scheduler_tasks`), written from the task events with its
+tracking record: status, definition and `next_fire_at`, as the events say. A `run_now` request
+and a published topic become rows of `scheduler_requests` in the same way (a topic matches the
+client's active `event` tasks in SQL, so nothing is read first).
+
+Every tick fires what is due, a batch per commit: for each run, `TaskFired` at the task's next
+version and the run's `JobSubmitted`, or `TaskRunSkipped` when a run with the same dedupe key
+started within the window. The run id derives from the task and the instant it was due, and
+the task's version is checked on commit, so two schedulers can never fire a run twice; only
+the leader fires at all.
+
+Downtime: a task whose fire instant passed while no scheduler ran fires once on recovery (the
+oldest missed instant, with how many more it stands for in `missed`), then goes on from the
+first instant after now.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from uuid import UUID
+
+import msgspec
+from taskengine_bus import Delivered, Runtime
+from taskengine_contracts.events import (
+    Event,
+    JobSubmitted,
+    RetryPolicy,
+    TaskCancelled,
+    TaskCreated,
+    TaskDefinition,
+    TaskEvent,
+    TaskFired,
+    TaskRunRequested,
+    TaskRunSkipped,
+    TaskUpdated,
+    TopicPublished,
+)
+from taskengine_core.ids import job_stream
+from taskengine_core.task_lifecycle import ACTIVE, CANCELED, PAUSED, Task
+from taskengine_core.tasks import Schedule, dedupe_blocks, manual_run_id, parse_schedule, run_id
+from taskengine_store.store import Conflict, Statement
+
+log = logging.getLogger(__name__)
+
+FIRE_BATCH = 2000
+"""Runs fired per commit."""
+MISSED_COUNT_LIMIT = 1000
+"""Missed instants counted one by one at most (a per-second cron down for a day: 86,400)."""
+DEFAULT_DEDUPE_WINDOW = 3600
+"""Seconds a `dedupe_key` without `dedupe_window_seconds` holds off runs with the same key."""
+
+_STATUS = {
+    "task.created": ACTIVE,
+    "task.paused": PAUSED,
+    "task.resumed": ACTIVE,
+    "task.cancelled": CANCELED,
+}
+
+_UPSERT_TASKS = (
+    "INSERT INTO scheduler_tasks (task_uuid, client, version, status, definition, next_fire_at,"
+    " created_at) SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::text[],"
+    " %s::jsonb[], %s::timestamptz[], %s::timestamptz[])"
+    " ON CONFLICT (task_uuid) DO UPDATE SET version = excluded.version,"
+    " status = COALESCE(excluded.status, scheduler_tasks.status),"
+    " definition = COALESCE(excluded.definition, scheduler_tasks.definition),"
+    " next_fire_at = excluded.next_fire_at"
+    " WHERE scheduler_tasks.version < excluded.version"
+)
+_REQUEST_RUN = (
+    "INSERT INTO scheduler_requests (task_uuid, token, trigger, fire_at, run_id, event_id)"
+    " VALUES (%s, %s, 'run_now', %s, %s, NULL) ON CONFLICT DO NOTHING"
+)
+_REQUEST_TOPIC = (
+    "INSERT INTO scheduler_requests (task_uuid, token, trigger, fire_at, run_id, event_id)"
+    " SELECT task_uuid, %s, 'event', %s, NULL, %s FROM scheduler_tasks"
+    " WHERE client = %s AND kind = 'event' AND status = 'active'"
+    " AND (topic = %s OR topic IS NULL) ON CONFLICT DO NOTHING"
+)
+_DUE = (
+    "SELECT task_uuid, client, version, status, definition, next_fire_at, created_at, NULL AS"
+    " token, NULL AS trigger, NULL AS fire_at, NULL::uuid AS run_id, NULL::uuid AS event_id"
+    " FROM scheduler_tasks WHERE status = 'active' AND next_fire_at <= now()"
+    " AND definition IS NOT NULL ORDER BY next_fire_at LIMIT %s"
+)
+_REQUESTED = (
+    "SELECT t.task_uuid, t.client, t.version, t.status, t.definition, t.next_fire_at,"
+    " t.created_at, r.token, r.trigger, r.fire_at, r.run_id, r.event_id"
+    " FROM scheduler_requests r JOIN scheduler_tasks t USING (task_uuid)"
+    " WHERE t.definition IS NOT NULL AND t.status <> 'canceled' ORDER BY r.fire_at LIMIT %s"
+)
+_MOVED = (
+    "UPDATE scheduler_tasks t SET version = m.version, next_fire_at = m.next_fire_at"
+    " FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[]) AS m(task_uuid, version,"
+    " next_fire_at) WHERE t.task_uuid = m.task_uuid"
+)
+_DONE_REQUESTS = (
+    "DELETE FROM scheduler_requests WHERE (task_uuid, token) IN"
+    " (SELECT * FROM unnest(%s::uuid[], %s::text[]))"
+)
+_DEDUPE_SEEN = (
+    "SELECT client, dedupe_key, fired_at, job_id FROM scheduler_dedupe"
+    " WHERE (client, dedupe_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+)
+_DEDUPE_FIRED = (
+    "INSERT INTO scheduler_dedupe (client, dedupe_key, fired_at, job_id)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::bigint[])"
+    " ON CONFLICT (client, dedupe_key) DO UPDATE SET fired_at = excluded.fired_at,"
+    " job_id = excluded.job_id"
+)
+_DROP_REQUESTS = "DELETE FROM scheduler_requests WHERE task_uuid = %s"
+
+
+def task_statements(batch: list[Delivered]) -> list[Statement]:
+    """What a batch of task events does to the scheduler's rows: one upsert of every task it
+    touched (its last state in the batch) and the runs it asks for."""
+    last: dict[UUID, list] = {}
+    requests: list[Statement] = []
+    for item in batch:
+        event = item.event
+        if isinstance(event, TopicPublished):
+            token = f"event:{event.id}"
+            requests.append(
+                (_REQUEST_TOPIC, (token, event.at, event.id, event.client, event.topic))
+            )
+            continue
+        if not isinstance(event, TaskEvent):
+            continue
+        row = last.setdefault(event.id, [event.id, event.client, 0, None, None, None, None])
+        row[2], row[5] = event.version, event.next_fire_at
+        row[3] = _STATUS.get(event.__struct_config__.tag, row[3])  # type: ignore[arg-type]
+        if isinstance(event, (TaskCreated, TaskUpdated)):
+            row[4] = msgspec.json.encode(event.definition).decode()
+        if isinstance(event, TaskCreated):
+            row[6] = event.at
+        if isinstance(event, TaskRunRequested):
+            requests.append((_REQUEST_RUN, (event.id, str(event.run_id), event.at, event.run_id)))
+        if isinstance(event, TaskCancelled):
+            requests.append((_DROP_REQUESTS, (event.id,)))  # a canceled task never runs again
+    statements: list[Statement] = []
+    if last:
+        columns = list(zip(*last.values(), strict=True))
+        statements.append((_UPSERT_TASKS, [list(column) for column in columns]))
+    # Requests after the upsert: a topic matches event tasks created in the same batch.
+    return statements + requests
+
+
+@dataclass
+class Due:
+    """A task with something to fire now: its schedule came, or a request."""
+
+    task_id: UUID
+    client: str
+    version: int
+    status: str
+    definition: TaskDefinition
+    next_fire_at: datetime | None
+    created_at: datetime
+    token: str | None = None
+    trigger: str | None = None
+    fire_at: datetime | None = None
+    run_id: UUID | None = None
+    event_id: UUID | None = None
+
+    @classmethod
+    def of(cls, row: dict) -> Due:
+        definition = msgspec.convert(row.pop("definition"), TaskDefinition)
+        return cls(task_id=row.pop("task_uuid"), definition=definition, **row)
+
+
+@lru_cache(maxsize=4096)
+def _schedule(kind: str, expr: str | None, timezone: str, start: datetime | None) -> Schedule:
+    return parse_schedule(kind, expr, timezone, start)
+
+
+@lru_cache(maxsize=65536)
+def _after(
+    kind: str, expr: str | None, timezone: str, start: datetime | None, after: datetime
+) -> datetime | None:
+    """Memoised: many tasks share a schedule, and all of them fire at the same instants."""
+    return _schedule(kind, expr, timezone, start).next_after(after)
+
+
+def next_fire(due: Due, now: datetime) -> tuple[datetime | None, int]:
+    """The first instant of the task's schedule after `now`, and how many instants between
+    the one firing and now were missed (not fired: downtime fires once)."""
+    d = due.definition
+    # Only an rrule's schedule depends on when the task was created (its default DTSTART):
+    # other kinds share one parse and one memo however many tasks use them.
+    start = due.created_at if d.schedule_kind == "rrule" else None
+    schedule = (d.schedule_kind, d.schedule_expr, d.timezone, start)
+    fire_at, missed = due.next_fire_at, 0
+    assert fire_at is not None
+    following = _after(*schedule, fire_at)
+    while following is not None and following <= now:
+        missed += 1
+        if missed >= MISSED_COUNT_LIMIT:
+            following = _after(*schedule, now)
+            break
+        following = _after(*schedule, following)
+    return following, missed
+
+
+class TaskFiring:
+    """Fires due runs for the scheduler, a batch per commit."""
+
+    def __init__(self, runtime: Runtime, fence: Statement | None = None):
+        self.runtime = runtime
+        self.fence = fence
+
+    async def fire_due(self) -> int:
+        """Fires what is due now (schedules first, then requests); returns how many runs."""
+        store = self.runtime.store
+        fired = 0
+        for query in (_DUE, _REQUESTED):
+            rows = await self.runtime.call(store.query, query, (FIRE_BATCH,))
+            if rows:
+                fired += await self.fire([Due.of(row) for row in rows])
+        return fired
+
+    async def fire(self, due: list[Due]) -> int:
+        store = self.runtime.store
+        while due:
+            numbers = await self.runtime.call(store.next_job_ids, len(due))
+            seen = await self._dedupe_seen(due)
+            events, statements = self._plan(due, numbers, seen, datetime.now(UTC))
+            if self.fence:
+                statements.insert(0, self.fence)
+            try:
+                await self.runtime.call(store.commit, events, None, statements)
+                return len(due)
+            except Conflict as conflict:
+                # Moved meanwhile (updated, paused, fired by another scheduler): its row is
+                # rebuilt from its stream, and the rest of the batch goes ahead.
+                await self._refresh(conflict.stale)
+                due = [d for d in due if d.task_id not in conflict.stale]
+        return 0
+
+    def _plan(
+        self, due: list[Due], numbers: list[int], seen: dict, now: datetime
+    ) -> tuple[list[Event], list[Statement]]:
+        events: list[Event] = []
+        # One statement per kind for the whole batch (not one per run): the last word on a
+        # task or a dedupe key in the batch is what a row-by-row update would have left.
+        moved: dict[UUID, tuple[int, datetime | None]] = {}
+        done: list[tuple[UUID, str]] = []
+        deduped: dict[tuple[str, str], tuple[datetime, int]] = {}
+        versions: dict[UUID, int] = {}
+        for item, number in zip(due, numbers, strict=True):
+            version = versions.get(item.task_id, item.version) + 1
+            versions[item.task_id] = version
+            definition = item.definition
+            if item.trigger is None:  # the schedule
+                fire_at = item.next_fire_at
+                try:
+                    next_at, missed = next_fire(item, now)
+                except Exception:  # it fires this once, then waits for a fix (PUT)
+                    log.exception("task %s: cannot compute its next fire", item.task_id)
+                    next_at, missed = None, 0
+                trigger, rid = "schedule", run_id(item.task_id, fire_at)  # type: ignore[arg-type]
+            else:
+                fire_at, next_at, missed = item.fire_at, item.next_fire_at, 0
+                trigger = item.trigger
+                rid = item.run_id or manual_run_id(item.task_id, item.token)  # type: ignore[arg-type]
+                done.append((item.task_id, item.token))  # type: ignore[arg-type]
+            common = {
+                "id": item.task_id,
+                "version": version,
+                "at": now,
+                "client": item.client,
+                "next_fire_at": next_at,
+                "run_id": rid,
+                "trigger": trigger,
+                "fire_at": fire_at,
+                "event_id": item.event_id,
+            }
+            moved[item.task_id] = (version, next_at)
+            key = (item.client, definition.dedupe_key) if definition.dedupe_key else None
+            window = definition.dedupe_window_seconds or DEFAULT_DEDUPE_WINDOW
+            if key and key in seen and dedupe_blocks(window, seen[key][0], now):
+                events.append(
+                    TaskRunSkipped(
+                        **common,
+                        reason=f"dedupe: a run with dedupe_key {definition.dedupe_key!r}"
+                        f" started less than {window}s before",
+                        duplicate_of=seen[key][1],
+                    )
+                )
+                continue
+            if key:
+                seen[key] = (now, number)
+                deduped[key] = (now, number)
+            events.append(TaskFired(**common, job_id=number, missed=missed))
+            events.append(self._run(item, number, now))
+        return events, _batched(moved, done, deduped)
+
+    @staticmethod
+    def _run(item: Due, number: int, now: datetime) -> JobSubmitted:
+        definition = item.definition
+        workflow, parameters = pipeline(definition.payload)
+        return JobSubmitted(
+            id=job_stream(number),
+            version=1,
+            at=now,
+            job_id=number,
+            client=item.client,
+            workflow=workflow,
+            parameters=parameters,
+            priority=definition.priority,
+            run_at=now,
+            state="queued",
+            dialect="tasks",
+            task_id=item.task_id,
+            retry=RetryPolicy(
+                max_retries=definition.max_retries, backoff=definition.backoff_strategy
+            ),
+            concurrency_key=definition.concurrency_key,
+        )
+
+    async def _dedupe_seen(self, due: list[Due]) -> dict[tuple[str, str], tuple[datetime, int]]:
+        keys = {(d.client, d.definition.dedupe_key) for d in due if d.definition.dedupe_key}
+        if not keys:
+            return {}
+        clients, names = zip(*keys, strict=True)
+        rows = await self.runtime.call(
+            self.runtime.store.query, _DEDUPE_SEEN, (list(clients), list(names))
+        )
+        return {(r["client"], r["dedupe_key"]): (r["fired_at"], r["job_id"]) for r in rows}
+
+    async def _refresh(self, stale: set[UUID]) -> None:
+        streams = await self.runtime.call(self.runtime.store.streams, stale)
+        rows: list[list] = []
+        for events in streams.values():
+            task = Task.fold(e for e in events if isinstance(e, TaskEvent))
+            if task is not None:
+                rows.append(
+                    [
+                        task.id,
+                        task.client,
+                        task.version,
+                        task.status,
+                        msgspec.json.encode(task.definition).decode(),
+                        task.next_fire_at,
+                        task.created_at,
+                    ]
+                )
+        if rows:
+            columns = [list(c) for c in zip(*rows, strict=True)]
+            statements: list[Statement] = [(_UPSERT_TASKS, columns)]
+            statements += [(_DROP_REQUESTS, (r[0],)) for r in rows if r[3] == CANCELED]
+            await self.runtime.call(self.runtime.store.execute, statements)
+
+
+def _batched(
+    moved: dict[UUID, tuple[int, datetime | None]],
+    done: list[tuple[UUID, str]],
+    deduped: dict[tuple[str, str], tuple[datetime, int]],
+) -> list[Statement]:
+    """The fired batch's row changes as one array statement each."""
+    statements: list[Statement] = []
+    if moved:
+        versions, next_fires = zip(*moved.values(), strict=True)
+        statements.append((_MOVED, (list(moved), list(versions), list(next_fires))))
+    if done:
+        statements.append((_DONE_REQUESTS, [list(column) for column in zip(*done, strict=True)]))
+    if deduped:
+        rows = [(*key, *value) for key, value in deduped.items()]
+        statements.append((_DEDUPE_FIRED, [list(column) for column in zip(*rows, strict=True)]))
+    return statements
+
+
+def pipeline(payload: dict) -> tuple[str, dict]:
+    """The workflow and parameters a task's payload names (inline steps run as `inline`)."""
+    if "steps" in payload:
+        return "inline", {"steps": payload["steps"], **dict(payload.get("parameters") or {})}
+    return str(payload["workflow"]), dict(payload.get("parameters") or {})
