@@ -11,7 +11,7 @@ from taskengine_core.outbound import webhook_secret
 from taskengine_core.workflows import BUILT_IN
 from taskengine_store.store import EventStore
 
-from taskengine_cli import ops
+from taskengine_cli import ops, probe
 from taskengine_cli.clients import ClientError, register, revoke
 from taskengine_cli.endpoints import database_url, webhook_key
 
@@ -160,6 +160,7 @@ def parser() -> argparse.ArgumentParser:
 
     workflows = sub.add_parser("workflows", help="list workflows").add_subparsers(required=True)
     workflows.add_parser("list").set_defaults(func=cmd_workflows)
+    probe.register(sub)
     return root
 
 

@@ -1,0 +1,193 @@
+"""k8s/: what `kubectl apply -k` sends, rendered by the real kustomize (`kubectl kustomize`)
+and validated against the Kubernetes OpenAPI schemas (kubernetes-validate)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from kubernetes_validate.utils import all_versions
+from taskengine_cli.supervisor import SERVICES
+
+from tests.deploy.files import SETTINGS, check_command, kustomize
+
+LAYOUTS = ("base", "overlays/production")
+# The newest schemas the package has, and an older cluster we still mean to run on.
+VERSIONS = (all_versions()[-1], "1.29.0")
+SINGLETONS = ("relay", "projector", "dispatcher", "notifier")
+SECRET = "taskengine"
+DISPATCHER_ACCOUNT = "taskengine-dispatcher"
+DISPATCHER_RULES = [
+    {
+        "apiGroups": ["batch"],
+        "resources": ["jobs"],
+        "verbs": ["create", "get", "list", "watch", "delete"],
+    },
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+]
+
+
+def of_kind(layout: str, kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in kustomize(layout) if o["kind"] == kind}
+
+
+def deployments(layout: str) -> dict[str, dict[str, Any]]:
+    """Service name -> its Deployment."""
+    found = of_kind(layout, "Deployment")
+    return {name.removeprefix("taskengine-"): d for name, d in found.items()}
+
+
+def pod_specs(layout: str) -> dict[str, dict[str, Any]]:
+    specs = {n: d["spec"]["template"]["spec"] for n, d in deployments(layout).items()}
+    for name, job in of_kind(layout, "Job").items():
+        specs[name] = job["spec"]["template"]["spec"]
+    return specs
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_object_is_valid_by_the_kubernetes_schemas(layout, version):
+    objects = kustomize(layout)
+    assert objects
+    for obj in objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = "/".join(map(str, error.absolute_path))
+            raise AssertionError(f"{where} at {path}: {error.message}") from None
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_deployment_per_service_runs_its_real_command(layout):
+    found = deployments(layout)
+    assert set(found) == set(SERVICES)
+    for name, deployment in found.items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert "command" not in container, "args keep the image's entrypoint (tini)"
+        assert container["args"] == ["python", "-m", f"taskengine_{name}"]
+        check_command(container["args"])
+    (migrate,) = of_kind(layout, "Job")["taskengine-migrate"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert migrate["args"] == ["taskengine", "migrate"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_replicas_and_update_strategies_keep_single_services_single(layout):
+    found = deployments(layout)
+    for name in SINGLETONS:
+        assert found[name]["spec"]["replicas"] == 1, name
+        assert found[name]["spec"]["strategy"] == {"type": "Recreate"}, name
+    assert found["admission"]["spec"]["replicas"] == 2  # active / standby
+    assert found["scheduler"]["spec"]["replicas"] == 2  # active / standby
+    assert found["gateway"]["spec"]["replicas"] >= 2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_container_has_probes_that_check_it_and_sized_resources(layout):
+    for name, deployment in deployments(layout).items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert probe in container, f"{name}: no {probe}"
+            if "exec" in container[probe]:
+                command = container[probe]["exec"]["command"]
+                assert command == ["taskengine", "probe", name]
+                check_command(command)
+            else:
+                assert name == "gateway"
+                ports = {p["name"] for p in container["ports"]}
+                assert container[probe]["httpGet"]["port"] in ports
+                assert container[probe]["httpGet"]["path"] == "/"  # /health needs a client key
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{name} {bound}"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_gateway_service_reaches_the_gateway_pods(layout):
+    service = of_kind(layout, "Service")["taskengine-gateway"]
+    pods = deployments(layout)["gateway"]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pods["metadata"]["labels"].items()
+    (container,) = pods["spec"]["containers"]
+    assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in container["ports"]}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_settings_are_real_and_secrets_are_only_referenced(layout):
+    assert not of_kind(layout, "Secret"), "secret values are never committed"
+    (config,) = of_kind(layout, "ConfigMap").values()
+    assert set(config["data"]) <= SETTINGS, set(config["data"]) - SETTINGS
+    for name, spec in pod_specs(layout).items():
+        for container in spec["containers"]:
+            for source in container.get("envFrom", []):
+                assert source == {"configMapRef": {"name": config["metadata"]["name"]}}, name
+            names = {e["name"] for e in container.get("env", [])}
+            assert names <= SETTINGS, f"{name}: {names - SETTINGS} are not settings"
+            for variable in container.get("env", []):
+                if "value" in variable:  # a literal: only a name, never a secret
+                    assert variable["name"] == "TASKENGINE_INSTANCE", variable
+                    continue
+                ref = variable["valueFrom"]["secretKeyRef"]
+                assert ref["name"] == SECRET
+                assert ref["key"] in ("database-url", "webhook-key")
+            assert "TASKENGINE_DATABASE_URL" in names, name
+    assert "TASKENGINE_NATS_URL" in config["data"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_only_the_dispatcher_may_use_the_kubernetes_api(layout):
+    objects = kustomize(layout)
+    bindings = [o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    subjects = [s for b in bindings for s in b["subjects"]]
+    assert [(s["kind"], s["name"]) for s in subjects] == [("ServiceAccount", DISPATCHER_ACCOUNT)]
+    assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    (role,) = of_kind(layout, "Role").values()
+    assert bindings[0]["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert role["rules"] == DISPATCHER_RULES
+    accounts = of_kind(layout, "ServiceAccount")
+    assert set(accounts) == {"taskengine", DISPATCHER_ACCOUNT}
+    assert accounts["taskengine"]["automountServiceAccountToken"] is False
+    for name, spec in pod_specs(layout).items():
+        if name == "dispatcher":
+            assert spec["serviceAccountName"] == DISPATCHER_ACCOUNT
+            continue
+        assert spec["serviceAccountName"] == "taskengine", name
+        assert spec["automountServiceAccountToken"] is False, name
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_disruption_budgets_cover_the_replicated_services_and_allow_drains(layout):
+    found = deployments(layout)
+    budgets = of_kind(layout, "PodDisruptionBudget").values()
+    covered = set()
+    for budget in budgets:
+        selector = budget["spec"]["selector"]["matchLabels"]
+        matched = [
+            name
+            for name, d in found.items()
+            if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(matched) == 1, budget["metadata"]["name"]
+        assert budget["spec"]["minAvailable"] < found[matched[0]]["spec"]["replicas"]
+        covered.add(matched[0])
+    assert covered == {"gateway", "admission", "scheduler"}
+
+
+def test_the_production_overlay_pins_the_image_and_sets_namespace_replicas_and_sizes():
+    base, production = deployments("base"), deployments("overlays/production")
+    objects = kustomize("overlays/production")
+    namespaced = [o for o in objects if o["kind"] != "Namespace"]
+    assert {o["metadata"].get("namespace") for o in namespaced} == {"taskengine"}
+    for spec in pod_specs("overlays/production").values():
+        image = spec["containers"][0]["image"]
+        assert ":" in image and not image.endswith(":latest"), image
+    assert production["gateway"]["spec"]["replicas"] > base["gateway"]["spec"]["replicas"]
+    gateway = [
+        d["gateway"]["spec"]["template"]["spec"]["containers"][0] for d in (base, production)
+    ]
+    assert gateway[0]["resources"] != gateway[1]["resources"]
