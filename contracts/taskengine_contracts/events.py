@@ -42,6 +42,8 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
     max_retries: int
     backoff: Literal["exponential_jitter", "linear", "fixed"] = "fixed"
+    transient_only: bool = False
+    """Retry only failures classified transient (OOMKilled, Evicted, DeadlineExceeded, lost)."""
 
 
 class JobSubmitted(JobEvent, frozen=True, kw_only=True, tag="job.submitted"):
@@ -63,6 +65,9 @@ class JobSubmitted(JobEvent, frozen=True, kw_only=True, tag="job.submitted"):
     """The job's own retry policy; None: the `retry_limit` / `retry_delay` settings."""
     concurrency_key: str | None = None
     """At most one job of the client with this key holds a slot at a time."""
+    attributes: JsonObject = {}
+    """What the job's dialect keeps with it (a work task: type, project_id, task_spec,
+    resource_requirements, data_access, its priority as given)."""
 
 
 class JobQueued(JobEvent, frozen=True, kw_only=True, tag="job.queued"):
@@ -90,12 +95,25 @@ class JobAdmitted(JobEvent, frozen=True, kw_only=True, tag="job.admitted"):
 
 
 class JobStarted(JobEvent, frozen=True, kw_only=True, tag="job.started"):
-    """An executor accepted the attempt and the workflow is running."""
+    """An executor accepted the attempt and the workflow is running (a remote worker: it was
+    spawned, e.g. as Kubernetes Job `job_name` on `cluster`)."""
 
     workflow: str
     attempt: int
     executor: str
     callbacks: list[str] = []
+    job_name: str | None = None
+    cluster: str | None = None
+    memory: str | None = None
+    """The memory limit this attempt runs with, when the job asks for one."""
+
+
+class JobExecuting(JobEvent, frozen=True, kw_only=True, tag="job.executing"):
+    """The attempt's worker reported that it runs (a remote worker's first report)."""
+
+    attempt: int
+    by: str
+    metadata: JsonObject = {}
 
 
 class JobSucceeded(JobEvent, frozen=True, kw_only=True, tag="job.succeeded"):
@@ -104,6 +122,9 @@ class JobSucceeded(JobEvent, frozen=True, kw_only=True, tag="job.succeeded"):
     callbacks: list[str] = []
     custom_data: object = None
     """The job's `parameters.custom_data`, echoed to callbacks at the job's end."""
+    output_location: str | None = None
+    metadata: JsonObject = {}
+    """What a worker reported with its result."""
 
 
 class JobFailed(JobEvent, frozen=True, kw_only=True, tag="job.failed"):
@@ -115,6 +136,7 @@ class JobFailed(JobEvent, frozen=True, kw_only=True, tag="job.failed"):
     exit_code: int | None = None
     callbacks: list[str] = []
     custom_data: object = None
+    metadata: JsonObject = {}
 
 
 class JobTimedOut(JobEvent, frozen=True, kw_only=True, tag="job.timed_out"):
@@ -135,6 +157,10 @@ class JobRetryScheduled(JobEvent, frozen=True, kw_only=True, tag="job.retry_sche
     reason: str
     exit_code: int | None = None
     concurrency_key: str | None = None
+    transient: str | None = None
+    """The transient failure retried (OOMKilled, Evicted, DeadlineExceeded, lost), if so."""
+    memory: str | None = None
+    """The raised memory limit the next attempt runs with (after OOMKilled)."""
 
 
 class JobCancelled(JobEvent, frozen=True, kw_only=True, tag="job.cancelled"):
@@ -184,6 +210,7 @@ JOB_EVENTS = (
     JobQueued,
     JobAdmitted,
     JobStarted,
+    JobExecuting,
     JobSucceeded,
     JobFailed,
     JobTimedOut,
@@ -421,6 +448,7 @@ AnyEvent = (
     | JobQueued
     | JobAdmitted
     | JobStarted
+    | JobExecuting
     | JobSucceeded
     | JobFailed
     | JobTimedOut

@@ -24,6 +24,7 @@ from taskengine_contracts.events import (
     JobBroken,
     JobCancelled,
     JobEvent,
+    JobExecuting,
     JobFailed,
     JobPaused,
     JobQueued,
@@ -107,6 +108,9 @@ EXAMPLES: dict[type[Event], Event] = {
         attempt=1,
         executor="local-1",
         callbacks=["http://receiver.local/hook"],
+    ),
+    JobExecuting: JobExecuting(
+        **JOB_FIELDS, version=5, attempt=1, by="worker-1", metadata={"pod": "p-1"}
     ),
     JobSucceeded: JobSucceeded(**JOB_FIELDS, version=5, workflow="echo", attempt=1),
     JobFailed: JobFailed(
@@ -260,6 +264,7 @@ TAGS = {
     JobAdmitted: "job.admitted",
     JobStarted: "job.started",
     JobSucceeded: "job.succeeded",
+    JobExecuting: "job.executing",
     JobFailed: "job.failed",
     JobTimedOut: "job.timed_out",
     JobRetryScheduled: "job.retry_scheduled",

@@ -77,6 +77,13 @@ class _Engine:
             self._store = EventStore(self.database_url, pool_size=2, create_tables=True)
         return self._store
 
+    def write_workflow(self, filename: str, text: str) -> Path:
+        """Puts a workflow file in the engine's workflows directory (`<data dir>/workflows`)."""
+        path = self.data_dir / "workflows" / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
     def client(self, who: tuple[str, str] = ADMIN) -> httpx.Client:
         headers = {"client": who[0], "api-key": who[1]}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
@@ -227,15 +234,21 @@ class Services(_Engine):
 
 
 @contextmanager
-def running_system(postgres_url: str, name: str) -> Iterator[System]:
-    """A system of its own (fresh database, own NATS) for a whole test module."""
+def running_system(
+    postgres_url: str, name: str, workflows: dict[str, str] | None = None
+) -> Iterator[System]:
+    """A system of its own (fresh database, own NATS) for a whole test module; `workflows`
+    (file name: YAML) are in its workflows directory before it starts."""
     from tests.support.servers import drop_database, fresh_database, nats_server, scratch_dir
 
     root = scratch_dir(f"te-{name}-")
     database_url = fresh_database(postgres_url)
     try:
         with nats_server(root) as nats_url:
-            system = System(root, nats_url, database_url).start()
+            system = System(root, nats_url, database_url)
+            for filename, text in (workflows or {}).items():
+                system.write_workflow(filename, text)
+            system.start()
             try:
                 yield system
             finally:

@@ -21,6 +21,7 @@ from taskengine_contracts.events import Heartbeat, SettingChanged
 from taskengine_core.config import EngineSettings, engine_settings
 from taskengine_core.ids import SETTINGS_STREAM
 from taskengine_core.settings import RuntimeSettings
+from taskengine_core.workflows import allow_inline, load_registry
 from taskengine_store.store import EventStore
 
 from taskengine_bus.bus import connect, ensure_stream
@@ -107,6 +108,8 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     if not config.database_url or not config.nats_url:
         sys.exit(f"{name}: TASKENGINE_DATABASE_URL and TASKENGINE_NATS_URL must be set")
+    load_registry(config.workflows_dir)  # the operators' workflows, next to the built-ins
+    allow_inline(config.inline_steps)
 
     async def start() -> None:
         store = EventStore(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +30,42 @@ class EngineSettings(BaseSettings):
     log_level: str = "INFO"
     max_body_bytes: int = 524_288  # an event must fit NATS's default 1 MB max payload
     pool_size: int = 4
+    executor: str = Field(
+        default="local",
+        description="how the dispatcher runs attempts: local (in-process steps), process (a"
+        " `taskengine worker` subprocess reporting over HTTP) or kubernetes (a Job per attempt)",
+    )
+    gateway_url: str = Field(
+        default="",
+        description="where remote workers report (default http://<host>:<port>)",
+    )
+    inline_steps: bool = Field(
+        default=False,
+        description="accept the `inline` workflow, whose steps (commands) the client gives:"
+        " only where every client may run commands on the executors",
+    )
+    max_memory: str = Field(
+        default="16Gi", description="the highest memory limit an OOM retry raises a task to"
+    )
+    worker_auth_token: str = Field(
+        default="",
+        validation_alias="WORKER_AUTH_TOKEN",
+        description="a token every worker may report with (the seed's WORKER_AUTH_TOKEN)",
+    )
+    workflows_dir: Path | None = Field(
+        default=None,
+        description="operators' workflows, one per *.yaml file (default <data_dir>/workflows)",
+    )
+    worker_image: str = Field(
+        default="taskengine:latest",
+        description="what a Kubernetes Job runs for a workflow that names no image",
+    )
+
+    @model_validator(mode="after")
+    def _workflows_in_data_dir(self) -> EngineSettings:
+        if self.workflows_dir is None:
+            self.workflows_dir = self.data_dir / "workflows"
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -19,6 +19,7 @@ from taskengine_contracts.events import (
     JobBroken,
     JobCancelled,
     JobEvent,
+    JobExecuting,
     JobFailed,
     JobPaused,
     JobQueued,
@@ -62,6 +63,7 @@ TRANSITIONS: dict[type[JobEvent], tuple[frozenset[JobState], JobState | None]] =
     JobQueued: (frozenset({S.SCHEDULED, S.RETRY_WAIT, S.PAUSED}), S.QUEUED),
     JobAdmitted: (frozenset({S.QUEUED}), S.ADMITTED),
     JobStarted: (frozenset({S.ADMITTED}), S.RUNNING),
+    JobExecuting: (frozenset({S.RUNNING}), S.RUNNING),
     JobSucceeded: (frozenset({S.RUNNING}), S.SUCCEEDED),
     JobFailed: (frozenset({S.ADMITTED, S.RUNNING}), S.FAILED),
     JobTimedOut: (frozenset({S.RUNNING}), S.TIMED_OUT),
@@ -145,6 +147,20 @@ class Job(msgspec.Struct):
     task_id: UUID | None = None
     retry: RetryPolicy | None = None
     concurrency_key: str | None = None
+    attributes: dict[str, object] = {}
+    timeout: float | None = None
+    retries: int = 0
+    """Attempts that failed and were retried."""
+    retry_reason: str | None = None
+    executing: bool = False
+    """The current attempt's worker reported that it runs."""
+    executor: str | None = None
+    job_name: str | None = None
+    cluster: str | None = None
+    memory: str | None = None
+    """The memory limit of the next (or current) attempt, when raised after OOMKilled."""
+    output_location: str | None = None
+    metadata: dict[str, object] = {}
 
     @property
     def failed(self) -> bool:
@@ -182,6 +198,8 @@ class Job(msgspec.Struct):
             task_id=event.task_id,
             retry=event.retry,
             concurrency_key=event.concurrency_key,
+            attributes=event.attributes,
+            timeout=event.timeout,
         )
 
     def apply(self, event: JobEvent) -> Job:
@@ -208,14 +226,28 @@ class Job(msgspec.Struct):
                 self.attempt = attempt
             case JobStarted():
                 self.started_at = self.started_at or event.at
+                self.executing = False
+                self.executor, self.job_name, self.cluster = (
+                    event.executor,
+                    event.job_name,
+                    event.cluster,
+                )
+            case JobExecuting(metadata=metadata):
+                self.executing, self.metadata = True, metadata
             case JobRetryScheduled(reason=reason, exit_code=code, retry_at=retry_at):
                 self.failure, self.exit_code, self.run_at = reason, code, retry_at
+                self.retries += 1
+                self.retry_reason = event.transient or reason
+                self.memory = event.memory or self.memory
             case JobFailed(reason=reason, exit_code=code):
                 self.failure, self.exit_code, self.finished_at = reason, code, event.at
+                self.metadata = event.metadata or self.metadata
             case JobTimedOut(timeout=timeout):
                 self.failure, self.finished_at = f"timed out after {timeout:g}s", event.at
             case JobSucceeded():
                 self.failure, self.exit_code, self.finished_at = None, None, event.at
+                self.output_location = event.output_location
+                self.metadata = event.metadata or self.metadata
             case JobCancelled():
                 self.finished_at = event.at
         return self

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 from taskengine_core.errors import UnknownWorkflow
-from taskengine_core.workflows import BUILT_IN, Step, validate, workflow
+from taskengine_core.workflows import BUILT_IN, Step, allow_inline, validate, workflow
 
 
 def run(step: Step) -> subprocess.CompletedProcess[str]:
@@ -165,7 +165,19 @@ def test_validate_refuses_nan_seconds():
         validate("sleep", {"seconds": "nan"})
 
 
-def test_inline_steps_run_as_given():
+@pytest.fixture
+def inline_allowed():
+    allow_inline(True)
+    yield
+    allow_inline(False)
+
+
+def test_inline_steps_are_refused_unless_the_operator_allows_them():
+    with pytest.raises(ValueError, match="TASKENGINE_INLINE_STEPS=true"):
+        validate("inline", {"steps": [{"name": "a", "run": ["id"]}]})
+
+
+def test_inline_steps_run_as_given(inline_allowed):
     steps = workflow("inline").steps(
         {
             "steps": [
@@ -195,6 +207,6 @@ def test_inline_steps_run_as_given():
         ([{"name": "a", "run": ["x"], "cwd": "/"}], "unknown fields: cwd"),
     ],
 )
-def test_inline_steps_that_could_not_run_are_refused(steps, problem):
+def test_inline_steps_that_could_not_run_are_refused(inline_allowed, steps, problem):
     with pytest.raises(ValueError, match=re.escape(problem)):
         validate("inline", {"steps": steps})

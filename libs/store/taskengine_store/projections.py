@@ -26,6 +26,7 @@ from taskengine_contracts.events import (
     JobBroken,
     JobCancelled,
     JobEvent,
+    JobExecuting,
     JobFailed,
     JobPaused,
     JobQueued,
@@ -75,7 +76,11 @@ def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
             text = f"job admitted, attempt {event.attempt} ({event.running}/{event.max_jobs} slots)"
             return [("INFO", "controller", text, 0)]
         case JobStarted():
-            return [("INFO", "worker", f"attempt {event.attempt} started ({event.executor})", 0)]
+            where = f", Kubernetes Job {event.job_name}" if event.job_name else ""
+            text = f"attempt {event.attempt} started ({event.executor}{where})"
+            return [("INFO", "worker", text, 0)]
+        case JobExecuting():
+            return [("INFO", "worker", f"attempt {event.attempt} executing ({event.by})", 0)]
         case ExecutionLogged():
             return [
                 (line.severity, "worker", mask_secrets(line.text), line.step)
@@ -220,10 +225,12 @@ def _project_segment(
         statements.append(
             (
                 f"INSERT INTO {jobs} (job_uuid, job_id, client, workflow, priority, state, attempt,"
-                " created_at, updated_at, run_at, version, parameters, persist, finished_at)"
+                " created_at, updated_at, run_at, version, parameters, persist, finished_at,"
+                " dialect, attributes, executing)"
                 " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[],"
                 " %s::int[], %s::text[], %s::int[], %s::timestamptz[], %s::timestamptz[],"
-                " %s::timestamptz[], %s::bigint[], %s::jsonb[], %s::bool[], %s::timestamptz[])"
+                " %s::timestamptz[], %s::bigint[], %s::jsonb[], %s::bool[], %s::timestamptz[],"
+                " %s::text[], %s::jsonb[], %s::bool[])"
                 " ON CONFLICT (job_uuid) DO NOTHING",
                 [list(c) for c in columns],
             )
@@ -237,10 +244,12 @@ def _project_segment(
                 " updated_at = u.updated_at, attempt = coalesce(u.attempt, j.attempt),"
                 " priority = coalesce(u.priority, j.priority),"
                 " run_at = coalesce(u.run_at, j.run_at), persist = coalesce(u.persist, j.persist),"
-                " finished_at = coalesce(j.finished_at, u.finished_at)"
+                " finished_at = coalesce(j.finished_at, u.finished_at),"
+                " executing = coalesce(u.executing, j.executing)"
                 " FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::timestamptz[], %s::int[],"
-                " %s::int[], %s::timestamptz[], %s::bool[], %s::timestamptz[]) AS u(job_uuid,"
-                " state, version, updated_at, attempt, priority, run_at, persist, finished_at)"
+                " %s::int[], %s::timestamptz[], %s::bool[], %s::timestamptz[], %s::bool[])"
+                " AS u(job_uuid, state, version, updated_at, attempt, priority, run_at, persist,"
+                " finished_at, executing)"
                 " WHERE j.job_uuid = u.job_uuid AND j.version < u.version",
                 [list(c) for c in columns],
             )
@@ -274,6 +283,8 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
         run_at = event.run_at
     persist = event.persist if isinstance(event, JobUpdated) else None
     finished_at = event.at if isinstance(event, _FINISHING) else None
+    executing = True if isinstance(event, JobExecuting) else None
+    executing = False if isinstance(event, JobStarted) else executing
     if isinstance(event, JobSubmitted):
         new[event.id] = [
             event.id,
@@ -290,6 +301,9 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
             json.dumps(event.parameters, sort_keys=True),
             False,
             None,
+            event.dialect,
+            json.dumps(event.attributes, sort_keys=True),
+            False,
         ]
     elif event.id in new:
         row = new[event.id]
@@ -299,6 +313,7 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
         row[9] = run_at or row[9]
         row[12] = persist if persist is not None else row[12]
         row[13] = row[13] or finished_at
+        row[16] = executing if executing is not None else row[16]
     else:
         previous = moved.get(event.id)
         moved[event.id] = [
@@ -311,6 +326,7 @@ def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
             run_at or (previous[6] if previous else None),
             persist if persist is not None else (previous[7] if previous else None),
             (previous[8] if previous else None) or finished_at,
+            executing if executing is not None else (previous[9] if previous else None),
         ]
 
 

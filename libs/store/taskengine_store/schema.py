@@ -115,6 +115,12 @@ CREATE INDEX IF NOT EXISTS rm_jobs_client_created ON rm_jobs (client, created_at
 ALTER TABLE rm_jobs ADD COLUMN IF NOT EXISTS finished_at timestamptz;
 CREATE INDEX IF NOT EXISTS rm_jobs_finished ON rm_jobs (finished_at)
     WHERE finished_at IS NOT NULL AND NOT persist;
+-- The dialect a job came through and what it keeps with it (a work task's type, project...);
+-- `executing`: its remote worker reported that it runs.
+ALTER TABLE rm_jobs ADD COLUMN IF NOT EXISTS dialect text NOT NULL DEFAULT 'taskengine';
+ALTER TABLE rm_jobs ADD COLUMN IF NOT EXISTS attributes jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE rm_jobs ADD COLUMN IF NOT EXISTS executing boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS rm_jobs_client_dialect ON rm_jobs (client, dialect, state);
 
 CREATE TABLE IF NOT EXISTS rm_job_log (
     id bigint PRIMARY KEY,

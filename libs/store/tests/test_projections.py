@@ -292,6 +292,9 @@ def test_a_submission_and_its_later_events_in_one_batch_make_one_insert_and_no_u
         '{"failures": 1}',  # the parameters, for search and listing
         False,  # persist
         events[-1].at,  # finished_at: the success
+        "taskengine",  # the dialect it came through
+        "{}",  # the dialect's attributes
+        False,  # executing: no remote worker reported
     ]
     # the row matches the job folded from the same events
     assert row[4:7] == [job.priority, str(job.state), job.attempt]
@@ -312,7 +315,7 @@ def test_events_of_a_job_submitted_in_an_earlier_batch_make_one_update_with_the_
     query, _ = statement(statements, "UPDATE rm_jobs")
     assert "j.version < u.version" in query  # an older replayed update never wins
     assert jobs_update(statements) == [
-        [JOB, "succeeded", 8, events[-1].at, 2, 2, RETRY_AT, None, events[-1].at]
+        [JOB, "succeeded", 8, events[-1].at, 2, 2, RETRY_AT, None, events[-1].at, False]
     ]
 
 
@@ -322,13 +325,24 @@ def test_an_update_carries_attempt_priority_and_run_at_from_earlier_events_in_th
     retry, queued = events[3], events[4]
     cancelled = advance(JobRef.of(queued), JobCancelled, at=T0 + timedelta(1), reason="x", by="b")
     [row] = jobs_update(project(positioned([retry, queued, cancelled])))
-    assert row == [JOB, "cancelled", 6, T0 + timedelta(1), 1, 2, RETRY_AT, None, T0 + timedelta(1)]
+    assert row == [
+        JOB,
+        "cancelled",
+        6,
+        T0 + timedelta(1),
+        1,
+        2,
+        RETRY_AT,
+        None,
+        T0 + timedelta(1),
+        None,
+    ]
 
 
 def test_an_update_leaves_unknown_columns_null_for_coalesce():
     cancelled = JobCancelled(**job_fields(2), reason="x", by="b")
     [row] = jobs_update(project(positioned([cancelled])))
-    assert row == [JOB, "cancelled", 2, cancelled.at, None, None, None, None, cancelled.at]
+    assert row == [JOB, "cancelled", 2, cancelled.at, None, None, None, None, cancelled.at, None]
 
 
 def test_two_jobs_in_one_batch_get_one_row_each():

@@ -8,7 +8,7 @@ import sys
 from taskengine_core.clients import new_key
 from taskengine_core.config import engine_settings
 from taskengine_core.outbound import webhook_secret
-from taskengine_core.workflows import BUILT_IN
+from taskengine_core.workflows import BUILT_IN, Registry
 from taskengine_store.store import EventStore
 
 from taskengine_cli import ops, probe
@@ -109,9 +109,15 @@ def cmd_republish(args: argparse.Namespace) -> int:
 
 
 def cmd_workflows(args: argparse.Namespace) -> int:
-    for name, workflow in sorted(BUILT_IN.items()):
-        print(f"{name}\t{workflow.describe}")
-    return 0
+    config = engine_settings()
+    registry = Registry(config.workflows_dir).load()
+    for name, flow in sorted({**BUILT_IN, **registry.workflows}.items()):
+        image = flow.image or f"{config.worker_image} (default)"
+        steps = "-" if flow.defined_steps is None else str(len(flow.defined_steps))
+        print(f"{name}\t{flow.source}\t{image}\t{steps}\t{flow.describe}")
+    for problem in registry.problems:
+        print(f"taskengine: {problem}", file=sys.stderr)
+    return 1 if registry.problems else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -159,7 +165,11 @@ def parser() -> argparse.ArgumentParser:
     republish.set_defaults(func=cmd_republish)
 
     workflows = sub.add_parser("workflows", help="list workflows").add_subparsers(required=True)
-    workflows.add_parser("list").set_defaults(func=cmd_workflows)
+    listing = (
+        "built-ins and those in TASKENGINE_WORKFLOWS_DIR: name, source, image, steps,"
+        " description; malformed files go to stderr as path:line: problem, and exit 1"
+    )
+    workflows.add_parser("list", help=listing, description=listing).set_defaults(func=cmd_workflows)
     probe.register(sub)
     return root
 

@@ -86,7 +86,7 @@ class Supervisor:
 
     def run(self) -> int:
         data_dir = self.config.data_dir.resolve()
-        for sub in ("logs", "run"):
+        for sub in ("logs", "run", "workflows"):
             (data_dir / sub).mkdir(parents=True, exist_ok=True)
         lock = open(data_dir / "run" / "supervisor.lock", "a+")  # noqa: SIM115  (held until exit)
         try:
