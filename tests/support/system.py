@@ -235,17 +235,21 @@ class Services(_Engine):
 
 @contextmanager
 def running_system(
-    postgres_url: str, name: str, workflows: dict[str, str] | None = None
+    postgres_url: str,
+    name: str,
+    workflows: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[System]:
     """A system of its own (fresh database, own NATS) for a whole test module; `workflows`
-    (file name: YAML) are in its workflows directory before it starts."""
+    (file name: YAML) are in its workflows directory before it starts; `env` adds to (or
+    overrides) its environment."""
     from tests.support.servers import drop_database, fresh_database, nats_server, scratch_dir
 
     root = scratch_dir(f"te-{name}-")
     database_url = fresh_database(postgres_url)
     try:
         with nats_server(root) as nats_url:
-            system = System(root, nats_url, database_url)
+            system = System(root, nats_url, database_url, **(env or {}))
             for filename, text in (workflows or {}).items():
                 system.write_workflow(filename, text)
             system.start()

@@ -14,23 +14,31 @@ import hashlib
 import hmac
 import math
 import re
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from taskengine_contracts.events import (
+    JobBroken,
     JobCancelled,
     JobEvent,
     JobExecuting,
     JobFailed,
     JobRetryScheduled,
+    JobStarted,
+    JobSubmitted,
     JobSucceeded,
     JobTimedOut,
+    JobUpdated,
 )
 
+from taskengine_core.clients import mask_values
 from taskengine_core.errors import DomainError, IllegalTransition
-from taskengine_core.jobs import Job, JobState, advance
+from taskengine_core.jobs import FINAL_STATES, Job, JobState, advance, state_after
 from taskengine_core.tasks import backoff_delay
 
+DIALECT = "worktasks"
+"""The `dialect` of a work task's job."""
 TYPES = ("pipeline_execution", "ml_training", "ml_inference", "digital_twin_update")
 REPORTS = ("executing", "completed", "failed", "timeout", "cancelled")
 TRANSIENT = ("OOMKilled", "Evicted", "DeadlineExceeded")
@@ -38,6 +46,18 @@ LOST = "lost"
 """An attempt whose worker vanished without a final report: retried like a transient one."""
 DEFAULT_MAX_RETRIES = 3
 MAX_MAX_RETRIES = 100
+DEFAULT_PRIORITY = 1
+MAX_TIMEOUT = 7 * 24 * 3600
+FIELDS = (
+    "type",
+    "priority",
+    "project_id",
+    "task_spec",
+    "resource_requirements",
+    "data_access",
+    "max_retries",
+)
+REQUIRED = ("type", "project_id", "task_spec", "resource_requirements", "data_access")
 
 STATUS = {
     JobState.SCHEDULED: "scheduled",
@@ -52,6 +72,25 @@ STATUS = {
     JobState.BROKEN: "cancelled",
 }
 """The seed's statuses; a running job is `spawned` until its worker reports `executing`."""
+STATUSES = (
+    "queued",
+    "scheduled",
+    "spawned",
+    "executing",
+    "completed",
+    "failed",
+    "timeout",
+    "cancelled",
+)
+WAITING = (
+    JobState.SCHEDULED,
+    JobState.QUEUED,
+    JobState.ADMITTED,
+    JobState.RETRY_WAIT,
+    JobState.PAUSED,
+)
+"""Accepted but not yet running: the queue of `GET /api/worktasks` and `/api/metrics`."""
+TOKEN_PREFIX = "wt_"
 
 
 class InvalidWorkTask(DomainError):
@@ -63,9 +102,14 @@ class ReportRefused(IllegalTransition):
 
 
 def status_of(job: Job) -> str:
-    if job.state == JobState.RUNNING:
-        return "executing" if job.executing else "spawned"
-    return STATUS[job.state]
+    return status_named(job.state, job.executing)
+
+
+def status_named(state: JobState, executing: bool = False) -> str:
+    """The seed's status of a job in `state` (`executing`: its worker said it runs)."""
+    if state == JobState.RUNNING:
+        return "executing" if executing else "spawned"
+    return STATUS[state]
 
 
 def engine_priority(priority: object) -> int:
@@ -83,7 +127,7 @@ def worker_token(key: str, job_id: int, attempt: int) -> str:
     (TASKENGINE_WEBHOOK_KEY), so the gateway checks it without storing it; it is refused once
     its attempt is over."""
     digest = hmac.new(key.encode(), f"worker:{job_id}:{attempt}".encode(), hashlib.sha256)
-    return "wt_" + base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
+    return TOKEN_PREFIX + base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
 
 
 def token_fits(token: str, key: str, job_id: int, attempt: int) -> bool:
@@ -120,6 +164,103 @@ def raised_memory(quantity: str, cap: str) -> str:
     return f"{math.ceil(raised / 2**20)}Mi"
 
 
+# --- submissions ------------------------------------------------------------------------------
+
+_SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated `POST /api/worktasks`: what the work task's `JobSubmitted` carries."""
+
+    workflow: str
+    parameters: dict[str, Any]
+    priority: int
+    """On the engine's scale (see `engine_priority`)."""
+    max_retries: int
+    timeout: float | None
+    attributes: dict[str, Any]
+
+
+def submission(data: dict[str, Any]) -> Submission:
+    """Checks a submission (every field of the seed, plus `max_retries`); `InvalidWorkTask`
+    names the first field that does not validate. The workflow run is `task_spec.pipeline_id`
+    if given, else the type's name; `task_spec.parameters` are its parameters."""
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise InvalidWorkTask(f"unknown field {unknown[0]!r}")
+    for field in REQUIRED:
+        if data.get(field) is None:
+            raise InvalidWorkTask(f"{field} is required")
+    if data["type"] not in TYPES:
+        raise InvalidWorkTask(f"type must be one of {', '.join(TYPES)}")
+    project = data["project_id"]
+    if not isinstance(project, str) or not project.strip() or len(project) > 200:
+        raise InvalidWorkTask("project_id must be a non-empty string of at most 200 characters")
+    spec, resources, access = (
+        _object(data, name) for name in ("task_spec", "resource_requirements", "data_access")
+    )
+    pipeline = spec.get("pipeline_id")
+    if pipeline is not None and (not isinstance(pipeline, str) or not pipeline.strip()):
+        raise InvalidWorkTask("task_spec.pipeline_id must be a workflow name")
+    parameters = spec.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidWorkTask("task_spec.parameters must be an object")
+    if resources.get("memory") is not None:
+        memory_bytes(resources["memory"])
+    credentials = access.get("storage_credentials")
+    if credentials is not None and not (
+        isinstance(credentials, str)
+        and len(credentials) <= 253
+        and _SECRET_NAME.fullmatch(credentials)
+    ):
+        raise InvalidWorkTask(
+            "data_access.storage_credentials must name a Kubernetes Secret (lower-case letters,"
+            " digits, '-' and '.'), never hold credentials"
+        )
+    priority = data.get("priority", DEFAULT_PRIORITY)
+    engine = engine_priority(priority)
+    max_retries = data.get("max_retries", DEFAULT_MAX_RETRIES)
+    if (
+        isinstance(max_retries, bool)
+        or not isinstance(max_retries, int)
+        or not 0 <= max_retries <= MAX_MAX_RETRIES
+    ):
+        raise InvalidWorkTask(f"max_retries must be an integer from 0 to {MAX_MAX_RETRIES}")
+    return Submission(
+        workflow=pipeline if pipeline is not None else data["type"],
+        parameters=parameters,
+        priority=engine,
+        max_retries=max_retries,
+        timeout=_timeout(spec.get("timeout")),
+        attributes={
+            "type": data["type"],
+            "project_id": project,
+            "task_spec": spec,
+            "resource_requirements": resources,
+            "data_access": access,
+            "priority": priority,
+        },
+    )
+
+
+def _object(data: dict[str, Any], field: str) -> dict[str, Any]:
+    value = data[field]
+    if not isinstance(value, dict):
+        raise InvalidWorkTask(f"{field} must be an object")
+    return value
+
+
+def _timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidWorkTask("task_spec.timeout must be a number of seconds")
+    if not 0 < value <= MAX_TIMEOUT:
+        raise InvalidWorkTask(f"task_spec.timeout must be from 0 to {MAX_TIMEOUT} seconds")
+    return float(value)
+
+
 # --- worker reports ---------------------------------------------------------------------------
 
 
@@ -154,10 +295,7 @@ def plan_report(
     metadata = metadata or {}
     if status not in REPORTS:
         raise InvalidWorkTask(f"status must be one of {', '.join(REPORTS)}")
-    if job.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT) or job.state in (
-        JobState.CANCELLED,
-        JobState.BROKEN,
-    ):
+    if job.state in FINAL_STATES:
         raise ReportRefused(f"work task {job.job_id} is already {status_of(job)}")
     if attempt is not None and (attempt != job.attempt or job.state != JobState.RUNNING):
         raise ReportRefused(
@@ -191,7 +329,7 @@ def plan_report(
         job,
         status,
         transient_reason(metadata, error_message),
-        error_message or f"the worker reported {status}",
+        error_message or transient_reason(metadata, None) or f"the worker reported {status}",
         now=now,
         metadata=metadata,
         retry_delay=retry_delay,
@@ -216,6 +354,7 @@ def failed(
     else ended `failed` (or `timeout` for a deadline)."""
     limit = job.retry.max_retries if job.retry else DEFAULT_MAX_RETRIES
     common = {"workflow": job.workflow, "attempt": job.attempt}
+    reason = f"{transient}: {message}" if transient and message != transient else message
     if transient and job.retries < limit:
         memory = None
         if transient == "OOMKilled" and (current := job.memory or _requested_memory(job)):
@@ -229,7 +368,7 @@ def failed(
             at=now,
             priority=job.priority,
             retry_at=now + timedelta(seconds=delay),
-            reason=f"{transient}: {message}" if message != transient else transient,
+            reason=reason,
             concurrency_key=job.concurrency_key,
             transient=transient,
             memory=memory,
@@ -239,7 +378,7 @@ def failed(
     if status == "timeout" or transient == "DeadlineExceeded":
         timeout = job.timeout or 0.0
         return [advance(job.ref, JobTimedOut, at=now, timeout=timeout, **common)], "updated"
-    event = advance(job.ref, JobFailed, at=now, reason=message, metadata=metadata or {}, **common)
+    event = advance(job.ref, JobFailed, at=now, reason=reason, metadata=metadata or {}, **common)
     return [event], "updated"
 
 
@@ -253,34 +392,37 @@ def _requested_memory(job: Job) -> str | None:
 
 
 def iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+    """ISO 8601 in UTC, `Z` for the offset."""
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def view(job: Job) -> dict[str, Any]:
-    """The work-task object of the seed (every response field)."""
+def view(job: Job, masked: bool = True) -> dict[str, Any]:
+    """The work-task object of the seed (every response field, plus what its worker reported:
+    `output_location`, `metadata`). Values of secret-looking keys are masked unless `masked`
+    is False (for the task's own worker); the `storage_credentials` Secret name is shown
+    (only a Secret's name is accepted there)."""
+    shown = mask_values if masked else _as_is
     attributes = job.attributes
     resources = dict(attributes.get("resource_requirements") or {})  # type: ignore[call-overload]
     if job.memory:
         resources["memory"] = job.memory
-    finished = job.state in (
-        JobState.SUCCEEDED,
-        JobState.FAILED,
-        JobState.TIMED_OUT,
-        JobState.CANCELLED,
-        JobState.BROKEN,
-    )
+    access = dict(attributes.get("data_access") or {})  # type: ignore[call-overload]
+    secret_name = access.pop("storage_credentials", None)
+    access = shown(access)  # type: ignore[assignment]
+    if secret_name is not None:
+        access["storage_credentials"] = secret_name
     return {
         "worktask_id": str(job.job_id),
         "type": attributes.get("type"),
         "status": status_of(job),
-        "priority": attributes.get("priority", 1),
+        "priority": attributes.get("priority", DEFAULT_PRIORITY),
         "submitted_at": iso(job.created_at),
         "started_at": iso(job.started_at),
-        "completed_at": iso(job.finished_at) if finished else None,
+        "completed_at": iso(job.finished_at) if job.state in FINAL_STATES else None,
         "project_id": attributes.get("project_id"),
-        "task_spec": attributes.get("task_spec"),
-        "resource_requirements": resources,
-        "data_access": attributes.get("data_access"),
+        "task_spec": shown(attributes.get("task_spec")),
+        "resource_requirements": shown(resources),
+        "data_access": access,
         "error_message": job.failure if job.state != JobState.SUCCEEDED else None,
         "kubernetes_job_name": job.job_name,
         "cluster_name": job.cluster,
@@ -288,5 +430,42 @@ def view(job: Job) -> dict[str, Any]:
         "max_retries": job.retry.max_retries if job.retry else DEFAULT_MAX_RETRIES,
         "retry_reason": job.retry_reason,
         "output_location": job.output_location,
-        "metadata": job.metadata,
+        "metadata": shown(job.metadata),
     }
+
+
+def _as_is(data: object) -> object:
+    return data
+
+
+def update(event: JobEvent) -> dict[str, Any] | None:
+    """What a job event changes in its work task's view: the status after it and the fields it
+    sets (`None` values left out); None for an event that changes neither. `started_at` is
+    the first attempt's start, as in `view`."""
+    if isinstance(event, JobUpdated):
+        return None
+    changed: dict[str, Any] = {"status": status_named(state_after(event), False)}
+    match event:
+        case JobSubmitted():
+            changed["submitted_at"] = iso(event.at)
+        case JobStarted():
+            changed["kubernetes_job_name"] = event.job_name
+            changed["cluster_name"] = event.cluster
+            if event.attempt == 1:
+                changed["started_at"] = iso(event.at)
+        case JobExecuting():
+            changed["status"] = "executing"
+        case JobRetryScheduled():
+            # Every failed attempt of a work task before this one was retried too.
+            changed["retry_count"] = event.attempt
+            changed["retry_reason"] = event.transient or event.reason
+            changed["error_message"] = event.reason
+        case JobFailed():
+            changed["error_message"] = event.reason
+        case JobTimedOut():
+            changed["error_message"] = f"timed out after {event.timeout:g}s"
+        case JobSucceeded():
+            changed["output_location"] = event.output_location
+    if isinstance(event, (JobSucceeded, JobFailed, JobTimedOut, JobCancelled, JobBroken)):
+        changed["completed_at"] = iso(event.at)
+    return {name: value for name, value in changed.items() if value is not None}

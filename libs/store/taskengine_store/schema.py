@@ -122,6 +122,16 @@ ALTER TABLE rm_jobs ADD COLUMN IF NOT EXISTS attributes jsonb NOT NULL DEFAULT '
 ALTER TABLE rm_jobs ADD COLUMN IF NOT EXISTS executing boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS rm_jobs_client_dialect ON rm_jobs (client, dialect, state);
 
+-- The Drove dialect's task ids: one live instance per (client, sourceAppName, taskId); written
+-- with the submission (and removed with the deletion) in the same transaction.
+CREATE TABLE IF NOT EXISTS drove_task_ids (
+    client text NOT NULL,
+    source_app text NOT NULL,
+    task_id text NOT NULL,
+    job_id bigint NOT NULL UNIQUE,
+    PRIMARY KEY (client, source_app, task_id)
+);
+
 CREATE TABLE IF NOT EXISTS rm_job_log (
     id bigint PRIMARY KEY,
     job_id bigint NOT NULL,

@@ -11,7 +11,7 @@ from taskengine_core.outbound import webhook_secret
 from taskengine_core.workflows import BUILT_IN, Registry
 from taskengine_store.store import EventStore
 
-from taskengine_cli import ops, probe
+from taskengine_cli import ops, probe, worker
 from taskengine_cli.clients import ClientError, register, revoke
 from taskengine_cli.endpoints import database_url, webhook_key
 
@@ -171,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
     )
     workflows.add_parser("list", help=listing, description=listing).set_defaults(func=cmd_workflows)
     probe.register(sub)
+    worker.register(sub)
     return root
 
 

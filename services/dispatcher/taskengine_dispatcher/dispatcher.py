@@ -1,10 +1,12 @@
 """The dispatcher: runs admitted jobs and records what happened.
 
 Starts are committed per consumed batch (with the tracking record and an execution row per
-running attempt). Output lines and outcomes are gathered and committed together every
-`FLUSH` seconds, so a burst of short jobs costs a handful of transactions, not one each.
-An attempt that was running when its dispatcher died is found by its execution row on restart
-and retried (or failed when out of attempts).
+running attempt). The local executor runs the steps in-process: output lines and outcomes are
+gathered and committed together every `FLUSH` seconds, so a burst of short jobs costs a
+handful of transactions, not one each. The process executor starts a `taskengine worker` per
+attempt, which reports to the gateway; when it exits without a final report, the attempt is
+ended as lost. An attempt that was running when its dispatcher died is found by its execution
+row on restart and ended as lost: retried, or failed when out of attempts.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
@@ -27,29 +29,30 @@ from taskengine_contracts.events import (
     JobCancelled,
     JobEvent,
     JobFailed,
-    JobRetryScheduled,
     JobStarted,
     JobSubmitted,
     JobSucceeded,
-    JobTimedOut,
     LogLine,
     RetryPolicy,
     StepChanged,
 )
+from taskengine_core.drove import check_startable, task_environment
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import execution_stream
-from taskengine_core.jobs import JobRef, JobState, advance
-from taskengine_core.settings import RuntimeSettings
-from taskengine_core.tasks import backoff_delay
+from taskengine_core.jobs import Job, JobRef, JobState, advance
+from taskengine_core.steps import Outcome, StepEvent, run_steps
 from taskengine_core.workflows import workflow
+from taskengine_core.worktasks import LOST
 from taskengine_store.store import Conflict, Statement
 
-from taskengine_dispatcher.local import Outcome, StepEvent, run_steps
+from taskengine_dispatcher import workers
+from taskengine_dispatcher.outcomes import ended, ended_now
+from taskengine_dispatcher.workers import WorkerProcess
 
 log = logging.getLogger(__name__)
 
 NAME = "dispatcher"
-EXECUTOR = "local"
+EXECUTORS = ("local", workers.EXECUTOR)
 FLUSH = 0.05
 DEFAULT_TIMEOUT = 3600.0
 
@@ -61,6 +64,19 @@ _INSERT_EXECUTION = (
     " version = excluded.version, instance = excluded.instance, started_at = excluded.started_at"
 )
 _DELETE_EXECUTION = "DELETE FROM dispatcher_executions WHERE job_uuid = %s"
+_DELETE_ATTEMPT = "DELETE FROM dispatcher_executions WHERE job_uuid = %s AND attempt = %s"
+
+
+@dataclass(frozen=True)
+class Ending:
+    """An attempt to end unless its job moved on: `outcome` is what happened to it (None:
+    nothing to append, e.g. its job was cancelled)."""
+
+    job_uuid: UUID
+    attempt: int
+    outcome: Outcome | None
+    callbacks: list[str]
+    custom_data: object = None
 
 
 @dataclass
@@ -81,6 +97,8 @@ class Execution:
     outcome: Outcome | None = None
     task: asyncio.Task | None = None
     cancelled: bool = False
+    worker: WorkerProcess | None = None
+    """The process executor's worker (its outcome comes from its reports, not `outcome`)."""
 
     def emit(self, line: LogLine) -> None:
         """Where the executor sends output: the lines not yet stored (flush swaps the list)."""
@@ -93,6 +111,7 @@ class Execution:
 class Dispatcher:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
+        self.executor = runtime.config.executor
         self.running: dict[UUID, Execution] = {}
         self.wake = asyncio.Event()
 
@@ -106,8 +125,11 @@ class Dispatcher:
             self.runtime.apply(item.event)
         if not admitted:
             return False
+        # A worker's memory limit may have been raised by a retry: it needs the whole job.
         specs = await self.runtime.call(
-            self.runtime.store.streams, [e.id for e in admitted], version=1
+            self.runtime.store.streams,
+            [e.id for e in admitted],
+            version=1 if self.executor == "local" else None,
         )
         tracking = Tracking(NAME, batch[-1].position)
         while True:
@@ -121,7 +143,10 @@ class Dispatcher:
                 admitted = [e for e in admitted if e.id not in conflict.stale]
         for execution, steps, env, timeout in launches:
             self.running[execution.ref.id] = execution
-            execution.task = asyncio.create_task(self._run(execution, steps, env, timeout))
+            if execution.worker:
+                execution.task = asyncio.create_task(self._run_worker(execution))
+            else:
+                execution.task = asyncio.create_task(self._run(execution, steps, env, timeout))
         if launches:
             self.wake.set()
         return True
@@ -130,11 +155,14 @@ class Dispatcher:
         events: list[Event] = []
         rows: list[Statement] = []
         launches = []
+        remote = self.executor != "local"
         for event in admitted:
             spec = specs.get(event.id, [None])[0]
             assert isinstance(spec, JobSubmitted), f"job {event.job_id} has no submission"
+            job = Job.fold(e for e in specs[event.id] if isinstance(e, JobEvent))
             ref = JobRef.of(event)
             try:
+                check_startable(spec, self.executor, datetime.now(UTC))  # a Drove task
                 steps = workflow(spec.workflow).steps(spec.parameters, event.attempt)
             except (DomainError, ValueError) as error:
                 events.append(
@@ -152,12 +180,13 @@ class Dispatcher:
                 JobStarted,
                 workflow=spec.workflow,
                 attempt=event.attempt,
-                executor=EXECUTOR,
+                executor=self.executor,
                 callbacks=spec.callbacks,
+                memory=workers.attempt_memory(job) if remote and job else None,
             )
             events.append(started)
             custom_data = spec.parameters.get("custom_data")
-            if not steps:  # nothing to run: the attempt is over as soon as it starts
+            if not steps and not remote:  # nothing to run: the attempt is over as it starts
                 events.append(
                     advance(
                         JobRef.of(started),
@@ -197,12 +226,19 @@ class Dispatcher:
                     ),
                 )
             )
-            env = {
-                "TASKENGINE_JOB_ID": str(ref.job_id),
-                "TASKENGINE_ATTEMPT": str(event.attempt),
-                "TASKENGINE_PARAMETERS": json.dumps(spec.parameters),
-            }
-            launches.append((execution, steps, env, spec.timeout or DEFAULT_TIMEOUT))
+            timeout = spec.timeout or DEFAULT_TIMEOUT
+            if remote:
+                config = self.runtime.config
+                env = workers.worker_env(config, ref.job_id, event.attempt, timeout)
+                execution.worker = WorkerProcess(env, timeout)
+            else:
+                env = {
+                    **task_environment(spec),  # a Drove task's own env
+                    "TASKENGINE_JOB_ID": str(ref.job_id),
+                    "TASKENGINE_ATTEMPT": str(event.attempt),
+                    "TASKENGINE_PARAMETERS": json.dumps(spec.parameters),
+                }
+            launches.append((execution, steps, env, timeout))
         return events, rows, launches
 
     async def _run(self, execution: Execution, steps, env, timeout) -> None:  # type: ignore[no-untyped-def]
@@ -219,9 +255,44 @@ class Dispatcher:
         finally:
             self.wake.set()
 
+    async def _run_worker(self, execution: Execution) -> None:
+        """Runs the attempt's worker; once it exited, ends the attempt unless its reports
+        did (a worker that vanished without a final report lost its attempt)."""
+        worker = execution.worker
+        assert worker is not None
+        exit = await worker.run()  # cancelled (the dispatcher stops): it is killed
+        if exit.stopped:
+            outcome = None  # its job was cancelled or broken: that is its end
+        elif exit.timed_out:
+            reason = "the worker ran past the job's timeout"
+            outcome = Outcome("timed_out", reason, timeout=worker.timeout)
+        else:
+            reason = f"lost: the worker exited ({exit.describe()}) without a final report"
+            outcome = Outcome("failed", reason, exit.code, transient=LOST)
+        ending = Ending(
+            execution.ref.id, execution.attempt, outcome, execution.callbacks, execution.custom_data
+        )
+        delay = FLUSH
+        while True:
+            try:
+                appended = await self.runtime.call(self.end_attempts, [ending])
+                break
+            except Exception:  # the store is unreachable: keep trying
+                log.exception("job %s: ending the attempt failed; retrying", execution.ref.job_id)
+                await asyncio.sleep(delay)
+                delay = min(delay * 4, 5.0)
+        for event in appended:
+            log.warning("job %s: %s", event.job_id, outcome.reason if outcome else event)
+        if exit.timed_out:  # its attempt is over: it may stop its steps, its report is refused
+            await worker.terminate()
+        if self.running.get(execution.ref.id) is execution:
+            del self.running[execution.ref.id]
+
     def _cancel(self, event: JobCancelled | JobBroken) -> None:
         execution = self.running.get(event.id)
-        if execution and execution.task:
+        if execution and execution.worker:
+            execution.worker.stop()
+        elif execution and execution.task:
             execution.cancelled = True
             execution.task.cancel()
 
@@ -230,7 +301,7 @@ class Dispatcher:
     async def flush_forever(self) -> None:
         delay = FLUSH
         while True:
-            if not self.running:
+            if all(execution.worker for execution in self.running.values()):  # none local
                 await self.wake.wait()
             await asyncio.sleep(delay)
             self.wake.clear()
@@ -315,10 +386,42 @@ class Dispatcher:
             execution.concurrency_key,
         )  # type: ignore[arg-type]
 
-    # --- recovery --------------------------------------------------------------------------
+    # --- ending attempts that ended without an outcome of their own ----------------------
+
+    def end_attempts(self, endings: list[Ending]) -> list[JobEvent]:
+        """Ends each attempt whose job still runs it, deciding on the job as it now stands (a
+        worker's report that lands meanwhile wins), and forgets their execution rows. Returns
+        the events appended. Blocking: run it off the event loop."""
+        store = self.runtime.store
+        pending = {ending.job_uuid: ending for ending in endings}
+        rows: list[Statement] = [(_DELETE_ATTEMPT, (e.job_uuid, e.attempt)) for e in endings]
+        appended: list[JobEvent] = []
+        while pending:
+            jobs = store.jobs(list(pending))
+            events = []
+            for job_uuid, ending in pending.items():
+                job = jobs.get(job_uuid)
+                if ending.outcome is None or job is None:
+                    continue
+                if job.state == JobState.RUNNING and job.attempt == ending.attempt:
+                    events.append(
+                        ended_now(
+                            job,
+                            ending.outcome,
+                            self.runtime.settings,
+                            ending.callbacks,
+                            ending.custom_data,
+                            self.runtime.config.max_memory,
+                        )
+                    )
+            dropped = store.commit_unmoved(events, rows)
+            appended += [e for e in events if e.id not in dropped]
+            rows, pending = [], {i: e for i, e in pending.items() if i in dropped}
+        return appended
 
     async def recover(self) -> None:
-        """Ends attempts this instance was running when it last died: retry or fail them."""
+        """Ends attempts this instance was running when it last died (their steps or workers
+        died with it): lost, so retried, or failed when out of attempts."""
         rows = await self.runtime.call(
             self.runtime.store.query,
             "SELECT * FROM dispatcher_executions WHERE instance = %s",
@@ -326,87 +429,25 @@ class Dispatcher:
         )
         if not rows:
             return
-        lost = Outcome("failed", "lost: the dispatcher running it stopped")
-        specs = await self.runtime.call(
-            self.runtime.store.streams, [row["job_uuid"] for row in rows], version=1
+        lost = Outcome("failed", "lost: the dispatcher running it stopped", transient=LOST)
+        endings = [
+            Ending(row["job_uuid"], row["attempt"], lost, row["callbacks"], row["custom_data"])
+            for row in rows
+        ]
+        appended = await self.runtime.call(self.end_attempts, endings)
+        log.warning(
+            "dispatcher: %d attempt(s) running when it stopped; %d ended as lost",
+            len(rows),
+            len(appended),
         )
-        events: list[Event] = []
-        for row in rows:
-            spec = specs[row["job_uuid"]][0]
-            assert isinstance(spec, JobSubmitted), f"job {row['job_id']} has no submission"
-            ref = JobRef(
-                row["job_uuid"], row["job_id"], row["client"], row["version"], JobState.RUNNING
-            )
-            events.append(
-                ended(
-                    ref,
-                    row["workflow"],
-                    row["priority"],
-                    row["attempt"],
-                    row["callbacks"],
-                    lost,
-                    self.runtime.settings,
-                    row["custom_data"],
-                    spec.retry,
-                    spec.concurrency_key,
-                )
-            )
-        deletes = [(_DELETE_EXECUTION, (row["job_uuid"],)) for row in rows]
-        await self.runtime.call(self.runtime.store.commit_unmoved, events, deletes)
-        log.warning("dispatcher: %d attempt(s) lost in a restart were ended", len(rows))
-
-
-def ended(
-    ref: JobRef,
-    workflow_name: str,
-    priority: int,
-    attempt: int,
-    callbacks: list[str],
-    outcome: Outcome,
-    settings: RuntimeSettings,
-    custom_data: object = None,
-    retry: RetryPolicy | None = None,
-    concurrency_key: str | None = None,
-) -> JobEvent:
-    """The event ending an attempt: success, timeout, a retry while attempts remain, or failure.
-
-    A job with its own retry policy is retried up to `retry.max_retries` times, after a delay
-    from its backoff strategy; others up to the `retry_limit` setting after `retry_delay`."""
-    common = {"workflow": workflow_name, "attempt": attempt}
-    final = {"callbacks": callbacks, "custom_data": custom_data}
-    if outcome.status == "succeeded":
-        return advance(ref, JobSucceeded, **final, **common)
-    if outcome.status == "timed_out":
-        return advance(ref, JobTimedOut, timeout=outcome.timeout, **final, **common)
-    limit = settings.retry_limit if retry is None else retry.max_retries
-    if attempt <= limit:
-        delay = backoff_delay(
-            "fixed" if retry is None else retry.backoff,
-            attempt,
-            base=settings.retry_delay,
-            cap=max(settings.retry_delay, settings.int("retry_max_delay")),
-        )
-        return advance(
-            ref,
-            JobRetryScheduled,
-            priority=priority,
-            retry_at=datetime.now(UTC) + timedelta(seconds=delay),
-            reason=outcome.reason,
-            exit_code=outcome.exit_code,
-            concurrency_key=concurrency_key,
-            **common,
-        )
-    return advance(
-        ref,
-        JobFailed,
-        reason=outcome.reason,
-        exit_code=outcome.exit_code,
-        **final,
-        **common,
-    )
 
 
 async def dispatcher(runtime: Runtime) -> None:
+    executor = runtime.config.executor
+    if executor not in EXECUTORS:
+        raise SystemExit(f"dispatcher: TASKENGINE_EXECUTOR must be one of {', '.join(EXECUTORS)}")
+    if executor == workers.EXECUTOR and not runtime.config.webhook_key:
+        raise SystemExit("dispatcher: workers' tokens derive from TASKENGINE_WEBHOOK_KEY: set it")
     service = Dispatcher(runtime)
     runtime.working = lambda: len(service.running)
     await service.recover()

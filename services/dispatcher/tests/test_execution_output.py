@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from taskengine_core.jobs import JobRef, JobState
+from taskengine_core.steps import run_steps
 from taskengine_core.workflows import Step
 from taskengine_dispatcher.dispatcher import Execution
-from taskengine_dispatcher.local import run_steps
 
 
 async def test_lines_printed_after_a_flush_are_kept():

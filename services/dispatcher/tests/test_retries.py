@@ -10,15 +10,17 @@ import pytest
 from taskengine_contracts.events import (
     JobFailed,
     JobRetryScheduled,
+    JobSubmitted,
     JobSucceeded,
     JobTimedOut,
     RetryPolicy,
     SettingChanged,
 )
-from taskengine_core.jobs import JobRef, JobState
+from taskengine_core import worktasks
+from taskengine_core.jobs import Job, JobRef, JobState
 from taskengine_core.settings import RuntimeSettings
-from taskengine_dispatcher.dispatcher import ended
-from taskengine_dispatcher.local import Outcome
+from taskengine_core.steps import Outcome
+from taskengine_dispatcher.outcomes import ended, ended_now
 
 REF = JobRef(UUID(int=1), 1, "alice", 4, JobState.RUNNING)
 REF_AT = datetime(2025, 1, 1, tzinfo=UTC)
@@ -77,3 +79,60 @@ def test_exponential_jitter_stays_under_a_doubling_bound_and_the_cap():
 
 def test_a_policy_of_no_retries_fails_at_once_even_if_the_settings_allow_more():
     assert isinstance(end(1, RetryPolicy(max_retries=0), retry_limit=5), JobFailed)
+
+
+def test_a_transient_only_policy_fails_a_plain_failure_at_once_and_retries_a_lost_attempt():
+    policy = RetryPolicy(max_retries=3, backoff="exponential_jitter", transient_only=True)
+    assert isinstance(end(1, policy), JobFailed)
+    lost = Outcome("failed", "lost: the dispatcher running it stopped", transient="lost")
+    retry = end(1, policy, outcome=lost)
+    assert isinstance(retry, JobRetryScheduled) and retry.transient == "lost"
+    assert isinstance(end(4, policy, outcome=lost), JobFailed)  # out of retries all the same
+
+
+def test_a_lost_attempt_of_a_job_without_a_policy_is_retried_like_any_failure():
+    lost = Outcome("failed", "lost", transient="lost")
+    assert isinstance(end(1, outcome=lost, retry_limit=1), JobRetryScheduled)
+    assert isinstance(end(2, outcome=lost, retry_limit=1), JobFailed)
+
+
+def work_task(**fields) -> Job:  # type: ignore[no-untyped-def]
+    submitted = JobSubmitted(
+        id=REF.id,
+        version=1,
+        at=REF_AT,
+        job_id=1,
+        client="alice",
+        workflow="echo",
+        parameters={},
+        priority=5,
+        run_at=REF_AT,
+        state="queued",
+        dialect=worktasks.DIALECT,
+        retry=RetryPolicy(max_retries=2, backoff="exponential_jitter", transient_only=True),
+        attributes={"resource_requirements": {"memory": "1Gi"}},
+    )
+    job = Job.started(submitted)
+    for name, value in fields.items():
+        setattr(job, name, value)
+    return job
+
+
+def test_a_work_task_whose_worker_vanished_is_requeued_as_lost_until_its_retries_are_spent():
+    reason = "lost: the worker exited (code -9) without a final report"
+    lost = Outcome("failed", reason, exit_code=-9, transient="lost")
+    job = work_task(state=JobState.RUNNING, version=4, attempt=1)
+    retry = ended_now(job, lost, settings(retry_delay=0), [])
+    assert isinstance(retry, JobRetryScheduled) and retry.transient == "lost"
+    assert retry.reason == reason
+    assert retry.version == 5 and retry.memory is None
+    spent = work_task(state=JobState.RUNNING, version=9, attempt=3, retries=2)
+    failed = ended_now(spent, lost, settings(), [])
+    assert isinstance(failed, JobFailed) and failed.metadata == {"exit_code": -9}
+
+
+def test_a_work_task_fails_a_plain_failure_at_once_and_ends_a_timeout_timed_out():
+    job = work_task(state=JobState.RUNNING, version=4, attempt=1)
+    assert isinstance(ended_now(job, FAILED, settings(), []), JobFailed)
+    timed_out = ended_now(job, Outcome("timed_out", "slow", timeout=3.0), settings(), [])
+    assert isinstance(timed_out, JobTimedOut) and timed_out.timeout == 3.0

@@ -13,12 +13,15 @@ from taskengine_bus import Runtime
 from taskengine_core.outbound import OutboundGuard, parse_allowlist
 
 from taskengine_gateway.auth import Authenticator, Client
+from taskengine_gateway.drove_api import DroveController
 from taskengine_gateway.errors import http_error, internal_error
 from taskengine_gateway.health import Heartbeats
 from taskengine_gateway.state import GatewayState
 from taskengine_gateway.submitter import Submitter
 from taskengine_gateway.taskengine_api import TaskEngineController
 from taskengine_gateway.tasks_api import TasksController
+from taskengine_gateway.worktasks_api import WorkTasksController
+from taskengine_gateway.ws import mask_tokens_in_logs, task_updates
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,13 @@ def create_app(state: GatewayState) -> Litestar:
         return await state.authenticator.authenticate(request)
 
     return Litestar(
-        route_handlers=[TaskEngineController, TasksController],
+        route_handlers=[
+            TaskEngineController,
+            TasksController,
+            WorkTasksController,
+            DroveController,
+            task_updates,
+        ],
         dependencies={"gateway": Provide(provide_state), "client": Provide(provide_client)},
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         request_max_body_size=state.runtime.config.max_body_bytes,
@@ -49,6 +58,7 @@ async def gateway(runtime: Runtime) -> None:
         OutboundGuard(parse_allowlist(runtime.config.callback_allowlist)),
     )
     state.submitter.start()
+    mask_tokens_in_logs()  # WebSocket clients may send their key as ?token=
     await state.heartbeats.follow(runtime.nc)
     config = uvicorn.Config(
         create_app(state),

@@ -1,4 +1,7 @@
-"""The local executor: runs a workflow's steps as real subprocesses on this machine."""
+"""The step runner: a workflow's steps as real subprocesses on this machine, in order.
+
+The dispatcher's local executor runs it in-process; `taskengine worker` runs it for one
+attempt of a remote executor (a subprocess of the dispatcher, a Kubernetes Job)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from taskengine_contracts.events import LogLine
+
 from taskengine_core.clients import mask_secrets
 from taskengine_core.workflows import Step
 
@@ -33,23 +37,28 @@ class StepEvent:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended: `succeeded`, `failed` (with exit code) or `timed_out`."""
+    """How an attempt ended: `succeeded`, `failed` (with exit code) or `timed_out`.
+
+    `transient` names a failure that is not the workflow's fault (e.g. `lost`: its runner
+    vanished), which even a job retrying only transient failures retries."""
 
     status: str
     reason: str = ""
     exit_code: int | None = None
     timeout: float = 0.0
+    transient: str | None = None
 
 
-def _die_with_parent() -> None:
-    # A step must not outlive a dispatcher killed with -9.
+def die_with_parent() -> None:
+    """For `preexec_fn`: the child is killed when its parent dies, even by SIGKILL."""
+    # A step must not outlive its runner (a dispatcher or worker killed with -9).
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER", "SHELL")
-"""What a step inherits from the dispatcher's environment (and `LC_*`): never its settings,
-which hold the database URL and keys."""
+"""What a step (or a worker) inherits from its runner's environment (and `LC_*`): never the
+runner's settings, which hold the database URL and keys."""
 
 
 def worker_environment() -> dict[str, str]:
@@ -85,7 +94,7 @@ async def run_steps(
                 stderr=asyncio.subprocess.PIPE,
                 env={**worker_environment(), **env, **step.env},
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 limit=2**20,
             )
         except OSError as error:

@@ -1,0 +1,465 @@
+"""Drove container tasks (seed 004): one job of the core seen through Drove's task API.
+
+A task is a job (`dialect="drove"`) whose `attributes` keep Drove's task spec, its `opSpec` and
+its `instanceId`. A WORKFLOW executable runs a registered workflow with its parameters and the
+task's `env` in its steps' environment; a DOCKER one is the Kubernetes executor's (workflow
+`docker`, parameters `{image, args, env}`): any other executor fails it before it starts, so it
+ends PROVISIONING_FAILED saying what to configure. `opSpec.timeout` bounds the operation, as in
+Drove: a task not started within it is never started (PROVISIONING_FAILED); it does not limit
+how long the task runs. A task runs once: it is never retried.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from uuid import uuid4
+
+from taskengine_contracts.events import JobSubmitted, RetryPolicy
+
+from taskengine_core import workflows
+from taskengine_core.errors import DomainError
+from taskengine_core.ids import job_stream
+from taskengine_core.jobs import Job, JobState
+
+DIALECT = "drove"
+DOCKER = "docker"
+"""The workflow name of a DOCKER executable: the hook the Kubernetes executor runs."""
+KUBERNETES = "kubernetes"
+REFUSED_WORKFLOWS = frozenset({"inline"})
+"""Workflows whose steps the client gives: never runnable through this dialect."""
+PRIORITY = 5
+NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+ENV_RESERVED = frozenset(
+    {"PATH", "HOME", "SHELL", "USER", "IFS", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4"}
+    | {"PROMPT_COMMAND", "TMPDIR", "GCONV_PATH", "NODE_OPTIONS", "PERL5OPT", "PERL5LIB"}
+    | {"RUBYOPT", "RUBYLIB"}
+)
+ENV_RESERVED_PREFIXES = ("TASKENGINE_", "LD_", "PYTHON", "BASH_FUNC_", "GIT_")
+"""A task's env must not steer the engine or how the host finds and loads programs."""
+MAX_ENV = 200
+SPEC_FIELDS = tuple(
+    "sourceAppName taskId executable resources volumes configs placementPolicy env args tags"
+    " logging".split()
+)
+CONFIG_TYPES = ("INLINE", "EXECUTOR_LOCAL_FILE", "CONTROLLER_HTTP_FETCH", "EXECUTOR_HTTP_FETCH")
+VOLUME_MODES = ("READ_ONLY", "READ_WRITE")
+FAILURE_STRATEGIES = ("STOP", "CONTINUE")
+DEFAULT_OP_SPEC = {"timeout": "300 seconds", "parallelism": 1, "failureStrategy": "STOP"}
+MAX_CORES, MAX_MEMORY_MB = 1024, 16 * 1024 * 1024
+MAX_OP_TIMEOUT = 7 * 24 * 3600.0
+
+
+class InvalidTask(DomainError):
+    """A task operation that does not validate; the message names the field."""
+
+
+class ProvisioningFailed(DomainError):
+    """A task that cannot (or may no longer) start; it ends PROVISIONING_FAILED."""
+
+
+class TaskState(StrEnum):
+    PENDING = "PENDING"
+    PROVISIONING = "PROVISIONING"
+    PROVISIONING_FAILED = "PROVISIONING_FAILED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    RUN_COMPLETED = "RUN_COMPLETED"
+    DEPROVISIONING = "DEPROVISIONING"
+    STOPPED = "STOPPED"
+    LOST = "LOST"
+    UNKNOWN = "UNKNOWN"
+
+
+# --- durations ----------------------------------------------------------------------------
+
+_UNITS = {
+    unit: seconds
+    for seconds, units in (
+        (1e-9, "ns nanosecond"),
+        (1e-6, "us microsecond"),
+        (1e-3, "ms millisecond"),
+        (1.0, "s second"),
+        (60.0, "m min minute"),
+        (3600.0, "h hour"),
+        (86400.0, "d day"),
+    )
+    for unit in units.split()
+}
+_DURATION = re.compile(r"\s*(\d{1,12})\s*([a-z]+)\s*")
+
+
+def parse_duration(value: object, field: str) -> float:
+    """Seconds in a Drove (Dropwizard) duration: `5m`, `30s`, `100 seconds`, `2 minutes`, `1h`."""
+    match = _DURATION.fullmatch(value.lower()) if isinstance(value, str) else None
+    unit = match and match.group(2)
+    if unit and unit not in _UNITS and unit.endswith("s"):
+        unit = unit[:-1]  # plurals: seconds, minutes, mins
+    if not match or unit not in _UNITS:
+        raise InvalidTask(
+            f'{field} must be a duration like "5m", "30s" or "100 seconds", got {value!r}'
+        )
+    return int(match.group(1)) * _UNITS[unit]  # type: ignore[index]
+
+
+# --- operations -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated CREATE: what its job is submitted with."""
+
+    source_app: str
+    task_id: str
+    workflow: str
+    parameters: dict[str, Any]
+    attributes: dict[str, Any]
+
+    def submitted(self, job_id: int, client: str, at: datetime) -> JobSubmitted:
+        return JobSubmitted(
+            id=job_stream(job_id),
+            version=1,
+            at=at,
+            job_id=job_id,
+            client=client,
+            workflow=self.workflow,
+            parameters=self.parameters,
+            priority=PRIORITY,
+            run_at=at,
+            state="queued",
+            dialect=DIALECT,
+            retry=RetryPolicy(max_retries=0),  # a Drove task is never restarted
+            attributes={**self.attributes, "instanceId": f"TI-{uuid4()}"},
+        )
+
+
+def operation_type(data: dict[str, Any]) -> str:
+    kind = data.get("type")
+    if kind not in ("CREATE", "KILL"):
+        raise InvalidTask(f"type must be CREATE or KILL, got {kind!r}")
+    return kind  # type: ignore[return-value]
+
+
+def create_operation(data: dict[str, Any]) -> Submission:
+    """`{"type": "CREATE", "spec": {...}, "opSpec": {...}}` checked whole."""
+    _known(data, ("type", "spec", "opSpec"), "")
+    spec = data.get("spec")
+    if not isinstance(spec, dict):
+        raise InvalidTask("spec is required: the task specification object")
+    _known(spec, SPEC_FIELDS, "spec.")
+    source_app, task_id = task_key(spec, "spec.")
+    executable = _object(spec, "executable", "spec.", required=True)
+    kind = executable.get("type")
+    env = check_env(spec.get("env"))
+    args = _strings(spec.get("args") or [], "spec.args")
+    volumes = [_volume(v, f"spec.volumes[{n}]") for n, v in enumerate(_list(spec, "volumes"))]
+    configs = [_config(c, f"spec.configs[{n}]") for n, c in enumerate(_list(spec, "configs"))]
+    if kind == "WORKFLOW":
+        workflow, parameters = _workflow(executable)
+        for field, given in (("volumes", volumes), ("configs", configs), ("args", args)):
+            if given:
+                raise InvalidTask(
+                    f"spec.{field} apply to DOCKER executables only: a WORKFLOW runs the steps"
+                    " of a registered workflow on the local executor, with its parameters"
+                )
+    elif kind == "DOCKER":
+        _known(executable, ("type", "url", "dockerPullTimeout"), "spec.executable.")
+        url = executable.get("url")
+        if not isinstance(url, str) or not 0 < len(url) <= 500 or url.split() != [url]:
+            raise InvalidTask("spec.executable.url must be an image like ghcr.io/org/image:tag")
+        if "dockerPullTimeout" in executable:
+            parse_duration(executable["dockerPullTimeout"], "spec.executable.dockerPullTimeout")
+        workflow, parameters = DOCKER, {"image": url, "args": args, "env": env}
+    else:
+        raise InvalidTask(f"spec.executable.type must be DOCKER or WORKFLOW, got {kind!r}")
+    tags = spec.get("tags") or {}
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise InvalidTask("spec.tags must map names to strings")
+    attributes = {
+        "sourceAppName": source_app,
+        "taskId": task_id,
+        "executable": executable,
+        "resources": _resources(spec.get("resources")),
+        "volumes": volumes,
+        "configs": configs,
+        "placementPolicy": _object(spec, "placementPolicy", "spec.") or {"type": "ANY"},
+        "env": env,
+        "args": args,
+        "tags": tags,
+        "logging": _object(spec, "logging", "spec.") or {"type": "LOCAL"},
+        "opSpec": op_spec(data.get("opSpec")),
+    }
+    return Submission(source_app, task_id, workflow, parameters, attributes)
+
+
+def kill_operation(data: dict[str, Any]) -> tuple[str, str]:
+    """`{"type": "KILL", "sourceAppName", "taskId", "opSpec"}` -> (sourceAppName, taskId)."""
+    _known(data, ("type", "sourceAppName", "taskId", "opSpec"), "")
+    op_spec(data.get("opSpec"))
+    return task_key(data, "")
+
+
+def task_key(data: dict[str, Any], where: str) -> tuple[str, str]:
+    for field in ("sourceAppName", "taskId"):
+        value = data.get(field)
+        if not isinstance(value, str) or not NAME.fullmatch(value):
+            raise InvalidTask(
+                f"{where}{field} is required: 1 to 100 letters, digits, '-' or '_'"
+                + ("" if value is None else f", got {str(value)[:100]!r}")
+            )
+    return data["sourceAppName"], data["taskId"]
+
+
+def op_spec(value: object) -> dict[str, Any]:
+    """The operation's spec, defaults filled: `timeout` (a duration), `parallelism` (1-32),
+    `failureStrategy` (STOP or CONTINUE)."""
+    if value is None:
+        return dict(DEFAULT_OP_SPEC)
+    if not isinstance(value, dict):
+        raise InvalidTask("opSpec must be an object with timeout, parallelism, failureStrategy")
+    _known(value, tuple(DEFAULT_OP_SPEC), "opSpec.")
+    spec = {**DEFAULT_OP_SPEC, **value}
+    if not 0 < parse_duration(spec["timeout"], "opSpec.timeout") <= MAX_OP_TIMEOUT:
+        raise InvalidTask("opSpec.timeout must be more than 0 and at most 7 days")
+    parallelism = spec["parallelism"]
+    if (
+        isinstance(parallelism, bool)
+        or not isinstance(parallelism, int)
+        or not 1 <= parallelism <= 32
+    ):
+        raise InvalidTask(
+            f"opSpec.parallelism must be an integer from 1 to 32, got {parallelism!r}"
+        )
+    if spec["failureStrategy"] not in FAILURE_STRATEGIES:
+        raise InvalidTask(
+            f"opSpec.failureStrategy must be STOP or CONTINUE, got {spec['failureStrategy']!r}"
+        )
+    return spec
+
+
+def check_env(value: object) -> dict[str, str]:
+    """A task's env: names like `ITERATIONS` (not the engine's own nor the host's essentials),
+    string values."""
+    env = {} if value is None else value
+    if not isinstance(env, dict):
+        raise InvalidTask("spec.env must map names to strings")
+    if len(env) > MAX_ENV:
+        raise InvalidTask(f"spec.env: at most {MAX_ENV} variables")
+    for name, text in env.items():
+        if not ENV_NAME.fullmatch(name) or len(name) > 200:
+            raise InvalidTask(
+                f"spec.env: {name[:100]!r} is not a name like ITERATIONS ([A-Z_][A-Z0-9_]*)"
+            )
+        if env_reserved(name):
+            raise InvalidTask(f"spec.env: {name} is reserved (the engine's or the host's own)")
+        if not isinstance(text, str):
+            raise InvalidTask(f"spec.env.{name} must be a string (quote numbers)")
+    return env
+
+
+def env_reserved(name: str) -> bool:
+    return name in ENV_RESERVED or name.startswith(ENV_RESERVED_PREFIXES)
+
+
+def _workflow(executable: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    _known(executable, ("type", "name", "parameters", "url"), "spec.executable.")
+    name, parameters = executable.get("name"), executable.get("parameters", {})
+    if not isinstance(name, str) or not name:
+        raise InvalidTask("spec.executable.name must name a registered workflow")
+    if name in REFUSED_WORKFLOWS:
+        raise InvalidTask(
+            f"spec.executable.name: workflow {name!r} runs client-given commands: not allowed here"
+        )
+    if not isinstance(parameters, dict):
+        raise InvalidTask("spec.executable.parameters must be an object")
+    if executable.get("url", f"workflow://{name}") != f"workflow://{name}":
+        raise InvalidTask(f"spec.executable.url of a WORKFLOW is workflow://{name} or absent")
+    try:
+        workflows.validate(name, parameters)
+    except (DomainError, ValueError) as error:
+        raise InvalidTask(f"spec.executable: {error}") from None
+    return name, parameters
+
+
+def _resources(value: object) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise InvalidTask('spec.resources is required: [{"type": "CPU", "count": 1}, ...]')
+    found: dict[str, dict[str, Any]] = {}
+    for n, item in enumerate(value):
+        where = f"spec.resources[{n}]"
+        kind = item.get("type") if isinstance(item, dict) else None
+        field, highest = {"CPU": ("count", MAX_CORES), "MEMORY": ("sizeInMB", MAX_MEMORY_MB)}.get(
+            kind, (None, 0)
+        )
+        if field is None:
+            raise InvalidTask(f"{where}.type must be CPU or MEMORY")
+        if kind in found:
+            raise InvalidTask(f"{where}: {kind} is given twice")
+        amount = item.get(field)
+        if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= highest:
+            raise InvalidTask(f"{where}.{field} must be an integer from 1 to {highest}")
+        _known(item, ("type", field), f"{where}.")
+        found[kind] = {"type": kind, field: amount}
+    if set(found) != {"CPU", "MEMORY"}:
+        raise InvalidTask("spec.resources must give CPU (count) and MEMORY (sizeInMB)")
+    return [found["CPU"], found["MEMORY"]]
+
+
+def _volume(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidTask(f"{where} must be an object with pathInContainer, pathOnHost, mode")
+    _known(value, ("pathInContainer", "pathOnHost", "mode"), f"{where}.")
+    for field in ("pathInContainer", "pathOnHost"):
+        path = value.get(field)
+        if not isinstance(path, str) or not path.startswith("/") or len(path) > 1000:
+            raise InvalidTask(f"{where}.{field} must be an absolute path")
+    if value.get("mode") not in VOLUME_MODES:
+        raise InvalidTask(f"{where}.mode must be READ_ONLY or READ_WRITE")
+    return value
+
+
+def _config(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or value.get("type") not in CONFIG_TYPES:
+        raise InvalidTask(f"{where}.type must be one of {', '.join(CONFIG_TYPES)}")
+    path = value.get("localFilename")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidTask(f"{where}.localFilename must be an absolute path")
+    return value
+
+
+def _known(data: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        raise InvalidTask(f"unknown field {where}{unknown[0]} (known: {', '.join(fields)})")
+
+
+def _object(data: dict[str, Any], field: str, where: str, required: bool = False) -> dict:
+    value = data.get(field)
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidTask(f"{where}{field} must be an object")
+    return value
+
+
+def _list(data: dict[str, Any], field: str) -> list:
+    value = data.get(field) or []
+    if not isinstance(value, list):
+        raise InvalidTask(f"spec.{field} must be a list")
+    return value
+
+
+def _strings(value: object, field: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidTask(f"{field} must be a list of strings")
+    return value
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+def check_startable(submitted: JobSubmitted, executor: str, now: datetime) -> None:
+    """Refuses to start a Drove task past its operation's timeout, or a DOCKER one on an
+    executor other than Kubernetes (`ProvisioningFailed`); other jobs pass."""
+    if submitted.dialect != DIALECT:
+        return
+    attributes = submitted.attributes
+    given = (attributes.get("opSpec") or DEFAULT_OP_SPEC).get("timeout")  # type: ignore[union-attr]
+    if now > submitted.at + timedelta(seconds=parse_duration(given, "opSpec.timeout")):
+        raise ProvisioningFailed(
+            f"provisioning timed out: the task did not start within its opSpec.timeout ({given})"
+        )
+    kind = (attributes.get("executable") or {}).get("type")  # type: ignore[union-attr]
+    if kind == "DOCKER" and executor != KUBERNETES:
+        raise ProvisioningFailed(
+            "DOCKER executables need the Kubernetes executor: set TASKENGINE_EXECUTOR=kubernetes"
+            f" (this task reached the {executor} executor)"
+        )
+
+
+def task_environment(submitted: JobSubmitted) -> dict[str, str]:
+    """What a Drove task's steps get in their environment: its `env` (checked at submission;
+    names that would steer the engine or the host are dropped again here)."""
+    if submitted.dialect != DIALECT:
+        return {}
+    env = submitted.attributes.get("env")
+    if not isinstance(env, dict):
+        return {}
+    return {
+        name: value
+        for name, value in env.items()
+        if isinstance(name, str)
+        and isinstance(value, str)
+        and ENV_NAME.fullmatch(name)
+        and not env_reserved(name)
+    }
+
+
+# --- states ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """A job as a Drove task instance: `state`, `result` once it ran to an end
+    (`{"status", "exitCode"}`), and `error_message`."""
+
+    state: TaskState
+    result: dict[str, Any] | None
+    error_message: str
+
+
+NOT_STARTED = {
+    JobState.SCHEDULED: TaskState.PENDING,
+    JobState.QUEUED: TaskState.PENDING,
+    JobState.PAUSED: TaskState.PENDING,
+    JobState.RETRY_WAIT: TaskState.PENDING,
+    JobState.ADMITTED: TaskState.PROVISIONING,
+}
+ENDED = {
+    JobState.SUCCEEDED: "SUCCESSFUL",
+    JobState.FAILED: "FAILED",
+    JobState.TIMED_OUT: "TIMED_OUT",
+    JobState.CANCELLED: "CANCELLED",
+    JobState.BROKEN: "CANCELLED",
+}
+
+
+def task_status(job: Job) -> TaskStatus:
+    """The one mapping from the canonical lifecycle to Drove's task states:
+
+    - scheduled, queued, paused, retry_wait: PENDING; admitted (a slot granted): PROVISIONING
+    - running: RUNNING (STARTING while a remote worker has not reported yet)
+    - failed before it started (no JobStarted): PROVISIONING_FAILED
+    - failed because its executor vanished (reason `lost...`): LOST, taskResult LOST
+    - succeeded / failed / timed_out: STOPPED, taskResult SUCCESSFUL / FAILED / TIMED_OUT
+    - cancelled (KILL) or broken: STOPPED, taskResult CANCELLED
+
+    `exitCode` is the last step's exit code (0 on success, -1 where none was seen).
+    RUN_COMPLETED and DEPROVISIONING are no separate moments here (an attempt's end is one
+    event); UNKNOWN is never answered.
+    """
+    state = job.state
+    if state in NOT_STARTED:
+        return TaskStatus(NOT_STARTED[state], None, "")
+    if state == JobState.RUNNING:
+        remote = job.executor not in (None, "local")
+        waiting = remote and not job.executing
+        return TaskStatus(TaskState.STARTING if waiting else TaskState.RUNNING, None, "")
+    error = job.failure or ""
+    if state == JobState.FAILED and error.startswith("lost"):
+        return TaskStatus(TaskState.LOST, _result("LOST", job.exit_code), error)
+    if state == JobState.FAILED and job.started_at is None:
+        return TaskStatus(TaskState.PROVISIONING_FAILED, None, error)
+    status = ENDED.get(state)
+    if status is None:  # pragma: no cover - every state is mapped above
+        return TaskStatus(TaskState.UNKNOWN, None, error)
+    code = 0 if state == JobState.SUCCEEDED else job.exit_code
+    return TaskStatus(TaskState.STOPPED, _result(status, code), error)
+
+
+def _result(status: str, exit_code: int | None) -> dict[str, Any]:
+    return {"status": status, "exitCode": -1 if exit_code is None else exit_code}

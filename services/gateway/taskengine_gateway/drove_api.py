@@ -1,0 +1,404 @@
+"""The container-tasks dialect (seed 004, Drove): `/apis/v1/ping`, task operations, task
+instances and search, and the tasks' log files.
+
+Every answer is Drove's envelope `{"status": "SUCCESS" | "FAILED", "data", "message"}`, errors
+too (400, 401, 404, 409, 413; a FAILED answer stores nothing), except the log file API, which
+answers Drove's bare shapes (`{"files"}`, `{"data", "offset"}`, the file itself). A task is a job
+(`dialect="drove"`) read by folding its stream (read-your-writes). `drove_task_ids` maps each
+live (client, sourceAppName, taskId) to its job; it is written in the same transaction as the
+job's submission and its deletion, so a taskId stays unique however fast two CREATEs race.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+from uuid import uuid5
+
+from litestar import Controller, Request, Response, delete, get, post, route
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from taskengine_contracts.events import JobBroken, JobCancelled, JobEvent
+from taskengine_core import drove
+from taskengine_core.clients import mask_values
+from taskengine_core.drove import InvalidTask
+from taskengine_core.errors import IllegalTransition
+from taskengine_core.ids import NAMESPACE, job_stream
+from taskengine_core.jobs import FINAL_STATES, Job, JobState, advance
+from taskengine_store.store import Conflict
+
+from taskengine_gateway.auth import Client
+from taskengine_gateway.fields import decode_object
+from taskengine_gateway.state import GatewayState
+
+log = logging.getLogger(__name__)
+
+HOSTNAME = socket.gethostname()
+ATTEMPTS = 3
+"""Tries of a KILL or DELETE that raced another change of the task (e.g. the dispatcher's)."""
+MAX_LISTED = 1000
+LOG_FILES = ("output.log",)
+DEFAULT_READ, MAX_READ = 65_536, 1_048_576
+INSTANCE = "/tasks/{source_app:str}/instances/{task_id:str}"
+LOGS = "/logfiles/tasks/{source_app:str}/{task_id:str}"
+LOG_PATHS = [f"{LOGS}/list", f"{LOGS}/read/{{file_name:str}}", f"{LOGS}/download/{{file_name:str}}"]
+GET_ONLY = ["/ping", "/tasks", *LOG_PATHS]
+POST_ONLY = ["/tasks/operations", "/tasks/search"]
+_OUTPUT = (
+    "WITH f AS (SELECT coalesce(string_agg(message || chr(10), '' ORDER BY id), '') AS text"
+    " FROM rm_job_log WHERE job_id = %s AND progname = 'worker' AND task_id > 0)"
+    " SELECT length(text) AS size, substr(text, %s, %s) AS data FROM f"
+)
+"""`output.log`: the lines the task's steps printed (step starts and exits included)."""
+
+
+class DroveError(HTTPException):
+    """A FAILED answer with its status code and message."""
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(status_code=status_code, detail=message)
+
+
+def envelope(data: object, message: str = "success", status: str = "SUCCESS") -> dict:
+    return {"status": status, "data": data, "message": message}
+
+
+def drove_error(request: Request, error: Exception) -> Response:
+    if isinstance(error, InvalidTask):
+        # drove-cli prints `validationErrors`; `data` stays an object for it.
+        body = envelope({"validationErrors": [str(error)]}, str(error), "FAILED")
+        return Response(body, status_code=400)
+    if isinstance(error, HTTPException):
+        detail = error.detail
+        if error.status_code == 405:
+            detail = f"method {request.method} not allowed on {request.url.path}"
+        elif error.status_code == 413:
+            detail = "request body too large"
+        headers = (
+            {"WWW-Authenticate": 'Basic realm="taskengine"'}
+            if isinstance(error, NotAuthorizedException)
+            else None
+        )
+        body = envelope({}, detail, "FAILED")
+        return Response(body, status_code=error.status_code, headers=headers)
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return Response(envelope({}, "internal error", "FAILED"), status_code=500)
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def millis(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def instance_view(job: Job) -> dict[str, Any]:
+    """A task instance in the seed's shape (`taskResult` once it ran to an end)."""
+    attributes = job.attributes
+    status = drove.task_status(job)
+    host = (job.cluster or HOSTNAME) if job.started_at else ""
+    executor = str(uuid5(NAMESPACE, f"executor:{host}:{job.executor}")) if host else ""
+    executable = dict(attributes["executable"])  # type: ignore[call-overload]
+    if executable.get("type") == "WORKFLOW":  # Drove tools print `url (type)`
+        executable = {"type": "WORKFLOW", "url": f"workflow://{executable['name']}", **executable}
+        executable["parameters"] = mask_values(executable.get("parameters", {}))
+    view: dict[str, Any] = {
+        "sourceAppName": attributes["sourceAppName"],
+        "taskId": attributes["taskId"],
+        "instanceId": attributes["instanceId"],
+        "executorId": executor,
+        "hostname": host,
+        "executable": executable,
+        "resources": allocated(attributes["resources"]),  # type: ignore[arg-type]
+        "volumes": attributes.get("volumes", []),
+        "env": mask_values(attributes.get("env", {})),
+        "state": str(status.state),
+        "metadata": {str(k): str(v) for k, v in job.metadata.items()},
+    }
+    if status.result is not None:
+        view["taskResult"] = status.result
+    view["errorMessage"] = status.error_message
+    view["created"], view["updated"] = millis(job.created_at), millis(job.updated_at)
+    return view
+
+
+def allocated(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Resources as Drove reports an allocation: CPU cores and memory by NUMA node (one node
+    here; cores are numbered, not pinned)."""
+    views = []
+    for resource in resources:
+        if resource["type"] == "CPU":
+            views.append({"type": "CPU", "cores": {"0": list(range(resource["count"]))}})
+        else:
+            views.append({"type": "MEMORY", "memoryInMB": {"0": resource["sizeInMB"]}})
+    return views
+
+
+# --- the controller ---------------------------------------------------------------------------
+
+
+class DroveController(Controller):
+    """Seed 004. Every route needs a client's credentials (`Authorization: Basic client:key`
+    or any other header style); a client sees only its own tasks."""
+
+    path = "/apis/v1"
+    exception_handlers = {HTTPException: drove_error, Exception: drove_error}
+
+    @get("/ping", operation_id="drove_ping")
+    async def ping(self, client: Client) -> dict:
+        return envelope("pong")
+
+    @post("/tasks/operations", operation_id="drove_task_operation", status_code=200)
+    async def operation(self, request: Request, gateway: GatewayState, client: Client) -> dict:
+        data = _body(await request.body())
+        if drove.operation_type(data) == "CREATE":
+            return envelope({"taskId": await create_task(gateway, client, data)})
+        return envelope({"taskId": await kill_task(gateway, client, data)})
+
+    @get("/tasks", operation_id="drove_list_tasks")
+    async def list_tasks(self, gateway: GatewayState, client: Client) -> dict:
+        rows = await _query(
+            gateway,
+            "SELECT job_id FROM drove_task_ids WHERE client = %s ORDER BY job_id DESC LIMIT %s",
+            (client.name, MAX_LISTED),
+        )
+        return envelope([instance_view(job) for job in await load_jobs(gateway, rows)])
+
+    @get(INSTANCE, operation_id="drove_get_task")
+    async def get_task(
+        self, source_app: str, task_id: str, gateway: GatewayState, client: Client
+    ) -> dict:
+        return envelope(instance_view(await find_task(gateway, client, source_app, task_id)))
+
+    @delete(INSTANCE, operation_id="drove_delete_task", status_code=200)
+    async def delete_task(
+        self, source_app: str, task_id: str, gateway: GatewayState, client: Client
+    ) -> dict:
+        for _ in range(ATTEMPTS):
+            job = await find_task(gateway, client, source_app, task_id)
+            if job.state not in FINAL_STATES:
+                state = drove.task_status(job).state
+                raise DroveError(409, f"task {task_id} of {source_app} is {state}: kill it first")
+            forget = ("DELETE FROM drove_task_ids WHERE job_id = %s", (job.job_id,))
+            events = []
+            if job.state != JobState.BROKEN:  # its events stay; it leaves the listings
+                reason = "deleted through the container-task API"
+                events = [advance(job.ref, JobBroken, by=client.name, reason=reason)]
+            try:
+                await gateway.runtime.call(gateway.runtime.store.commit, events, None, [forget])
+            except Conflict:
+                continue
+            return envelope({"taskId": task_id})
+        raise DroveError(409, "the task kept changing; retry")
+
+    @post("/tasks/search", operation_id="drove_search_tasks", status_code=200)
+    async def search(self, request: Request, gateway: GatewayState, client: Client) -> Response:
+        body = await request.body()
+        if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            form = parse_qs(body.decode(errors="replace"))
+            key = {
+                "sourceAppName": (form.get("taskSearchAppName") or [None])[0],
+                "taskId": (form.get("taskSearchTaskID") or [None])[0],
+            }
+            source_app, task_id = drove.task_key(key, "form field ")
+            await find_task(gateway, client, source_app, task_id)
+            location = f"/apis/v1/tasks/{source_app}/instances/{task_id}"
+            return Response(
+                envelope(location, "found"), status_code=303, headers={"Location": location}
+            )
+        data = _body(body)
+        unknown = sorted(set(data) - {"sourceAppName", "taskId"})
+        if unknown or not data:
+            raise InvalidTask("search by sourceAppName and/or taskId (no other fields)")
+        where, args = ["client = %s"], [client.name]
+        for field, column in (("sourceAppName", "source_app"), ("taskId", "task_id")):
+            if field in data:
+                drove.task_key({"sourceAppName": "x", "taskId": "x", field: data[field]}, "")
+                where.append(f"{column} = %s")
+                args.append(data[field])
+        sql = f"SELECT job_id FROM drove_task_ids WHERE {' AND '.join(where)} ORDER BY job_id DESC"
+        rows = await _query(gateway, sql + " LIMIT %s", (*args, MAX_LISTED))
+        return Response(envelope([instance_view(job) for job in await load_jobs(gateway, rows)]))
+
+    # --- log files (Drove's bare shapes) ------------------------------------------------------
+
+    @get(f"{LOGS}/list", operation_id="drove_log_files")
+    async def log_files(
+        self, source_app: str, task_id: str, gateway: GatewayState, client: Client
+    ) -> dict:
+        await find_task(gateway, client, source_app, task_id)
+        return {"files": list(LOG_FILES)}
+
+    @get(f"{LOGS}/read/{{file_name:str}}", operation_id="drove_read_log")
+    async def read_log(
+        self,
+        source_app: str,
+        task_id: str,
+        file_name: str,
+        request: Request,
+        gateway: GatewayState,
+        client: Client,
+    ) -> dict:
+        """`offset` -1 (the default): no data and the current end; from 0: up to `length`
+        characters from there (`offset` in the answer is where `data` starts)."""
+        offset = _integer(request, "offset", -1, -1, 2**62)
+        length = _integer(request, "length", DEFAULT_READ, 1, MAX_READ)
+        job = await log_of(gateway, client, source_app, task_id, file_name)
+        if offset < 0:
+            [row] = await _query(gateway, _OUTPUT, (job.job_id, 1, 0))
+            return {"data": "", "offset": row["size"]}
+        [row] = await _query(gateway, _OUTPUT, (job.job_id, offset + 1, length))
+        return {"data": row["data"], "offset": offset}
+
+    @get(f"{LOGS}/download/{{file_name:str}}", operation_id="drove_download_log")
+    async def download_log(
+        self, source_app: str, task_id: str, file_name: str, gateway: GatewayState, client: Client
+    ) -> Response:
+        job = await log_of(gateway, client, source_app, task_id, file_name)
+        [row] = await _query(gateway, _OUTPUT, (job.job_id, 1, 2**31 - 1))
+        return Response(
+            row["data"].encode(),
+            media_type="text/plain; charset=utf-8",
+            headers={"Content-Disposition": f"attachment; filename={file_name}"},
+        )
+
+    @route(
+        "/{rest:path}",
+        http_method=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        operation_id="drove_unknown",
+        include_in_schema=False,
+    )
+    async def unknown(self, request: Request) -> None:
+        raise DroveError(404, f"no such endpoint: {request.method} {request.url.path}")
+
+    # Other methods on this dialect's paths: a 405 in its envelope, not the app's shape.
+    @route(GET_ONLY, http_method=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def not_get(self, request: Request) -> None:
+        raise DroveError(405, f"method {request.method} not allowed on {request.url.path}")
+
+    @route(POST_ONLY, http_method=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def not_post(self, request: Request) -> None:
+        raise DroveError(405, f"method {request.method} not allowed on {request.url.path}")
+
+    @route(INSTANCE, http_method=["POST", "PUT", "PATCH"], include_in_schema=False)
+    async def not_on_instance(self, request: Request) -> None:
+        raise DroveError(405, f"method {request.method} not allowed on {request.url.path}")
+
+
+# --- use cases ----------------------------------------------------------------------------------
+
+
+async def create_task(gateway: GatewayState, client: Client, data: dict[str, Any]) -> str:
+    """Submits the task's job; its taskId must not be in use by a live task of the same app."""
+    submission = drove.create_operation(data)
+    key = (client.name, submission.source_app, submission.task_id)
+    taken = DroveError(
+        409,
+        f"task {submission.task_id} of {submission.source_app} exists already:"
+        " choose another taskId, or delete the finished instance first",
+    )
+    if await _task_job_id(gateway, *key) is not None:
+        raise taken
+    store = gateway.runtime.store
+    [number] = await gateway.runtime.call(store.next_job_ids, 1)
+    event = submission.submitted(number, client.name, datetime.now(UTC))
+    claim = (
+        "INSERT INTO drove_task_ids (client, source_app, task_id, job_id) VALUES (%s, %s, %s, %s)",
+        (*key, number),
+    )
+    try:
+        await gateway.runtime.call(store.commit, [event], None, [claim])
+    except Exception:
+        if await _task_job_id(gateway, *key) is not None:  # a concurrent CREATE won
+            raise taken from None
+        raise
+    return submission.task_id
+
+
+async def kill_task(gateway: GatewayState, client: Client, data: dict[str, Any]) -> str:
+    source_app, task_id = drove.kill_operation(data)
+    for _ in range(ATTEMPTS):
+        job = await find_task(gateway, client, source_app, task_id)
+        try:
+            event = advance(job.ref, JobCancelled, reason="killed (KILL operation)", by=client.name)
+        except IllegalTransition:
+            state = drove.task_status(job).state
+            raise DroveError(
+                409, f"task {task_id} of {source_app} is {state} already: nothing to kill"
+            ) from None
+        try:
+            await gateway.runtime.call(gateway.runtime.store.commit, [event])
+        except Conflict:
+            continue
+        return task_id
+    raise DroveError(409, "the task kept changing; retry")
+
+
+async def find_task(gateway: GatewayState, client: Client, source_app: str, task_id: str) -> Job:
+    """The caller's live task; another client's does not exist for it."""
+    missing = DroveError(404, f"no task {task_id[:100]} of {source_app[:100]}")
+    if not (drove.NAME.fullmatch(source_app) and drove.NAME.fullmatch(task_id)):
+        raise missing
+    number = await _task_job_id(gateway, client.name, source_app, task_id)
+    if number is None:
+        raise missing
+    jobs = await load_jobs(gateway, [{"job_id": number}])
+    if not jobs:
+        raise missing
+    return jobs[0]
+
+
+async def load_jobs(gateway: GatewayState, rows: list[dict]) -> list[Job]:
+    """The jobs of `rows` (`job_id`), folded from their streams, in the rows' order."""
+    streams = [job_stream(row["job_id"]) for row in rows]
+    found = await gateway.runtime.call(gateway.runtime.store.streams, streams)
+    jobs = [Job.fold(e for e in found[s] if isinstance(e, JobEvent)) for s in streams]
+    return [job for job in jobs if job is not None and job.dialect == drove.DIALECT]
+
+
+async def log_of(
+    gateway: GatewayState, client: Client, source_app: str, task_id: str, file_name: str
+) -> Job:
+    job = await find_task(gateway, client, source_app, task_id)
+    if file_name not in LOG_FILES:
+        raise DroveError(
+            404, f"no log file {file_name[:100]!r}: the files are {', '.join(LOG_FILES)}"
+        )
+    return job
+
+
+async def _task_job_id(
+    gateway: GatewayState, client: str, source_app: str, task_id: str
+) -> int | None:
+    rows = await _query(
+        gateway,
+        "SELECT job_id FROM drove_task_ids WHERE client = %s AND source_app = %s AND task_id = %s",
+        (client, source_app, task_id),
+    )
+    return rows[0]["job_id"] if rows else None
+
+
+async def _query(gateway: GatewayState, sql: str, args: tuple) -> list[dict]:
+    return await gateway.runtime.call(gateway.runtime.store.query, sql, args)
+
+
+def _body(raw: bytes) -> dict[str, Any]:
+    try:
+        return decode_object(raw)
+    except HTTPException as error:
+        raise InvalidTask(error.detail) from None
+
+
+def _integer(request: Request, name: str, default: int, lowest: int, highest: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lowest - 1
+    if not lowest <= value <= highest:
+        raise InvalidTask(f"{name} must be an integer from {lowest} to {highest}, got {raw[:40]!r}")
+    return value

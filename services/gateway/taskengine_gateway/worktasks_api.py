@@ -1,0 +1,385 @@
+"""The work-tasks dialect (seed 000): `/api/worktasks`, its workers' reports and logs, and
+`/api/metrics`.
+
+Errors take this dialect's shape: `{"error": "..."}` with 400, 401, 404, 409 or 413. A work
+task is a job (`dialect="worktasks"`) read by folding its stream (read-your-writes); counts
+come from the `rm_jobs` read model. Clients use their key in any of the foundation's header
+styles; a worker reporting on its task may instead use its attempt's token (refused once the
+attempt is over) or, when `WORKER_AUTH_TOKEN` is set, that shared token.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from taskengine_contracts.events import (
+    ExecutionLogged,
+    JobEvent,
+    JobSubmitted,
+    LogLine,
+    RetryPolicy,
+)
+from taskengine_core import workflows, worktasks
+from taskengine_core.errors import DomainError, IllegalTransition
+from taskengine_core.ids import execution_stream, job_stream
+from taskengine_core.jobs import Job, JobState
+from taskengine_core.worktasks import DIALECT, InvalidWorkTask, iso, view
+from taskengine_store.store import Conflict
+
+from taskengine_gateway.auth import Client, credentials
+from taskengine_gateway.errors import internal_error
+from taskengine_gateway.fields import decode_object
+from taskengine_gateway.state import GatewayState
+from taskengine_gateway.taskengine_api import JOB_NUMBER, current_settings
+
+ATTEMPTS = 3
+"""Tries of a report that raced another change of the task (e.g. the dispatcher's)."""
+REPORT_FIELDS = ("worktask_id", "status", "output_location", "metadata", "error_message")
+MAX_LOG_LINES = 1000
+SEVERITIES = ("DEBUG", "INFO", "WARN", "ERROR")
+
+
+class WorkTaskError(HTTPException):
+    """An error in this dialect's shape."""
+
+
+def worktasks_error(request: Request, error: Exception) -> Response:
+    if isinstance(error, InvalidWorkTask):
+        return Response({"error": str(error)}, status_code=400)
+    if isinstance(error, HTTPException):
+        detail = error.detail
+        if error.status_code == 413:
+            detail = "request body too large"
+        elif error.status_code == 405:
+            detail = f"method {request.method} not allowed on {request.url.path}"
+        headers = (
+            {"WWW-Authenticate": "Bearer"} if isinstance(error, NotAuthorizedException) else None
+        )
+        return Response({"error": detail}, status_code=error.status_code, headers=headers)
+    return internal_error(request, error)
+
+
+def _body(raw: bytes) -> dict[str, Any]:
+    try:
+        return decode_object(raw)
+    except HTTPException as error:
+        raise WorkTaskError(status_code=400, detail=error.detail) from None
+
+
+# --- who calls ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """Who calls a task's endpoint: a client (on its own tasks), any worker (the shared
+    token) or the worker of one attempt (`token`, checked against the task)."""
+
+    by: str
+    client: str | None = None
+    token: str | None = None
+
+
+async def reporter_of(request: Request, gateway: GatewayState) -> Reporter:
+    _, key = credentials(request)
+    if key and key.startswith(worktasks.TOKEN_PREFIX):
+        return Reporter("worker", token=key)
+    shared = gateway.runtime.config.worker_auth_token
+    if key and shared and hmac.compare_digest(key.encode(), shared.encode()):
+        return Reporter("worker")
+    client = await gateway.authenticator.authenticate(request)
+    return Reporter(client.name, client=client.name)
+
+
+async def load_worktask(gateway: GatewayState, worktask_id: str, client: str | None) -> Job:
+    """The work task from its stream; another client's task (or a job of another dialect)
+    does not exist for the caller. `client` None: any client's (a worker's view)."""
+    missing = WorkTaskError(status_code=404, detail=f"work task {worktask_id[:40]!r} not found")
+    if not JOB_NUMBER.fullmatch(worktask_id):
+        raise missing
+    events = await gateway.runtime.call(gateway.runtime.store.stream, job_stream(int(worktask_id)))
+    job = Job.fold(e for e in events if isinstance(e, JobEvent))
+    if job is None or job.dialect != DIALECT or client not in (None, job.client):
+        raise missing
+    return job
+
+
+async def reported_job(
+    gateway: GatewayState, worktask_id: str, reporter: Reporter
+) -> tuple[Job, int | None]:
+    """The task a report is about and, for an attempt's token, that attempt (the token must
+    be one this task's dispatcher gave out)."""
+    refused = NotAuthorizedException("the worker token does not fit this work task")
+    try:
+        job = await load_worktask(gateway, worktask_id, reporter.client)
+    except WorkTaskError:
+        if reporter.token:  # a token for no task proves nothing: do not say what exists
+            raise refused from None
+        raise
+    if reporter.token is None:
+        return job, None
+    key = gateway.runtime.config.webhook_key
+    for attempt in range(job.attempt, 0, -1):  # earlier attempts' tokens are known, and stale
+        if worktasks.token_fits(reporter.token, key, job.job_id, attempt):
+            return job, attempt
+    raise refused
+
+
+def refuse_over(job: Job, attempt: int) -> None:
+    """An attempt's token works while that attempt runs."""
+    if attempt != job.attempt or job.state != JobState.RUNNING:
+        raise WorkTaskError(
+            status_code=409,
+            detail=f"attempt {attempt} of work task {job.job_id} is over"
+            f" (now {worktasks.status_of(job)}, attempt {job.attempt})",
+        )
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    status: str
+    output_location: str | None
+    metadata: dict[str, Any]
+    error_message: str | None
+
+
+def report_of(data: dict[str, Any], worktask_id: str) -> Report:
+    unknown = sorted(set(data) - set(REPORT_FIELDS))
+    if unknown:
+        raise InvalidWorkTask(f"unknown field {unknown[0]!r}")
+    given = data.get("worktask_id")
+    if given is None:
+        raise InvalidWorkTask("worktask_id is required")
+    if isinstance(given, bool) or not isinstance(given, (str, int)) or str(given) != worktask_id:
+        raise InvalidWorkTask(f"worktask_id {given!r} does not match the path's {worktask_id!r}")
+    if data.get("status") not in worktasks.REPORTS:
+        raise InvalidWorkTask(f"status must be one of {', '.join(worktasks.REPORTS)}")
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise InvalidWorkTask("metadata must be an object")
+    return Report(
+        data["status"],
+        _text(data, "output_location", 2048),
+        metadata,
+        _text(data, "error_message", 10_000),
+    )
+
+
+def _text(data: dict[str, Any], field: str, longest: int) -> str | None:
+    value = data.get(field)
+    if value is not None and (not isinstance(value, str) or len(value) > longest):
+        raise InvalidWorkTask(f"{field} must be a string of at most {longest} characters")
+    return value
+
+
+def log_lines(data: dict[str, Any], now: datetime) -> list[LogLine]:
+    lines = data.get("lines")
+    if set(data) != {"lines"} or not isinstance(lines, list):
+        raise InvalidWorkTask('the body must be {"lines": [{"step", "severity", "text"}, ...]}')
+    if len(lines) > MAX_LOG_LINES:
+        raise InvalidWorkTask(f"at most {MAX_LOG_LINES} lines per request")
+    return [_line(line, f"lines[{i}]", now) for i, line in enumerate(lines)]
+
+
+def _line(line: object, where: str, now: datetime) -> LogLine:
+    if not isinstance(line, dict) or set(line) - {"at", "step", "severity", "text"}:
+        raise InvalidWorkTask(f"{where} must be an object of at, step, severity and text")
+    step, severity, text = line.get("step", 0), line.get("severity", "INFO"), line.get("text")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise InvalidWorkTask(f"{where}.step must be a step number (0 or more)")
+    if severity not in SEVERITIES:
+        raise InvalidWorkTask(f"{where}.severity must be one of {', '.join(SEVERITIES)}")
+    if not isinstance(text, str):
+        raise InvalidWorkTask(f"{where}.text must be a string")
+    at = now
+    if line.get("at") is not None:
+        try:
+            at = datetime.fromisoformat(str(line["at"]).replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidWorkTask(f"{where}.at must be an ISO 8601 timestamp") from None
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return LogLine(at, step, severity, text)
+
+
+# --- the controller ---------------------------------------------------------------------------
+
+
+class WorkTasksController(Controller):
+    """Seed 000. Clients: their key (`Authorization: Bearer <key>` or the other header styles).
+    A task's worker (reading it, reporting, logging) may instead use its attempt's token or the
+    shared WORKER_AUTH_TOKEN."""
+
+    exception_handlers = {HTTPException: worktasks_error, Exception: worktasks_error}
+
+    @get("/api/worktasks", operation_id="worktask_queue_length")
+    async def queue_length(self, gateway: GatewayState, client: Client) -> dict:
+        rows = await gateway.runtime.call(
+            gateway.runtime.store.query,
+            "SELECT count(*) AS n FROM rm_jobs WHERE client = %s AND dialect = %s"
+            " AND state = ANY(%s)",
+            (client.name, DIALECT, [str(state) for state in worktasks.WAITING]),
+        )
+        return {"queue_length": rows[0]["n"]}
+
+    @post("/api/worktasks", operation_id="submit_worktask", status_code=201)
+    async def submit_worktask(
+        self, request: Request, gateway: GatewayState, client: Client
+    ) -> dict:
+        task = worktasks.submission(_body(await request.body()))
+        try:
+            workflows.validate(task.workflow, task.parameters)
+        except (DomainError, ValueError) as error:
+            raise InvalidWorkTask(str(error)) from None
+        now = datetime.now(UTC)
+        built: list[JobSubmitted] = []
+
+        def build(number: int) -> list:
+            built[:] = [
+                JobSubmitted(
+                    id=job_stream(number),
+                    version=1,
+                    at=now,
+                    job_id=number,
+                    client=client.name,
+                    workflow=task.workflow,
+                    parameters=task.parameters,
+                    priority=task.priority,
+                    run_at=now,
+                    state="queued",
+                    timeout=task.timeout,
+                    dialect=DIALECT,
+                    retry=RetryPolicy(
+                        max_retries=task.max_retries,
+                        backoff="exponential_jitter",
+                        transient_only=True,
+                    ),
+                    attributes=task.attributes,
+                )
+            ]
+            return list(built)
+
+        await gateway.submitter.submit(build)
+        return view(Job.started(built[0]))
+
+    @get("/api/worktasks/{worktask_id:str}", operation_id="get_worktask")
+    async def get_worktask(self, worktask_id: str, request: Request, gateway: GatewayState) -> dict:
+        """A client's own task, secret-looking values masked; or, for its worker, the task as
+        submitted (its steps need the real parameters)."""
+        reporter = await reporter_of(request, gateway)
+        job, attempt = await reported_job(gateway, worktask_id, reporter)
+        if reporter.client is not None:
+            return view(job)
+        if attempt is not None:
+            refuse_over(job, attempt)
+        return view(job, masked=False)
+
+    @post("/api/worktasks/{worktask_id:str}", operation_id="report_worktask", status_code=200)
+    async def report_worktask(
+        self, worktask_id: str, request: Request, gateway: GatewayState
+    ) -> dict:
+        reporter = await reporter_of(request, gateway)
+        report = report_of(_body(await request.body()), worktask_id)
+        settings = await current_settings(gateway)
+        for _ in range(ATTEMPTS):
+            job, attempt = await reported_job(gateway, worktask_id, reporter)
+            try:
+                events, answer = worktasks.plan_report(
+                    job,
+                    report.status,
+                    by=reporter.by,
+                    now=datetime.now(UTC),
+                    output_location=report.output_location,
+                    metadata=report.metadata,
+                    error_message=report.error_message,
+                    attempt=attempt,
+                    retry_delay=settings.retry_delay,
+                    retry_max_delay=max(settings.retry_delay, settings.int("retry_max_delay")),
+                    max_memory=gateway.runtime.config.max_memory,
+                )
+            except IllegalTransition as error:
+                raise WorkTaskError(status_code=409, detail=str(error)) from None
+            try:
+                await gateway.runtime.call(gateway.runtime.store.commit, events)
+            except Conflict:
+                continue
+            return {"status": answer}
+        raise WorkTaskError(status_code=409, detail=f"work task {worktask_id} kept changing; retry")
+
+    @post("/api/worktasks/{worktask_id:str}/logs", operation_id="log_worktask", status_code=200)
+    async def log_worktask(self, worktask_id: str, request: Request, gateway: GatewayState) -> dict:
+        """Lines a remote worker printed, appended to its attempt's log (`GET /logs/<id>`)."""
+        reporter = await reporter_of(request, gateway)
+        now = datetime.now(UTC)
+        lines = log_lines(_body(await request.body()), now)
+        job, attempt = await reported_job(gateway, worktask_id, reporter)
+        if attempt is not None:
+            refuse_over(job, attempt)
+        if job.attempt == 0:
+            raise WorkTaskError(status_code=409, detail=f"work task {job.job_id} has not started")
+        if not lines:
+            return {"status": "logged", "lines": 0}
+        stream = execution_stream(job.job_id, job.attempt)
+
+        def logged(events: list, version: int) -> ExecutionLogged:
+            return ExecutionLogged(
+                id=stream,
+                version=version,
+                at=now,
+                job_id=job.job_id,
+                attempt=job.attempt,
+                lines=lines,
+            )
+
+        try:
+            await gateway.runtime.call(gateway.runtime.store.append_next, stream, logged)
+        except Conflict:
+            raise WorkTaskError(status_code=409, detail="the log kept changing; retry") from None
+        return {"status": "logged", "lines": len(lines)}
+
+    @get("/api/metrics", operation_id="worktask_metrics")
+    async def metrics(self, gateway: GatewayState, client: Client) -> dict:
+        """The caller's work tasks: the queue, and counts by status and by type."""
+        store = gateway.runtime.store
+        counts = await gateway.runtime.call(
+            store.query,
+            "SELECT state, executing, attributes->>'type' AS type, count(*) AS n FROM rm_jobs"
+            " WHERE client = %s AND dialect = %s GROUP BY state, executing, type",
+            (client.name, DIALECT),
+        )
+        queue = await gateway.runtime.call(
+            store.query,
+            "SELECT attributes->>'priority' AS priority, count(*) AS n, min(created_at) AS oldest"
+            " FROM rm_jobs WHERE client = %s AND dialect = %s AND state = ANY(%s)"
+            " GROUP BY attributes->>'priority'",
+            (client.name, DIALECT, [str(state) for state in worktasks.WAITING]),
+        )
+        now = datetime.now(UTC)
+        by_status = dict.fromkeys(worktasks.STATUSES, 0)
+        by_type = dict.fromkeys(worktasks.TYPES, 0)
+        for row in counts:
+            by_status[worktasks.status_named(JobState(row["state"]), row["executing"])] += row["n"]
+            by_type[row["type"]] = by_type.get(row["type"], 0) + row["n"]
+        oldest = min((row["oldest"] for row in queue), default=None)
+        return {
+            "queue": {
+                "length": sum(row["n"] for row in queue),
+                "by_priority": {
+                    row["priority"]: row["n"]
+                    for row in sorted(queue, key=lambda row: -float(row["priority"] or 0))
+                },
+                "oldest_queued_at": iso(oldest),
+                "oldest_age_seconds": None
+                if oldest is None
+                else round((now - oldest).total_seconds(), 3),
+            },
+            "tasks_by_status": by_status,
+            "tasks_by_type": by_type,
+            "timestamp": iso(now),
+        }

@@ -1,0 +1,222 @@
+"""`WebSocket /ws/tasks` (seed 000): every status change of the caller's work tasks.
+
+Each message is `{"event": "task_update", "position": N, "task": {"worktask_id", "status",
+...the fields that change set}}`; `position` is the event's place in the store's global order.
+A client reconnecting with `?after=<position>` first gets what it missed, read from the event
+store, then live updates from an ordered JetStream consumer on the job lifecycle subjects:
+nothing is skipped or sent twice. Credentials: the foundation's headers, or `?token=<key>`
+(browsers cannot set headers on a WebSocket), which is masked in the server's log.
+
+Close codes: 4401 no valid credentials, 4400 a malformed `after`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import msgspec
+from litestar import WebSocket, websocket
+from litestar.exceptions import NotAuthorizedException, WebSocketDisconnect
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from taskengine_bus import Runtime
+from taskengine_contracts import subjects
+from taskengine_contracts.events import Event, JobEvent, JobSubmitted, decode
+from taskengine_core import worktasks
+from taskengine_core.worktasks import DIALECT
+
+from taskengine_gateway.auth import Client, credentials
+from taskengine_gateway.state import GatewayState
+
+log = logging.getLogger(__name__)
+
+REPLAY_PAGE = 1000
+KNOWN_JOBS = 10_000
+"""Jobs whose dialect a socket remembers before it forgets them all (and looks up again)."""
+_TOKEN = re.compile(r"(?i)((?:^|[?&;])token=)[^&\s\"']*")
+
+
+def mask_token(text: str) -> str:
+    return _TOKEN.sub(r"\1***", text)
+
+
+class _TokenMask(logging.Filter):
+    """Masks `token=...` in log lines (uvicorn logs each WebSocket's path with its query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message.lower():
+            record.msg, record.args = mask_token(message), ()
+        return True
+
+
+def mask_tokens_in_logs() -> None:
+    """Installs the mask on the loggers that print request paths (idempotent)."""
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _TokenMask) for f in logger.filters):
+            logger.addFilter(_TokenMask())
+
+
+@dataclass(frozen=True)
+class _QueryCredentials:
+    """`?token=<key>` (and `?client=<name>`) presented as the bearer header they stand for."""
+
+    headers: Mapping[str, str]
+
+
+async def _client(socket: WebSocket, gateway: GatewayState) -> Client:
+    _, key = credentials(socket)
+    if key:
+        return await gateway.authenticator.authenticate(socket)
+    token = socket.query_params.get("token")
+    if not token:
+        raise NotAuthorizedException("missing credentials: send a key, or ?token=<key>")
+    headers = {"authorization": f"Bearer {token}"}
+    if name := socket.query_params.get("client"):
+        headers["client"] = name
+    return await gateway.authenticator.authenticate(_QueryCredentials(headers))  # type: ignore[arg-type]
+
+
+@websocket("/ws/tasks")
+async def task_updates(socket: WebSocket, gateway: GatewayState) -> None:
+    try:
+        client = await _client(socket, gateway)
+    except NotAuthorizedException as error:
+        await _refuse(socket, 4401, str(error.detail))
+        return
+    raw = socket.query_params.get("after")
+    if raw is not None and not (raw.isdigit() and len(raw) <= 18):
+        await _refuse(socket, 4400, "after must be a position (a whole number)")
+        return
+    feed = TaskFeed(gateway.runtime, client.name)
+    # Following the bus before the handshake completes: whatever the client does once
+    # connected is seen.
+    subscription = await gateway.runtime.js.subscribe(
+        subjects.JOBS,
+        stream=subjects.STREAM,
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.NEW,
+    )
+    try:
+        await socket.accept()
+        await feed.serve(socket, subscription.messages, None if raw is None else int(raw))
+    finally:
+        await _unsubscribe(gateway.runtime, subscription)
+
+
+async def _refuse(socket: WebSocket, code: int, reason: str) -> None:
+    """Accepts only to close with a code a browser can read (a refused handshake shows none)."""
+    await socket.accept()
+    await socket.close(code=code, reason=reason[:120])
+
+
+@dataclass
+class TaskFeed:
+    """One socket's updates: the client's work-task job events, each sent once, in order."""
+
+    runtime: Runtime
+    client: str
+    sent: int = 0
+    """Position of the last event looked at (sent or not for this client)."""
+    worktask: dict[UUID, bool] = field(default_factory=dict)
+    status: dict[UUID, str] = field(default_factory=dict)
+    """The status last sent for each job: a change that keeps it is not news."""
+
+    async def serve(self, socket: WebSocket, live: AsyncIterator[Msg], after: int | None) -> None:
+        """Sends until the client disconnects. `live` was subscribed before the store is read:
+        whatever is committed after the replay's last read is published after that, so it
+        arrives live (its position tells a repeat)."""
+        sending = asyncio.create_task(self._send(socket, live, after))
+        closing = asyncio.create_task(_until_closed(socket))
+        try:
+            await asyncio.wait({sending, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sending, closing):
+                task.cancel()
+            for task in (sending, closing):
+                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await socket.close()
+
+    async def _send(self, socket: WebSocket, live: AsyncIterator[Msg], after: int | None) -> None:
+        if after is not None:
+            self.sent = after
+            while page := await self.runtime.call(
+                self.runtime.store.events_after, self.sent, REPLAY_PAGE
+            ):
+                for item in page:
+                    await self._offer(socket, item.position, item.event)
+        async for message in live:
+            position = int((message.headers or {}).get(subjects.POSITION_HEADER, 0))
+            if position <= self.sent:
+                continue
+            try:
+                event = decode(message.data)
+            except msgspec.ValidationError:
+                log.warning("ws: undecodable event at %s skipped", position)
+                continue
+            await self._offer(socket, position, event)
+
+    async def _offer(self, socket: WebSocket, position: int, event: Event) -> None:
+        self.sent = max(self.sent, position)
+        if not isinstance(event, JobEvent) or event.client != self.client:
+            return
+        if not await self._is_worktask(event):
+            return
+        changed = worktasks.update(event)
+        if changed is None:
+            return
+        if len(changed) == 1 and self.status.get(event.id) == changed["status"]:
+            return
+        self.status[event.id] = changed["status"]
+        task = {"worktask_id": str(event.job_id), **changed}
+        await socket.send_json({"event": "task_update", "position": position, "task": task})
+
+    async def _is_worktask(self, event: JobEvent) -> bool:
+        if isinstance(event, JobSubmitted):
+            known = event.dialect == DIALECT
+        elif (remembered := self.worktask.get(event.id)) is not None:
+            return remembered
+        else:
+            known = await self.runtime.call(_is_worktask, self.runtime, event.id)
+        if len(self.worktask) >= KNOWN_JOBS:
+            self.worktask.clear()
+            self.status.clear()
+        self.worktask[event.id] = known
+        return known
+
+
+def _is_worktask(runtime: Runtime, job: UUID) -> bool:
+    rows = runtime.store.query("SELECT dialect FROM rm_jobs WHERE job_uuid = %s", (job,))
+    if rows:
+        return bool(rows[0]["dialect"] == DIALECT)
+    # Not projected yet (or cleared by retention): the submission itself says.
+    first = runtime.store.streams([job], version=1)[job]
+    return bool(first) and isinstance(first[0], JobSubmitted) and first[0].dialect == DIALECT
+
+
+async def _until_closed(socket: WebSocket) -> None:
+    """Reads (and ignores) what the client sends until it disconnects."""
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            await socket.receive_data(mode="text")
+
+
+async def _unsubscribe(runtime: Runtime, subscription: JetStreamContext.PushSubscription) -> None:
+    """Stops delivery and removes the socket's consumer (the server would, once idle)."""
+    name = None
+    with contextlib.suppress(Exception):
+        name = (await subscription.consumer_info()).name
+    with contextlib.suppress(Exception):
+        await subscription.unsubscribe()
+    if name:
+        with contextlib.suppress(Exception):
+            await runtime.js.delete_consumer(subjects.STREAM, name)
