@@ -25,6 +25,7 @@ test: install
 
 bench: install
 	$(VENV)/bin/python -m tests.bench.burndown
+	$(VENV)/bin/python -m tests.bench.scheduler
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -148,11 +148,11 @@ class BatchConsumer:
             try:
                 messages = await subscription.fetch(self.batch, timeout=self.wait)
             except (TimeoutError, nats.errors.TimeoutError):
+                messages = []
+            if not messages:  # nats-py answers [] when the server's timeout reply comes first
                 await self._track_lazily()
                 if self.idle:
                     await self.idle()
-                continue
-            if not messages:
                 continue
             batch = []
             for message in messages:
