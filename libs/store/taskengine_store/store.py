@@ -18,7 +18,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg import Cursor
-from psycopg.sql import SQL
+from psycopg.sql import SQL, Identifier
 from taskengine_contracts.events import Event, JobEvent, decode, encode, topic_of
 from taskengine_core.jobs import Job
 
@@ -49,10 +49,34 @@ class Position:
 class _Recorder(PostgresProcessRecorder):
     """Runs the caller's statements in the same transaction as the events and tracking."""
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.insert_arrays = SQL(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
+            " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+            " RETURNING notification_id"
+        ).format(
+            schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
+        )
+
     def _insert_events(self, curs, stored_events, **kwargs):  # type: ignore[no-untyped-def]
         super()._insert_events(curs, stored_events, **kwargs)
         for query, params in kwargs.get("statements", ()):
             curs.execute(query, params, prepare=True)
+
+    def _insert_stored_events(self, curs, stored_events, **kwargs):  # type: ignore[no-untyped-def]
+        """eventsourcing's insert (table lock, notify, rows in order, their ids returned), with
+        the rows sent as four plain arrays: psycopg dumps those natively, where eventsourcing's
+        array of composites is quoted field by field in Python."""
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        columns = (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+        )
+        curs.execute(self.insert_arrays, columns, prepare=True)
 
 
 class EventStore:

@@ -52,7 +52,7 @@ from taskengine_store.store import Conflict, Statement
 
 log = logging.getLogger(__name__)
 
-FIRE_BATCH = 2000
+FIRE_BATCH = 5000
 """Runs fired per commit."""
 FIRE_BUDGET = 2.0
 """Seconds a tick goes on firing full batches of due schedules before the scheduler's other
