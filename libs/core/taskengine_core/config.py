@@ -60,6 +60,30 @@ class EngineSettings(BaseSettings):
         default="taskengine:latest",
         description="what a Kubernetes Job runs for a workflow that names no image",
     )
+    kubeconfig: str = Field(
+        default="",
+        validation_alias="KUBECONFIG",
+        description="the kubeconfig file(s) of the Kubernetes executor (default ~/.kube/config;"
+        " none there: the cluster the dispatcher runs in)",
+    )
+    kube_contexts: str = Field(
+        default="",
+        description="the clusters the Kubernetes executor runs Jobs on: kubeconfig contexts,"
+        " comma-separated (default the current context)",
+    )
+    kube_namespace: str = Field(default="default", description="where the Jobs are created")
+    kube_job_ttl: int = Field(
+        default=3600,
+        ge=0,
+        description="seconds a finished Job (and its pod's logs) is kept: ttlSecondsAfterFinished",
+    )
+    kube_secret_keys: str = Field(
+        default="AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,AWS_SESSION_TOKEN,AWS_REGION,"
+        "AWS_ENDPOINT_URL",
+        description="the keys of a work task's storage_credentials Secret its worker gets, each"
+        " as the environment variable of that name (secretKeyRef; a key the Secret lacks is"
+        " left unset)",
+    )
 
     @model_validator(mode="after")
     def _workflows_in_data_dir(self) -> EngineSettings:

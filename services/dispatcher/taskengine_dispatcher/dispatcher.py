@@ -45,14 +45,15 @@ from taskengine_core.workflows import workflow
 from taskengine_core.worktasks import LOST
 from taskengine_store.store import Conflict, Statement
 
-from taskengine_dispatcher import workers
+from taskengine_dispatcher import kubernetes, workers
+from taskengine_dispatcher.kubernetes import JobAttempt, KubernetesExecutor
 from taskengine_dispatcher.outcomes import ended, ended_now
 from taskengine_dispatcher.workers import WorkerProcess
 
 log = logging.getLogger(__name__)
 
 NAME = "dispatcher"
-EXECUTORS = ("local", workers.EXECUTOR)
+EXECUTORS = ("local", workers.EXECUTOR, kubernetes.EXECUTOR)
 FLUSH = 0.05
 DEFAULT_TIMEOUT = 3600.0
 
@@ -97,8 +98,9 @@ class Execution:
     outcome: Outcome | None = None
     task: asyncio.Task | None = None
     cancelled: bool = False
-    worker: WorkerProcess | None = None
-    """The process executor's worker (its outcome comes from its reports, not `outcome`)."""
+    worker: WorkerProcess | JobAttempt | None = None
+    """A remote executor's worker: a process or a Kubernetes Job (its outcome comes from its
+    reports, not `outcome`)."""
 
     def emit(self, line: LogLine) -> None:
         """Where the executor sends output: the lines not yet stored (flush swaps the list)."""
@@ -114,6 +116,7 @@ class Dispatcher:
         self.executor = runtime.config.executor
         self.running: dict[UUID, Execution] = {}
         self.wake = asyncio.Event()
+        self.kube: KubernetesExecutor | None = None
 
     # --- starting --------------------------------------------------------------------------
 
@@ -143,7 +146,9 @@ class Dispatcher:
                 admitted = [e for e in admitted if e.id not in conflict.stale]
         for execution, steps, env, timeout in launches:
             self.running[execution.ref.id] = execution
-            if execution.worker:
+            if isinstance(execution.worker, JobAttempt):
+                execution.task = asyncio.create_task(self._run_job(execution))
+            elif execution.worker:
                 execution.task = asyncio.create_task(self._run_worker(execution))
             else:
                 execution.task = asyncio.create_task(self._run(execution, steps, env, timeout))
@@ -161,6 +166,7 @@ class Dispatcher:
             assert isinstance(spec, JobSubmitted), f"job {event.job_id} has no submission"
             job = Job.fold(e for e in specs[event.id] if isinstance(e, JobEvent))
             ref = JobRef.of(event)
+            placement = self.kube.place(ref.job_id, event.attempt) if self.kube else None
             try:
                 check_startable(spec, self.executor, datetime.now(UTC))  # a Drove task
                 steps = workflow(spec.workflow).steps(spec.parameters, event.attempt)
@@ -183,6 +189,8 @@ class Dispatcher:
                 executor=self.executor,
                 callbacks=spec.callbacks,
                 memory=workers.attempt_memory(job) if remote and job else None,
+                cluster=placement.cluster if placement else None,
+                job_name=placement.job_name if placement else None,
             )
             events.append(started)
             custom_data = spec.parameters.get("custom_data")
@@ -227,7 +235,10 @@ class Dispatcher:
                 )
             )
             timeout = spec.timeout or DEFAULT_TIMEOUT
-            if remote:
+            if self.kube and placement and job:
+                env = {}
+                execution.worker = self.kube.attempt(placement, spec, job, event.attempt, timeout)
+            elif remote:
                 config = self.runtime.config
                 env = workers.worker_env(config, ref.job_id, event.attempt, timeout)
                 execution.worker = WorkerProcess(env, timeout)
@@ -269,6 +280,24 @@ class Dispatcher:
         else:
             reason = f"lost: the worker exited ({exit.describe()}) without a final report"
             outcome = Outcome("failed", reason, exit.code, transient=LOST)
+        await self._end_attempt(execution, outcome)
+        if exit.timed_out:  # its attempt is over: it may stop its steps, its report is refused
+            await worker.terminate()
+        if self.running.get(execution.ref.id) is execution:
+            del self.running[execution.ref.id]
+
+    async def _run_job(self, execution: Execution) -> None:
+        """Runs the attempt as a Kubernetes Job; once it ended, ends the attempt unless the
+        worker's reports did (see kubernetes.py)."""
+        assert isinstance(execution.worker, JobAttempt)
+        outcome = await execution.worker.run()  # cancelled (the dispatcher stops): Job kept
+        await self._end_attempt(execution, outcome)
+        if self.running.get(execution.ref.id) is execution:
+            del self.running[execution.ref.id]
+
+    async def _end_attempt(self, execution: Execution, outcome: Outcome | None) -> None:
+        """Ends a remote attempt with `outcome` unless its job moved on (None: it was stopped,
+        its execution row goes)."""
         ending = Ending(
             execution.ref.id, execution.attempt, outcome, execution.callbacks, execution.custom_data
         )
@@ -283,10 +312,6 @@ class Dispatcher:
                 delay = min(delay * 4, 5.0)
         for event in appended:
             log.warning("job %s: %s", event.job_id, outcome.reason if outcome else event)
-        if exit.timed_out:  # its attempt is over: it may stop its steps, its report is refused
-            await worker.terminate()
-        if self.running.get(execution.ref.id) is execution:
-            del self.running[execution.ref.id]
 
     def _cancel(self, event: JobCancelled | JobBroken) -> None:
         execution = self.running.get(event.id)
@@ -427,6 +452,11 @@ class Dispatcher:
             "SELECT * FROM dispatcher_executions WHERE instance = %s",
             (self.runtime.instance,),
         )
+        if self.kube:  # its Jobs outlived it: those of attempts still running are watched again
+            rows = self._adopt(
+                rows,
+                await self.runtime.call(self.runtime.store.jobs, [r["job_uuid"] for r in rows]),
+            )
         if not rows:
             return
         lost = Outcome("failed", "lost: the dispatcher running it stopped", transient=LOST)
@@ -441,15 +471,45 @@ class Dispatcher:
             len(appended),
         )
 
+    def _adopt(self, rows: list[dict], jobs: dict[UUID, Job]) -> list[dict]:
+        """Supervises again the Kubernetes Jobs of the attempts in `rows` that still run;
+        returns the rows of the others (over, or lost)."""
+        assert self.kube is not None
+        left = []
+        for row in rows:
+            job = jobs.get(row["job_uuid"])
+            attempt = self.kube.adopt(job, row["attempt"]) if job else None
+            if job is None or attempt is None:
+                left.append(row)
+                continue
+            execution = Execution(
+                job.ref,
+                job.workflow,
+                job.priority,
+                row["attempt"],
+                row["callbacks"],
+                row["custom_data"],
+                job.retry,
+                job.concurrency_key,
+                worker=attempt,
+            )
+            self.running[job.id] = execution
+            execution.task = asyncio.create_task(self._run_job(execution))
+        if len(left) < len(rows):
+            log.info("dispatcher: adopted %d Kubernetes Job(s)", len(rows) - len(left))
+        return left
+
 
 async def dispatcher(runtime: Runtime) -> None:
     executor = runtime.config.executor
     if executor not in EXECUTORS:
         raise SystemExit(f"dispatcher: TASKENGINE_EXECUTOR must be one of {', '.join(EXECUTORS)}")
-    if executor == workers.EXECUTOR and not runtime.config.webhook_key:
+    if executor != "local" and not runtime.config.webhook_key:
         raise SystemExit("dispatcher: workers' tokens derive from TASKENGINE_WEBHOOK_KEY: set it")
     service = Dispatcher(runtime)
     runtime.working = lambda: len(service.running)
+    if executor == kubernetes.EXECUTOR:
+        service.kube = await kubernetes.connect(runtime)
     await service.recover()
     consumer = BatchConsumer(
         runtime.js,
@@ -472,3 +532,5 @@ async def dispatcher(runtime: Runtime) -> None:
         for execution in service.running.values():
             if execution.task:
                 execution.task.cancel()
+        if service.kube:
+            await service.kube.close()

@@ -1,0 +1,414 @@
+"""The Kubernetes executor (`TASKENGINE_EXECUTOR=kubernetes`): each attempt runs as a batch/v1
+Job whose container is `taskengine worker`, which reports to the gateway as the process
+executor's worker does; its reports move the job.
+
+The dispatcher creates the Job (named from the job and attempt: a second create is
+AlreadyExists, which is success), watches Jobs and pods and, once the Job or its pod ended,
+ends the attempt as their status says (`kube_jobs.verdict`) unless the worker's report ended
+it first. Both are listed, then watched from the list's resourceVersion: a dropped watch
+resumes where it was, a 410 Gone lists again. Cancelling deletes the Job. Jobs outlive their
+dispatcher: a restarted one watches again those of attempts still running (`adopt`) and
+deletes those of attempts that are over.
+
+The clusters are kubeconfig contexts (`TASKENGINE_KUBE_CONTEXTS`, default the current one;
+`KUBECONFIG`, default ~/.kube/config), else the cluster the dispatcher runs in; attempts take
+them in turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Coroutine
+from typing import Any, NamedTuple
+
+from kubernetes_asyncio.client.exceptions import ApiException
+from taskengine_bus import Runtime
+from taskengine_contracts.events import JobSubmitted
+from taskengine_core.config import EngineSettings
+from taskengine_core.ids import job_stream
+from taskengine_core.jobs import Job, JobState
+from taskengine_core.steps import Outcome
+from taskengine_core.workflows import workflow
+from taskengine_core.worktasks import LOST, worker_token
+
+from taskengine_dispatcher import kube_clusters, kube_jobs, workers
+from taskengine_dispatcher.kube_clusters import (
+    FIRST_RETRY,
+    JOBS,
+    PODS,
+    REQUEST_TIMEOUT,
+    RETRY_CAP,
+    UNREACHABLE,
+    Cluster,
+    describe,
+    message,
+)
+from taskengine_dispatcher.kube_jobs import Obj
+
+log = logging.getLogger(__name__)
+
+EXECUTOR = "kubernetes"
+CREATE_PATIENCE = 60.0
+"""How long a Job's creation is retried (cluster unreachable, 5xx) before the attempt is lost."""
+SYNC_WAIT = 15.0
+"""How long a starting dispatcher waits for its first lists before adopting Jobs."""
+
+
+class Placement(NamedTuple):
+    """Where an attempt runs: what its JobStarted records as `cluster` and `job_name`."""
+
+    cluster: str
+    job_name: str
+
+
+class JobAttempt:
+    """An attempt's Job, as the dispatcher's execution holds it (its `worker`)."""
+
+    def __init__(
+        self,
+        executor: KubernetesExecutor,
+        job_id: int,
+        attempt: int,
+        body: Obj | None,
+        placement: Placement,
+    ):
+        self.executor = executor
+        self.job_id = job_id
+        self.attempt = attempt
+        self.cluster, self.name = placement
+        self.body = body
+        self.created = body is None
+        """The Job exists (created, or adopted: `body` None)."""
+        self.ended: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        self.reading = False
+        self.pods_read = False
+
+    def stop(self) -> None:
+        """Its job was cancelled or broken: the Job is deleted (see `run`)."""
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    async def run(self) -> Outcome | None:
+        """Creates the Job and waits until it ended; returns how (None: stopped)."""
+        return await self.executor.supervise(self)
+
+
+def worker_env(config: EngineSettings, job_id: int, attempt: int, timeout: float) -> dict[str, str]:
+    """What the Job's worker is told: its task, attempt, token and where to report."""
+    return {
+        "TASKENGINE_TASK_ID": str(job_id),
+        "TASKENGINE_ATTEMPT": str(attempt),
+        "TASKENGINE_WORKER_TOKEN": worker_token(config.webhook_key, job_id, attempt),
+        "TASKENGINE_GATEWAY_URL": workers.gateway_url(config),
+        "TASKENGINE_TIMEOUT": f"{timeout:g}",
+        "TASKENGINE_INLINE_STEPS": "true" if config.inline_steps else "false",
+        "TASKENGINE_LOG_LEVEL": config.log_level,
+    }
+
+
+class KubernetesExecutor:
+    def __init__(self, runtime: Runtime, clusters: list[Cluster]):
+        self.runtime = runtime
+        self.namespace = runtime.config.kube_namespace
+        self.clusters = {cluster.name: cluster for cluster in clusters}
+        self.turn = itertools.count()
+        self.attempts: dict[tuple[str, str], JobAttempt] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.watches: list[asyncio.Task] = []
+
+    # --- placing attempts -------------------------------------------------------------------
+
+    def place(self, job_id: int, attempt: int) -> Placement:
+        names = list(self.clusters)
+        return Placement(names[next(self.turn) % len(names)], kube_jobs.job_name(job_id, attempt))
+
+    def attempt(
+        self, placement: Placement, spec: JobSubmitted, job: Job, attempt: int, timeout: float
+    ) -> JobAttempt:
+        """The attempt's Job, to be created by `run`."""
+        config = self.runtime.config
+        access = job.attributes.get("data_access")
+        secret = access.get("storage_credentials") if isinstance(access, dict) else None
+        body = kube_jobs.manifest(
+            name=placement.job_name,
+            job_id=job.job_id,
+            attempt=attempt,
+            image=workflow(spec.workflow).image or config.worker_image,
+            env=worker_env(config, job.job_id, attempt, timeout),
+            requirements=job.attributes.get("resource_requirements"),
+            memory=workers.attempt_memory(job),
+            secret=secret if isinstance(secret, str) else None,
+            secret_keys=[k.strip() for k in config.kube_secret_keys.split(",") if k.strip()],
+            timeout=timeout,
+            ttl=config.kube_job_ttl,
+        )
+        return JobAttempt(self, job.job_id, attempt, body, placement)
+
+    def adopt(self, job: Job, attempt: int) -> JobAttempt | None:
+        """The existing Job of an attempt the store says still runs, to watch again; None when
+        the attempt is over or its cluster is not configured any more."""
+        if (
+            job.state != JobState.RUNNING
+            or job.attempt != attempt
+            or job.executor != EXECUTOR
+            or job.cluster not in self.clusters
+            or not job.job_name
+        ):
+            return None
+        return JobAttempt(self, job.job_id, attempt, None, Placement(job.cluster, job.job_name))
+
+    # --- running one attempt ----------------------------------------------------------------
+
+    async def supervise(self, attempt: JobAttempt) -> Outcome | None:
+        key = (attempt.cluster, attempt.name)
+        self.attempts[key] = attempt
+        try:
+            cluster = self.clusters[attempt.cluster]
+            if not attempt.created:
+                failure = await self._create(attempt)
+                if failure is not None:
+                    return failure
+            elif JOBS in cluster.listed and attempt.name not in cluster.jobs:
+                self._spawn(self._confirm(attempt))  # adopted, but not in the list
+            self._examine(attempt)
+            outcome = await attempt.ended
+            if outcome is None:
+                await self._delete(cluster, attempt.name)
+            return outcome
+        finally:
+            if self.attempts.get(key) is attempt:
+                del self.attempts[key]
+
+    async def _create(self, attempt: JobAttempt) -> Outcome | None:
+        """Creates the Job (retried while the cluster does not answer); a failure's outcome,
+        or None once it exists (or the attempt was stopped meanwhile)."""
+        cluster = self.clusters[attempt.cluster]
+        loop = asyncio.get_running_loop()
+        give_up, delay = loop.time() + CREATE_PATIENCE, FIRST_RETRY
+        while not attempt.ended.done():
+            try:
+                await cluster.batch.create_namespaced_job(
+                    self.namespace, attempt.body, _request_timeout=REQUEST_TIMEOUT
+                )
+                problem = None
+            except ApiException as error:
+                if error.status in (400, 422):  # the work task asks for what cannot be
+                    return Outcome("failed", f"Kubernetes refused its Job: {message(error)}")
+                problem = None if error.status == 409 else f"{error.status} {message(error)}"
+            except UNREACHABLE as error:
+                problem = f"{type(error).__name__}: {error}"
+            if problem is None:  # created, or AlreadyExists: an earlier create of ours landed
+                attempt.created = True
+                log.info("job %s: Job %s on %s", attempt.job_id, attempt.name, cluster.name)
+                return None
+            if loop.time() + delay > give_up:
+                self._spawn(self._delete(cluster, attempt.name))  # had one landed unseen
+                why = f"lost: its Job could not be created on {cluster.name}: {problem}"
+                return Outcome("failed", why, transient=LOST)
+            log.warning("job %s: creating Job %s: %s", attempt.job_id, attempt.name, problem)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_CAP)
+        return None
+
+    def _examine(self, attempt: JobAttempt) -> None:
+        """Ends the attempt if its Job or pod ended (reading its pods first when the Job says
+        it ended before the pod's own watch did)."""
+        if attempt.ended.done() or not attempt.created:
+            return
+        cluster = self.clusters[attempt.cluster]
+        job, pod = cluster.jobs.get(attempt.name), cluster.pods.get(attempt.name)
+        if kube_jobs.finished(job) and not kube_jobs.settled(pod) and not attempt.pods_read:
+            if not attempt.reading:
+                attempt.reading = True
+                self._spawn(self._read_pods(attempt))
+            return
+        self._decide(attempt, kube_jobs.verdict(job, pod))
+
+    def _decide(self, attempt: JobAttempt, outcome: Outcome | None) -> None:
+        if outcome is not None and not attempt.ended.done():
+            log.info("job %s: Job %s ended: %s", attempt.job_id, attempt.name, outcome.reason)
+            attempt.ended.set_result(outcome)
+
+    async def _read_pods(self, attempt: JobAttempt) -> None:
+        cluster = self.clusters[attempt.cluster]
+        selector = f"{kube_jobs.TASK_LABEL}={attempt.job_id},{kube_jobs.ATTEMPT_LABEL}="
+        try:
+            listing = await cluster.core.list_namespaced_pod(
+                self.namespace,
+                label_selector=selector + str(attempt.attempt),
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+            for pod in cluster.api.sanitize_for_serialization(listing)["items"]:
+                _keep_pod(cluster.pods, attempt.name, pod.get("status") or {})
+        except (ApiException, *UNREACHABLE) as error:
+            log.warning("job %s: reading its pods: %s", attempt.job_id, describe(error))
+        attempt.reading, attempt.pods_read = False, True
+        self._examine(attempt)
+
+    async def _confirm(self, attempt: JobAttempt) -> None:
+        """Reads a Job a list did not show: gone, it is lost."""
+        cluster = self.clusters[attempt.cluster]
+        try:
+            job = await cluster.batch.read_namespaced_job(
+                attempt.name, self.namespace, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as error:
+            if error.status != 404:
+                log.warning("job %s: reading its Job: %s", attempt.job_id, describe(error))
+                return
+            pod = cluster.pods.get(attempt.name)
+            self._decide(attempt, kube_jobs.verdict(None, pod, gone=True))
+            return
+        except UNREACHABLE as error:
+            log.warning("job %s: reading its Job: %s", attempt.job_id, describe(error))
+            return
+        cluster.jobs[attempt.name] = cluster.api.sanitize_for_serialization(job).get("status", {})
+        self._examine(attempt)
+
+    async def _delete(self, cluster: Cluster, name: str) -> None:
+        """Deletes a Job and (in the background) its pods; gone already is fine."""
+        for delay in (FIRST_RETRY, 1.0, RETRY_CAP, None):
+            try:
+                await cluster.batch.delete_namespaced_job(
+                    name,
+                    self.namespace,
+                    propagation_policy="Background",
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+                log.info("Job %s on %s deleted", name, cluster.name)
+                return
+            except ApiException as error:
+                if error.status == 404:
+                    return
+                problem = describe(error)
+            except UNREACHABLE as error:
+                problem = describe(error)
+            if delay is None:
+                log.warning("Job %s on %s not deleted: %s", name, cluster.name, problem)
+                return
+            await asyncio.sleep(delay)
+
+    # --- watching ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Lists and watches every cluster; returns once each listed (or SYNC_WAIT passed)."""
+        for cluster in self.clusters.values():
+            for kind in (JOBS, PODS):
+                watching = cluster.watch(kind, self.namespace, self._listed, self._observed)
+                self.watches.append(asyncio.create_task(watching))
+        waits = {c.name: asyncio.create_task(c.synced.wait()) for c in self.clusters.values()}
+        await asyncio.wait(waits.values(), timeout=SYNC_WAIT)
+        for name, waiting in waits.items():
+            if not waiting.done():
+                log.warning("dispatcher: cluster %s did not answer yet; watching on", name)
+                waiting.cancel()
+
+    async def close(self) -> None:
+        for task in [*self.watches, *self.tasks]:
+            task.cancel()
+        await asyncio.gather(*self.watches, *self.tasks, return_exceptions=True)
+        for cluster in self.clusters.values():
+            await cluster.api.close()
+
+    def _listed(self, cluster: Cluster, kind: str, items: list[Obj]) -> None:
+        mine = [a for a in self.attempts.values() if a.cluster == cluster.name]
+        if kind == JOBS:
+            first = JOBS not in cluster.listed
+            cluster.jobs = {
+                kube_jobs.job_name(*key): item.get("status") or {}
+                for item in items
+                if (key := kube_jobs.attempt_of(item))
+            }
+            if first:
+                self._spawn(self._sweep(cluster, items))
+            for attempt in mine:  # gone while unwatched: make sure before calling it lost
+                if attempt.created and attempt.name not in cluster.jobs:
+                    self._spawn(self._confirm(attempt))
+        else:
+            pods: dict[str, Obj] = {}
+            for item in items:
+                if key := kube_jobs.attempt_of(item):
+                    _keep_pod(pods, kube_jobs.job_name(*key), item.get("status") or {})
+            for attempt in mine:  # a pod deleted while unwatched: its last status still counts
+                if attempt.name in cluster.pods:
+                    _keep_pod(pods, attempt.name, cluster.pods[attempt.name])
+            cluster.pods = pods
+        cluster.listed.add(kind)
+        if cluster.listed == {JOBS, PODS}:
+            cluster.synced.set()
+        for attempt in mine:
+            self._examine(attempt)
+
+    def _observed(self, cluster: Cluster, kind: str, change: str, obj: Obj) -> None:
+        key = kube_jobs.attempt_of(obj)
+        if key is None:
+            return
+        name = kube_jobs.job_name(*key)
+        attempt = self.attempts.get((cluster.name, name))
+        if kind == PODS:
+            if change != "DELETED":  # a deleted pod's last status still says how it ended
+                _keep_pod(cluster.pods, name, obj.get("status") or {})
+        elif change != "DELETED":
+            cluster.jobs[name] = obj.get("status") or {}
+        else:
+            cluster.jobs.pop(name, None)
+            pod = cluster.pods.pop(name, None)
+            if attempt is not None and attempt.created:
+                self._decide(attempt, kube_jobs.verdict(None, pod, gone=True))
+            return
+        if attempt is not None:
+            self._examine(attempt)
+
+    async def _sweep(self, cluster: Cluster, items: list[Obj]) -> None:
+        """Deletes the Jobs a starting dispatcher finds whose attempts the store says are over
+        (a Job the store does not know is left alone: it may be another engine's)."""
+        found = {
+            key: kube_jobs.job_name(*key)
+            for item in items
+            if (key := kube_jobs.attempt_of(item))
+            and (cluster.name, kube_jobs.job_name(*key)) not in self.attempts
+        }
+        if not found:
+            return
+        try:
+            over = await self.runtime.call(self._over, list(found))
+        except Exception:  # the store is unreachable: the Jobs' TTL cleans up after them
+            log.exception("dispatcher: checking the Jobs found on %s failed", cluster.name)
+            return
+        for key in over:
+            log.info("dispatcher: Job %s on %s: its attempt is over", found[key], cluster.name)
+            await self._delete(cluster, found[key])
+
+    def _over(self, keys: list[tuple[int, int]]) -> set[tuple[int, int]]:
+        jobs = self.runtime.store.jobs({job_stream(job_id) for job_id, _ in keys})
+        return {
+            (job_id, attempt)
+            for job_id, attempt in keys
+            if (job := jobs.get(job_stream(job_id))) is not None
+            and (job.state != JobState.RUNNING or job.attempt != attempt)
+        }
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+def _keep_pod(pods: dict[str, Obj], name: str, status: Obj) -> None:
+    """Keeps a pod's status, unless it would hide one that says how the worker ended."""
+    if kube_jobs.settled(status) or not kube_jobs.settled(pods.get(name)):
+        pods[name] = status
+
+
+async def connect(runtime: Runtime) -> KubernetesExecutor:
+    """The executor on the configured clusters, watching them (see the module's docs)."""
+    clusters = await kube_clusters.connect(runtime.config)
+    where = ", ".join(cluster.name for cluster in clusters)
+    log.info(
+        "dispatcher: Kubernetes Jobs in namespace %s on %s", runtime.config.kube_namespace, where
+    )
+    executor = KubernetesExecutor(runtime, clusters)
+    await executor.start()
+    return executor
