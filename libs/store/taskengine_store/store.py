@@ -55,9 +55,7 @@ class _Recorder(PostgresProcessRecorder):
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
             " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
             " RETURNING notification_id"
-        ).format(
-            schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
-        )
+        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
 
     def _insert_events(self, curs, stored_events, **kwargs):  # type: ignore[no-untyped-def]
         super()._insert_events(curs, stored_events, **kwargs)
