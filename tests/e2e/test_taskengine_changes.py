@@ -52,7 +52,8 @@ def stamp(moment: datetime) -> str:
 
 def test_pause_resume_reprioritise_and_break_move_jobs_through_admission(client):
     holder = submit(client, job={"workflow": "sleep"}, parameters={"seconds": 60})
-    becomes(client, holder, "started")
+    becomes(client, holder, "started")  # admitted or running: wait until it runs
+    logged(client, holder, "attempt 1 started")
     first, second, third = submit(client), submit(client), submit(client, priority=9)
 
     response = patch(client, third, priority="2")

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Heartbeat
 
@@ -79,6 +80,14 @@ async def check(name: str, probe) -> Any:  # type: ignore[no-untyped-def]
         raise ComponentDown(f"{name}: {error or type(error).__name__}") from None
 
 
+async def _consumer_info(js, durable: str):  # type: ignore[no-untyped-def]
+    """The durable consumer's info, or None while it does not exist."""
+    try:
+        return await js.consumer_info(subjects.STREAM, durable)
+    except NotFoundError:
+        return None
+
+
 def job_counts_query() -> str:
     counts = ", ".join(
         f"count(*) FILTER (WHERE {cond}) AS {name}" for name, cond in JOB_COUNTERS.items()
@@ -100,8 +109,12 @@ async def health_report(runtime, heartbeats: Heartbeats, settings, version: str)
         beats = heartbeats.alive(service)
         pending = 0
         if service in CONSUMERS:
-            info = await check("nats", runtime.js.consumer_info(subjects.STREAM, service))
-            pending = info.num_pending or 0
+            info = await check("nats", _consumer_info(runtime.js, service))
+            if info is not None:
+                pending = info.num_pending or 0
+            else:  # not consuming yet (starting, or no leader yet): what it has not handled
+                tracked = await check("postgres", runtime.call(store.tracked, service))
+                pending = max(max_position - tracked, 0)
         elif service in FOLLOWERS:
             tracked = await check("postgres", runtime.call(store.tracked, service))
             pending = max(max_position - tracked, 0)
