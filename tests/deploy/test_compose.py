@@ -104,4 +104,18 @@ def test_no_secret_is_written_in_the_file():
         assert INTERPOLATED.match(password), f"{name}: a password in TASKENGINE_DATABASE_URL"
         if "TASKENGINE_WEBHOOK_KEY" in environment:
             assert INTERPOLATED.match(environment["TASKENGINE_WEBHOOK_KEY"]), name
-    assert "TASKENGINE_WEBHOOK_KEY" in compose()["services"]["notifier"]["environment"]
+
+
+def test_the_webhook_key_reaches_the_services_that_sign_or_check_with_it():
+    """The notifier signs callbacks with it, the dispatcher derives workers' tokens from it and
+    the gateway checks them with it; no other service gets it."""
+    given = {
+        n for n, s in engine_services().items() if "TASKENGINE_WEBHOOK_KEY" in s["environment"]
+    }
+    assert given == {"notifier", "dispatcher", "gateway"}
+
+
+def test_the_dispatcher_runs_attempts_in_its_container():
+    """Compose has no cluster: the local executor (the others are commented options)."""
+    environment = compose()["services"]["dispatcher"]["environment"]
+    assert environment["TASKENGINE_EXECUTOR"] == "local"

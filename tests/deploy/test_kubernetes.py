@@ -136,6 +136,37 @@ def test_settings_are_real_and_secrets_are_only_referenced(layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_webhook_key_reaches_the_services_that_sign_or_check_with_it(layout):
+    """The notifier signs callbacks with it, the dispatcher derives workers' tokens from it and
+    the gateway checks them with it; no other pod gets it."""
+    given = {
+        name
+        for name, spec in pod_specs(layout).items()
+        for container in spec["containers"]
+        for variable in container.get("env", [])
+        if variable["name"] == "TASKENGINE_WEBHOOK_KEY"
+        and variable["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": "webhook-key"}
+    }
+    assert given == {"notifier", "dispatcher", "gateway"}
+
+
+def test_the_production_overlay_runs_the_kubernetes_executor_in_its_cluster():
+    (config,) = of_kind("overlays/production", "ConfigMap").values()
+    settings = config["data"]
+    assert settings["TASKENGINE_EXECUTOR"] == "kubernetes"
+    assert "KUBECONFIG" not in settings  # in-cluster: the dispatcher's ServiceAccount
+    (role,) = of_kind("overlays/production", "Role").values()
+    assert settings["TASKENGINE_KUBE_NAMESPACE"] == role["metadata"]["namespace"]
+    gateway = of_kind("overlays/production", "Service")["taskengine-gateway"]
+    assert gateway["spec"]["ports"][0]["port"] == 80
+    assert settings["TASKENGINE_GATEWAY_URL"] == f"http://{gateway['metadata']['name']}"
+    dispatcher = pod_specs("overlays/production")["dispatcher"]["containers"][0]
+    assert settings["TASKENGINE_WORKER_IMAGE"] == dispatcher["image"]  # the engine's own image
+    (base,) = of_kind("base", "ConfigMap").values()
+    assert base["data"]["TASKENGINE_EXECUTOR"] == "local"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_only_the_dispatcher_may_use_the_kubernetes_api(layout):
     objects = kustomize(layout)
     bindings = [o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]

@@ -42,7 +42,8 @@ OP_SPEC = {"timeout": "5m", "parallelism": 1, "failureStrategy": "STOP"}
 
 @pytest.fixture(scope="module")
 def system(postgres_url):
-    with running_system(postgres_url, "drove", workflows=WORKFLOWS) as system:
+    env = {"TASKENGINE_KUBE_HOST_PATHS": "/mnt"}  # the host paths a DOCKER task may mount
+    with running_system(postgres_url, "drove", workflows=WORKFLOWS, env=env) as system:
         with system.client() as admin:
             admin.post("/settings", json={"name": "max_jobs", "setting": 10})
         yield system
@@ -502,6 +503,15 @@ BAD_CREATES = [
         "DOCKER executables only",
     ),
     ({"spec": {"args": ["--x"]}}, "DOCKER executables only"),
+    (
+        {
+            "spec": {
+                "executable": {"type": "DOCKER", "url": "img"},
+                "volumes": [{"pathInContainer": "/d", "pathOnHost": "/etc", "mode": "READ_ONLY"}],
+            }
+        },
+        "not a host path this engine mounts (allowed: /mnt)",
+    ),
     ({"spec": {"args": "x"}}, "args"),
     ({"spec": {"tags": {"a": 1}}}, "tags"),
     ({"spec": {"surprise": 1}}, "unknown field spec.surprise"),

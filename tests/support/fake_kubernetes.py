@@ -1,7 +1,8 @@
 """A fake Kubernetes API server: batch/v1 Jobs and core/v1 Pods over real HTTP on loopback.
 
 It is a fake, not a cluster: nothing runs. The test plays the Job controller and the kubelet
-through the driving methods (`run`, `succeed`, `fail`, `oom_kill`, ...), and the fake answers any
+through the driving methods (`run`, `succeed`, `fail`, `oom_kill`, `pull_fails`, `write_log`,
+...), and the fake answers any
 client (kubernetes-asyncio included) in the API server's shapes: `Status` errors, one global
 resourceVersion, chunked watch streams, 410 Expired after `compact()`. Each kubeconfig context is
 its own cluster, told apart by a `/clusters/<context>` prefix on the server URL.
@@ -85,6 +86,7 @@ _ROUTES = [
     (re.compile(r"/api/v1(?:/namespaces/(?P<ns>[^/]+))?/pods(?:/(?P<name>[^/]+))?"), PODS),
     (re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/secrets/(?P<name>[^/]+)"), SECRETS),
 ]
+_POD_LOG = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/log")
 _CLUSTER_PREFIX = re.compile(r"/clusters/(?P<cluster>[^/]+)(?P<rest>/.*)?")
 
 
@@ -380,6 +382,7 @@ class FakeKubernetes:
         self._rv = FIRST_RESOURCE_VERSION
         self._compacted_rv = FIRST_RESOURCE_VERSION
         self._objects: dict[tuple[str, str, str, str], Obj] = {}
+        self._logs: dict[tuple[str, str, str], str] = {}  # (cluster, namespace, pod): its log
         self._events: list[_Event] = []
         self._event_rvs: list[int] = []
         self._generation = 0
@@ -544,6 +547,53 @@ class FakeKubernetes:
 
         self._end_pod(job_name, namespace, cluster, "Failed", 137, "Error", evicted)
 
+    def pull_fails(
+        self,
+        job_name: str,
+        reason: str = "ErrImagePull",
+        *,
+        namespace: str | None = None,
+        cluster: str | None = None,
+    ) -> Obj:
+        """The kubelet cannot pull the image: the Job's pod (made if it has none) stays
+        Pending, its container waiting with `reason` (ErrImagePull, ImagePullBackOff)."""
+        with self._lock:
+            cluster, job = self._find_job(job_name, namespace, cluster)
+            pod = self._active_pod(cluster, job)
+            if pod is None:
+                pod = self._commit(cluster, PODS, _new_pod(job, _now()), "ADDED")
+                job["status"].update(active=1, ready=0, startTime=_now())
+                self._commit(cluster, JOBS, job)
+            image = pod["spec"]["containers"][0]["image"]
+            message = f'failed to pull and unpack image "{image}": not found'
+            pod["status"]["containerStatuses"] = [
+                {
+                    "name": c["name"],
+                    "image": c["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "started": False,
+                    "restartCount": 0,
+                    "lastState": {},
+                    "state": {"waiting": {"reason": reason, "message": message}},
+                }
+                for c in pod["spec"]["containers"]
+            ]
+            return _as_sent(PODS, self._commit(cluster, PODS, pod))
+
+    def write_log(
+        self, job_name: str, text: str, *, namespace: str | None = None, cluster: str | None = None
+    ) -> None:
+        """The container of the Job's newest pod prints `text` (GET .../pods/<pod>/log)."""
+        with self._lock:
+            cluster, job = self._find_job(job_name, namespace, cluster)
+            pods = self._pods_of(cluster, job)
+            if not pods:
+                raise ValueError(f"job {job_name!r} has no pod: run() it first")
+            pod = max(pods, key=lambda p: int(p["metadata"]["resourceVersion"]))["metadata"]
+            key = (cluster, pod["namespace"], pod["name"])
+            self._logs[key] = self._logs.get(key, "") + text
+
     def deadline_exceeded(
         self, job_name: str, *, namespace: str | None = None, cluster: str | None = None
     ) -> None:
@@ -698,6 +748,8 @@ class FakeKubernetes:
         """The (code, JSON) answer to one non-watch request; raises ApiError."""
         if method == "GET" and (discovery := self._discovery(path)) is not None:
             return 200, discovery
+        if method == "GET" and (log := _POD_LOG.fullmatch(path)):
+            return 200, self._pod_log(cluster, log["ns"], log["name"], query)  # type: ignore[return-value]
         resource, namespace, name = _route(path)
         with self._lock:
             if method == "GET" and name:
@@ -715,6 +767,19 @@ class FakeKubernetes:
                 return 200, self._delete_job(cluster, namespace, name, query, body)
         message = "the server does not allow this method on the requested resource"
         raise ApiError(405, "MethodNotAllowed", message, {})
+
+    def _pod_log(self, cluster: str, namespace: str, name: str, query: dict[str, str]) -> str:
+        """A pod's log as the kubelet sends it: plain text; `tailLines`, then `limitBytes`."""
+        with self._lock:
+            if (cluster, "pods", namespace, name) not in self._objects:
+                raise _not_found(PODS, name)
+            text = self._logs.get((cluster, namespace, name), "")
+        if query.get("tailLines", "").isdigit():
+            tail = int(query["tailLines"])
+            text = "".join(text.splitlines(keepends=True)[-tail:]) if tail else ""
+        if query.get("limitBytes", "").isdigit():
+            text = text.encode()[: int(query["limitBytes"])].decode(errors="ignore")
+        return text
 
     def _discovery(self, path: str) -> Obj | None:
         def resources(group_version: str, *found: tuple[str, str]) -> Obj:
@@ -969,9 +1034,10 @@ class _Handler(BaseHTTPRequestHandler):
             code, answer = self.fake.answer(method, cluster, path, query, body)
         except ApiError as error:
             code, answer = error.code, error.status()
-        data = json.dumps(answer).encode()
+        plain = isinstance(answer, str)  # a pod's log
+        data = answer.encode() if plain else json.dumps(answer).encode()
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/plain" if plain else "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

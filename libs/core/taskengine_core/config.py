@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import posixpath
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -84,6 +85,26 @@ class EngineSettings(BaseSettings):
         " as the environment variable of that name (secretKeyRef; a key the Secret lacks is"
         " left unset)",
     )
+    kube_host_paths: str = Field(
+        default="",
+        description="the host directories a DOCKER task's volumes may mount (hostPath), as"
+        " absolute path prefixes, comma-separated (default none: volumes are refused)",
+    )
+
+    @field_validator("kube_host_paths")
+    @classmethod
+    def _absolute_prefixes(cls, value: str) -> str:
+        for prefix in (p.strip() for p in value.split(",") if p.strip()):
+            clean = prefix.rstrip("/") or "/"
+            if not prefix.startswith("/") or posixpath.normpath(prefix) != clean:
+                raise ValueError(f"{prefix!r} is not a normalized absolute path")
+        return value
+
+    @property
+    def host_path_prefixes(self) -> tuple[str, ...]:
+        """`kube_host_paths` as a tuple of normalized absolute paths."""
+        given = (p.strip() for p in self.kube_host_paths.split(","))
+        return tuple(posixpath.normpath(p) for p in given if p)
 
     @model_validator(mode="after")
     def _workflows_in_data_dir(self) -> EngineSettings:

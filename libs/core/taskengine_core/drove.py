@@ -3,14 +3,17 @@
 A task is a job (`dialect="drove"`) whose `attributes` keep Drove's task spec, its `opSpec` and
 its `instanceId`. A WORKFLOW executable runs a registered workflow with its parameters and the
 task's `env` in its steps' environment; a DOCKER one is the Kubernetes executor's (workflow
-`docker`, parameters `{image, args, env}`): any other executor fails it before it starts, so it
-ends PROVISIONING_FAILED saying what to configure. `opSpec.timeout` bounds the operation, as in
+`docker`, parameters `{image, args, env}`), run as a plain Job of its image: any other executor
+fails it before it starts, so it ends PROVISIONING_FAILED saying what to configure. Its volumes
+are host paths: only under the operator's `TASKENGINE_KUBE_HOST_PATHS`. `opSpec.timeout` bounds
+the operation, as in
 Drove: a task not started within it is never started (PROVISIONING_FAILED); it does not limit
 how long the task runs. A task runs once: it is never retried.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +32,8 @@ DIALECT = "drove"
 DOCKER = "docker"
 """The workflow name of a DOCKER executable: the hook the Kubernetes executor runs."""
 KUBERNETES = "kubernetes"
+PROVISIONING = "provisioning failed: "
+"""How the reason of a started task that never ran begins (e.g. its image was not pulled)."""
 REFUSED_WORKFLOWS = frozenset({"inline"})
 """Workflows whose steps the client gives: never runnable through this dialect."""
 PRIORITY = 5
@@ -265,6 +270,25 @@ def env_reserved(name: str) -> bool:
     return name in ENV_RESERVED or name.startswith(ENV_RESERVED_PREFIXES)
 
 
+def check_host_paths(volumes: list[dict[str, Any]], allowed: tuple[str, ...]) -> None:
+    """Refuses a volume whose `pathOnHost` is not under one of the operator's `allowed`
+    prefixes (TASKENGINE_KUBE_HOST_PATHS; none: every volume is refused)."""
+    for n, volume in enumerate(volumes):
+        if not host_path_allowed(volume["pathOnHost"], allowed):
+            shown = ", ".join(allowed) or "none: set TASKENGINE_KUBE_HOST_PATHS to allow some"
+            raise InvalidTask(
+                f"spec.volumes[{n}].pathOnHost {volume['pathOnHost'][:200]!r} is not a host path"
+                f" this engine mounts (allowed: {shown})"
+            )
+
+
+def host_path_allowed(path: str, allowed: tuple[str, ...]) -> bool:
+    if ".." in path.split("/"):
+        return False
+    clean = posixpath.normpath(path)
+    return any(clean == p or clean.startswith(p.rstrip("/") + "/") for p in allowed)
+
+
 def _workflow(executable: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     _known(executable, ("type", "name", "parameters", "url"), "spec.executable.")
     name, parameters = executable.get("name"), executable.get("parameters", {})
@@ -362,9 +386,17 @@ def _strings(value: object, field: str) -> list[str]:
 # --- running --------------------------------------------------------------------------------
 
 
-def check_startable(submitted: JobSubmitted, executor: str, now: datetime) -> None:
+def is_docker(job: JobSubmitted | Job) -> bool:
+    """Whether a job is a DOCKER task (a plain Kubernetes Job of its image, no workflow)."""
+    return job.dialect == DIALECT and job.workflow == DOCKER
+
+
+def check_startable(
+    submitted: JobSubmitted, executor: str, now: datetime, host_paths: tuple[str, ...] = ()
+) -> None:
     """Refuses to start a Drove task past its operation's timeout, or a DOCKER one on an
-    executor other than Kubernetes (`ProvisioningFailed`); other jobs pass."""
+    executor other than Kubernetes, with configs, or with volumes outside `host_paths`
+    (`ProvisioningFailed`); other jobs pass."""
     if submitted.dialect != DIALECT:
         return
     attributes = submitted.attributes
@@ -379,11 +411,21 @@ def check_startable(submitted: JobSubmitted, executor: str, now: datetime) -> No
             "DOCKER executables need the Kubernetes executor: set TASKENGINE_EXECUTOR=kubernetes"
             f" (this task reached the {executor} executor)"
         )
+    if kind == "DOCKER" and attributes.get("configs"):
+        raise ProvisioningFailed(
+            "spec.configs (files put in the container) are not supported by the Kubernetes"
+            " executor: bake them into the image or pass them in env"
+        )
+    try:
+        check_host_paths(attributes.get("volumes") or [], host_paths)  # type: ignore[arg-type]
+    except InvalidTask as error:  # the operator narrowed TASKENGINE_KUBE_HOST_PATHS since
+        raise ProvisioningFailed(str(error)) from None
 
 
-def task_environment(submitted: JobSubmitted) -> dict[str, str]:
-    """What a Drove task's steps get in their environment: its `env` (checked at submission;
-    names that would steer the engine or the host are dropped again here)."""
+def task_environment(submitted: JobSubmitted | Job) -> dict[str, str]:
+    """What a Drove task's steps (or its container) get in their environment: its `env`
+    (checked at submission; names that would steer the engine or the host are dropped again
+    here)."""
     if submitted.dialect != DIALECT:
         return {}
     env = submitted.attributes.get("env")
@@ -433,7 +475,8 @@ def task_status(job: Job) -> TaskStatus:
 
     - scheduled, queued, paused, retry_wait: PENDING; admitted (a slot granted): PROVISIONING
     - running: RUNNING (STARTING while a remote worker has not reported yet)
-    - failed before it started (no JobStarted): PROVISIONING_FAILED
+    - failed before it started (no JobStarted, or reason `provisioning failed...`, e.g. its
+      image was not pulled in time): PROVISIONING_FAILED
     - failed because its executor vanished (reason `lost...`): LOST, taskResult LOST
     - succeeded / failed / timed_out: STOPPED, taskResult SUCCESSFUL / FAILED / TIMED_OUT
     - cancelled (KILL) or broken: STOPPED, taskResult CANCELLED
@@ -452,7 +495,7 @@ def task_status(job: Job) -> TaskStatus:
     error = job.failure or ""
     if state == JobState.FAILED and error.startswith("lost"):
         return TaskStatus(TaskState.LOST, _result("LOST", job.exit_code), error)
-    if state == JobState.FAILED and job.started_at is None:
+    if state == JobState.FAILED and (job.started_at is None or error.startswith(PROVISIONING)):
         return TaskStatus(TaskState.PROVISIONING_FAILED, None, error)
     status = ENDED.get(state)
     if status is None:  # pragma: no cover - every state is mapped above

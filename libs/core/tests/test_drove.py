@@ -156,6 +156,34 @@ def test_a_task_starts_only_within_its_op_timeout_and_docker_only_on_kubernetes(
     drove.check_startable(docker, "kubernetes", NOW)
 
 
+def test_docker_volumes_mount_only_the_host_paths_the_operator_allows() -> None:
+    def volume(path: str) -> dict[str, Any]:
+        return {"pathInContainer": "/data", "pathOnHost": path, "mode": "READ_ONLY"}
+
+    allowed = ("/mnt/shared", "/srv")
+    drove.check_host_paths([volume("/mnt/shared"), volume("/srv/a/b"), volume("/srv/x/")], allowed)
+    for path in ("/mnt/sharedx", "/mnt", "/", "/mnt/shared/../../etc", "/etc"):
+        with pytest.raises(InvalidTask, match="is not a host path this engine mounts"):
+            drove.check_host_paths([volume(path)], allowed)
+    with pytest.raises(InvalidTask, match="none: set TASKENGINE_KUBE_HOST_PATHS"):
+        drove.check_host_paths([volume("/mnt/shared")], ())
+    drove.check_host_paths([], ())
+
+
+def test_a_docker_task_starts_on_kubernetes_only_with_allowed_volumes_and_no_configs() -> None:
+    volume = {"pathInContainer": "/data", "pathOnHost": "/mnt/datavol", "mode": "READ_WRITE"}
+    docker = drove.create_operation(operation(executable=DOCKER, volumes=[volume]))
+    event = docker.submitted(3, "acme", NOW)
+    assert drove.is_docker(event) and not drove.is_docker(_replace(event, dialect="taskengine"))
+    drove.check_startable(event, "kubernetes", NOW, ("/mnt",))
+    with pytest.raises(ProvisioningFailed, match="not a host path"):  # narrowed since CREATE
+        drove.check_startable(event, "kubernetes", NOW, ("/srv",))
+    config = {"type": "INLINE", "localFilename": "/etc/x", "data": "eA=="}
+    configured = drove.create_operation(operation(executable=DOCKER, configs=[config]))
+    with pytest.raises(ProvisioningFailed, match="spec.configs"):
+        drove.check_startable(configured.submitted(4, "acme", NOW), "kubernetes", NOW)
+
+
 def test_only_a_drove_tasks_checked_env_reaches_its_steps() -> None:
     event = drove.create_operation(operation()).submitted(1, "acme", NOW)
     assert drove.task_environment(event) == {"ITERATIONS": "10"}
@@ -238,6 +266,15 @@ ENDS = {"workflow": "sleep", "attempt": 1}
         ),
         (
             (ADMITTED, (JobFailed, {**ENDS, "reason": "DOCKER executables need ..."})),
+            TaskState.PROVISIONING_FAILED,
+            None,
+        ),
+        (
+            (
+                ADMITTED,
+                REMOTE,
+                (JobFailed, {**ENDS, "reason": "provisioning failed: the image was not pulled"}),
+            ),
             TaskState.PROVISIONING_FAILED,
             None,
         ),

@@ -16,6 +16,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
@@ -36,7 +37,7 @@ from taskengine_contracts.events import (
     RetryPolicy,
     StepChanged,
 )
-from taskengine_core.drove import check_startable, task_environment
+from taskengine_core.drove import check_startable, is_docker, task_environment
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import execution_stream
 from taskengine_core.jobs import Job, JobRef, JobState, advance
@@ -45,15 +46,18 @@ from taskengine_core.workflows import workflow
 from taskengine_core.worktasks import LOST
 from taskengine_store.store import Conflict, Statement
 
-from taskengine_dispatcher import kubernetes, workers
-from taskengine_dispatcher.kubernetes import JobAttempt, KubernetesExecutor
+from taskengine_dispatcher import workers
 from taskengine_dispatcher.outcomes import ended, ended_now
 from taskengine_dispatcher.workers import WorkerProcess
+
+if TYPE_CHECKING:
+    from taskengine_dispatcher.kubernetes import JobAttempt, KubernetesExecutor
 
 log = logging.getLogger(__name__)
 
 NAME = "dispatcher"
-EXECUTORS = ("local", workers.EXECUTOR, kubernetes.EXECUTOR)
+KUBERNETES = "kubernetes"
+EXECUTORS = ("local", workers.EXECUTOR, KUBERNETES)
 FLUSH = 0.05
 DEFAULT_TIMEOUT = 3600.0
 
@@ -146,7 +150,7 @@ class Dispatcher:
                 admitted = [e for e in admitted if e.id not in conflict.stale]
         for execution, steps, env, timeout in launches:
             self.running[execution.ref.id] = execution
-            if isinstance(execution.worker, JobAttempt):
+            if self.kube is not None and execution.worker:  # a Kubernetes Job
                 execution.task = asyncio.create_task(self._run_job(execution))
             elif execution.worker:
                 execution.task = asyncio.create_task(self._run_worker(execution))
@@ -168,8 +172,14 @@ class Dispatcher:
             ref = JobRef.of(event)
             placement = self.kube.place(ref.job_id, event.attempt) if self.kube else None
             try:
-                check_startable(spec, self.executor, datetime.now(UTC))  # a Drove task
-                steps = workflow(spec.workflow).steps(spec.parameters, event.attempt)
+                host_paths = self.runtime.config.host_path_prefixes
+                check_startable(spec, self.executor, datetime.now(UTC), host_paths)  # Drove's
+                # A DOCKER task has no steps: its image runs as a Job of its own.
+                steps = (
+                    []
+                    if is_docker(spec)
+                    else workflow(spec.workflow).steps(spec.parameters, event.attempt)
+                )
             except (DomainError, ValueError) as error:
                 events.append(
                     advance(
@@ -289,7 +299,7 @@ class Dispatcher:
     async def _run_job(self, execution: Execution) -> None:
         """Runs the attempt as a Kubernetes Job; once it ended, ends the attempt unless the
         worker's reports did (see kubernetes.py)."""
-        assert isinstance(execution.worker, JobAttempt)
+        assert execution.worker is not None and not isinstance(execution.worker, WorkerProcess)
         outcome = await execution.worker.run()  # cancelled (the dispatcher stops): Job kept
         await self._end_attempt(execution, outcome)
         if self.running.get(execution.ref.id) is execution:
@@ -478,7 +488,7 @@ class Dispatcher:
         left = []
         for row in rows:
             job = jobs.get(row["job_uuid"])
-            attempt = self.kube.adopt(job, row["attempt"]) if job else None
+            attempt = self.kube.adopt(job, row["attempt"], DEFAULT_TIMEOUT) if job else None
             if job is None or attempt is None:
                 left.append(row)
                 continue
@@ -508,7 +518,10 @@ async def dispatcher(runtime: Runtime) -> None:
         raise SystemExit("dispatcher: workers' tokens derive from TASKENGINE_WEBHOOK_KEY: set it")
     service = Dispatcher(runtime)
     runtime.working = lambda: len(service.running)
-    if executor == kubernetes.EXECUTOR:
+    if executor == KUBERNETES:
+        # Imported only here: kubernetes-asyncio alone takes 1.5 s of CPU to import.
+        from taskengine_dispatcher import kubernetes
+
         service.kube = await kubernetes.connect(runtime)
     await service.recover()
     consumer = BatchConsumer(

@@ -107,6 +107,30 @@ class Cluster:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_CAP)
 
+    async def pod_logs(
+        self, namespace: str, selector: str, container: str, lines: int, limit: int
+    ) -> str:
+        """The end (`lines`, at most `limit` bytes) of the logs of `container` in the pods
+        `selector` picks, as the kubelet sent them."""
+        listing = await self.core.list_namespaced_pod(
+            namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
+        )
+        text = ""
+        for pod in listing.items:
+            response = await self.core.read_namespaced_pod_log(
+                pod.metadata.name,
+                namespace,
+                container=container,
+                tail_lines=lines,
+                limit_bytes=limit,
+                _preload_content=False,  # as sent: a log is no JSON to parse
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+            async with response:
+                if response.status == 200:
+                    text += (await response.read()).decode(errors="replace")
+        return text
+
 
 def message(error: ApiException) -> str:
     """The API's own message of a failed request (its `Status`), at most 300 characters."""

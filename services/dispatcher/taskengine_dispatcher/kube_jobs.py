@@ -20,6 +20,8 @@ ATTEMPT_LABEL = "taskengine.io/attempt"
 SELECTOR = TASK_LABEL
 """What the executor lists and watches: every Job and pod with a task id, whatever its value."""
 CONTAINER = "worker"
+TASK_CONTAINER = "task"
+"""The container of a DOCKER task's Job (kube_containers.py): the task's own image."""
 COMMAND = ["taskengine", "worker"]
 """The container's arguments: the image's entry point (tini) runs `taskengine worker`."""
 DEADLINE_GRACE = 60
@@ -33,6 +35,11 @@ FINISHED = ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget")
 def job_name(job_id: int, attempt: int) -> str:
     """The Job of one attempt: derived, so creating it twice is AlreadyExists, never two Jobs."""
     return f"te-{job_id}-{attempt}"
+
+
+def attempt_selector(job_id: int, attempt: int) -> str:
+    """The label selector of one attempt's Job and pod."""
+    return f"{TASK_LABEL}={job_id},{ATTEMPT_LABEL}={attempt}"
 
 
 def attempt_of(obj: Obj) -> tuple[int, int] | None:
@@ -92,12 +99,6 @@ def manifest(
     """The batch/v1 Job running one attempt's worker: never restarted or retried by Kubernetes
     (the engine retries, as a new attempt and Job), ended by Kubernetes DEADLINE_GRACE past the
     job's timeout, deleted `ttl` seconds after it finished."""
-    labels = {
-        TASK_LABEL: str(job_id),
-        ATTEMPT_LABEL: str(attempt),
-        "app.kubernetes.io/name": "taskengine-worker",
-        "app.kubernetes.io/managed-by": "taskengine",
-    }
     container: Obj = {
         "name": CONTAINER,
         "image": image,
@@ -106,6 +107,34 @@ def manifest(
     }
     if amounts := resources(requirements, memory):
         container["resources"] = amounts
+    return batch_job(name, job_id, attempt, "taskengine-worker", container, timeout, ttl)
+
+
+def batch_job(
+    name: str,
+    job_id: int,
+    attempt: int,
+    app: str,
+    container: Obj,
+    timeout: float,
+    ttl: int,
+    volumes: list[Obj] | None = None,
+) -> Obj:
+    """The batch/v1 Job of one attempt running `container` once, labelled as the attempt's."""
+    labels = {
+        TASK_LABEL: str(job_id),
+        ATTEMPT_LABEL: str(attempt),
+        "app.kubernetes.io/name": app,
+        "app.kubernetes.io/managed-by": "taskengine",
+    }
+    pod: Obj = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # neither a worker nor a task uses the API
+        "enableServiceLinks": False,
+        "containers": [container],
+    }
+    if volumes:
+        pod["volumes"] = volumes
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -114,15 +143,7 @@ def manifest(
             "backoffLimit": 0,
             "activeDeadlineSeconds": math.ceil(timeout) + DEADLINE_GRACE,
             "ttlSecondsAfterFinished": ttl,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,  # the worker needs no API access
-                    "enableServiceLinks": False,
-                    "containers": [container],
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }
 
@@ -138,12 +159,17 @@ def finished(job: Obj | None) -> Obj | None:
     return None
 
 
-def terminated(pod: Obj | None) -> Obj:
-    """The worker container's `state.terminated` (from a pod's `status`), or {}."""
+def container_state(pod: Obj | None) -> Obj:
+    """The `state` of the pod's container (the worker, or a DOCKER task's), from its `status`."""
     for status in (pod or {}).get("containerStatuses") or []:
-        if status.get("name") == CONTAINER:
-            return (status.get("state") or {}).get("terminated") or {}
+        if status.get("name") in (CONTAINER, TASK_CONTAINER):
+            return status.get("state") or {}
     return {}
+
+
+def terminated(pod: Obj | None) -> Obj:
+    """The container's `state.terminated` (from a pod's `status`), or {}."""
+    return container_state(pod).get("terminated") or {}
 
 
 def settled(pod: Obj | None) -> bool:

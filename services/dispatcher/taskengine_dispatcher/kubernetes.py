@@ -10,6 +10,11 @@ resumes where it was, a 410 Gone lists again. Cancelling deletes the Job. Jobs o
 dispatcher: a restarted one watches again those of attempts still running (`adopt`) and
 deletes those of attempts that are over.
 
+A DOCKER task (Drove) runs as a plain Job of its image (kube_containers.py): nothing reports,
+so the dispatcher records that it runs (JobExecuting, once its container started), ends it as
+its Job says, gives up (and deletes the Job) when its image was not pulled within its
+dockerPullTimeout, and stores the pod's log as its output before ending it.
+
 The clusters are kubeconfig contexts (`TASKENGINE_KUBE_CONTEXTS`, default the current one;
 `KUBECONFIG`, default ~/.kube/config), else the cluster the dispatcher runs in; attempts take
 them in turn.
@@ -33,7 +38,7 @@ from taskengine_core.steps import Outcome
 from taskengine_core.workflows import workflow
 from taskengine_core.worktasks import LOST, worker_token
 
-from taskengine_dispatcher import kube_clusters, kube_jobs, workers
+from taskengine_dispatcher import kube_clusters, kube_containers, kube_jobs, workers
 from taskengine_dispatcher.kube_clusters import (
     FIRST_RETRY,
     JOBS,
@@ -45,6 +50,7 @@ from taskengine_dispatcher.kube_clusters import (
     describe,
     message,
 )
+from taskengine_dispatcher.kube_containers import ContainerRun
 from taskengine_dispatcher.kube_jobs import Obj
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,7 @@ class JobAttempt:
         attempt: int,
         body: Obj | None,
         placement: Placement,
+        container: ContainerRun | None = None,
     ):
         self.executor = executor
         self.job_id = job_id
@@ -84,6 +91,13 @@ class JobAttempt:
         self.ended: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
         self.reading = False
         self.pods_read = False
+        self.container = container
+        """A DOCKER task's run (no worker reports it), else None."""
+        self.started = False
+        self.pull_failing_since: float | None = None
+        self.pull_check: asyncio.TimerHandle | None = None
+        self.discard = False
+        """Its Job is deleted once it ended (its image was not pulled)."""
 
     def stop(self) -> None:
         """Its job was cancelled or broken: the Job is deleted (see `run`)."""
@@ -129,6 +143,16 @@ class KubernetesExecutor:
     ) -> JobAttempt:
         """The attempt's Job, to be created by `run`."""
         config = self.runtime.config
+        container = kube_containers.container_run(spec, timeout)
+        if container is not None:
+            body = kube_containers.manifest(
+                name=placement.job_name,
+                job=spec,
+                attempt=attempt,
+                timeout=timeout,
+                ttl=config.kube_job_ttl,
+            )
+            return JobAttempt(self, job.job_id, attempt, body, placement, container)
         access = job.attributes.get("data_access")
         secret = access.get("storage_credentials") if isinstance(access, dict) else None
         body = kube_jobs.manifest(
@@ -146,7 +170,7 @@ class KubernetesExecutor:
         )
         return JobAttempt(self, job.job_id, attempt, body, placement)
 
-    def adopt(self, job: Job, attempt: int) -> JobAttempt | None:
+    def adopt(self, job: Job, attempt: int, timeout: float) -> JobAttempt | None:
         """The existing Job of an attempt the store says still runs, to watch again; None when
         the attempt is over or its cluster is not configured any more."""
         if (
@@ -157,7 +181,9 @@ class KubernetesExecutor:
             or not job.job_name
         ):
             return None
-        return JobAttempt(self, job.job_id, attempt, None, Placement(job.cluster, job.job_name))
+        placement = Placement(job.cluster, job.job_name)
+        container = kube_containers.container_run(job, job.timeout or timeout)
+        return JobAttempt(self, job.job_id, attempt, None, placement, container)
 
     # --- running one attempt ----------------------------------------------------------------
 
@@ -174,10 +200,14 @@ class KubernetesExecutor:
                 self._spawn(self._confirm(attempt))  # adopted, but not in the list
             self._examine(attempt)
             outcome = await attempt.ended
-            if outcome is None:
+            if outcome is None or attempt.discard:
                 await self._delete(cluster, attempt.name)
+            elif attempt.container:
+                await self._store_output(attempt)
             return outcome
         finally:
+            if attempt.pull_check:
+                attempt.pull_check.cancel()
             if self.attempts.get(key) is attempt:
                 del self.attempts[key]
 
@@ -224,7 +254,16 @@ class KubernetesExecutor:
                 attempt.reading = True
                 self._spawn(self._read_pods(attempt))
             return
-        self._decide(attempt, kube_jobs.verdict(job, pod))
+        if attempt.container:
+            self._watch_container(attempt, pod)
+        self._decide(attempt, self._verdict(attempt, job, pod))
+
+    def _verdict(
+        self, attempt: JobAttempt, job: Obj | None, pod: Obj | None, gone: bool = False
+    ) -> Outcome | None:
+        if attempt.container:
+            return kube_containers.verdict(job, pod, attempt.container.timeout, gone=gone)
+        return kube_jobs.verdict(job, pod, gone=gone)
 
     def _decide(self, attempt: JobAttempt, outcome: Outcome | None) -> None:
         if outcome is not None and not attempt.ended.done():
@@ -233,11 +272,10 @@ class KubernetesExecutor:
 
     async def _read_pods(self, attempt: JobAttempt) -> None:
         cluster = self.clusters[attempt.cluster]
-        selector = f"{kube_jobs.TASK_LABEL}={attempt.job_id},{kube_jobs.ATTEMPT_LABEL}="
         try:
             listing = await cluster.core.list_namespaced_pod(
                 self.namespace,
-                label_selector=selector + str(attempt.attempt),
+                label_selector=kube_jobs.attempt_selector(attempt.job_id, attempt.attempt),
                 _request_timeout=REQUEST_TIMEOUT,
             )
             for pod in cluster.api.sanitize_for_serialization(listing)["items"]:
@@ -259,13 +297,68 @@ class KubernetesExecutor:
                 log.warning("job %s: reading its Job: %s", attempt.job_id, describe(error))
                 return
             pod = cluster.pods.get(attempt.name)
-            self._decide(attempt, kube_jobs.verdict(None, pod, gone=True))
+            self._decide(attempt, self._verdict(attempt, None, pod, gone=True))
             return
         except UNREACHABLE as error:
             log.warning("job %s: reading its Job: %s", attempt.job_id, describe(error))
             return
         cluster.jobs[attempt.name] = cluster.api.sanitize_for_serialization(job).get("status", {})
         self._examine(attempt)
+
+    # --- DOCKER tasks: nothing reports for them --------------------------------------------
+
+    def _watch_container(self, attempt: JobAttempt, pod: Obj | None) -> None:
+        """Records that its container started; ends the attempt once its image failed to
+        pull for longer than its dockerPullTimeout (the check runs again when that is due)."""
+        run = attempt.container
+        assert run is not None
+        if not attempt.started and kube_containers.running(pod):
+            attempt.started = True
+            self._spawn(self._executing(attempt))
+        problem = kube_containers.pull_failure(pod)
+        if problem is None:
+            return
+        loop = asyncio.get_running_loop()
+        if attempt.pull_failing_since is None:
+            attempt.pull_failing_since = loop.time()
+            attempt.pull_check = loop.call_later(run.pull_timeout + 0.05, self._examine, attempt)
+        elif loop.time() - attempt.pull_failing_since >= run.pull_timeout:
+            attempt.discard = True
+            self._decide(attempt, kube_containers.pull_failed(run, problem))
+
+    async def _executing(self, attempt: JobAttempt) -> None:
+        """JobExecuting for a DOCKER task whose container started (Drove shows it RUNNING)."""
+        by = f"{attempt.cluster}/{attempt.name}"
+        try:
+            await self.runtime.call(
+                kube_containers.record_executing,
+                self.runtime.store,
+                attempt.job_id,
+                attempt.attempt,
+                by,
+            )
+        except Exception:  # the store is unreachable: the task runs all the same
+            log.exception("job %s: recording that its container runs failed", attempt.job_id)
+
+    async def _store_output(self, attempt: JobAttempt) -> None:
+        """Stores the end of the pod's log as the attempt's output lines (ExecutionLogged),
+        before its end is recorded; a pod gone already has none."""
+        cluster = self.clusters[attempt.cluster]
+        try:
+            text = await cluster.pod_logs(
+                self.namespace,
+                kube_jobs.attempt_selector(attempt.job_id, attempt.attempt),
+                kube_jobs.TASK_CONTAINER,
+                kube_containers.OUTPUT_LINES,
+                kube_containers.OUTPUT_BYTES,
+            )
+            events = kube_containers.output(attempt.job_id, attempt.attempt, text)
+            if events:
+                await self.runtime.call(self.runtime.store.commit_unmoved, events)
+        except (ApiException, *UNREACHABLE) as error:
+            log.warning("job %s: reading its pod's log: %s", attempt.job_id, describe(error))
+        except Exception:  # the store is unreachable: the output is lost, the outcome is not
+            log.exception("job %s: storing its output failed", attempt.job_id)
 
     async def _delete(self, cluster: Cluster, name: str) -> None:
         """Deletes a Job and (in the background) its pods; gone already is fine."""
@@ -356,7 +449,7 @@ class KubernetesExecutor:
             cluster.jobs.pop(name, None)
             pod = cluster.pods.pop(name, None)
             if attempt is not None and attempt.created:
-                self._decide(attempt, kube_jobs.verdict(None, pod, gone=True))
+                self._decide(attempt, self._verdict(attempt, None, pod, gone=True))
             return
         if attempt is not None:
             self._examine(attempt)

@@ -291,8 +291,12 @@ class DroveController(Controller):
 
 
 async def create_task(gateway: GatewayState, client: Client, data: dict[str, Any]) -> str:
-    """Submits the task's job; its taskId must not be in use by a live task of the same app."""
+    """Submits the task's job; its taskId must not be in use by a live task of the same app;
+    its volumes only mount the host paths the operator allows."""
     submission = drove.create_operation(data)
+    drove.check_host_paths(
+        submission.attributes["volumes"], gateway.runtime.config.host_path_prefixes
+    )
     key = (client.name, submission.source_app, submission.task_id)
     taken = DroveError(
         409,

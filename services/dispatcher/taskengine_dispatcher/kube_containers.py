@@ -1,0 +1,195 @@
+"""A DOCKER task (the Drove dialect) as a plain Kubernetes Job: its image, args and env, its
+CPU and memory, its volumes (host paths the operator allows); no worker, so the Job's and
+pod's status alone say how it ended (`verdict`), and its output is the pod's log.
+
+Pure functions on the API's JSON shapes, like kube_jobs.py, and the two records the
+dispatcher makes for such a task: that it runs, and its output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from taskengine_contracts.events import ExecutionLogged, JobExecuting, JobSubmitted, LogLine
+from taskengine_core import drove
+from taskengine_core.ids import execution_stream, job_stream
+from taskengine_core.jobs import Job, JobState, advance
+from taskengine_core.steps import MAX_LINE, Outcome
+from taskengine_core.worktasks import LOST
+from taskengine_store.store import EventStore
+
+from taskengine_dispatcher import kube_jobs
+from taskengine_dispatcher.kube_jobs import Obj
+
+APP = "taskengine-task"
+DEFAULT_PULL_TIMEOUT = 300.0
+"""Seconds a pod may fail to pull its image when the task gives no `dockerPullTimeout`."""
+PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
+"""Container waiting reasons that say its image is not being pulled."""
+OUTPUT_LINES = 10_000
+OUTPUT_BYTES = 4 * 1024 * 1024
+"""How much of the end of a task's log is kept as its output."""
+LINES_PER_EVENT, BYTES_PER_EVENT = 1000, 128 * 1024
+"""An ExecutionLogged's share: the projection keeps 1000 lines of one; NATS takes 1 MB (escaped)."""
+
+
+@dataclass(frozen=True)
+class ContainerRun:
+    """What watching a DOCKER task's Job needs to know of it."""
+
+    image: str
+    pull_timeout: float
+    pull_timeout_given: str
+    timeout: float
+
+
+def container_run(job: JobSubmitted | Job, timeout: float) -> ContainerRun | None:
+    """The task's run, or None when the job is not a DOCKER task."""
+    if not drove.is_docker(job):
+        return None
+    executable = job.attributes.get("executable")
+    given = executable.get("dockerPullTimeout") if isinstance(executable, dict) else None
+    seconds = DEFAULT_PULL_TIMEOUT
+    if given is not None:
+        seconds = drove.parse_duration(given, "dockerPullTimeout")
+    shown = str(given) if given is not None else f"{DEFAULT_PULL_TIMEOUT:g} seconds"
+    return ContainerRun(str(job.parameters.get("image")), seconds, shown, timeout)
+
+
+def resources(attributes: dict[str, object]) -> Obj:
+    """Requests and limits (equal) from the task's Drove resources: CPU `count` cores,
+    MEMORY `sizeInMB` mebibytes."""
+    amounts: dict[str, str] = {}
+    for resource in attributes.get("resources") or []:  # type: ignore[attr-defined]
+        if resource.get("type") == "CPU":
+            amounts["cpu"] = str(resource["count"])
+        elif resource.get("type") == "MEMORY":
+            amounts["memory"] = f"{resource['sizeInMB']}Mi"
+    return {"requests": amounts, "limits": dict(amounts)} if amounts else {}
+
+
+def volumes(attributes: dict[str, object]) -> tuple[list[Obj], list[Obj]]:
+    """(pod volumes, container mounts) of the task's host paths (checked at CREATE and again
+    before it starts against TASKENGINE_KUBE_HOST_PATHS)."""
+    found, mounts = [], []
+    for n, volume in enumerate(attributes.get("volumes") or []):  # type: ignore[attr-defined]
+        name = f"volume-{n}"
+        found.append({"name": name, "hostPath": {"path": volume["pathOnHost"]}})
+        mounts.append(
+            {
+                "name": name,
+                "mountPath": volume["pathInContainer"],
+                "readOnly": volume["mode"] == "READ_ONLY",
+            }
+        )
+    return found, mounts
+
+
+def manifest(*, name: str, job: JobSubmitted | Job, attempt: int, timeout: float, ttl: int) -> Obj:
+    """The batch/v1 Job running a DOCKER task once: its image with its args and env (no
+    command: the image's entry point), ended by Kubernetes DEADLINE_GRACE past the timeout."""
+    parameters = job.parameters
+    env = drove.task_environment(job)
+    container: Obj = {
+        "name": kube_jobs.TASK_CONTAINER,
+        "image": parameters["image"],
+        "args": list(parameters.get("args") or []),  # type: ignore[call-overload]
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+    }
+    if amounts := resources(job.attributes):
+        container["resources"] = amounts
+    pod_volumes, mounts = volumes(job.attributes)
+    if mounts:
+        container["volumeMounts"] = mounts
+    return kube_jobs.batch_job(name, job.job_id, attempt, APP, container, timeout, ttl, pod_volumes)
+
+
+# --- how it ended -------------------------------------------------------------------------------
+
+
+def running(pod: Obj | None) -> bool:
+    """Whether the task's container started (it runs, or ran)."""
+    state = kube_jobs.container_state(pod)
+    return "running" in state or "terminated" in state
+
+
+def pull_failure(pod: Obj | None) -> str | None:
+    """Why the container's image is not being pulled (`ErrImagePull: ...`), or None."""
+    waiting = kube_jobs.container_state(pod).get("waiting") or {}
+    reason = waiting.get("reason")
+    if reason not in PULL_FAILURES:
+        return None
+    message = str(waiting.get("message") or "").strip()
+    return f"{reason}: {message[:300]}" if message else str(reason)
+
+
+def pull_failed(run: ContainerRun, problem: str) -> Outcome:
+    why = (
+        f"{drove.PROVISIONING}the image {run.image} was not pulled within its dockerPullTimeout"
+        f" ({run.pull_timeout_given}): {problem}"
+    )
+    return Outcome("failed", why)
+
+
+def verdict(
+    job: Obj | None, pod: Obj | None, timeout: float, *, gone: bool = False
+) -> Outcome | None:
+    """How a DOCKER task's attempt ended, from its Job's and pod's `status` (`gone`: the Job
+    vanished); None while it runs. The container's exit code is the task's result."""
+    ended = kube_jobs.terminated(pod)
+    code = ended.get("exitCode")
+    if ended.get("reason") == "OOMKilled":
+        return Outcome("failed", "OOMKilled: the container ran out of memory", code)
+    if (pod or {}).get("reason") == "Evicted":
+        why = f"Evicted: {pod.get('message') or 'the pod was evicted from its node'}"  # type: ignore[union-attr]
+        return Outcome("failed", why, code)
+    if gone:
+        return Outcome("failed", "lost: its Job vanished", code, transient=LOST)
+    condition = kube_jobs.finished(job)
+    if condition is None:
+        return None
+    if condition.get("reason") == "DeadlineExceeded":
+        why = f"DeadlineExceeded: {condition.get('message') or 'the Job ran past its deadline'}"
+        return Outcome("timed_out", why, timeout=timeout)
+    if condition["type"] in ("Complete", "SuccessCriteriaMet"):
+        return Outcome("succeeded", exit_code=0)
+    if code is None:
+        reason = condition.get("reason") or "no reason given"
+        return Outcome("failed", f"its Job failed ({reason}); the container's exit is unknown")
+    return Outcome("failed", f"the container exited with code {code}", code)
+
+
+# --- what the dispatcher records for it (blocking: off the event loop) -------------------------
+
+
+def record_executing(store: EventStore, job_id: int, attempt: int, by: str) -> None:
+    """Appends JobExecuting when the attempt still runs and nothing recorded it yet."""
+    stream = job_stream(job_id)
+    job = store.jobs([stream]).get(stream)
+    if job and job.state == JobState.RUNNING and job.attempt == attempt and not job.executing:
+        event = advance(job.ref, JobExecuting, attempt=attempt, by=by)
+        store.commit_unmoved([event])  # moved meanwhile: it is over, or recorded
+
+
+def output(job_id: int, attempt: int, text: str) -> list[ExecutionLogged]:
+    """The pod's log as the attempt's output: its lines (step 1, the task's own) in events
+    of a size the bus and the projection take."""
+    at = datetime.now(UTC)
+    batches: list[list[LogLine]] = []
+    batch: list[LogLine] = []
+    size = 0
+    for raw in text.splitlines():
+        line = LogLine(at, 1, "INFO", raw[:MAX_LINE])
+        if batch and (len(batch) >= LINES_PER_EVENT or size + len(line.text) > BYTES_PER_EVENT):
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(line)
+        size += len(line.text) + 16
+    if batch:
+        batches.append(batch)
+    stream = execution_stream(job_id, attempt)
+    return [
+        ExecutionLogged(id=stream, version=n, at=at, job_id=job_id, attempt=attempt, lines=lines)
+        for n, lines in enumerate(batches, start=1)
+    ]
