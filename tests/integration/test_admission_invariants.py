@@ -642,8 +642,11 @@ def test_a_random_workload_keeps_the_admission_invariants(services, controllers)
         wait_until(lambda: logged(services, "admission-b", STANDBY), what="a standby")
     workload = Workload(services, seed)
     wait_until(workload.gateway_up, what="the gateway")
-    for name, value in [("retry_delay", 0), ("retry_limit", 1), ("max_jobs", 3)]:
+    for name, value in [("retry_delay", 0), ("retry_limit", 1), ("max_jobs", 1)]:
         workload.setting(name, value)
+    for _ in range(12):  # a burst queued at once: contention whatever the random walk does
+        workload.submit()
+    workload.setting("max_jobs", 3)
 
     target = workload.rng.randint(60, 90)
     killed_at = offset = 0
