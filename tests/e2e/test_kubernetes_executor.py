@@ -404,3 +404,17 @@ def test_a_restarted_dispatcher_deletes_the_jobs_of_attempts_that_are_over(syste
     assert "te-999999-1" in {j["metadata"]["name"] for j in fake.jobs()}
     deleted = {d.name: d.propagation_policy for d in fake.deletions}
     assert {deleted[name] for name in gone} == {"Background"}
+
+
+def test_jobs_of_other_dialects_run_in_the_dispatcher_and_create_no_kubernetes_job(system, fake):
+    before = len(fake.jobs())
+    with system.client() as engine:
+        job_id = engine.post("/job", json={"job": {"workflow": "echo"}}).json()["id"]
+        wait_until(
+            lambda: engine.get(f"/jobs/{job_id}").json()["queue_state"] == "completed",
+            what=f"job {job_id} to complete",
+        )
+        assert engine.get(f"/jobs/{job_id}").json()["failed"] is False
+    started = [e for e in system.events(job_id) if isinstance(e, JobStarted)]
+    assert [(e.executor, e.job_name) for e in started] == [("local", None)]
+    assert len(fake.jobs()) == before

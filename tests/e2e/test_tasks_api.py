@@ -149,6 +149,8 @@ def test_defaults_are_the_seeds(api):
         ({"title": None}, "title"),
         ({"payload": {"workflow": "no-such-workflow"}}, "payload"),
         ({"payload": "echo"}, "payload"),
+        ({"payload": {"steps": [], "parameters": [1]}}, "payload"),
+        ({"payload": {"workflow": "echo", "parameters": "x"}}, "payload"),
         ({"max_retries": -1}, "max_retries"),
         ({"backoff_strategy": "random"}, "backoff_strategy"),
         ({"dedupe_window_seconds": 60}, "dedupe_window_seconds"),

@@ -225,3 +225,18 @@ def test_workers_of_a_dispatcher_killed_with_9_die_with_it_and_their_attempts_ar
     done = reaches(system, api, worktask_id, "completed", "failed")
     assert done["status"] == "completed" and done["retry_count"] == 1, done
     assert done["retry_reason"] == "lost"
+
+
+def test_jobs_of_other_dialects_run_their_steps_in_the_dispatcher(system, api):
+    """Only work tasks speak the worker protocol: a Task Engine job and a scheduled task's run
+    succeed on the process executor too, started as local attempts."""
+    with system.client() as engine:
+        submitted = engine.post("/job", json={"job": {"workflow": "echo"}, "parameters": {}})
+        job_id = submitted.json()["id"]
+        wait_until(
+            lambda: engine.get(f"/jobs/{job_id}").json()["queue_state"] == "completed",
+            what=f"job {job_id} to complete",
+        )
+        assert engine.get(f"/jobs/{job_id}").json()["failed"] is False
+    started = [e for e in system.events(job_id) if isinstance(e, JobStarted)]
+    assert [e.executor for e in started] == ["local"]

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import msgspec
 import uvloop
+from eventsourcing.persistence import Tracking
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from taskengine_contracts import subjects
@@ -22,7 +23,7 @@ from taskengine_core.config import EngineSettings, engine_settings
 from taskengine_core.ids import SETTINGS_STREAM
 from taskengine_core.settings import RuntimeSettings
 from taskengine_core.workflows import allow_inline, load_registry
-from taskengine_store.store import EventStore
+from taskengine_store.store import EventStore, Statement
 
 from taskengine_bus.bus import connect, ensure_stream
 
@@ -69,12 +70,19 @@ class Runtime:
         """Runs blocking store work off the event loop: one thread hop per batch."""
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    def tracker(self, name: str) -> Callable[[int], Awaitable[None]]:
-        """Records a consumer's position on its own, for batches that had no effect."""
+    def tracker(
+        self, name: str, fence: Statement | None = None
+    ) -> Callable[[int], Awaitable[None]]:
+        """Records a consumer's position on its own, for batches that had no effect. A leader
+        passes its lock's fence: a process that lost the lock must not move the position."""
 
         async def track(position: int) -> None:
-            if position > await self.call(self.store.tracked, name):
+            if position <= await self.call(self.store.tracked, name):
+                return
+            if fence is None:
                 await self.call(self.store.track, name, position)
+            else:
+                await self.call(self.store.commit, (), Tracking(name, position), [fence])
 
         return track
 

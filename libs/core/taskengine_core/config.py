@@ -9,6 +9,10 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+LOCAL, PROCESS, KUBERNETES = "local", "process", "kubernetes"
+EXECUTORS = (LOCAL, PROCESS, KUBERNETES)
+"""How the dispatcher runs attempts (TASKENGINE_EXECUTOR)."""
+
 
 class EngineSettings(BaseSettings):
     """Process configuration. Runtime knobs (max_jobs, retry_limit, ...) are `Settings` events."""

@@ -24,6 +24,7 @@ from uuid import uuid4
 from taskengine_contracts.events import JobSubmitted, RetryPolicy
 
 from taskengine_core import workflows
+from taskengine_core.config import KUBERNETES
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import job_stream
 from taskengine_core.jobs import Job, JobState
@@ -31,7 +32,6 @@ from taskengine_core.jobs import Job, JobState
 DIALECT = "drove"
 DOCKER = "docker"
 """The workflow name of a DOCKER executable: the hook the Kubernetes executor runs."""
-KUBERNETES = "kubernetes"
 PROVISIONING = "provisioning failed: "
 """How the reason of a started task that never ran begins (e.g. its image was not pulled)."""
 REFUSED_WORKFLOWS = frozenset({"inline"})

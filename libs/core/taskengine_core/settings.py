@@ -55,6 +55,11 @@ class RuntimeSettings(msgspec.Struct):
     def retry_delay(self) -> int:
         return self.int("retry_delay")
 
+    @property
+    def retry_cap(self) -> int:
+        """The longest backoff delay: `retry_max_delay`, never below `retry_delay`."""
+        return max(self.retry_delay, self.int("retry_max_delay"))
+
     def apply(self, event: SettingChanged) -> None:
         self.values[event.name] = event.value
 

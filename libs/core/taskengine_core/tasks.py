@@ -459,3 +459,20 @@ def run_id(task_id: UUID, fire_at: datetime) -> UUID:
 def manual_run_id(task_id: UUID, token: str) -> UUID:
     """The id of a run_now or event run; `token` must be unique per such run of the task."""
     return uuid5(NAMESPACE, f"task-run:{task_id}:manual:{token}")
+
+
+def pipeline(payload: object) -> tuple[str, dict[str, object]]:
+    """The workflow and parameters a task's payload names: `{"workflow": NAME, "parameters":
+    {...}}`, or `{"steps": [...]}` run as the `inline` workflow."""
+    if not isinstance(payload, dict):
+        raise InvalidTask("payload", "must be an object naming a workflow or giving steps")
+    parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidTask("payload", "payload.parameters must be an object")
+    if "steps" in payload:
+        return "inline", {"steps": payload["steps"], **parameters}
+    if not isinstance(payload.get("workflow"), str):
+        raise InvalidTask(
+            "payload", "payload.workflow (a workflow name) or payload.steps is required"
+        )
+    return payload["workflow"], dict(parameters)

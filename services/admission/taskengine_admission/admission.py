@@ -261,6 +261,6 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
         ],
         handler=service.on_job_events,
         handled=position,
-        track=runtime.tracker(NAME),
+        track=runtime.tracker(NAME, lock.fence),
     )
     await consumer.run()

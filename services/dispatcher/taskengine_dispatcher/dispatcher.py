@@ -37,13 +37,14 @@ from taskengine_contracts.events import (
     RetryPolicy,
     StepChanged,
 )
+from taskengine_core.config import EXECUTORS, KUBERNETES, LOCAL
 from taskengine_core.drove import check_startable, is_docker, task_environment
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import execution_stream
 from taskengine_core.jobs import Job, JobRef, JobState, advance
 from taskengine_core.steps import Outcome, StepEvent, run_steps
 from taskengine_core.workflows import workflow
-from taskengine_core.worktasks import LOST
+from taskengine_core.worktasks import DIALECT, LOST
 from taskengine_store.store import Conflict, Statement
 
 from taskengine_dispatcher import workers
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAME = "dispatcher"
-KUBERNETES = "kubernetes"
-EXECUTORS = ("local", workers.EXECUTOR, KUBERNETES)
 FLUSH = 0.05
 DEFAULT_TIMEOUT = 3600.0
 
@@ -136,7 +135,7 @@ class Dispatcher:
         specs = await self.runtime.call(
             self.runtime.store.streams,
             [e.id for e in admitted],
-            version=1 if self.executor == "local" else None,
+            version=1 if self.executor == LOCAL else None,
         )
         tracking = Tracking(NAME, batch[-1].position)
         while True:
@@ -164,13 +163,17 @@ class Dispatcher:
         events: list[Event] = []
         rows: list[Statement] = []
         launches = []
-        remote = self.executor != "local"
         for event in admitted:
             spec = specs.get(event.id, [None])[0]
             assert isinstance(spec, JobSubmitted), f"job {event.job_id} has no submission"
-            job = Job.fold(e for e in specs[event.id] if isinstance(e, JobEvent))
+            # Remote workers run work tasks (they report over the work-task protocol) and
+            # DOCKER tasks; every other job runs its steps here whatever the executor.
+            remote = self.executor != LOCAL and (spec.dialect == DIALECT or is_docker(spec))
+            job = (
+                Job.fold(e for e in specs[event.id] if isinstance(e, JobEvent)) if remote else None
+            )
             ref = JobRef.of(event)
-            placement = self.kube.place(ref.job_id, event.attempt) if self.kube else None
+            placement = self.kube.place(ref.job_id, event.attempt) if self.kube and remote else None
             try:
                 host_paths = self.runtime.config.host_path_prefixes
                 check_startable(spec, self.executor, datetime.now(UTC), host_paths)  # Drove's
@@ -196,7 +199,7 @@ class Dispatcher:
                 JobStarted,
                 workflow=spec.workflow,
                 attempt=event.attempt,
-                executor=self.executor,
+                executor=self.executor if remote else LOCAL,
                 callbacks=spec.callbacks,
                 memory=workers.attempt_memory(job) if remote and job else None,
                 cluster=placement.cluster if placement else None,
@@ -514,7 +517,7 @@ async def dispatcher(runtime: Runtime) -> None:
     executor = runtime.config.executor
     if executor not in EXECUTORS:
         raise SystemExit(f"dispatcher: TASKENGINE_EXECUTOR must be one of {', '.join(EXECUTORS)}")
-    if executor != "local" and not runtime.config.webhook_key:
+    if executor != LOCAL and not runtime.config.webhook_key:
         raise SystemExit("dispatcher: workers' tokens derive from TASKENGINE_WEBHOOK_KEY: set it")
     service = Dispatcher(runtime)
     runtime.working = lambda: len(service.running)

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from kubernetes_asyncio.client.exceptions import ApiException
 from taskengine_bus import Runtime
 from taskengine_contracts.events import JobSubmitted
-from taskengine_core.config import EngineSettings
+from taskengine_core.config import KUBERNETES, EngineSettings
 from taskengine_core.ids import job_stream
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.steps import Outcome
@@ -55,7 +55,7 @@ from taskengine_dispatcher.kube_jobs import Obj
 
 log = logging.getLogger(__name__)
 
-EXECUTOR = "kubernetes"
+EXECUTOR = KUBERNETES
 CREATE_PATIENCE = 60.0
 """How long a Job's creation is retried (cluster unreachable, 5xx) before the attempt is lost."""
 SYNC_WAIT = 15.0

@@ -49,7 +49,7 @@ def ended(
             "fixed" if retry is None else retry.backoff,
             attempt,
             base=settings.retry_delay,
-            cap=max(settings.retry_delay, settings.int("retry_max_delay")),
+            cap=settings.retry_cap,
         )
         return advance(
             ref,
@@ -96,7 +96,7 @@ def ended_now(
             now=datetime.now(UTC),
             metadata=metadata,
             retry_delay=settings.retry_delay,
-            retry_max_delay=settings.int("retry_max_delay"),
+            retry_max_delay=settings.retry_cap,
             max_memory=max_memory,
         )
         return events[0]

@@ -15,12 +15,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskengine_core.config import EngineSettings
+from taskengine_core.config import PROCESS, EngineSettings
 from taskengine_core.jobs import Job
 from taskengine_core.steps import die_with_parent, worker_environment
 from taskengine_core.worktasks import worker_token
 
-EXECUTOR = "process"
+EXECUTOR = PROCESS
 COMMAND = (sys.executable, "-m", "taskengine_cli.main", "worker")
 """`taskengine worker`, with the dispatcher's own interpreter (the same installation)."""
 GRACE = 10.0

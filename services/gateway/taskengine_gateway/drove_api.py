@@ -41,6 +41,8 @@ ATTEMPTS = 3
 MAX_LISTED = 1000
 LOG_FILES = ("output.log",)
 DEFAULT_READ, MAX_READ = 65_536, 1_048_576
+MAX_OFFSET = 2**31 - 2
+"""PostgreSQL's substr takes a 32-bit position; a larger offset is past any log's end."""
 INSTANCE = "/tasks/{source_app:str}/instances/{task_id:str}"
 LOGS = "/logfiles/tasks/{source_app:str}/{task_id:str}"
 LOG_PATHS = [f"{LOGS}/list", f"{LOGS}/read/{{file_name:str}}", f"{LOGS}/download/{{file_name:str}}"]
@@ -249,7 +251,8 @@ class DroveController(Controller):
         if offset < 0:
             [row] = await _query(gateway, _OUTPUT, (job.job_id, 1, 0))
             return {"data": "", "offset": row["size"]}
-        [row] = await _query(gateway, _OUTPUT, (job.job_id, offset + 1, length))
+        start = min(offset, MAX_OFFSET) + 1  # past the end either way: no data
+        [row] = await _query(gateway, _OUTPUT, (job.job_id, start, length))
         return {"data": row["data"], "offset": offset}
 
     @get(f"{LOGS}/download/{{file_name:str}}", operation_id="drove_download_log")

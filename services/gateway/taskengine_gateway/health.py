@@ -108,14 +108,12 @@ async def health_report(runtime, heartbeats: Heartbeats, settings, version: str)
     for queue, service in QUEUES.items():
         beats = heartbeats.alive(service)
         pending = 0
+        info = None
         if service in CONSUMERS:
             info = await check("nats", _consumer_info(runtime.js, service))
-            if info is not None:
-                pending = info.num_pending or 0
-            else:  # not consuming yet (starting, or no leader yet): what it has not handled
-                tracked = await check("postgres", runtime.call(store.tracked, service))
-                pending = max(max_position - tracked, 0)
-        elif service in FOLLOWERS:
+            pending = info.num_pending or 0 if info is not None else 0
+        if service in FOLLOWERS or (service in CONSUMERS and info is None):
+            # A consumer not created yet (starting, no leader yet): what it has not handled.
             tracked = await check("postgres", runtime.call(store.tracked, service))
             pending = max(max_position - tracked, 0)
         queues[queue] = {

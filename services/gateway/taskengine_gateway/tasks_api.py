@@ -31,6 +31,7 @@ from taskengine_core.tasks import (
     check_key,
     check_uuid,
     parse_schedule,
+    pipeline,
 )
 from taskengine_store.store import Conflict
 
@@ -109,24 +110,12 @@ def _string(data: dict, field: str, longest: int, empty_ok: bool = False) -> str
         raise invalid(field, f"{field} must be a{'' if empty_ok else ' non-empty'} string")
     if len(value) > longest:
         raise invalid(field, f"{field} must be at most {longest} characters")
-    return value
+    return value  # type: ignore[return-value]
 
 
 def _payload(value: object) -> dict[str, Any]:
     """`{"workflow": NAME, "parameters": {...}}` or `{"steps": [...]}`, runnable as given."""
-    if not isinstance(value, dict):
-        raise invalid("payload", "payload must be an object naming a workflow or giving steps")
-    if "steps" in value:
-        workflow, parameters = (
-            "inline",
-            {"steps": value["steps"], **(value.get("parameters") or {})},
-        )
-    elif isinstance(value.get("workflow"), str):
-        workflow, parameters = value["workflow"], value.get("parameters", {})
-    else:
-        raise invalid("payload", "payload.workflow (a workflow name) or payload.steps is required")
-    if not isinstance(parameters, dict):
-        raise invalid("payload", "payload.parameters must be an object")
+    workflow, parameters = pipeline(value)
     try:
         workflows.validate(workflow, parameters)
     except (DomainError, ValueError) as error:

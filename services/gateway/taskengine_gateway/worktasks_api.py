@@ -64,13 +64,6 @@ def worktasks_error(request: Request, error: Exception) -> Response:
     return internal_error(request, error)
 
 
-def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        return decode_object(raw)
-    except HTTPException as error:
-        raise WorkTaskError(status_code=400, detail=error.detail) from None
-
-
 # --- who calls ------------------------------------------------------------------------------
 
 
@@ -232,7 +225,7 @@ class WorkTasksController(Controller):
     async def submit_worktask(
         self, request: Request, gateway: GatewayState, client: Client
     ) -> dict:
-        task = worktasks.submission(_body(await request.body()))
+        task = worktasks.submission(decode_object(await request.body()))
         try:
             workflows.validate(task.workflow, task.parameters)
         except (DomainError, ValueError) as error:
@@ -285,7 +278,7 @@ class WorkTasksController(Controller):
         self, worktask_id: str, request: Request, gateway: GatewayState
     ) -> dict:
         reporter = await reporter_of(request, gateway)
-        report = report_of(_body(await request.body()), worktask_id)
+        report = report_of(decode_object(await request.body()), worktask_id)
         settings = await current_settings(gateway)
         for _ in range(ATTEMPTS):
             job, attempt = await reported_job(gateway, worktask_id, reporter)
@@ -300,7 +293,7 @@ class WorkTasksController(Controller):
                     error_message=report.error_message,
                     attempt=attempt,
                     retry_delay=settings.retry_delay,
-                    retry_max_delay=max(settings.retry_delay, settings.int("retry_max_delay")),
+                    retry_max_delay=settings.retry_cap,
                     max_memory=gateway.runtime.config.max_memory,
                 )
             except IllegalTransition as error:
@@ -317,7 +310,7 @@ class WorkTasksController(Controller):
         """Lines a remote worker printed, appended to its attempt's log (`GET /logs/<id>`)."""
         reporter = await reporter_of(request, gateway)
         now = datetime.now(UTC)
-        lines = log_lines(_body(await request.body()), now)
+        lines = log_lines(decode_object(await request.body()), now)
         job, attempt = await reported_job(gateway, worktask_id, reporter)
         if attempt is not None:
             refuse_over(job, attempt)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -29,6 +28,7 @@ from taskengine_bus import Runtime
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Event, JobEvent, JobSubmitted, decode
 from taskengine_core import worktasks
+from taskengine_core.clients import mask_secrets
 from taskengine_core.worktasks import DIALECT
 
 from taskengine_gateway.auth import Client, credentials
@@ -39,11 +39,6 @@ log = logging.getLogger(__name__)
 REPLAY_PAGE = 1000
 KNOWN_JOBS = 10_000
 """Jobs whose dialect a socket remembers before it forgets them all (and looks up again)."""
-_TOKEN = re.compile(r"(?i)((?:^|[?&;])token=)[^&\s\"']*")
-
-
-def mask_token(text: str) -> str:
-    return _TOKEN.sub(r"\1***", text)
 
 
 class _TokenMask(logging.Filter):
@@ -52,7 +47,7 @@ class _TokenMask(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "token=" in message.lower():
-            record.msg, record.args = mask_token(message), ()
+            record.msg, record.args = mask_secrets(message), ()
         return True
 
 

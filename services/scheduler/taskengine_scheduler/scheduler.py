@@ -382,7 +382,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
             ],
             handler=service.on_job_events,
             handled=await runtime.call(runtime.store.tracked, NAME),
-            track=runtime.tracker(NAME),
+            track=runtime.tracker(NAME, lock.fence),
             idle=service.tick,
         )
         async with asyncio.TaskGroup() as group:

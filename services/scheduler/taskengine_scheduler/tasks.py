@@ -47,7 +47,14 @@ from taskengine_contracts.events import (
 )
 from taskengine_core.ids import job_stream
 from taskengine_core.task_lifecycle import ACTIVE, CANCELED, PAUSED, Task
-from taskengine_core.tasks import Schedule, dedupe_blocks, manual_run_id, parse_schedule, run_id
+from taskengine_core.tasks import (
+    Schedule,
+    dedupe_blocks,
+    manual_run_id,
+    parse_schedule,
+    pipeline,
+    run_id,
+)
 from taskengine_store.store import Conflict, Statement
 
 log = logging.getLogger(__name__)
@@ -136,8 +143,8 @@ def task_statements(batch: list[Delivered]) -> list[Statement]:
                 (_REQUEST_TOPIC, (token, event.at, event.id, event.client, event.topic))
             )
             continue
-        if not isinstance(event, TaskEvent):
-            continue
+        if not isinstance(event, TaskEvent) or isinstance(event, (TaskFired, TaskRunSkipped)):
+            continue  # a fire's own commit already moved the task's row
         row = last.setdefault(event.id, [event.id, event.client, 0, None, None, None, None])
         row[2], row[5] = event.version, event.next_fire_at
         row[3] = _STATUS.get(event.__struct_config__.tag, row[3])  # type: ignore[arg-type]
@@ -413,10 +420,3 @@ def _batched(
         rows = [(*key, *value) for key, value in deduped.items()]
         statements.append((_DEDUPE_FIRED, [list(column) for column in zip(*rows, strict=True)]))
     return statements
-
-
-def pipeline(payload: dict) -> tuple[str, dict]:
-    """The workflow and parameters a task's payload names (inline steps run as `inline`)."""
-    if "steps" in payload:
-        return "inline", {"steps": payload["steps"], **dict(payload.get("parameters") or {})}
-    return str(payload["workflow"]), dict(payload.get("parameters") or {})
