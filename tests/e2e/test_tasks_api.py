@@ -282,6 +282,13 @@ def test_a_seconds_cron_fires_every_time_and_pause_stops_it(api):
     assert len(set(moments)) == len(moments)
     assert all(datetime.fromisoformat(m).second % 2 == 0 for m in moments)
     time.sleep(3)  # long enough for one more fire, had it not paused
+    # Read from the task's list row plus the events after it: the same as a whole fold.
+    shown = wait_until(
+        lambda: (lambda t: t if t["run_count"] == len(runs(api, task["id"])) else None)(
+            api.get(f"/tasks/{task['id']}").json()
+        )
+    )
+    assert shown["status"] == "paused" and shown["last_run_at"] is not None
     assert len(runs(api, task["id"])) <= fired + 1  # one may have been firing as it paused
 
 
