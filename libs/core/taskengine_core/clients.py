@@ -8,25 +8,55 @@ import re
 import secrets
 
 _ITERATIONS = 120_000
+HMAC_SCHEME = "hmac_sha256"
+PBKDF2_SCHEME = "pbkdf2_sha256"
+_SECRET_LABEL = b"taskengine client key hashing v1"
 
 
 def new_key() -> str:
+    """192 random bits: too many to guess, so a fast keyed hash is as safe as a slow one."""
     return secrets.token_hex(24)
 
 
-def hash_key(key: str, salt: str | None = None) -> str:
-    """`pbkdf2_sha256$<iterations>$<salt>$<hex digest>`: what the store keeps instead of the key."""
+def key_secret(master: str) -> bytes:
+    """The server secret client keys are hashed under, derived from `TASKENGINE_WEBHOOK_KEY`
+    with its own label (so it is never the key that signs callbacks or worker tokens)."""
+    return hmac.new(master.encode(), _SECRET_LABEL, hashlib.sha256).digest()
+
+
+def hash_key(key: str, secret: bytes | None) -> str:
+    """`hmac_sha256$<hex>` under the server secret: what the store keeps instead of the key.
+
+    Without a secret (a command run where the webhook key is unknown) the salted, slow
+    `pbkdf2_hash`; the gateway replaces it with the HMAC on the key's first use.
+    """
+    if secret is None:
+        return pbkdf2_hash(key)
+    return f"{HMAC_SCHEME}${hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()}"
+
+
+def pbkdf2_hash(key: str, salt: str | None = None) -> str:
+    """`pbkdf2_sha256$<iterations>$<salt>$<hex digest>`: how keys were stored before HMAC."""
     salt = salt or secrets.token_hex(8)
     digest = hashlib.pbkdf2_hmac("sha256", key.encode(), salt.encode(), _ITERATIONS).hex()
-    return f"pbkdf2_sha256${_ITERATIONS}${salt}${digest}"
+    return f"{PBKDF2_SCHEME}${_ITERATIONS}${salt}${digest}"
 
 
-def verify_key(key: str, stored: str) -> bool:
+def is_slow_hash(stored: str) -> bool:
+    """A PBKDF2 hash: verifying it costs ~100 ms of CPU, so it is migrated on first use."""
+    return stored.startswith(PBKDF2_SCHEME + "$")
+
+
+def verify_key(key: str, stored: str, secret: bytes | None = None) -> bool:
+    """Whether `key` is the one `stored` was made from (an HMAC hash needs the secret)."""
+    scheme, _, rest = stored.partition("$")
+    if scheme == HMAC_SCHEME:
+        return secret is not None and hmac.compare_digest(hash_key(key, secret), stored)
     try:
-        scheme, iterations, salt, digest = stored.split("$")
+        iterations, salt, digest = rest.split("$")
     except ValueError:
         return False
-    if scheme != "pbkdf2_sha256" or not iterations.isdigit() or int(iterations) < 1:
+    if scheme != PBKDF2_SCHEME or not iterations.isdigit() or int(iterations) < 1:
         return False
     candidate = hashlib.pbkdf2_hmac("sha256", key.encode(), salt.encode(), int(iterations)).hex()
     return hmac.compare_digest(candidate, digest)

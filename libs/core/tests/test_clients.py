@@ -7,13 +7,13 @@ import re
 
 import pytest
 from taskengine_core.clients import (
-    hash_key,
     key_lookup,
     mask,
     mask_secrets,
     mask_values,
     new_key,
     parse_bootstrap,
+    pbkdf2_hash,
     verify_key,
 )
 
@@ -30,7 +30,7 @@ def test_new_keys_are_48_hex_characters_and_unique():
 
 
 def test_hash_key_has_the_documented_shape_and_never_contains_the_key():
-    stored = hash_key(KEY)
+    stored = pbkdf2_hash(KEY)
     scheme, iterations, salt, digest = stored.split("$")
     assert scheme == "pbkdf2_sha256"
     assert int(iterations) >= 100_000
@@ -39,24 +39,24 @@ def test_hash_key_has_the_documented_shape_and_never_contains_the_key():
 
 
 def test_hash_key_with_a_given_salt_is_deterministic_and_uses_it():
-    assert hash_key(KEY, salt="pepper") == hash_key(KEY, salt="pepper")
-    assert hash_key(KEY, salt="pepper").split("$")[2] == "pepper"
-    assert hash_key(KEY, salt="pepper") != hash_key(KEY, salt="salt")
+    assert pbkdf2_hash(KEY, salt="pepper") == pbkdf2_hash(KEY, salt="pepper")
+    assert pbkdf2_hash(KEY, salt="pepper").split("$")[2] == "pepper"
+    assert pbkdf2_hash(KEY, salt="pepper") != pbkdf2_hash(KEY, salt="salt")
 
 
 def test_a_key_verifies_against_its_hash():
-    assert verify_key(KEY, hash_key(KEY))
+    assert verify_key(KEY, pbkdf2_hash(KEY))
 
 
 def test_a_wrong_key_does_not_verify():
-    stored = hash_key(KEY)
+    stored = pbkdf2_hash(KEY)
     assert not verify_key(KEY[:-1] + "0", stored)
     assert not verify_key("", stored)
     assert not verify_key(KEY + " ", stored)
 
 
 def test_two_hashes_of_the_same_key_differ_by_salt_and_both_verify():
-    first, second = hash_key(KEY), hash_key(KEY)
+    first, second = pbkdf2_hash(KEY), pbkdf2_hash(KEY)
     assert first != second
     assert first.split("$")[2] != second.split("$")[2]
     assert verify_key(KEY, first) and verify_key(KEY, second)
@@ -78,7 +78,7 @@ def test_a_malformed_stored_hash_does_not_verify(stored):
 
 
 def test_a_tampered_digest_does_not_verify():
-    scheme, iterations, salt, digest = hash_key(KEY).split("$")
+    scheme, iterations, salt, digest = pbkdf2_hash(KEY).split("$")
     tampered = f"{scheme}${iterations}${salt}${'0' * len(digest)}"
     assert not verify_key(KEY, tampered)
 

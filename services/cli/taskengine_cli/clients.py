@@ -1,4 +1,9 @@
-"""Clients and their keys: registered as events; only a hash of each key is stored."""
+"""Clients and their keys: registered as events; only a hash of each key is stored.
+
+The hash is an HMAC under a secret derived from `TASKENGINE_WEBHOOK_KEY` (`key_secret`): the
+gateway and this command must share that key. Without it here, the slow salted hash is stored
+and the gateway replaces it with the HMAC on the key's first use.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from taskengine_contracts.events import ClientRegistered, ClientRevoked, Event
-from taskengine_core.clients import hash_key, key_lookup, mask, new_key, parse_bootstrap, verify_key
+from taskengine_core.clients import (
+    hash_key,
+    key_lookup,
+    key_secret,
+    mask,
+    new_key,
+    parse_bootstrap,
+    verify_key,
+)
 from taskengine_core.config import EngineSettings
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import client_stream
@@ -28,19 +41,25 @@ def latest(events: list[Event]) -> ClientRegistered | ClientRevoked | None:
 
 
 def register(
-    store: EventStore, name: str, key: str, admin: bool = False, revive: bool = True
+    store: EventStore,
+    name: str,
+    key: str,
+    admin: bool = False,
+    revive: bool = True,
+    secret: bytes | None = None,
 ) -> bool:
     """Creates the client, or gives it this key (and admin flag) if it exists.
 
     A revoked client is registered again only with `revive` (startup passes False, so an old
-    key file or environment never undoes a revocation). Returns whether the client is usable.
+    key file or environment never undoes a revocation). `secret` (`key_secret` of the webhook
+    key) is what the key is hashed under. Returns whether the client is usable.
     """
     stream = client_stream(name)
     last = latest(store.stream(stream))
     if (
         isinstance(last, ClientRegistered)
         and last.admin == admin
-        and verify_key(key, last.key_hash)
+        and verify_key(key, last.key_hash, secret)
     ):
         return True
     if isinstance(last, ClientRevoked) and not revive:
@@ -52,7 +71,7 @@ def register(
             version=version,
             at=datetime.now(UTC),
             name=name,
-            key_hash=hash_key(key),
+            key_hash=hash_key(key, secret),
             key_lookup=key_lookup(key),
             key_hint=mask(key)[-4:],
             admin=admin,
@@ -76,24 +95,31 @@ def revoke(store: EventStore, name: str, by: str) -> ClientRevoked:
     return store.append_next(stream, build)  # type: ignore[return-value]
 
 
-def ensure_clients(store: EventStore, config: EngineSettings, data_dir: Path) -> list:
+def ensure_clients(
+    store: EventStore, config: EngineSettings, data_dir: Path, webhook_key: str | None = None
+) -> list:
     """Bootstrap clients from the environment, or the demo client whose key lives in the data dir.
 
     Returns (name, key, show_key) for the banner: a key is shown in full only when just
     created; afterwards its last 4 characters and the file that holds it. A revoked client
     stays revoked (`taskengine clients add` registers it again) and is left out.
     """
+    secret = key_secret(webhook_key) if webhook_key else None
     if config.bootstrap_client:
         clients = parse_bootstrap(config.bootstrap_client)
-        usable = [(n, k, a) for n, k, a in clients if register(store, n, k, a, revive=False)]
+        usable = [
+            (n, k, a)
+            for n, k, a in clients
+            if register(store, n, k, a, revive=False, secret=secret)
+        ]
         return [(name, key, False) for name, key, _ in usable]
     key_file = data_dir / f"{DEMO_CLIENT}.key"
     if key_file.exists():
         key = key_file.read_text().strip()
-        usable = register(store, DEMO_CLIENT, key, admin=True, revive=False)
+        usable = register(store, DEMO_CLIENT, key, admin=True, revive=False, secret=secret)
         return [(DEMO_CLIENT, key, False)] if usable else []
     key = new_key()
-    register(store, DEMO_CLIENT, key, admin=True)
+    register(store, DEMO_CLIENT, key, admin=True, secret=secret)
     key_file.touch(mode=0o600)
     key_file.write_text(key + "\n")
     return [(DEMO_CLIENT, key, True)]

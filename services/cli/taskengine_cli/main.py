@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from taskengine_core.clients import new_key
+from taskengine_core.clients import key_secret, new_key
 from taskengine_core.config import engine_settings
 from taskengine_core.outbound import webhook_secret
 from taskengine_core.workflows import BUILT_IN, Registry
@@ -34,7 +34,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_clients_add(args: argparse.Namespace) -> int:
     key = args.key or new_key()
-    register(_store(), args.name, key, admin=args.admin)
+    master = webhook_key(engine_settings())
+    register(_store(), args.name, key, args.admin, secret=key_secret(master) if master else None)
     print(f"client {args.name}{' (admin)' if args.admin else ''}: key {key}")
     print_webhook_secret(args.name)
     return 0

@@ -105,8 +105,9 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         try:
             nats_url, database_url = self._servers(data_dir)
+            master = webhook_key(self.config, create=True) or ""
             store = EventStore(database_url, pool_size=1, create_tables=True)
-            banner_clients = ensure_clients(store, self.config, data_dir)
+            banner_clients = ensure_clients(store, self.config, data_dir, master)
             store.close()
             env = {
                 **os.environ,
@@ -114,7 +115,7 @@ class Supervisor:
                 "TASKENGINE_NATS_URL": nats_url,
                 "TASKENGINE_DATA_DIR": str(data_dir),
                 "TASKENGINE_CREATE_TABLES": "false",
-                "TASKENGINE_WEBHOOK_KEY": webhook_key(self.config, create=True) or "",
+                "TASKENGINE_WEBHOOK_KEY": master,
             }
             gateway_url = f"http://{self.config.host}:{self.config.port}"
             write_endpoints(
