@@ -31,6 +31,22 @@ class EngineSettings(BaseSettings):
         description="signs callbacks; each client's secret is derived from it (keep it secret)",
     )
     instance: str = Field(default="", description="stable name of this process instance")
+    auth_failure_burst: int = Field(
+        default=20,
+        ge=1,
+        description="failed key checks an address (or a client name) may make at once before"
+        " the gateway answers 429; refilled at auth_failures_per_minute",
+    )
+    auth_failures_per_minute: float = Field(
+        default=30,
+        gt=0,
+        description="failed key checks per minute an address (or a client name) regains",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="proxies whose X-Forwarded-For names the caller's address, as IPs or CIDRs,"
+        " comma-separated (default none: the peer's address is the caller's)",
+    )
     create_tables: bool = False
     log_level: str = "INFO"
     max_body_bytes: int = 524_288  # an event must fit NATS's default 1 MB max payload

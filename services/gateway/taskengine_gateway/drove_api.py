@@ -81,7 +81,7 @@ def drove_error(request: Request, error: Exception) -> Response:
         headers = (
             {"WWW-Authenticate": 'Basic realm="taskengine"'}
             if isinstance(error, NotAuthorizedException)
-            else None
+            else error.headers
         )
         body = envelope({}, detail, "FAILED")
         return Response(body, status_code=error.status_code, headers=headers)

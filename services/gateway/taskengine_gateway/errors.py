@@ -42,7 +42,7 @@ def http_error(request: Request, error: HTTPException) -> Response:
     body: dict[str, object] = {"error": detail}
     if isinstance(error, JobRefused):
         body = {"id": error.job_id, "error": detail}
-    return Response(body, status_code=error.status_code)
+    return Response(body, status_code=error.status_code, headers=error.headers)
 
 
 def internal_error(request: Request, error: Exception) -> Response:

@@ -87,7 +87,9 @@ def tasks_error(request: Request, error: Exception) -> Response:
         elif error.status_code == 413:
             detail = "Request body too large"
         headers = (
-            {"WWW-Authenticate": "Bearer"} if isinstance(error, NotAuthorizedException) else None
+            {"WWW-Authenticate": "Bearer"}
+            if isinstance(error, NotAuthorizedException)
+            else error.headers
         )
         return Response({"detail": detail}, status_code=error.status_code, headers=headers)
     return internal_error(request, error)

@@ -58,7 +58,9 @@ def worktasks_error(request: Request, error: Exception) -> Response:
         elif error.status_code == 405:
             detail = f"method {request.method} not allowed on {request.url.path}"
         headers = (
-            {"WWW-Authenticate": "Bearer"} if isinstance(error, NotAuthorizedException) else None
+            {"WWW-Authenticate": "Bearer"}
+            if isinstance(error, NotAuthorizedException)
+            else error.headers
         )
         return Response({"error": detail}, status_code=error.status_code, headers=headers)
     return internal_error(request, error)

@@ -7,7 +7,8 @@ store, then live updates from an ordered JetStream consumer on the job lifecycle
 nothing is skipped or sent twice. Credentials: the foundation's headers, or `?token=<key>`
 (browsers cannot set headers on a WebSocket), which is masked in the server's log.
 
-Close codes: 4401 no valid credentials, 4400 a malformed `after`.
+Close codes: 4401 no valid credentials, 4429 too many failed attempts, 4400 a malformed
+`after`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from taskengine_core.clients import mask_secrets
 from taskengine_core.worktasks import DIALECT
 
 from taskengine_gateway.auth import Client, credentials
+from taskengine_gateway.limits import TooManyAttempts
 from taskengine_gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class _QueryCredentials:
     """`?token=<key>` (and `?client=<name>`) presented as the bearer header they stand for."""
 
     headers: Mapping[str, str]
+    client: object = None  # the peer, for the failure limit per address
 
 
 async def _client(socket: WebSocket, gateway: GatewayState) -> Client:
@@ -74,9 +77,12 @@ async def _client(socket: WebSocket, gateway: GatewayState) -> Client:
     if not token:
         raise NotAuthorizedException("missing credentials: send a key, or ?token=<key>")
     headers = {"authorization": f"Bearer {token}"}
+    if forwarded := socket.headers.get("x-forwarded-for"):
+        headers["x-forwarded-for"] = forwarded
     if name := socket.query_params.get("client"):
         headers["client"] = name
-    return await gateway.authenticator.authenticate(_QueryCredentials(headers))  # type: ignore[arg-type]
+    query = _QueryCredentials(headers, socket.client)
+    return await gateway.authenticator.authenticate(query)  # type: ignore[arg-type]
 
 
 @websocket("/ws/tasks")
@@ -85,6 +91,9 @@ async def task_updates(socket: WebSocket, gateway: GatewayState) -> None:
         client = await _client(socket, gateway)
     except NotAuthorizedException as error:
         await _refuse(socket, 4401, str(error.detail))
+        return
+    except TooManyAttempts as error:
+        await _refuse(socket, 4429, str(error.detail))
         return
     raw = socket.query_params.get("after")
     if raw is not None and not (raw.isdigit() and len(raw) <= 18):

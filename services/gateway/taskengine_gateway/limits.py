@@ -1,0 +1,121 @@
+"""Failed key checks, limited per caller address and per client name.
+
+Token buckets kept in memory by each gateway instance (several instances each allow their own
+burst): a failure takes a token, a bucket regains `per_minute` tokens a minute up to `burst`,
+and an empty one answers 429 with the seconds until it holds a token again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+
+from litestar.exceptions import HTTPException
+from litestar.status_codes import HTTP_429_TOO_MANY_REQUESTS
+
+MAX_BUCKETS = 100_000
+"""Memory bound: beyond it, buckets that have filled up again are forgotten."""
+
+Network = IPv4Network | IPv6Network
+
+
+class TooManyAttempts(HTTPException):
+    """429 with `Retry-After`: too many failed key checks from this address or for this name."""
+
+    status_code = HTTP_429_TOO_MANY_REQUESTS
+
+    def __init__(self, retry_after: float):
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            detail=f"too many failed authentication attempts: retry in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class FailureLimiter:
+    """Buckets of failures by address (`address:<ip>`) and by client name (`name:<name>`)."""
+
+    def __init__(self, burst: int, per_minute: float, clock: Callable[[], float] = time.monotonic):
+        self.burst = float(burst)
+        self.rate = per_minute / 60.0
+        self.clock = clock
+        self.buckets: dict[str, _Bucket] = {}
+
+    def _tokens(self, bucket: _Bucket, now: float) -> float:
+        return min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+
+    def wait(self, key: str) -> float:
+        """Seconds until `key` may fail again (0: it may now)."""
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            return 0.0
+        tokens = self._tokens(bucket, self.clock())
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+    def fail(self, key: str) -> float:
+        """Takes a token for a failure; returns the wait that now applies to `key`."""
+        now = self.clock()
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            self._bound(now)
+            bucket = self.buckets[key] = _Bucket(self.burst, now)
+        bucket.tokens = max(0.0, self._tokens(bucket, now) - 1)
+        bucket.at = now
+        return self.wait(key)
+
+    def failed(self, address: str, name: str | None) -> float:
+        """A failed check from `address` for `name`: the longest wait now due (0: none)."""
+        waits = [self.fail(f"address:{address}")]
+        if name:
+            waits.append(self.fail(f"name:{name}"))
+        return max(waits)
+
+    def _bound(self, now: float) -> None:
+        if len(self.buckets) < MAX_BUCKETS:
+            return
+        full = [k for k, b in self.buckets.items() if self._tokens(b, now) >= self.burst]
+        for key in full:
+            del self.buckets[key]
+        if len(self.buckets) >= MAX_BUCKETS:  # still full of active buckets: forget the oldest
+            for key in list(self.buckets)[: MAX_BUCKETS // 2]:
+                del self.buckets[key]
+
+
+def parse_networks(spec: str) -> tuple[Network, ...]:
+    """`10.0.0.1, 192.168.0.0/16` -> networks; a bad entry is a configuration error."""
+    try:
+        return tuple(ip_network(p.strip(), strict=False) for p in spec.split(",") if p.strip())
+    except ValueError as error:
+        raise ValueError(f"TASKENGINE_TRUSTED_PROXIES: {error}") from None
+
+
+def _within(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def client_address(
+    peer: str | None, headers: Mapping[str, str], trusted: tuple[Network, ...]
+) -> str:
+    """The caller's address: the peer's, or, when the peer is a trusted proxy, the last
+    `X-Forwarded-For` hop that is not one (hops left of it could be made up by the caller)."""
+    peer = peer or "unknown"
+    if not trusted or not _within(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in headers.get("x-forwarded-for", "").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _within(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
