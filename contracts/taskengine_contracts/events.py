@@ -405,10 +405,13 @@ TASK_EVENTS = (
 
 
 class ClientRegistered(Event, frozen=True, kw_only=True, tag="client.registered"):
-    """A client and a hash of its key (never the key). Re-registering replaces the key."""
+    """A client and a hash of its key (never the key). Re-registering replaces the key; a
+    registration with the same key_lookup may only replace its hash (PBKDF2 migrated to HMAC)."""
 
     name: str
     key_hash: str
+    """`hmac_sha256$<hex>` under the servers' key secret, or from older stores
+    `pbkdf2_sha256$<iterations>$<salt>$<hex>`."""
     key_lookup: str
     """First 6 hex digits of the key's SHA-256: finds the client of a bare bearer key."""
     key_hint: str
