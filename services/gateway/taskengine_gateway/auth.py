@@ -8,7 +8,8 @@ in microseconds on the event loop. A key still stored the old way (PBKDF2) is ch
 one-thread executor of its own, only while its client name is under its failure limit, and
 rehashed to HMAC on success. Failed checks are limited per caller address and per client name
 (`limits.py`): an address over its limit gets 429 before any work; a name over its limit only
-turns failures into 429 (and stops the slow hash), so a correct key still gets in.
+turns failures into 429 (and stops the slow hash), so a correct key still gets in. A 429 is
+sent after a pause of up to `PAUSE_SECONDS`, so a flood paces itself.
 
 Client records are read from their streams on a one-thread executor of their own (never the
 store calls' thread pool) and kept `CACHE_SECONDS`, unknown names too: a revocation (or a new
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 from litestar.connection import ASGIConnection
@@ -50,7 +51,10 @@ log = logging.getLogger(__name__)
 CACHE_SECONDS = 5.0
 MAX_CACHED = 10_000
 SLOW_QUEUE = 4
-"""PBKDF2 checks that may wait for the slow executor; more get 429 at once."""
+"""PBKDF2 checks that may wait for the slow executor; more get 429."""
+PAUSE_SECONDS = 1.0
+"""How long a 429 is held back: a caller that hammers waits instead of taking turns on the
+event loop from everyone else (a sleeping request holds no thread and no connection)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class Authenticator:
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="auth-records")
         self._slow = ThreadPoolExecutor(1, thread_name_prefix="auth-pbkdf2")
         self._slow_waiting = 0
+        self.pause = PAUSE_SECONDS
 
     async def authenticate(self, connection: ASGIConnection) -> Client:
         name, key = credentials(connection)
@@ -100,14 +105,19 @@ class Authenticator:
         peer = connection.client.host if getattr(connection, "client", None) else None
         address = client_address(peer, connection.headers, self.trusted)
         if wait := self.limiter.wait(f"address:{address}"):
-            raise TooManyAttempts(wait)
+            await self._refuse(wait)
         for candidate in [name] if name else await self._names_for(key):
             record = await self._record(candidate)
             if record and await self._check(record, key, digest):
                 return Client(record.name, record.admin)
         if wait := self.limiter.failed(address, name):
-            raise TooManyAttempts(wait)
+            await self._refuse(wait)
         raise NotAuthorizedException("invalid client or api-key")
+
+    async def _refuse(self, wait: float) -> NoReturn:
+        paused = min(wait, self.pause)
+        await asyncio.sleep(paused)
+        raise TooManyAttempts(wait - paused)
 
     async def _known(self, name: str | None, digest: str) -> Client | None:
         """A key checked before, still the client's current one: no hash, no limit."""
@@ -127,7 +137,7 @@ class Authenticator:
         else:
             # The slow hash only runs while the name is under its failure limit.
             if wait := self.limiter.wait(f"name:{record.name}"):
-                raise TooManyAttempts(wait)
+                await self._refuse(wait)
             matched = await self._slow_verify(key, key_hash)
             if matched:
                 key_hash = await self._rehash(record, key)
@@ -139,7 +149,7 @@ class Authenticator:
 
     async def _slow_verify(self, key: str, key_hash: str) -> bool:
         if self._slow_waiting >= SLOW_QUEUE:
-            raise TooManyAttempts(1)
+            await self._refuse(1)
         self._slow_waiting += 1
         try:
             loop = asyncio.get_running_loop()

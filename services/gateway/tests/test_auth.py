@@ -3,6 +3,7 @@ own thread and migrated, failures limited per address and name without locking o
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -73,7 +74,9 @@ class Store:
 
 def authenticator(store: Store, **settings: object) -> Authenticator:
     config = EngineSettings(webhook_key=MASTER, **settings)  # type: ignore[arg-type]
-    return Authenticator(SimpleNamespace(config=config, store=store))  # type: ignore[arg-type]
+    gate = Authenticator(SimpleNamespace(config=config, store=store))  # type: ignore[arg-type]
+    gate.pause = 0.0
+    return gate
 
 
 def asking(name: str | None, key: str, address: str = "127.0.0.1", **headers: str):  # type: ignore[no-untyped-def]
@@ -223,3 +226,16 @@ async def test_a_revocation_takes_effect_once_the_cached_record_expires(store, m
     monkeypatch.setattr(auth, "CACHE_SECONDS", 0.0)
     with pytest.raises(NotAuthorizedException):
         await gate.authenticate(asking("b", key))
+
+
+async def test_a_429_is_held_back_so_a_caller_that_hammers_waits_for_it(store):
+    gate = authenticator(store, auth_failure_burst=1, auth_failures_per_minute=60)
+    gate.pause = 0.3
+    with pytest.raises(TooManyAttempts):  # the failure that empties the bucket
+        await gate.authenticate(asking("b", new_key()))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TooManyAttempts) as limited:
+        await gate.authenticate(asking("b", new_key()))
+    assert loop.time() - started >= 0.3
+    assert limited.value.headers == {"Retry-After": "1"}
