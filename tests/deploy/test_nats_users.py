@@ -278,3 +278,27 @@ def test_no_password_is_written_in_the_users_file():
     text = USERS_CONF.read_text()
     passwords = [line.split(":", 1)[1].strip() for line in text.splitlines() if "password:" in line]
     assert passwords == ["$TASKENGINE_NATS_PASSWORD", "$TASKENGINE_NATS_SUBSCRIBER_PASSWORD"]
+
+
+async def test_with_tls_the_services_connect_checking_the_server_against_the_ca():
+    with secured_nats(tls=True) as secured:
+        assert secured.url.startswith("tls://") and secured.ca is not None
+        password = secured.passwords[SERVICES_USER]
+        config = EngineSettings(
+            nats_user=SERVICES_USER, nats_password=password, nats_tls_ca=str(secured.ca)
+        )
+        nc, js = await connect(secured.url, "test-tls", **config.nats_options())
+        try:
+            assert nc.connected_url is not None and nc.connected_url.scheme == "tls"
+            await ensure_stream(js)
+            ack = await js.publish("taskengine.job.submitted", event(1))
+            assert ack.stream == subjects.STREAM
+        finally:
+            await nc.close()
+        # Without the CA (the system's CAs do not know this one) the server is not trusted.
+        untrusted = EngineSettings(nats_user=SERVICES_USER, nats_password=password)
+        with pytest.raises(Exception, match="(?i)certificate verify failed"):
+            await nats.connect(
+                secured.url, allow_reconnect=False, max_reconnect_attempts=0,
+                **untrusted.nats_options(),
+            )  # fmt: skip

@@ -28,22 +28,51 @@ class SecuredNats:
     url: str
     passwords: dict[str, str]
     """User -> password."""
+    ca: Path | None = None
+    """The CA file of a TLS server."""
 
     def url_of(self, user: str) -> str:
         """The URL with the user's credentials in it (for tools that take only a URL)."""
-        return self.url.replace("nats://", f"nats://{user}:{self.passwords[user]}@")
+        return self.url.replace("://", f"://{user}:{self.passwords[user]}@", 1)
+
+
+def make_certificates(root: Path) -> Path:
+    """A CA (ca.pem) and a server certificate it signed for 127.0.0.1 and localhost
+    (server.pem, server.key), made with the openssl command; returns the CA's file."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", "/CN=taskengine test CA", "-keyout", "ca.key", "-out", "ca.pem",
+    )  # fmt: skip
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr",
+    )  # fmt: skip
+    (root / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem",
+    )  # fmt: skip
+    return root / "ca.pem"
 
 
 @contextmanager
-def secured_nats() -> Iterator[SecuredNats]:
-    """nats-server with JetStream and deploy/nats-users.conf, the passwords in its environment."""
+def secured_nats(tls: bool = False) -> Iterator[SecuredNats]:
+    """nats-server with JetStream and deploy/nats-users.conf, the passwords in its environment;
+    `tls`: clients must connect over TLS (its CA: `SecuredNats.ca`)."""
     root = scratch_dir("te-nats-users-")
     passwords = {SERVICES_USER: "services-pw-5f2a9c", SUBSCRIBER_USER: "subscriber-pw-81d3e7"}
     port, monitor = free_port(), free_port()
     shutil.copy(USERS_CONF, root / "users.conf")
+    ca = make_certificates(root) if tls else None
+    settings = f"tls {{ cert_file: {root / 'server.pem'}, key_file: {root / 'server.key'} }}\n"
     (root / "nats.conf").write_text(
         f"listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n"
         f'jetstream {{ store_dir: "{root / "js"}" }}\ninclude users.conf\n'
+        + (settings if tls else "")
     )
     env = {
         "TASKENGINE_NATS_PASSWORD": passwords[SERVICES_USER],
@@ -62,7 +91,8 @@ def secured_nats() -> Iterator[SecuredNats]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"nats-server did not start: {(root / 'nats.log').read_text()}")
             time.sleep(0.1)
-        yield SecuredNats(f"nats://127.0.0.1:{port}", passwords)
+        scheme = "tls" if tls else "nats"
+        yield SecuredNats(f"{scheme}://127.0.0.1:{port}", passwords, ca)
     finally:
         process.terminate()
         try:
