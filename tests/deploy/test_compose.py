@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
+import nats
+import pytest
 from jsonschema import validators
 from taskengine_cli.supervisor import SERVICES
+from taskengine_embedded._nats import nats_server_binary
+from taskengine_embedded._process import free_port, port_open
 
-from tests.deploy.files import SETTINGS, check_command, compose, compose_schema
+from tests.deploy.files import ROOT, SETTINGS, check_command, compose, compose_schema
+from tests.support.nats_users import SERVICES_USER, USERS_CONF
 
 SERVERS = {"nats", "postgres"}
 INTERPOLATED = re.compile(r"^\$\{\w+(:?[?-][^}]*)?\}$")
@@ -41,6 +47,71 @@ def test_nats_keeps_jetstream_on_a_named_volume_and_is_health_checked():
     volume, path = nats["volumes"][0].split(":")[:2]
     assert path == "/data" and volume in compose()["volumes"]
     assert "/healthz" in " ".join(nats["healthcheck"]["test"])
+
+
+def nats_users_mount() -> tuple[str, str]:
+    """(file in the repository, path in the container) of the NATS users' file."""
+    nats = compose()["services"]["nats"]
+    (source, target) = [v.split(":")[:2] for v in nats["volumes"] if v.endswith(":ro")][0]
+    return source, target
+
+
+def test_nats_requires_the_users_of_the_shared_users_file_with_passwords_from_env():
+    nats = compose()["services"]["nats"]
+    source, target = nats_users_mount()
+    assert (ROOT / source).resolve() == USERS_CONF
+    assert nats["command"][nats["command"].index("-c") + 1] == target
+    for variable in ("TASKENGINE_NATS_PASSWORD", "TASKENGINE_NATS_SUBSCRIBER_PASSWORD"):
+        assert f"${variable}" in USERS_CONF.read_text()
+        assert INTERPOLATED.match(nats["environment"][variable]), variable
+        assert nats["environment"][variable].startswith("${" + variable + ":?")
+    for name, service in engine_services().items():
+        environment = service["environment"]
+        assert environment["TASKENGINE_NATS_USER"] == SERVICES_USER, name
+        assert (
+            environment["TASKENGINE_NATS_PASSWORD"]
+            == nats["environment"]["TASKENGINE_NATS_PASSWORD"]
+        )
+
+
+async def test_the_nats_command_of_compose_refuses_connections_without_a_password(tmp_path):
+    """compose.yaml's nats command line, run with the wheel's nats-server: it starts with the
+    users' file and lets in only the users with their passwords."""
+    source, target = nats_users_mount()
+    port, monitor = free_port(), free_port()
+    argv = [
+        str(ROOT / source) if a == target else str(tmp_path) if a == "/data" else a
+        for a in compose()["services"]["nats"]["command"]
+    ]
+    argv[argv.index("-m") + 1] = str(monitor)
+    env = {
+        "TASKENGINE_NATS_PASSWORD": "pw-services",
+        "TASKENGINE_NATS_SUBSCRIBER_PASSWORD": "pw-sub",
+    }
+    server = await asyncio.create_subprocess_exec(
+        str(nats_server_binary()),
+        *argv,
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            if port_open(port):
+                break
+            await asyncio.sleep(0.1)
+        url = f"nats://127.0.0.1:{port}"
+        with pytest.raises(Exception, match="(?i)authorization"):
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0)
+        nc = await nats.connect(url, user=SERVICES_USER, password="pw-services")
+        await nc.close()
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 10)
 
 
 def test_postgres_keeps_its_data_on_a_named_volume_and_is_health_checked():
@@ -102,8 +173,9 @@ def test_no_secret_is_written_in_the_file():
         url = environment["TASKENGINE_DATABASE_URL"]
         password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
         assert INTERPOLATED.match(password), f"{name}: a password in TASKENGINE_DATABASE_URL"
-        if "TASKENGINE_WEBHOOK_KEY" in environment:
-            assert INTERPOLATED.match(environment["TASKENGINE_WEBHOOK_KEY"]), name
+        for secret in ("TASKENGINE_WEBHOOK_KEY", "TASKENGINE_NATS_PASSWORD"):
+            if secret in environment:
+                assert INTERPOLATED.match(environment[secret]), name
 
 
 def test_the_webhook_key_reaches_the_services_that_sign_or_check_with_it():

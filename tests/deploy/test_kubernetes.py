@@ -25,7 +25,11 @@ DISPATCHER_RULES = [
         "verbs": ["create", "get", "list", "watch", "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},  # DOCKER tasks' output
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},  # storage_credentials' label
 ]
+SERVICES_NAMESPACE, TASKS_NAMESPACE = "taskengine", "taskengine-tasks"
+SECRET_KEYS = ("database-url", "webhook-key", "nats-password")
 
 
 def of_kind(layout: str, kind: str) -> dict[str, dict[str, Any]]:
@@ -130,7 +134,7 @@ def test_settings_are_real_and_secrets_are_only_referenced(layout):
                     continue
                 ref = variable["valueFrom"]["secretKeyRef"]
                 assert ref["name"] == SECRET
-                assert ref["key"] in ("database-url", "webhook-key")
+                assert ref["key"] in SECRET_KEYS
             assert "TASKENGINE_DATABASE_URL" in names, name
     assert "TASKENGINE_NATS_URL" in config["data"]
 
@@ -150,16 +154,19 @@ def test_the_webhook_key_reaches_the_services_that_sign_or_check_with_it(layout)
     assert given == {"notifier", "dispatcher", "gateway"}
 
 
-def test_the_production_overlay_runs_the_kubernetes_executor_in_its_cluster():
+def test_the_production_overlay_runs_the_kubernetes_executor_in_the_tasks_namespace():
     (config,) = of_kind("overlays/production", "ConfigMap").values()
     settings = config["data"]
     assert settings["TASKENGINE_EXECUTOR"] == "kubernetes"
     assert "KUBECONFIG" not in settings  # in-cluster: the dispatcher's ServiceAccount
     (role,) = of_kind("overlays/production", "Role").values()
     assert settings["TASKENGINE_KUBE_NAMESPACE"] == role["metadata"]["namespace"]
+    assert settings["TASKENGINE_KUBE_NAMESPACE"] == TASKS_NAMESPACE
+    assert config["metadata"]["namespace"] == SERVICES_NAMESPACE
     gateway = of_kind("overlays/production", "Service")["taskengine-gateway"]
     assert gateway["spec"]["ports"][0]["port"] == 80
-    assert settings["TASKENGINE_GATEWAY_URL"] == f"http://{gateway['metadata']['name']}"
+    where = f"{gateway['metadata']['name']}.{gateway['metadata']['namespace']}.svc"
+    assert settings["TASKENGINE_GATEWAY_URL"] == f"http://{where}"  # from the other namespace
     dispatcher = pod_specs("overlays/production")["dispatcher"]["containers"][0]
     assert settings["TASKENGINE_WORKER_IMAGE"] == dispatcher["image"]  # the engine's own image
     (base,) = of_kind("base", "ConfigMap").values()
@@ -167,13 +174,17 @@ def test_the_production_overlay_runs_the_kubernetes_executor_in_its_cluster():
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_only_the_dispatcher_may_use_the_kubernetes_api(layout):
+def test_only_the_dispatcher_may_use_the_kubernetes_api_and_only_in_the_tasks_namespace(layout):
     objects = kustomize(layout)
     bindings = [o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
     subjects = [s for b in bindings for s in b["subjects"]]
-    assert [(s["kind"], s["name"]) for s in subjects] == [("ServiceAccount", DISPATCHER_ACCOUNT)]
+    assert [(s["kind"], s["name"], s["namespace"]) for s in subjects] == [
+        ("ServiceAccount", DISPATCHER_ACCOUNT, SERVICES_NAMESPACE)
+    ]
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     (role,) = of_kind(layout, "Role").values()
+    assert role["metadata"]["namespace"] == TASKS_NAMESPACE
+    assert bindings[0]["metadata"]["namespace"] == TASKS_NAMESPACE
     assert bindings[0]["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
@@ -213,7 +224,21 @@ def test_the_production_overlay_pins_the_image_and_sets_namespace_replicas_and_s
     base, production = deployments("base"), deployments("overlays/production")
     objects = kustomize("overlays/production")
     namespaced = [o for o in objects if o["kind"] != "Namespace"]
-    assert {o["metadata"].get("namespace") for o in namespaced} == {"taskengine"}
+    in_tasks = {
+        (o["kind"], o["metadata"]["name"])
+        for o in namespaced
+        if o["metadata"].get("namespace") == TASKS_NAMESPACE
+    }
+    assert in_tasks == {  # nothing of the services' runs where tasks run
+        ("Role", "taskengine-dispatcher"),
+        ("RoleBinding", "taskengine-dispatcher"),
+        ("NetworkPolicy", "taskengine-tasks"),
+        ("NetworkPolicy", "taskengine-tasks-internet"),
+    }
+    assert {o["metadata"].get("namespace") for o in namespaced} == {
+        SERVICES_NAMESPACE,
+        TASKS_NAMESPACE,
+    }
     for spec in pod_specs("overlays/production").values():
         image = spec["containers"][0]["image"]
         assert ":" in image and not image.endswith(":latest"), image

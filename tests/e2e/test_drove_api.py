@@ -291,7 +291,11 @@ def test_a_docker_task_without_kubernetes_fails_provisioning_saying_what_to_set(
         "url": "ghcr.io/appform-io/test-task",
         "dockerPullTimeout": "100 seconds",
     }
-    volume = {"pathInContainer": "/data", "pathOnHost": "/mnt/datavol", "mode": "READ_WRITE"}
+    volume = {
+        "pathInContainer": "/data",
+        "pathOnHost": f"/mnt/{ADMIN[0]}/data",
+        "mode": "READ_ONLY",
+    }
     create(api, spec(task_id, executable=executable, volumes=[volume], args=["--fast"]))
     task = wait_state(api, task_id, "PROVISIONING_FAILED")
     assert "TASKENGINE_EXECUTOR=kubernetes" in task["errorMessage"]
@@ -510,7 +514,7 @@ BAD_CREATES = [
                 "volumes": [{"pathInContainer": "/d", "pathOnHost": "/etc", "mode": "READ_ONLY"}],
             }
         },
-        "not a host path this engine mounts (allowed: /mnt)",
+        f"not a host path this engine mounts for this client (allowed: /mnt/{ADMIN[0]})",
     ),
     ({"spec": {"args": "x"}}, "args"),
     ({"spec": {"tags": {"a": 1}}}, "tags"),

@@ -10,6 +10,7 @@ from uuid import uuid4
 
 import httpx
 import pytest
+from taskengine_dispatcher import kube_jobs
 
 from tests.support.fake_kubernetes import FakeKubernetes
 from tests.support.system import ADMIN, System, running_system
@@ -19,6 +20,8 @@ CONTEXT = "fake-drove"
 NAMESPACE = "drove-tasks"
 IMAGE = "ghcr.io/appform-io/test-task:1.4"
 ALLOWED = "/mnt/shared"
+OWN = f"{ALLOWED}/{ADMIN[0]}"
+"""The client's own subdirectory of the allowed host path: the only one its tasks mount."""
 OP_SPEC = {"timeout": "5m", "parallelism": 1, "failureStrategy": "STOP"}
 
 
@@ -118,7 +121,7 @@ def new_id() -> str:
 def test_a_docker_task_runs_its_image_as_a_job_and_stops_successful_with_its_output(
     system, api, fake
 ):
-    volume = {"pathInContainer": "/data", "pathOnHost": f"{ALLOWED}/in", "mode": "READ_ONLY"}
+    volume = {"pathInContainer": "/data", "pathOnHost": f"{OWN}/in", "mode": "READ_ONLY"}
     task_id = create(api, spec(new_id(), volumes=[volume]))
     job = job_of(system, fake, task_id)
     name = job["metadata"]["name"]
@@ -135,7 +138,12 @@ def test_a_docker_task_runs_its_image_as_a_job_and_stops_successful_with_its_out
     assert container["volumeMounts"] == [
         {"name": "volume-0", "mountPath": "/data", "readOnly": True}
     ]
-    assert pod["volumes"] == [{"name": "volume-0", "hostPath": {"path": f"{ALLOWED}/in"}}]
+    assert pod["volumes"] == [
+        {"name": "volume-0", "hostPath": {"path": f"{OWN}/in", "type": "Directory"}}
+    ]
+    assert pod["securityContext"] == kube_jobs.POD_SECURITY  # whatever the image
+    assert container["securityContext"] == kube_jobs.CONTAINER_SECURITY
+    assert not (pod["hostNetwork"] or pod["hostPID"] or pod["hostIPC"])
     assert show(api, task_id)["state"] == "STARTING"  # until its container runs
 
     fake.run(name)
@@ -216,15 +224,33 @@ def test_configs_fail_provisioning_saying_why(system, api, fake):
 
 
 @pytest.mark.parametrize(
-    "path", ["/etc", "/mnt/sharedother", f"{ALLOWED}/../../etc", "/var/run/docker.sock"]
+    ("path", "mode"),
+    [
+        ("/etc", "READ_ONLY"),
+        ("/mnt/sharedother", "READ_ONLY"),
+        (f"{ALLOWED}/../../etc", "READ_ONLY"),
+        ("/var/run/docker.sock", "READ_ONLY"),
+        (ALLOWED, "READ_ONLY"),  # every client's data
+        (f"{ALLOWED}/other-client/in", "READ_ONLY"),
+        (f"{OWN}/../other-client", "READ_ONLY"),
+        (f"{OWN}/./in", "READ_ONLY"),
+        (f"{ALLOWED}//{ADMIN[0]}", "READ_ONLY"),
+        (f"{OWN}/in", "READ_WRITE"),  # a task never writes where another task mounts
+    ],
 )
-def test_volumes_outside_the_allowed_host_paths_are_refused_at_create(system, api, path):
-    volume = {"pathInContainer": "/data", "pathOnHost": path, "mode": "READ_WRITE"}
+def test_volumes_outside_the_clients_host_paths_or_writable_are_refused_at_create(
+    system, api, path, mode
+):
+    volume = {"pathInContainer": "/data", "pathOnHost": path, "mode": mode}
     task_id = new_id()
     response = operation(api, spec(task_id, volumes=[volume]))
     assert response.status_code == 400, response.text
     body = response.json()
-    assert body["status"] == "FAILED" and "is not a host path this engine mounts" in body["message"]
-    assert f"allowed: {ALLOWED}" in body["message"]
+    assert body["status"] == "FAILED"
+    if mode == "READ_WRITE":
+        assert "mode must be READ_ONLY" in body["message"]
+    else:
+        assert "is not a host path this engine mounts for this client" in body["message"]
+        assert f"allowed: {OWN}" in body["message"]
     missing = api.get(f"/apis/v1/tasks/TEST_APP/instances/{task_id}")
     assert missing.status_code == 404

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from taskengine_contracts.events import JobExecuting, JobStarted, JobSucceeded
 from taskengine_core.worktasks import worker_token
+from taskengine_dispatcher.kube_jobs import CLIENT_LABEL
 
 from tests.support.fake_kubernetes import FakeKubernetes
 from tests.support.system import ADMIN, BIN, WEBHOOK_KEY, System, running_system
@@ -187,6 +188,7 @@ def test_attempts_take_the_clusters_in_turn(system, api, fake):
 def test_the_job_asks_for_the_resources_names_the_secret_and_cancelling_deletes_it(
     system, api, fake
 ):
+    fake.add_secret("creds-secret", namespace=NAMESPACE, labels={CLIENT_LABEL: ADMIN[0]})
     resources = {"cpu": "500m", "memory": "768Mi", "gpu": True}
     access = {**BODY["data_access"], "storage_credentials": "creds-secret"}
     worktask_id = submit(
@@ -220,6 +222,8 @@ def test_the_job_asks_for_the_resources_names_the_secret_and_cancelling_deletes_
     )
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= {e["name"] for e in refs}
     assert not any("DATABASE" in n or "WEBHOOK" in n for n in plain)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
     with system.client() as engine:  # the Task Engine dialect breaks (cancels) it
         response = engine.patch(f"/jobs/{worktask_id}", json={"queue_state": "broken"})
@@ -227,6 +231,31 @@ def test_the_job_asks_for_the_resources_names_the_secret_and_cancelling_deletes_
     wait_until(lambda: name not in {j["metadata"]["name"] for j in fake.jobs()}, what="deletion")
     assert [d.propagation_policy for d in fake.deletions if d.name == name] == ["Background"]
     assert task(api, worktask_id)["status"] == "cancelled"
+    no_execution_left(system, worktask_id)
+
+
+@pytest.mark.parametrize(
+    ("secret", "labels"),
+    [
+        ("unlabelled-secret", {}),
+        ("other-clients-secret", {CLIENT_LABEL: "someone-else"}),
+        ("no-such-secret", None),
+    ],
+)
+def test_a_storage_secret_not_labelled_as_the_clients_own_is_refused(
+    system, api, fake, secret, labels
+):
+    if labels is not None:
+        fake.add_secret(secret, namespace=NAMESPACE, labels=labels)
+    access = {**BODY["data_access"], "storage_credentials": secret}
+    worktask_id = submit(api, data_access=access)
+    done = reaches(system, api, worktask_id, status_is("completed", "failed"))
+    assert done["status"] == "failed" and done["retry_count"] == 0
+    assert done["error_message"] == (
+        f"storage_credentials: the Secret {secret!r} is not labelled {CLIENT_LABEL}={ADMIN[0]}:"
+        " a task may only use its own client's Secrets"
+    )
+    assert f"te-{worktask_id}-1" not in {j["metadata"]["name"] for j in fake.jobs()}
     no_execution_left(system, worktask_id)
 
 

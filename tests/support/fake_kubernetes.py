@@ -486,13 +486,20 @@ class FakeKubernetes:
     # driving: the Job controller and the kubelet ------------------------------------------------
 
     def add_secret(
-        self, name: str, *, namespace: str = "default", cluster: str | None = None
+        self,
+        name: str,
+        *,
+        namespace: str = "default",
+        cluster: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         """A Secret (in every known cluster unless one is named) for executors that check one."""
         with self._lock:
             for target in [cluster] if cluster else sorted(self.clusters):
                 meta = {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())}
                 meta["creationTimestamp"] = _now()
+                if labels:
+                    meta["labels"] = dict(labels)
                 self._commit(target, SECRETS, {"metadata": meta, "type": "Opaque", "data": {}})
 
     def run(

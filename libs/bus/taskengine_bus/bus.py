@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import nats
@@ -23,18 +24,25 @@ DUPLICATE_WINDOW = 300.0
 RESUME_MARGIN = 1000
 
 
-async def connect(url: str, name: str) -> tuple[Client, JetStreamContext]:
-    """A connection that keeps reconnecting for as long as the process lives."""
+def servers(url: str) -> list[str]:
+    """TASKENGINE_NATS_URL's servers (comma-separated)."""
+    return [server.strip() for server in url.split(",") if server.strip()]
+
+
+async def connect(url: str, name: str, **options: Any) -> tuple[Client, JetStreamContext]:
+    """A connection that keeps reconnecting for as long as the process lives; `options`
+    (EngineSettings.nats_options: user, password, TLS) go to nats.connect."""
 
     async def on_error(error: Exception) -> None:
         log.warning("nats: %s", error)
 
     nc = await nats.connect(
-        [server.strip() for server in url.split(",") if server.strip()],
+        servers(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         error_cb=on_error,
+        **options,
     )
     return nc, nc.jetstream(publish_async_max_pending=8000)
 

@@ -123,7 +123,7 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
         store = EventStore(
             config.database_url, pool_size=config.pool_size, create_tables=config.create_tables
         )
-        nc, js = await connect(config.nats_url, name)
+        nc, js = await connect(config.nats_url, name, **config.nats_options())
         await ensure_stream(js)
         runtime = Runtime(name, config, store, nc, js)
         await runtime.load_settings()

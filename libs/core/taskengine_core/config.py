@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import posixpath
+import ssl
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +23,15 @@ class EngineSettings(BaseSettings):
 
     database_url: str = ""
     nats_url: str = ""
+    nats_user: str = Field(
+        default="", description="the NATS user the services connect as (default none: no auth)"
+    )
+    nats_password: str = Field(default="", description="that user's password (keep it secret)")
+    nats_tls_ca: str = Field(
+        default="",
+        description="a CA certificate file (PEM) the NATS servers' certificates are checked"
+        " against; set, the connection is TLS (as it is for tls:// URLs, with the system's CAs)",
+    )
     data_dir: Path = Path(".taskengine")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -125,6 +136,16 @@ class EngineSettings(BaseSettings):
         """`kube_host_paths` as a tuple of normalized absolute paths."""
         given = (p.strip() for p in self.kube_host_paths.split(","))
         return tuple(posixpath.normpath(p) for p in given if p)
+
+    def nats_options(self) -> dict[str, Any]:
+        """How a process authenticates to NATS: nats.connect's user, password and TLS options
+        (none set: an unauthenticated plain connection, as to the embedded server)."""
+        options: dict[str, Any] = {}
+        if self.nats_user:
+            options.update(user=self.nats_user, password=self.nats_password)
+        if self.nats_tls_ca:
+            options["tls"] = ssl.create_default_context(cafile=self.nats_tls_ca)
+        return options
 
     @model_validator(mode="after")
     def _workflows_in_data_dir(self) -> EngineSettings:

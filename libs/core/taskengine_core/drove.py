@@ -13,7 +13,6 @@ how long the task runs. A task runs once: it is never retried.
 
 from __future__ import annotations
 
-import posixpath
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -270,23 +269,37 @@ def env_reserved(name: str) -> bool:
     return name in ENV_RESERVED or name.startswith(ENV_RESERVED_PREFIXES)
 
 
-def check_host_paths(volumes: list[dict[str, Any]], allowed: tuple[str, ...]) -> None:
-    """Refuses a volume whose `pathOnHost` is not under one of the operator's `allowed`
-    prefixes (TASKENGINE_KUBE_HOST_PATHS; none: every volume is refused)."""
+def check_host_paths(volumes: list[dict[str, Any]], allowed: tuple[str, ...], client: str) -> None:
+    """Refuses a volume that is not READ_ONLY, or whose `pathOnHost` is not within the client's
+    own subdirectory (`<prefix>/<client>`) of one of the operator's `allowed` prefixes
+    (TASKENGINE_KUBE_HOST_PATHS; none: every volume is refused). No task writes to a host
+    path, so none can plant a symlink that another task's mount would follow."""
     for n, volume in enumerate(volumes):
-        if not host_path_allowed(volume["pathOnHost"], allowed):
-            shown = ", ".join(allowed) or "none: set TASKENGINE_KUBE_HOST_PATHS to allow some"
+        if volume["mode"] != "READ_ONLY":
+            raise InvalidTask(
+                f"spec.volumes[{n}].mode must be READ_ONLY: host paths are mounted read-only"
+            )
+        if not host_path_allowed(volume["pathOnHost"], allowed, client):
+            shown = ", ".join(f"{p.rstrip('/')}/{client}" for p in allowed)
+            shown = shown or "none: set TASKENGINE_KUBE_HOST_PATHS to allow some"
             raise InvalidTask(
                 f"spec.volumes[{n}].pathOnHost {volume['pathOnHost'][:200]!r} is not a host path"
-                f" this engine mounts (allowed: {shown})"
+                f" this engine mounts for this client (allowed: {shown})"
             )
 
 
-def host_path_allowed(path: str, allowed: tuple[str, ...]) -> bool:
-    if ".." in path.split("/"):
+def host_path_allowed(path: str, allowed: tuple[str, ...], client: str) -> bool:
+    """Whether `path` is `<prefix>/<client>` or below it, for an allowed prefix: written
+    plainly (absolute, no `.` or `..` or empty parts to normalize away)."""
+    parts = path.rstrip("/").split("/")
+    if not path.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
         return False
-    clean = posixpath.normpath(path)
-    return any(clean == p or clean.startswith(p.rstrip("/") + "/") for p in allowed)
+    if not client or "/" in client or client in (".", ".."):
+        return False
+    return any(
+        path.rstrip("/") + "/" == (own := f"{p.rstrip('/')}/{client}/") or path.startswith(own)
+        for p in allowed
+    )
 
 
 def _workflow(executable: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -417,7 +430,8 @@ def check_startable(
             " executor: bake them into the image or pass them in env"
         )
     try:
-        check_host_paths(attributes.get("volumes") or [], host_paths)  # type: ignore[arg-type]
+        volumes = attributes.get("volumes") or []
+        check_host_paths(volumes, host_paths, submitted.client)  # type: ignore[arg-type]
     except InvalidTask as error:  # the operator narrowed TASKENGINE_KUBE_HOST_PATHS since
         raise ProvisioningFailed(str(error)) from None
 

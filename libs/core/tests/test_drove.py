@@ -156,26 +156,47 @@ def test_a_task_starts_only_within_its_op_timeout_and_docker_only_on_kubernetes(
     drove.check_startable(docker, "kubernetes", NOW)
 
 
-def test_docker_volumes_mount_only_the_host_paths_the_operator_allows() -> None:
-    def volume(path: str) -> dict[str, Any]:
-        return {"pathInContainer": "/data", "pathOnHost": path, "mode": "READ_ONLY"}
+def test_docker_volumes_mount_only_the_clients_own_host_paths_read_only() -> None:
+    def volume(path: str, mode: str = "READ_ONLY") -> dict[str, Any]:
+        return {"pathInContainer": "/data", "pathOnHost": path, "mode": mode}
 
-    allowed = ("/mnt/shared", "/srv")
-    drove.check_host_paths([volume("/mnt/shared"), volume("/srv/a/b"), volume("/srv/x/")], allowed)
-    for path in ("/mnt/sharedx", "/mnt", "/", "/mnt/shared/../../etc", "/etc"):
-        with pytest.raises(InvalidTask, match="is not a host path this engine mounts"):
-            drove.check_host_paths([volume(path)], allowed)
+    allowed = ("/mnt/shared", "/srv/")
+    own = [volume("/mnt/shared/acme"), volume("/srv/acme/a/b"), volume("/srv/acme/x/")]
+    drove.check_host_paths(own, allowed, "acme")
+    refused = (
+        "/mnt/sharedx/acme",
+        "/mnt/shared",  # every client's
+        "/mnt/shared/acmex",
+        "/mnt/shared/other/acme",
+        "/mnt/shared/acme/../other",
+        "/mnt/shared/acme/./x",
+        "/mnt/shared//acme",
+        "/mnt/shared/./acme",
+        "mnt/shared/acme",
+        "/",
+        "/etc",
+    )
+    for path in refused:
+        with pytest.raises(InvalidTask, match="is not a host path this engine mounts for this"):
+            drove.check_host_paths([volume(path)], allowed, "acme")
+    for client in ("..", ".", "a/b", ""):
+        with pytest.raises(InvalidTask, match="is not a host path"):
+            drove.check_host_paths([volume(f"/mnt/shared/{client}/x")], allowed, client)
+    with pytest.raises(InvalidTask, match="mode must be READ_ONLY"):
+        drove.check_host_paths([volume("/mnt/shared/acme", "READ_WRITE")], allowed, "acme")
     with pytest.raises(InvalidTask, match="none: set TASKENGINE_KUBE_HOST_PATHS"):
-        drove.check_host_paths([volume("/mnt/shared")], ())
-    drove.check_host_paths([], ())
+        drove.check_host_paths([volume("/mnt/shared/acme")], (), "acme")
+    drove.check_host_paths([], (), "acme")
 
 
 def test_a_docker_task_starts_on_kubernetes_only_with_allowed_volumes_and_no_configs() -> None:
-    volume = {"pathInContainer": "/data", "pathOnHost": "/mnt/datavol", "mode": "READ_WRITE"}
+    volume = {"pathInContainer": "/data", "pathOnHost": "/mnt/acme/vol", "mode": "READ_ONLY"}
     docker = drove.create_operation(operation(executable=DOCKER, volumes=[volume]))
     event = docker.submitted(3, "acme", NOW)
     assert drove.is_docker(event) and not drove.is_docker(_replace(event, dialect="taskengine"))
     drove.check_startable(event, "kubernetes", NOW, ("/mnt",))
+    with pytest.raises(ProvisioningFailed, match="not a host path"):  # another client's
+        drove.check_startable(_replace(event, client="other"), "kubernetes", NOW, ("/mnt",))
     with pytest.raises(ProvisioningFailed, match="not a host path"):  # narrowed since CREATE
         drove.check_startable(event, "kubernetes", NOW, ("/srv",))
     config = {"type": "INLINE", "localFilename": "/etc/x", "data": "eA=="}

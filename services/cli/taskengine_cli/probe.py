@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import sys
+from typing import Any
 
 import msgspec
 import nats
@@ -44,7 +45,7 @@ def nats_url(config: EngineSettings) -> str | None:
     return None
 
 
-async def heard(url: str, service: str, instance: str, timeout: float) -> bool:
+async def heard(url: str, service: str, instance: str, timeout: float, **options: Any) -> bool:
     """Whether a heartbeat of `instance` of `service` arrives within `timeout` seconds
     (connecting included); raises if NATS refuses the connection."""
     arrived = asyncio.Event()
@@ -69,6 +70,7 @@ async def heard(url: str, service: str, instance: str, timeout: float) -> bool:
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.1,
                 error_cb=quiet,
+                **options,
             )
             try:
                 await nc.subscribe(subjects.heartbeat_subject(service), cb=on_beat)
@@ -88,7 +90,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print("taskengine probe: no NATS (set TASKENGINE_NATS_URL)", file=sys.stderr)
         return 1
     try:
-        alive = asyncio.run(heard(url, args.service, instance, args.timeout))
+        alive = asyncio.run(
+            heard(url, args.service, instance, args.timeout, **config.nats_options())
+        )
     except Exception as error:  # refused, unresolvable, bad URL (which may hold a password)
         print(f"taskengine probe: cannot reach NATS ({type(error).__name__})", file=sys.stderr)
         return 1

@@ -71,18 +71,16 @@ def resources(attributes: dict[str, object]) -> Obj:
 
 def volumes(attributes: dict[str, object]) -> tuple[list[Obj], list[Obj]]:
     """(pod volumes, container mounts) of the task's host paths (checked at CREATE and again
-    before it starts against TASKENGINE_KUBE_HOST_PATHS)."""
+    before it starts: READ_ONLY, in the client's subdirectory of TASKENGINE_KUBE_HOST_PATHS).
+    Always mounted read-only, and only an existing directory (never created, as root, by the
+    kubelet)."""
     found, mounts = [], []
     for n, volume in enumerate(attributes.get("volumes") or []):  # type: ignore[attr-defined]
         name = f"volume-{n}"
-        found.append({"name": name, "hostPath": {"path": volume["pathOnHost"]}})
-        mounts.append(
-            {
-                "name": name,
-                "mountPath": volume["pathInContainer"],
-                "readOnly": volume["mode"] == "READ_ONLY",
-            }
+        found.append(
+            {"name": name, "hostPath": {"path": volume["pathOnHost"], "type": "Directory"}}
         )
+        mounts.append({"name": name, "mountPath": volume["pathInContainer"], "readOnly": True})
     return found, mounts
 
 

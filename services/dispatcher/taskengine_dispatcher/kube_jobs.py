@@ -6,6 +6,7 @@ the executor's decisions are tested without a cluster.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -30,6 +31,23 @@ the pod to be scheduled and its image pulled, and for the worker to report its o
 GPU = "nvidia.com/gpu"
 FINISHED = ("Complete", "SuccessCriteriaMet", "Failed", "FailureTarget")
 """Job conditions that end it (the `...Target` ones come first, while its pods terminate)."""
+CLIENT_LABEL = "taskengine.io/client"
+"""The label a `storage_credentials` Secret must carry, naming the client whose tasks use it."""
+TASK_UID = 10001
+"""The uid (and gid) every task pod runs as: the engine image's own user. DOCKER tasks' images
+run as it too, never as root (the task namespace enforces Pod Security `restricted`)."""
+POD_SECURITY: Obj = {
+    "runAsNonRoot": True,
+    "runAsUser": TASK_UID,
+    "runAsGroup": TASK_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY: Obj = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+"""What a task pod may do: Pod Security `restricted`, whatever image a client names."""
 
 
 def job_name(job_id: int, attempt: int) -> str:
@@ -82,6 +100,18 @@ def secret_env(secret: str | None, keys: list[str]) -> list[Obj]:
     ]
 
 
+def secret_refusal(name: str, labels: dict[str, str] | None, client: str) -> str | None:
+    """Why a work task of `client` may not use the `storage_credentials` Secret `name` with
+    these labels (None: it may): only Secrets labelled as the client's own."""
+    if (labels or {}).get(CLIENT_LABEL) == client:
+        return None
+    # Whose it is instead is not said: that would name another client.
+    return (
+        f"storage_credentials: the Secret {name!r} is not labelled {CLIENT_LABEL}={client}:"
+        " a task may only use its own client's Secrets"
+    )
+
+
 def manifest(
     *,
     name: str,
@@ -131,7 +161,11 @@ def batch_job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # neither a worker nor a task uses the API
         "enableServiceLinks": False,
-        "containers": [container],
+        "hostNetwork": False,
+        "hostPID": False,
+        "hostIPC": False,
+        "securityContext": copy.deepcopy(POD_SECURITY),
+        "containers": [{**container, "securityContext": copy.deepcopy(CONTAINER_SECURITY)}],
     }
     if volumes:
         pod["volumes"] = volumes

@@ -80,6 +80,7 @@ class JobAttempt:
         body: Obj | None,
         placement: Placement,
         container: ContainerRun | None = None,
+        secret: tuple[str, str] | None = None,
     ):
         self.executor = executor
         self.job_id = job_id
@@ -98,6 +99,9 @@ class JobAttempt:
         self.pull_check: asyncio.TimerHandle | None = None
         self.discard = False
         """Its Job is deleted once it ended (its image was not pulled)."""
+        self.secret = secret
+        """(Secret, client): the `storage_credentials` Secret its Job names, checked before the
+        Job is created to be labelled as that client's."""
 
     def stop(self) -> None:
         """Its job was cancelled or broken: the Job is deleted (see `run`)."""
@@ -155,6 +159,7 @@ class KubernetesExecutor:
             return JobAttempt(self, job.job_id, attempt, body, placement, container)
         access = job.attributes.get("data_access")
         secret = access.get("storage_credentials") if isinstance(access, dict) else None
+        secret = secret if isinstance(secret, str) and secret else None
         body = kube_jobs.manifest(
             name=placement.job_name,
             job_id=job.job_id,
@@ -163,12 +168,13 @@ class KubernetesExecutor:
             env=worker_env(config, job.job_id, attempt, timeout),
             requirements=job.attributes.get("resource_requirements"),
             memory=workers.attempt_memory(job),
-            secret=secret if isinstance(secret, str) else None,
+            secret=secret,
             secret_keys=[k.strip() for k in config.kube_secret_keys.split(",") if k.strip()],
             timeout=timeout,
             ttl=config.kube_job_ttl,
         )
-        return JobAttempt(self, job.job_id, attempt, body, placement)
+        owned = (secret, spec.client) if secret else None
+        return JobAttempt(self, job.job_id, attempt, body, placement, secret=owned)
 
     def adopt(self, job: Job, attempt: int, timeout: float) -> JobAttempt | None:
         """The existing Job of an attempt the store says still runs, to watch again; None when
@@ -219,6 +225,8 @@ class KubernetesExecutor:
         give_up, delay = loop.time() + CREATE_PATIENCE, FIRST_RETRY
         while not attempt.ended.done():
             try:
+                if attempt.secret and (refusal := await self._refuse_secret(cluster, attempt)):
+                    return Outcome("failed", refusal)
                 await cluster.batch.create_namespaced_job(
                     self.namespace, attempt.body, _request_timeout=REQUEST_TIMEOUT
                 )
@@ -241,6 +249,27 @@ class KubernetesExecutor:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_CAP)
         return None
+
+    async def _refuse_secret(self, cluster: Cluster, attempt: JobAttempt) -> str | None:
+        """Why the attempt may not use its `storage_credentials` Secret, or None: it carries
+        the label naming the attempt's client. A missing Secret is refused alike (no answer
+        says whether another client's exists)."""
+        name, client = attempt.secret  # type: ignore[misc]
+        try:
+            secret = await cluster.core.read_namespaced_secret(
+                name, self.namespace, _request_timeout=REQUEST_TIMEOUT
+            )
+            labels = secret.metadata.labels
+        except ApiException as error:
+            if error.status == 403:  # the operator's Role does not grant it: no retry helps
+                return (
+                    f"storage_credentials: the dispatcher may not read Secrets in namespace"
+                    f" {self.namespace} (its Role needs get on secrets): {message(error)}"
+                )
+            if error.status != 404:
+                raise
+            labels = None
+        return kube_jobs.secret_refusal(name, labels, client)
 
     def _examine(self, attempt: JobAttempt) -> None:
         """Ends the attempt if its Job or pod ended (reading its pods first when the Job says

@@ -12,7 +12,7 @@ from taskengine_dispatcher import kube_containers, kube_jobs
 from taskengine_dispatcher.kube_containers import container_run, manifest, pull_failure, verdict
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
-VOLUME = {"pathInContainer": "/data", "pathOnHost": "/mnt/in", "mode": "READ_ONLY"}
+VOLUME = {"pathInContainer": "/data", "pathOnHost": "/mnt/acme/in", "mode": "READ_ONLY"}
 
 
 def submitted(**executable):  # type: ignore[no-untyped-def]
@@ -37,7 +37,9 @@ def test_the_job_runs_the_tasks_image_with_its_args_env_resources_and_volumes():
     assert spec["activeDeadlineSeconds"] == 100 + kube_jobs.DEADLINE_GRACE
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
-    assert pod["volumes"] == [{"name": "volume-0", "hostPath": {"path": "/mnt/in"}}]
+    assert pod["volumes"] == [
+        {"name": "volume-0", "hostPath": {"path": "/mnt/acme/in", "type": "Directory"}}
+    ]
     amounts = {"cpu": "2", "memory": "300Mi"}
     assert pod["containers"] == [
         {
@@ -47,6 +49,7 @@ def test_the_job_runs_the_tasks_image_with_its_args_env_resources_and_volumes():
             "env": [{"name": "ITERATIONS", "value": "10"}],
             "resources": {"requests": amounts, "limits": amounts},
             "volumeMounts": [{"name": "volume-0", "mountPath": "/data", "readOnly": True}],
+            "securityContext": kube_jobs.CONTAINER_SECURITY,
         }
     ]
 

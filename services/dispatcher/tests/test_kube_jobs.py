@@ -175,3 +175,46 @@ def test_a_pod_status_is_settled_once_it_says_how_the_worker_ended():
     assert not kube_jobs.settled(None) and not kube_jobs.settled(RUNNING_POD)
     assert kube_jobs.settled(pod(0, "Completed", "Succeeded"))
     assert kube_jobs.settled({"phase": "Failed", "reason": "Evicted"})
+
+
+def test_a_worker_pod_runs_unprivileged_as_the_engines_user():
+    pod = job_manifest()["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert (pod["hostNetwork"], pod["hostPID"], pod["hostIPC"]) == (False, False, False)
+    [container] = pod["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    other = job_manifest()["spec"]["template"]["spec"]
+    other["securityContext"]["runAsUser"] = 0
+    assert pod["securityContext"]["runAsUser"] == 10001  # each Job its own copy
+
+
+@pytest.mark.parametrize(
+    ("labels", "refused"),
+    [
+        ({"taskengine.io/client": "acme"}, False),
+        ({"taskengine.io/client": "acme", "team": "x"}, False),
+        ({"taskengine.io/client": "other"}, True),
+        ({"taskengine.io/client": "acme2"}, True),
+        ({"team": "acme"}, True),
+        ({}, True),
+        (None, True),  # no labels, or no such Secret
+    ],
+)
+def test_a_storage_secret_must_be_labelled_as_the_clients_own(labels, refused):
+    why = kube_jobs.secret_refusal("creds", labels, "acme")
+    assert (why is not None) == refused
+    if refused:
+        assert why == (
+            "storage_credentials: the Secret 'creds' is not labelled taskengine.io/client=acme:"
+            " a task may only use its own client's Secrets"
+        )
+        assert "other" not in why  # another client's name is never shown

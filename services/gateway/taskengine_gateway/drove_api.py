@@ -298,7 +298,7 @@ async def create_task(gateway: GatewayState, client: Client, data: dict[str, Any
     its volumes only mount the host paths the operator allows."""
     submission = drove.create_operation(data)
     drove.check_host_paths(
-        submission.attributes["volumes"], gateway.runtime.config.host_path_prefixes
+        submission.attributes["volumes"], gateway.runtime.config.host_path_prefixes, client.name
     )
     key = (client.name, submission.source_app, submission.task_id)
     taken = DroveError(
