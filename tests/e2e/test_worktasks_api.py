@@ -561,7 +561,7 @@ def test_a_higher_priority_is_admitted_first_and_the_queue_is_counted(system, sh
             spawned(mine, blocker)
             low, high, middle = (
                 submit(mine, task_spec=LONG, priority=p, type=t)["worktask_id"]
-                for p, t in ((1, "ml_inference"), (5, "ml_inference"), (3, "ml_training"))
+                for p, t in ((1, "ml_inference"), (3, "ml_inference"), (2, "ml_training"))
             )
             started += [low, high, middle]
 
@@ -571,7 +571,7 @@ def test_a_higher_priority_is_admitted_first_and_the_queue_is_counted(system, sh
 
             metrics = wait_until(counted, what="three queued tasks in the metrics")
             assert mine.get("/api/worktasks").json() == {"queue_length": 3}
-            assert metrics["queue"]["by_priority"] == {"5": 1, "3": 1, "1": 1}
+            assert metrics["queue"]["by_priority"] == {"3": 1, "2": 1, "1": 1}
             assert metrics["queue"]["oldest_age_seconds"] >= 0
             by_status = metrics["tasks_by_status"]
             assert (by_status["queued"], by_status["spawned"], by_status["completed"]) == (3, 1, 0)

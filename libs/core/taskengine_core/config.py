@@ -77,7 +77,9 @@ class EngineSettings(BaseSettings):
         " only where every client may run commands on the executors",
     )
     max_memory: str = Field(
-        default="16Gi", description="the highest memory limit an OOM retry raises a task to"
+        default="16Gi",
+        description="the most memory one task may request, and the highest limit an OOM retry"
+        " raises a task to",
     )
     worker_auth_token: str = Field(
         default="",
@@ -120,6 +122,37 @@ class EngineSettings(BaseSettings):
         default="",
         description="the host directories a DOCKER task's volumes may mount (hostPath), as"
         " absolute path prefixes, comma-separated (default none: volumes are refused)",
+    )
+
+    # --- quotas per client (README "Quotas") ---
+    max_sockets_per_client: int = Field(
+        default=10,
+        ge=1,
+        description="open WebSockets (/ws/tasks) one client may hold on one gateway; one more"
+        " is closed with code 4429",
+    )
+    max_active_tasks_per_client: int = Field(
+        default=1000,
+        ge=0,
+        description="scheduled tasks (/tasks) one client may have active or paused (not"
+        " canceled); one more is refused with 403",
+    )
+    max_task_cpu: float = Field(
+        default=64, gt=0, description="the most CPU cores one task may request"
+    )
+    max_task_gpu: int = Field(default=8, ge=0, description="the most GPUs one task may request")
+    top_priority: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="the most urgent priority a client that is not an admin may use, on the"
+        " engine's scale (1 most urgent .. 10): 1 lets every client use every priority",
+    )
+    ws_replay_page: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="events read per page when a WebSocket replays from ?after=",
     )
 
     @field_validator("kube_host_paths")

@@ -27,6 +27,7 @@ from taskengine_core.config import KUBERNETES
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import job_stream
 from taskengine_core.jobs import Job, JobState
+from taskengine_core.quotas import ResourceLimits
 
 DIALECT = "drove"
 DOCKER = "docker"
@@ -286,6 +287,16 @@ def check_host_paths(volumes: list[dict[str, Any]], allowed: tuple[str, ...], cl
                 f"spec.volumes[{n}].pathOnHost {volume['pathOnHost'][:200]!r} is not a host path"
                 f" this engine mounts for this client (allowed: {shown})"
             )
+
+
+def check_resources(resources: list[dict[str, Any]], limits: ResourceLimits) -> None:
+    """Refuses `spec.resources` (as `create_operation` checked them) above the limits."""
+    amounts = {item["type"]: item for item in resources}
+    problem = limits.problem(
+        cpu=amounts["CPU"]["count"], memory_bytes=amounts["MEMORY"]["sizeInMB"] * 2**20
+    )
+    if problem:
+        raise InvalidTask(f"spec.resources: {problem}")
 
 
 def host_path_allowed(path: str, allowed: tuple[str, ...], client: str) -> bool:

@@ -35,6 +35,7 @@ from taskengine_contracts.events import (
 from taskengine_core.clients import mask_values
 from taskengine_core.errors import DomainError, IllegalTransition
 from taskengine_core.jobs import FINAL_STATES, Job, JobState, advance, state_after
+from taskengine_core.quotas import ResourceLimits, cpu_cores, gpu_count
 from taskengine_core.tasks import backoff_delay
 
 DIALECT = "worktasks"
@@ -208,6 +209,12 @@ def submission(data: dict[str, Any]) -> Submission:
         raise InvalidWorkTask("task_spec.parameters must be an object")
     if resources.get("memory") is not None:
         memory_bytes(resources["memory"])
+    for name, parse in (("cpu", cpu_cores), ("gpu", gpu_count)):
+        if resources.get(name) is not None:
+            try:
+                parse(resources[name])
+            except ValueError as error:
+                raise InvalidWorkTask(f"resource_requirements.{error}") from None
     credentials = access.get("storage_credentials")
     if credentials is not None and not (
         isinstance(credentials, str)
@@ -242,6 +249,17 @@ def submission(data: dict[str, Any]) -> Submission:
             "priority": priority,
         },
     )
+
+
+def check_resources(resources: dict[str, Any], limits: ResourceLimits) -> None:
+    """Refuses `resource_requirements` (as `submission` checked them) above the limits."""
+    problem = limits.problem(
+        cpu=cpu_cores(resources["cpu"]) if resources.get("cpu") is not None else 0,
+        memory_bytes=memory_bytes(resources["memory"]) if resources.get("memory") else 0,
+        gpu=gpu_count(resources["gpu"]) if resources.get("gpu") is not None else 0,
+    )
+    if problem:
+        raise InvalidWorkTask(f"resource_requirements.{problem}")
 
 
 def _object(data: dict[str, Any], field: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from taskengine_core.drove import InvalidTask
 from taskengine_core.errors import IllegalTransition
 from taskengine_core.ids import NAMESPACE, job_stream
 from taskengine_core.jobs import FINAL_STATES, Job, JobState, advance
+from taskengine_core.quotas import ResourceLimits
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client
@@ -299,6 +300,9 @@ async def create_task(gateway: GatewayState, client: Client, data: dict[str, Any
     submission = drove.create_operation(data)
     drove.check_host_paths(
         submission.attributes["volumes"], gateway.runtime.config.host_path_prefixes, client.name
+    )
+    drove.check_resources(
+        submission.attributes["resources"], ResourceLimits.of(gateway.runtime.config)
     )
     key = (client.name, submission.source_app, submission.task_id)
     taken = DroveError(

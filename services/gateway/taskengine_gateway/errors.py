@@ -27,6 +27,12 @@ class JobConflict(JobRefused):
     status_code = HTTP_409_CONFLICT
 
 
+class JobForbidden(JobRefused):
+    """A job request beyond what this client may do (a quota)."""
+
+    status_code = HTTP_403_FORBIDDEN
+
+
 class Forbidden(HTTPException):
     status_code = HTTP_403_FORBIDDEN
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from taskengine_bus import Runtime
 from taskengine_core.outbound import OutboundGuard
 
 from taskengine_gateway.auth import Authenticator
 from taskengine_gateway.health import Heartbeats
+from taskengine_gateway.quotas import SocketQuota, TaskQuota
 from taskengine_gateway.submitter import Submitter
 
 
@@ -19,3 +20,5 @@ class GatewayState:
     authenticator: Authenticator
     heartbeats: Heartbeats
     guard: OutboundGuard
+    sockets: SocketQuota = field(default_factory=SocketQuota)
+    tasks: TaskQuota = field(default_factory=TaskQuota)

@@ -26,7 +26,7 @@ from taskengine_core.settings import RuntimeSettings, validate_setting
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client
-from taskengine_gateway.errors import BadRequest, Forbidden, JobConflict, JobRefused
+from taskengine_gateway.errors import BadRequest, Forbidden, JobConflict, JobForbidden, JobRefused
 from taskengine_gateway.fields import (
     DEFAULT_PRIORITY,
     SEMAPHORE_FIELDS,
@@ -41,6 +41,7 @@ from taskengine_gateway.fields import (
 from taskengine_gateway.health import ComponentDown, health_report
 from taskengine_gateway.job_changes import plan_patch, plan_rerun
 from taskengine_gateway.job_queries import dashboard_query, list_query
+from taskengine_gateway.quotas import priority_reserved
 from taskengine_gateway.state import GatewayState
 
 QUEUE_STATE = {
@@ -80,6 +81,19 @@ def job_submission(
     run_at = parse_run_at(data["run_at"]) if data.get("run_at") is not None else None
     semaphore = parse_semaphore(data) if set(SEMAPHORE_FIELDS) & set(data) else None
     return job["workflow"], parameters, priority, run_at, semaphore
+
+
+def refuse_reserved_priority(
+    priority: int, client: Client, gateway: GatewayState, job_id: int | None = None
+) -> None:
+    """403 for a priority more urgent than TASKENGINE_TOP_PRIORITY (admins may use any)."""
+    if priority_reserved(priority, client.admin, gateway.runtime.config):
+        top = gateway.runtime.config.top_priority
+        raise JobForbidden(
+            f"priority {priority} is reserved: client {client.name} may use {top} to 10"
+            " (1 is the highest)",
+            job_id=job_id,
+        )
 
 
 async def refuse_internal(gateway: GatewayState, urls: list[str]) -> None:
@@ -143,6 +157,7 @@ class TaskEngineController(Controller):
             await refuse_internal(gateway, callbacks + ([semaphore] if semaphore else []))
         except BadRequest as error:
             raise JobRefused(error.detail) from None
+        refuse_reserved_priority(priority, client, gateway)
         now = datetime.now(UTC)
         waits = semaphore is not None or (run_at is not None and run_at > now)
 
@@ -220,6 +235,8 @@ class TaskEngineController(Controller):
             raise JobRefused(str(error), job_id=job.job_id) from None
         except BadRequest as error:
             raise JobRefused(error.detail, job_id=job.job_id) from None
+        if "priority" in data:
+            refuse_reserved_priority(parse_priority(data["priority"]), client, gateway, job.job_id)
         await commit_job_change(gateway, job, events)
         return {"id": job.job_id, "result": f"Performed updates: {', '.join(done)}"}
 

@@ -38,6 +38,7 @@ from taskengine_store.store import Conflict
 from taskengine_gateway.auth import Client
 from taskengine_gateway.errors import internal_error
 from taskengine_gateway.fields import decode_object
+from taskengine_gateway.quotas import QuotaExceeded, priority_reserved, refuse_over_task_quota
 from taskengine_gateway.state import GatewayState
 
 FIELDS = (
@@ -261,6 +262,19 @@ def _page(request: Request) -> tuple[int, int]:
     return limit, offset
 
 
+def refuse_reserved_priority(
+    definition: TaskDefinition, client: Client, gateway: GatewayState
+) -> None:
+    """403 for a priority more urgent than TASKENGINE_TOP_PRIORITY (admins may use any)."""
+    if priority_reserved(definition.priority, client.admin, gateway.runtime.config):
+        top = gateway.runtime.config.top_priority
+        raise TasksError(
+            403,
+            f"priority {definition.priority} is reserved: this client may use {top} to 9"
+            " (1 is the highest)",
+        )
+
+
 # --- the controller ---------------------------------------------------------------------------
 
 
@@ -273,8 +287,16 @@ class TasksController(Controller):
     async def create_task(self, request: Request, gateway: GatewayState, client: Client) -> dict:
         now = datetime.now(UTC)
         definition = definition_of(_body(await request.body()), now)
-        event = created(uuid4(), client.name, definition, now)
-        await gateway.runtime.call(gateway.runtime.store.commit, [event])
+        refuse_reserved_priority(definition, client, gateway)
+        most = gateway.runtime.config.max_active_tasks_per_client
+        async with gateway.tasks.creating(client.name) as pending:
+            try:
+                await refuse_over_task_quota(gateway.runtime, client.name, pending, most)
+            except QuotaExceeded as error:
+                raise TasksError(403, str(error)) from None
+            event = created(uuid4(), client.name, definition, now)
+            await gateway.runtime.call(gateway.runtime.store.commit, [event])
+            pending.add(event.id)
         task = Task.fold([event])
         assert task is not None
         return task_view(task)
@@ -333,6 +355,8 @@ class TasksController(Controller):
             changed = [
                 field for field in FIELDS if after[field] != _as_body(task.definition)[field]
             ]
+            if "priority" in changed:
+                refuse_reserved_priority(definition, client, gateway)
             return task.update(definition, changed, now)
 
         return task_view(await change_task(gateway, task_id, client, plan))

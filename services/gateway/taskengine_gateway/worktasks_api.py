@@ -28,12 +28,14 @@ from taskengine_core import workflows, worktasks
 from taskengine_core.errors import DomainError, IllegalTransition
 from taskengine_core.ids import execution_stream, job_stream
 from taskengine_core.jobs import Job, JobState
+from taskengine_core.quotas import ResourceLimits
 from taskengine_core.worktasks import DIALECT, InvalidWorkTask, iso, view
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client, credentials
 from taskengine_gateway.errors import internal_error
 from taskengine_gateway.fields import decode_object
+from taskengine_gateway.quotas import priority_reserved
 from taskengine_gateway.state import GatewayState
 from taskengine_gateway.taskengine_api import JOB_NUMBER, current_settings
 
@@ -228,6 +230,16 @@ class WorkTasksController(Controller):
         self, request: Request, gateway: GatewayState, client: Client
     ) -> dict:
         task = worktasks.submission(decode_object(await request.body()))
+        config = gateway.runtime.config
+        worktasks.check_resources(
+            task.attributes["resource_requirements"], ResourceLimits.of(config)
+        )
+        if priority_reserved(task.priority, client.admin, config):
+            raise WorkTaskError(
+                status_code=403,
+                detail=f"priority {task.attributes['priority']} is reserved: this client may use"
+                f" at most {6 - config.top_priority} (higher = more urgent)",
+            )
         try:
             workflows.validate(task.workflow, task.parameters)
         except (DomainError, ValueError) as error:

@@ -4,11 +4,15 @@ Each message is `{"event": "task_update", "position": N, "task": {"worktask_id",
 ...the fields that change set}}`; `position` is the event's place in the store's global order.
 A client reconnecting with `?after=<position>` first gets what it missed, read from the event
 store, then live updates from an ordered JetStream consumer on the job lifecycle subjects:
-nothing is skipped or sent twice. Credentials: the foundation's headers, or `?token=<key>`
-(browsers cannot set headers on a WebSocket), which is masked in the server's log.
+nothing is skipped or sent twice. The replay reads pages of `TASKENGINE_WS_REPLAY_PAGE` events
+and sends each before reading the next: up to the projector's position only the events of the
+client's own work tasks (named by `rm_jobs`; a job retention cleared is not replayed), then
+every event after it. Credentials: the foundation's headers, or `?token=<key>` (browsers
+cannot set headers on a WebSocket), which is masked in the server's log.
 
-Close codes: 4401 no valid credentials, 4429 too many failed attempts, 4400 a malformed
-`after`.
+Close codes: 4401 no valid credentials, 4400 a malformed `after`, 4429 too many failed
+attempts, or the client has `TASKENGINE_MAX_SOCKETS_PER_CLIENT` sockets open on this gateway
+already (the reason says which).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from taskengine_contracts.events import Event, JobEvent, JobSubmitted, decode
 from taskengine_core import worktasks
 from taskengine_core.clients import mask_secrets
 from taskengine_core.worktasks import DIALECT
+from taskengine_store.projections import PROJECTOR
+from taskengine_store.store import Position
 
 from taskengine_gateway.auth import Client, credentials
 from taskengine_gateway.limits import TooManyAttempts
@@ -38,7 +44,6 @@ from taskengine_gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
 
-REPLAY_PAGE = 1000
 KNOWN_JOBS = 10_000
 """Jobs whose dialect a socket remembers before it forgets them all (and looks up again)."""
 
@@ -99,20 +104,28 @@ async def task_updates(socket: WebSocket, gateway: GatewayState) -> None:
     if raw is not None and not (raw.isdigit() and len(raw) <= 18):
         await _refuse(socket, 4400, "after must be a position (a whole number)")
         return
-    feed = TaskFeed(gateway.runtime, client.name)
-    # Following the bus before the handshake completes: whatever the client does once
-    # connected is seen.
-    subscription = await gateway.runtime.js.subscribe(
-        subjects.JOBS,
-        stream=subjects.STREAM,
-        ordered_consumer=True,
-        deliver_policy=api.DeliverPolicy.NEW,
-    )
+    config = gateway.runtime.config
+    if not gateway.sockets.take(client.name, config.max_sockets_per_client):
+        most = config.max_sockets_per_client
+        await _refuse(socket, 4429, f"too many open sockets: at most {most} per client")
+        return
     try:
-        await socket.accept()
-        await feed.serve(socket, subscription.messages, None if raw is None else int(raw))
+        feed = TaskFeed(gateway.runtime, client.name, config.ws_replay_page)
+        # Following the bus before the handshake completes: whatever the client does once
+        # connected is seen.
+        subscription = await gateway.runtime.js.subscribe(
+            subjects.JOBS,
+            stream=subjects.STREAM,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.NEW,
+        )
+        try:
+            await socket.accept()
+            await feed.serve(socket, subscription.messages, None if raw is None else int(raw))
+        finally:
+            await _unsubscribe(gateway.runtime, subscription)
     finally:
-        await _unsubscribe(gateway.runtime, subscription)
+        gateway.sockets.give_back(client.name)
 
 
 async def _refuse(socket: WebSocket, code: int, reason: str) -> None:
@@ -127,6 +140,8 @@ class TaskFeed:
 
     runtime: Runtime
     client: str
+    page: int = 500
+    """Events read per replay query."""
     sent: int = 0
     """Position of the last event looked at (sent or not for this client)."""
     worktask: dict[UUID, bool] = field(default_factory=dict)
@@ -152,12 +167,7 @@ class TaskFeed:
 
     async def _send(self, socket: WebSocket, live: AsyncIterator[Msg], after: int | None) -> None:
         if after is not None:
-            self.sent = after
-            while page := await self.runtime.call(
-                self.runtime.store.events_after, self.sent, REPLAY_PAGE
-            ):
-                for item in page:
-                    await self._offer(socket, item.position, item.event)
+            await self._replay(socket, after)
         async for message in live:
             position = int((message.headers or {}).get(subjects.POSITION_HEADER, 0))
             if position <= self.sent:
@@ -168,6 +178,28 @@ class TaskFeed:
                 log.warning("ws: undecodable event at %s skipped", position)
                 continue
             await self._offer(socket, position, event)
+
+    async def _replay(self, socket: WebSocket, after: int) -> None:
+        """Sends what happened after `after`, one page at a time."""
+        self.sent, pages = after, 0
+        projected = await self.runtime.call(self.runtime.store.tracked, PROJECTOR)
+        while self.sent < projected:
+            pages += 1
+            found = await self.runtime.call(
+                _own_worktask_events, self.runtime, self.client, self.sent, projected, self.page
+            )
+            for item in found:
+                self._remember(item.event.id, True)
+                await self._offer(socket, item.position, item.event)
+            if len(found) < self.page:
+                self.sent = projected
+        while found := await self.runtime.call(
+            self.runtime.store.events_after, self.sent, self.page
+        ):
+            pages += 1
+            for item in found:
+                await self._offer(socket, item.position, item.event)
+        log.info("ws: replayed %s's updates after %s in %s pages", self.client, after, pages)
 
     async def _offer(self, socket: WebSocket, position: int, event: Event) -> None:
         self.sent = max(self.sent, position)
@@ -191,11 +223,30 @@ class TaskFeed:
             return remembered
         else:
             known = await self.runtime.call(_is_worktask, self.runtime, event.id)
-        if len(self.worktask) >= KNOWN_JOBS:
+        self._remember(event.id, known)
+        return known
+
+    def _remember(self, job: UUID, worktask: bool) -> None:
+        if job not in self.worktask and len(self.worktask) >= KNOWN_JOBS:
             self.worktask.clear()
             self.status.clear()
-        self.worktask[event.id] = known
-        return known
+        self.worktask[job] = worktask
+
+
+_OWN_WORKTASK_EVENTS = (
+    "SELECT notification_id, state FROM stored_events"
+    " WHERE notification_id > %s AND notification_id <= %s AND originator_id IN"
+    " (SELECT job_uuid FROM rm_jobs WHERE client = %s AND dialect = %s)"
+    " ORDER BY notification_id LIMIT %s"
+)
+
+
+def _own_worktask_events(
+    runtime: Runtime, client: str, after: int, upto: int, limit: int
+) -> list[Position]:
+    """The events of `client`'s work tasks in (after, upto], at most `limit` of them."""
+    rows = runtime.store.query(_OWN_WORKTASK_EVENTS, (after, upto, client, DIALECT, limit))
+    return [Position(row["notification_id"], decode(bytes(row["state"]))) for row in rows]
 
 
 def _is_worktask(runtime: Runtime, job: UUID) -> bool:
