@@ -136,15 +136,19 @@ async def exchange(
     *,
     deadline: float,
     max_bytes: int,
+    guard: OutboundGuard | None = None,
     **kwargs: Any,
 ) -> tuple[int | None, str | None]:
     """(status, None) once the receiver answered within `deadline` seconds, else (status or
     None, why not). At most `max_bytes` of the body are read: the rest is left unread (the
-    connection is dropped) and the answer counts by its status. Never raises but cancellation.
+    connection is dropped) and the answer counts by its status. With `guard`, a URL it refuses
+    is not called: (None, "refused: ..."). Never raises but cancellation.
     """
     status = None
     try:
         async with asyncio.timeout(deadline):
+            if guard and (refusal := await guard.refusal(url)):
+                return None, f"refused: {refusal}"
             async with client.stream(method, url, **kwargs) as response:
                 status = response.status_code
                 received = 0

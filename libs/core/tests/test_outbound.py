@@ -156,3 +156,13 @@ async def test_only_the_first_bytes_of_a_huge_answer_are_read():
             )
     assert (status, error) == (200, None)
     assert 65536 <= sum(read) < 65536 * 3  # stopped at the cap, far from 10 MB
+
+
+async def test_a_refused_url_is_not_called():
+    with HostileReceiver("silent") as receiver:
+        async with outbound_client(OutboundGuard()) as client:
+            status, error = await exchange(
+                client, "POST", receiver.url, deadline=5, max_bytes=1, guard=OutboundGuard()
+            )
+    assert status is None and error is not None and error.startswith("refused: 127.0.0.1")
+    assert receiver.connections == 0

@@ -251,19 +251,13 @@ class Notifier:
 
     async def attempt(self, delivery: Delivery) -> tuple[int | None, str | None]:
         """Posts once, the whole exchange within the deadline: (status, why it failed)."""
-        try:
-            async with asyncio.timeout(self.deadline):
-                refusal = await self.guard.refusal(delivery.url)
-        except TimeoutError:
-            refusal = None  # the connection checks the address again
-        if refusal:
-            return None, f"refused: {refusal}"
         status, error = await exchange(
             self.client,
             "POST",
             delivery.url,
             deadline=self.deadline,
             max_bytes=self.max_bytes,
+            guard=self.guard,
             content=delivery.body,
             headers=self.headers(delivery),
         )
