@@ -296,7 +296,7 @@ class Scheduler:
         host = origin(url)
         held = await self.lanes.acquire(host)
         if held is not None:
-            return f"not asked: {host} keeps failing (asked again in {held:.0f}s at the earliest)"
+            return f"not asked: {host} keeps failing (held back {held:.0f}s more)"
         answered = False
         try:
             async with self.asking:
