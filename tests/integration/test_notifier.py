@@ -41,6 +41,7 @@ def test_callback_is_retried_while_the_receiver_is_down_then_delivered(services)
         wait_events(
             services,
             lambda es: any(isinstance(e, CallbackAttemptFailed) for e in es),
+            timeout=90,  # the first wait includes starting the services on a busy machine
             what="a failed attempt",
         )
         receiver.status = 200
@@ -69,6 +70,7 @@ def test_callbacks_to_internal_addresses_are_refused_without_allowlist(services)
         events = wait_events(
             services,
             lambda es: any(isinstance(e, CallbackAttemptFailed) for e in es),
+            timeout=90,
             what="the refusal",
         )
     [refused] = [e for e in events if isinstance(e, CallbackAttemptFailed)]
