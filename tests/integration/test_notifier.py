@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from taskengine_contracts.events import CallbackAttemptFailed, CallbackDelivered, JobStarted
+from taskengine_contracts.events import (
+    CallbackAttemptFailed,
+    CallbackDelivered,
+    JobStarted,
+    JobSucceeded,
+)
 from taskengine_core.jobs import JobRef, JobState
 
 from tests.support.factories import submitted
@@ -36,6 +41,7 @@ def test_callback_is_retried_while_the_receiver_is_down_then_delivered(services)
         wait_events(
             services,
             lambda es: any(isinstance(e, CallbackAttemptFailed) for e in es),
+            timeout=90,  # the first wait includes starting the services on a busy machine
             what="a failed attempt",
         )
         receiver.status = 200
@@ -64,8 +70,44 @@ def test_callbacks_to_internal_addresses_are_refused_without_allowlist(services)
         events = wait_events(
             services,
             lambda es: any(isinstance(e, CallbackAttemptFailed) for e in es),
+            timeout=90,
             what="the refusal",
         )
     [refused] = [e for e in events if isinstance(e, CallbackAttemptFailed)]
     assert refused.next_at is None and "internal address" in refused.error
     assert receiver.received == []
+
+
+def test_a_jobs_callbacks_to_a_url_keep_their_order_across_retries(services):
+    services.start("relay", "notifier")
+    with CallbackReceiver() as receiver:
+        receiver.status = 503
+        job = submitted(callbacks=[receiver.url])
+        services.store.commit([job])
+        services.store.commit([started(job, [receiver.url])])
+        services.store.commit(
+            [
+                JobSucceeded(
+                    id=job.id,
+                    version=4,
+                    at=job.at,
+                    job_id=job.job_id,
+                    client=job.client,
+                    workflow=job.workflow,
+                    attempt=1,
+                    callbacks=[receiver.url],
+                )
+            ]
+        )
+        events = wait_events(
+            services,
+            lambda es: sum(isinstance(e, CallbackAttemptFailed) for e in es) >= 2,
+            timeout=90,
+            what="the start callback to fail twice",
+        )
+        # The end waits behind the start, which is being retried: it is not even attempted.
+        failed = [e.event for e in events if isinstance(e, CallbackAttemptFailed)]
+        assert set(failed) == {"start"}, failed
+        receiver.status = 200
+        wait_until(lambda: len(receiver.received) == 2, timeout=20, what="both callbacks")
+    assert [body["event"] for body in receiver.received] == ["start", "complete"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks.webhooks import Webhook
@@ -22,6 +23,8 @@ class CallbackReceiver:
         self.received: list[dict] = []
         self.headers: list[dict] = []
         self.raw: list[bytes] = []
+        self.arrived: list[float] = []
+        """When each recorded POST arrived (time.time()), to measure delivery latency."""
         self.status = 200
         self.gate = 200
         self.checks = 0
@@ -31,6 +34,7 @@ class CallbackReceiver:
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 if receiver.status < 300:
+                    receiver.arrived.append(time.time())
                     receiver.received.append(json.loads(body))
                     receiver.headers.append(dict(self.headers))
                     receiver.raw.append(body)

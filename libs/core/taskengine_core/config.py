@@ -37,6 +37,39 @@ class EngineSettings(BaseSettings):
     port: int = 8080
     bootstrap_client: str = ""
     callback_allowlist: str = ""
+    outbound_deadline: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a callback or semaphore check may take in all (connect, headers"
+        " and body); a call still going then is a failed attempt",
+    )
+    outbound_max_response_bytes: int = Field(
+        default=65_536,
+        ge=0,
+        description="the most of a callback's or semaphore's response body read; the rest is"
+        " dropped unread and the answer counts by its status",
+    )
+    outbound_per_host: int = Field(
+        default=8,
+        ge=1,
+        description="calls in flight at once to one receiver (scheme, host and port), so a slow"
+        " receiver cannot take the notifier's or scheduler's whole concurrency",
+    )
+    outbound_breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        description="failed calls in a row (errors, timeouts, 5xx) after which a receiver is"
+        " held back: its calls wait, others flow",
+    )
+    outbound_breaker_cooldown: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds a receiver is held back before one call probes it; doubled after"
+        " each failed probe up to outbound_breaker_max_cooldown",
+    )
+    outbound_breaker_max_cooldown: float = Field(
+        default=300.0, gt=0, description="the longest a receiver is held back between probes"
+    )
     webhook_key: str = Field(
         default="",
         description="signs callbacks; each client's secret is derived from it (keep it secret)",

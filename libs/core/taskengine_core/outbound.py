@@ -6,6 +6,10 @@ lets them through. It is applied twice: to the URL when a client submits it (`re
 the address actually connected to (`outbound_client`): the connection goes to the address that
 was checked, so a name that resolves differently the second time (DNS rebinding) gets nowhere.
 
+`exchange` bounds one call as a whole: connect, headers and body within one deadline (httpx's
+own timeouts are per read, so a receiver sending a byte every few seconds would never trip
+them), and at most a small part of the body is read.
+
 Deliveries are signed the Standard Webhooks way: `webhook-id`, `webhook-timestamp` and
 `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">` with the client's secret.
 """
@@ -123,6 +127,42 @@ def outbound_client(guard: OutboundGuard, timeout: float = 10.0) -> httpx.AsyncC
     return httpx.AsyncClient(
         transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
     )
+
+
+async def exchange(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    deadline: float,
+    max_bytes: int,
+    guard: OutboundGuard | None = None,
+    **kwargs: Any,
+) -> tuple[int | None, str | None]:
+    """(status, None) once the receiver answered within `deadline` seconds, else (status or
+    None, why not). At most `max_bytes` of the body are read: the rest is left unread (the
+    connection is dropped) and the answer counts by its status. With `guard`, a URL it refuses
+    is not called: (None, "refused: ..."). Never raises but cancellation.
+    """
+    status = None
+    try:
+        async with asyncio.timeout(deadline):
+            if guard and (refusal := await guard.refusal(url)):
+                return None, f"refused: {refusal}"
+            async with client.stream(method, url, **kwargs) as response:
+                status = response.status_code
+                received = 0
+                async for chunk in response.aiter_raw():
+                    received += len(chunk)
+                    if received >= max_bytes:
+                        break
+        return status, None
+    except TimeoutError:
+        return status, f"timeout: no complete answer within {deadline:g}s"
+    except httpx.TimeoutException as error:
+        return status, f"timeout: {type(error).__name__}: {error}"[:300]
+    except Exception as error:  # whatever the URL or the receiver does, the call failed
+        return status, f"{type(error).__name__}: {error}"[:300]
 
 
 # --- signing (Standard Webhooks) -----------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from datetime import UTC, datetime
 
 import httpx
@@ -11,11 +12,14 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from taskengine_core.outbound import (
     OutboundGuard,
+    exchange,
     outbound_client,
     parse_allowlist,
     sign,
     webhook_secret,
 )
+
+from tests.support.hostile import HostileReceiver
 
 
 @pytest.mark.parametrize(
@@ -95,3 +99,70 @@ def test_each_client_has_its_own_stable_secret():
     assert webhook_secret("k", "alice") != webhook_secret("k", "bob")
     assert webhook_secret("k", "alice") != webhook_secret("k2", "alice")
     assert webhook_secret("k", "alice").startswith("whsec_")
+
+
+# --- one deadline and a size cap for the whole exchange --------------------------------------
+
+
+async def test_a_receiver_dripping_its_answer_is_cut_off_at_the_deadline():
+    guard = OutboundGuard(parse_allowlist("127.0.0.0/8"))
+    with HostileReceiver("drip", every=0.2) as receiver:
+        async with outbound_client(guard) as client:  # per-read timeouts alone never trip
+            started = time.monotonic()
+            status, error = await exchange(
+                client, "POST", receiver.url, deadline=1.0, max_bytes=65536, content=b"{}"
+            )
+    assert time.monotonic() - started < 5
+    assert error == "timeout: no complete answer within 1s" and status is None
+
+
+async def test_a_receiver_that_never_answers_is_a_timeout():
+    guard = OutboundGuard(parse_allowlist("127.0.0.0/8"))
+    with HostileReceiver("silent") as receiver:
+        async with outbound_client(guard) as client:
+            status, error = await exchange(
+                client, "GET", receiver.url, deadline=0.5, max_bytes=65536
+            )
+    assert status is None and error is not None and error.startswith("timeout")
+
+
+async def test_only_the_first_bytes_of_a_huge_answer_are_read():
+    guard = OutboundGuard(parse_allowlist("127.0.0.0/8"))
+    with HostileReceiver("huge", size=10 * 1024 * 1024) as receiver:
+        async with outbound_client(guard) as client:
+            read: list[int] = []
+            transport = client._transport  # noqa: SLF001  (counts what the client reads)
+            original = transport.handle_async_request
+
+            async def counting(request):  # type: ignore[no-untyped-def]
+                response = await original(request)
+                inner = response.stream
+
+                class Counted(httpx.AsyncByteStream):
+                    async def __aiter__(self):  # type: ignore[no-untyped-def]
+                        async for chunk in inner:
+                            read.append(len(chunk))
+                            yield chunk
+
+                    async def aclose(self) -> None:
+                        await inner.aclose()
+
+                response.stream = Counted()
+                return response
+
+            transport.handle_async_request = counting  # type: ignore[method-assign]
+            status, error = await exchange(
+                client, "GET", receiver.url, deadline=5.0, max_bytes=65536
+            )
+    assert (status, error) == (200, None)
+    assert 65536 <= sum(read) < 65536 * 3  # stopped at the cap, far from 10 MB
+
+
+async def test_a_refused_url_is_not_called():
+    with HostileReceiver("silent") as receiver:
+        async with outbound_client(OutboundGuard()) as client:
+            status, error = await exchange(
+                client, "POST", receiver.url, deadline=5, max_bytes=1, guard=OutboundGuard()
+            )
+    assert status is None and error is not None and error.startswith("refused: 127.0.0.1")
+    assert receiver.connections == 0

@@ -6,6 +6,12 @@ end (with `custom_data` from the job's parameters). Deliveries due are rows of
 event (`CallbackDelivered`, `CallbackAttemptFailed`), so the job log shows every delivery.
 Failed attempts are retried with exponential backoff. Every delivery is signed (Standard
 Webhooks) with the job's client's secret, and goes only to addresses the guard allows.
+
+Each attempt is bounded as a whole (`outbound_deadline`, `outbound_max_response_bytes`) and runs
+in its receiver's lane (`taskengine_core.lanes`): a few at once per receiver, and a breaker that
+holds back a receiver failing again and again, so a slow or dead receiver delays only its own
+deliveries. A job's deliveries to one URL go one at a time and in order: the next waits until
+the one before is delivered or given up.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import heapq
 import itertools
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -28,16 +35,12 @@ from taskengine_contracts.events import (
     CallbackAttemptFailed,
     CallbackDelivered,
     Event,
-    JobFailed,
-    JobStarted,
-    JobSucceeded,
-    JobTimedOut,
     StepChanged,
 )
-from taskengine_core.ids import callback_stream
-from taskengine_core.jobs import state_after
+from taskengine_core.lanes import HostLanes, lanes_from, origin
 from taskengine_core.outbound import (
     OutboundGuard,
+    exchange,
     outbound_client,
     parse_allowlist,
     sign,
@@ -45,14 +48,14 @@ from taskengine_core.outbound import (
 )
 from taskengine_store.store import Statement
 
+from taskengine_notifier.callbacks import NOTIFIED, deliveries_for
+
 log = logging.getLogger(__name__)
 
 NAME = "notifier"
 MAX_ATTEMPTS = 10
 MAX_BACKOFF = 60.0
 CONCURRENCY = 64
-NOTIFIED = {JobStarted: "start", JobSucceeded: "complete", JobFailed: "fail", JobTimedOut: "fail"}
-"""Job events a receiver hears of (and `StepChanged`: each step's start, complete or fail)."""
 
 _INSERT = (
     "INSERT INTO notifier_deliveries (id, job_id, url, event, body, attempts, next_at)"
@@ -62,36 +65,13 @@ _RESCHEDULE = "UPDATE notifier_deliveries SET attempts = %s, next_at = %s WHERE 
 _DELETE = "DELETE FROM notifier_deliveries WHERE id = %s"
 
 
-class CallbackBody(msgspec.Struct, frozen=True):
-    """What a receiver gets: the job, what happened, and the job's state after it.
-
-    `step` and `step_name` are set for a step's callbacks and null for the job's own;
-    `custom_data` (the job's `parameters.custom_data`) comes with the job's end.
-    """
-
-    id: int
-    job_id: int
-    client: str
-    event: str
-    status: str
-    attempt: int
-    at: datetime
-    failed: bool
-    workflow: str | None = None
-    step: int | None = None
-    step_name: str | None = None
-    reason: str | None = None
-    exit_code: int | None = None
-    custom_data: object = None
-
-
 _arrival = itertools.count()
 
 
 @dataclass(order=True)
 class Delivery:
     next_at: float
-    seq: int  # ties go to the earlier event, so a receiver hears of a job in order
+    seq: int  # ties go to the earlier event
     id: UUID = field(compare=False)
     job_id: int = field(compare=False)
     url: str = field(compare=False)
@@ -100,65 +80,42 @@ class Delivery:
     attempts: int = field(compare=False, default=0)
 
 
-def callback_body(event: Event) -> tuple[str, CallbackBody] | None:
-    """(delivery key, body) for an event a receiver hears of; None for any other event."""
-    if isinstance(event, StepChanged):
-        key = f"step:{event.attempt}:{event.step}:{event.event}"
-        return key, CallbackBody(
-            id=event.job_id,
-            job_id=event.job_id,
-            client=event.client,
-            event=event.event,
-            status="running",
-            attempt=event.attempt,
-            at=event.at,
-            failed=event.event == "fail",
-            step=event.step,
-            step_name=event.name,
-            reason=event.reason,
-            exit_code=event.exit_code,
-        )
-    kind = NOTIFIED.get(type(event))
-    if kind is None:
-        return None
-    return f"{kind}:{event.version}", CallbackBody(
-        id=event.job_id,  # type: ignore[attr-defined]
-        job_id=event.job_id,  # type: ignore[attr-defined]
-        client=event.client,  # type: ignore[attr-defined]
-        event=kind,
-        status=str(state_after(event)),  # type: ignore[arg-type]
-        attempt=event.attempt,  # type: ignore[attr-defined]
-        at=event.at,
-        failed=kind == "fail",
-        workflow=event.workflow,  # type: ignore[attr-defined]
-        reason=getattr(event, "reason", None),
-        exit_code=getattr(event, "exit_code", None),
-        custom_data=getattr(event, "custom_data", None),
-    )
-
-
-def deliveries_for(event: Event) -> list[tuple]:
-    """Rows for the callbacks an event asks for (none unless the job has rest_endpoints)."""
-    callbacks = getattr(event, "callbacks", [])
-    described = callback_body(event) if callbacks else None
-    if described is None:
-        return []
-    key, body = described
-    encoded = msgspec.json.encode(body)
-    return [
-        (callback_stream(body.job_id, key, url), body.job_id, url, body.event, encoded, event.at)
-        for url in dict.fromkeys(callbacks)  # one delivery per distinct URL
-    ]
+Line = tuple[int, str]
+"""A job and one of its URLs: its deliveries go one at a time, in order."""
 
 
 class Notifier:
-    def __init__(self, runtime: Runtime, client: httpx.AsyncClient, guard: OutboundGuard):
+    """Sends each delivery on its own, in its receiver's lane (`HostLanes`), with one deadline
+    for the whole exchange; finished attempts are recorded in batches (events + rows)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        client: httpx.AsyncClient,
+        guard: OutboundGuard,
+        lanes: HostLanes | None = None,
+    ):
         self.runtime = runtime
         self.client = client
         self.guard = guard
+        config = runtime.config
+        self.lanes = lanes or lanes_from(config)
+        self.deadline = config.outbound_deadline
+        self.max_bytes = config.outbound_max_response_bytes
+        self.room = asyncio.Semaphore(CONCURRENCY)
+        self.lines: dict[Line, deque[Delivery]] = {}
+        """Deliveries not yet delivered or given up, per job and URL, in the order due."""
         self.due: list[Delivery] = []
+        """The first delivery of each line that is not being sent, by when it is due."""
+        self.sending: set[Line] = set()
+        self.done: list[tuple[Delivery, int | None, str | None]] = []
+        """Attempts made and not yet recorded."""
+        self.tasks: set[asyncio.Task] = set()
         self.wake = asyncio.Event()
         self.secrets: dict[str, str] = {}
+
+    def pending(self) -> int:
+        return sum(len(line) for line in self.lines.values())
 
     def headers(self, delivery: Delivery) -> dict[str, str]:
         """Standard Webhooks headers: the id stays the same across retries, the time does not."""
@@ -176,10 +133,13 @@ class Notifier:
 
     def schedule(self, row: tuple, attempts: int = 0) -> None:
         delivery_id, job_id, url, kind, body, at = row
-        heapq.heappush(
-            self.due,
-            Delivery(_mono(at), next(_arrival), delivery_id, job_id, url, kind, body, attempts),
+        delivery = Delivery(
+            _mono(at), next(_arrival), delivery_id, job_id, url, kind, body, attempts
         )
+        line = self.lines.setdefault((job_id, url), deque())
+        line.append(delivery)
+        if len(line) == 1 and (job_id, url) not in self.sending:
+            heapq.heappush(self.due, delivery)
         self.wake.set()
 
     async def on_job_events(self, batch: list[Delivered]) -> bool:
@@ -199,79 +159,117 @@ class Notifier:
 
     async def deliver_forever(self) -> None:
         """Sends due deliveries forever; a failure to record them is retried, never fatal."""
-        while True:
-            try:
-                await self.deliver_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("notifier: recording deliveries failed; retrying")
-                await asyncio.sleep(1.0)
+        try:
+            while True:
+                try:
+                    await self.deliver_due()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("notifier: sending deliveries failed; retrying")
+                    await asyncio.sleep(1.0)
+        finally:
+            for task in self.tasks:
+                task.cancel()
 
     async def deliver_due(self) -> None:
         while True:
+            self.wake.clear()
+            await self.record_done()
             now = time.monotonic()
-            batch: list[Delivery] = []
-            later: list[Delivery] = []
-            receivers: set[tuple[int, str]] = set()
-            while self.due and self.due[0].next_at <= now and len(batch) < CONCURRENCY:
+            while self.due and self.due[0].next_at <= now:
                 delivery = heapq.heappop(self.due)
-                # One delivery per job and URL at a time, so a receiver gets a job's
-                # callbacks in order (start before complete).
-                receiver = (delivery.job_id, delivery.url)
-                (later if receiver in receivers else batch).append(delivery)
-                receivers.add(receiver)
-            for delivery in later:
-                heapq.heappush(self.due, delivery)
-            if not batch:
-                self.wake.clear()
-                wait = self.due[0].next_at - now if self.due else None
-                try:
-                    await asyncio.wait_for(self.wake.wait(), timeout=wait)
-                except TimeoutError:
-                    pass
-                continue
-            results = await asyncio.gather(*(self.attempt(d) for d in batch))
-            events: list[Event] = []
-            statements: list[Statement] = []
-            for delivery, (status, error) in zip(batch, results, strict=True):
-                delivery.attempts += 1
-                event, statement = self.record(delivery, status, error)
-                events.append(event)
-                statements.append(statement)
+                self.sending.add((delivery.job_id, delivery.url))
+                task = asyncio.create_task(self.send(delivery))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            wait = self.due[0].next_at - now if self.due else None
             try:
-                await self.runtime.call(self.runtime.store.commit, events, None, statements)
-            except Exception:
-                # Not recorded: attempt them all again in a second (at least once).
-                sent = {id(d) for d in batch}
-                for delivery in batch:
-                    delivery.attempts -= 1
-                    delivery.next_at = time.monotonic() + 1.0
-                self.due = [d for d in self.due if id(d) not in sent] + batch
-                heapq.heapify(self.due)
-                raise
+                await asyncio.wait_for(self.wake.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+
+    async def send(self, delivery: Delivery) -> None:
+        """One attempt in its receiver's lane; while the receiver is held back, it waits."""
+        host = origin(delivery.url)
+        held = await self.lanes.acquire(host)
+        if held is not None:
+            delivery.next_at = time.monotonic() + held
+            self.release(delivery)
+            self.wake.set()
+            return
+        answered = False
+        try:
+            async with self.room:
+                try:
+                    status, error = await self.attempt(delivery)
+                except Exception as failure:  # whatever happens, it is a failed attempt
+                    status, error = None, f"{type(failure).__name__}: {failure}"[:300]
+            answered = error is None or error.startswith("refused") or _answered(status, error)
+        finally:
+            if change := self.lanes.finish(host, answered):
+                log.warning("notifier: %s", change)
+        self.done.append((delivery, status, error))
+        self.wake.set()
+
+    def release(self, delivery: Delivery) -> None:
+        """Its line's next delivery (this one again, or the one after) may be sent."""
+        line = (delivery.job_id, delivery.url)
+        self.sending.discard(line)
+        if self.lines.get(line):
+            heapq.heappush(self.due, self.lines[line][0])
+        else:
+            self.lines.pop(line, None)
+
+    async def record_done(self) -> None:
+        """Records finished attempts in one commit; unrecorded ones are sent again (at least
+        once) in a second."""
+        if not self.done:
+            return
+        batch, self.done = self.done, []
+        events: list[Event] = []
+        statements: list[Statement] = []
+        retries: list[float | None] = []
+        for delivery, status, error in batch:
+            event, statement, retry = self.record(delivery, status, error)
+            events.append(event)
+            statements.append(statement)
+            retries.append(retry)
+        try:
+            await self.runtime.call(self.runtime.store.commit, events, None, statements)
+        except Exception:
+            log.exception("notifier: recording %s attempts failed; sending again", len(batch))
+            retries = [1.0] * len(batch)
+            for delivery, _, _ in batch:
+                delivery.attempts -= 1
+        for (delivery, _, _), retry in zip(batch, retries, strict=True):
+            if retry is None:
+                self.lines[(delivery.job_id, delivery.url)].popleft()
+            else:
+                delivery.next_at = time.monotonic() + retry
+            self.release(delivery)
 
     async def attempt(self, delivery: Delivery) -> tuple[int | None, str | None]:
-        try:
-            return await self._post(delivery)
-        except Exception as error:  # whatever the URL or the receiver does, it is a failed attempt
-            return None, f"{type(error).__name__}: {error}"[:300]
+        """Posts once, the whole exchange within the deadline: (status, why it failed)."""
+        status, error = await exchange(
+            self.client,
+            "POST",
+            delivery.url,
+            deadline=self.deadline,
+            max_bytes=self.max_bytes,
+            guard=self.guard,
+            content=delivery.body,
+            headers=self.headers(delivery),
+        )
+        if error is None and status is not None and status >= 300:
+            error = f"HTTP {status}"
+        return status, error
 
-    async def _post(self, delivery: Delivery) -> tuple[int | None, str | None]:
-        refusal = await self.guard.refusal(delivery.url)
-        if refusal:
-            return None, f"refused: {refusal}"
-        try:
-            response = await self.client.post(
-                delivery.url, content=delivery.body, headers=self.headers(delivery)
-            )
-        except httpx.HTTPError as error:
-            return None, f"{type(error).__name__}: {error}"[:300]
-        if response.status_code < 300:
-            return response.status_code, None
-        return response.status_code, f"HTTP {response.status_code}"
-
-    def record(self, d: Delivery, status: int | None, error: str | None) -> tuple[Event, Statement]:
+    def record(
+        self, d: Delivery, status: int | None, error: str | None
+    ) -> tuple[Event, Statement, float | None]:
+        """The attempt's event and row change, and the seconds until the next (None: done)."""
+        d.attempts += 1
         common = {
             "id": d.id,
             "version": d.attempts,
@@ -284,21 +282,33 @@ class Notifier:
             return (
                 CallbackDelivered(status_code=status or 0, attempts=d.attempts, **common),
                 (_DELETE, (d.id,)),
+                None,
             )
         final = d.attempts >= MAX_ATTEMPTS or error.startswith("refused")
         if final:
             event = CallbackAttemptFailed(attempt=d.attempts, error=error, next_at=None, **common)
-            return event, (_DELETE, (d.id,))
+            return event, (_DELETE, (d.id,)), None
         delay = min(2.0 ** (d.attempts - 1), MAX_BACKOFF)
         next_at = datetime.now(UTC) + timedelta(seconds=delay)
-        d.next_at = time.monotonic() + delay
-        heapq.heappush(self.due, d)
         event = CallbackAttemptFailed(attempt=d.attempts, error=error, next_at=next_at, **common)
-        return event, (_RESCHEDULE, (d.attempts, next_at, d.id))
+        return event, (_RESCHEDULE, (d.attempts, next_at, d.id)), delay
+
+
+def _answered(status: int | None, error: str) -> bool:
+    """Whether the receiver is up (for its breaker): it answered in time, and not with 5xx."""
+    return status is not None and status < 500 and not error.startswith("timeout")
 
 
 class _Owner(msgspec.Struct):
     client: str
+
+
+class _Happened(msgspec.Struct):
+    at: datetime
+
+
+def _happened(body: bytes) -> datetime:
+    return msgspec.json.decode(body, type=_Happened).at
 
 
 def _mono(at: datetime) -> float:
@@ -309,10 +319,12 @@ async def notifier(runtime: Runtime) -> None:
     if not runtime.config.webhook_key:
         raise SystemExit("notifier: TASKENGINE_WEBHOOK_KEY is not set; callbacks must be signed")
     guard = OutboundGuard(parse_allowlist(runtime.config.callback_allowlist))
-    async with outbound_client(guard) as client:
+    async with outbound_client(guard, runtime.config.outbound_deadline) as client:
         service = Notifier(runtime, client, guard)
-        runtime.working = lambda: len(service.due)
-        for row in await runtime.call(runtime.store.query, "SELECT * FROM notifier_deliveries"):
+        runtime.working = service.pending
+        rows = await runtime.call(runtime.store.query, "SELECT * FROM notifier_deliveries")
+        # In the order their events happened, so each receiver still hears of a job in order.
+        for row in sorted(rows, key=lambda r: (_happened(bytes(r["body"])), r["next_at"])):
             service.schedule(
                 (
                     row["id"],

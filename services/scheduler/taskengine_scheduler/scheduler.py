@@ -5,6 +5,8 @@ delay, become timers (rows written with the consumer's tracking record); when a 
 the scheduler appends `JobQueued` at the job's next version and drops the timer in the same
 transaction. A due job with a semaphore is queued only once a GET of its URL answers 2xx/3xx;
 until then its timer moves `schedule_interval` seconds ahead (no event: waiting is not news).
+Each semaphore is asked on its own, within `outbound_deadline`, in its host's lane
+(`taskengine_core.lanes`): a hung semaphore holds back only the jobs waiting on it.
 
 It fires the runs of scheduled tasks (`tasks`), and clears finished jobs from the read models
 after `retention_seconds` by appending `FinishedJobsCleared`, which the projector applies.
@@ -41,7 +43,8 @@ from taskengine_contracts.events import (
 from taskengine_core.clients import mask_secrets
 from taskengine_core.ids import RETENTION_STREAM, SCHEDULES_STREAM
 from taskengine_core.jobs import Job, JobRef, JobState, advance
-from taskengine_core.outbound import OutboundGuard, outbound_client, parse_allowlist
+from taskengine_core.lanes import lanes_from, origin
+from taskengine_core.outbound import OutboundGuard, exchange, outbound_client, parse_allowlist
 from taskengine_core.schedules import TICK, active_duties
 from taskengine_store.leadership import LeaderLock, run_as_leader
 from taskengine_store.store import Conflict, Statement
@@ -173,6 +176,8 @@ class Scheduler:
         self.checking: set[UUID] = set()
         """Jobs whose semaphore is being asked now."""
         self.checks: set[asyncio.Task] = set()
+        self.lanes = lanes_from(runtime.config)
+        self.asking = asyncio.Semaphore(GATE_CHECKS)
 
     async def on_job_events(self, batch: list[Delivered]) -> bool:
         async with self.busy:
@@ -226,12 +231,12 @@ class Scheduler:
             " ORDER BY due_at LIMIT %s",
             (list(self.checking), DUE_BATCH),
         )
-        gated = [r for r in rows if r["semaphore_url"] and r["reason"] == "due"]
-        if gated:
-            self.checking.update(row["job_uuid"] for row in gated)
-            task = asyncio.create_task(self.check_gates(gated))
-            self.checks.add(task)
-            task.add_done_callback(self.checks.discard)
+        for row in rows:
+            if row["semaphore_url"] and row["reason"] == "due":
+                self.checking.add(row["job_uuid"])
+                task = asyncio.create_task(self.check_gate(row))
+                self.checks.add(task)
+                task.add_done_callback(self.checks.discard)
         await self.queue([r for r in rows if not (r["semaphore_url"] and r["reason"] == "due")])
         if len(rows) == DUE_BATCH:
             self.next_tick = 0.0
@@ -257,20 +262,16 @@ class Scheduler:
                 )
                 rows = [r for r in rows if r["job_uuid"] not in conflict.stale]
 
-    async def check_gates(self, rows: list[dict]) -> None:
-        """Queues the jobs whose semaphore answers 2xx/3xx; the others wait another interval."""
+    async def check_gate(self, row: dict) -> None:
+        """Queues the job if its semaphore answers 2xx/3xx, else it waits another interval.
+
+        Each job's semaphore is asked on its own, so a hung one holds back only its own job.
+        """
         try:
-            limit = asyncio.Semaphore(GATE_CHECKS)
-
-            async def ask(row: dict) -> str | None:
-                async with limit:
-                    return await self.gate_closed(row["semaphore_url"])
-
-            answers = await asyncio.gather(*(ask(row) for row in rows))
-            interval = self.runtime.settings.int("schedule_interval")
-            later = datetime.now(UTC) + timedelta(seconds=interval)
-            closed = [(row, why) for row, why in zip(rows, answers, strict=True) if why]
-            for row, why in closed:
+            why = await self.gate_closed(row["semaphore_url"])
+            if why:
+                interval = self.runtime.settings.int("schedule_interval")
+                later = datetime.now(UTC) + timedelta(seconds=interval)
                 log.info(
                     "job %s waits: semaphore %s %s; asking again in %ss",
                     row["job_id"],
@@ -278,26 +279,41 @@ class Scheduler:
                     why,
                     interval,
                 )
-            await self.runtime.call(
-                self.runtime.store.execute,
-                self._fenced(
-                    [(_GATE_CLOSED, (later, row["job_uuid"], row["version"])) for row, _ in closed]
-                ),
-            )
-            if self.duties["queue_scheduled_jobs"]:
-                await self.queue([row for row, why in zip(rows, answers, strict=True) if not why])
-        except Exception:  # the timers stay due: the next tick asks again
-            log.exception("scheduler: asking semaphores failed")
+                await self.runtime.call(
+                    self.runtime.store.execute,
+                    self._fenced([(_GATE_CLOSED, (later, row["job_uuid"], row["version"]))]),
+                )
+            elif self.duties["queue_scheduled_jobs"]:
+                await self.queue([row])
+        except Exception:  # the timer stays due: the next tick asks again
+            log.exception("scheduler: asking the semaphore of job %s failed", row["job_id"])
         finally:
-            self.checking.difference_update(row["job_uuid"] for row in rows)
+            self.checking.discard(row["job_uuid"])
 
     async def gate_closed(self, url: str) -> str | None:
-        """None when the semaphore is open (2xx/3xx), else why it is not."""
+        """None when the semaphore is open (2xx/3xx), else why it is not; asked in its host's
+        lane, the whole exchange within `outbound_deadline`."""
+        host = origin(url)
+        held = await self.lanes.acquire(host)
+        if held is not None:
+            return f"not asked: {host} keeps failing (held back {held:.0f}s more)"
+        answered = False
         try:
-            response = await self.http.get(url)
-        except httpx.HTTPError as error:
-            return f"unreachable ({type(error).__name__}: {error})"[:300]
-        return None if response.status_code < 400 else f"answered HTTP {response.status_code}"
+            async with self.asking:
+                status, error = await exchange(
+                    self.http,
+                    "GET",
+                    url,
+                    deadline=self.runtime.config.outbound_deadline,
+                    max_bytes=self.runtime.config.outbound_max_response_bytes,
+                )
+            answered = error is None and status is not None and status < 500
+        finally:
+            if change := self.lanes.finish(host, answered):
+                log.warning("scheduler: semaphore %s", change)
+        if error or status is None:
+            return f"unreachable ({error})"[:300]
+        return None if status < 400 else f"answered HTTP {status}"
 
     async def clear_finished(self) -> None:
         """Every `schedule_interval`: if some finished job outlived `retention_seconds`, says
@@ -358,7 +374,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
     gc.freeze()
     switches = await runtime.call(runtime.store.stream, SCHEDULES_STREAM)
     guard = OutboundGuard(parse_allowlist(runtime.config.callback_allowlist))
-    async with outbound_client(guard) as http:
+    async with outbound_client(guard, runtime.config.outbound_deadline) as http:
         service = Scheduler(
             runtime,
             active_duties(e for e in switches if isinstance(e, ScheduleSwitched)),
