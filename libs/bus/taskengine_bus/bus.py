@@ -90,10 +90,11 @@ class BatchConsumer:
     later event is handled before an earlier one.
 
     Poison is set aside (`reject`), never retried forever: a message that is not an event from
-    the store (no position header, undecodable, or an event type other than its subject says)
-    at once, without touching the position; an event whose handling fails the same way
-    `attempts` times once isolated from its batch, with its position tracked. A transient
-    failure (`failures.is_transient`: the store or the bus away) is retried without end.
+    the store (no position header, undecodable, an event type other than its subject says, or
+    a position the store has not reached) at once, without touching the position; an event
+    whose handling fails the same way `attempts` times once isolated from its batch, with its
+    position tracked. A transient failure (`failures.is_transient`: the store or the bus away)
+    is retried without end.
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class BatchConsumer:
         handled: int,
         track: Callable[[int], Awaitable[None]],
         reject: Reject,
+        latest: Callable[[], Awaitable[int]],
         batch: int = 500,
         wait: float = 0.05,
         idle: Callable[[], Awaitable[None]] | None = None,
@@ -114,6 +116,9 @@ class BatchConsumer:
         self.handler, self.handled, self.batch, self.wait = handler, handled, batch, wait
         self.track, self.reject, self.idle = track, reject, idle
         self.attempts = max(1, attempts)
+        self.latest = latest
+        self.stored = 0
+        """The store's last position when last read: no event from it can be past that."""
         self.tracked = handled
         self.tracked_at = 0.0
 
@@ -190,9 +195,10 @@ class BatchConsumer:
                 continue
             batch: list[Delivered] = []
             rejected: list[Rejected] = []
+            last = self.handled
             for message in messages:
                 position = position_of(message.headers)
-                if position and position <= self.handled:
+                if position and position <= last:  # a redelivery (or a late re-publish)
                     continue
                 try:
                     event = decode(message.data)
@@ -207,6 +213,9 @@ class BatchConsumer:
                     rejected.append(self._rejected(message, error))
                 else:
                     batch.append(Delivered(position, event, message))
+                    last = position
+            if batch and batch[-1].position > self.stored:
+                batch = await self._stored_only(batch, rejected)
             if rejected:  # not events from the store: they say nothing about its positions
                 await self._set_aside(rejected, None)
             if batch:
@@ -216,6 +225,28 @@ class BatchConsumer:
             await self._track_lazily()
             if self.idle:
                 await self.idle()
+
+    async def _stored_only(
+        self, batch: list[Delivered], rejected: list[Rejected]
+    ) -> list[Delivered]:
+        """`batch` without events claiming a position the store has not reached: a forged
+        header must not move the consumer past events it has not seen yet."""
+        while True:
+            try:
+                self.stored = await self.latest()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                log.warning("%s: reading the store's position failed: %s", self.durable, error)
+                await asyncio.sleep(0.5)
+        for item in batch:
+            if item.position > self.stored and item.message is not None:
+                error = f"position {item.position} is past the store's last ({self.stored})"
+                rejected.append(self._rejected(item.message, error))
+        return [item for item in batch if item.position <= self.stored]
 
     def _rejected(self, message: Msg, error: str, attempts: int = 1) -> Rejected:
         try:
@@ -266,7 +297,14 @@ class BatchConsumer:
     async def _track_lazily(self) -> None:
         now = time.monotonic()
         if self.handled > self.tracked and now - self.tracked_at >= TRACK_EVERY:
-            await self.track(self.handled)
+            try:
+                await self.track(self.handled)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                log.warning("%s: tracking failed (%s); later", self.durable, describe(error))
+                self.tracked_at = now
+                return
             self.tracked, self.tracked_at = self.handled, now
 
     async def _handle(self, batch: list[Delivered]) -> None:

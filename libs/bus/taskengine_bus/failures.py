@@ -55,6 +55,8 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+RETRY_FIRST, RETRY_MAX = 0.2, 5.0
+"""Backoff while a transient failure lasts (seconds)."""
 BATCH_ATTEMPTS = 2
 """Same-way failures of a batch of several before it is split to find the culprit."""
 
@@ -72,7 +74,7 @@ async def isolating(
     `BATCH_ATTEMPTS` times is split in halves, handled in order, so the items before the
     culprit are handled; an item that fails alone `attempts` times goes to `set_aside`.
     """
-    delay, failures = 0.2, 0
+    delay, failures = RETRY_FIRST, 0
     limit = max(1, attempts) if len(batch) == 1 else min(BATCH_ATTEMPTS, max(1, attempts))
     while True:
         try:
@@ -89,7 +91,7 @@ async def isolating(
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RETRY_MAX)
                 continue
             failures += 1
             if failures >= limit:

@@ -107,6 +107,10 @@ class Runtime:
 
         return reject
 
+    async def latest(self) -> int:
+        """The store's last position."""
+        return await self.call(self.store.max_position)
+
     async def load_settings(self) -> None:
         events = await self.call(self.store.stream, SETTINGS_STREAM)
         self.settings = RuntimeSettings.fold(e for e in events if isinstance(e, SettingChanged))

@@ -263,6 +263,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
         handled=position,
         track=runtime.tracker(NAME, lock.fence),
         reject=runtime.rejecter(NAME, lock.fence),
+        latest=runtime.latest,
         attempts=runtime.config.poison_attempts,
     )
     await consumer.run()

@@ -335,6 +335,7 @@ async def notifier(runtime: Runtime) -> None:
             handled=await runtime.call(runtime.store.tracked, NAME),
             track=runtime.tracker(NAME),
             reject=runtime.rejecter(NAME),
+            latest=runtime.latest,
             attempts=runtime.config.poison_attempts,
         )
         sender = asyncio.create_task(service.deliver_forever())

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from eventsourcing.persistence import Tracking
 from taskengine_bus import Runtime
-from taskengine_bus.failures import describe, isolating
+from taskengine_bus.failures import describe, is_transient, isolating
 from taskengine_contracts import subjects
 from taskengine_contracts.events import encode
 from taskengine_store.projections import PROJECTOR, project
@@ -60,33 +60,41 @@ async def projector(runtime: Runtime) -> None:
         tracking = Tracking(PROJECTOR, position)
         await runtime.call(store.commit, tracking=tracking, statements=statements)
 
-    idle = 0.01
+    idle, delay = 0.01, 0.2
     while True:
-        notes = await runtime.call(store.notifications, position, BATCH)
-        if not notes:
-            await asyncio.sleep(idle)
-            idle = min(idle * 2, 0.2)
-            # `taskengine replay --reset` rewinds us to 0 while we run: follow it.
-            position = min(position, await runtime.call(store.tracked, PROJECTOR))
-            continue
-        idle = 0.01
-        batch, undecodable = decoded(notes, skip)
-        # What cannot be decoded is set aside at once, before what follows it is projected.
-        for note, error in undecodable:
-            if batch and batch[0].position < note.id:
+        try:
+            notes = await runtime.call(store.notifications, position, BATCH)
+            if not notes:
+                await asyncio.sleep(idle)
+                idle = min(idle * 2, 0.2)
+                # `taskengine replay --reset` rewinds us to 0 while we run: follow it.
+                position = min(position, await runtime.call(store.tracked, PROJECTOR))
+                continue
+            idle = 0.01
+            batch, undecodable = decoded(notes, skip)
+            # What cannot be decoded is set aside at once, after what precedes it is projected.
+            for note, error in undecodable:
                 before = [p for p in batch if p.position < note.id]
-                await isolating(before, commit, set_aside, attempts, PROJECTOR)
-                batch = batch[len(before) :]
-            item = Rejected(
-                PROJECTOR, subjects.subject_for_topic(note.topic), note.state, error, None, note.id
-            )
-            await reject([item], note.id)
-            skip.add(note.id)
-        if batch:
-            await isolating(batch, commit, set_aside, attempts, PROJECTOR)
-        else:  # only events set aside (now or before a rewind): move past them
-            await track(notes[-1].id)
-        position = notes[-1].id
+                if before:
+                    await isolating(before, commit, set_aside, attempts, PROJECTOR)
+                    batch = batch[len(before) :]
+                subject = subjects.subject_for_topic(note.topic)
+                await reject(
+                    [Rejected(PROJECTOR, subject, note.state, error, None, note.id)], note.id
+                )
+                skip.add(note.id)
+            if batch:
+                await isolating(batch, commit, set_aside, attempts, PROJECTOR)
+            else:  # only events set aside (now or before a rewind): move past them
+                await track(notes[-1].id)
+            position = notes[-1].id
+            delay = 0.2
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            log.warning("projector: %s; retry in %.1fs", describe(error), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def rejected(position: int, event: object, error: str, attempts: int) -> Rejected:

@@ -384,6 +384,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
             handled=await runtime.call(runtime.store.tracked, NAME),
             track=runtime.tracker(NAME, lock.fence),
             reject=runtime.rejecter(NAME, lock.fence),
+            latest=runtime.latest,
             attempts=runtime.config.poison_attempts,
             idle=service.tick,
         )
