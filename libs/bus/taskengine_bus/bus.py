@@ -195,10 +195,9 @@ class BatchConsumer:
                 continue
             batch: list[Delivered] = []
             rejected: list[Rejected] = []
-            last = self.handled
             for message in messages:
                 position = position_of(message.headers)
-                if position and position <= last:  # a redelivery (or a late re-publish)
+                if position and position <= self.handled:  # a redelivery
                     continue
                 try:
                     event = decode(message.data)
@@ -213,9 +212,9 @@ class BatchConsumer:
                     rejected.append(self._rejected(message, error))
                 else:
                     batch.append(Delivered(position, event, message))
-                    last = position
-            if batch and batch[-1].position > self.stored:
+            if batch and max(d.position for d in batch) > self.stored:
                 batch = await self._stored_only(batch, rejected)
+            batch = in_order(batch)
             if rejected:  # not events from the store: they say nothing about its positions
                 await self._set_aside(rejected, None)
             if batch:
@@ -325,6 +324,20 @@ class BatchConsumer:
             self.tracked = item.position
 
         await isolating(batch, handle, set_aside, self.attempts, self.durable)
+
+
+def in_order(batch: list[Delivered]) -> list[Delivered]:
+    """`batch` by position, each position once (the relay's own are already so; a message with
+    a forged position must not make the real ones around it look like redeliveries)."""
+    if all(a.position < b.position for a, b in zip(batch, batch[1:], strict=False)):
+        return batch
+    seen: set[int] = set()
+    ordered = []
+    for item in sorted(batch, key=lambda d: d.position):
+        if item.position not in seen:
+            seen.add(item.position)
+            ordered.append(item)
+    return ordered
 
 
 def position_of(headers: dict[str, str] | None) -> int:

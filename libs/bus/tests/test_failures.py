@@ -7,7 +7,7 @@ import eventsourcing.persistence as es
 import psycopg
 import pytest
 from taskengine_bus import failures
-from taskengine_bus.bus import position_of
+from taskengine_bus.bus import Delivered, in_order, position_of
 from taskengine_bus.failures import Transient, is_transient, isolating
 
 
@@ -112,3 +112,11 @@ def test_transient_is_recognised_through_explicit_causes_only():
 )
 def test_position_of_a_message_without_a_valid_header_is_none(headers, position):
     assert position_of(headers) == position
+
+
+def test_a_forged_position_out_of_order_does_not_hide_the_real_events_around_it():
+    real = [Delivered(p, None) for p in (11, 12, 13)]  # type: ignore[arg-type]
+    forged = Delivered(15, None)  # type: ignore[arg-type]
+    batch = in_order([forged, *real, Delivered(12, None)])  # type: ignore[arg-type]
+    assert [d.position for d in batch] == [11, 12, 13, 15]
+    assert in_order(real) is real  # the relay's order: left as it is
