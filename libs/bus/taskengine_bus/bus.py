@@ -12,10 +12,14 @@ from typing import Any
 import msgspec
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 from taskengine_contracts import subjects
-from taskengine_contracts.events import AnyEvent, decode
+from taskengine_contracts.events import AnyEvent, decode, encode, topic_of
+from taskengine_store.rejected import Rejected
+
+from taskengine_bus.failures import POISON_ATTEMPTS, describe, is_transient, isolating
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,8 @@ class Delivered:
 
     position: int
     event: AnyEvent
+    message: Msg | None = None
+    """What it came in, to describe it if it has to be set aside."""
 
 
 Handler = Callable[[list[Delivered]], Awaitable[bool]]
@@ -76,7 +82,11 @@ Handler = Callable[[list[Delivered]], Awaitable[bool]]
 
 False means the batch had no durable effect: redelivering it would be harmless, so its
 position is recorded lazily (`track`, at most once per `TRACK_EVERY` seconds)."""
+Reject = Callable[[list[Rejected], int | None], Awaitable[None]]
+"""Records messages set aside; with a position, commits the tracking record with them."""
 TRACK_EVERY = 1.0
+PROBE = 16
+"""Messages looked at past one without a position before the resume search assumes the worst."""
 
 
 class BatchConsumer:
@@ -84,8 +94,15 @@ class BatchConsumer:
 
     The handler commits its effects with a tracking record of the batch's last position, so
     anything at or below `handled` is a redelivery and is skipped. At most one batch is
-    unacknowledged (`max_ack_pending` = batch size), and a failing batch is retried as a whole,
-    so no later event is handled before an earlier one.
+    unacknowledged (`max_ack_pending` = batch size), and a failing batch is retried, so no
+    later event is handled before an earlier one.
+
+    Poison is set aside (`reject`), never retried forever: a message that is not an event from
+    the store (no position header, undecodable, an event type other than its subject says, or
+    a position the store has not reached) at once, without touching the position; an event
+    whose handling fails the same way `attempts` times once isolated from its batch, with its
+    position tracked. A transient failure (`failures.is_transient`: the store or the bus away)
+    is retried without end.
     """
 
     def __init__(
@@ -96,13 +113,20 @@ class BatchConsumer:
         handler: Handler,
         handled: int,
         track: Callable[[int], Awaitable[None]],
+        reject: Reject,
+        latest: Callable[[], Awaitable[int]],
         batch: int = 500,
         wait: float = 0.05,
         idle: Callable[[], Awaitable[None]] | None = None,
+        attempts: int = POISON_ATTEMPTS,
     ):
         self.js, self.durable, self.filter_subjects = js, durable, list(filter_subjects)
         self.handler, self.handled, self.batch, self.wait = handler, handled, batch, wait
-        self.track, self.idle = track, idle
+        self.track, self.reject, self.idle = track, reject, idle
+        self.attempts = max(1, attempts)
+        self.latest = latest
+        self.stored = 0
+        """The store's last position when last read: no event from it can be past that."""
         self.tracked = handled
         self.tracked_at = 0.0
 
@@ -131,24 +155,39 @@ class BatchConsumer:
         return await self.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM)
 
     async def _stream_sequence_after(self, position: int) -> int:
-        """The first stream sequence holding an event past `position` (binary search)."""
+        """The first stream sequence holding an event past `position` (binary search).
+
+        Messages without a position (published by someone other than the relay) say nothing
+        about the order: the search looks past them, and where it finds only such messages
+        it errs early (a redelivery is skipped; a skipped event would be lost)."""
         state = (await self.js.stream_info(subjects.STREAM)).state
         low, high = state.first_seq, state.last_seq + 1
         if position == 0 or state.messages == 0:
             return max(low, 1)
         while low < high:
             middle = (low + high) // 2
-            try:
-                message = await self.js.get_msg(subjects.STREAM, middle)
-                found = int((message.headers or {}).get(subjects.POSITION_HEADER, 0))
-            except NotFoundError:  # removed by a limit: treat as already handled
-                found = 0
-            if found <= position:
+            found = await self._position_from(middle, min(high, middle + PROBE))
+            if found is not None and found <= position:
                 low = middle + 1
             else:
                 high = middle
         # Positions are monotonic in the stream; a margin covers a late re-publish.
         return max(state.first_seq, low - RESUME_MARGIN, 1)
+
+    async def _position_from(self, sequence: int, stop: int) -> int | None:
+        """The position of the first event at or after `sequence` (before `stop`), if any.
+
+        Everything between `sequence` and that event has no position, so if the event was
+        handled, so was (or never needs to be) the rest."""
+        for seq in range(sequence, max(stop, sequence + 1)):
+            try:
+                message = await self.js.get_msg(subjects.STREAM, seq)
+            except NotFoundError:  # removed by a limit: treat as already handled
+                return 0
+            found = position_of(message.headers)
+            if found:
+                return found
+        return None
 
     async def run(self) -> None:
         subscription = await self._subscribe()
@@ -162,42 +201,159 @@ class BatchConsumer:
                 if self.idle:
                     await self.idle()
                 continue
-            batch = []
+            batch: list[Delivered] = []
+            rejected: list[Rejected] = []
             for message in messages:
-                position = int((message.headers or {}).get(subjects.POSITION_HEADER, 0))
-                if position and position <= self.handled:
+                position = position_of(message.headers)
+                if position and position <= self.handled:  # a redelivery
                     continue
                 try:
-                    batch.append(Delivered(position, decode(message.data)))
-                except msgspec.ValidationError as error:
-                    log.error(
-                        "%s: undecodable event at %s skipped: %s", self.durable, position, error
-                    )
+                    event = decode(message.data)
+                except msgspec.DecodeError as error:
+                    rejected.append(self._rejected(message, f"undecodable: {error}"))
+                    continue
+                if not position:
+                    error = f"no {subjects.POSITION_HEADER} header: not an event from the store"
+                    rejected.append(self._rejected(message, error))
+                elif message.subject != subjects.subject_for(event):
+                    error = f"a {topic_of(event)} event on {message.subject}"
+                    rejected.append(self._rejected(message, error))
+                else:
+                    batch.append(Delivered(position, event, message))
+            if batch and max(d.position for d in batch) > self.stored:
+                batch = await self._stored_only(batch, rejected)
+            batch = in_order(batch)
+            if rejected:  # not events from the store: they say nothing about its positions
+                await self._set_aside(rejected, None)
             if batch:
-                if await self._handle(batch):
-                    self.tracked = batch[-1].position
+                await self._handle(batch)
                 self.handled = max(self.handled, batch[-1].position)
             await messages[-1].ack()
             await self._track_lazily()
             if self.idle:
                 await self.idle()
 
-    async def _track_lazily(self) -> None:
-        now = time.monotonic()
-        if self.handled > self.tracked and now - self.tracked_at >= TRACK_EVERY:
-            await self.track(self.handled)
-            self.tracked, self.tracked_at = self.handled, now
+    async def _stored_only(
+        self, batch: list[Delivered], rejected: list[Rejected]
+    ) -> list[Delivered]:
+        """`batch` without events claiming a position the store has not reached: a forged
+        header must not move the consumer past events it has not seen yet."""
+        while True:
+            try:
+                self.stored = await self.latest()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                log.warning("%s: reading the store's position failed: %s", self.durable, error)
+                await asyncio.sleep(0.5)
+        for item in batch:
+            if item.position > self.stored and item.message is not None:
+                error = f"position {item.position} is past the store's last ({self.stored})"
+                rejected.append(self._rejected(item.message, error))
+        return [item for item in batch if item.position <= self.stored]
 
-    async def _handle(self, batch: list[Delivered]) -> bool:
+    def _rejected(self, message: Msg, error: str, attempts: int = 1) -> Rejected:
+        try:
+            sequence: int | None = message.metadata.sequence.stream
+        except Exception:  # not a JetStream delivery (a test's own message)
+            sequence = None
+        return Rejected(
+            consumer=self.durable,
+            subject=message.subject,
+            payload=bytes(message.data),
+            error=error,
+            stream_seq=sequence,
+            position=position_of(message.headers) or None,
+            headers=dict(message.headers or {}),
+            attempts=attempts,
+        )
+
+    async def _set_aside(self, rejected: list[Rejected], position: int | None) -> None:
+        for item in rejected:
+            log.error(
+                "%s: message set aside: stream sequence %s, subject %s, position %s: %s",
+                self.durable,
+                item.stream_seq,
+                item.subject,
+                item.position,
+                item.error,
+            )
+        await self._retrying(lambda: self.reject(rejected, position), "recording set-aside")
+
+    async def _retrying(self, call: Callable[[], Awaitable[None]], what: str) -> None:
+        """Retries `call` while the store is away; any other failure is logged, not retried
+        (the set-aside row is lost, never the flow)."""
         delay = 0.2
         while True:
             try:
-                return await self.handler(batch)
+                return await call()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception(
-                    "%s: batch of %d failed; retrying in %.1fs", self.durable, len(batch), delay
-                )
+            except Exception as error:
+                if not is_transient(error):
+                    log.exception("%s: %s failed", self.durable, what)
+                    return
+                text = describe(error)
+                log.warning("%s: %s failed (%s); retry in %.1fs", self.durable, what, text, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _track_lazily(self) -> None:
+        now = time.monotonic()
+        if self.handled > self.tracked and now - self.tracked_at >= TRACK_EVERY:
+            try:
+                await self.track(self.handled)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                log.warning("%s: tracking failed (%s); later", self.durable, describe(error))
+                self.tracked_at = now
+                return
+            self.tracked, self.tracked_at = self.handled, now
+
+    async def _handle(self, batch: list[Delivered]) -> None:
+        """Handles `batch` in order; an event failing the same way is set aside (`isolating`)."""
+
+        async def handle(part: Sequence[Delivered]) -> None:
+            if await self.handler(list(part)):
+                self.tracked = part[-1].position
+
+        async def set_aside(item: Delivered, error: BaseException, failures: int) -> None:
+            text = f"handling failed {failures} times: {describe(error)}"
+            if item.message is not None:
+                rejected = self._rejected(item.message, text, failures)
+            else:
+                subject, payload = subjects.subject_for(item.event), encode(item.event)
+                rejected = Rejected(self.durable, subject, payload, text, None, item.position)
+            await self._set_aside([rejected], item.position)
+            self.tracked = item.position
+
+        await isolating(batch, handle, set_aside, self.attempts, self.durable)
+
+
+def in_order(batch: list[Delivered]) -> list[Delivered]:
+    """`batch` by position, each position once (the relay's own are already so; a message with
+    a forged position must not make the real ones around it look like redeliveries)."""
+    if all(a.position < b.position for a, b in zip(batch, batch[1:], strict=False)):
+        return batch
+    seen: set[int] = set()
+    ordered = []
+    for item in sorted(batch, key=lambda d: d.position):
+        if item.position not in seen:
+            seen.add(item.position)
+            ordered.append(item)
+    return ordered
+
+
+def position_of(headers: dict[str, str] | None) -> int:
+    """The store position a message carries (0: none, or not a number)."""
+    raw = (headers or {}).get(subjects.POSITION_HEADER)
+    if not raw:
+        return 0
+    try:
+        return max(int(raw), 0)
+    except ValueError:
+        return 0

@@ -23,7 +23,8 @@ from taskengine_core.config import EngineSettings, engine_settings
 from taskengine_core.ids import SETTINGS_STREAM
 from taskengine_core.settings import RuntimeSettings
 from taskengine_core.workflows import allow_inline, load_registry
-from taskengine_store.store import EventStore, Statement
+from taskengine_store.rejected import Rejected, record
+from taskengine_store.store import Conflict, EventStore, Statement
 
 from taskengine_bus.bus import connect, ensure_stream
 
@@ -85,6 +86,30 @@ class Runtime:
                 await self.call(self.store.commit, (), Tracking(name, position), [fence])
 
         return track
+
+    def rejecter(
+        self, name: str, fence: Statement | None = None
+    ) -> Callable[[list[Rejected], int | None], Awaitable[None]]:
+        """Records messages a consumer set aside; with a position, its tracking record moves
+        there in the same transaction (behind the leader's fence, as for `tracker`)."""
+
+        async def reject(rejected: list[Rejected], position: int | None) -> None:
+            statements = [record(r) for r in rejected]
+            if fence is not None:
+                statements.insert(0, fence)
+            tracking = None if position is None else Tracking(name, position)
+            try:
+                await self.call(self.store.commit, (), tracking, statements)
+            except Conflict as conflict:
+                if conflict.stale:
+                    raise
+                log.info("%s: position %s was already handled", name, position)
+
+        return reject
+
+    async def latest(self) -> int:
+        """The store's last position."""
+        return await self.call(self.store.max_position)
 
     async def load_settings(self) -> None:
         events = await self.call(self.store.stream, SETTINGS_STREAM)

@@ -95,6 +95,11 @@ class EngineSettings(BaseSettings):
     log_level: str = "INFO"
     max_body_bytes: int = 524_288  # an event must fit NATS's default 1 MB max payload
     pool_size: int = 4
+    poison_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="same-way failures of one message before a consumer sets it aside",
+    )
     executor: str = Field(
         default="local",
         description="how the dispatcher runs attempts: local (in-process steps), process (a"

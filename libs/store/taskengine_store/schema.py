@@ -206,6 +206,26 @@ CREATE TABLE IF NOT EXISTS rm_task_runs (
     job_version bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS rm_task_runs_task ON rm_task_runs (task_uuid, fire_at);
+
+-- Messages a consumer set aside (undecodable, not from the store, or failing the same way N
+-- times), kept for inspection: `taskengine events --rejected`, counted in `GET /health`.
+-- A set-aside event's position counts as handled: recorded with the tracking record.
+CREATE TABLE IF NOT EXISTS rejected_messages (
+    id bigserial PRIMARY KEY,
+    consumer text NOT NULL,
+    stream_seq bigint,
+    subject text NOT NULL,
+    position bigint,
+    msg_id text,
+    headers jsonb NOT NULL DEFAULT '{}',
+    payload bytea NOT NULL,
+    payload_size int NOT NULL,
+    error text NOT NULL,
+    attempts int NOT NULL,
+    first_seen timestamptz NOT NULL,
+    last_seen timestamptz NOT NULL,
+    UNIQUE (consumer, stream_seq)
+);
 """
 
 READ_MODELS = ("rm_jobs", "rm_job_log", "rm_clients", "rm_tasks", "rm_task_runs")

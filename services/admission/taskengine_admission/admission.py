@@ -262,5 +262,8 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
         handler=service.on_job_events,
         handled=position,
         track=runtime.tracker(NAME, lock.fence),
+        reject=runtime.rejecter(NAME, lock.fence),
+        latest=runtime.latest,
+        attempts=runtime.config.poison_attempts,
     )
     await consumer.run()

@@ -78,6 +78,9 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    if args.rejected:
+        ops.print_rejected(_store(), limit=args.limit)
+        return 0
     try:
         ops.print_events(_store(), after=args.after, follow=args.follow, job=args.job)
     except KeyboardInterrupt:
@@ -151,6 +154,14 @@ def parser() -> argparse.ArgumentParser:
     events.add_argument("--after", type=int, default=0, help="start after this position")
     events.add_argument("--follow", "-f", action="store_true")
     events.add_argument("--job", type=int, help="only this job's events")
+    events.add_argument(
+        "--rejected",
+        action="store_true",
+        help="list the messages consumers set aside (stream sequence, subject, error)",
+    )
+    events.add_argument(
+        "--limit", type=int, default=1000, help="with --rejected: at most this many, the latest"
+    )
     events.set_defaults(func=cmd_events)
 
     replay = sub.add_parser("replay", help="rebuild read models from position 0, compare hashes")

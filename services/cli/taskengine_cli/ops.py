@@ -1,4 +1,5 @@
-"""Operator commands over the event store: follow the log, replay the read models."""
+"""Operator commands over the event store: follow the log, list set-aside messages, replay the
+read models."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 
 import msgspec
 from taskengine_contracts.events import Event
+from taskengine_store import rejected
 from taskengine_store.projections import PROJECTOR, project, state_hash
 from taskengine_store.schema import READ_MODELS
 from taskengine_store.store import EventStore
@@ -37,6 +39,34 @@ def print_events(
             time.sleep(0.2)
 
 
+PREVIEW = 200
+"""Characters of a set-aside payload printed (the table keeps more)."""
+
+
+def print_rejected(store: EventStore, limit: int = 1000, out: Callable[[str], None] = print) -> int:
+    """Prints the messages consumers set aside, oldest first, one JSON line each; returns how
+    many were printed."""
+    rows = rejected.listing(store, limit)
+    for row in rows:
+        payload = bytes(row["payload"]).decode("utf-8", errors="replace")
+        line = {
+            "consumer": row["consumer"],
+            "stream_seq": row["stream_seq"],
+            "subject": row["subject"],
+            "position": row["position"],
+            "msg_id": row["msg_id"],
+            "error": row["error"],
+            "attempts": row["attempts"],
+            "first_seen": row["first_seen"],
+            "last_seen": row["last_seen"],
+            "headers": row["headers"],
+            "payload_size": row["payload_size"],
+            "payload": payload[:PREVIEW],
+        }
+        out(_json.encode(line).decode())
+    return len(rows)
+
+
 def _line(position: int, event: Event) -> str:
     return _json.encode({"position": position, "event": event}).decode()
 
@@ -54,18 +84,23 @@ def replay(store: EventStore, batch: int = 5000) -> tuple[str, str, int]:
     ]
     store.execute(statements)
     done = 0
+    skip = rejected.set_aside_positions(store, PROJECTOR)
     try:
         while done < position:
-            items = [p for p in store.events_after(done, batch) if p.position <= position]
-            if not items:
+            notes = [n for n in store.notifications(done, batch) if n.id <= position]
+            if not notes:
                 break
+            done = notes[-1].id
+            # What the live projector set aside (or could not decode) is left out here too.
+            items, _ = rejected.decoded(notes, skip)
+            if not items:
+                continue
             tables = {name.removeprefix("rm_"): REPLAY_PREFIX + name for name in READ_MODELS}
             jobs, log, clients = tables["jobs"], tables["job_log"], tables["clients"]
             tasks, runs = tables["tasks"], tables["task_runs"]
             store.execute(
                 project(items, jobs=jobs, log=log, clients=clients, tasks=tasks, runs=runs)
             )
-            done = items[-1].position
         replayed = state_hash(store.query, prefix=REPLAY_PREFIX)
     finally:
         store.execute([(f"DROP TABLE IF EXISTS {REPLAY_PREFIX}{t}", ()) for t in READ_MODELS])
@@ -108,4 +143,4 @@ def rewind_relay(store: EventStore, after: int) -> None:
     )
 
 
-__all__ = ["print_events", "replay", "reset_read_models", "rewind_relay"]
+__all__ = ["print_events", "print_rejected", "replay", "reset_read_models", "rewind_relay"]

@@ -539,6 +539,9 @@ async def dispatcher(runtime: Runtime) -> None:
         handler=service.on_job_events,
         handled=await runtime.call(runtime.store.tracked, NAME),
         track=runtime.tracker(NAME),
+        reject=runtime.rejecter(NAME),
+        latest=runtime.latest,
+        attempts=runtime.config.poison_attempts,
     )
     flusher = asyncio.create_task(service.flush_forever())
     try:

@@ -12,6 +12,8 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Heartbeat
+from taskengine_store import rejected
+from taskengine_store.projections import PROJECTOR
 
 ALIVE_FOR = 6.0
 """An instance counts as a worker while its last heartbeat is this recent (3 beats)."""
@@ -28,7 +30,7 @@ QUEUES = {
 }
 """Seed 002's queue names and the services behind them."""
 CONSUMERS = {"scheduler", "dispatcher", "admission", "notifier"}
-FOLLOWERS = {"relay", "projector"}  # they follow the store's log, not a JetStream consumer
+FOLLOWERS = {"relay", PROJECTOR}  # they follow the store's log, not a JetStream consumer
 
 JOB_COUNTERS = {
     "queued": "state = 'queued'",
@@ -123,6 +125,7 @@ async def health_report(runtime, heartbeats: Heartbeats, settings, version: str)
         }
     [counts] = await check("postgres", runtime.call(store.query, job_counts_query()))
     attempts = int(counts["attempts"])
+    set_aside = await check("postgres", runtime.call(rejected.counts, store))
     return {
         "version": version,
         "databases": {"postgres": "OK", "nats": "OK"},
@@ -137,5 +140,12 @@ async def health_report(runtime, heartbeats: Heartbeats, settings, version: str)
             **{name: counts[name] for name in JOB_COUNTERS},
             "max_jobs": settings.max_jobs,
             "priority_slots": settings.int("priority_slots"),
+        },
+        # Messages each consumer set aside (`taskengine events --rejected` lists them).
+        "rejected": {
+            "total": sum(set_aside.values()),
+            "by_consumer": {
+                name: set_aside.get(name, 0) for name in sorted(CONSUMERS | {PROJECTOR})
+            },
         },
     }

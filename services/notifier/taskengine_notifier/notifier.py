@@ -346,6 +346,9 @@ async def notifier(runtime: Runtime) -> None:
             handler=service.on_job_events,
             handled=await runtime.call(runtime.store.tracked, NAME),
             track=runtime.tracker(NAME),
+            reject=runtime.rejecter(NAME),
+            latest=runtime.latest,
+            attempts=runtime.config.poison_attempts,
         )
         sender = asyncio.create_task(service.deliver_forever())
         try:

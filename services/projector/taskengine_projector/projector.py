@@ -4,16 +4,27 @@ with the store.
 It follows the notification log directly (the record, not the bus) and writes each batch's
 rows together with its tracking record, so a crash never skips or doubles a row. Retention
 (`FinishedJobsCleared`) is applied at its place in the log: `project()` cuts the batch there.
+
+An event that cannot be projected (undecodable, or failing the same way N times once isolated
+from its batch, e.g. text PostgreSQL refuses) is set aside in `rejected_messages` with the
+tracking record, and the projector goes on; `taskengine replay` leaves the same events out.
+A transient failure (the store away) is retried without skipping anything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from eventsourcing.persistence import Tracking
 from taskengine_bus import Runtime
+from taskengine_bus.failures import describe, is_transient, isolating
+from taskengine_contracts import subjects
+from taskengine_contracts.events import encode
 from taskengine_store.projections import PROJECTOR, project
+from taskengine_store.rejected import Rejected, decoded, record, set_aside_positions
+from taskengine_store.store import Position
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +35,69 @@ async def projector(runtime: Runtime) -> None:
     store = runtime.store
     position = await runtime.call(store.tracked, PROJECTOR)
     log.info("projector resuming after position %d", position)
-    idle = 0.01
+    skip = await runtime.call(set_aside_positions, store, PROJECTOR)
+    attempts = runtime.config.poison_attempts
+    track = runtime.tracker(PROJECTOR)
+
+    async def commit(batch: Sequence[Position]) -> None:
+        tracking = Tracking(PROJECTOR, batch[-1].position)
+        await runtime.call(store.commit, tracking=tracking, statements=project(batch))
+
+    async def set_aside(item: Position, error: BaseException, failures: int) -> None:
+        text = f"projecting failed {failures} times: {describe(error)}"
+        await reject([rejected(item.position, item.event, text, failures)], item.position)
+        skip.add(item.position)
+
+    async def reject(items: list[Rejected], position: int) -> None:
+        for item in items:
+            log.error(
+                "projector: event set aside: position %s, subject %s: %s",
+                item.position,
+                item.subject,
+                item.error,
+            )
+        statements = [record(r) for r in items]
+        tracking = Tracking(PROJECTOR, position)
+        await runtime.call(store.commit, tracking=tracking, statements=statements)
+
+    idle, delay = 0.01, 0.2
     while True:
-        batch = await runtime.call(store.events_after, position, BATCH)
-        if not batch:
-            await asyncio.sleep(idle)
-            idle = min(idle * 2, 0.2)
-            # `taskengine replay --reset` rewinds us to 0 while we run: follow it.
-            position = min(position, await runtime.call(store.tracked, PROJECTOR))
-            continue
-        idle = 0.01
-        last = batch[-1].position
-        await runtime.call(
-            store.commit, tracking=Tracking(PROJECTOR, last), statements=project(batch)
-        )
-        position = last
+        try:
+            notes = await runtime.call(store.notifications, position, BATCH)
+            if not notes:
+                await asyncio.sleep(idle)
+                idle = min(idle * 2, 0.2)
+                # `taskengine replay --reset` rewinds us to 0 while we run: follow it.
+                position = min(position, await runtime.call(store.tracked, PROJECTOR))
+                continue
+            idle = 0.01
+            batch, undecodable = decoded(notes, skip)
+            # What cannot be decoded is set aside at once, after what precedes it is projected.
+            for note, error in undecodable:
+                before = [p for p in batch if p.position < note.id]
+                if before:
+                    await isolating(before, commit, set_aside, attempts, PROJECTOR)
+                    batch = batch[len(before) :]
+                subject = subjects.subject_for_topic(note.topic)
+                await reject(
+                    [Rejected(PROJECTOR, subject, note.state, error, None, note.id)], note.id
+                )
+                skip.add(note.id)
+            if batch:
+                await isolating(batch, commit, set_aside, attempts, PROJECTOR)
+            else:  # only events set aside (now or before a rewind): move past them
+                await track(notes[-1].id)
+            position = notes[-1].id
+            delay = 0.2
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            log.warning("projector: %s; retry in %.1fs", describe(error), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def rejected(position: int, event: object, error: str, attempts: int) -> Rejected:
+    subject = subjects.subject_for(event)  # type: ignore[arg-type]
+    payload = encode(event)  # type: ignore[arg-type]
+    return Rejected(PROJECTOR, subject, payload, error, None, position, attempts=attempts)

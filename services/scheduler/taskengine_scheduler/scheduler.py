@@ -399,6 +399,9 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
             handler=service.on_job_events,
             handled=await runtime.call(runtime.store.tracked, NAME),
             track=runtime.tracker(NAME, lock.fence),
+            reject=runtime.rejecter(NAME, lock.fence),
+            latest=runtime.latest,
+            attempts=runtime.config.poison_attempts,
             idle=service.tick,
         )
         async with asyncio.TaskGroup() as group:
