@@ -35,6 +35,13 @@ class EngineSettings(BaseSettings):
     log_level: str = "INFO"
     max_body_bytes: int = 524_288  # an event must fit NATS's default 1 MB max payload
     pool_size: int = 4
+    min_fire_interval: int = Field(
+        default=1,
+        ge=1,
+        description="the shortest interval, in seconds, allowed between two fires of a scheduled"
+        " task's cron or rrule: a schedule that fires closer is refused (422), and the scheduler"
+        " never fires one task closer than this",
+    )
     executor: str = Field(
         default="local",
         description="how the dispatcher runs attempts: local (in-process steps), process (a"
