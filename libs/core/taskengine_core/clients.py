@@ -74,26 +74,34 @@ def mask(secret: str) -> str:
     return "*" * (len(secret) - 4) + secret[-4:]
 
 
-_SECRET_NAME = (
-    r"[\w-]*(?:api[-_]?key|access[-_]?key|secret|token|passw(?:or)?d|authorization|credentials?)"
-    r"[\w-]*"
-)
+# Masking reads client-sized text (a 300 kB parameter, a long log line), so every pattern
+# below is linear: no quantifier can backtrack over a value (possessive `*+`, atomic `(?>)`).
+_NAMES = r"api[-_]?key|access[-_]?key|secret|token|passw(?:or)?d|authorization|credentials?"
+_NAME_STEMS = ("key", "secret", "token", "passw", "authorization", "credential")
+_SECRET_NAME = re.compile(rf"(?i){_NAMES}")
+_NAME_CHARS = re.compile(r"[\w-]++")
 _SECRETISH = re.compile(
-    rf"(?i)({_SECRET_NAME}[\"']?\s*[:=]\s*)"
-    r"(?:(\")((?:[^\"\\]|\\.)*)\"|(')([^']*)'|((?:bearer|basic)\s+)?([^\s\"',}&]+))"
+    # A whole word that contains a secret name, tried only where a word starts; the atomic
+    # group keeps a failed word from being searched again for a later name in it.
+    rf"(?is)((?<![\w-])(?>[\w-]*?(?:{_NAMES}))[\w-]*+[\"']?+\s*+[:=]\s*+)"
+    # Its value: quoted (to the closing quote, or to the end if there is none), or one bare
+    # word, after `Bearer `/`Basic ` if present.
+    r"(?:(\")((?:[^\"\\]++|\\.?)*+)(\"?)|(')([^']*+)('?)|((?:bearer|basic)\s++)?([^\s\"',}&]++))"
 )
 
 
 def _mask_match(m: re.Match[str]) -> str:
     name = m.group(1)
     if m.group(2):  # a double-quoted value, spaces and all
-        return f'{name}"{mask(m.group(3))}"'
-    if m.group(4):
-        return f"{name}'{mask(m.group(5))}'"
-    return name + (m.group(6) or "") + mask(m.group(7))
+        return f'{name}"{mask(m.group(3))}{m.group(4)}'
+    if m.group(5):
+        return f"{name}'{mask(m.group(6))}{m.group(7)}"
+    return name + (m.group(8) or "") + mask(m.group(9))
 
 
-_SECRET_KEY = re.compile(rf"(?i)^{_SECRET_NAME}$")
+def is_secret_name(key: str) -> bool:
+    """Whether a key (`api_key`, `X-Auth-Token`, `db_password`) names a secret."""
+    return bool(_NAME_CHARS.fullmatch(key) and _SECRET_NAME.search(key))
 
 
 def mask_values(data: object) -> object:
@@ -101,7 +109,7 @@ def mask_values(data: object) -> object:
     if isinstance(data, dict):
         return {
             key: mask(str(value))
-            if _SECRET_KEY.match(str(key)) and isinstance(value, (str, int))
+            if isinstance(value, (str, int)) and is_secret_name(str(key))
             else mask_values(value)
             for key, value in data.items()
         }
@@ -111,7 +119,11 @@ def mask_values(data: object) -> object:
 
 
 def mask_secrets(text: str) -> str:
-    """Masks values that follow secret-looking names (`api_key=...`, `"token": "..."`)."""
+    """Masks values that follow secret-looking names (`api_key=...`, `"token": "..."`), in
+    time linear in the text; an unterminated quoted value is masked to the end."""
+    folded = text.casefold()
+    if not any(name in folded for name in _NAME_STEMS):  # the common case, at `str.find` speed
+        return text
     return _SECRETISH.sub(_mask_match, text)
 
 

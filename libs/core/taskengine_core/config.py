@@ -100,6 +100,13 @@ class EngineSettings(BaseSettings):
         ge=1,
         description="same-way failures of one message before a consumer sets it aside",
     )
+    min_fire_interval: int = Field(
+        default=1,
+        ge=1,
+        description="the shortest interval, in seconds, allowed between two fires of a scheduled"
+        " task's cron or rrule: a schedule that fires closer is refused (422), and the scheduler"
+        " never fires one task closer than this",
+    )
     executor: str = Field(
         default="local",
         description="how the dispatcher runs attempts: local (in-process steps), process (a"

@@ -1,22 +1,28 @@
 """Scheduled tasks (the `/tasks` API): schedules, retry backoff, dedupe, run ids, field checks.
 
-Pure decisions, no I/O. Cron and rrule schedules step through local wall-clock times and map
-each to an instant with one DST rule: a wall time the clock skips (spring forward) fires once,
-at the end of the gap; a wall time the clock repeats (fall back) fires once, at its first
-occurrence. Fire instants are therefore strictly increasing: several wall times that land on
-the same instant fire once.
+Pure decisions, no I/O; `off_loop` runs them on threads of their own, since a search for a
+rule's next fire is bounded CPU work (SEARCH_STEPS). Cron and rrule schedules step through
+local wall-clock times and map each to an instant with one DST rule: a wall time the clock
+skips (spring forward) fires once, at the end of the gap; a wall time the clock repeats (fall
+back) fires once, at its first occurrence. Fire instants are therefore strictly increasing:
+several wall times that land on the same instant fire once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import functools
 import random
 import re
+import sys
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 from uuid import UUID, uuid5
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -39,6 +45,15 @@ MAX_KEY_LENGTH = 200
 """Longest event topic, dedupe key or concurrency key."""
 MAX_RRULE_NUMBER = 100_000
 """Largest rrule COUNT or INTERVAL."""
+SEARCH_STEPS = 200_000
+"""Most function calls (Python or C, dateutil's included) one search for an rrule's fire may
+make: about a second. dateutil steps through time one FREQ unit at a time while a rule does not
+match (`FREQ=SECONDLY;BYHOUR=1` on a date that never comes searched for minutes); croniter
+needs no such bound (it jumps field by field and gives up after 50 years)."""
+SEARCH_SECONDS = 10.0
+"""Backstop deadline of one search, whatever its steps cost (normally reached only by steps)."""
+SPACING_SAMPLE = 10
+"""Fires after now that `check_fires` looks at to measure a schedule's shortest interval."""
 
 
 class InvalidTask(DomainError):
@@ -47,6 +62,56 @@ class InvalidTask(DomainError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+
+
+class ScheduleSearchExceeded(InvalidTask):
+    """A search for a schedule's next fire ran out of its budget of steps or time."""
+
+    def __init__(self, kind: str, expr: str) -> None:
+        super().__init__(
+            "schedule_expr",
+            f"invalid {kind} {expr!r}: no fire found within {SEARCH_STEPS} search steps: it"
+            " never fires, or too rarely for its frequency (for a rare date use a coarser one,"
+            " e.g. FREQ=YEARLY with BYMONTH and BYMONTHDAY)",
+        )
+
+
+class _OverBudget(BaseException):
+    """Raised inside the search; a BaseException so no library's `except Exception` eats it."""
+
+
+_T = TypeVar("_T")
+
+
+def bounded(search: Callable[[], _T], kind: str, expr: str) -> _T:
+    """`search()`, stopped with ScheduleSearchExceeded after SEARCH_STEPS function calls or
+    SEARCH_SECONDS: dateutil offers no bound of its own on the work of a search."""
+    steps = 0
+    deadline = time.monotonic() + SEARCH_SECONDS
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal steps
+        steps += 1
+        if steps > SEARCH_STEPS or (steps % 1024 == 0 and time.monotonic() > deadline):
+            raise _OverBudget
+
+    previous = sys.getprofile()  # per thread: only this search is counted
+    sys.setprofile(count)
+    try:
+        return search()
+    except _OverBudget:
+        raise ScheduleSearchExceeded(kind, expr) from None
+    finally:
+        sys.setprofile(previous)
+
+
+_SEARCHES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="schedule-search")
+
+
+async def off_loop(fn: Callable[..., _T], *args: object) -> _T:
+    """`fn(*args)` on the threads kept for schedule searches: never on the event loop, and
+    never holding a thread that store calls need."""
+    return await asyncio.get_running_loop().run_in_executor(_SEARCHES, functools.partial(fn, *args))
 
 
 # --- wall-clock time -> instants ----------------------------------------------------------
@@ -151,10 +216,12 @@ class RRuleSchedule(Schedule):
     until: datetime | None = None
     period: timedelta | None = None
     """The rule repeats every `period` of wall time (no COUNT, fixed-length FREQ), if set."""
+    text: str = ""
+    """The rule as given, for messages."""
     kind: ClassVar[str] = "rrule"
 
     def next_after(self, after: datetime) -> datetime | None:
-        fire = _first_fire(self._next_wall, self.zone, after)
+        fire = bounded(lambda: _first_fire(self._next_wall, self.zone, after), "rrule", self.text)
         return None if fire is None or (self.until and fire > self.until) else fire
 
     def _next_wall(self, wall: datetime) -> datetime | None:
@@ -208,6 +275,25 @@ def parse_schedule(
     if kind == "once":
         return _parse_once(expr, zone)
     return EventSchedule(check_key(expr, "schedule_expr"))
+
+
+def check_fires(schedule: Schedule, now: datetime, min_interval: timedelta) -> datetime | None:
+    """The schedule's first fire after `now`, once the SPACING_SAMPLE fires after it are found
+    at least `min_interval` apart; InvalidTask if not (or if a search runs out of budget)."""
+    first = previous = schedule.next_after(now)
+    for _ in range(SPACING_SAMPLE):
+        following = None if previous is None else schedule.next_after(previous)
+        if following is None or previous is None:
+            break
+        if following - previous < min_interval:
+            raise InvalidTask(
+                "schedule_expr",
+                f"{schedule.kind} fires {(following - previous).total_seconds():g}s apart"
+                f" ({previous.isoformat()} and {following.isoformat()}); the shortest"
+                f" interval allowed between fires is {min_interval.total_seconds():g}s",
+            )
+        previous = following
+    return first
 
 
 _EQUAL_RANGE = re.compile(r"(\w+)-(\w+)(?:/\d+)?")
@@ -310,14 +396,14 @@ def _parse_rrule(text: str, zone: ZoneInfo, start: datetime | None) -> RRuleSche
     if period:
         period *= int(params.get("INTERVAL", 1))
     try:
-        first = _first_wall(rule, begin)
+        first = bounded(lambda: _first_wall(rule, begin), "rrule", text)
     except ValueError as error:  # dateutil finds some impossible BYxxx only while iterating
         raise invalid(str(error)) from None
     if first is None:
         raise invalid("it does not fire within 400 years of its start")
     if until and _instant(first, zone) > until:
         raise invalid("UNTIL comes before its first fire")
-    return RRuleSchedule(rule, zone, begin, until, period)
+    return RRuleSchedule(rule, zone, begin, until, period, text)
 
 
 def _first_wall(rule: rrule, begin: datetime) -> datetime | None:

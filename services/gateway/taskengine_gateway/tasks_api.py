@@ -9,7 +9,7 @@ is read from its own stream (read-your-writes); lists come from the `rm_tasks` a
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -27,9 +27,11 @@ from taskengine_core.tasks import (
     InvalidTask,
     check_backoff,
     check_dedupe,
+    check_fires,
     check_int,
     check_key,
     check_uuid,
+    off_loop,
     parse_schedule,
     pipeline,
 )
@@ -126,9 +128,12 @@ def _payload(value: object) -> dict[str, Any]:
     return value
 
 
-def definition_of(data: dict[str, Any], now: datetime) -> TaskDefinition:
+def definition_of(
+    data: dict[str, Any], now: datetime, min_interval: timedelta = timedelta(seconds=1)
+) -> TaskDefinition:
     """A whole task definition from a request body (defaults filled), or a 422 naming the
-    first field that does not validate."""
+    first field that does not validate. Its schedule must fire `min_interval` apart at least,
+    and searching for its fires is bounded: call it off the event loop."""
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise invalid(unknown[0], f"unknown field {unknown[0]!r}", "extra_forbidden")
@@ -145,7 +150,7 @@ def definition_of(data: dict[str, Any], now: datetime) -> TaskDefinition:
     if not isinstance(timezone, str):
         raise invalid("timezone", "timezone must be an IANA name such as Europe/Chisinau")
     if kind != "event" or expr is not None:
-        parse_schedule(kind, expr, timezone, now)
+        check_fires(parse_schedule(kind, expr, timezone, now), now, min_interval)
     dedupe_key, window = check_dedupe(data.get("dedupe_key"), data.get("dedupe_window_seconds"))
     concurrency = data.get("concurrency_key")
     return TaskDefinition(
@@ -285,8 +290,8 @@ class TasksController(Controller):
 
     @post("/tasks", operation_id="create_task", status_code=201)
     async def create_task(self, request: Request, gateway: GatewayState, client: Client) -> dict:
-        now = datetime.now(UTC)
-        definition = definition_of(_body(await request.body()), now)
+        now, data = datetime.now(UTC), _body(await request.body())
+        definition = await off_loop(definition_of, data, now, _min_interval(gateway))
         refuse_reserved_priority(definition, client, gateway)
         most = gateway.runtime.config.max_active_tasks_per_client
         async with gateway.tasks.creating(client.name) as pending:
@@ -350,7 +355,8 @@ class TasksController(Controller):
             if data.get("schedule_kind") not in (None, current["schedule_kind"]):
                 current["schedule_expr"] = None  # a new kind needs its own expression
             merged = {**current, **data}
-            definition = definition_of({k: v for k, v in merged.items() if v is not None}, now)
+            given = {k: v for k, v in merged.items() if v is not None}
+            definition = definition_of(given, now, _min_interval(gateway))
             after = _as_body(definition)
             changed = [
                 field for field in FIELDS if after[field] != _as_body(task.definition)[field]
@@ -454,6 +460,10 @@ class TasksController(Controller):
         }
 
 
+def _min_interval(gateway: GatewayState) -> timedelta:
+    return timedelta(seconds=gateway.runtime.config.min_fire_interval)
+
+
 async def load_task(gateway: GatewayState, task_id: str, client: Client) -> Task:
     """The caller's task from its stream; another client's task does not exist for it."""
     missing = TasksError(404, "Task not found")
@@ -519,7 +529,8 @@ async def change_task(gateway: GatewayState, task_id: str, client: Client, plan)
     for _ in range(ATTEMPTS):
         task = await load_task(gateway, task_id, client)
         try:
-            event = plan(task, datetime.now(UTC))
+            # In a thread: an update or a resume searches for the schedule's next fire.
+            event = await off_loop(plan, task, datetime.now(UTC))
         except IllegalTransition as error:
             raise TasksError(409, str(error)) from None
         try:

@@ -168,7 +168,7 @@ class Scheduler:
         self.duties = duties
         self.http = http
         self.fence = fence
-        self.tasks = TaskFiring(runtime, fence)
+        self.tasks = TaskFiring(runtime, fence, timedelta(seconds=runtime.config.min_fire_interval))
         self.next_tick = 0.0
         self.busy = asyncio.Lock()
         """Held while handling a batch or ticking: the two never interleave."""

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from uuid import UUID
 
@@ -48,9 +48,11 @@ from taskengine_contracts.events import (
 from taskengine_core.ids import job_stream
 from taskengine_core.task_lifecycle import ACTIVE, CANCELED, PAUSED, Task
 from taskengine_core.tasks import (
+    InvalidTask,
     Schedule,
     dedupe_blocks,
     manual_run_id,
+    off_loop,
     parse_schedule,
     pipeline,
     run_id,
@@ -201,9 +203,12 @@ def _after(
     return _schedule(kind, expr, timezone, start).next_after(after)
 
 
-def next_fire(due: Due, now: datetime) -> tuple[datetime | None, int]:
+def next_fire(
+    due: Due, now: datetime, min_interval: timedelta = timedelta(seconds=1)
+) -> tuple[datetime | None, int]:
     """The first instant of the task's schedule after `now`, and how many instants between
-    the one firing and now were missed (not fired: downtime fires once)."""
+    the one firing and now were missed (not fired: downtime fires once). Instants closer than
+    `min_interval` to the one before are passed over."""
     d = due.definition
     # Only an rrule's schedule depends on when the task was created (its default DTSTART):
     # other kinds share one parse and one memo however many tasks use them.
@@ -211,22 +216,32 @@ def next_fire(due: Due, now: datetime) -> tuple[datetime | None, int]:
     schedule = (d.schedule_kind, d.schedule_expr, d.timezone, start)
     fire_at, missed = due.next_fire_at, 0
     assert fire_at is not None
-    following = _after(*schedule, fire_at)
+    gap = min_interval - _TICK  # fires are whole seconds: the next one is at least this later
+    following = _after(*schedule, fire_at + gap)
     while following is not None and following <= now:
         missed += 1
         if missed >= MISSED_COUNT_LIMIT:
             following = _after(*schedule, now)
             break
-        following = _after(*schedule, following)
+        following = _after(*schedule, following + gap)
     return following, missed
+
+
+_TICK = timedelta(microseconds=1)
 
 
 class TaskFiring:
     """Fires due runs for the scheduler, a batch per commit."""
 
-    def __init__(self, runtime: Runtime, fence: Statement | None = None):
+    def __init__(
+        self,
+        runtime: Runtime,
+        fence: Statement | None = None,
+        min_interval: timedelta = timedelta(seconds=1),
+    ):
         self.runtime = runtime
         self.fence = fence
+        self.min_interval = min_interval  # no task fires closer than this to its last fire
 
     async def fire_due(self) -> int:
         """Fires what is due now (schedules first, then requests); returns how many runs."""
@@ -273,7 +288,8 @@ class TaskFiring:
         while due:
             numbers = await self.runtime.call(store.next_job_ids, len(due))
             seen = await self._dedupe_seen(due)
-            events, statements = self._plan(due, numbers, seen, datetime.now(UTC))
+            # Off the loop: planning searches each schedule for its next fire.
+            events, statements = await off_loop(self._plan, due, numbers, seen, datetime.now(UTC))
             if self.fence:
                 statements.insert(0, self.fence)
             if after:
@@ -306,8 +322,12 @@ class TaskFiring:
             if item.trigger is None:  # the schedule
                 fire_at = item.next_fire_at
                 try:
-                    next_at, missed = next_fire(item, now)
-                except Exception:  # it fires this once, then waits for a fix (PUT)
+                    next_at, missed = next_fire(item, now, self.min_interval)
+                except InvalidTask as error:  # e.g. its search ran out of budget
+                    # It fires this once, then has no next fire until a fix (PUT).
+                    log.error("task %s: no next fire: %s", item.task_id, error)
+                    next_at, missed = None, 0
+                except Exception:
                     log.exception("task %s: cannot compute its next fire", item.task_id)
                     next_at, missed = None, 0
                 trigger, rid = "schedule", run_id(item.task_id, fire_at)  # type: ignore[arg-type]
