@@ -25,7 +25,7 @@ from taskengine_core.settings import RuntimeSettings
 from taskengine_core.workflows import allow_inline, load_registry
 from taskengine_store.store import EventStore, Statement
 
-from taskengine_bus.bus import connect, ensure_stream
+from taskengine_bus.bus import Reconnects, connect, ensure_stream
 
 T = TypeVar("T")
 SWITCH_INTERVAL = 0.0005
@@ -45,6 +45,8 @@ class Runtime:
     """How SIGTERM stops this service gracefully; by default its main task is cancelled."""
     working: Callable[[], int] = lambda: 0
     """What this instance has in hand, for its heartbeat (e.g. running attempts)."""
+    reconnects: Reconnects = field(default_factory=Reconnects)
+    """The bus connection's reconnects (a restarted NATS may have lost its unsynced tail)."""
 
     async def heartbeat_forever(self) -> None:
         """Says this instance is alive every HEARTBEAT seconds (what /health counts)."""
@@ -123,9 +125,10 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
         store = EventStore(
             config.database_url, pool_size=config.pool_size, create_tables=config.create_tables
         )
-        nc, js = await connect(config.nats_url, name)
+        reconnects = Reconnects()
+        nc, js = await connect(config.nats_url, name, reconnects)
         await ensure_stream(js)
-        runtime = Runtime(name, config, store, nc, js)
+        runtime = Runtime(name, config, store, nc, js, reconnects=reconnects)
         await runtime.load_settings()
         task = asyncio.current_task()
         assert task is not None

@@ -4,9 +4,8 @@ Starts a real nats-server and PostgreSQL from their wheels unless `TASKENGINE_NA
 `TASKENGINE_DATABASE_URL` name existing ones, creates the tables once, makes sure a client
 exists, then runs each service as its own process (own process group), restarting any that
 dies. A server it started that dies is started again (`healing`); while one is down, services
-that die wait for it rather than pile up restarts, and after NATS comes back the relay
-re-publishes from the lowest position a consumer recorded, so nothing the stream lost is
-missed. SIGINT/SIGTERM stop every child, then the servers it started.
+that die wait for it rather than pile up restarts (the relay, on reconnect, re-publishes what
+the stream may have lost). SIGINT/SIGTERM stop every child, then the servers it started.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from taskengine_core.config import EngineSettings
 from taskengine_embedded import EmbeddedNats, EmbeddedPostgres
 from taskengine_store.store import EventStore
 
-from taskengine_cli import ops
 from taskengine_cli.clients import ensure_clients
 from taskengine_cli.endpoints import webhook_key, write_endpoints
 from taskengine_cli.healing import FIRST_DELAY, WatchedServer, say
@@ -83,13 +81,6 @@ class Child:
             except ProcessLookupError:
                 pass
 
-    def kill(self) -> None:
-        """SIGKILL now (services are crash safe) and forget the process: it is started anew."""
-        self.signal_group(signal.SIGKILL)
-        if self.process:
-            self.process.wait()
-        self.process = None
-
 
 @dataclass
 class Supervisor:
@@ -98,9 +89,6 @@ class Supervisor:
     servers: list = field(default_factory=list)
     watched: list[WatchedServer] = field(default_factory=list)
     stopping: bool = False
-    database_url: str = ""
-    republish_pending: bool = False
-    """After NATS (re)started: the relay waits until it is rewound to the consumers."""
 
     def run(self) -> int:
         data_dir = self.config.data_dir.resolve()
@@ -123,12 +111,9 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         try:
             nats_url, database_url = self._servers(data_dir)
-            self.database_url = database_url
             store = EventStore(database_url, pool_size=1, create_tables=True)
             banner_clients = ensure_clients(store, self.config, data_dir)
             store.close()
-            if self.republish_pending:  # a crash may have cost the stream its unsynced tail
-                self._republish()
             env = {
                 **os.environ,
                 "TASKENGINE_DATABASE_URL": database_url,
@@ -160,7 +145,6 @@ class Supervisor:
             nats = EmbeddedNats(data_dir / "nats")
             nats_url = nats.start()
             self.servers.append(nats)
-            self.republish_pending = True
         if not database_url:
             postgres = EmbeddedPostgres(data_dir / "postgres")
             database_url = postgres.start()
@@ -220,14 +204,11 @@ class Supervisor:
         while not self.stopping:
             self._heal_servers()
             down = [w.name for w in self.watched if w.down]
-            if self.republish_pending and not down:
-                self._republish()
             now = time.monotonic()
             for child in self.children:
                 process = child.process
                 if process is None or process.poll() is None:
-                    held = down or (child.name == "relay" and self.republish_pending)
-                    if process is None and now >= child.next_start and not held:
+                    if process is None and now >= child.next_start and not down:
                         child.start({**env, "TASKENGINE_INSTANCE": f"{child.name}-0"})
                     continue
                 code = process.returncode
@@ -249,36 +230,13 @@ class Supervisor:
             time.sleep(0.2)
 
     def _heal_servers(self) -> None:
-        """Restarts dead embedded servers; after NATS, the relay is killed and rewound."""
+        """Restarts dead embedded servers, each once its delay is over."""
         for watched in self.watched:
-            if watched.noticed_death(time.monotonic()) and isinstance(watched.server, EmbeddedNats):
-                # stop publishing into the gap: the relay restarts from the consumers' position
-                self.republish_pending = True
-                for child in self.children:
-                    if child.name == "relay":
-                        child.kill()
+            watched.noticed_death(time.monotonic())
             if watched.restart_if_due(time.monotonic()):
                 # services that died meanwhile were waiting for this, not failing on their own
                 for child in self.children:
                     child.backoff, child.next_start = FIRST_DELAY, 0.0
-
-    def _republish(self) -> None:
-        try:
-            store = EventStore(self.database_url, pool_size=1)
-            try:
-                before, after = ops.rewind_relay_to_consumers(store)
-            finally:
-                store.close()
-        except Exception as error:  # PostgreSQL may be down too: the relay keeps waiting
-            say(f"could not rewind the relay yet ({type(error).__name__}); retrying")
-            time.sleep(1.0)
-            return
-        self.republish_pending = False
-        if after < before:
-            say(
-                f"relay rewound from position {before} to {after} (the lowest a consumer"
-                " recorded): it re-publishes what the stream may have lost"
-            )
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
