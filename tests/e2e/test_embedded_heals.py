@@ -150,6 +150,7 @@ def test_kill_9_of_the_embedded_servers_is_healed_and_loses_nothing():
         outages = {}
         with Load(url) as load:
             wait_until(lambda: len(load.accepted) >= 20, what="A's load to flow")
+            outages["none (baseline)"] = b_job_completes(url, time.monotonic())
             for server, pid_of in (("nats-server", nats_pid), ("postgres", postmaster_pid)):
                 killed = pid_of(data_dir)
                 kill_time = time.monotonic()

@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from taskengine_embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
+from taskengine_embedded import EmbeddedNats, EmbeddedPostgres
 
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
@@ -60,7 +60,7 @@ class WatchedServer:
             return False
         try:
             self.server.start()
-        except EmbeddedServerError as error:
+        except Exception as error:  # whatever it was, the supervisor goes on and tries again
             self.delay = min(self.delay * 2, MAX_DELAY)
             self.next_start = time.monotonic() + self.delay
             say(f"{self.name} did not start again ({error}); next try in {self.delay:.1f}s")
