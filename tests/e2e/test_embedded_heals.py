@@ -32,7 +32,9 @@ pytestmark = pytest.mark.timeout(420)
 
 A = ("heal-a", "heal-a-key-0123456789abcdef")
 B = ("heal-b", "heal-b-key-0123456789abcdef")
-OUTAGE_LIMIT = 60.0  # generous: a restarted service may take 20 s to import on a busy machine
+# Generous: on a machine shared by many test runs, starting a service process (admission and
+# the scheduler exit when their leader lock's connection dies) took 20-40 s.
+OUTAGE_LIMIT = 120.0
 
 
 def headers(client: tuple[str, str]) -> dict[str, str]:
@@ -186,5 +188,4 @@ def test_kill_9_of_the_embedded_servers_is_healed_and_loses_nothing():
     finally:
         supervisor.send_signal(signal.SIGTERM)
         supervisor.wait(timeout=60)
-        if not os.environ.get("KEEP"):
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -11,7 +11,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 from taskengine_contracts import subjects
 from taskengine_contracts.events import decode
-from taskengine_embedded import EmbeddedNats
+from taskengine_embedded import EmbeddedNats, EmbeddedPostgres
 
 from tests.support.factories import submitted
 from tests.support.system import BIN, Services
@@ -138,7 +138,9 @@ def test_after_nats_comes_back_without_its_tail_the_relay_publishes_it_again(
         services.start("relay")
         first = [submitted() for _ in range(200)]
         services.store.commit(first)
-        wait_until(lambda: len(stream_messages(services.nats_url)) == 200, what="200 messages")
+        wait_until(  # the first wait includes the relay's start: slow on a busy machine
+            lambda: len(stream_messages(services.nats_url)) == 200, timeout=90, what="200 messages"
+        )
         # a consumer of the stream that has handled (and recorded) exactly those 200
         asyncio.run(_add_consumer(services.nats_url, "lagging"))
         services.store.track("lagging", services.store.max_position())
@@ -160,3 +162,25 @@ def test_after_nats_comes_back_without_its_tail_the_relay_publishes_it_again(
     finally:
         services.close()
         server.stop()
+
+
+def test_a_service_started_while_postgres_is_down_waits_for_it(engine_root, nats_url):
+    postgres = EmbeddedPostgres(engine_root / "own-pg")  # one this test may stop
+    services = Services(engine_root, nats_url, postgres.start())
+    try:
+        services.start()  # the stream and the tables
+        services.close_store()
+        postgres.stop()
+        services.start("relay")
+        wait_until(
+            lambda: "relay: waiting for the database" in services.log("relay"),
+            timeout=60,
+            what="the relay to wait for PostgreSQL",
+        )
+        assert services.processes["relay"].poll() is None
+        postgres.start()
+        services.store.commit([submitted() for _ in range(5)])
+        wait_until(lambda: len(stream_messages(services.nats_url)) == 5, what="5 messages")
+    finally:
+        services.close()
+        postgres.stop()

@@ -101,6 +101,26 @@ class Runtime:
         return False
 
 
+async def _open_store(name: str, config: EngineSettings) -> EventStore:
+    """The event store, once PostgreSQL answers: a service started while it is restarting
+    waits for it here rather than exiting (which would only pile up restarts)."""
+    delay = 0.2
+    while True:
+        store = None
+        try:
+            store = await asyncio.to_thread(
+                EventStore, config.database_url, config.pool_size, config.create_tables
+            )
+            await asyncio.to_thread(store.max_position)
+            return store
+        except Exception as error:
+            if store is not None:
+                store.close()
+            log.warning("%s: waiting for the database (%s)", name, str(error).splitlines()[0])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -122,9 +142,7 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
     allow_inline(config.inline_steps)
 
     async def start() -> None:
-        store = EventStore(
-            config.database_url, pool_size=config.pool_size, create_tables=config.create_tables
-        )
+        store = await _open_store(name, config)
         reconnects = Reconnects()
         nc, js = await connect(config.nats_url, name, reconnects)
         await ensure_stream(js)

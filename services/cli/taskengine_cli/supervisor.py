@@ -203,7 +203,8 @@ class Supervisor:
     def _watch(self, env: dict[str, str]) -> None:
         while not self.stopping:
             self._heal_servers()
-            down = [w.name for w in self.watched if w.down]
+            # services wait for PostgreSQL themselves, but exit without NATS: hold those
+            down = [w.name for w in self.watched if w.down and isinstance(w.server, EmbeddedNats)]
             now = time.monotonic()
             for child in self.children:
                 process = child.process
