@@ -12,8 +12,6 @@ from taskengine_store.schema import READ_MODELS
 from taskengine_store.store import EventStore
 
 REPLAY_PREFIX = "replay_"
-BUS_CONSUMERS = ("scheduler", "admission", "dispatcher", "notifier")
-"""The durable consumers on the stream; each tracks its position under its own name."""
 _json = msgspec.json.Encoder()
 
 
@@ -110,31 +108,4 @@ def rewind_relay(store: EventStore, after: int) -> None:
     )
 
 
-def rewind_relay_to_consumers(store: EventStore) -> tuple[int, int]:
-    """Moves the relay back to the lowest position a bus consumer recorded; (before, after).
-
-    Run while the relay is stopped, after NATS (re)started: whatever the stream lost (an
-    unsynced tail) and a consumer still needs is published again. JetStream drops what it
-    still holds within its duplicate window; consumers skip what they already handled.
-    """
-    names = [*BUS_CONSUMERS, "relay"]
-    rows = store.query(
-        "SELECT application_name, notification_id FROM notification_tracking"
-        " WHERE application_name = ANY(%s)",
-        (names,),
-    )
-    tracked = {row["application_name"]: row["notification_id"] for row in rows}
-    before = tracked.get("relay", 0)
-    after = min([before, *(tracked.get(name, 0) for name in BUS_CONSUMERS)])
-    if after < before:
-        rewind_relay(store, after)
-    return before, after
-
-
-__all__ = [
-    "print_events",
-    "replay",
-    "reset_read_models",
-    "rewind_relay",
-    "rewind_relay_to_consumers",
-]
+__all__ = ["print_events", "replay", "reset_read_models", "rewind_relay"]
