@@ -3,9 +3,10 @@
 Starts a real nats-server and PostgreSQL from their wheels unless `TASKENGINE_NATS_URL` /
 `TASKENGINE_DATABASE_URL` name existing ones, creates the tables once, makes sure a client
 exists, then runs each service as its own process (own process group), restarting any that
-dies. A server it started that dies is started again (`healing`); while one is down, services
-that die wait for it rather than pile up restarts (the relay, on reconnect, re-publishes what
-the stream may have lost). SIGINT/SIGTERM stop every child, then the servers it started.
+dies. A server it started that dies is started again (`healing`). Services reconnect; one
+that dies meanwhile is held while NATS is down, and started at once while PostgreSQL recovers
+(it waits for the database itself), so restarts do not pile up. SIGINT/SIGTERM stop every
+child, then the servers it started.
 """
 
 from __future__ import annotations
