@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 
 import nats
+from nats.js import api
 from nats.js.errors import NotFoundError
 from taskengine_contracts import subjects
 from taskengine_contracts.events import decode
+from taskengine_embedded import EmbeddedNats, EmbeddedPostgres
 
 from tests.support.factories import submitted
-from tests.support.system import BIN
+from tests.support.system import BIN, Services
 from tests.support.waiting import wait_until
 
 
@@ -115,3 +118,69 @@ def test_an_outside_subscriber_follows_a_job_with_plain_nats_py(services):
 
     [message] = asyncio.run(follow())
     assert decode(message.data) == event
+
+
+async def _add_consumer(nats_url: str, durable: str) -> None:
+    nc = await nats.connect(nats_url)
+    await nc.jetstream().add_consumer(
+        subjects.STREAM, api.ConsumerConfig(durable_name=durable, ack_policy=api.AckPolicy.ALL)
+    )
+    await nc.close()
+
+
+def test_after_nats_comes_back_without_its_tail_the_relay_publishes_it_again(
+    engine_root, database_url
+):
+    nats_dir = engine_root / "own-nats"
+    server = EmbeddedNats(nats_dir)  # one this test may stop and roll back
+    services = Services(engine_root, server.start(), database_url)
+    try:
+        services.start("relay")
+        first = [submitted() for _ in range(200)]
+        services.store.commit(first)
+        wait_until(  # the first wait includes the relay's start: slow on a busy machine
+            lambda: len(stream_messages(services.nats_url)) == 200, timeout=90, what="200 messages"
+        )
+        # a consumer of the stream that has handled (and recorded) exactly those 200
+        asyncio.run(_add_consumer(services.nats_url, "lagging"))
+        services.store.track("lagging", services.store.max_position())
+        server.stop()
+        shutil.copytree(nats_dir, engine_root / "snapshot")
+        server.start()
+        later = [submitted() for _ in range(100)]
+        services.store.commit(later)
+        wait_until(lambda: len(stream_messages(services.nats_url)) == 300, what="300 messages")
+
+        # NATS dies and comes back with its store as it was before the last 100 (unsynced)
+        server.stop()
+        shutil.rmtree(nats_dir)
+        shutil.copytree(engine_root / "snapshot", nats_dir)
+        server.start()
+        wait_until(lambda: len(stream_messages(services.nats_url)) == 300, what="the lost tail")
+        ids = [decode(m.data).job_id for m in stream_messages(services.nats_url)]
+        assert ids == [e.job_id for e in first + later]  # each once, in store order
+    finally:
+        services.close()
+        server.stop()
+
+
+def test_a_service_started_while_postgres_is_down_waits_for_it(engine_root, nats_url):
+    postgres = EmbeddedPostgres(engine_root / "own-pg")  # one this test may stop
+    services = Services(engine_root, nats_url, postgres.start())
+    try:
+        services.start()  # the stream and the tables
+        services.close_store()
+        postgres.stop()
+        services.start("relay")
+        wait_until(
+            lambda: "relay: waiting for the database" in services.log("relay"),
+            timeout=60,
+            what="the relay to wait for PostgreSQL",
+        )
+        assert services.processes["relay"].poll() is None
+        postgres.start()
+        services.store.commit([submitted() for _ in range(5)])
+        wait_until(lambda: len(stream_messages(services.nats_url)) == 5, what="5 messages")
+    finally:
+        services.close()
+        postgres.stop()

@@ -33,12 +33,35 @@ def servers(url: str) -> list[str]:
     return [server.strip() for server in url.split(",") if server.strip()]
 
 
-async def connect(url: str, name: str, **options: Any) -> tuple[Client, JetStreamContext]:
+class Reconnects:
+    """Counts a connection's reconnects, so a loop can notice one or wait for the next."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._next = asyncio.Event()
+
+    async def happened(self) -> None:
+        self.count += 1
+        self._next.set()
+        self._next = asyncio.Event()
+
+    async def wait(self) -> None:
+        await self._next.wait()
+
+
+async def connect(
+    url: str, name: str, reconnects: Reconnects | None = None, **options: Any
+) -> tuple[Client, JetStreamContext]:
     """A connection that keeps reconnecting for as long as the process lives; `options`
     (EngineSettings.nats_options: user, password, TLS) go to nats.connect."""
 
     async def on_error(error: Exception) -> None:
         log.warning("nats: %s", error)
+
+    async def on_reconnected() -> None:
+        log.warning("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+        if reconnects is not None:
+            await reconnects.happened()
 
     nc = await nats.connect(
         servers(url),
@@ -46,6 +69,7 @@ async def connect(url: str, name: str, **options: Any) -> tuple[Client, JetStrea
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         error_cb=on_error,
+        reconnected_cb=on_reconnected,
         **options,
     )
     return nc, nc.jetstream(publish_async_max_pending=8000)

@@ -26,7 +26,7 @@ from taskengine_core.workflows import allow_inline, load_registry
 from taskengine_store.rejected import Rejected, record
 from taskengine_store.store import Conflict, EventStore, Statement
 
-from taskengine_bus.bus import connect, ensure_stream
+from taskengine_bus.bus import Reconnects, connect, ensure_stream
 
 T = TypeVar("T")
 SWITCH_INTERVAL = 0.0005
@@ -46,6 +46,8 @@ class Runtime:
     """How SIGTERM stops this service gracefully; by default its main task is cancelled."""
     working: Callable[[], int] = lambda: 0
     """What this instance has in hand, for its heartbeat (e.g. running attempts)."""
+    reconnects: Reconnects = field(default_factory=Reconnects)
+    """The bus connection's reconnects (a restarted NATS may have lost its unsynced tail)."""
 
     async def heartbeat_forever(self) -> None:
         """Says this instance is alive every HEARTBEAT seconds (what /health counts)."""
@@ -124,6 +126,26 @@ class Runtime:
         return False
 
 
+async def _open_store(name: str, config: EngineSettings) -> EventStore:
+    """The event store, once PostgreSQL answers: a service started while it is restarting
+    waits for it here rather than exiting (which would only pile up restarts)."""
+    delay = 0.2
+    while True:
+        store = None
+        try:
+            store = await asyncio.to_thread(
+                EventStore, config.database_url, config.pool_size, config.create_tables
+            )
+            await asyncio.to_thread(store.max_position)
+            return store
+        except Exception as error:
+            if store is not None:
+                store.close()
+            log.warning("%s: waiting for the database (%s)", name, str(error).splitlines()[0])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -145,12 +167,11 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
     allow_inline(config.inline_steps)
 
     async def start() -> None:
-        store = EventStore(
-            config.database_url, pool_size=config.pool_size, create_tables=config.create_tables
-        )
-        nc, js = await connect(config.nats_url, name, **config.nats_options())
+        store = await _open_store(name, config)
+        reconnects = Reconnects()
+        nc, js = await connect(config.nats_url, name, reconnects, **config.nats_options())
         await ensure_stream(js)
-        runtime = Runtime(name, config, store, nc, js)
+        runtime = Runtime(name, config, store, nc, js, reconnects=reconnects)
         await runtime.load_settings()
         task = asyncio.current_task()
         assert task is not None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import secrets
 import signal
 import subprocess
 import time
@@ -16,6 +18,14 @@ DEFAULT_PORT = 5432
 _SERVER_TOOLS = ("postgres", "initdb")  # the ones that refuse root; clients run as the caller
 _MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 _SETTINGS = ("max_connections=200", "shared_buffers=128MB", "synchronous_commit=on", "fsync=on")
+PASSWORD_FILE = "taskengine.password"
+_HBA = """\
+# Written by taskengine: every connection proves the password kept (0600) in taskengine.password.
+local   all  all                scram-sha-256
+host    all  all  127.0.0.1/32  scram-sha-256
+host    all  all  ::1/128       scram-sha-256
+"""
+_TRUST_LINE = re.compile(r"^[ \t]*[^#\s].*\btrust\b", re.MULTILINE)
 _CREATE_DATABASE = (  # \gexec runs the generated statement outside a transaction, if any
     "SELECT format('CREATE DATABASE %I', :'db') WHERE NOT EXISTS "
     "(SELECT 1 FROM pg_database WHERE datname = :'db') \\gexec\n"
@@ -34,7 +44,11 @@ def postgres_bin_dir() -> Path:
 
 
 class EmbeddedPostgres(ServerProcess):
-    """PostgreSQL whose PGDATA is `data_dir`, on 127.0.0.1 with trust auth for `user`."""
+    """PostgreSQL whose PGDATA is `data_dir`, on 127.0.0.1, for `user` with a generated password.
+
+    The password is kept in `data_dir/taskengine.password` (mode 0600, owned by whoever starts
+    the server; PostgreSQL itself keeps only its SCRAM verifier) and carried in `url`.
+    """
 
     name = "postgres"
     stop_signal = signal.SIGINT  # fast shutdown: abort transactions, checkpoint, exit
@@ -48,11 +62,17 @@ class EmbeddedPostgres(ServerProcess):
         self.socket_dir = self.data_dir / "run"
         self._bin = postgres_bin_dir()
         self._drop_root = _nobody.must_drop_root()
+        self._password = ""
         super().__init__(self.data_dir / "postgres.log", port, DEFAULT_PORT)
 
     @property
+    def password_file(self) -> Path:
+        return self.data_dir / PASSWORD_FILE
+
+    @property
     def url(self) -> str:
-        return f"postgresql://{self.user}@{LOCALHOST}:{self.port}/{self.database}"
+        """The connection URL, password included: hand it on, never print it."""
+        return f"postgresql://{self.user}:{self._password}@{LOCALHOST}:{self.port}/{self.database}"
 
     def start(self, timeout: float = 60) -> str:
         """initdb if needed, start postgres, create the database if missing; return the url."""
@@ -64,6 +84,7 @@ class EmbeddedPostgres(ServerProcess):
         self._prepare_data_dir()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(deadline)
+        self._require_password(deadline)
         self.socket_dir.mkdir(mode=0o700, exist_ok=True)
         if self._drop_root:
             _nobody.give_to_nobody(self.socket_dir)
@@ -84,6 +105,9 @@ class EmbeddedPostgres(ServerProcess):
         argv = [str(self._bin / tool), *args]
         return _nobody.as_nobody(argv) if self._drop_root and tool in _SERVER_TOOLS else argv
 
+    def _client_env(self) -> dict[str, str]:
+        return {**child_env(), "PGPASSWORD": self._password}
+
     def _run(self, argv: list[str], deadline: float, stdin: str | None = None) -> str:
         """Run a tool to completion; raise with its output if it fails."""
         remaining = max(deadline - time.monotonic(), 5)
@@ -93,7 +117,7 @@ class EmbeddedPostgres(ServerProcess):
                 input=stdin,
                 capture_output=True,
                 text=True,
-                env=child_env(),
+                env=self._client_env(),
                 cwd=self.data_dir,
                 timeout=remaining,
                 check=False,
@@ -118,9 +142,45 @@ class EmbeddedPostgres(ServerProcess):
                 f"{self.data_dir} is not empty but holds no PostgreSQL cluster (no PG_VERSION); "
                 "refusing to initdb into it"
             )
+        # trust only until `_require_password`, which runs before the server ever listens
         options = ["--auth=trust", "-U", self.user, "--encoding=UTF8", "--locale=C"]
         output = self._run(self._cmd("initdb", "-D", str(self.data_dir), *options), deadline)
         self.log_path.write_text(output)
+
+    def _require_password(self, deadline: float) -> None:
+        """Make the cluster demand the password in `password_file`, generating it if missing.
+
+        Also migrates a cluster made when the embedded server trusted every local user: the
+        password is set in single-user mode (no listening server, so no window of trust), then
+        pg_hba.conf is rewritten. Each step is idempotent, so a crash midway is finished on
+        the next start.
+        """
+        hba = self.data_dir / "pg_hba.conf"
+        self._password = ""
+        if self.password_file.exists():
+            self._password = self.password_file.read_text().strip()
+            if self._password and not _TRUST_LINE.search(hba.read_text()):
+                return
+        if not self._password:
+            self._password = secrets.token_urlsafe(24)
+            self.password_file.touch(mode=0o600)
+            self.password_file.chmod(0o600)  # touch keeps the mode of an existing file
+            self.password_file.write_text(self._password + "\n")
+        # a token_urlsafe password needs no quoting; stdin keeps it out of any argv
+        statement = f"ALTER ROLE {self.user} PASSWORD '{self._password}'\n"
+        single = self._cmd("postgres", "--single", "-D", str(self.data_dir), "postgres")
+        while True:
+            try:
+                self._run(single, deadline, stdin=statement)
+                break
+            except EmbeddedServerError as err:
+                if not (_shmem_still_attached(err) and time.monotonic() < deadline):
+                    # single-user mode echoes a failed statement: keep the password out of it
+                    tail = err.log_tail.replace(self._password, "****" + self._password[-4:])
+                    failed = "could not set the PostgreSQL password"
+                    raise EmbeddedServerError(failed, tail) from None
+                time.sleep(0.2)
+        hba.write_text(_HBA)  # in place, so it keeps the owner the server runs as
 
     def _server_argv(self) -> list[str]:
         # a deep data dir makes the socket path too long for sun_path: serve TCP only then
@@ -138,7 +198,9 @@ class EmbeddedPostgres(ServerProcess):
         if not port_open(self.port):
             return False
         argv = self._cmd("pg_isready", "-q", "-t", "2", *self._client_args())
-        probe = subprocess.run(argv, env=child_env(), capture_output=True, timeout=10, check=False)
+        probe = subprocess.run(
+            argv, env=self._client_env(), capture_output=True, timeout=10, check=False
+        )
         return probe.returncode == 0
 
     def _ensure_database(self, deadline: float) -> None:

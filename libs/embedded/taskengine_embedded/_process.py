@@ -183,6 +183,8 @@ class ServerProcess:
             self._spawn(argv(), cwd=cwd, env=child_env())
             try:
                 self._wait_until(self._ready, deadline)
+                # clients were handed this port: a restart must come back on it
+                self._port_fixed = True
                 return
             except EmbeddedServerError as err:
                 if err.address_in_use and port_retries > 0:
@@ -193,6 +195,15 @@ class ServerProcess:
                     time.sleep(_TRANSIENT_RETRY_DELAY)
                 else:
                     raise
+
+    def died(self) -> int | None:
+        """The exit code if the server exited on its own (it is then forgotten, so `start()`
+        runs it again, on the same port); None while it runs or was never started."""
+        if self._proc is None or self._proc.poll() is None:
+            return None
+        code = self._proc.returncode
+        self._reap()
+        return code
 
     def _ready(self) -> bool:
         raise NotImplementedError

@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -161,3 +162,59 @@ def test_postgres_untraversable_parent_is_named(data_root: Path) -> None:
     locked.mkdir(mode=0o700)
     with pytest.raises(EmbeddedServerError, match=re.escape(str(locked))):
         EmbeddedPostgres(locked / "pg").start()
+
+
+def test_postgres_demands_the_generated_password_kept_private(data_root: Path) -> None:
+    with EmbeddedPostgres(data_root / "pg") as pg:
+        password_file = pg.password_file
+        assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+        assert password_file.stat().st_uid == os.geteuid()
+        password = password_file.read_text().strip()
+        assert len(password) >= 24 and f":{password}@" in pg.url
+        hba = (data_root / "pg" / "pg_hba.conf").read_text()
+        rules = [line.split() for line in hba.splitlines() if line.strip()[:1] not in ("", "#")]
+        assert rules and all(rule[-1] == "scram-sha-256" for rule in rules), hba
+        with psycopg.connect(pg.url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        without = pg.url.replace(f":{password}@", "@")
+        for refused in (without, pg.url.replace(password, password[::-1])):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(refused, connect_timeout=5)
+        if must_drop_root():  # the uid PostgreSQL runs as cannot read it either
+            peek = subprocess.run(as_nobody(["cat", str(password_file)]), capture_output=True)
+            assert peek.returncode != 0 and password.encode() not in peek.stdout
+
+
+def test_postgres_made_with_trust_gets_a_password_on_next_start(data_root: Path) -> None:
+    pg = EmbeddedPostgres(data_root / "pg")
+    with pg, psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t AS SELECT 'kept' AS v")
+    # what earlier versions left: initdb --auth=trust's rules, no password file, no password
+    hba = data_root / "pg" / "pg_hba.conf"
+    hba.write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+    pg.password_file.unlink()
+    with pg, psycopg.connect(pg.url) as conn:
+        assert conn.execute("SELECT v FROM t").fetchone() == ("kept",)
+        assert "trust" not in hba.read_text()
+        assert stat.S_IMODE(pg.password_file.stat().st_mode) == 0o600
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(f"postgresql://taskengine@127.0.0.1:{pg.port}/taskengine")
+
+
+def test_a_killed_server_is_started_again_on_its_port_with_its_data(data_root: Path) -> None:
+    server = EmbeddedNats(data_root / "nats")
+    url = server.start()
+    try:
+        assert server.died() is None
+        os.kill(server.pid or 0, signal.SIGKILL)
+
+        def died() -> int | None:
+            return server.died()
+
+        deadline = time.monotonic() + 10
+        while (code := died()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert code == -signal.SIGKILL and server.pid is None
+        assert server.start() == url  # the same port: clients hold this URL
+    finally:
+        server.stop()

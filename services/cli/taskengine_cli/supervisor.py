@@ -3,7 +3,10 @@
 Starts a real nats-server and PostgreSQL from their wheels unless `TASKENGINE_NATS_URL` /
 `TASKENGINE_DATABASE_URL` name existing ones, creates the tables once, makes sure a client
 exists, then runs each service as its own process (own process group), restarting any that
-dies. SIGINT/SIGTERM stop every child, then the servers it started.
+dies. A server it started that dies is started again (`healing`). Services reconnect; one
+that dies meanwhile is held while NATS is down, and started at once while PostgreSQL recovers
+(it waits for the database itself), so restarts do not pile up. SIGINT/SIGTERM stop every
+child, then the servers it started.
 """
 
 from __future__ import annotations
@@ -27,16 +30,19 @@ from taskengine_store.store import EventStore
 
 from taskengine_cli.clients import ensure_clients
 from taskengine_cli.endpoints import webhook_key, write_endpoints
+from taskengine_cli.healing import FIRST_DELAY, WatchedServer, say
 
 SERVICES = ("relay", "projector", "scheduler", "admission", "dispatcher", "notifier", "gateway")
 STOP_GRACE = 10.0
 
 
 def hide_password(url: str) -> str:
+    """The URL with its password masked but for the last 4 characters."""
     parts = urlsplit(url)
     if not parts.password:
         return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":****@")).geturl()
+    netloc = parts.netloc.replace(f":{parts.password}@", f":{mask(parts.password)}@")
+    return parts._replace(netloc=netloc).geturl()
 
 
 def port_open(port: int, host: str) -> bool:
@@ -52,7 +58,7 @@ class Child:
     pid_path: Path
     process: subprocess.Popen | None = None
     started: float = 0.0
-    backoff: float = 0.5
+    backoff: float = FIRST_DELAY
     next_start: float = 0.0
 
     def start(self, env: dict[str, str]) -> None:
@@ -82,6 +88,7 @@ class Supervisor:
     config: EngineSettings
     children: list[Child] = field(default_factory=list)
     servers: list = field(default_factory=list)
+    watched: list[WatchedServer] = field(default_factory=list)
     stopping: bool = False
 
     def run(self) -> int:
@@ -137,13 +144,14 @@ class Supervisor:
     def _servers(self, data_dir: Path) -> tuple[str, str]:
         nats_url, database_url = self.config.nats_url, self.config.database_url
         if not nats_url:
-            server = EmbeddedNats(data_dir / "nats")
-            nats_url = server.start()
-            self.servers.append(server)
+            nats = EmbeddedNats(data_dir / "nats")
+            nats_url = nats.start()
+            self.servers.append(nats)
         if not database_url:
-            server = EmbeddedPostgres(data_dir / "postgres")
-            database_url = server.start()
-            self.servers.append(server)
+            postgres = EmbeddedPostgres(data_dir / "postgres")
+            database_url = postgres.start()
+            self.servers.append(postgres)
+        self.watched = [WatchedServer(server, started=time.monotonic()) for server in self.servers]
         return nats_url, database_url
 
     def _wait_ready(self, gateway_url: str, timeout: float = 60.0) -> bool:
@@ -196,18 +204,24 @@ class Supervisor:
 
     def _watch(self, env: dict[str, str]) -> None:
         while not self.stopping:
+            self._heal_servers()
+            # services wait for PostgreSQL themselves, but exit without NATS: hold those
+            down = [w.name for w in self.watched if w.down and isinstance(w.server, EmbeddedNats)]
             now = time.monotonic()
             for child in self.children:
                 process = child.process
                 if process is None or process.poll() is None:
-                    if process is None and now >= child.next_start:
+                    if process is None and now >= child.next_start and not down:
                         child.start({**env, "TASKENGINE_INSTANCE": f"{child.name}-0"})
                     continue
-                # It died: restart with backoff, reset once it stays up a minute.
                 code = process.returncode
                 child.process = None
+                if down:  # not its own fault: start it once the server is back, no backoff
+                    say(f"{child.name} exited ({code}) while {', '.join(down)} is down")
+                    continue
+                # It died: restart with backoff, reset once it stays up a minute.
                 if now - child.started > 60:
-                    child.backoff = 0.5
+                    child.backoff = FIRST_DELAY
                 child.next_start = now + child.backoff
                 print(
                     f"{child.name} exited ({code}); restarting in {child.backoff:.1f}s"
@@ -217,6 +231,15 @@ class Supervisor:
                 )
                 child.backoff = min(child.backoff * 2, 30.0)
             time.sleep(0.2)
+
+    def _heal_servers(self) -> None:
+        """Restarts dead embedded servers, each once its delay is over."""
+        for watched in self.watched:
+            watched.noticed_death(time.monotonic())
+            if watched.restart_if_due(time.monotonic()):
+                # services that died meanwhile were waiting for this, not failing on their own
+                for child in self.children:
+                    child.backoff, child.next_start = FIRST_DELAY, 0.0
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True

@@ -3,6 +3,10 @@
 Each event goes out with `Nats-Msg-Id` = `<stream id>:<version>`, so a re-publish after a crash
 (between the store commit and our tracking update) is dropped by JetStream's duplicate window
 and, beyond it, by the consumers' tracking. The relay's own position is a tracking record.
+
+The stream is not the record: a NATS that died may come back without its unsynced tail. So on
+start and after every reconnect the relay publishes again from the lowest position any of
+the stream's consumers recorded (never from further back than it must).
 """
 
 from __future__ import annotations
@@ -23,12 +27,18 @@ ACK_TIMEOUT = 30.0
 
 async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
     store, js = runtime.store, runtime.js
-    position = await runtime.call(store.tracked, NAME)
-    log.info("relay resuming after position %d", position)
+    tracked = await runtime.call(store.tracked, NAME)
+    position = await _resume_from(runtime, tracked)
+    log.info("relay resuming after position %d (tracked %d)", position, tracked)
+    reconnects = runtime.reconnects.count
     wake = asyncio.Event()
     listener = asyncio.create_task(_listen(runtime.config.database_url, wake))
     try:
         while stop_after is None or position < stop_after:
+            if runtime.reconnects.count != reconnects:
+                reconnects = runtime.reconnects.count
+                position = await _resume_from(runtime, position)
+                log.warning("relay: NATS reconnected; publishing again after %d", position)
             notes = await runtime.call(store.notifications, position, BATCH)
             if not notes:
                 wake.clear()
@@ -50,12 +60,51 @@ async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
                         subjects.subject_for_topic(note.topic), note.state, headers=headers
                     )
                 )
-            # A lost ack must not hang the relay: exit, restart, re-publish (deduplicated).
-            await asyncio.wait_for(asyncio.gather(*acks), timeout=ACK_TIMEOUT)
+            if not await _acked(acks, runtime):
+                continue  # NATS came back meanwhile: the batch may be lost, publish it again
             position = notes[-1].id
-            await runtime.call(store.track, NAME, position)
+            if position > tracked:  # below it we are re-publishing after a reconnect
+                await runtime.call(store.track, NAME, position)
+                tracked = position
     finally:
         listener.cancel()
+
+
+async def _acked(acks: list[asyncio.Future], runtime: Runtime) -> bool:
+    """Waits for a batch's acks; False if NATS reconnected first (they may never come)."""
+    done = asyncio.gather(*acks)
+    reconnected = asyncio.ensure_future(runtime.reconnects.wait())
+    try:
+        finished, _ = await asyncio.wait(
+            {done, reconnected}, timeout=ACK_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        reconnected.cancel()
+    if done in finished:
+        done.result()
+        return True
+    done.cancel()  # frees the client's pending-ack slots
+    if reconnected in finished:
+        return False
+    # A lost ack must not hang the relay: exit, restart, re-publish (deduplicated).
+    raise TimeoutError(f"relay: no ack for {len(acks)} messages within {ACK_TIMEOUT}s")
+
+
+async def _resume_from(runtime: Runtime, position: int) -> int:
+    """`position`, or the lowest position a consumer of the stream recorded if lower.
+
+    Whatever a consumer has not handled is then on the stream again, even if NATS lost it;
+    JetStream drops what it still holds within its duplicate window, consumers skip the rest.
+    """
+    names = [info.name for info in await runtime.js.consumers_info(subjects.STREAM)]
+    rows = await runtime.call(
+        runtime.store.query,
+        "SELECT min(notification_id) AS low FROM notification_tracking"
+        " WHERE application_name = ANY(%s)",
+        (names,),
+    )
+    low = rows[0]["low"] if rows else None
+    return position if low is None else min(position, low)
 
 
 async def _listen(database_url: str, wake: asyncio.Event) -> None:
