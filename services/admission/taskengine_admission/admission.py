@@ -53,6 +53,8 @@ RELEASES = (
     JobScheduled,
 )
 """Events after which a job holds no slot and waits for none."""
+CONSUMED = (JobSubmitted, JobQueued, JobAdmitted, JobUpdated, *RELEASES, SettingChanged)
+"""Every event admission applies (settings included)."""
 
 _UPSERT = (
     "INSERT INTO admission_queue (job_uuid, job_id, client, workflow, priority, version,"
@@ -79,6 +81,8 @@ class Admission:
         self.position = position
         """The last log position applied to `entries` and the settings."""
         self.fence = fence
+        self.committed = position
+        """The last log position applied in a commit (it may lie past the bus batch's end)."""
 
     @property
     def limits(self) -> Limits:
@@ -86,6 +90,11 @@ class Admission:
         return Limits(s.max_jobs, s.int("priority_slots"), s.int("priority_threshold"))
 
     async def on_job_events(self, batch: list[Delivered]) -> bool:
+        # Read ahead from the store with an earlier batch's commit: applied already.
+        batch = [item for item in batch if item.position > self.committed]
+        if not batch:
+            return True
+        batch += await self._rest_of_commit(batch[-1].position)
         touched: set[UUID] = set()
         self.position = batch[-1].position
         for item in batch:
@@ -120,7 +129,18 @@ class Admission:
                     self.entries.pop(event.id, None)
             touched.add(event.id)
         await self._admit(touched, Tracking(NAME, batch[-1].position))
+        self.committed = batch[-1].position
         return True
+
+    async def _rest_of_commit(self, position: int) -> list[Delivered]:
+        """What admission applies of the events committed with `position` but after it.
+
+        A bus batch may end inside a commit (the relay is still publishing it). Jobs queued
+        in one commit wait from the same moment, so admission decides on whole commits only:
+        else it could admit a priority-5 job of a commit before seeing its priority-1 job.
+        """
+        rest = await self.runtime.call(self.runtime.store.rest_of_commit, position)
+        return [Delivered(p.position, p.event) for p in rest if isinstance(p.event, CONSUMED)]
 
     async def _admit(self, touched: set[UUID], tracking: Tracking) -> None:
         """Admits what the limits allow; commits admissions, queue rows and position at once."""
@@ -252,11 +272,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
         runtime.js,
         durable=NAME,
         filter_subjects=[
-            subjects.subject_for(JobSubmitted),
-            subjects.subject_for(JobQueued),
-            subjects.subject_for(JobAdmitted),
-            subjects.subject_for(JobUpdated),
-            *(subjects.subject_for(e) for e in RELEASES),
+            *(subjects.subject_for(e) for e in CONSUMED if e is not SettingChanged),
             subjects.SETTINGS,
         ],
         handler=service.on_job_events,
