@@ -19,8 +19,8 @@ from taskengine_contracts.events import (
     JobPaused,
     JobQueued,
     JobStarted,
-    JobSucceeded,
     JobSubmitted,
+    JobSucceeded,
     SettingChanged,
 )
 from taskengine_core.ids import SETTINGS_STREAM, job_stream
