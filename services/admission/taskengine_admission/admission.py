@@ -94,9 +94,10 @@ class Admission:
         batch = [item for item in batch if item.position > self.committed]
         if not batch:
             return True
-        batch += await self._rest_of_commit(batch[-1].position)
+        rest, end = await self._rest_of_commit(batch[-1].position)
+        batch += rest
         touched: set[UUID] = set()
-        self.position = batch[-1].position
+        self.position = end
         for item in batch:
             event = item.event
             if self.runtime.apply(event):
@@ -128,19 +129,21 @@ class Admission:
                 case _ if isinstance(event, RELEASES):
                     self.entries.pop(event.id, None)
             touched.add(event.id)
-        await self._admit(touched, Tracking(NAME, batch[-1].position))
-        self.committed = batch[-1].position
+        await self._admit(touched, Tracking(NAME, end))
+        self.committed = end
         return True
 
-    async def _rest_of_commit(self, position: int) -> list[Delivered]:
-        """What admission applies of the events committed with `position` but after it.
+    async def _rest_of_commit(self, position: int) -> tuple[list[Delivered], int]:
+        """What admission applies of the events committed with `position` but after it, and
+        the position of that commit's last event.
 
         A bus batch may end inside a commit (the relay is still publishing it). Jobs queued
         in one commit wait from the same moment, so admission decides on whole commits only:
         else it could admit a priority-5 job of a commit before seeing its priority-1 job.
         """
         rest = await self.runtime.call(self.runtime.store.rest_of_commit, position)
-        return [Delivered(p.position, p.event) for p in rest if isinstance(p.event, CONSUMED)]
+        applied = [Delivered(p.position, p.event) for p in rest if isinstance(p.event, CONSUMED)]
+        return applied, rest[-1].position if rest else position
 
     async def _admit(self, touched: set[UUID], tracking: Tracking) -> None:
         """Admits what the limits allow; commits admissions, queue rows and position at once."""

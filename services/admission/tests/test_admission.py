@@ -150,12 +150,23 @@ async def test_a_batch_ending_inside_a_commit_is_decided_with_the_whole_commit()
     admission, store = controller()
     jobs = [submitted(n, p, at=n) for n, p in ((1, 5), (2, 3), (3, 5), (4, 1), (5, 9))]
     store.append(*jobs)
-    # One commit at positions 2..6; the bus has delivered it only up to job 2 so far.
-    store.rests[3] = [Position(n, job) for n, job in enumerate(jobs[2:], 4)]
+    # One commit at positions 2..7 (its last event is none of admission's); the bus has
+    # delivered it only up to job 2 so far.
+    other = JobStarted(
+        id=job_stream(99),
+        version=3,
+        at=T0,
+        job_id=99,
+        client="c",
+        workflow="noop",
+        attempt=1,
+        executor="test",
+    )
+    store.rests[3] = [Position(n, job) for n, job in enumerate(jobs[2:], 4)] + [Position(7, other)]
     await admission.on_job_events(batch((1, setting(1, "max_jobs", 2)), (2, jobs[0]), (3, jobs[1])))
 
-    assert [(e.job_id, e.position) for e in admissions(store)] == [(4, 6), (2, 6)]
-    assert store.commits[-1][1] == Tracking("admission", 6)
+    assert [(e.job_id, e.position) for e in admissions(store)] == [(4, 7), (2, 7)]
+    assert store.commits[-1][1] == Tracking("admission", 7)
 
     # Job 4 ends; then the bus delivers the rest of the commit: already applied, so job 4
     # is not queued again and the freed slot goes to job 1 (priority 5, first come).
