@@ -97,7 +97,7 @@ def test_embedded_default_keeps_data_across_restarts_and_leaves_no_orphans():
         assert first.wait(timeout=60) == 0
         wait_until(
             lambda: not processes_mentioning(str(data_dir)),
-            timeout=20,
+            timeout=60,
             what="every child to be gone",
         )
         leftover = [

@@ -173,7 +173,7 @@ def test_a_killed_worker_loses_its_attempt_and_a_new_worker_completes_the_task(s
     (pid,) = wait_until(lambda: workers(system, worktask_id), what="the worker process")
     assert steps(worktask_id)
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not steps(worktask_id), timeout=10, what="its step to die with it")
+    wait_until(lambda: not steps(worktask_id), timeout=30, what="its step to die with it")
     done = reaches(system, api, worktask_id, "completed", "failed")
     assert done["status"] == "completed", json.dumps(done)
     assert done["retry_count"] == 1 and done["retry_reason"] == "lost"
@@ -196,8 +196,8 @@ def test_breaking_a_task_in_the_task_engine_dialect_stops_its_worker_and_steps(s
     with system.client() as engine:
         response = engine.patch(f"/jobs/{worktask_id}", json={"queue_state": "broken"})
         assert response.status_code == 200, response.text
-    wait_until(lambda: not workers(system, worktask_id), timeout=15, what="the worker to stop")
-    wait_until(lambda: not steps(worktask_id), timeout=10, what="its steps to stop")
+    wait_until(lambda: not workers(system, worktask_id), timeout=45, what="the worker to stop")
+    wait_until(lambda: not steps(worktask_id), timeout=30, what="its steps to stop")
     assert task(api, worktask_id)["status"] == "cancelled"
     assert "never" not in log_messages(system, worktask_id)
 
@@ -208,7 +208,7 @@ def test_a_worker_that_reports_cancelled_stops_and_so_do_its_steps(system, api):
     wait_until(lambda: workers(system, worktask_id), what="the worker process")
     body = {"worktask_id": worktask_id, "status": "cancelled"}
     assert api.post(f"/api/worktasks/{worktask_id}", json=body).json() == {"status": "updated"}
-    wait_until(lambda: not workers(system, worktask_id), timeout=15, what="the worker to be killed")
+    wait_until(lambda: not workers(system, worktask_id), timeout=45, what="the worker to be killed")
     assert task(api, worktask_id)["status"] == "cancelled"
 
 
@@ -221,7 +221,7 @@ def test_workers_of_a_dispatcher_killed_with_9_die_with_it_and_their_attempts_ar
     assert steps(worktask_id)
     system.wait_restarted("dispatcher", system.kill("dispatcher"))
     wait_until(lambda: pid not in workers(system, worktask_id), what="the worker to die with it")
-    wait_until(lambda: not steps(worktask_id), timeout=10, what="its step to die with it")
+    wait_until(lambda: not steps(worktask_id), timeout=30, what="its step to die with it")
     done = reaches(system, api, worktask_id, "completed", "failed")
     assert done["status"] == "completed" and done["retry_count"] == 1, done
     assert done["retry_reason"] == "lost"

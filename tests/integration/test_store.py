@@ -75,3 +75,18 @@ def test_a_batch_already_tracked_is_reported_as_handled(store):
         store.commit([admit(job)], Tracking("consumer", 10))
     assert raised.value.stale == set()
     assert store.tracked("consumer") == 10 and len(store.stream(job.id)) == 1
+
+
+def test_the_rest_of_a_commit_is_the_events_stored_after_a_position_in_its_transaction(store):
+    first = [submitted() for _ in range(3)]
+    before = store.commit([submitted()])
+    positions = store.commit(first)
+    after = store.commit([submitted(), submitted()])
+
+    rest = store.rest_of_commit(positions[0])
+    assert [p.position for p in rest] == positions[1:]
+    assert [p.event.id for p in rest] == [e.id for e in first[1:]]
+    assert store.rest_of_commit(positions[-1]) == []  # the commit's last event
+    assert store.rest_of_commit(before[0]) == []  # a commit of one, followed by another
+    assert [p.position for p in store.rest_of_commit(after[0])] == after[1:]  # the newest
+    assert store.rest_of_commit(after[-1] + 100) == []  # no such position

@@ -18,6 +18,8 @@ judges it with the settings as of P (`max_jobs`, `priority_slots`, `priority_thr
 - `double_admission` / `not_queued`: a job is admitted only while queued, never twice without
   a release between; `attempt`: each admission runs attempt (earlier admissions + 1);
   `position`: P lies before N and never goes back.
+- `partial_commit` (when the commits are known): P is the last event of its commit. A commit
+  is seen whole or not at all, so jobs queued in one commit wait from the same moment.
 
 Which state a job is in after an event is the lifecycle's (`state_after`): queued jobs wait,
 admitted and running ones hold a slot, every other state holds none.
@@ -26,7 +28,7 @@ admitted and running ones hold a slot, every other state holds none.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -133,16 +135,19 @@ class Report:
     most_running: int = 0
 
 
-def audit_admissions(log: Iterable[Logged]) -> Report:
-    """Checks every admission in `log` (the whole event log, in position order)."""
-    audit = _Audit()
+def audit_admissions(log: Iterable[Logged], commit_ends: Mapping[int, int] | None = None) -> Report:
+    """Checks every admission in `log` (the whole event log, in position order); with
+    `commit_ends` (each position: the position of the last event of its commit) also that
+    each was decided on whole commits."""
+    audit = _Audit(commit_ends or {})
     for item in log:
         audit.fold(item.position, item.event)
     return audit.report
 
 
 class _Audit:
-    def __init__(self) -> None:
+    def __init__(self, commit_ends: Mapping[int, int]) -> None:
+        self.commit_ends = commit_ends
         self.report = Report()
         self.jobs: dict[int, Timeline] = {}
         self.settings = RuntimeSettings()
@@ -189,6 +194,11 @@ class _Audit:
         if not 0 < p < n:
             violation("position", f"position {p} is not before the admission at {n}")
             return
+        if self.commit_ends.get(p, p) != p:
+            violation(
+                "partial_commit",
+                f"decided at {p}, inside a commit that ends at {self.commit_ends[p]}",
+            )
         if p < self.last_admission_p:
             violation("position", f"position {p} goes back (before {self.last_admission_p})")
         self.last_admission_p = max(p, self.last_admission_p)

@@ -33,6 +33,8 @@ BIN = Path(sys.executable).parent
 ADMIN = ("tester", "tester-key-0123456789")
 OTHER = ("other", "other-key-9876543210")
 WEBHOOK_KEY = "test-webhook-key-0123456789abcdef"
+STARTUP = 180.0
+"""How long a process may take to come up: generous, as the machine may be busy."""
 
 
 def reset_stream(nats_url: str) -> None:
@@ -67,6 +69,7 @@ class _Engine:
             "TASKENGINE_BOOTSTRAP_CLIENT": f"{ADMIN[0]}:{ADMIN[1]}:admin,{OTHER[0]}:{OTHER[1]}",
             "TASKENGINE_CALLBACK_ALLOWLIST": "127.0.0.0/8",
             "TASKENGINE_WEBHOOK_KEY": WEBHOOK_KEY,
+            "PYTHONFAULTHANDLER": "1",  # a stuck service shows its stacks on SIGABRT
             **env,
         }
         self._store: EventStore | None = None
@@ -109,7 +112,7 @@ class System(_Engine):
 
     process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> System:
+    def start(self, timeout: float = STARTUP) -> System:
         reset_stream(self.nats_url)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.output = open(self.root / "up.log", "ab")  # noqa: SIM115
@@ -121,7 +124,7 @@ class System(_Engine):
             start_new_session=True,
         )
         wait_until(self._alive, timeout=timeout, what="the gateway to answer")
-        wait_until(lambda: len(self.pids()) == 7, timeout=10, what="all services")
+        wait_until(lambda: len(self.pids()) == 7, timeout=STARTUP, what="all services")
         return self
 
     def _alive(self) -> bool:
@@ -182,33 +185,48 @@ class Services(_Engine):
         self.prepared = False
 
     def start(self, *names: str) -> Services:
+        """Starts `names` and returns once each is up (connected to the store and the bus)."""
         if not self.prepared:
             self.prepared = True
             reset_stream(self.nats_url)
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.store  # noqa: B018  (creates the tables before any service starts)
-        for name in names:
-            log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", f"taskengine_{name}"],
-                env={**self.env, "TASKENGINE_INSTANCE": f"{name}-test"},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        started = [self._spawn(name, name, f"{name}-test") for name in names]
+        for name, offset in zip(names, started, strict=True):
+            self._wait_started(name, name, offset)
         return self
 
     def start_as(self, name: str, instance: str) -> Services:
         """One more process of service `name`, as `instance` (its key here and its log name),
-        e.g. a second admission controller."""
+        e.g. a second admission controller; returns once it is up."""
         self.start()  # prepares the stream and tables on first use
-        log = open(self.root / f"{instance}.log", "ab")  # noqa: SIM115
-        self.processes[instance] = subprocess.Popen(
-            [sys.executable, "-m", f"taskengine_{name}"],
+        self._wait_started(name, instance, self._spawn(name, instance, instance))
+        return self
+
+    def _spawn(self, service: str, key: str, instance: str) -> int:
+        """Starts a process of `service` logging to `<key>.log`; the log's size before it."""
+        path = self.root / f"{key}.log"
+        offset = path.stat().st_size if path.exists() else 0
+        log = open(path, "ab")  # noqa: SIM115
+        self.processes[key] = subprocess.Popen(
+            [sys.executable, "-m", f"taskengine_{service}"],
             env={**self.env, "TASKENGINE_INSTANCE": instance},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        return self
+        return offset
+
+    def _wait_started(self, service: str, key: str, offset: int) -> None:
+        # Starting a Python process takes seconds of CPU: on a loaded machine, tens of seconds.
+        # Waiting for it here keeps the tests' own deadlines about what they test.
+        process = self.processes[key]
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"{key} exited ({process.returncode}): {self.log(key)}")
+            return f"{service} started (instance" in self.log(key)[offset:]
+
+        wait_until(up, timeout=STARTUP, every=0.2, what=f"{key} to start")
 
     def stop(self, *names: str) -> None:
         for name in names or list(self.processes):
@@ -224,6 +242,18 @@ class Services(_Engine):
         process = self.processes.pop(name)
         process.kill()
         process.wait()
+
+    def wait_exit(self, key: str, timeout: float = 60.0) -> int:
+        """Waits for process `key` to exit by itself; its exit status. One that does not is
+        made to dump its threads' stacks into its log (faulthandler), shown in the failure."""
+        process = self.processes[key]
+        try:
+            wait_until(lambda: process.poll() is not None, timeout=timeout, what=f"{key} to exit")
+        except AssertionError as error:
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=30)
+            raise AssertionError(f"{error}\n--- {key}.log:\n{self.log(key)[-20000:]}") from None
+        return process.returncode
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text()

@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Heartbeat, SettingChanged
 from taskengine_core.config import EngineSettings, engine_settings
+from taskengine_core.confinement import not_dumpable
 from taskengine_core.ids import SETTINGS_STREAM
 from taskengine_core.settings import RuntimeSettings
 from taskengine_core.workflows import allow_inline, load_registry
@@ -165,6 +166,7 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
         sys.exit(f"{name}: TASKENGINE_DATABASE_URL and TASKENGINE_NATS_URL must be set")
     load_registry(config.workflows_dir)  # the operators' workflows, next to the built-ins
     allow_inline(config.inline_steps)
+    not_dumpable()  # no process of our user (a step) may read our environment's secrets
 
     async def start() -> None:
         store = await _open_store(name, config)

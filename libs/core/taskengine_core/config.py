@@ -121,6 +121,17 @@ class EngineSettings(BaseSettings):
         description="accept the `inline` workflow, whose steps (commands) the client gives:"
         " only where every client may run commands on the executors",
     )
+    step_user: str = Field(
+        default="65534:65534",
+        description="uid:gid the `inline` workflow's steps run as (not root; the dispatcher or"
+        " worker needs root, or CAP_SETUID and CAP_SETGID, to switch to it)",
+    )
+    step_same_user: bool = Field(
+        default=False,
+        description="where the runner cannot switch users, run `inline` steps as its own user"
+        " instead of refusing them: only where that user can reach no secret (e.g. a container"
+        " of its own per attempt)",
+    )
     max_memory: str = Field(
         default="16Gi",
         description="the most memory one task may request, and the highest limit an OOM retry"
@@ -208,6 +219,22 @@ class EngineSettings(BaseSettings):
             if not prefix.startswith("/") or posixpath.normpath(prefix) != clean:
                 raise ValueError(f"{prefix!r} is not a normalized absolute path")
         return value
+
+    @field_validator("step_user")
+    @classmethod
+    def _uid_and_gid(cls, value: str) -> str:
+        uid, _, gid = value.partition(":")
+        if not (uid.isdigit() and gid.isdigit()) or int(uid) == 0 or int(gid) == 0:
+            raise ValueError(
+                f"{value!r} is not uid:gid of a user other than root (e.g. 65534:65534)"
+            )
+        return value
+
+    @property
+    def step_ids(self) -> tuple[int, int]:
+        """`step_user` as (uid, gid)."""
+        uid, _, gid = self.step_user.partition(":")
+        return int(uid), int(gid)
 
     @property
     def host_path_prefixes(self) -> tuple[str, ...]:

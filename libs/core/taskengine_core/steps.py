@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from taskengine_contracts.events import LogLine
 
 from taskengine_core.clients import mask_secrets
+from taskengine_core.confinement import Confinement
 from taskengine_core.workflows import Step
 
 MAX_LINE = 8192
@@ -69,15 +70,37 @@ def worker_environment() -> dict[str, str]:
     }
 
 
+REFUSING = Confinement(None, None, "inline steps are refused: no confinement was configured")
+
+
 async def run_steps(
     steps: list[Step],
     env: dict[str, str],
     timeout: float,
     emit: Callable[[LogLine], None],
     on_step: Callable[[StepEvent], None] = lambda _: None,
+    confinement: Confinement = REFUSING,
 ) -> Outcome:
     """Runs `steps` in order, streaming their output to `emit` and each step's start and end
-    to `on_step`; stops at the first failure."""
+    to `on_step`; stops at the first failure. Client-given steps run as `confinement` says,
+    in a scratch directory of their own that is removed afterwards."""
+    scratch: list[str] = []
+    try:
+        return await _run_steps(steps, env, timeout, emit, on_step, confinement, scratch)
+    finally:
+        for path in scratch:
+            Confinement.remove(path)
+
+
+async def _run_steps(
+    steps: list[Step],
+    env: dict[str, str],
+    timeout: float,
+    emit: Callable[[LogLine], None],
+    on_step: Callable[[StepEvent], None],
+    confinement: Confinement,
+    scratch: list[str],
+) -> Outcome:
     deadline = time.monotonic() + timeout
     for number, step in enumerate(steps, start=1):
         command = mask_secrets(" ".join(step.argv))  # mask before cutting: a cut secret hides
@@ -86,16 +109,29 @@ async def run_steps(
         limit, budget = deadline - time.monotonic(), timeout
         if step.timeout and step.timeout < limit:
             limit = budget = step.timeout
+        if step.client_given and confinement.refused:
+            emit(_line(number, "ERROR", f"'{step.name}' could not start: {confinement.refused}"))
+            reason = f"step '{step.name}' could not start: {confinement.refused}"
+            on_step(StepEvent(number, step.name, "fail", 126, reason))
+            return Outcome("failed", reason, 126)
         try:
+            if step.client_given:
+                if not scratch:  # one per attempt, made when its first such step starts
+                    scratch.append(confinement.scratch())
+                options = confinement.process_options(
+                    scratch[0], {**env, **step.env}, then=die_with_parent
+                )
+            else:
+                own = {**worker_environment(), **env, **step.env}
+                options = {"env": own, "preexec_fn": die_with_parent}
             process = await asyncio.create_subprocess_exec(
                 *step.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env={**worker_environment(), **env, **step.env},
                 start_new_session=True,
-                preexec_fn=die_with_parent,
                 limit=2**20,
+                **options,
             )
         except OSError as error:
             emit(_line(number, "ERROR", f"'{step.name}' could not start: {error}"))

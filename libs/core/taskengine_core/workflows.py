@@ -24,6 +24,8 @@ class Step(msgspec.Struct, frozen=True):
     argv: list[str]
     timeout: float | None = None
     env: dict[str, str] = {}
+    client_given: bool = False
+    """A command a client chose (`inline`): run confined (`taskengine_core.confinement`)."""
 
 
 class Workflow(msgspec.Struct, frozen=True):
@@ -99,7 +101,10 @@ def _inline(parameters: dict[str, object], attempt: int) -> list[Step]:
     steps = parameters.get("steps")
     if not isinstance(steps, list) or not 1 <= len(steps) <= MAX_INLINE_STEPS:
         raise ValueError(f"parameters.steps must be a list of 1 to {MAX_INLINE_STEPS} steps")
-    return [_inline_step(step, f"parameters.steps[{n}]") for n, step in enumerate(steps)]
+    return [
+        msgspec.structs.replace(_inline_step(step, f"parameters.steps[{n}]"), client_given=True)
+        for n, step in enumerate(steps)
+    ]
 
 
 class InvalidField(ValueError):

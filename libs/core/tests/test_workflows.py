@@ -188,8 +188,8 @@ def test_inline_steps_run_as_given(inline_allowed):
         attempt=1,
     )
     assert steps == [
-        Step("a", ["echo", "hi"], 5.0, {"MODE": "fast"}),
-        Step("b", ["sh", "-c", "echo $MODE | tr a-z A-Z"]),
+        Step("a", ["echo", "hi"], 5.0, {"MODE": "fast"}, client_given=True),
+        Step("b", ["sh", "-c", "echo $MODE | tr a-z A-Z"], client_given=True),
     ]
 
 

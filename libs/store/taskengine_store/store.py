@@ -30,6 +30,21 @@ Statement = tuple[str, Sequence[Any] | dict[str, Any]]
 """One SQL statement and its parameters, run inside a commit's transaction."""
 
 
+# One commit's events share its transaction id (xmin) and, inserted under the table lock in
+# one statement, hold consecutive positions: the commit ends before the first other xmin.
+_REST_OF_COMMIT = """
+WITH this AS (SELECT xmin AS tx FROM stored_events WHERE notification_id = %(p)s),
+after AS (
+    SELECT min(e.notification_id) AS id FROM stored_events e, this
+    WHERE e.notification_id > %(p)s AND e.xmin <> this.tx
+)
+SELECT e.notification_id, e.state FROM stored_events e, this
+WHERE e.notification_id > %(p)s AND e.xmin = this.tx
+  AND e.notification_id < coalesce((SELECT id FROM after), 9223372036854775807)
+ORDER BY e.notification_id
+"""
+
+
 class Conflict(Exception):
     """Streams moved by someone else since the caller's view: its events for them are stale."""
 
@@ -227,6 +242,16 @@ class EventStore:
 
     def events_after(self, after: int, limit: int) -> list[Position]:
         return [Position(n.id, decode(n.state)) for n in self.notifications(after, limit)]
+
+    def rest_of_commit(self, position: int) -> list[Position]:
+        """The events stored after `position` in the same transaction as it, in order.
+
+        A consumer whose batch ends inside a commit can so decide on whole commits only: no
+        state the store never showed (half a commit) is ever acted on.
+        """
+        with self._reading() as curs:
+            curs.execute(_REST_OF_COMMIT, {"p": position})
+            return [Position(r["notification_id"], decode(bytes(r["state"]))) for r in curs]
 
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0

@@ -53,6 +53,8 @@ RELEASES = (
     JobScheduled,
 )
 """Events after which a job holds no slot and waits for none."""
+CONSUMED = (JobSubmitted, JobQueued, JobAdmitted, JobUpdated, *RELEASES, SettingChanged)
+"""Every event admission applies (settings included)."""
 
 _UPSERT = (
     "INSERT INTO admission_queue (job_uuid, job_id, client, workflow, priority, version,"
@@ -79,6 +81,8 @@ class Admission:
         self.position = position
         """The last log position applied to `entries` and the settings."""
         self.fence = fence
+        self.committed = position
+        """The last log position applied in a commit (it may lie past the bus batch's end)."""
 
     @property
     def limits(self) -> Limits:
@@ -86,8 +90,14 @@ class Admission:
         return Limits(s.max_jobs, s.int("priority_slots"), s.int("priority_threshold"))
 
     async def on_job_events(self, batch: list[Delivered]) -> bool:
+        # Read ahead from the store with an earlier batch's commit: applied already.
+        batch = [item for item in batch if item.position > self.committed]
+        if not batch:
+            return True
+        rest, end = await self._rest_of_commit(batch[-1].position)
+        batch += rest
         touched: set[UUID] = set()
-        self.position = batch[-1].position
+        self.position = end
         for item in batch:
             event = item.event
             if self.runtime.apply(event):
@@ -119,8 +129,21 @@ class Admission:
                 case _ if isinstance(event, RELEASES):
                     self.entries.pop(event.id, None)
             touched.add(event.id)
-        await self._admit(touched, Tracking(NAME, batch[-1].position))
+        await self._admit(touched, Tracking(NAME, end))
+        self.committed = end
         return True
+
+    async def _rest_of_commit(self, position: int) -> tuple[list[Delivered], int]:
+        """What admission applies of the events committed with `position` but after it, and
+        the position of that commit's last event.
+
+        A bus batch may end inside a commit (the relay is still publishing it). Jobs queued
+        in one commit wait from the same moment, so admission decides on whole commits only:
+        else it could admit a priority-5 job of a commit before seeing its priority-1 job.
+        """
+        rest = await self.runtime.call(self.runtime.store.rest_of_commit, position)
+        applied = [Delivered(p.position, p.event) for p in rest if isinstance(p.event, CONSUMED)]
+        return applied, rest[-1].position if rest else position
 
     async def _admit(self, touched: set[UUID], tracking: Tracking) -> None:
         """Admits what the limits allow; commits admissions, queue rows and position at once."""
@@ -252,11 +275,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
         runtime.js,
         durable=NAME,
         filter_subjects=[
-            subjects.subject_for(JobSubmitted),
-            subjects.subject_for(JobQueued),
-            subjects.subject_for(JobAdmitted),
-            subjects.subject_for(JobUpdated),
-            *(subjects.subject_for(e) for e in RELEASES),
+            *(subjects.subject_for(e) for e in CONSUMED if e is not SettingChanged),
             subjects.SETTINGS,
         ],
         handler=service.on_job_events,

@@ -18,11 +18,13 @@ from taskengine_contracts.events import (
     JobAdmitted,
     JobPaused,
     JobQueued,
+    JobStarted,
     JobSubmitted,
+    JobSucceeded,
     SettingChanged,
 )
 from taskengine_core.ids import SETTINGS_STREAM, job_stream
-from taskengine_store.store import Conflict
+from taskengine_store.store import Conflict, Position
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -33,6 +35,8 @@ class Store:
     def __init__(self) -> None:
         self.events: dict[UUID, list[Event]] = {}
         self.commits: list[tuple[list[Event], Tracking | None]] = []
+        self.rests: dict[int, list[Position]] = {}
+        """The events committed with a position but after it (`rest_of_commit`)."""
 
     def append(self, *events: Event) -> None:
         for event in events:
@@ -45,6 +49,9 @@ class Store:
         self.append(*events)
         self.commits.append((list(events), tracking))
         return []
+
+    def rest_of_commit(self, position: int) -> list[Position]:
+        return self.rests.get(position, [])
 
     def streams(self, ids) -> dict[UUID, list[Event]]:  # type: ignore[no-untyped-def]
         return {i: list(self.events.get(i, [])) for i in ids}
@@ -137,3 +144,48 @@ async def test_a_job_that_moved_meanwhile_is_reread_and_keeps_its_place_by_its_q
     await admission.on_job_events(batch((6, paused), (7, resumed), (8, urgent)))
     assert admission.entries[job.id].admitted
     assert len(admissions(store)) == 1
+
+
+async def test_a_batch_ending_inside_a_commit_is_decided_with_the_whole_commit():
+    admission, store = controller()
+    jobs = [submitted(n, p, at=n) for n, p in ((1, 5), (2, 3), (3, 5), (4, 1), (5, 9))]
+    store.append(*jobs)
+    # One commit at positions 2..7 (its last event is none of admission's); the bus has
+    # delivered it only up to job 2 so far.
+    other = JobStarted(
+        id=job_stream(99),
+        version=3,
+        at=T0,
+        job_id=99,
+        client="c",
+        workflow="noop",
+        attempt=1,
+        executor="test",
+    )
+    store.rests[3] = [Position(n, job) for n, job in enumerate(jobs[2:], 4)] + [Position(7, other)]
+    await admission.on_job_events(batch((1, setting(1, "max_jobs", 2)), (2, jobs[0]), (3, jobs[1])))
+
+    assert [(e.job_id, e.position) for e in admissions(store)] == [(4, 7), (2, 7)]
+    assert store.commits[-1][1] == Tracking("admission", 7)
+
+    # Job 4 ends; then the bus delivers the rest of the commit: already applied, so job 4
+    # is not queued again and the freed slot goes to job 1 (priority 5, first come).
+    [first, _] = admissions(store)
+    started = JobStarted(
+        id=first.id,
+        version=3,
+        at=T0,
+        job_id=4,
+        client="c",
+        workflow="noop",
+        attempt=1,
+        executor="test",
+    )
+    done = JobSucceeded(
+        id=first.id, version=4, at=T0, job_id=4, client="c", workflow="noop", attempt=1
+    )
+    store.append(started, done)
+    rest = [(n, job) for n, job in enumerate(jobs[2:], 4)]
+    await admission.on_job_events(batch(*rest, (9, done)))
+    assert [e.job_id for e in admissions(store)] == [4, 2, 1]
+    assert 4 not in {e.job_id for e in admission.entries.values()}

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from taskengine_core.clients import mask
 from taskengine_core.config import EngineSettings
+from taskengine_core.confinement import not_dumpable
 from taskengine_embedded import EmbeddedNats, EmbeddedPostgres
 from taskengine_store.store import EventStore
 
@@ -92,6 +93,7 @@ class Supervisor:
     stopping: bool = False
 
     def run(self) -> int:
+        not_dumpable()  # its environment holds the services' secrets: not for a step to read
         data_dir = self.config.data_dir.resolve()
         for sub in ("logs", "run", "workflows"):
             (data_dir / sub).mkdir(parents=True, exist_ok=True)

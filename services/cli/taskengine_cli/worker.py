@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 from taskengine_contracts.events import LogLine
 from taskengine_core.config import engine_settings
+from taskengine_core.confinement import Confinement, not_dumpable
 from taskengine_core.errors import DomainError
 from taskengine_core.steps import Outcome, run_steps
 from taskengine_core.workflows import Step, allow_inline, load_registry, workflow
@@ -270,7 +271,10 @@ class Attempt:
         }
         if location := self.output_location():
             env["TASKENGINE_OUTPUT_LOCATION"] = location
-        running = asyncio.create_task(run_steps(steps, env, self.assignment.timeout, shipper.emit))
+        confinement = Confinement.of(engine_settings())
+        running = asyncio.create_task(
+            run_steps(steps, env, self.assignment.timeout, shipper.emit, confinement=confinement)
+        )
         shipping = asyncio.create_task(shipper.ship_forever())
         stopped = asyncio.create_task(self.stop.wait())
         await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -356,6 +360,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return INCOMPLETE
     load_registry(config.workflows_dir)  # the workflows as the services have them
     allow_inline(config.inline_steps)
+    not_dumpable()  # its token stays its own: no step of its user reads /proc/<pid>/environ
     return asyncio.run(_main(assignment))
 
 

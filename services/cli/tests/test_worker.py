@@ -224,7 +224,8 @@ def http_gateway() -> Iterator[tuple[str, FakeGateway]]:
     server.server_close()
 
 
-def wait_for(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+# A worker process needs seconds of CPU to start: on a busy machine, tens of seconds.
+def wait_for(check, timeout: float = 90.0):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if found := check():

@@ -38,6 +38,7 @@ from taskengine_contracts.events import (
     StepChanged,
 )
 from taskengine_core.config import EXECUTORS, KUBERNETES, LOCAL
+from taskengine_core.confinement import Confinement
 from taskengine_core.drove import check_startable, is_docker, task_environment
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import execution_stream
@@ -120,6 +121,7 @@ class Dispatcher:
         self.running: dict[UUID, Execution] = {}
         self.wake = asyncio.Event()
         self.kube: KubernetesExecutor | None = None
+        self.confinement = Confinement.of(runtime.config)
 
     # --- starting --------------------------------------------------------------------------
 
@@ -268,7 +270,7 @@ class Dispatcher:
     async def _run(self, execution: Execution, steps, env, timeout) -> None:  # type: ignore[no-untyped-def]
         try:
             execution.outcome = await run_steps(
-                steps, env, timeout, execution.emit, execution.on_step
+                steps, env, timeout, execution.emit, execution.on_step, self.confinement
             )
         except asyncio.CancelledError:
             execution.outcome = Outcome("failed", "cancelled")
@@ -520,6 +522,8 @@ async def dispatcher(runtime: Runtime) -> None:
     if executor != LOCAL and not runtime.config.webhook_key:
         raise SystemExit("dispatcher: workers' tokens derive from TASKENGINE_WEBHOOK_KEY: set it")
     service = Dispatcher(runtime)
+    if runtime.config.inline_steps and service.confinement.refused:
+        log.error("dispatcher: %s", service.confinement.refused)
     runtime.working = lambda: len(service.running)
     if executor == KUBERNETES:
         # Imported only here: kubernetes-asyncio alone takes 1.5 s of CPU to import.

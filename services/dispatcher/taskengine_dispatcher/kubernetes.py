@@ -122,6 +122,8 @@ def worker_env(config: EngineSettings, job_id: int, attempt: int, timeout: float
         "TASKENGINE_GATEWAY_URL": workers.gateway_url(config),
         "TASKENGINE_TIMEOUT": f"{timeout:g}",
         "TASKENGINE_INLINE_STEPS": "true" if config.inline_steps else "false",
+        "TASKENGINE_STEP_USER": config.step_user,
+        "TASKENGINE_STEP_SAME_USER": "true" if config.step_same_user else "false",
         "TASKENGINE_LOG_LEVEL": config.log_level,
     }
 

@@ -43,13 +43,14 @@ def test_a_worker_gets_its_task_token_and_workflows_but_never_the_database_or_ke
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     monkeypatch.setenv("TASKENGINE_DATABASE_URL", "postgresql://taskengine:password@db/x")
     monkeypatch.setenv("TASKENGINE_WEBHOOK_KEY", KEY)
-    env = worker_env(config(inline_steps=True), 42, 2, 90.0)
+    env = worker_env(config(inline_steps=True, step_user="4000:4001"), 42, 2, 90.0)
     assert env["TASKENGINE_TASK_ID"] == "42" and env["TASKENGINE_ATTEMPT"] == "2"
     assert token_fits(env["TASKENGINE_WORKER_TOKEN"], KEY, 42, 2)
     assert not token_fits(env["TASKENGINE_WORKER_TOKEN"], KEY, 42, 1)
     assert env["TASKENGINE_GATEWAY_URL"] == "http://127.0.0.1:8080"
     assert env["TASKENGINE_WORKFLOWS_DIR"] == "/var/lib/taskengine/workflows"
     assert env["TASKENGINE_INLINE_STEPS"] == "true" and env["TASKENGINE_TIMEOUT"] == "90"
+    assert (env["TASKENGINE_STEP_USER"], env["TASKENGINE_STEP_SAME_USER"]) == ("4000:4001", "false")
     assert env["PATH"] == "/usr/bin:/bin"
     assert not any("DATABASE" in name or "NATS" in name for name in env)
     assert not any(KEY in value or "password" in value for value in env.values())
