@@ -49,6 +49,14 @@ class TaskQuota:
 
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     unprojected: dict[str, set[UUID]] = field(default_factory=dict)
+    searches: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    @asynccontextmanager
+    async def searching(self, client: str) -> AsyncIterator[None]:
+        """One schedule search at a time per client: the search threads are shared, so a client
+        flooding costly rules waits for its own searches and holds at most one thread."""
+        async with self.searches.setdefault(client, asyncio.Lock()):
+            yield
 
     @asynccontextmanager
     async def creating(self, client: str) -> AsyncIterator[set[UUID]]:

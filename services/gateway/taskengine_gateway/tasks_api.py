@@ -291,7 +291,8 @@ class TasksController(Controller):
     @post("/tasks", operation_id="create_task", status_code=201)
     async def create_task(self, request: Request, gateway: GatewayState, client: Client) -> dict:
         now, data = datetime.now(UTC), _body(await request.body())
-        definition = await off_loop(definition_of, data, now, _min_interval(gateway))
+        async with gateway.tasks.searching(client.name):
+            definition = await off_loop(definition_of, data, now, _min_interval(gateway))
         refuse_reserved_priority(definition, client, gateway)
         most = gateway.runtime.config.max_active_tasks_per_client
         async with gateway.tasks.creating(client.name) as pending:
@@ -530,7 +531,8 @@ async def change_task(gateway: GatewayState, task_id: str, client: Client, plan)
         task = await load_task(gateway, task_id, client)
         try:
             # In a thread: an update or a resume searches for the schedule's next fire.
-            event = await off_loop(plan, task, datetime.now(UTC))
+            async with gateway.tasks.searching(client.name):
+                event = await off_loop(plan, task, datetime.now(UTC))
         except IllegalTransition as error:
             raise TasksError(409, str(error)) from None
         try:
