@@ -24,6 +24,7 @@ from taskengine_store.store import EventStore
 
 from tests.e2e.test_supervisor import processes_mentioning
 from tests.support.audit import audit
+from tests.support.receiver import CallbackReceiver
 from tests.support.servers import scratch_dir
 from tests.support.system import BIN
 from tests.support.waiting import wait_until
@@ -85,13 +86,15 @@ def job_done(http: httpx.Client, job_id: int) -> bool:
     return response.status_code == 200 and response.json()["queue_state"] == "completed"
 
 
-def b_job_completes(url: str, since: float) -> float:
-    """Seconds from `since` until a job B submits (retrying while refused) has completed."""
+def b_job_completes(url: str, receiver: CallbackReceiver, since: float) -> float:
+    """Seconds from `since` until a job B submits (retrying while refused) has completed and
+    its completion callback reached `receiver`."""
+    body = {"job": {"workflow": "echo"}, "parameters": {"rest_endpoints": [receiver.url]}}
     with httpx.Client(base_url=url, headers=headers(B), timeout=5) as http:
 
         def submitted() -> int | None:
             try:
-                response = http.post("/job", json={"job": {"workflow": "echo"}})
+                response = http.post("/job", json=body)
             except httpx.HTTPError:
                 return None
             return response.json()["id"] if response.status_code == 200 else None
@@ -99,6 +102,15 @@ def b_job_completes(url: str, since: float) -> float:
         job_id = wait_until(submitted, timeout=OUTAGE_LIMIT, every=0.2, what="B's job accepted")
         wait_until(
             lambda: job_done(http, job_id), timeout=OUTAGE_LIMIT, every=0.1, what="B's job done"
+        )
+        wait_until(
+            lambda: any(
+                r.get("id") == job_id and r.get("event") == "complete" and r.get("step") is None
+                for r in receiver.received
+            ),
+            timeout=OUTAGE_LIMIT,
+            every=0.1,
+            what="B's completion callback",
         )
     return time.monotonic() - since
 
@@ -136,6 +148,7 @@ def test_kill_9_of_the_embedded_servers_is_healed_and_loses_nothing():
         "TASKENGINE_DATA_DIR": str(data_dir),
         "TASKENGINE_PORT": str(free_port()),
         "TASKENGINE_BOOTSTRAP_CLIENT": f"{A[0]}:{A[1]}:admin,{B[0]}:{B[1]}",
+        "TASKENGINE_CALLBACK_ALLOWLIST": "127.0.0.0/8",  # B's receiver is on loopback
     }
     url = f"http://127.0.0.1:{env['TASKENGINE_PORT']}"
     log = root / "up.log"
@@ -150,14 +163,14 @@ def test_kill_9_of_the_embedded_servers_is_healed_and_loses_nothing():
         wait_until(lambda: "Ctrl-C stops everything" in log.read_text(), timeout=180, what="up")
         password = (data_dir / "postgres" / "taskengine.password").read_text().strip()
         outages = {}
-        with Load(url) as load:
+        with CallbackReceiver() as receiver, Load(url) as load:
             wait_until(lambda: len(load.accepted) >= 20, what="A's load to flow")
-            outages["none (baseline)"] = b_job_completes(url, time.monotonic())
+            outages["none (baseline)"] = b_job_completes(url, receiver, time.monotonic())
             for server, pid_of in (("nats-server", nats_pid), ("postgres", postmaster_pid)):
                 killed = pid_of(data_dir)
                 kill_time = time.monotonic()
                 os.kill(killed, signal.SIGKILL)
-                outages[server] = b_job_completes(url, kill_time)
+                outages[server] = b_job_completes(url, receiver, kill_time)
                 print(f"\nB's next job completed {outages[server]:.1f}s after kill -9 of {server}")
                 wait_until(lambda s=server: f"{s} is back on port" in log.read_text(), timeout=60)
                 assert pid_of(data_dir) != killed

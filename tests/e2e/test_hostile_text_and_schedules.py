@@ -1,8 +1,9 @@
 """Issue 12, reproductions 1 and 2, against the system as `make up` starts it: while client A
-sends a schedule that never fires or jobs with 300 kB parameters, client B's jobs are listed
-and complete within seconds, and A gets its answer (a 422 for the schedule) quickly.
+sends a schedule that never fires or jobs with 300 kB parameters, client B's jobs are listed,
+complete and are called back within seconds, and A gets its answer (a 422 for the schedule) quickly.
 
-Each test prints B's latencies (submit -> listed in `GET /jobs`, submit -> completed there).
+Each test prints B's latencies (submit -> listed in `GET /jobs`, -> completed there, -> its
+completion callback delivered).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from uuid import uuid4
 import httpx
 import pytest
 
+from tests.support.bystander import Timings, client_b_job
+from tests.support.receiver import CallbackReceiver
 from tests.support.system import ADMIN, OTHER, running_system
 from tests.support.waiting import wait_until
 
@@ -30,6 +33,12 @@ WITHIN = 20.0
 def system(postgres_url):
     with running_system(postgres_url, "hostile") as system:
         yield system
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    with CallbackReceiver() as receiver:
+        yield receiver
 
 
 class Attack:
@@ -62,35 +71,20 @@ class Attack:
         self._thread.join(timeout=60)
 
 
-def b_round(client: httpx.Client) -> tuple[float, float]:
-    """B submits a job; seconds until it is listed in `GET /jobs`, and until it completes."""
-    started = time.monotonic()
-    response = client.post("/job", json={"job": {"workflow": "noop"}})
-    assert response.status_code < 300, response.text
-    job = response.json()["id"]
-
-    def row() -> dict | None:
-        return next((r for r in client.get("/jobs").json() if r["id"] == job), None)
-
-    wait_until(row, timeout=WITHIN, every=0.05, what=f"B's job {job} in GET /jobs")
-    listed = time.monotonic() - started
-    wait_until(
-        lambda: (r := row()) and r["queue_state"] == "completed",
-        timeout=WITHIN,
-        every=0.05,
-        what=f"B's job {job} completed in GET /jobs",
-    )
-    return listed, time.monotonic() - started
+def b_round(client: httpx.Client, receiver: CallbackReceiver) -> Timings:
+    """B's job: seconds until it is listed in `GET /jobs`, completed, and called back."""
+    return client_b_job(client, receiver, timeout=WITHIN)
 
 
-def report(
-    name: str, alone: list[tuple[float, float]], rounds: list[tuple[float, float]], attack: Attack
-) -> None:
-    def figures(measured: list[tuple[float, float]]) -> str:
-        listed, done = zip(*measured, strict=True)
+def report(name: str, alone: list[Timings], rounds: list[Timings], attack: Attack) -> None:
+    def figures(measured: list[Timings]) -> str:
+        listed = [t.listed for t in measured]
+        done = [t.completed for t in measured]
+        called = [t.called_back for t in measured]
         return (
             f"listed median {statistics.median(listed):.2f}s max {max(listed):.2f}s,"
-            f" completed median {statistics.median(done):.2f}s max {max(done):.2f}s"
+            f" completed median {statistics.median(done):.2f}s max {max(done):.2f}s,"
+            f" called back median {statistics.median(called):.2f}s max {max(called):.2f}s"
         )
 
     a_times = [seconds for _, seconds in attack.answers]
@@ -102,7 +96,7 @@ def report(
 
 
 @pytest.mark.timeout(240)
-def test_a_never_firing_rrule_is_refused_quickly_while_b_jobs_flow(system):
+def test_a_never_firing_rrule_is_refused_quickly_while_b_jobs_flow(system, receiver):
     headers = {"Authorization": f"Bearer {OTHER[1]}"}
     body = {
         "title": "never",
@@ -113,13 +107,13 @@ def test_a_never_firing_rrule_is_refused_quickly_while_b_jobs_flow(system):
         "created_by": str(uuid4()),
     }
     with system.client(ADMIN) as b:
-        alone = [b_round(b) for _ in range(2)]
+        alone = [b_round(b, receiver) for _ in range(2)]
     with (
         httpx.Client(base_url=system.url, headers=headers, timeout=120) as a,
         system.client(ADMIN) as b,
         Attack(lambda: a.post("/tasks", json=body)) as attack,
     ):
-        rounds = [b_round(b) for _ in range(B_ROUNDS)]
+        rounds = [b_round(b, receiver) for _ in range(B_ROUNDS)]
         started = time.monotonic()
         assert b.get("/").status_code == 200  # the loop answers meanwhile
         assert time.monotonic() - started < 5
@@ -148,7 +142,7 @@ def test_a_never_firing_rrule_is_refused_quickly_while_b_jobs_flow(system):
 
 
 @pytest.mark.timeout(300)
-def test_jobs_with_300_kb_parameters_leave_b_listed_and_completed_within_seconds(system):
+def test_jobs_with_300_kb_parameters_leave_b_listed_and_completed_within_seconds(system, receiver):
     values = iter(["a" * 300_000, "token=" + "a" * 300_000] * 1000)  # the masking's two paths
 
     def big_job() -> httpx.Response:
@@ -156,13 +150,13 @@ def test_jobs_with_300_kb_parameters_leave_b_listed_and_completed_within_seconds
         return a.post("/job", json=body)
 
     with system.client(ADMIN) as b:
-        alone = [b_round(b) for _ in range(2)]
+        alone = [b_round(b, receiver) for _ in range(2)]
     with (
         system.client(OTHER) as a,
         system.client(ADMIN) as b,
         Attack(big_job) as attack,
     ):
-        rounds = [b_round(b) for _ in range(B_ROUNDS)]
+        rounds = [b_round(b, receiver) for _ in range(B_ROUNDS)]
         wait_until(lambda: len(attack.answers) >= 4, timeout=60, what="A's fourth big job")
     assert not attack.errors, attack.errors
     report("300 kB parameters", alone, rounds, attack)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
+from tests.support.bystander import client_b_job
 from tests.support.garbage import EVENT_SUBJECTS, KINDS, publish_garbage
 from tests.support.receiver import CallbackReceiver
 from tests.support.system import ADMIN, BIN, OTHER, System
@@ -28,38 +28,6 @@ def rejected_listing(system: System) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
-def run_job(client, receiver: CallbackReceiver, timeout: float) -> float:  # type: ignore[no-untyped-def]
-    """Submits a job calling back `receiver`; seconds until it is listed, completed and its
-    completion callback delivered."""
-    started = time.monotonic()
-    body = {"job": {"workflow": "noop"}, "parameters": {"rest_endpoints": [receiver.url]}}
-    response = client.post("/job", json=body)
-    assert response.status_code == 200, response.text
-    job_id = response.json()["id"]
-    wait_until(
-        lambda: (
-            job_id in {j["id"] for j in client.get("/jobs", params={"state": 0}).json()}
-            or client.get(f"/jobs/{job_id}").json()["queue_state"] == "completed"
-        ),
-        timeout=timeout,
-        what=f"job {job_id} listed",
-    )
-    wait_until(
-        lambda: client.get(f"/jobs/{job_id}").json()["queue_state"] == "completed",
-        timeout=timeout,
-        what=f"job {job_id} completed",
-    )
-    wait_until(
-        lambda: any(
-            r.get("id") == job_id and r.get("event") == "complete" and r.get("step") is None
-            for r in receiver.received
-        ),
-        timeout=timeout,
-        what=f"job {job_id}'s completion callback",
-    )
-    return time.monotonic() - started
-
-
 def test_garbage_on_every_subject_leaves_another_client_unaffected(
     engine_root, nats_url, database_url
 ):
@@ -77,12 +45,14 @@ def attack(system: System) -> None:
         system.client(ADMIN) as a,
         system.client(OTHER) as b,
     ):
-        before = run_job(b, receiver, timeout=120)  # every service up and consuming
+        before = client_b_job(
+            b, receiver, timeout=120
+        ).called_back  # every service up and consuming
         # Client A: a job whose parameters PostgreSQL's jsonb refuses (U+0000), then garbage.
         nul = a.post("/job", json={"job": {"workflow": "noop"}, "parameters": {"x": "a\x00b"}})
         sent = publish_garbage(system.nats_url)
         assert sent == len(EVENT_SUBJECTS) * KINDS
-        during = [run_job(b, receiver, timeout=30) for _ in range(3)]
+        during = [client_b_job(b, receiver, timeout=30).called_back for _ in range(3)]
 
         def counted() -> dict | None:
             report = b.get("/health").json()

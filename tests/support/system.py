@@ -282,8 +282,8 @@ def running_system(
             system = System(root, nats_url, database_url, **(env or {}))
             for filename, text in (workflows or {}).items():
                 system.write_workflow(filename, text)
-            system.start()
             try:
+                system.start()  # inside: a start that times out still stops what it started
                 yield system
             finally:
                 system.stop()
