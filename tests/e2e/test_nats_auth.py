@@ -82,7 +82,11 @@ def test_a_job_goes_through_every_service_connected_with_credentials(server, sys
             timeout=60,
             what="the job to complete",
         )
-        assert job in [j["id"] for j in client.get("/jobs").json()]
+        wait_until(  # the list is a projection: it follows the job's own stream shortly
+            lambda: job in [j["id"] for j in client.get("/jobs").json()],
+            timeout=30,
+            what="the job in GET /jobs",
+        )
 
         def healthy() -> dict | None:
             report = client.get("/health").json()

@@ -75,7 +75,8 @@ def test_get_health(client, job_id):
         return report if report["jobs"]["completed"] >= 1 and report["queues"] else None
 
     report = wait_until(complete, what="health to count the job")
-    assert set(report) == {"version", "databases", "queues", "tasks", "jobs"}
+    # The seed's sections, plus `rejected`: the messages consumers set aside.
+    assert set(report) == {"version", "databases", "queues", "tasks", "jobs", "rejected"}
     assert set(report["databases"].values()) == {"OK"}
     assert {"scheduler", "work", "controller", "callback"} <= set(report["queues"])
     for queue in report["queues"].values():

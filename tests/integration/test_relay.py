@@ -171,7 +171,7 @@ def test_a_service_started_while_postgres_is_down_waits_for_it(engine_root, nats
         services.start()  # the stream and the tables
         services.close_store()
         postgres.stop()
-        services.start("relay")
+        services.start("relay", wait=False)  # it cannot say it started before PostgreSQL is back
         wait_until(
             lambda: "relay: waiting for the database" in services.log("relay"),
             timeout=60,

@@ -184,8 +184,9 @@ class Services(_Engine):
         self.processes: dict[str, subprocess.Popen] = {}
         self.prepared = False
 
-    def start(self, *names: str) -> Services:
-        """Starts `names` and returns once each is up (connected to the store and the bus)."""
+    def start(self, *names: str, wait: bool = True) -> Services:
+        """Starts `names` and returns once each is up (connected to the store and the bus);
+        with `wait` false, at once (e.g. for a service that is to wait for PostgreSQL)."""
         if not self.prepared:
             self.prepared = True
             reset_stream(self.nats_url)
@@ -193,7 +194,8 @@ class Services(_Engine):
             self.store  # noqa: B018  (creates the tables before any service starts)
         started = [self._spawn(name, name, f"{name}-test") for name in names]
         for name, offset in zip(names, started, strict=True):
-            self._wait_started(name, name, offset)
+            if wait:
+                self._wait_started(name, name, offset)
         return self
 
     def start_as(self, name: str, instance: str) -> Services:
