@@ -353,34 +353,33 @@ class WorkTasksController(Controller):
     @get("/api/metrics", operation_id="worktask_metrics")
     async def metrics(self, gateway: GatewayState, client: Client) -> dict:
         """The caller's work tasks: the queue, and counts by status and by type."""
-        store = gateway.runtime.store
-        counts = await gateway.runtime.call(
-            store.query,
-            "SELECT state, executing, attributes->>'type' AS type, count(*) AS n FROM rm_jobs"
-            " WHERE client = %s AND dialect = %s GROUP BY state, executing, type",
+        rows = await gateway.runtime.call(
+            gateway.runtime.store.query,
+            "SELECT state, executing, attributes->>'type' AS type,"
+            " attributes->>'priority' AS priority, count(*) AS n, min(created_at) AS oldest"
+            " FROM rm_jobs WHERE client = %s AND dialect = %s"
+            " GROUP BY 1, 2, 3, 4",
             (client.name, DIALECT),
         )
-        queue = await gateway.runtime.call(
-            store.query,
-            "SELECT attributes->>'priority' AS priority, count(*) AS n, min(created_at) AS oldest"
-            " FROM rm_jobs WHERE client = %s AND dialect = %s AND state = ANY(%s)"
-            " GROUP BY attributes->>'priority'",
-            (client.name, DIALECT, [str(state) for state in worktasks.WAITING]),
-        )
+        # One statement, one snapshot: the queue and the counts agree with each other.
         now = datetime.now(UTC)
         by_status = dict.fromkeys(worktasks.STATUSES, 0)
         by_type = dict.fromkeys(worktasks.TYPES, 0)
-        for row in counts:
+        waiting = {str(state) for state in worktasks.WAITING}
+        by_priority: dict[str | None, int] = {}
+        oldest = None
+        for row in rows:
             by_status[worktasks.status_named(JobState(row["state"]), row["executing"])] += row["n"]
             by_type[row["type"]] = by_type.get(row["type"], 0) + row["n"]
-        oldest = min((row["oldest"] for row in queue), default=None)
+            if row["state"] in waiting:
+                by_priority[row["priority"]] = by_priority.get(row["priority"], 0) + row["n"]
+                oldest = row["oldest"] if oldest is None else min(oldest, row["oldest"])
         return {
             "queue": {
-                "length": sum(row["n"] for row in queue),
-                "by_priority": {
-                    row["priority"]: row["n"]
-                    for row in sorted(queue, key=lambda row: -float(row["priority"] or 0))
-                },
+                "length": sum(by_priority.values()),
+                "by_priority": dict(
+                    sorted(by_priority.items(), key=lambda item: -float(item[0] or 0))
+                ),
                 "oldest_queued_at": iso(oldest),
                 "oldest_age_seconds": None
                 if oldest is None
