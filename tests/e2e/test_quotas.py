@@ -5,10 +5,7 @@ dialect's own shape with nothing stored, while another client goes on; and a Web
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from uuid import uuid4
@@ -17,10 +14,11 @@ import httpx
 import pytest
 from taskengine_contracts.events import JobSubmitted, TaskCreated
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 
-from tests.support.system import ADMIN, BIN, OTHER, System, running_system
+from tests.support.system import ADMIN, OTHER, System, running_system
 from tests.support.waiting import wait_until
+from tests.support.worktask_clients import bearer, new_client, receive_until, socket
 
 SOCKETS, TASKS, PAGE = 2, 3, 7
 WORKTASK = {
@@ -44,47 +42,6 @@ def system(postgres_url):
         with system.client() as admin:
             admin.post("/settings", json={"name": "max_jobs", "setting": 20})
         yield system
-
-
-def bearer(system: System, key: str) -> httpx.Client:
-    return httpx.Client(base_url=system.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-
-
-def new_client(system: System) -> tuple[str, str]:
-    """A client of its own (not an admin), so counts are exactly this test's."""
-    name = f"q-{uuid4().hex[:8]}"
-    done = subprocess.run(
-        [str(BIN / "taskengine"), "clients", "add", name],
-        env=system.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    key = done.stdout.splitlines()[0].removeprefix(f"client {name}: key ").strip()
-    with bearer(system, key) as http:  # a bare key is found in the clients' read model
-        wait_until(lambda: http.get("/api/worktasks").status_code == 200, what=f"{name}'s key")
-    return name, key
-
-
-def socket(system: System, key: str, query: str = "") -> ClientConnection:
-    url = system.url.replace("http://", "ws://") + "/ws/tasks" + query
-    return connect(url, additional_headers={"Authorization": f"Bearer {key}"}, open_timeout=10)
-
-
-def receive_until(
-    ws: ClientConnection, done: Callable[[list[dict]], bool], timeout: float = 30
-) -> list[dict]:
-    messages: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while not done(messages):
-        left = deadline - time.monotonic()
-        assert left > 0, f"timed out; received {messages}"
-        try:
-            messages.append(json.loads(ws.recv(timeout=left)))
-        except TimeoutError:
-            continue
-    return messages
 
 
 def close_code(ws: ClientConnection) -> int | None:
@@ -117,7 +74,7 @@ def submissions(system: System, client: str) -> list[JobSubmitted]:
 
 
 def test_a_socket_beyond_the_quota_is_closed_4429_while_another_clients_sockets_work(system):
-    _, a_key = new_client(system)
+    _, a_key = new_client(system, "q")
     with socket(system, a_key) as first, socket(system, a_key) as second:
         with socket(system, a_key) as extra:
             assert close_code(extra) == 4429
@@ -163,7 +120,7 @@ def created_tasks(system: System, client: str) -> list[TaskCreated]:
 
 
 def test_a_scheduled_task_beyond_the_quota_is_a_403_and_stores_nothing(system):
-    name, key = new_client(system)
+    name, key = new_client(system, "q")
     with bearer(system, key) as a, bearer(system, ADMIN[1]) as b:
         tasks = [a.post("/tasks", json=task_body()) for _ in range(TASKS)]
         assert [t.status_code for t in tasks] == [201] * TASKS
@@ -188,7 +145,7 @@ def test_a_scheduled_task_beyond_the_quota_is_a_403_and_stores_nothing(system):
 
 
 def test_concurrent_creates_of_one_client_do_not_overshoot_the_quota(system):
-    name, key = new_client(system)
+    name, key = new_client(system, "q")
     with bearer(system, key) as a, ThreadPoolExecutor(10) as pool:
         answers = list(
             pool.map(lambda _: a.post("/tasks", json=task_body()).status_code, range(10))
@@ -211,7 +168,7 @@ def test_concurrent_creates_of_one_client_do_not_overshoot_the_quota(system):
     ],
 )
 def test_a_work_task_asking_too_much_is_a_400_and_stores_nothing(system, resources, message):
-    name, key = new_client(system)
+    name, key = new_client(system, "q")
     with bearer(system, key) as a:
         response = a.post("/api/worktasks", json={**WORKTASK, "resource_requirements": resources})
         assert response.status_code == 400
@@ -228,7 +185,7 @@ def test_a_work_task_asking_too_much_is_a_400_and_stores_nothing(system, resourc
     ],
 )
 def test_a_drove_task_asking_too_much_is_a_400_and_stores_nothing(system, resources, message):
-    name, key = new_client(system)
+    name, key = new_client(system, "q")
     spec = {
         "sourceAppName": "QUOTA_APP",
         "taskId": f"T-{uuid4().hex[:8]}",
@@ -273,7 +230,7 @@ def test_the_top_priorities_are_refused_403_in_the_task_engine_dialect(system):
 
 
 def test_the_top_priorities_are_refused_403_for_scheduled_tasks(system):
-    name, key = new_client(system)
+    name, key = new_client(system, "q")
     with bearer(system, key) as a, bearer(system, ADMIN[1]) as admin:
         refused = a.post("/tasks", json=task_body(priority=2))
         assert refused.status_code == 403
@@ -289,7 +246,7 @@ def test_the_top_priorities_are_refused_403_for_scheduled_tasks(system):
 
 
 def test_the_top_priorities_are_refused_403_for_work_tasks(system):
-    name, key = new_client(system)
+    name, key = new_client(system, "q")
     with bearer(system, key) as a, bearer(system, ADMIN[1]) as admin:
         refused = a.post("/api/worktasks", json={**WORKTASK, "priority": 5})
         assert refused.status_code == 403
@@ -305,8 +262,8 @@ def test_the_top_priorities_are_refused_403_for_work_tasks(system):
 
 
 def test_a_replay_from_0_sends_the_clients_own_updates_in_order_page_by_page(system):
-    name, key = new_client(system)
-    _, noise_key = new_client(system)
+    name, key = new_client(system, "q")
+    _, noise_key = new_client(system, "q")
     mine: list[str] = []
     engine = httpx.Client(base_url=system.url, headers={"client": name, "api-key": key})
     with bearer(system, key) as a, bearer(system, noise_key) as other, engine:

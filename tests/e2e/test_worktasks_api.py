@@ -10,18 +10,17 @@ in-process attempt's own outcome is dropped later because the job has moved.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from uuid import uuid4
 
 import httpx
 import pytest
 from taskengine_core.ids import job_stream
 from taskengine_core.worktasks import worker_token
 
-from tests.support.system import ADMIN, BIN, OTHER, WEBHOOK_KEY, System, running_system
+from tests.support.system import ADMIN, OTHER, WEBHOOK_KEY, System, running_system
 from tests.support.waiting import wait_until
+from tests.support.worktask_clients import bearer, new_client
 
 SHARED_TOKEN = "shared-worker-token-0123456789"
 WORKTASK_KEYS = {
@@ -74,10 +73,6 @@ def system(postgres_url) -> Iterator[System]:
             for name, value in (("max_jobs", 20), ("retry_delay", 1), ("retry_max_delay", 1)):
                 admin.post("/settings", json={"name": name, "setting": value})
         yield system
-
-
-def bearer(system: System, key: str) -> httpx.Client:
-    return httpx.Client(base_url=system.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -163,23 +158,6 @@ def iso_utc(value: str) -> datetime:
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     assert moment.utcoffset() == UTC.utcoffset(None)
     return moment
-
-
-def new_client(system: System) -> str:
-    """A client of its own (so counts are exactly this test's); returns its key."""
-    name = f"wt-{uuid4().hex[:8]}"
-    done = subprocess.run(
-        [str(BIN / "taskengine"), "clients", "add", name],
-        env=system.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    key = done.stdout.splitlines()[0].removeprefix(f"client {name}: key ").strip()
-    with bearer(system, key) as http:  # a bare key is found in the clients' read model
-        wait_until(lambda: http.get("/api/worktasks").status_code == 200, what=f"{name}'s key")
-    return key
 
 
 # --- the seed's requests ----------------------------------------------------------------------
@@ -551,7 +529,7 @@ def test_metrics_need_credentials_and_have_the_seeds_shape(api):
 
 
 def test_a_higher_priority_is_admitted_first_and_the_queue_is_counted(system, shared):
-    key = new_client(system)
+    _, key = new_client(system, "wt")
     with bearer(system, key) as mine, system.client() as admin:
         admin.post("/settings", json={"name": "max_jobs", "setting": 1})
         started: list[str] = []

@@ -4,18 +4,16 @@ repeat, and the `?token=` credentials browsers use (never written to the log).""
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
 
 from tests.support.system import ADMIN, OTHER, System, running_system
 from tests.support.waiting import wait_until
+from tests.support.worktask_clients import bearer, receive_until, socket
 
 QUICK = {
     "type": "ml_inference",
@@ -36,36 +34,10 @@ def system(postgres_url) -> Iterator[System]:
         yield system
 
 
-def http(system: System, key: str) -> httpx.Client:
-    return httpx.Client(base_url=system.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-
-
-def socket(system: System, query: str = "", key: str | None = ADMIN[1]) -> ClientConnection:
-    url = system.url.replace("http://", "ws://") + "/ws/tasks" + query
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return connect(url, additional_headers=headers, open_timeout=10)
-
-
 def submit(client: httpx.Client, **fields) -> str:  # type: ignore[no-untyped-def]
     response = client.post("/api/worktasks", json={**QUICK, **fields})
     assert response.status_code == 201, response.text
     return response.json()["worktask_id"]
-
-
-def receive_until(
-    ws: ClientConnection, done: Callable[[list[dict]], bool], timeout: float = 30
-) -> list[dict]:
-    """Messages until `done(messages so far)`; fails at the deadline."""
-    messages: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while not done(messages):
-        left = deadline - time.monotonic()
-        assert left > 0, f"timed out; received {messages}"
-        try:
-            messages.append(json.loads(ws.recv(timeout=left)))
-        except TimeoutError:
-            continue
-    return messages
 
 
 def finished(worktask_id: str) -> Callable[[list[dict]], bool]:
@@ -80,7 +52,11 @@ def statuses(messages: list[dict], worktask_id: str) -> list[str]:
 
 
 def test_live_updates_are_the_callers_status_changes_in_order(system):
-    with http(system, ADMIN[1]) as mine, http(system, OTHER[1]) as theirs, socket(system) as ws:
+    with (
+        bearer(system, ADMIN[1]) as mine,
+        bearer(system, OTHER[1]) as theirs,
+        socket(system, ADMIN[1]) as ws,
+    ):
         foreign = submit(theirs)
         with system.client() as engine:  # a job of the same client in another dialect
             other_dialect = engine.post("/job", json={"job": {"workflow": "echo"}}).json()["id"]
@@ -99,7 +75,11 @@ def test_live_updates_are_the_callers_status_changes_in_order(system):
 
 def test_reports_and_retries_arrive_with_their_fields(system):
     long = {"pipeline_id": "sleep", "parameters": {"seconds": 900}}
-    with http(system, ADMIN[1]) as mine, http(system, SHARED_TOKEN) as worker, socket(system) as ws:
+    with (
+        bearer(system, ADMIN[1]) as mine,
+        bearer(system, SHARED_TOKEN) as worker,
+        socket(system, ADMIN[1]) as ws,
+    ):
         worktask_id = submit(mine, task_spec=long, max_retries=1)
 
         def next_update(status: str) -> dict:
@@ -129,8 +109,8 @@ def test_reports_and_retries_arrive_with_their_fields(system):
 
 
 def test_a_client_that_reconnects_after_a_position_gets_what_it_missed_then_live(system):
-    with http(system, ADMIN[1]) as mine, http(system, OTHER[1]) as theirs:
-        with socket(system) as ws:
+    with bearer(system, ADMIN[1]) as mine, bearer(system, OTHER[1]) as theirs:
+        with socket(system, ADMIN[1]) as ws:
             seen = submit(mine)
             last = receive_until(ws, finished(seen))[-1]["position"]
         missed = submit(mine)
@@ -141,7 +121,7 @@ def test_a_client_that_reconnects_after_a_position_gets_what_it_missed_then_live
 
         wait_until(done(missed), what="the missed task to complete")
         query = f"?after={last}&token={quote(ADMIN[1])}"
-        with socket(system, query, key=None) as ws:
+        with socket(system, None, query) as ws:
             replayed = receive_until(ws, finished(missed))
             live = submit(mine)
             current = receive_until(ws, finished(live))
@@ -155,8 +135,8 @@ def test_a_client_that_reconnects_after_a_position_gets_what_it_missed_then_live
 
 
 def test_the_other_client_sees_only_its_own_tasks(system):
-    with http(system, ADMIN[1]) as mine, http(system, OTHER[1]) as theirs:
-        with socket(system, f"?token={quote(OTHER[1])}", key=None) as ws:
+    with bearer(system, ADMIN[1]) as mine, bearer(system, OTHER[1]) as theirs:
+        with socket(system, None, f"?token={quote(OTHER[1])}") as ws:
             hidden = submit(mine)
             own = submit(theirs)
             messages = receive_until(ws, finished(own))
@@ -169,21 +149,24 @@ def test_the_other_client_sees_only_its_own_tasks(system):
     ids=["none", "wrong token", "wrong header"],
 )
 def test_a_socket_without_valid_credentials_is_closed_4401(system, query, key):
-    with socket(system, query, key=key) as ws, pytest.raises(ConnectionClosed) as closed:
+    with socket(system, key, query) as ws, pytest.raises(ConnectionClosed) as closed:
         ws.recv(timeout=10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
 
 
 def test_a_malformed_after_is_closed_4400(system):
-    with socket(system, "?after=yesterday") as ws, pytest.raises(ConnectionClosed) as closed:
+    with (
+        socket(system, ADMIN[1], "?after=yesterday") as ws,
+        pytest.raises(ConnectionClosed) as closed,
+    ):
         ws.recv(timeout=10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
 
 
 def test_the_token_in_the_query_is_masked_in_the_log(system):
-    with http(system, ADMIN[1]) as mine:
+    with bearer(system, ADMIN[1]) as mine:
         worktask_id = submit(mine)
-        with socket(system, f"?after=0&token={quote(ADMIN[1])}", key=None) as ws:
+        with socket(system, None, f"?after=0&token={quote(ADMIN[1])}") as ws:
             receive_until(ws, finished(worktask_id))
     log = system.data_dir / "logs" / "gateway.log"
     wait_until(lambda: "token=***" in log.read_text(), what="the masked token in the log")
