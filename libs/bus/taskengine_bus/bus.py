@@ -237,11 +237,11 @@ class BatchConsumer:
                     rejected.append(self._rejected(message, f"undecodable: {error}"))
                     continue
                 if not position:
-                    error = f"no {subjects.POSITION_HEADER} header: not an event from the store"
-                    rejected.append(self._rejected(message, error))
+                    why = f"no {subjects.POSITION_HEADER} header: not an event from the store"
+                    rejected.append(self._rejected(message, why))
                 elif message.subject != subjects.subject_for(event):
-                    error = f"a {topic_of(event)} event on {message.subject}"
-                    rejected.append(self._rejected(message, error))
+                    why = f"a {topic_of(event)} event on {message.subject}"
+                    rejected.append(self._rejected(message, why))
                 else:
                     batch.append(Delivered(position, event, message))
             if batch and max(d.position for d in batch) > self.stored:
@@ -275,8 +275,8 @@ class BatchConsumer:
                 await asyncio.sleep(0.5)
         for item in batch:
             if item.position > self.stored and item.message is not None:
-                error = f"position {item.position} is past the store's last ({self.stored})"
-                rejected.append(self._rejected(item.message, error))
+                why = f"position {item.position} is past the store's last ({self.stored})"
+                rejected.append(self._rejected(item.message, why))
         return [item for item in batch if item.position <= self.stored]
 
     def _rejected(self, message: Msg, error: str, attempts: int = 1) -> Rejected:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
 
 import psycopg
 
@@ -37,7 +37,6 @@ POLL = 0.5
 CHECK = 1.0
 """How often the leader checks its lock connection (seconds)."""
 CHECK_TIMEOUT = 5.0
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2}
 
 
 class LeadershipLost(RuntimeError):
@@ -73,7 +72,12 @@ class LeaderLock:
     async def _try(self) -> bool:
         if self.connection is None or self.connection.closed:
             self.connection = await psycopg.AsyncConnection.connect(
-                self.database_url, autocommit=True, **_KEEPALIVES
+                self.database_url,
+                autocommit=True,
+                # TCP keepalives: a dead lock connection is noticed within seconds
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
             )
         cursor = await self.connection.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
         row = await cursor.fetchone()
@@ -123,7 +127,7 @@ class LeaderLock:
 
 
 async def run_as_leader(
-    database_url: str, name: str, work: Callable[[LeaderLock], Awaitable[None]]
+    database_url: str, name: str, work: Callable[[LeaderLock], Coroutine[Any, Any, None]]
 ) -> None:
     """Waits as a standby until this process holds `name`'s leader lock, then runs `work`
     (which should put `lock.fence` in each of its commits) until it ends or the lock is lost.

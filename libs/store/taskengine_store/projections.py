@@ -53,6 +53,9 @@ PROJECTOR = "projector"
 _FINISHING = tuple(t for t, (_, state) in TRANSITIONS.items() if state in FINAL_STATES)
 """Events that end a job (a `broken` after a completion keeps the first end as finished_at)."""
 
+_OF_A_JOB = (JobEvent, ExecutionLogged, CallbackDelivered, CallbackAttemptFailed)
+"""The events that name a job: only they can have rows in its log."""
+
 
 def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
     """(severity, progname, message, task_id) rows an event contributes to its job's log."""
@@ -184,18 +187,19 @@ def _project_segment(
     log_values: list[list[Any]] = [[], [], [], [], [], [], []]
     for item in batch:
         event = item.event
-        for n, (severity, progname, message, task_id) in enumerate(log_rows(event)):
-            row = (
-                item.position * LINES_PER_EVENT + n,
-                event.job_id,
-                SEVERITY[severity],
-                progname,
-                message,
-                event.at,
-                task_id,
-            )
-            for column, value in zip(log_values, row, strict=True):
-                column.append(value)
+        if isinstance(event, _OF_A_JOB):
+            for n, (severity, progname, message, task_id) in enumerate(log_rows(event)):
+                row = (
+                    item.position * LINES_PER_EVENT + n,
+                    event.job_id,
+                    SEVERITY[severity],
+                    progname,
+                    message,
+                    event.at,
+                    task_id,
+                )
+                for column, value in zip(log_values, row, strict=True):
+                    column.append(value)
         if isinstance(event, JobEvent):
             _fold_job_row(event, new, moved)
     statements: list[Statement] = []
@@ -273,7 +277,7 @@ def _project_segment(
     return statements
 
 
-def _fold_job_row(event: JobEvent, new: dict, moved: dict) -> None:
+def _fold_job_row(event: JobEvent, new: dict[Any, list[Any]], moved: dict[Any, list[Any]]) -> None:
     state = str(state_after(event))
     attempt = getattr(event, "attempt", None)
     moves_fields = isinstance(event, (JobQueued, JobUpdated, JobScheduled))
@@ -340,7 +344,7 @@ KEYS = (
 """Each read model and its key, in `state_hash` order."""
 
 
-def state_hash(query: Callable[[str], list[dict]], prefix: str = "") -> str:
+def state_hash(query: Callable[[str], list[dict[str, Any]]], prefix: str = "") -> str:
     """SHA-256 over every read-model row in key order: equal hashes mean identical state."""
     digest = hashlib.sha256()
     for table, key in KEYS:

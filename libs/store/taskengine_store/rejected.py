@@ -9,6 +9,7 @@ position, so a set-aside event counts as handled and is not redone after a resta
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -115,7 +116,7 @@ def set_aside_positions(store: EventStore, consumer: str) -> set[int]:
 
 def decoded(
     notes: list[Notification],
-    skip: set[int] = frozenset(),  # type: ignore[assignment]
+    skip: Container[int] = frozenset(),
 ) -> tuple[list[Position], list[tuple[Notification, str]]]:
     """The stored events of `notes` not in `skip`, and those that do not decode (with why)."""
     events: list[Position] = []

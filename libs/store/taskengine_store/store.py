@@ -11,13 +11,14 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg import Cursor
+from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 from taskengine_contracts.events import Event, JobEvent, decode, encode, topic_of
 from taskengine_core.jobs import Job
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 Statement = tuple[str, Sequence[Any] | dict[str, Any]]
 """One SQL statement and its parameters, run inside a commit's transaction."""
+
+E = TypeVar("E", bound=Event)
 
 
 # One commit's events share its transaction id (xmin) and, inserted under the table lock in
@@ -72,12 +75,16 @@ class _Recorder(PostgresProcessRecorder):
             " RETURNING notification_id"
         ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
 
-    def _insert_events(self, curs, stored_events, **kwargs):  # type: ignore[no-untyped-def]
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
         for query, params in kwargs.get("statements", ()):
             curs.execute(query, params, prepare=True)
 
-    def _insert_stored_events(self, curs, stored_events, **kwargs):  # type: ignore[no-untyped-def]
+    def _insert_stored_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
         """eventsourcing's insert (table lock, notify, rows in order, their ids returned), with
         the rows sent as four plain arrays: psycopg dumps those natively, where eventsourcing's
         array of composites is quoted field by field in Python."""
@@ -167,8 +174,8 @@ class EventStore:
                 dropped |= conflict.stale
 
     def append_next(
-        self, stream_id: UUID, build: Callable[[list[Event], int], Event], attempts: int = 5
-    ) -> Event:
+        self, stream_id: UUID, build: Callable[[list[Event], int], E], attempts: int = 5
+    ) -> E:
         """Appends `build(current events, next version)` to a shared stream (settings,
         schedules, a client), re-reading and retrying when another writer got there first."""
         for _ in range(attempts):
@@ -208,10 +215,12 @@ class EventStore:
     def stream(self, stream_id: UUID, after: int = 0) -> list[Event]:
         return [decode(s.state) for s in self.recorder.select_events(stream_id, gt=after or None)]
 
-    def streams(self, stream_ids: Iterable[UUID], version: int | None = None) -> dict[UUID, list]:
+    def streams(
+        self, stream_ids: Iterable[UUID], version: int | None = None
+    ) -> dict[UUID, list[Event]]:
         """Several streams in one query (optionally only one version of each)."""
         ids = list(stream_ids)
-        result: dict[UUID, list] = {i: [] for i in ids}
+        result: dict[UUID, list[Event]] = {i: [] for i in ids}
         if not ids:
             return result
         query = "SELECT originator_id, state FROM stored_events WHERE originator_id = ANY(%s)"
@@ -262,13 +271,15 @@ class EventStore:
     def track(self, name: str, position: int) -> None:
         self.recorder.insert_tracking(Tracking(name, position))
 
-    def query(self, sql: str | SQL, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict]:
+    def query(
+        self, sql: str | SQL, params: Sequence[Any] | dict[str, Any] = ()
+    ) -> list[dict[str, Any]]:
         with self._reading() as curs:
             curs.execute(sql, params)
             return list(curs.fetchall())
 
     @contextmanager
-    def _reading(self) -> Iterator[Cursor]:
+    def _reading(self) -> Iterator[Cursor[DictRow]]:
         """A cursor outside any transaction: a read-only transaction would end in ROLLBACK,
         which makes psycopg drop every prepared statement of the connection (re-preparing
         the inserts after each read)."""

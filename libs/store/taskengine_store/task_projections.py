@@ -263,6 +263,9 @@ def run_inserts(
     would have left it had both been in one batch.
     """
     rows: dict[UUID, list[Any]] = {}
+    job_id: int | None
+    reason: str | None
+    duplicate_of: int | None
     for item in batch:
         match item.event:
             case TaskFired() as e:

@@ -92,12 +92,12 @@ def revoke(store: EventStore, name: str, by: str) -> ClientRevoked:
             raise ClientError(f"client {name!r} is already revoked")
         return ClientRevoked(id=stream, version=version, at=datetime.now(UTC), name=name, by=by)
 
-    return store.append_next(stream, build)  # type: ignore[return-value]
+    return store.append_next(stream, build)
 
 
 def ensure_clients(
     store: EventStore, config: EngineSettings, data_dir: Path, webhook_key: str | None = None
-) -> list:
+) -> list[tuple[str, str, bool]]:
     """Bootstrap clients from the environment, or the demo client whose key lives in the data dir.
 
     Returns (name, key, show_key) for the banner: a key is shown in full only when just
@@ -116,8 +116,8 @@ def ensure_clients(
     key_file = data_dir / f"{DEMO_CLIENT}.key"
     if key_file.exists():
         key = key_file.read_text().strip()
-        usable = register(store, DEMO_CLIENT, key, admin=True, revive=False, secret=secret)
-        return [(DEMO_CLIENT, key, False)] if usable else []
+        registered = register(store, DEMO_CLIENT, key, admin=True, revive=False, secret=secret)
+        return [(DEMO_CLIENT, key, False)] if registered else []
     key = new_key()
     register(store, DEMO_CLIENT, key, admin=True, secret=secret)
     key_file.touch(mode=0o600)

@@ -4,14 +4,15 @@ read models."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 from taskengine_contracts.events import Event
 from taskengine_store import rejected
 from taskengine_store.projections import PROJECTOR, project, state_hash
 from taskengine_store.schema import READ_MODELS
-from taskengine_store.store import EventStore
+from taskengine_store.store import EventStore, Statement
 
 REPLAY_PREFIX = "replay_"
 _json = msgspec.json.Encoder()
@@ -117,7 +118,7 @@ def _live_snapshot(store: EventStore) -> tuple[str, int]:
         row = curs.fetchone()
         position = row["notification_id"] if row else 0
 
-        def query(sql: str, params=()):  # type: ignore[no-untyped-def]
+        def query(sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
             curs.execute(sql, params)
             return curs.fetchall()
 
@@ -126,7 +127,7 @@ def _live_snapshot(store: EventStore) -> tuple[str, int]:
 
 def reset_read_models(store: EventStore) -> None:
     """Empties the read models and rewinds the projector: it rebuilds them from position 0."""
-    statements = [(f"TRUNCATE {t}", ()) for t in READ_MODELS]
+    statements: list[Statement] = [(f"TRUNCATE {t}", ()) for t in READ_MODELS]
     statements.append(
         ("DELETE FROM notification_tracking WHERE application_name = %s", (PROJECTOR,))
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 import nats
+from nats.aio.msg import Msg
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Heartbeat
 from taskengine_core.config import EngineSettings, engine_settings
@@ -50,7 +51,7 @@ async def heard(url: str, service: str, instance: str, timeout: float, **options
     (connecting included); raises if NATS refuses the connection."""
     arrived = asyncio.Event()
 
-    async def on_beat(message) -> None:  # type: ignore[no-untyped-def]
+    async def on_beat(message: Msg) -> None:
         try:
             beat = _decoder.decode(message.data)
         except msgspec.DecodeError:

@@ -167,7 +167,15 @@ class Supervisor:
                 time.sleep(0.2)
         return False
 
-    def _banner(self, data_dir, gateway_url, nats_url, database_url, clients, ready) -> None:  # type: ignore[no-untyped-def]
+    def _banner(
+        self,
+        data_dir: Path,
+        gateway_url: str,
+        nats_url: str,
+        database_url: str,
+        clients: list[tuple[str, str, bool]],
+        ready: bool,
+    ) -> None:
         lines = [
             "",
             f"Taskengine is {'up' if ready else 'starting (gateway not answering yet)'}",

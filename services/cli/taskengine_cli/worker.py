@@ -111,7 +111,7 @@ class Gateway:
 
     async def report(self, status: str, **fields: object) -> str:
         """Reports `status`; returns the gateway's answer (`updated`, `requeued_for_retry`)."""
-        body = {"worktask_id": self.task_id, "status": status}
+        body: dict[str, object] = {"worktask_id": self.task_id, "status": status}
         body |= {name: value for name, value in fields.items() if value is not None}
         answer = (await self._call("POST", self.path, body)).json()
         return str(answer.get("status", "")) if isinstance(answer, dict) else ""

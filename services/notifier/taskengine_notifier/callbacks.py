@@ -16,8 +16,16 @@ from taskengine_contracts.events import (
 from taskengine_core.ids import callback_stream
 from taskengine_core.jobs import state_after
 
-NOTIFIED = {JobStarted: "start", JobSucceeded: "complete", JobFailed: "fail", JobTimedOut: "fail"}
+Notified = JobStarted | JobSucceeded | JobFailed | JobTimedOut
 """Job events a receiver hears of (and `StepChanged`: each step's start, complete or fail)."""
+
+NOTIFIED: dict[type[Notified], str] = {
+    JobStarted: "start",
+    JobSucceeded: "complete",
+    JobFailed: "fail",
+    JobTimedOut: "fail",
+}
+"""What a receiver is told happened, per event it hears of."""
 
 
 class CallbackBody(msgspec.Struct, frozen=True):
@@ -61,19 +69,19 @@ def callback_body(event: Event) -> tuple[str, CallbackBody] | None:
             reason=event.reason,
             exit_code=event.exit_code,
         )
-    kind = NOTIFIED.get(type(event))
-    if kind is None:
+    if not isinstance(event, Notified):
         return None
+    kind = NOTIFIED[type(event)]
     return f"{kind}:{event.version}", CallbackBody(
-        id=event.job_id,  # type: ignore[attr-defined]
-        job_id=event.job_id,  # type: ignore[attr-defined]
-        client=event.client,  # type: ignore[attr-defined]
+        id=event.job_id,
+        job_id=event.job_id,
+        client=event.client,
         event=kind,
-        status=str(state_after(event)),  # type: ignore[arg-type]
-        attempt=event.attempt,  # type: ignore[attr-defined]
+        status=str(state_after(event)),
+        attempt=event.attempt,
         at=event.at,
         failed=kind == "fail",
-        workflow=event.workflow,  # type: ignore[attr-defined]
+        workflow=event.workflow,
         reason=getattr(event, "reason", None),
         exit_code=getattr(event, "exit_code", None),
         custom_data=getattr(event, "custom_data", None),

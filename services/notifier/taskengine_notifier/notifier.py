@@ -270,28 +270,36 @@ class Notifier:
     ) -> tuple[Event, Statement, float | None]:
         """The attempt's event and row change, and the seconds until the next (None: done)."""
         d.attempts += 1
-        common = {
-            "id": d.id,
-            "version": d.attempts,
-            "at": datetime.now(UTC),
-            "job_id": d.job_id,
-            "url": d.url,
-            "event": d.event,
-        }
+        at = datetime.now(UTC)
         if error is None:
-            return (
-                CallbackDelivered(status_code=status or 0, attempts=d.attempts, **common),
-                (_DELETE, (d.id,)),
-                None,
+            delivered = CallbackDelivered(
+                id=d.id,
+                version=d.attempts,
+                at=at,
+                job_id=d.job_id,
+                url=d.url,
+                event=d.event,
+                status_code=status or 0,
+                attempts=d.attempts,
             )
+            return delivered, (_DELETE, (d.id,)), None
         final = d.attempts >= MAX_ATTEMPTS or error.startswith("refused")
-        if final:
-            event = CallbackAttemptFailed(attempt=d.attempts, error=error, next_at=None, **common)
-            return event, (_DELETE, (d.id,)), None
-        delay = min(2.0 ** (d.attempts - 1), MAX_BACKOFF)
-        next_at = datetime.now(UTC) + timedelta(seconds=delay)
-        event = CallbackAttemptFailed(attempt=d.attempts, error=error, next_at=next_at, **common)
-        return event, (_RESCHEDULE, (d.attempts, next_at, d.id)), delay
+        delay = None if final else min(2.0 ** (d.attempts - 1), MAX_BACKOFF)
+        next_at = None if delay is None else datetime.now(UTC) + timedelta(seconds=delay)
+        failed = CallbackAttemptFailed(
+            id=d.id,
+            version=d.attempts,
+            at=at,
+            job_id=d.job_id,
+            url=d.url,
+            event=d.event,
+            attempt=d.attempts,
+            error=error,
+            next_at=next_at,
+        )
+        if delay is None:
+            return failed, (_DELETE, (d.id,)), None
+        return failed, (_RESCHEDULE, (d.attempts, next_at, d.id)), delay
 
 
 def _answered(status: int | None, error: str) -> bool:

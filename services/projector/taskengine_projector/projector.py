@@ -21,7 +21,7 @@ from eventsourcing.persistence import Tracking
 from taskengine_bus import Runtime
 from taskengine_bus.failures import describe, is_transient, isolating
 from taskengine_contracts import subjects
-from taskengine_contracts.events import encode
+from taskengine_contracts.events import Event, encode
 from taskengine_store.projections import PROJECTOR, project
 from taskengine_store.rejected import Rejected, decoded, record, set_aside_positions
 from taskengine_store.store import Position
@@ -97,7 +97,7 @@ async def projector(runtime: Runtime) -> None:
             delay = min(delay * 2, 5.0)
 
 
-def rejected(position: int, event: object, error: str, attempts: int) -> Rejected:
-    subject = subjects.subject_for(event)  # type: ignore[arg-type]
-    payload = encode(event)  # type: ignore[arg-type]
+def rejected(position: int, event: Event, error: str, attempts: int) -> Rejected:
+    subject = subjects.subject_for(event)
+    payload = encode(event)
     return Rejected(PROJECTOR, subject, payload, error, None, position, attempts=attempts)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import psycopg
 from taskengine_bus import Runtime
@@ -72,8 +73,8 @@ async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
 
 async def _acked(acks: list[asyncio.Future], runtime: Runtime) -> bool:
     """Waits for a batch's acks; False if NATS reconnected first (they may never come)."""
-    done = asyncio.gather(*acks)
-    reconnected = asyncio.ensure_future(runtime.reconnects.wait())
+    done: asyncio.Future[Any] = asyncio.gather(*acks)
+    reconnected: asyncio.Future[Any] = asyncio.ensure_future(runtime.reconnects.wait())
     try:
         finished, _ = await asyncio.wait(
             {done, reconnected}, timeout=ACK_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
