@@ -46,28 +46,71 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """Retry only failures classified transient (OOMKilled, Evicted, DeadlineExceeded, lost)."""
 
 
+class Resources(msgspec.Struct, frozen=True, kw_only=True):
+    """What one attempt may use, as Kubernetes quantities (requests and limits alike)."""
+
+    cpu: str | None = None
+    """Cores: `2`, `0.5`, `500m`."""
+    memory: str | None = None
+    """`512Mi`, `2Gi`: the first attempt's limit (a retry after OOMKilled raises it)."""
+    gpu: int = 0
+
+
+class Volume(msgspec.Struct, frozen=True, kw_only=True):
+    """A host directory mounted into a container (only where the operator allows)."""
+
+    host_path: str
+    container_path: str
+    read_only: bool = True
+
+
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What a job executes, whatever API it came through.
+
+    - `steps`: the steps of the job's `workflow` with its `parameters`, on the dispatcher.
+    - `worker`: the same workflow run by a remote worker that reports back (a process, or a
+      Kubernetes Job with `resources` and the `secret`); on the local executor its steps run
+      on the dispatcher.
+    - `container`: `image` with `args` as a plain Kubernetes Job, mounting `volumes`.
+
+    `env` reaches the steps or the container; `timeout` bounds an attempt (None: the
+    engine's default); `retry` decides what a failed attempt leads to (None: the `retry_limit`
+    and `retry_delay` settings, any failure retried)."""
+
+    kind: Literal["steps", "worker", "container"] = "steps"
+    image: str | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    resources: Resources = Resources()
+    volumes: list[Volume] = []
+    secret: str | None = None
+    """The Kubernetes Secret holding the job's storage credentials (a name, never a value)."""
+    timeout: float | None = None
+    retry: RetryPolicy | None = None
+
+
 class JobSubmitted(JobEvent, frozen=True, kw_only=True, tag="job.submitted"):
     """A client's job was accepted. `state` is `queued`, or `scheduled` when `run_at` is ahead
-    or a `semaphore_url` must answer 2xx/3xx before the job is queued."""
+    or a `semaphore_url` must answer 2xx/3xx before the job is queued. `run` says what it
+    executes; `workflow` and `parameters` are what its steps (or worker) run, and how every
+    view names the job."""
 
     workflow: str
     parameters: JsonObject
     priority: int
     run_at: datetime
     state: Literal["queued", "scheduled"]
+    run: RunSpec
     callbacks: list[str] = []
-    timeout: float | None = None
     dialect: str = "taskengine"
     semaphore_url: str | None = None
     task_id: UUID | None = None
     """The scheduled task this job is a run of, if any."""
-    retry: RetryPolicy | None = None
-    """The job's own retry policy; None: the `retry_limit` / `retry_delay` settings."""
     concurrency_key: str | None = None
     """At most one job of the client with this key holds a slot at a time."""
     attributes: JsonObject = {}
-    """What the job's dialect keeps with it (a work task: type, project_id, task_spec,
-    resource_requirements, data_access, its priority as given)."""
+    """What the job's dialect keeps for its views (a work task: type, project_id, task_spec,
+    resource_requirements, data_access, its priority as given; a Drove task: its spec)."""
 
 
 class JobQueued(JobEvent, frozen=True, kw_only=True, tag="job.queued"):
@@ -516,7 +559,16 @@ def encode(event: Event) -> bytes:
 
 
 def decode(data: bytes) -> AnyEvent:
-    return _decoder.decode(data)
+    """The event `data` holds; a stored event of an older shape is upcast to the current one."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError:
+        from taskengine_contracts.upcasts import upcast  # only old events need it
+
+        upcast_data = upcast(msgspec.json.decode(data))
+        if upcast_data is None:
+            raise
+        return _decoder.decode(msgspec.json.encode(upcast_data))
 
 
 def topic_of(event: Event | type[Event]) -> str:

@@ -36,7 +36,9 @@ from taskengine_contracts.events import (
     JobTimedOut,
     JobUpdated,
     LogLine,
+    Resources,
     RetryPolicy,
+    RunSpec,
     ScheduleSwitched,
     SettingChanged,
     StepChanged,
@@ -51,6 +53,7 @@ from taskengine_contracts.events import (
     TaskSnoozed,
     TaskUpdated,
     TopicPublished,
+    Volume,
     decode,
     encode,
     topic_of,
@@ -88,11 +91,20 @@ EXAMPLES: dict[type[Event], Event] = {
         priority=3,
         run_at=T0 + timedelta(minutes=5),
         state="scheduled",
+        run=RunSpec(
+            kind="container",
+            image="ghcr.io/org/task:2",
+            args=["--fast"],
+            env={"ITERATIONS": "10"},
+            resources=Resources(cpu="2", memory="300Mi", gpu=1),
+            volumes=[Volume(host_path="/mnt/acme/in", container_path="/data")],
+            secret="acme-storage",
+            timeout=30.0,
+            retry=RetryPolicy(max_retries=2, backoff="exponential_jitter"),
+        ),
         callbacks=["http://receiver.local/hook"],
-        timeout=30.0,
         dialect="other",
         task_id=TASK,
-        retry=RetryPolicy(max_retries=2, backoff="exponential_jitter"),
         concurrency_key="reports",
     ),
     JobQueued: JobQueued(
@@ -374,7 +386,7 @@ def test_defaults_are_filled_when_decoding_a_minimal_submission():
     }
     event = decode(json.dumps(data).encode())
     assert isinstance(event, JobSubmitted)
-    assert (event.callbacks, event.timeout, event.dialect) == ([], None, "taskengine")
+    assert (event.callbacks, event.run.timeout, event.dialect) == ([], None, "taskengine")
 
 
 def test_decode_rejects_an_unknown_type_tag():

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from taskengine_contracts.events import Resources
 from taskengine_core import drove
 from taskengine_dispatcher import kube_containers, kube_jobs
 
@@ -69,7 +70,7 @@ def work_task_job() -> dict[str, Any]:
         attempt=1,
         image="registry.example.com/taskengine:0.1.0",
         env={"TASKENGINE_TASK_ID": "1"},
-        requirements={"cpu": "1", "memory": "1Gi"},
+        requirements=Resources(cpu="1", memory="1Gi"),
         memory=None,
         secret="creds",
         secret_keys=["AWS_ACCESS_KEY_ID"],

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from taskengine_contracts.events import JobExecuting, JobStarted, JobSucceeded
-from taskengine_core.worktasks import worker_token
+from taskengine_core.attempts import worker_token
 from taskengine_dispatcher.kube_jobs import CLIENT_LABEL
 
 from tests.support.fake_kubernetes import FakeKubernetes

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from taskengine_core.attempts import worker_token
 from taskengine_core.ids import job_stream
-from taskengine_core.worktasks import worker_token
 
 from tests.support.system import ADMIN, OTHER, WEBHOOK_KEY, System, running_system
 from tests.support.waiting import wait_until

@@ -6,7 +6,7 @@ import itertools
 import random
 from datetime import UTC, datetime, timedelta
 
-from taskengine_contracts.events import JobSubmitted, SettingChanged
+from taskengine_contracts.events import JobSubmitted, RunSpec, SettingChanged
 from taskengine_core.ids import SETTINGS_STREAM, job_stream
 
 _numbers = itertools.count(random.randrange(10**6, 10**9, 10**5))
@@ -39,8 +39,8 @@ def submitted(
         priority=priority,
         run_at=now + timedelta(seconds=delay),
         state="scheduled" if delay > 0 else "queued",
+        run=RunSpec(timeout=timeout),
         callbacks=callbacks or [],
-        timeout=timeout,
     )
 
 

@@ -1,14 +1,14 @@
 """Drove container tasks (seed 004): one job of the core seen through Drove's task API.
 
 A task is a job (`dialect="drove"`) whose `attributes` keep Drove's task spec, its `opSpec` and
-its `instanceId`. A WORKFLOW executable runs a registered workflow with its parameters and the
-task's `env` in its steps' environment; a DOCKER one is the Kubernetes executor's (workflow
-`docker`, parameters `{image, args, env}`), run as a plain Job of its image: any other executor
-fails it before it starts, so it ends PROVISIONING_FAILED saying what to configure. Its volumes
-are host paths: only under the operator's `TASKENGINE_KUBE_HOST_PATHS`. `opSpec.timeout` bounds
-the operation, as in
-Drove: a task not started within it is never started (PROVISIONING_FAILED); it does not limit
-how long the task runs. A task runs once: it is never retried.
+its `instanceId` for its views. A WORKFLOW executable runs a registered workflow's steps with
+its parameters and the task's `env` in their environment; a DOCKER one runs as a container
+(run kind `container`: its image, args, env, resources and volumes; workflow `docker`), a
+plain Kubernetes Job of its image: any other executor fails it before it starts, so it ends
+PROVISIONING_FAILED saying what to configure. Its volumes are host paths: only under the
+operator's `TASKENGINE_KUBE_HOST_PATHS`. `opSpec.timeout` bounds the operation, as in Drove: a
+task not started within it is never started (PROVISIONING_FAILED); it does not limit how long
+the task runs. A task runs once: its retry policy allows no retries.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from enum import StrEnum
 from typing import Any
 from uuid import uuid4
 
-from taskengine_contracts.events import JobSubmitted, RetryPolicy
+from taskengine_contracts.events import JobSubmitted, Resources, RetryPolicy, RunSpec, Volume
 
 from taskengine_core import workflows
 from taskengine_core.config import KUBERNETES
 from taskengine_core.errors import DomainError
-from taskengine_core.ids import job_stream
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.quotas import ResourceLimits
+from taskengine_core.submission import job_submitted
 
 DIALECT = "drove"
 DOCKER = "docker"
@@ -125,20 +125,44 @@ class Submission:
     attributes: dict[str, Any]
 
     def submitted(self, job_id: int, client: str, at: datetime) -> JobSubmitted:
-        return JobSubmitted(
-            id=job_stream(job_id),
-            version=1,
-            at=at,
-            job_id=job_id,
-            client=client,
+        return job_submitted(
+            job_id,
+            client,
+            at,
             workflow=self.workflow,
             parameters=self.parameters,
-            priority=PRIORITY,
-            run_at=at,
-            state="queued",
+            run=self.run,
             dialect=DIALECT,
-            retry=RetryPolicy(max_retries=0),  # a Drove task is never restarted
+            priority=PRIORITY,
             attributes={**self.attributes, "instanceId": f"TI-{uuid4()}"},
+        )
+
+    @property
+    def run(self) -> RunSpec:
+        """A WORKFLOW runs its steps with the task's env; a DOCKER one its image as a
+        container with its args, env, resources and host paths. Never restarted."""
+        attributes = self.attributes
+        once = RetryPolicy(max_retries=0)
+        if self.workflow != DOCKER:
+            return RunSpec(env=attributes["env"], retry=once)
+        amounts = {item["type"]: item for item in attributes["resources"]}
+        return RunSpec(
+            kind="container",
+            image=self.parameters["image"],
+            args=attributes["args"],
+            env=attributes["env"],
+            resources=Resources(
+                cpu=str(amounts["CPU"]["count"]), memory=f"{amounts['MEMORY']['sizeInMB']}Mi"
+            ),
+            volumes=[
+                Volume(
+                    host_path=volume["pathOnHost"],
+                    container_path=volume["pathInContainer"],
+                    read_only=volume["mode"] == "READ_ONLY",
+                )
+                for volume in attributes["volumes"]
+            ],
+            retry=once,
         )
 
 
@@ -410,11 +434,6 @@ def _strings(value: object, field: str) -> list[str]:
 # --- running --------------------------------------------------------------------------------
 
 
-def is_docker(job: JobSubmitted | Job) -> bool:
-    """Whether a job is a DOCKER task (a plain Kubernetes Job of its image, no workflow)."""
-    return job.dialect == DIALECT and job.workflow == DOCKER
-
-
 def check_startable(
     submitted: JobSubmitted, executor: str, now: datetime, host_paths: tuple[str, ...] = ()
 ) -> None:
@@ -429,41 +448,29 @@ def check_startable(
         raise ProvisioningFailed(
             f"provisioning timed out: the task did not start within its opSpec.timeout ({given})"
         )
-    kind = (attributes.get("executable") or {}).get("type")  # type: ignore[union-attr]
-    if kind == "DOCKER" and executor != KUBERNETES:
+    container = submitted.run.kind == "container"
+    if container and executor != KUBERNETES:
         raise ProvisioningFailed(
             "DOCKER executables need the Kubernetes executor: set TASKENGINE_EXECUTOR=kubernetes"
             f" (this task reached the {executor} executor)"
         )
-    if kind == "DOCKER" and attributes.get("configs"):
+    if container and attributes.get("configs"):
         raise ProvisioningFailed(
             "spec.configs (files put in the container) are not supported by the Kubernetes"
             " executor: bake them into the image or pass them in env"
         )
+    volumes = [
+        {
+            "pathOnHost": volume.host_path,
+            "pathInContainer": volume.container_path,
+            "mode": "READ_ONLY" if volume.read_only else "READ_WRITE",
+        }
+        for volume in submitted.run.volumes
+    ]
     try:
-        volumes = attributes.get("volumes") or []
-        check_host_paths(volumes, host_paths, submitted.client)  # type: ignore[arg-type]
+        check_host_paths(volumes, host_paths, submitted.client)
     except InvalidTask as error:  # the operator narrowed TASKENGINE_KUBE_HOST_PATHS since
         raise ProvisioningFailed(str(error)) from None
-
-
-def task_environment(submitted: JobSubmitted | Job) -> dict[str, str]:
-    """What a Drove task's steps (or its container) get in their environment: its `env`
-    (checked at submission; names that would steer the engine or the host are dropped again
-    here)."""
-    if submitted.dialect != DIALECT:
-        return {}
-    env = submitted.attributes.get("env")
-    if not isinstance(env, dict):
-        return {}
-    return {
-        name: value
-        for name, value in env.items()
-        if isinstance(name, str)
-        and isinstance(value, str)
-        and ENV_NAME.fullmatch(name)
-        and not env_reserved(name)
-    }
 
 
 # --- states ---------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from taskengine_contracts.events import (
     JobTimedOut,
     JobUpdated,
     RetryPolicy,
+    RunSpec,
 )
 
 from taskengine_core.errors import IllegalTransition
@@ -145,10 +146,9 @@ class Job(msgspec.Struct):
     rerun_as: int | None = None
     semaphore_url: str | None = None
     task_id: UUID | None = None
-    retry: RetryPolicy | None = None
+    run: RunSpec = RunSpec()
     concurrency_key: str | None = None
     attributes: dict[str, object] = {}
-    timeout: float | None = None
     retries: int = 0
     """Attempts that failed and were retried."""
     retry_reason: str | None = None
@@ -161,6 +161,14 @@ class Job(msgspec.Struct):
     """The memory limit of the next (or current) attempt, when raised after OOMKilled."""
     output_location: str | None = None
     metadata: dict[str, object] = {}
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        return self.run.retry
+
+    @property
+    def timeout(self) -> float | None:
+        return self.run.timeout
 
     @property
     def failed(self) -> bool:
@@ -196,10 +204,9 @@ class Job(msgspec.Struct):
             dialect=event.dialect,
             semaphore_url=event.semaphore_url,
             task_id=event.task_id,
-            retry=event.retry,
+            run=event.run,
             concurrency_key=event.concurrency_key,
             attributes=event.attributes,
-            timeout=event.timeout,
         )
 
     def apply(self, event: JobEvent) -> Job:

@@ -29,8 +29,6 @@ class ResourceLimits:
 
     @classmethod
     def of(cls, config: EngineSettings) -> ResourceLimits:
-        from taskengine_core.worktasks import memory_bytes
-
         return cls(config.max_task_cpu, memory_bytes(config.max_memory), config.max_task_gpu)
 
     def problem(self, cpu: float = 0, memory_bytes: int = 0, gpu: int = 0) -> str | None:
@@ -45,6 +43,28 @@ class ResourceLimits:
         if gpu > self.gpu:
             return f"gpu {gpu} is more than the {self.gpu} GPUs a task may request"
         return None
+
+
+_MEMORY_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?")
+
+
+def memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (`512Mi`, `2Gi`, `1G`, `1048576`) in bytes."""
+    match = _QUANTITY.fullmatch(str(quantity).strip())
+    if not match:
+        raise ValueError(f"memory {quantity!r} is not a quantity like 512Mi or 2Gi")
+    return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2) or ""])
 
 
 def cpu_cores(value: object) -> float:

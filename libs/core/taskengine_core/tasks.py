@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
-import random
 import re
 import sys
 import time
@@ -506,28 +505,6 @@ def check_uuid(field: str, value: object) -> UUID:
 
 
 # --- runs ---------------------------------------------------------------------------------
-
-_RNG = random.Random()
-
-
-def backoff_delay(
-    strategy: str, retry: int, base: float, cap: float, rng: random.Random | None = None
-) -> float:
-    """Seconds before retry number `retry` (1 = the first retry), at most `cap`.
-
-    fixed: base; linear: base * retry; exponential_jitter ("full jitter"): uniform between 0
-    and base * 2 ** (retry - 1).
-    """
-    if retry < 1 or base < 0 or cap < 0:
-        raise ValueError(f"need retry >= 1, base >= 0, cap >= 0; got {retry}, {base}, {cap}")
-    if strategy == "fixed":
-        return min(cap, base)
-    if strategy == "linear":
-        return min(cap, base * retry)
-    if strategy == "exponential_jitter":
-        bound = min(cap, base * 2.0 ** min(retry - 1, 1000))
-        return (rng or _RNG).uniform(0, bound)
-    raise InvalidTask("backoff_strategy", f"must be one of {', '.join(BACKOFF_STRATEGIES)}")
 
 
 def dedupe_blocks(window_seconds: int | None, last_started: datetime | None, now: datetime) -> bool:

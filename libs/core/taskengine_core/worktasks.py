@@ -1,21 +1,20 @@
 """Work tasks (the `/api/worktasks` dialect): one job of the core seen through this dialect.
 
-A work task is a job whose `attributes` keep the request (type, project, spec, resources, data
-access, its priority as given). Its retries are for transient failures only (`OOMKilled`,
-`Evicted`, `DeadlineExceeded`, or an attempt lost with its worker), each after a full-jitter
-backoff; an OOM retry raises the memory limit ×1.5 up to a cap. A worker's status report is
-planned here into the job's next event, so the gateway only validates, plans and commits.
+A work task is a job run by a remote worker (run kind `worker`, with its resources and storage
+credentials), whose `attributes` keep the request for its views (type, project, spec,
+resources, data access, its priority as given). Its retry policy, set at submission, retries
+transient failures only (`OOMKilled`, `Evicted`, `DeadlineExceeded`, or an attempt lost with
+its worker), each after a full-jitter backoff; the core's retry rule (retries.py) applies it,
+raising the memory limit after OOMKilled. A worker's status report is planned here into the
+job's next event, so the gateway only validates, plans and commits.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from taskengine_contracts.events import (
@@ -30,21 +29,25 @@ from taskengine_contracts.events import (
     JobSucceeded,
     JobTimedOut,
     JobUpdated,
+    Resources,
+    RetryPolicy,
+    RunSpec,
 )
 
+from taskengine_core import quotas
+from taskengine_core.attempts import TRANSIENT
 from taskengine_core.clients import mask_values
 from taskengine_core.errors import DomainError, IllegalTransition
 from taskengine_core.jobs import FINAL_STATES, Job, JobState, advance, state_after
 from taskengine_core.quotas import ResourceLimits, cpu_cores, gpu_count
-from taskengine_core.tasks import backoff_delay
+from taskengine_core.retries import RetrySettings, after_failure
+from taskengine_core.steps import Outcome
+from taskengine_core.submission import job_submitted
 
 DIALECT = "worktasks"
 """The `dialect` of a work task's job."""
 TYPES = ("pipeline_execution", "ml_training", "ml_inference", "digital_twin_update")
 REPORTS = ("executing", "completed", "failed", "timeout", "cancelled")
-TRANSIENT = ("OOMKilled", "Evicted", "DeadlineExceeded")
-LOST = "lost"
-"""An attempt whose worker vanished without a final report: retried like a transient one."""
 DEFAULT_MAX_RETRIES = 3
 MAX_MAX_RETRIES = 100
 DEFAULT_PRIORITY = 1
@@ -91,7 +94,6 @@ WAITING = (
     JobState.PAUSED,
 )
 """Accepted but not yet running: the queue of `GET /api/worktasks` and `/api/metrics`."""
-TOKEN_PREFIX = "wt_"
 
 
 class InvalidWorkTask(DomainError):
@@ -123,46 +125,16 @@ def engine_priority(priority: object) -> int:
     return max(1, min(10, 6 - round(priority)))
 
 
-def worker_token(key: str, job_id: int, attempt: int) -> str:
-    """The token the worker of one attempt reports with: derived from the engine's signing key
-    (TASKENGINE_WEBHOOK_KEY), so the gateway checks it without storing it; it is refused once
-    its attempt is over."""
-    digest = hmac.new(key.encode(), f"worker:{job_id}:{attempt}".encode(), hashlib.sha256)
-    return TOKEN_PREFIX + base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
-
-
-def token_fits(token: str, key: str, job_id: int, attempt: int) -> bool:
-    return bool(key) and hmac.compare_digest(token, worker_token(key, job_id, attempt))
-
-
 # --- memory quantities ------------------------------------------------------------------------
-
-_UNITS = {
-    "": 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-}
-_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?")
 
 
 def memory_bytes(quantity: str) -> int:
-    """A Kubernetes memory quantity (`512Mi`, `2Gi`, `1G`, `1048576`) in bytes."""
-    match = _QUANTITY.fullmatch(str(quantity).strip())
-    if not match:
-        raise InvalidWorkTask(f"memory {quantity!r} is not a quantity like 512Mi or 2Gi")
-    return int(float(match.group(1)) * _UNITS[match.group(2) or ""])
-
-
-def raised_memory(quantity: str, cap: str) -> str:
-    """The memory limit after an OOM kill: ×1.5, at most `cap`, in whole Mi."""
-    raised = min(memory_bytes(quantity) * 3 // 2, memory_bytes(cap))
-    return f"{math.ceil(raised / 2**20)}Mi"
+    """A memory quantity of a request (`512Mi`, `2Gi`) in bytes; `InvalidWorkTask` if it is
+    not one."""
+    try:
+        return quotas.memory_bytes(quantity)
+    except ValueError as error:
+        raise InvalidWorkTask(str(error)) from None
 
 
 # --- submissions ------------------------------------------------------------------------------
@@ -181,6 +153,43 @@ class Submission:
     max_retries: int
     timeout: float | None
     attributes: dict[str, Any]
+
+    def submitted(self, job_id: int, client: str, at: datetime) -> JobSubmitted:
+        """The work task's job: a remote worker runs its workflow with its resources and
+        storage credentials; it retries transient failures only, after a jittered backoff."""
+        access = self.attributes["data_access"]
+        return job_submitted(
+            job_id,
+            client,
+            at,
+            workflow=self.workflow,
+            parameters=self.parameters,
+            run=RunSpec(
+                kind="worker",
+                resources=requested(self.attributes["resource_requirements"]),
+                secret=access.get("storage_credentials") or None,
+                timeout=self.timeout,
+                retry=RetryPolicy(
+                    max_retries=self.max_retries,
+                    backoff="exponential_jitter",
+                    transient_only=True,
+                ),
+            ),
+            dialect=DIALECT,
+            priority=self.priority,
+            attributes=self.attributes,
+        )
+
+
+def requested(resources: dict[str, Any]) -> Resources:
+    """`resource_requirements` (as `submission` checked them) as the worker's Job asks for
+    them: `gpu` true is one GPU."""
+    cpu, memory, gpu = resources.get("cpu"), resources.get("memory"), resources.get("gpu")
+    return Resources(
+        cpu=None if cpu is None or isinstance(cpu, bool) else str(cpu),
+        memory=None if memory is None else str(memory),
+        gpu=1 if gpu is True else gpu if isinstance(gpu, int) and gpu > 0 else 0,
+    )
 
 
 def submission(data: dict[str, Any]) -> Submission:
@@ -343,67 +352,31 @@ def plan_report(
             **common,
         )
         return [event], "updated"
-    return failed(
-        job,
-        status,
-        transient_reason(metadata, error_message),
-        error_message or transient_reason(metadata, None) or f"the worker reported {status}",
-        now=now,
-        metadata=metadata,
-        retry_delay=retry_delay,
-        retry_max_delay=retry_max_delay,
-        max_memory=max_memory,
-    )
-
-
-def failed(
-    job: Job,
-    status: str,
-    transient: str | None,
-    message: str,
-    *,
-    now: datetime,
-    metadata: dict[str, Any] | None = None,
-    retry_delay: float = 5,
-    retry_max_delay: float = 600,
-    max_memory: str = "16Gi",
-) -> tuple[list[JobEvent], str]:
-    """A failed attempt of a work task: requeued while a transient failure has retries left,
-    else ended `failed` (or `timeout` for a deadline)."""
-    limit = job.retry.max_retries if job.retry else DEFAULT_MAX_RETRIES
-    common = {"workflow": job.workflow, "attempt": job.attempt}
+    transient = transient_reason(metadata, error_message)
+    message = error_message or transient_reason(metadata, None) or f"the worker reported {status}"
     reason = f"{transient}: {message}" if transient and message != transient else message
-    if transient and job.retries < limit:
-        memory = None
-        if transient == "OOMKilled" and (current := job.memory or _requested_memory(job)):
-            memory = raised_memory(current, max_memory)
-        delay = backoff_delay(
-            "exponential_jitter", job.retries + 1, base=retry_delay, cap=retry_max_delay
-        )
-        event = advance(
-            job.ref,
-            JobRetryScheduled,
-            at=now,
-            priority=job.priority,
-            retry_at=now + timedelta(seconds=delay),
-            reason=reason,
-            concurrency_key=job.concurrency_key,
-            transient=transient,
-            memory=memory,
-            **common,
-        )
-        return [event], "requeued_for_retry"
-    if status == "timeout" or transient == "DeadlineExceeded":
-        timeout = job.timeout or 0.0
-        return [advance(job.ref, JobTimedOut, at=now, timeout=timeout, **common)], "updated"
-    event = advance(job.ref, JobFailed, at=now, reason=reason, metadata=metadata or {}, **common)
-    return [event], "updated"
-
-
-def _requested_memory(job: Job) -> str | None:
-    resources = job.attributes.get("resource_requirements")
-    memory = resources.get("memory") if isinstance(resources, dict) else None
-    return str(memory) if memory is not None else None
+    timed_out = status == "timeout"
+    outcome = Outcome(
+        "timed_out" if timed_out else "failed",
+        reason,
+        timeout=(job.timeout or 0.0) if timed_out else 0.0,
+        transient=transient,
+    )
+    settings = RetrySettings(DEFAULT_MAX_RETRIES, retry_delay, retry_max_delay, max_memory)
+    event = after_failure(
+        job.ref,
+        outcome,
+        job.run,
+        settings,
+        workflow=job.workflow,
+        priority=job.priority,
+        attempt=job.attempt,
+        concurrency_key=job.concurrency_key,
+        memory=job.memory,
+        metadata=metadata,
+        now=now,
+    )
+    return [event], "requeued_for_retry" if isinstance(event, JobRetryScheduled) else "updated"
 
 
 # --- the seed's view --------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from taskengine_contracts.events import (
     JobSucceeded,
     JobTimedOut,
     RetryPolicy,
+    RunSpec,
 )
 from taskengine_core import drove
 from taskengine_core.drove import InvalidTask, ProvisioningFailed, TaskState
@@ -77,7 +78,7 @@ def test_a_workflow_create_becomes_a_drove_job_that_runs_once() -> None:
     event = submission.submitted(7, "acme", NOW)
     assert (event.job_id, event.client, event.dialect) == (7, "acme", "drove")
     assert (event.workflow, event.parameters, event.state) == ("sleep", {"seconds": 1}, "queued")
-    assert event.retry == RetryPolicy(max_retries=0) and event.timeout is None
+    assert event.run.retry == RetryPolicy(max_retries=0) and event.run.timeout is None
     attributes = event.attributes
     assert attributes["resources"] == [
         {"type": "CPU", "count": 1},
@@ -193,7 +194,7 @@ def test_a_docker_task_starts_on_kubernetes_only_with_allowed_volumes_and_no_con
     volume = {"pathInContainer": "/data", "pathOnHost": "/mnt/acme/vol", "mode": "READ_ONLY"}
     docker = drove.create_operation(operation(executable=DOCKER, volumes=[volume]))
     event = docker.submitted(3, "acme", NOW)
-    assert drove.is_docker(event) and not drove.is_docker(_replace(event, dialect="taskengine"))
+    assert (event.run.kind, event.run.image) == ("container", DOCKER["url"])
     drove.check_startable(event, "kubernetes", NOW, ("/mnt",))
     with pytest.raises(ProvisioningFailed, match="not a host path"):  # another client's
         drove.check_startable(_replace(event, client="other"), "kubernetes", NOW, ("/mnt",))
@@ -207,11 +208,13 @@ def test_a_docker_task_starts_on_kubernetes_only_with_allowed_volumes_and_no_con
 
 def test_only_a_drove_tasks_checked_env_reaches_its_steps() -> None:
     event = drove.create_operation(operation()).submitted(1, "acme", NOW)
-    assert drove.task_environment(event) == {"ITERATIONS": "10"}
+    assert event.run.env == {"ITERATIONS": "10"}
     smuggled = {**event.attributes, "env": {"PATH": "/tmp", "OK": "1", "N": 2}}
-    assert drove.task_environment(_replace(event, attributes=smuggled)) == {"OK": "1"}
-    other = _replace(event, dialect="taskengine", parameters={"env": {"A": "1"}})
-    assert drove.task_environment(other) == {}
+    assert _replace(event, attributes=smuggled).run.env == {"ITERATIONS": "10"}
+    with pytest.raises(InvalidTask, match="reserved"):
+        drove.create_operation(operation(env={"PATH": "/tmp"}))
+    other = _replace(event, dialect="taskengine", parameters={"env": {"A": "1"}}, run=RunSpec())
+    assert other.run.env == {}
     drove.check_startable(_replace(other, at=NOW - timedelta(days=30)), "local", NOW)
 
 

@@ -24,6 +24,7 @@ from taskengine_contracts.events import (
     JobSucceeded,
     JobTimedOut,
     JobUpdated,
+    RunSpec,
 )
 from taskengine_core.errors import IllegalTransition
 from taskengine_core.jobs import (
@@ -104,6 +105,7 @@ def submitted(state: str = "queued", at: datetime = T0, **overrides: Any) -> Job
         "priority": 3,
         "run_at": at,
         "state": state,
+        "run": RunSpec(),
     }
     fields.update(overrides)
     return JobSubmitted(**fields)

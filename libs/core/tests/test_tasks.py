@@ -20,7 +20,6 @@ from taskengine_core.tasks import (
     OnceSchedule,
     RRuleSchedule,
     Schedule,
-    backoff_delay,
     check_backoff,
     check_dedupe,
     check_int,
@@ -691,44 +690,6 @@ def test_an_event_topic_may_be_200_printable_characters():
 
 def test_the_backoff_strategies_are_the_documented_ones():
     assert BACKOFF_STRATEGIES == ("exponential_jitter", "linear", "fixed")
-
-
-def test_fixed_backoff_waits_the_base_capped():
-    assert [backoff_delay("fixed", retry, 5, 60) for retry in (1, 2, 10)] == [5, 5, 5]
-    assert backoff_delay("fixed", 1, 90, 60) == 60
-
-
-def test_linear_backoff_grows_by_the_base_up_to_the_cap():
-    assert [backoff_delay("linear", retry, 5, 12) for retry in (1, 2, 3, 4)] == [5, 10, 12, 12]
-
-
-def test_exponential_jitter_is_uniform_below_a_doubling_bound():
-    rng = random.Random(42)
-    for retry, bound in [(1, 2), (2, 4), (3, 8), (4, 16), (5, 32), (6, 50), (12, 50)]:
-        delays = [backoff_delay("exponential_jitter", retry, 2, 50, rng) for _ in range(4000)]
-        assert all(0 <= delay <= bound for delay in delays)
-        assert max(delays) > 0.97 * bound
-        assert sum(delays) / len(delays) == pytest.approx(bound / 2, rel=0.05)
-
-
-def test_exponential_jitter_with_the_same_seed_repeats_itself():
-    def draw(seed):
-        return [backoff_delay("exponential_jitter", 3, 1, 60, random.Random(seed)) for _ in "ab"]
-
-    assert draw(1) == draw(1)
-
-
-def test_exponential_jitter_survives_huge_retry_numbers():
-    assert 0 <= backoff_delay("exponential_jitter", 100_000, 1e6, 300) <= 300
-
-
-def test_backoff_refuses_unknown_strategies_and_nonsense_numbers():
-    with pytest.raises(InvalidTask) as caught:
-        backoff_delay("quadratic", 1, 1, 10)
-    assert caught.value.field == "backoff_strategy"
-    for retry, base, cap in [(0, 1, 10), (1, -1, 10), (1, 1, -10)]:
-        with pytest.raises(ValueError):
-            backoff_delay("fixed", retry, base, cap)
 
 
 # --- request fields -------------------------------------------------------------------------

@@ -3,6 +3,7 @@ transient failures, worker tokens, the seed's view and the WebSocket's updates."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,24 +20,22 @@ from taskengine_contracts.events import (
     JobSucceeded,
     JobTimedOut,
     JobUpdated,
-    RetryPolicy,
+    RunSpec,
 )
 from taskengine_core import worktasks
-from taskengine_core.ids import job_stream
+from taskengine_core.attempts import TOKEN_PREFIX, token_fits, worker_token
 from taskengine_core.jobs import Job, JobState, advance
+from taskengine_core.retries import raised_memory
 from taskengine_core.worktasks import (
     InvalidWorkTask,
     ReportRefused,
     engine_priority,
     memory_bytes,
     plan_report,
-    raised_memory,
     submission,
-    token_fits,
     transient_reason,
     update,
     view,
-    worker_token,
 )
 
 T0 = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
@@ -57,25 +56,7 @@ BODY: dict[str, Any] = {
 
 def submitted(max_retries: int = 3, **body: Any) -> Job:
     task = submission({**BODY, **body})
-    event = JobSubmitted(
-        id=job_stream(7),
-        version=1,
-        at=T0,
-        job_id=7,
-        client="acme",
-        workflow=task.workflow,
-        parameters=task.parameters,
-        priority=task.priority,
-        run_at=T0,
-        state="queued",
-        timeout=task.timeout,
-        dialect=worktasks.DIALECT,
-        retry=RetryPolicy(
-            max_retries=max_retries, backoff="exponential_jitter", transient_only=True
-        ),
-        attributes=task.attributes,
-    )
-    return Job.started(event)
+    return Job.started(replace(task, max_retries=max_retries).submitted(7, "acme", T0))
 
 
 def running(job: Job, attempt: int = 1, at: datetime = T0) -> Job:
@@ -176,7 +157,7 @@ def test_a_higher_priority_is_more_urgent_on_the_engines_scale():
 
 def test_a_worker_token_fits_its_attempt_only():
     token = worker_token(KEY, 7, 2)
-    assert token.startswith(worktasks.TOKEN_PREFIX)
+    assert token.startswith(TOKEN_PREFIX)
     assert token_fits(token, KEY, 7, 2)
     assert not token_fits(token, KEY, 7, 1) and not token_fits(token, KEY, 8, 2)
     assert not token_fits(token, "", 7, 2) and not token_fits(token, "other-key", 7, 2)
@@ -330,6 +311,7 @@ def test_updates_say_the_status_and_the_fields_an_event_sets():
         priority=5,
         run_at=T0,
         state="queued",
+        run=RunSpec(kind="worker"),
         dialect=worktasks.DIALECT,
     )
     assert update(submitted_event) == {"status": "queued", "submitted_at": "2024-01-15T10:30:00Z"}

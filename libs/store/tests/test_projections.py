@@ -30,6 +30,7 @@ from taskengine_contracts.events import (
     JobTimedOut,
     JobUpdated,
     LogLine,
+    RunSpec,
     SettingChanged,
 )
 from taskengine_core.jobs import Job, JobRef, JobState, advance
@@ -63,6 +64,7 @@ def submitted(
         priority=4,
         run_at=T0,
         state="queued",
+        run=RunSpec(),
     )
 
 

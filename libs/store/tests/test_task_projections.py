@@ -26,6 +26,7 @@ from taskengine_contracts.events import (
     JobSubmitted,
     JobSucceeded,
     JobTimedOut,
+    RunSpec,
     TaskCancelled,
     TaskCreated,
     TaskDefinition,
@@ -133,7 +134,7 @@ class Run:
         self.submitted = JobSubmitted(
             id=job_stream(number), version=1, at=at(seconds), job_id=number,
             client=task.client if task else "alice", workflow="noop", parameters={}, priority=5,
-            run_at=at(seconds), state=state, task_id=task.id if task else None,
+            run_at=at(seconds), state=state, run=RunSpec(), task_id=task.id if task else None,
         )  # fmt: skip
         self.last: JobEvent = self.submitted
 

@@ -21,6 +21,7 @@ from taskengine_contracts.events import (
     JobStarted,
     JobSubmitted,
     JobSucceeded,
+    RunSpec,
     SettingChanged,
 )
 from taskengine_core.ids import SETTINGS_STREAM, job_stream
@@ -80,6 +81,7 @@ def submitted(number: int, priority: int = 5, at: float = 0) -> JobSubmitted:
         priority=priority,
         run_at=T0,
         state="queued",
+        run=RunSpec(),
     )
 
 

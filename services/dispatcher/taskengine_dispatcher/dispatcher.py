@@ -34,18 +34,18 @@ from taskengine_contracts.events import (
     JobSubmitted,
     JobSucceeded,
     LogLine,
-    RetryPolicy,
+    RunSpec,
     StepChanged,
 )
+from taskengine_core.attempts import LOST
 from taskengine_core.config import EXECUTORS, KUBERNETES, LOCAL
 from taskengine_core.confinement import Confinement
-from taskengine_core.drove import check_startable, is_docker, task_environment
+from taskengine_core.drove import check_startable
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import execution_stream
 from taskengine_core.jobs import Job, JobRef, JobState, advance
 from taskengine_core.steps import Outcome, StepEvent, run_steps
 from taskengine_core.workflows import workflow
-from taskengine_core.worktasks import DIALECT, LOST
 from taskengine_store.store import Conflict, Statement
 
 from taskengine_dispatcher import workers
@@ -94,7 +94,7 @@ class Execution:
     attempt: int
     callbacks: list[str]
     custom_data: object = None
-    retry: RetryPolicy | None = None
+    run: RunSpec = RunSpec()
     concurrency_key: str | None = None
     log_version: int = 0
     lines: list[LogLine] = field(default_factory=list)
@@ -168,9 +168,10 @@ class Dispatcher:
         for event in admitted:
             spec = specs.get(event.id, [None])[0]
             assert isinstance(spec, JobSubmitted), f"job {event.job_id} has no submission"
-            # Remote workers run work tasks (they report over the work-task protocol) and
-            # DOCKER tasks; every other job runs its steps here whatever the executor.
-            remote = self.executor != LOCAL and (spec.dialect == DIALECT or is_docker(spec))
+            # Remote executors run workers (they report back) and containers; every other job
+            # runs its steps here whatever the executor.
+            run = spec.run
+            remote = self.executor != LOCAL and run.kind != "steps"
             job = (
                 Job.fold(e for e in specs[event.id] if isinstance(e, JobEvent)) if remote else None
             )
@@ -179,10 +180,10 @@ class Dispatcher:
             try:
                 host_paths = self.runtime.config.host_path_prefixes
                 check_startable(spec, self.executor, datetime.now(UTC), host_paths)  # Drove's
-                # A DOCKER task has no steps: its image runs as a Job of its own.
+                # A container has no steps: its image runs as a Job of its own.
                 steps = (
                     []
-                    if is_docker(spec)
+                    if run.kind == "container"
                     else workflow(spec.workflow).steps(spec.parameters, event.attempt)
                 )
             except (DomainError, ValueError) as error:
@@ -203,7 +204,7 @@ class Dispatcher:
                 attempt=event.attempt,
                 executor=self.executor if remote else LOCAL,
                 callbacks=spec.callbacks,
-                memory=workers.attempt_memory(job) if remote and job else None,
+                memory=workers.attempt_memory(job) if job and run.kind == "worker" else None,
                 cluster=placement.cluster if placement else None,
                 job_name=placement.job_name if placement else None,
             )
@@ -228,7 +229,7 @@ class Dispatcher:
                 event.attempt,
                 spec.callbacks,
                 custom_data,
-                spec.retry,
+                run,
                 spec.concurrency_key,
             )
             rows.append(
@@ -249,7 +250,7 @@ class Dispatcher:
                     ),
                 )
             )
-            timeout = spec.timeout or DEFAULT_TIMEOUT
+            timeout = run.timeout or DEFAULT_TIMEOUT
             if self.kube and placement and job:
                 env = {}
                 execution.worker = self.kube.attempt(placement, spec, job, event.attempt, timeout)
@@ -259,7 +260,7 @@ class Dispatcher:
                 execution.worker = WorkerProcess(env, timeout)
             else:
                 env = {
-                    **task_environment(spec),  # a Drove task's own env
+                    **run.env,
                     "TASKENGINE_JOB_ID": str(ref.job_id),
                     "TASKENGINE_ATTEMPT": str(event.attempt),
                     "TASKENGINE_PARAMETERS": json.dumps(spec.parameters),
@@ -422,7 +423,7 @@ class Dispatcher:
             execution.outcome,
             self.runtime.settings,
             execution.custom_data,
-            execution.retry,
+            execution.run,
             execution.concurrency_key,
         )  # type: ignore[arg-type]
 
@@ -504,7 +505,7 @@ class Dispatcher:
                 row["attempt"],
                 row["callbacks"],
                 row["custom_data"],
-                job.retry,
+                job.run,
                 job.concurrency_key,
                 worker=attempt,
             )

@@ -11,12 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from taskengine_contracts.events import ExecutionLogged, JobExecuting, JobSubmitted, LogLine
+from taskengine_contracts.events import (
+    ExecutionLogged,
+    JobExecuting,
+    JobSubmitted,
+    LogLine,
+    RunSpec,
+)
 from taskengine_core import drove
+from taskengine_core.attempts import LOST
 from taskengine_core.ids import execution_stream, job_stream
 from taskengine_core.jobs import Job, JobState, advance
 from taskengine_core.steps import MAX_LINE, Outcome
-from taskengine_core.worktasks import LOST
 from taskengine_store.store import EventStore
 
 from taskengine_dispatcher import kube_jobs
@@ -45,8 +51,8 @@ class ContainerRun:
 
 
 def container_run(job: JobSubmitted | Job, timeout: float) -> ContainerRun | None:
-    """The task's run, or None when the job is not a DOCKER task."""
-    if not drove.is_docker(job):
+    """The task's run, or None when the job does not run a container."""
+    if job.run.kind != "container":
         return None
     executable = job.attributes.get("executable")
     given = executable.get("dockerPullTimeout") if isinstance(executable, dict) else None
@@ -54,50 +60,35 @@ def container_run(job: JobSubmitted | Job, timeout: float) -> ContainerRun | Non
     if given is not None:
         seconds = drove.parse_duration(given, "dockerPullTimeout")
     shown = str(given) if given is not None else f"{DEFAULT_PULL_TIMEOUT:g} seconds"
-    return ContainerRun(str(job.parameters.get("image")), seconds, shown, timeout)
+    return ContainerRun(str(job.run.image), seconds, shown, timeout)
 
 
-def resources(attributes: dict[str, object]) -> Obj:
-    """Requests and limits (equal) from the task's Drove resources: CPU `count` cores,
-    MEMORY `sizeInMB` mebibytes."""
-    amounts: dict[str, str] = {}
-    for resource in attributes.get("resources") or []:  # type: ignore[attr-defined]
-        if resource.get("type") == "CPU":
-            amounts["cpu"] = str(resource["count"])
-        elif resource.get("type") == "MEMORY":
-            amounts["memory"] = f"{resource['sizeInMB']}Mi"
-    return {"requests": amounts, "limits": dict(amounts)} if amounts else {}
-
-
-def volumes(attributes: dict[str, object]) -> tuple[list[Obj], list[Obj]]:
+def volumes(run: RunSpec) -> tuple[list[Obj], list[Obj]]:
     """(pod volumes, container mounts) of the task's host paths (checked at CREATE and again
     before it starts: READ_ONLY, in the client's subdirectory of TASKENGINE_KUBE_HOST_PATHS).
     Always mounted read-only, and only an existing directory (never created, as root, by the
     kubelet)."""
     found, mounts = [], []
-    for n, volume in enumerate(attributes.get("volumes") or []):  # type: ignore[attr-defined]
+    for n, volume in enumerate(run.volumes):
         name = f"volume-{n}"
-        found.append(
-            {"name": name, "hostPath": {"path": volume["pathOnHost"], "type": "Directory"}}
-        )
-        mounts.append({"name": name, "mountPath": volume["pathInContainer"], "readOnly": True})
+        found.append({"name": name, "hostPath": {"path": volume.host_path, "type": "Directory"}})
+        mounts.append({"name": name, "mountPath": volume.container_path, "readOnly": True})
     return found, mounts
 
 
 def manifest(*, name: str, job: JobSubmitted | Job, attempt: int, timeout: float, ttl: int) -> Obj:
     """The batch/v1 Job running a DOCKER task once: its image with its args and env (no
     command: the image's entry point), ended by Kubernetes DEADLINE_GRACE past the timeout."""
-    parameters = job.parameters
-    env = drove.task_environment(job)
+    run = job.run
     container: Obj = {
         "name": kube_jobs.TASK_CONTAINER,
-        "image": parameters["image"],
-        "args": list(parameters.get("args") or []),  # type: ignore[call-overload]
-        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "image": run.image,
+        "args": list(run.args),
+        "env": [{"name": k, "value": v} for k, v in run.env.items()],
     }
-    if amounts := resources(job.attributes):
+    if amounts := kube_jobs.resources(run.resources):
         container["resources"] = amounts
-    pod_volumes, mounts = volumes(job.attributes)
+    pod_volumes, mounts = volumes(run)
     if mounts:
         container["volumeMounts"] = mounts
     return kube_jobs.batch_job(name, job.job_id, attempt, APP, container, timeout, ttl, pod_volumes)

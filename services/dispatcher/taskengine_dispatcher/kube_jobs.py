@@ -10,8 +10,9 @@ import copy
 import math
 from typing import Any
 
+from taskengine_contracts.events import Resources
+from taskengine_core.attempts import LOST
 from taskengine_core.steps import Outcome
-from taskengine_core.worktasks import LOST
 
 Obj = dict[str, Any]
 """A Kubernetes object (or part of one) as JSON."""
@@ -69,23 +70,17 @@ def attempt_of(obj: Obj) -> tuple[int, int] | None:
         return None
 
 
-def resources(requirements: object, memory: str | None) -> Obj:
-    """Requests and limits (equal) from a work task's `resource_requirements`: `cpu`, `memory`
-    (`memory` given: the attempt's own, raised after an OOM kill) and `gpu` (true: one GPU, a
-    number: that many)."""
-    given = requirements if isinstance(requirements, dict) else {}
+def resources(requirements: Resources, memory: str | None = None) -> Obj:
+    """Requests and limits (equal) from the run's resources: `cpu`, `memory` (`memory` given:
+    the attempt's own, raised after an OOM kill) and `gpu` (that many GPUs)."""
     amounts: dict[str, str] = {}
-    cpu = given.get("cpu")
-    if cpu is not None and not isinstance(cpu, bool):
-        amounts["cpu"] = str(cpu)
-    memory = memory if memory is not None else given.get("memory")
+    if requirements.cpu is not None:
+        amounts["cpu"] = requirements.cpu
+    memory = memory if memory is not None else requirements.memory
     if memory is not None:
-        amounts["memory"] = str(memory)
-    gpu = given.get("gpu")
-    if gpu is True:
-        amounts[GPU] = "1"
-    elif isinstance(gpu, int) and not isinstance(gpu, bool) and gpu > 0:
-        amounts[GPU] = str(gpu)
+        amounts["memory"] = memory
+    if requirements.gpu > 0:
+        amounts[GPU] = str(requirements.gpu)
     return {"requests": amounts, "limits": dict(amounts)} if amounts else {}
 
 
@@ -119,7 +114,7 @@ def manifest(
     attempt: int,
     image: str,
     env: dict[str, str],
-    requirements: object,
+    requirements: Resources,
     memory: str | None,
     secret: str | None,
     secret_keys: list[str],

@@ -31,12 +31,12 @@ from typing import Any, NamedTuple
 from kubernetes_asyncio.client.exceptions import ApiException
 from taskengine_bus import Runtime
 from taskengine_contracts.events import JobSubmitted
+from taskengine_core.attempts import LOST, worker_token
 from taskengine_core.config import KUBERNETES, EngineSettings
 from taskengine_core.ids import job_stream
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.steps import Outcome
 from taskengine_core.workflows import workflow
-from taskengine_core.worktasks import LOST, worker_token
 
 from taskengine_dispatcher import kube_clusters, kube_containers, kube_jobs, workers
 from taskengine_dispatcher.kube_clusters import (
@@ -159,16 +159,14 @@ class KubernetesExecutor:
                 ttl=config.kube_job_ttl,
             )
             return JobAttempt(self, job.job_id, attempt, body, placement, container)
-        access = job.attributes.get("data_access")
-        secret = access.get("storage_credentials") if isinstance(access, dict) else None
-        secret = secret if isinstance(secret, str) and secret else None
+        secret = spec.run.secret
         body = kube_jobs.manifest(
             name=placement.job_name,
             job_id=job.job_id,
             attempt=attempt,
             image=workflow(spec.workflow).image or config.worker_image,
             env=worker_env(config, job.job_id, attempt, timeout),
-            requirements=job.attributes.get("resource_requirements"),
+            requirements=spec.run.resources,
             memory=workers.attempt_memory(job),
             secret=secret,
             secret_keys=[k.strip() for k in config.kube_secret_keys.split(",") if k.strip()],

@@ -15,10 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from taskengine_core.attempts import worker_token
 from taskengine_core.config import PROCESS, EngineSettings
 from taskengine_core.jobs import Job
 from taskengine_core.steps import die_with_parent, worker_environment
-from taskengine_core.worktasks import worker_token
 
 EXECUTOR = PROCESS
 COMMAND = (sys.executable, "-m", "taskengine_cli.main", "worker")
@@ -80,11 +80,9 @@ def worker_env(config: EngineSettings, job_id: int, attempt: int, timeout: float
 
 
 def attempt_memory(job: Job) -> str | None:
-    """The memory limit the job's next attempt runs with: raised after an OOM kill, else the
-    work task's `resource_requirements.memory`."""
-    resources = job.attributes.get("resource_requirements")
-    requested = resources.get("memory") if isinstance(resources, dict) else None
-    return job.memory or (None if requested is None else str(requested))
+    """The memory limit the job's next attempt runs with: raised after an OOM kill, else its
+    run's."""
+    return job.memory or job.run.resources.memory
 
 
 class WorkerProcess:

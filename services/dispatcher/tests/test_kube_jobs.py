@@ -5,6 +5,7 @@ DeadlineExceeded, the worker's exit code)."""
 from __future__ import annotations
 
 import pytest
+from taskengine_core.worktasks import requested
 from taskengine_dispatcher import kube_jobs
 from taskengine_dispatcher.kube_jobs import manifest, resources, verdict
 
@@ -16,7 +17,7 @@ def job_manifest(**changes):  # type: ignore[no-untyped-def]
         "attempt": 2,
         "image": "registry.example/taskengine:1",
         "env": {"TASKENGINE_TASK_ID": "42", "TASKENGINE_ATTEMPT": "2"},
-        "requirements": {"cpu": "2", "memory": "1Gi", "gpu": False},
+        "requirements": requested({"cpu": "2", "memory": "1Gi", "gpu": False}),
         "memory": None,
         "secret": None,
         "secret_keys": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
@@ -59,6 +60,7 @@ def test_a_job_runs_the_worker_once_with_its_labels_deadline_and_ttl():
     ],
 )
 def test_requests_and_limits_come_from_the_resource_requirements(requirements, memory, expected):
+    requirements = requested(requirements or {})  # as a work task's run asks for them
     if expected is None:
         assert resources(requirements, memory) == {}
         assert (

@@ -13,7 +13,9 @@ from taskengine_contracts.events import (
     JobSubmitted,
     JobSucceeded,
     JobTimedOut,
+    Resources,
     RetryPolicy,
+    RunSpec,
     SettingChanged,
 )
 from taskengine_core import worktasks
@@ -37,7 +39,8 @@ def settings(**values: int) -> RuntimeSettings:
 
 
 def end(attempt: int, retry: RetryPolicy | None = None, outcome: Outcome = FAILED, **values):  # type: ignore[no-untyped-def]
-    return ended(REF, "w", 5, attempt, [], outcome, settings(**values), None, retry, "key")
+    run = RunSpec(retry=retry)
+    return ended(REF, "w", 5, attempt, [], outcome, settings(**values), None, run, "key")
 
 
 def delay(event: JobRetryScheduled) -> float:
@@ -108,8 +111,12 @@ def work_task(**fields) -> Job:  # type: ignore[no-untyped-def]
         priority=5,
         run_at=REF_AT,
         state="queued",
+        run=RunSpec(
+            kind="worker",
+            resources=Resources(memory="1Gi"),
+            retry=RetryPolicy(max_retries=2, backoff="exponential_jitter", transient_only=True),
+        ),
         dialect=worktasks.DIALECT,
-        retry=RetryPolicy(max_retries=2, backoff="exponential_jitter", transient_only=True),
         attributes={"resource_requirements": {"memory": "1Gi"}},
     )
     job = Job.started(submitted)

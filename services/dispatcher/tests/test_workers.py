@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from taskengine_core.attempts import token_fits
 from taskengine_core.config import EngineSettings
-from taskengine_core.worktasks import token_fits
 from taskengine_dispatcher import workers
 from taskengine_dispatcher.workers import WorkerExit, WorkerProcess, gateway_url, worker_env
 

@@ -312,15 +312,15 @@ async def create_task(gateway: GatewayState, client: Client, data: dict[str, Any
     )
     if await _task_job_id(gateway, *key) is not None:
         raise taken
-    store = gateway.runtime.store
-    [number] = await gateway.runtime.call(store.next_job_ids, 1)
-    event = submission.submitted(number, client.name, datetime.now(UTC))
+    now = datetime.now(UTC)
     claim = (
-        "INSERT INTO drove_task_ids (client, source_app, task_id, job_id) VALUES (%s, %s, %s, %s)",
-        (*key, number),
+        "INSERT INTO drove_task_ids (client, source_app, task_id, job_id) VALUES (%s, %s, %s, %s)"
     )
     try:
-        await gateway.runtime.call(store.commit, [event], None, [claim])
+        await gateway.submitter.submit(
+            lambda number: [submission.submitted(number, client.name, now)],
+            lambda number: [(claim, (*key, number))],
+        )
     except Exception:
         if await _task_job_id(gateway, *key) is not None:  # a concurrent CREATE won
             raise taken from None

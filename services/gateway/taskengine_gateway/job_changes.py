@@ -11,12 +11,11 @@ from taskengine_contracts.events import (
     JobPaused,
     JobQueued,
     JobScheduled,
-    JobSubmitted,
     JobUpdated,
 )
 from taskengine_core.errors import IllegalTransition
-from taskengine_core.ids import job_stream
 from taskengine_core.jobs import Job, JobRef, JobState, advance
+from taskengine_core.submission import job_submitted
 
 from taskengine_gateway.errors import BadRequest
 from taskengine_gateway.fields import (
@@ -170,27 +169,24 @@ def plan_patch(
 
 
 def plan_rerun(
-    job: Job, number: int, by: str, now: datetime, callbacks: list[str], timeout: float | None
-) -> list[JobEvent]:  # noqa: E501
-    """A new job with exactly the same parameters; the original becomes broken."""
-    rerun = JobSubmitted(
-        id=job_stream(number),
-        version=1,
-        at=now,
-        job_id=number,
-        client=job.client,
+    job: Job, number: int, by: str, now: datetime, callbacks: list[str]
+) -> list[JobEvent]:
+    """A new job running exactly what the original ran (its run spec, parameters and its
+    dialect's attributes); the original becomes broken."""
+    rerun = job_submitted(
+        number,
+        job.client,
+        now,
         workflow=job.workflow,
         parameters=job.parameters,
-        priority=job.priority,
-        run_at=now,
-        state="scheduled" if job.semaphore_url else "queued",
-        callbacks=callbacks,
-        timeout=timeout,
+        run=job.run,
         dialect=job.dialect,
+        priority=job.priority,
         semaphore_url=job.semaphore_url,
+        callbacks=callbacks,
         task_id=job.task_id,
-        retry=job.retry,
         concurrency_key=job.concurrency_key,
+        attributes=job.attributes,
     )
     if job.state == S.BROKEN:
         return [rerun]

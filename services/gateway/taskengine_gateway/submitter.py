@@ -12,11 +12,14 @@ from collections.abc import Callable
 
 from taskengine_bus import Runtime
 from taskengine_contracts.events import Event
+from taskengine_store.store import Statement
 
 log = logging.getLogger(__name__)
 
 Build = Callable[[int], list[Event]]
 """Builds a job's first events once its number is known."""
+Claim = Callable[[int], list[Statement]]
+"""Rows committed with the job, given its number (e.g. a dialect's unique name for it)."""
 
 MAX_BATCH = 500
 ID_BLOCK = 1000
@@ -25,7 +28,9 @@ ID_BLOCK = 1000
 class Submitter:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
-        self.pending: asyncio.Queue[tuple[Build, asyncio.Future[int]]] = asyncio.Queue()
+        self.pending: asyncio.Queue[tuple[Build, Claim | None, asyncio.Future[int]]] = (
+            asyncio.Queue()
+        )
         self.task: asyncio.Task | None = None
         self.numbers: list[int] = []  # reserved job numbers, handed out in order
 
@@ -36,10 +41,10 @@ class Submitter:
         if self.task:
             self.task.cancel()
 
-    async def submit(self, build: Build) -> int:
-        """Stores the job; returns its number once committed."""
+    async def submit(self, build: Build, claim: Claim | None = None) -> int:
+        """Stores the job (and its `claim` rows); returns its number once committed."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        await self.pending.put((build, future))
+        await self.pending.put((build, claim, future))
         return await future
 
     async def _run(self) -> None:
@@ -49,21 +54,40 @@ class Submitter:
             while not self.pending.empty() and len(batch) < MAX_BATCH:
                 batch.append(self.pending.get_nowait())
             try:
-                numbers = await self.runtime.call(self._commit, [build for build, _ in batch])
+                numbers = await self.runtime.call(self._commit, [item[:2] for item in batch])
             except Exception as error:
+                if len(batch) > 1 and any(claim for _, claim, _ in batch):
+                    # A claim refused (e.g. a name taken) must fail its own submission only.
+                    for item in batch:
+                        await self._alone(item)
+                    continue
                 log.exception("submit batch of %d failed", len(batch))
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(error)
                 continue
-            for (_, future), number in zip(batch, numbers, strict=True):
+            for (_, _, future), number in zip(batch, numbers, strict=True):
                 if not future.done():
                     future.set_result(number)
 
-    def _commit(self, builds: list[Build]) -> list[int]:
+    async def _alone(self, item: tuple[Build, Claim | None, asyncio.Future[int]]) -> None:
+        build, claim, future = item
+        try:
+            [number] = await self.runtime.call(self._commit, [(build, claim)])
+        except Exception as error:
+            if not future.done():
+                future.set_exception(error)
+            return
+        if not future.done():
+            future.set_result(number)
+
+    def _commit(self, builds: list[tuple[Build, Claim | None]]) -> list[int]:
         store = self.runtime.store
         numbers = store.next_job_ids(len(builds))
+        pairs = list(zip(builds, numbers, strict=True))
         store.commit(
-            [event for build, n in zip(builds, numbers, strict=True) for event in build(n)]
+            [event for (build, _), n in pairs for event in build(n)],
+            None,
+            [row for (_, claim), n in pairs if claim for row in claim(n)],
         )
         return numbers

@@ -12,7 +12,7 @@ from litestar.exceptions import HTTPException, NotFoundException
 from taskengine_contracts.events import (
     Event,
     JobEvent,
-    JobSubmitted,
+    RunSpec,
     ScheduleSwitched,
     SettingChanged,
 )
@@ -23,6 +23,7 @@ from taskengine_core.ids import SCHEDULES_STREAM, SETTINGS_STREAM, job_stream
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.schedules import DUTIES, TICK, active_duties, duty
 from taskengine_core.settings import RuntimeSettings, validate_setting
+from taskengine_core.submission import job_submitted
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client
@@ -159,24 +160,20 @@ class TaskEngineController(Controller):
             raise JobRefused(error.detail) from None
         refuse_reserved_priority(priority, client, gateway)
         now = datetime.now(UTC)
-        waits = semaphore is not None or (run_at is not None and run_at > now)
 
         def build(number: int) -> list[Event]:
             return [
-                JobSubmitted(
-                    id=job_stream(number),
-                    version=1,
-                    at=now,
-                    job_id=number,
-                    client=client.name,
+                job_submitted(
+                    number,
+                    client.name,
+                    now,
                     workflow=workflow,
                     parameters=parameters,
+                    run=RunSpec(timeout=timeout),
                     priority=priority,
-                    run_at=run_at or now,
-                    state="scheduled" if waits else "queued",
-                    callbacks=callbacks,
-                    timeout=timeout,
+                    run_at=run_at,
                     semaphore_url=semaphore,
+                    callbacks=callbacks,
                 )
             ]
 
@@ -251,7 +248,6 @@ class TaskEngineController(Controller):
             client.name,
             datetime.now(UTC),
             parse_callbacks(job.parameters),
-            parse_timeout(job.parameters),
         )
         await commit_job_change(gateway, job, events)
         return {"id": number, "result": "accepted"}

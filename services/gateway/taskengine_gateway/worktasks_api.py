@@ -22,9 +22,8 @@ from taskengine_contracts.events import (
     JobEvent,
     JobSubmitted,
     LogLine,
-    RetryPolicy,
 )
-from taskengine_core import workflows, worktasks
+from taskengine_core import attempts, workflows, worktasks
 from taskengine_core.errors import DomainError, IllegalTransition
 from taskengine_core.ids import execution_stream, job_stream
 from taskengine_core.jobs import Job, JobState
@@ -83,7 +82,7 @@ class Reporter:
 
 async def reporter_of(request: Request, gateway: GatewayState) -> Reporter:
     _, key = credentials(request)
-    if key and key.startswith(worktasks.TOKEN_PREFIX):
+    if key and key.startswith(attempts.TOKEN_PREFIX):
         return Reporter("worker", token=key)
     shared = gateway.runtime.config.worker_auth_token
     if key and shared and hmac.compare_digest(key.encode(), shared.encode()):
@@ -121,7 +120,7 @@ async def reported_job(
         return job, None
     key = gateway.runtime.config.webhook_key
     for attempt in range(job.attempt, 0, -1):  # earlier attempts' tokens are known, and stale
-        if worktasks.token_fits(reporter.token, key, job.job_id, attempt):
+        if attempts.token_fits(reporter.token, key, job.job_id, attempt):
             return job, attempt
     raise refused
 
@@ -248,28 +247,7 @@ class WorkTasksController(Controller):
         built: list[JobSubmitted] = []
 
         def build(number: int) -> list:
-            built[:] = [
-                JobSubmitted(
-                    id=job_stream(number),
-                    version=1,
-                    at=now,
-                    job_id=number,
-                    client=client.name,
-                    workflow=task.workflow,
-                    parameters=task.parameters,
-                    priority=task.priority,
-                    run_at=now,
-                    state="queued",
-                    timeout=task.timeout,
-                    dialect=DIALECT,
-                    retry=RetryPolicy(
-                        max_retries=task.max_retries,
-                        backoff="exponential_jitter",
-                        transient_only=True,
-                    ),
-                    attributes=task.attributes,
-                )
-            ]
+            built[:] = [task.submitted(number, client.name, now)]
             return list(built)
 
         await gateway.submitter.submit(build)

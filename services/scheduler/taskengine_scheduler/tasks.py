@@ -35,6 +35,7 @@ from taskengine_contracts.events import (
     Event,
     JobSubmitted,
     RetryPolicy,
+    RunSpec,
     TaskCancelled,
     TaskCreated,
     TaskDefinition,
@@ -45,7 +46,7 @@ from taskengine_contracts.events import (
     TaskUpdated,
     TopicPublished,
 )
-from taskengine_core.ids import job_stream
+from taskengine_core.submission import job_submitted
 from taskengine_core.task_lifecycle import ACTIVE, CANCELED, PAUSED, Task
 from taskengine_core.tasks import (
     InvalidTask,
@@ -371,22 +372,17 @@ class TaskFiring:
     def _run(item: Due, number: int, now: datetime) -> JobSubmitted:
         definition = item.definition
         workflow, parameters = pipeline(definition.payload)
-        return JobSubmitted(
-            id=job_stream(number),
-            version=1,
-            at=now,
-            job_id=number,
-            client=item.client,
+        retry = RetryPolicy(max_retries=definition.max_retries, backoff=definition.backoff_strategy)
+        return job_submitted(
+            number,
+            item.client,
+            now,
             workflow=workflow,
             parameters=parameters,
-            priority=definition.priority,
-            run_at=now,
-            state="queued",
+            run=RunSpec(retry=retry),
             dialect="tasks",
+            priority=definition.priority,
             task_id=item.task_id,
-            retry=RetryPolicy(
-                max_retries=definition.max_retries, backoff=definition.backoff_strategy
-            ),
             concurrency_key=definition.concurrency_key,
         )
 
