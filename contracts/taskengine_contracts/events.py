@@ -64,6 +64,15 @@ class Volume(msgspec.Struct, frozen=True, kw_only=True):
     read_only: bool = True
 
 
+class Limit(msgspec.Struct, frozen=True, kw_only=True):
+    """A time limit the client set: `seconds`, and how it named (`opSpec.timeout`) and gave
+    (`5m`) it, which the reason of a job that passed it quotes."""
+
+    seconds: float
+    name: str
+    given: str
+
+
 class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     """What a job executes, whatever API it came through.
 
@@ -87,6 +96,14 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     """The Kubernetes Secret holding the job's storage credentials (a name, never a value)."""
     timeout: float | None = None
     retry: RetryPolicy | None = None
+    start_timeout: Limit | None = None
+    """An attempt not started within this of the submission fails instead of starting."""
+    pull_timeout: Limit | None = None
+    """How long a container's image may fail to pull before its attempt fails (None: the
+    executor's default)."""
+    unstartable: str | None = None
+    """Why no executor can start this run (e.g. files to put in a container): its attempt
+    fails saying so as it would start."""
 
 
 class JobSubmitted(JobEvent, frozen=True, kw_only=True, tag="job.submitted"):

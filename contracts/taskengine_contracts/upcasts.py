@@ -2,17 +2,39 @@
 
 A `job.submitted` stored before the run spec had no `run`: what to execute was read from its
 `workflow`, `timeout`, `retry`, `dialect` and `attributes` when the job started. `upcast`
-derives the same `run` from them, so replaying an old store gives the same jobs.
+derives the same `run` from them, so replaying an old store gives the same jobs (a Drove
+task's limits, `opSpec.timeout` and `dockerPullTimeout`, parsed as Drove's dialect does).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 WORK_TASKS = "worktasks"
 DROVE = "drove"
 DOCKER = "docker"
 """A Drove task with this workflow ran its image as a container."""
+DEFAULT_OP_TIMEOUT = "300 seconds"
+CONFIGS_UNSUPPORTED = (
+    "spec.configs (files put in the container) are not supported by the Kubernetes"
+    " executor: bake them into the image or pass them in env"
+)
+"""Why a DOCKER task with configs never starts (the same words as Drove's dialect)."""
+_UNITS = {
+    unit: seconds
+    for seconds, units in (
+        (1e-9, "ns nanosecond"),
+        (1e-6, "us microsecond"),
+        (1e-3, "ms millisecond"),
+        (1.0, "s second"),
+        (60.0, "m min minute"),
+        (3600.0, "h hour"),
+        (86400.0, "d day"),
+    )
+    for unit in units.split()
+}
+_DURATION = re.compile(r"\s*(\d{1,12})\s*([a-z]+)\s*")
 
 
 def upcast(raw: Any) -> dict[str, Any] | None:
@@ -31,6 +53,8 @@ def upcast(raw: Any) -> dict[str, Any] | None:
         if isinstance(secret, str) and secret:
             run["secret"] = secret
     if dialect == DROVE:
+        op_spec = attributes.get("opSpec") or {}
+        run["start_timeout"] = _limit("opSpec.timeout", op_spec.get("timeout", DEFAULT_OP_TIMEOUT))
         env = attributes.get("env")
         run["env"] = {
             name: value
@@ -53,6 +77,11 @@ def upcast(raw: Any) -> dict[str, Any] | None:
                     for volume in attributes.get("volumes") or []
                 ],
             )
+            executable = attributes.get("executable") or {}
+            if "dockerPullTimeout" in executable:
+                run["pull_timeout"] = _limit("dockerPullTimeout", executable["dockerPullTimeout"])
+            if attributes.get("configs"):
+                run["unstartable"] = CONFIGS_UNSUPPORTED
     event["run"] = run
     return event
 
@@ -83,3 +112,13 @@ def _drove_resources(given: list[dict[str, Any]]) -> dict[str, Any]:
         elif item.get("type") == "MEMORY":
             resources["memory"] = f"{item['sizeInMB']}Mi"
     return resources
+
+
+def _limit(name: str, given: str) -> dict[str, Any]:
+    """A Drove (Dropwizard) duration as the run's limit: `5m`, `30s`, `100 seconds`."""
+    match = _DURATION.fullmatch(given.lower())
+    assert match, f"{name} {given!r} was checked when the task was created"
+    unit = match.group(2)
+    if unit not in _UNITS and unit.endswith("s"):
+        unit = unit[:-1]
+    return {"seconds": int(match.group(1)) * _UNITS[unit], "name": name, "given": given}

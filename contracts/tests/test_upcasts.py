@@ -10,6 +10,7 @@ import pytest
 from taskengine_contracts.events import (
     JobQueued,
     JobSubmitted,
+    Limit,
     Resources,
     RetryPolicy,
     RunSpec,
@@ -89,6 +90,9 @@ DROVE_WORKFLOW = {
 }
 
 
+OP_TIMEOUT = Limit(seconds=300, name="opSpec.timeout", given="300 seconds")
+
+
 def stored(payload: dict) -> bytes:
     return json.dumps(payload).encode()
 
@@ -117,9 +121,15 @@ def stored(payload: dict) -> bytes:
                 resources=Resources(cpu="2", memory="300Mi"),
                 volumes=[Volume(host_path="/mnt/acme/in", container_path="/data")],
                 retry=RetryPolicy(max_retries=0),
+                start_timeout=OP_TIMEOUT,
             ),
         ),
-        (DROVE_WORKFLOW, RunSpec(env={"ITERATIONS": "10"}, retry=RetryPolicy(max_retries=0))),
+        (
+            DROVE_WORKFLOW,
+            RunSpec(
+                env={"ITERATIONS": "10"}, retry=RetryPolicy(max_retries=0), start_timeout=OP_TIMEOUT
+            ),
+        ),
     ],
     ids=["taskengine", "work task", "drove docker", "drove workflow"],
 )
@@ -143,6 +153,20 @@ def test_a_work_task_without_storage_credentials_or_gpu_asks_for_neither():
     event = decode(stored({**WORK_TASK, "attributes": attributes}))
     assert isinstance(event, JobSubmitted)
     assert (event.run.resources, event.run.secret) == (Resources(cpu="2"), None)
+
+
+def test_a_drove_tasks_limits_and_configs_reach_its_run():
+    attributes = {
+        **DOCKER["attributes"],
+        "executable": {**DOCKER["attributes"]["executable"], "dockerPullTimeout": "2 minutes"},
+        "configs": [{"type": "INLINE", "localFilename": "/etc/x", "data": "eA=="}],
+        "opSpec": {"timeout": "5m", "parallelism": 1, "failureStrategy": "STOP"},
+    }
+    event = decode(stored({**DOCKER, "attributes": attributes}))
+    assert isinstance(event, JobSubmitted)
+    assert event.run.start_timeout == Limit(seconds=300, name="opSpec.timeout", given="5m")
+    assert event.run.pull_timeout == Limit(seconds=120, name="dockerPullTimeout", given="2 minutes")
+    assert event.run.unstartable is not None and "spec.configs" in event.run.unstartable
 
 
 def test_the_upcast_event_encodes_in_the_current_shape():

@@ -15,25 +15,30 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 from uuid import uuid4
 
-from taskengine_contracts.events import JobSubmitted, Resources, RetryPolicy, RunSpec, Volume
+from taskengine_contracts.events import (
+    JobSubmitted,
+    Limit,
+    Resources,
+    RetryPolicy,
+    RunSpec,
+    Volume,
+)
 
 from taskengine_core import workflows
-from taskengine_core.config import KUBERNETES
 from taskengine_core.errors import DomainError
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.quotas import ResourceLimits
+from taskengine_core.startable import PROVISIONING, check_volumes
 from taskengine_core.submission import job_submitted
 
 DIALECT = "drove"
 DOCKER = "docker"
 """The workflow name of a DOCKER executable: the hook the Kubernetes executor runs."""
-PROVISIONING = "provisioning failed: "
-"""How the reason of a started task that never ran begins (e.g. its image was not pulled)."""
 REFUSED_WORKFLOWS = frozenset({"inline"})
 """Workflows whose steps the client gives: never runnable through this dialect."""
 PRIORITY = 5
@@ -57,14 +62,15 @@ FAILURE_STRATEGIES = ("STOP", "CONTINUE")
 DEFAULT_OP_SPEC = {"timeout": "300 seconds", "parallelism": 1, "failureStrategy": "STOP"}
 MAX_CORES, MAX_MEMORY_MB = 1024, 16 * 1024 * 1024
 MAX_OP_TIMEOUT = 7 * 24 * 3600.0
+CONFIGS_UNSUPPORTED = (
+    "spec.configs (files put in the container) are not supported by the Kubernetes"
+    " executor: bake them into the image or pass them in env"
+)
+"""Why a DOCKER task with configs never starts: it ends PROVISIONING_FAILED saying so."""
 
 
 class InvalidTask(DomainError):
     """A task operation that does not validate; the message names the field."""
-
-
-class ProvisioningFailed(DomainError):
-    """A task that cannot (or may no longer) start; it ends PROVISIONING_FAILED."""
 
 
 class TaskState(StrEnum):
@@ -140,12 +146,17 @@ class Submission:
     @property
     def run(self) -> RunSpec:
         """A WORKFLOW runs its steps with the task's env; a DOCKER one its image as a
-        container with its args, env, resources and host paths. Never restarted."""
+        container with its args, env, resources and host paths, its image pulled within its
+        dockerPullTimeout; configs it cannot have. Never restarted; not started past its
+        opSpec.timeout."""
         attributes = self.attributes
         once = RetryPolicy(max_retries=0)
+        given = attributes["opSpec"]["timeout"]
+        start = Limit(seconds=parse_duration(given, "opSpec.timeout"), name="opSpec.timeout", given=given)
         if self.workflow != DOCKER:
-            return RunSpec(env=attributes["env"], retry=once)
+            return RunSpec(env=attributes["env"], retry=once, start_timeout=start)
         amounts = {item["type"]: item for item in attributes["resources"]}
+        pull = attributes["executable"].get("dockerPullTimeout")
         return RunSpec(
             kind="container",
             image=self.parameters["image"],
@@ -163,6 +174,13 @@ class Submission:
                 for volume in attributes["volumes"]
             ],
             retry=once,
+            start_timeout=start,
+            pull_timeout=None
+            if pull is None
+            else Limit(
+                seconds=parse_duration(pull, "dockerPullTimeout"), name="dockerPullTimeout", given=pull
+            ),
+            unstartable=CONFIGS_UNSUPPORTED if attributes["configs"] else None,
         )
 
 
@@ -296,21 +314,16 @@ def env_reserved(name: str) -> bool:
 
 def check_host_paths(volumes: list[dict[str, Any]], allowed: tuple[str, ...], client: str) -> None:
     """Refuses a volume that is not READ_ONLY, or whose `pathOnHost` is not within the client's
-    own subdirectory (`<prefix>/<client>`) of one of the operator's `allowed` prefixes
-    (TASKENGINE_KUBE_HOST_PATHS; none: every volume is refused). No task writes to a host
-    path, so none can plant a symlink that another task's mount would follow."""
-    for n, volume in enumerate(volumes):
-        if volume["mode"] != "READ_ONLY":
-            raise InvalidTask(
-                f"spec.volumes[{n}].mode must be READ_ONLY: host paths are mounted read-only"
-            )
-        if not host_path_allowed(volume["pathOnHost"], allowed, client):
-            shown = ", ".join(f"{p.rstrip('/')}/{client}" for p in allowed)
-            shown = shown or "none: set TASKENGINE_KUBE_HOST_PATHS to allow some"
-            raise InvalidTask(
-                f"spec.volumes[{n}].pathOnHost {volume['pathOnHost'][:200]!r} is not a host path"
-                f" this engine mounts for this client (allowed: {shown})"
-            )
+    own subdirectory of one of the operator's `allowed` prefixes (`startable.check_volumes`)."""
+    given = [
+        Volume(
+            host_path=volume["pathOnHost"],
+            container_path=volume["pathInContainer"],
+            read_only=volume["mode"] == "READ_ONLY",
+        )
+        for volume in volumes
+    ]
+    check_volumes(given, allowed, client, InvalidTask)
 
 
 def check_resources(resources: list[dict[str, Any]], limits: ResourceLimits) -> None:
@@ -321,20 +334,6 @@ def check_resources(resources: list[dict[str, Any]], limits: ResourceLimits) -> 
     )
     if problem:
         raise InvalidTask(f"spec.resources: {problem}")
-
-
-def host_path_allowed(path: str, allowed: tuple[str, ...], client: str) -> bool:
-    """Whether `path` is `<prefix>/<client>` or below it, for an allowed prefix: written
-    plainly (absolute, no `.` or `..` or empty parts to normalize away)."""
-    parts = path.rstrip("/").split("/")
-    if not path.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
-        return False
-    if not client or "/" in client or client in (".", ".."):
-        return False
-    return any(
-        path.rstrip("/") + "/" == (own := f"{p.rstrip('/')}/{client}/") or path.startswith(own)
-        for p in allowed
-    )
 
 
 def _workflow(executable: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -429,48 +428,6 @@ def _strings(value: object, field: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise InvalidTask(f"{field} must be a list of strings")
     return value
-
-
-# --- running --------------------------------------------------------------------------------
-
-
-def check_startable(
-    submitted: JobSubmitted, executor: str, now: datetime, host_paths: tuple[str, ...] = ()
-) -> None:
-    """Refuses to start a Drove task past its operation's timeout, or a DOCKER one on an
-    executor other than Kubernetes, with configs, or with volumes outside `host_paths`
-    (`ProvisioningFailed`); other jobs pass."""
-    if submitted.dialect != DIALECT:
-        return
-    attributes = submitted.attributes
-    given = (attributes.get("opSpec") or DEFAULT_OP_SPEC).get("timeout")  # type: ignore[union-attr]
-    if now > submitted.at + timedelta(seconds=parse_duration(given, "opSpec.timeout")):
-        raise ProvisioningFailed(
-            f"provisioning timed out: the task did not start within its opSpec.timeout ({given})"
-        )
-    container = submitted.run.kind == "container"
-    if container and executor != KUBERNETES:
-        raise ProvisioningFailed(
-            "DOCKER executables need the Kubernetes executor: set TASKENGINE_EXECUTOR=kubernetes"
-            f" (this task reached the {executor} executor)"
-        )
-    if container and attributes.get("configs"):
-        raise ProvisioningFailed(
-            "spec.configs (files put in the container) are not supported by the Kubernetes"
-            " executor: bake them into the image or pass them in env"
-        )
-    volumes = [
-        {
-            "pathOnHost": volume.host_path,
-            "pathInContainer": volume.container_path,
-            "mode": "READ_ONLY" if volume.read_only else "READ_WRITE",
-        }
-        for volume in submitted.run.volumes
-    ]
-    try:
-        check_host_paths(volumes, host_paths, submitted.client)
-    except InvalidTask as error:  # the operator narrowed TASKENGINE_KUBE_HOST_PATHS since
-        raise ProvisioningFailed(str(error)) from None
 
 
 # --- states ---------------------------------------------------------------------------------

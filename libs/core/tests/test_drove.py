@@ -22,7 +22,9 @@ from taskengine_contracts.events import (
     RunSpec,
 )
 from taskengine_core import drove
-from taskengine_core.drove import InvalidTask, ProvisioningFailed, TaskState
+from taskengine_core.drove import InvalidTask, TaskState
+from taskengine_core.startable import NotStartable
+from taskengine_core.startable import check_startable as check_run
 from taskengine_core.jobs import Job, JobState, advance
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -148,13 +150,13 @@ def test_a_kill_names_its_task() -> None:
 
 def test_a_task_starts_only_within_its_op_timeout_and_docker_only_on_kubernetes() -> None:
     event = drove.create_operation(operation()).submitted(1, "acme", NOW)
-    drove.check_startable(event, "local", NOW + timedelta(minutes=5))
-    with pytest.raises(ProvisioningFailed, match=r"did not start within its opSpec.timeout \(5m\)"):
-        drove.check_startable(event, "local", NOW + timedelta(minutes=5, seconds=1))
+    check_startable(event, "local", NOW + timedelta(minutes=5))
+    with pytest.raises(NotStartable, match=r"did not start within its opSpec.timeout \(5m\)"):
+        check_startable(event, "local", NOW + timedelta(minutes=5, seconds=1))
     docker = drove.create_operation(operation(executable=DOCKER)).submitted(2, "acme", NOW)
-    with pytest.raises(ProvisioningFailed, match="TASKENGINE_EXECUTOR=kubernetes"):
-        drove.check_startable(docker, "local", NOW)
-    drove.check_startable(docker, "kubernetes", NOW)
+    with pytest.raises(NotStartable, match="TASKENGINE_EXECUTOR=kubernetes"):
+        check_startable(docker, "local", NOW)
+    check_startable(docker, "kubernetes", NOW)
 
 
 def test_docker_volumes_mount_only_the_clients_own_host_paths_read_only() -> None:
@@ -195,15 +197,15 @@ def test_a_docker_task_starts_on_kubernetes_only_with_allowed_volumes_and_no_con
     docker = drove.create_operation(operation(executable=DOCKER, volumes=[volume]))
     event = docker.submitted(3, "acme", NOW)
     assert (event.run.kind, event.run.image) == ("container", DOCKER["url"])
-    drove.check_startable(event, "kubernetes", NOW, ("/mnt",))
-    with pytest.raises(ProvisioningFailed, match="not a host path"):  # another client's
-        drove.check_startable(_replace(event, client="other"), "kubernetes", NOW, ("/mnt",))
-    with pytest.raises(ProvisioningFailed, match="not a host path"):  # narrowed since CREATE
-        drove.check_startable(event, "kubernetes", NOW, ("/srv",))
+    check_startable(event, "kubernetes", NOW, ("/mnt",))
+    with pytest.raises(NotStartable, match="not a host path"):  # another client's
+        check_startable(_replace(event, client="other"), "kubernetes", NOW, ("/mnt",))
+    with pytest.raises(NotStartable, match="not a host path"):  # narrowed since CREATE
+        check_startable(event, "kubernetes", NOW, ("/srv",))
     config = {"type": "INLINE", "localFilename": "/etc/x", "data": "eA=="}
     configured = drove.create_operation(operation(executable=DOCKER, configs=[config]))
-    with pytest.raises(ProvisioningFailed, match="spec.configs"):
-        drove.check_startable(configured.submitted(4, "acme", NOW), "kubernetes", NOW)
+    with pytest.raises(NotStartable, match="spec.configs"):
+        check_startable(configured.submitted(4, "acme", NOW), "kubernetes", NOW)
 
 
 def test_only_a_drove_tasks_checked_env_reaches_its_steps() -> None:
@@ -215,7 +217,12 @@ def test_only_a_drove_tasks_checked_env_reaches_its_steps() -> None:
         drove.create_operation(operation(env={"PATH": "/tmp"}))
     other = _replace(event, dialect="taskengine", parameters={"env": {"A": "1"}}, run=RunSpec())
     assert other.run.env == {}
-    drove.check_startable(_replace(other, at=NOW - timedelta(days=30)), "local", NOW)
+    check_startable(_replace(other, at=NOW - timedelta(days=30)), "local", NOW)
+
+
+def check_startable(event: Any, executor: str, now: datetime, paths: tuple[str, ...] = ()) -> None:
+    """What the dispatcher checks of the task's run before it starts it."""
+    check_run(event.run, event.client, event.at, executor, now, paths)
 
 
 # --- the state mapping ------------------------------------------------------------------------
