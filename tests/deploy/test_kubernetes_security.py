@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from taskengine_contracts.events import Resources
 from taskengine_core import drove
-from taskengine_dispatcher import kube_containers, kube_jobs
+from taskengine_dispatcher.executors import kube_containers, kube_jobs
 
 from tests.deploy.files import ROOT
 from tests.deploy.pod_security import restricted_violations
@@ -88,7 +88,9 @@ def docker_task_job(**spec: Any) -> dict[str, Any]:
         **spec,
     }
     job = drove.create_operation({"type": "CREATE", "spec": body}).submitted(2, "acme", NOW)
-    return kube_containers.manifest(name="te-2-1", job=job, attempt=1, timeout=60, ttl=600)
+    return kube_containers.manifest(
+        name="te-2-1", job_id=job.job_id, run=job.run, attempt=1, timeout=60, ttl=600
+    )
 
 
 def test_the_dispatchers_task_pods_pass_pod_security_restricted():

@@ -10,7 +10,7 @@ from uuid import uuid4
 
 import httpx
 import pytest
-from taskengine_dispatcher import kube_jobs
+from taskengine_dispatcher.executors import kube_jobs
 
 from tests.support.fake_kubernetes import FakeKubernetes
 from tests.support.system import ADMIN, System, running_system

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from taskengine_contracts.events import JobExecuting, JobStarted, JobSucceeded
 from taskengine_core.attempts import worker_token
-from taskengine_dispatcher.kube_jobs import CLIENT_LABEL
+from taskengine_dispatcher.executors.kube_jobs import CLIENT_LABEL
 
 from tests.support.fake_kubernetes import FakeKubernetes
 from tests.support.system import ADMIN, BIN, WEBHOOK_KEY, System, running_system

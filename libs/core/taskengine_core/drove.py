@@ -152,7 +152,9 @@ class Submission:
         attributes = self.attributes
         once = RetryPolicy(max_retries=0)
         given = attributes["opSpec"]["timeout"]
-        start = Limit(seconds=parse_duration(given, "opSpec.timeout"), name="opSpec.timeout", given=given)
+        start = Limit(
+            seconds=parse_duration(given, "opSpec.timeout"), name="opSpec.timeout", given=given
+        )
         if self.workflow != DOCKER:
             return RunSpec(env=attributes["env"], retry=once, start_timeout=start)
         amounts = {item["type"]: item for item in attributes["resources"]}
@@ -178,7 +180,9 @@ class Submission:
             pull_timeout=None
             if pull is None
             else Limit(
-                seconds=parse_duration(pull, "dockerPullTimeout"), name="dockerPullTimeout", given=pull
+                seconds=parse_duration(pull, "dockerPullTimeout"),
+                name="dockerPullTimeout",
+                given=pull,
             ),
             unstartable=CONFIGS_UNSUPPORTED if attributes["configs"] else None,
         )

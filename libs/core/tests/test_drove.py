@@ -23,9 +23,9 @@ from taskengine_contracts.events import (
 )
 from taskengine_core import drove
 from taskengine_core.drove import InvalidTask, TaskState
+from taskengine_core.jobs import Job, JobState, advance
 from taskengine_core.startable import NotStartable
 from taskengine_core.startable import check_startable as check_run
-from taskengine_core.jobs import Job, JobState, advance
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -1,12 +1,15 @@
 """The dispatcher: runs admitted jobs and records what happened.
 
 Starts are committed per consumed batch (with the tracking record and an execution row per
-running attempt). The local executor runs the steps in-process: output lines and outcomes are
-gathered and committed together every `FLUSH` seconds, so a burst of short jobs costs a
-handful of transactions, not one each. The process executor starts a `taskengine worker` per
-attempt, which reports to the gateway; when it exits without a final report, the attempt is
-ended as lost. An attempt that was running when its dispatcher died is found by its execution
-row on restart and ended as lost: retried, or failed when out of attempts.
+running attempt). Each attempt runs on an executor (`executors/`) chosen by its run spec's
+kind and the configured executor. A local attempt's output lines and outcome are gathered
+and committed together every `FLUSH` seconds, so a burst of short jobs costs a handful of
+transactions, not one each. A remote attempt (a worker process or a Kubernetes Job) is ended
+by its worker's reports; when it ends without one, it is ended on the job as it then stands.
+An attempt that was running when its dispatcher died is found by its execution row on restart
+and ended as lost (retried, or failed when out of attempts), unless its executor adopts it.
+
+What to run comes from the job's submission as the dispatcher consumed it (`submissions.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
@@ -30,36 +33,37 @@ from taskengine_contracts.events import (
     JobCancelled,
     JobEvent,
     JobFailed,
+    JobRetryScheduled,
     JobStarted,
     JobSubmitted,
-    JobSucceeded,
     LogLine,
-    RunSpec,
     StepChanged,
 )
 from taskengine_core.attempts import LOST
-from taskengine_core.config import EXECUTORS, KUBERNETES, LOCAL
+from taskengine_core.config import EXECUTORS, KUBERNETES, LOCAL, PROCESS
 from taskengine_core.confinement import Confinement
-from taskengine_core.drove import check_startable
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import execution_stream
 from taskengine_core.jobs import Job, JobRef, JobState, advance
-from taskengine_core.steps import Outcome, StepEvent, run_steps
-from taskengine_core.workflows import workflow
+from taskengine_core.retries import RetrySettings
+from taskengine_core.startable import check_startable
+from taskengine_core.steps import Outcome, StepEvent
 from taskengine_store.store import Conflict, Statement
 
-from taskengine_dispatcher import workers
-from taskengine_dispatcher.outcomes import ended, ended_now
-from taskengine_dispatcher.workers import WorkerProcess
-
-if TYPE_CHECKING:
-    from taskengine_dispatcher.kubernetes import JobAttempt, KubernetesExecutor
+from taskengine_dispatcher import submissions
+from taskengine_dispatcher.executors import Attempt, Executor, Start
+from taskengine_dispatcher.executors.local import LocalExecutor
+from taskengine_dispatcher.executors.process import ProcessExecutor
+from taskengine_dispatcher.outcomes import Running, ended, ended_now
+from taskengine_dispatcher.submissions import Submission, Submissions
 
 log = logging.getLogger(__name__)
 
 NAME = "dispatcher"
 FLUSH = 0.05
 DEFAULT_TIMEOUT = 3600.0
+CONSUMED = (JobSubmitted, JobAdmitted, JobRetryScheduled, JobCancelled, JobBroken)
+"""The job events the dispatcher consumes (and the settings)."""
 
 _INSERT_EXECUTION = (
     "INSERT INTO dispatcher_executions (job_uuid, job_id, client, workflow, priority, attempt,"
@@ -84,27 +88,25 @@ class Ending:
     custom_data: object = None
 
 
-@dataclass
-class Execution:
+@dataclass(kw_only=True)
+class Execution(Running):
     """One running attempt and what it has printed but not yet stored."""
 
-    ref: JobRef
-    workflow: str
-    priority: int
-    attempt: int
-    callbacks: list[str]
-    custom_data: object = None
-    run: RunSpec = RunSpec()
-    concurrency_key: str | None = None
     log_version: int = 0
     lines: list[LogLine] = field(default_factory=list)
     steps: list[StepEvent] = field(default_factory=list)
+    runner: Attempt | None = None
+    """Where it runs (its executor's attempt)."""
     outcome: Outcome | None = None
-    task: asyncio.Task | None = None
+    done: bool = False
+    """A local attempt ended: `outcome` is stored with the next flush (None: nothing to)."""
+    task: asyncio.Task[None] | None = None
     cancelled: bool = False
-    worker: WorkerProcess | JobAttempt | None = None
-    """A remote executor's worker: a process or a Kubernetes Job (its outcome comes from its
-    reports, not `outcome`)."""
+
+    @property
+    def remote(self) -> bool:
+        """Ended by its worker's reports (else by the next flush)."""
+        return self.runner is not None and self.runner.reports
 
     def emit(self, line: LogLine) -> None:
         """Where the executor sends output: the lines not yet stored (flush swaps the list)."""
@@ -114,14 +116,29 @@ class Execution:
         self.steps.append(step)
 
 
+Launch = tuple[Execution, Attempt]
+
+
 class Dispatcher:
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, remote: Executor | None = None):
         self.runtime = runtime
         self.executor = runtime.config.executor
         self.running: dict[UUID, Execution] = {}
         self.wake = asyncio.Event()
-        self.kube: KubernetesExecutor | None = None
         self.confinement = Confinement.of(runtime.config)
+        self.local: Executor = LocalExecutor(self.confinement)
+        self.remote = remote
+        """The configured process or Kubernetes executor (None: local only)."""
+        self.submissions = Submissions()
+
+    def executor_for(self, kind: str) -> Executor:
+        """A remote executor runs workers and containers; every other job runs its steps here
+        whatever the executor."""
+        return self.remote if self.remote is not None and kind != "steps" else self.local
+
+    @property
+    def retry_settings(self) -> RetrySettings:
+        return RetrySettings.of(self.runtime.settings, self.runtime.config.max_memory)
 
     # --- starting --------------------------------------------------------------------------
 
@@ -130,18 +147,16 @@ class Dispatcher:
         for item in batch:
             if isinstance(item.event, (JobCancelled, JobBroken)):
                 self._cancel(item.event)
-            self.runtime.apply(item.event)
+            if not self.runtime.apply(item.event):
+                self.submissions.apply(item.event)
         if not admitted:
             return False
-        # A worker's memory limit may have been raised by a retry: it needs the whole job.
-        specs = await self.runtime.call(
-            self.runtime.store.streams,
-            [e.id for e in admitted],
-            version=1 if self.executor == LOCAL else None,
-        )
+        known, missing = self.submissions.known([e.id for e in admitted])
+        if missing:  # submitted before this dispatcher's last start, or forgotten since
+            known |= await self.runtime.call(submissions.read, self.runtime.store, missing)
         tracking = Tracking(NAME, batch[-1].position)
         while True:
-            events, rows, launches = self._starts(admitted, specs)
+            events, rows, launches = self._starts(admitted, known)
             try:
                 await self.runtime.call(self.runtime.store.commit, events, tracking, rows)
                 break
@@ -149,43 +164,43 @@ class Dispatcher:
                 if not conflict.stale:
                     return True  # already handled before a restart
                 admitted = [e for e in admitted if e.id not in conflict.stale]
-        for execution, steps, env, timeout in launches:
-            self.running[execution.ref.id] = execution
-            if self.kube is not None and execution.worker:  # a Kubernetes Job
-                execution.task = asyncio.create_task(self._run_job(execution))
-            elif execution.worker:
-                execution.task = asyncio.create_task(self._run_worker(execution))
-            else:
-                execution.task = asyncio.create_task(self._run(execution, steps, env, timeout))
+        for event in events:
+            self.submissions.apply(event)
+        for execution, runner in launches:
+            self._launch(execution, runner)
         if launches:
             self.wake.set()
         return True
 
-    def _starts(self, admitted: list[JobAdmitted], specs: dict[UUID, list[Event]]):  # type: ignore[no-untyped-def]
+    def _starts(
+        self, admitted: list[JobAdmitted], known: dict[UUID, Submission]
+    ) -> tuple[list[Event], list[Statement], list[Launch]]:
         events: list[Event] = []
         rows: list[Statement] = []
-        launches = []
+        launches: list[Launch] = []
         for event in admitted:
-            spec = specs.get(event.id, [None])[0]
-            assert isinstance(spec, JobSubmitted), f"job {event.job_id} has no submission"
-            # Remote executors run workers (they report back) and containers; every other job
-            # runs its steps here whatever the executor.
-            run = spec.run
-            remote = self.executor != LOCAL and run.kind != "steps"
-            job = (
-                Job.fold(e for e in specs[event.id] if isinstance(e, JobEvent)) if remote else None
-            )
+            submission = known.get(event.id)
+            assert submission is not None, f"job {event.job_id} has no submission"
+            spec, run = submission.submitted, submission.submitted.run
+            executor = self.executor_for(run.kind)
             ref = JobRef.of(event)
-            placement = self.kube.place(ref.job_id, event.attempt) if self.kube and remote else None
+            execution = Execution(
+                ref=ref,
+                workflow=spec.workflow,
+                priority=event.priority,
+                attempt=event.attempt,
+                callbacks=spec.callbacks,
+                custom_data=spec.parameters.get("custom_data"),
+                run=run,
+                concurrency_key=spec.concurrency_key,
+            )
+            timeout = run.timeout or DEFAULT_TIMEOUT
+            start = Start(ref, event.attempt, spec, submission.attempt_memory, timeout)
             try:
                 host_paths = self.runtime.config.host_path_prefixes
-                check_startable(spec, self.executor, datetime.now(UTC), host_paths)  # Drove's
-                # A container has no steps: its image runs as a Job of its own.
-                steps = (
-                    []
-                    if run.kind == "container"
-                    else workflow(spec.workflow).steps(spec.parameters, event.attempt)
-                )
+                now = datetime.now(UTC)
+                check_startable(run, spec.client, spec.at, self.executor, now, host_paths)
+                runner = executor.attempt(start, execution)
             except (DomainError, ValueError) as error:
                 events.append(
                     advance(
@@ -197,41 +212,23 @@ class Dispatcher:
                     )
                 )
                 continue
+            placement = runner.placement if runner else None
             started = advance(
                 ref,
                 JobStarted,
                 workflow=spec.workflow,
                 attempt=event.attempt,
-                executor=self.executor if remote else LOCAL,
+                executor=placement.executor if placement else executor.name,
                 callbacks=spec.callbacks,
-                memory=workers.attempt_memory(job) if job and run.kind == "worker" else None,
+                memory=placement.memory if placement else None,
                 cluster=placement.cluster if placement else None,
                 job_name=placement.job_name if placement else None,
             )
             events.append(started)
-            custom_data = spec.parameters.get("custom_data")
-            if not steps and not remote:  # nothing to run: the attempt is over as it starts
-                events.append(
-                    advance(
-                        JobRef.of(started),
-                        JobSucceeded,
-                        workflow=spec.workflow,
-                        attempt=event.attempt,
-                        callbacks=spec.callbacks,
-                        custom_data=custom_data,
-                    )
-                )
+            execution.ref = JobRef.of(started)
+            if runner is None:  # nothing to run: the attempt is over as it starts
+                events.append(ended(execution, Outcome("succeeded"), self.retry_settings))
                 continue
-            execution = Execution(
-                JobRef.of(started),
-                spec.workflow,
-                event.priority,
-                event.attempt,
-                spec.callbacks,
-                custom_data,
-                run,
-                spec.concurrency_key,
-            )
             rows.append(
                 (
                     _INSERT_EXECUTION,
@@ -246,68 +243,34 @@ class Dispatcher:
                         self.runtime.instance,
                         json.dumps(spec.callbacks),
                         started.at,
-                        None if custom_data is None else json.dumps(custom_data),
+                        None
+                        if execution.custom_data is None
+                        else json.dumps(execution.custom_data),
                     ),
                 )
             )
-            timeout = run.timeout or DEFAULT_TIMEOUT
-            if self.kube and placement and job:
-                env = {}
-                execution.worker = self.kube.attempt(placement, spec, job, event.attempt, timeout)
-            elif remote:
-                config = self.runtime.config
-                env = workers.worker_env(config, ref.job_id, event.attempt, timeout)
-                execution.worker = WorkerProcess(env, timeout)
-            else:
-                env = {
-                    **run.env,
-                    "TASKENGINE_JOB_ID": str(ref.job_id),
-                    "TASKENGINE_ATTEMPT": str(event.attempt),
-                    "TASKENGINE_PARAMETERS": json.dumps(spec.parameters),
-                }
-            launches.append((execution, steps, env, timeout))
+            launches.append((execution, runner))
         return events, rows, launches
 
-    async def _run(self, execution: Execution, steps, env, timeout) -> None:  # type: ignore[no-untyped-def]
-        try:
-            execution.outcome = await run_steps(
-                steps, env, timeout, execution.emit, execution.on_step, self.confinement
-            )
-        except asyncio.CancelledError:
-            execution.outcome = Outcome("failed", "cancelled")
-            raise
-        except Exception as error:  # an executor bug must still end the attempt
-            log.exception("job %s: executor error", execution.ref.job_id)
-            execution.outcome = Outcome("failed", f"executor error: {error}")
-        finally:
-            self.wake.set()
+    def _launch(self, execution: Execution, runner: Attempt) -> None:
+        execution.runner = runner
+        self.running[execution.ref.id] = execution
+        execution.task = asyncio.create_task(self._supervise(execution, runner))
 
-    async def _run_worker(self, execution: Execution) -> None:
-        """Runs the attempt's worker; once it exited, ends the attempt unless its reports
-        did (a worker that vanished without a final report lost its attempt)."""
-        worker = execution.worker
-        assert worker is not None
-        exit = await worker.run()  # cancelled (the dispatcher stops): it is killed
-        if exit.stopped:
-            outcome = None  # its job was cancelled or broken: that is its end
-        elif exit.timed_out:
-            reason = "the worker ran past the job's timeout"
-            outcome = Outcome("timed_out", reason, timeout=worker.timeout)
-        else:
-            reason = f"lost: the worker exited ({exit.describe()}) without a final report"
-            outcome = Outcome("failed", reason, exit.code, transient=LOST)
+    async def _supervise(self, execution: Execution, runner: Attempt) -> None:
+        """Runs the attempt until it ended. A local one's outcome goes with the next flush; a
+        remote one is ended unless its reports did (a worker that vanished without a final
+        report lost its attempt). Cancelled: the dispatcher stops."""
+        if not runner.reports:
+            try:
+                execution.outcome = await runner.run()
+            finally:
+                execution.done = True
+                self.wake.set()
+            return
+        outcome = await runner.run()
         await self._end_attempt(execution, outcome)
-        if exit.timed_out:  # its attempt is over: it may stop its steps, its report is refused
-            await worker.terminate()
-        if self.running.get(execution.ref.id) is execution:
-            del self.running[execution.ref.id]
-
-    async def _run_job(self, execution: Execution) -> None:
-        """Runs the attempt as a Kubernetes Job; once it ended, ends the attempt unless the
-        worker's reports did (see kubernetes.py)."""
-        assert execution.worker is not None and not isinstance(execution.worker, WorkerProcess)
-        outcome = await execution.worker.run()  # cancelled (the dispatcher stops): Job kept
-        await self._end_attempt(execution, outcome)
+        await runner.after_end()
         if self.running.get(execution.ref.id) is execution:
             del self.running[execution.ref.id]
 
@@ -331,18 +294,16 @@ class Dispatcher:
 
     def _cancel(self, event: JobCancelled | JobBroken) -> None:
         execution = self.running.get(event.id)
-        if execution and execution.worker:
-            execution.worker.stop()
-        elif execution and execution.task:
+        if execution and execution.runner:
             execution.cancelled = True
-            execution.task.cancel()
+            execution.runner.stop()
 
     # --- recording ---------------------------------------------------------------------------
 
     async def flush_forever(self) -> None:
         delay = FLUSH
         while True:
-            if all(execution.worker for execution in self.running.values()):  # none local
+            if all(execution.remote for execution in self.running.values()):  # none local
                 await self.wake.wait()
             await asyncio.sleep(delay)
             self.wake.clear()
@@ -358,7 +319,7 @@ class Dispatcher:
         events: list[Event] = []
         rows: list[Statement] = []
         done: list[Execution] = []
-        taken: list[tuple[Execution, list[LogLine]]] = []
+        taken: list[tuple[Execution, list[LogLine], list[StepEvent]]] = []
         for execution in list(self.running.values()):
             lines, execution.lines = execution.lines, []
             steps, execution.steps = execution.steps, []
@@ -394,11 +355,11 @@ class Dispatcher:
                         callbacks=execution.callbacks,
                     )
                 )
-            if execution.outcome is not None:
+            if execution.done:
                 done.append(execution)
                 rows.append((_DELETE_EXECUTION, (execution.ref.id,)))
-                if not execution.cancelled:
-                    events.append(self.outcome_event(execution))
+                if execution.outcome is not None and not execution.cancelled:
+                    events.append(ended(execution, execution.outcome, self.retry_settings))
         if not events and not rows:
             return
         try:
@@ -412,20 +373,8 @@ class Dispatcher:
             raise
         for execution in done:
             self.running.pop(execution.ref.id, None)
-
-    def outcome_event(self, execution: Execution) -> JobEvent:
-        return ended(
-            execution.ref,
-            execution.workflow,
-            execution.priority,
-            execution.attempt,
-            execution.callbacks,
-            execution.outcome,
-            self.runtime.settings,
-            execution.custom_data,
-            execution.run,
-            execution.concurrency_key,
-        )  # type: ignore[arg-type]
+        for event in events:
+            self.submissions.apply(event)
 
     # --- ending attempts that ended without an outcome of their own ----------------------
 
@@ -439,7 +388,7 @@ class Dispatcher:
         appended: list[JobEvent] = []
         while pending:
             jobs = store.jobs(list(pending))
-            events = []
+            events: list[JobEvent] = []
             for job_uuid, ending in pending.items():
                 job = jobs.get(job_uuid)
                 if ending.outcome is None or job is None:
@@ -449,13 +398,12 @@ class Dispatcher:
                         ended_now(
                             job,
                             ending.outcome,
-                            self.runtime.settings,
+                            self.retry_settings,
                             ending.callbacks,
                             ending.custom_data,
-                            self.runtime.config.max_memory,
                         )
                     )
-            dropped = store.commit_unmoved(events, rows)
+            dropped = store.commit_unmoved(list(events), rows)
             appended += [e for e in events if e.id not in dropped]
             rows, pending = [], {i: e for i, e in pending.items() if i in dropped}
         return appended
@@ -468,8 +416,9 @@ class Dispatcher:
             "SELECT * FROM dispatcher_executions WHERE instance = %s",
             (self.runtime.instance,),
         )
-        if self.kube:  # its Jobs outlived it: those of attempts still running are watched again
+        if self.remote:  # a Job outlives it: those of attempts still running are watched again
             rows = self._adopt(
+                self.remote,
                 rows,
                 await self.runtime.call(self.runtime.store.jobs, [r["job_uuid"] for r in rows]),
             )
@@ -487,33 +436,46 @@ class Dispatcher:
             len(appended),
         )
 
-    def _adopt(self, rows: list[dict], jobs: dict[UUID, Job]) -> list[dict]:
-        """Supervises again the Kubernetes Jobs of the attempts in `rows` that still run;
-        returns the rows of the others (over, or lost)."""
-        assert self.kube is not None
+    def _adopt(
+        self, executor: Executor, rows: list[dict[str, Any]], jobs: dict[UUID, Job]
+    ) -> list[dict[str, Any]]:
+        """Supervises again the attempts in `rows` the executor finds still running (a
+        Kubernetes Job's); returns the rows of the others (over, or lost)."""
         left = []
         for row in rows:
             job = jobs.get(row["job_uuid"])
-            attempt = self.kube.adopt(job, row["attempt"], DEFAULT_TIMEOUT) if job else None
-            if job is None or attempt is None:
+            runner = executor.adopt(job, row["attempt"]) if job else None
+            if job is None or runner is None:
                 left.append(row)
                 continue
             execution = Execution(
-                job.ref,
-                job.workflow,
-                job.priority,
-                row["attempt"],
-                row["callbacks"],
-                row["custom_data"],
-                job.run,
-                job.concurrency_key,
-                worker=attempt,
+                ref=job.ref,
+                workflow=job.workflow,
+                priority=job.priority,
+                attempt=row["attempt"],
+                callbacks=row["callbacks"],
+                custom_data=row["custom_data"],
+                run=job.run,
+                concurrency_key=job.concurrency_key,
+                memory=job.memory,
             )
-            self.running[job.id] = execution
-            execution.task = asyncio.create_task(self._run_job(execution))
+            self._launch(execution, runner)
         if len(left) < len(rows):
-            log.info("dispatcher: adopted %d Kubernetes Job(s)", len(rows) - len(left))
+            log.info("dispatcher: adopted %d attempt(s) still running", len(rows) - len(left))
         return left
+
+
+async def remote_executor(runtime: Runtime) -> Executor | None:
+    """The configured executor of workers and containers: None when everything runs here."""
+    executor = runtime.config.executor
+    if executor == PROCESS:
+        return ProcessExecutor(runtime.config)
+    if executor == KUBERNETES:
+        # Imported only here: kubernetes-asyncio alone takes 1.5 s of CPU to import.
+        from taskengine_dispatcher.executors import kubernetes
+
+        return await kubernetes.connect(runtime)
+    return None
 
 
 async def dispatcher(runtime: Runtime) -> None:
@@ -526,21 +488,12 @@ async def dispatcher(runtime: Runtime) -> None:
     if runtime.config.inline_steps and service.confinement.refused:
         log.error("dispatcher: %s", service.confinement.refused)
     runtime.working = lambda: len(service.running)
-    if executor == KUBERNETES:
-        # Imported only here: kubernetes-asyncio alone takes 1.5 s of CPU to import.
-        from taskengine_dispatcher import kubernetes
-
-        service.kube = await kubernetes.connect(runtime)
+    service.remote = await remote_executor(runtime)
     await service.recover()
     consumer = BatchConsumer(
         runtime.js,
         durable=NAME,
-        filter_subjects=[
-            subjects.subject_for(JobAdmitted),
-            subjects.subject_for(JobCancelled),
-            subjects.subject_for(JobBroken),
-            subjects.SETTINGS,
-        ],
+        filter_subjects=[*(subjects.subject_for(e) for e in CONSUMED), subjects.SETTINGS],
         handler=service.on_job_events,
         handled=await runtime.call(runtime.store.tracked, NAME),
         track=runtime.tracker(NAME),
@@ -556,5 +509,5 @@ async def dispatcher(runtime: Runtime) -> None:
         for execution in service.running.values():
             if execution.task:
                 execution.task.cancel()
-        if service.kube:
-            await service.kube.close()
+        if service.remote:
+            await service.remote.close()

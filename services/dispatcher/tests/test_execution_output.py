@@ -14,7 +14,7 @@ async def test_lines_printed_after_a_flush_are_kept():
     ref = JobRef(
         id=__import__("uuid").uuid4(), job_id=1, client="c", version=3, state=JobState.RUNNING
     )
-    execution = Execution(ref, "test", 5, 1, [])
+    execution = Execution(ref=ref, workflow="test", priority=5, attempt=1)
     stored: list[str] = []
 
     async def flushing() -> None:  # what Dispatcher.flush does to the buffer, repeatedly

@@ -8,8 +8,13 @@ from datetime import UTC, datetime
 
 import pytest
 from taskengine_core import drove
-from taskengine_dispatcher import kube_containers, kube_jobs
-from taskengine_dispatcher.kube_containers import container_run, manifest, pull_failure, verdict
+from taskengine_dispatcher.executors import kube_containers, kube_jobs
+from taskengine_dispatcher.executors.kube_containers import (
+    container_run,
+    manifest,
+    pull_failure,
+    verdict,
+)
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 VOLUME = {"pathInContainer": "/data", "pathOnHost": "/mnt/acme/in", "mode": "READ_ONLY"}
@@ -29,7 +34,7 @@ def submitted(**executable):  # type: ignore[no-untyped-def]
 
 
 def test_the_job_runs_the_tasks_image_with_its_args_env_resources_and_volumes():
-    job = manifest(name="te-42-1", job=submitted(), attempt=1, timeout=100, ttl=600)
+    job = manifest(name="te-42-1", job_id=42, run=submitted().run, attempt=1, timeout=100, ttl=600)
     assert kube_jobs.attempt_of(job) == (42, 1)
     assert job["metadata"]["labels"]["app.kubernetes.io/name"] == "taskengine-task"
     spec = job["spec"]
@@ -55,15 +60,18 @@ def test_the_job_runs_the_tasks_image_with_its_args_env_resources_and_volumes():
 
 
 def test_the_pull_timeout_is_the_tasks_or_a_default():
-    run = container_run(submitted(dockerPullTimeout="2 minutes"), 50)
-    assert run is not None and (run.pull_timeout, run.pull_timeout_given) == (120, "2 minutes")
-    run = container_run(submitted(), 50)
+    run = container_run(submitted(dockerPullTimeout="2 minutes").run, 50)
+    assert run is not None and (run.pull_timeout.seconds, run.pull_timeout.given) == (
+        120,
+        "2 minutes",
+    )
+    run = container_run(submitted().run, 50)
     assert run is not None and run.pull_timeout == kube_containers.DEFAULT_PULL_TIMEOUT
     workflow = {"type": "WORKFLOW", "name": "echo"}
     spec = {"sourceAppName": "A", "taskId": "T", "executable": workflow, "resources": []}
     spec["resources"] = [{"type": "CPU", "count": 1}, {"type": "MEMORY", "sizeInMB": 1}]
     other = drove.create_operation({"type": "CREATE", "spec": spec}).submitted(1, "acme", NOW)
-    assert container_run(other, 50) is None
+    assert container_run(other.run, 50) is None
 
 
 def condition(kind: str, reason: str, message: str = "") -> dict:
@@ -116,7 +124,7 @@ def test_an_image_that_fails_to_pull_ends_provisioning_failed():
     assert pull_failure(pod({"waiting": {"reason": "ContainerCreating"}})) is None
     assert pull_failure(RUNNING) is None and pull_failure(None) is None
     assert kube_containers.running(RUNNING) and not kube_containers.running(waiting)
-    run = container_run(submitted(dockerPullTimeout="1 second"), 50)
+    run = container_run(submitted(dockerPullTimeout="1 second").run, 50)
     assert run is not None
     outcome = kube_containers.pull_failed(run, "ErrImagePull: not found")
     assert outcome.reason.startswith(drove.PROVISIONING)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 from taskengine_core.worktasks import requested
-from taskengine_dispatcher import kube_jobs
-from taskengine_dispatcher.kube_jobs import manifest, resources, verdict
+from taskengine_dispatcher.executors import kube_jobs
+from taskengine_dispatcher.executors.kube_jobs import manifest, resources, verdict
 
 
 def job_manifest(**changes):  # type: ignore[no-untyped-def]

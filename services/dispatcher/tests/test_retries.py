@@ -8,6 +8,7 @@ from uuid import UUID
 
 import pytest
 from taskengine_contracts.events import (
+    JobEvent,
     JobFailed,
     JobRetryScheduled,
     JobSubmitted,
@@ -20,27 +21,37 @@ from taskengine_contracts.events import (
 )
 from taskengine_core import worktasks
 from taskengine_core.jobs import Job, JobRef, JobState
+from taskengine_core.retries import RetrySettings
 from taskengine_core.settings import RuntimeSettings
 from taskengine_core.steps import Outcome
-from taskengine_dispatcher.outcomes import ended, ended_now
+from taskengine_dispatcher.outcomes import Running, ended, ended_now
 
 REF = JobRef(UUID(int=1), 1, "alice", 4, JobState.RUNNING)
 REF_AT = datetime(2025, 1, 1, tzinfo=UTC)
 FAILED = Outcome("failed", "exit 1", 1)
 
 
-def settings(**values: int) -> RuntimeSettings:
+def settings(**values: int) -> RetrySettings:
     folded = RuntimeSettings()
     for n, (name, value) in enumerate(values.items(), start=1):
         folded.apply(
             SettingChanged(id=UUID(int=9), version=n, at=REF_AT, name=name, value=str(value))
         )
-    return folded
+    return RetrySettings.of(folded)
 
 
-def end(attempt: int, retry: RetryPolicy | None = None, outcome: Outcome = FAILED, **values):  # type: ignore[no-untyped-def]
-    run = RunSpec(retry=retry)
-    return ended(REF, "w", 5, attempt, [], outcome, settings(**values), None, run, "key")
+def end(
+    attempt: int, retry: RetryPolicy | None = None, outcome: Outcome = FAILED, **values: int
+) -> JobEvent:
+    running = Running(
+        ref=REF,
+        workflow="w",
+        priority=5,
+        attempt=attempt,
+        run=RunSpec(retry=retry),
+        concurrency_key="key",
+    )
+    return ended(running, outcome, settings(**values))
 
 
 def delay(event: JobRetryScheduled) -> float:

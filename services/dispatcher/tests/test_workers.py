@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 from taskengine_core.attempts import token_fits
 from taskengine_core.config import EngineSettings
-from taskengine_dispatcher import workers
-from taskengine_dispatcher.workers import WorkerExit, WorkerProcess, gateway_url, worker_env
+from taskengine_dispatcher.executors import process as workers
+from taskengine_dispatcher.executors.process import (
+    WorkerExit,
+    WorkerProcess,
+    gateway_url,
+    worker_env,
+)
 
 KEY = "signing-key-0123456789"
 

@@ -1,4 +1,4 @@
-"""A DOCKER task (the Drove dialect) as a plain Kubernetes Job: its image, args and env, its
+"""A container run (a Drove DOCKER task) as a plain Kubernetes Job: its image, args and env, its
 CPU and memory, its volumes (host paths the operator allows); no worker, so the Job's and
 pod's status alone say how it ended (`verdict`), and its output is the pod's log.
 
@@ -11,26 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from taskengine_contracts.events import (
-    ExecutionLogged,
-    JobExecuting,
-    JobSubmitted,
-    LogLine,
-    RunSpec,
-)
-from taskengine_core import drove
+from taskengine_contracts.events import ExecutionLogged, JobExecuting, Limit, LogLine, RunSpec
 from taskengine_core.attempts import LOST
 from taskengine_core.ids import execution_stream, job_stream
-from taskengine_core.jobs import Job, JobState, advance
+from taskengine_core.jobs import JobState, advance
+from taskengine_core.startable import PROVISIONING
 from taskengine_core.steps import MAX_LINE, Outcome
 from taskengine_store.store import EventStore
 
-from taskengine_dispatcher import kube_jobs
-from taskengine_dispatcher.kube_jobs import Obj
+from taskengine_dispatcher.executors import kube_jobs
+from taskengine_dispatcher.executors.kube_jobs import Obj
 
 APP = "taskengine-task"
-DEFAULT_PULL_TIMEOUT = 300.0
-"""Seconds a pod may fail to pull its image when the task gives no `dockerPullTimeout`."""
+DEFAULT_PULL_TIMEOUT = Limit(seconds=300.0, name="pull timeout", given="300 seconds")
+"""How long a pod may fail to pull its image when the run gives no `pull_timeout`."""
 PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
 """Container waiting reasons that say its image is not being pulled."""
 OUTPUT_LINES = 10_000
@@ -42,25 +36,18 @@ LINES_PER_EVENT, BYTES_PER_EVENT = 1000, 128 * 1024
 
 @dataclass(frozen=True)
 class ContainerRun:
-    """What watching a DOCKER task's Job needs to know of it."""
+    """What watching a container run's Job needs to know of it."""
 
     image: str
-    pull_timeout: float
-    pull_timeout_given: str
+    pull_timeout: Limit
     timeout: float
 
 
-def container_run(job: JobSubmitted | Job, timeout: float) -> ContainerRun | None:
-    """The task's run, or None when the job does not run a container."""
-    if job.run.kind != "container":
+def container_run(run: RunSpec, timeout: float) -> ContainerRun | None:
+    """The container's run, or None when the job does not run a container."""
+    if run.kind != "container":
         return None
-    executable = job.attributes.get("executable")
-    given = executable.get("dockerPullTimeout") if isinstance(executable, dict) else None
-    seconds = DEFAULT_PULL_TIMEOUT
-    if given is not None:
-        seconds = drove.parse_duration(given, "dockerPullTimeout")
-    shown = str(given) if given is not None else f"{DEFAULT_PULL_TIMEOUT:g} seconds"
-    return ContainerRun(str(job.run.image), seconds, shown, timeout)
+    return ContainerRun(str(run.image), run.pull_timeout or DEFAULT_PULL_TIMEOUT, timeout)
 
 
 def volumes(run: RunSpec) -> tuple[list[Obj], list[Obj]]:
@@ -76,10 +63,11 @@ def volumes(run: RunSpec) -> tuple[list[Obj], list[Obj]]:
     return found, mounts
 
 
-def manifest(*, name: str, job: JobSubmitted | Job, attempt: int, timeout: float, ttl: int) -> Obj:
-    """The batch/v1 Job running a DOCKER task once: its image with its args and env (no
+def manifest(
+    *, name: str, job_id: int, run: RunSpec, attempt: int, timeout: float, ttl: int
+) -> Obj:
+    """The batch/v1 Job running a container once: its image with its args and env (no
     command: the image's entry point), ended by Kubernetes DEADLINE_GRACE past the timeout."""
-    run = job.run
     container: Obj = {
         "name": kube_jobs.TASK_CONTAINER,
         "image": run.image,
@@ -91,7 +79,7 @@ def manifest(*, name: str, job: JobSubmitted | Job, attempt: int, timeout: float
     pod_volumes, mounts = volumes(run)
     if mounts:
         container["volumeMounts"] = mounts
-    return kube_jobs.batch_job(name, job.job_id, attempt, APP, container, timeout, ttl, pod_volumes)
+    return kube_jobs.batch_job(name, job_id, attempt, APP, container, timeout, ttl, pod_volumes)
 
 
 # --- how it ended -------------------------------------------------------------------------------
@@ -114,9 +102,10 @@ def pull_failure(pod: Obj | None) -> str | None:
 
 
 def pull_failed(run: ContainerRun, problem: str) -> Outcome:
+    limit = run.pull_timeout
     why = (
-        f"{drove.PROVISIONING}the image {run.image} was not pulled within its dockerPullTimeout"
-        f" ({run.pull_timeout_given}): {problem}"
+        f"{PROVISIONING}the image {run.image} was not pulled within its {limit.name}"
+        f" ({limit.given}): {problem}"
     )
     return Outcome("failed", why)
 
@@ -130,8 +119,8 @@ def verdict(
     code = ended.get("exitCode")
     if ended.get("reason") == "OOMKilled":
         return Outcome("failed", "OOMKilled: the container ran out of memory", code)
-    if (pod or {}).get("reason") == "Evicted":
-        why = f"Evicted: {pod.get('message') or 'the pod was evicted from its node'}"  # type: ignore[union-attr]
+    if (evicted := pod or {}).get("reason") == "Evicted":
+        why = f"Evicted: {evicted.get('message') or 'the pod was evicted from its node'}"
         return Outcome("failed", why, code)
     if gone:
         return Outcome("failed", "lost: its Job vanished", code, transient=LOST)

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client, watch
@@ -22,8 +23,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException, incluster_config, kube_config
 from taskengine_core.config import EngineSettings
 
-from taskengine_dispatcher import kube_jobs
-from taskengine_dispatcher.kube_jobs import Obj
+from taskengine_dispatcher.executors import kube_jobs
+from taskengine_dispatcher.executors.kube_jobs import Obj
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class Cluster:
         )
         text = ""
         for pod in listing.items:
-            response = await self.core.read_namespaced_pod_log(
+            response: Any = await self.core.read_namespaced_pod_log(  # a response, not str
                 pod.metadata.name,
                 namespace,
                 container=container,
@@ -163,6 +164,8 @@ async def connect(config: EngineSettings) -> list[Cluster]:
         if contexts or files:
             if not contexts:
                 _, current = kube_config.list_kube_config_contexts(files)
+                if current is None:
+                    raise ConfigException("the kubeconfig has no current context")
                 contexts = [current["name"]]
             for context in contexts:
                 configuration = client.Configuration()

@@ -2,7 +2,8 @@
 its work task from the gateway and reports there over HTTP, as a Kubernetes Job's worker does.
 
 The dispatcher only starts the worker, kills it (the job was cancelled or broken, or it ran
-past the job's timeout) and notices when it exits; what the worker reports moves the job.
+past the job's timeout) and notices when it exits; what the worker reports moves the job. A
+worker that exits without a final report lost its attempt; workers die with their dispatcher.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskengine_core.attempts import worker_token
+from taskengine_core.attempts import LOST, worker_token
 from taskengine_core.config import PROCESS, EngineSettings
 from taskengine_core.jobs import Job
-from taskengine_core.steps import die_with_parent, worker_environment
+from taskengine_core.steps import Outcome, die_with_parent, worker_environment
+
+from taskengine_dispatcher.executors import Placement, Sink, Start
 
 EXECUTOR = PROCESS
 COMMAND = (sys.executable, "-m", "taskengine_cli.main", "worker")
@@ -79,12 +82,6 @@ def worker_env(config: EngineSettings, job_id: int, attempt: int, timeout: float
     }
 
 
-def attempt_memory(job: Job) -> str | None:
-    """The memory limit the job's next attempt runs with: raised after an OOM kill, else its
-    run's."""
-    return job.memory or job.run.resources.memory
-
-
 class WorkerProcess:
     """One attempt's `taskengine worker`: its own process group, killed with the dispatcher."""
 
@@ -138,3 +135,54 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)
         return True
+
+
+class ProcessAttempt:
+    """An attempt run by a worker process: ended by the worker's reports, else by its exit."""
+
+    reports = True
+
+    def __init__(self, worker: WorkerProcess, placement: Placement):
+        self.worker = worker
+        self.placement = placement
+        self.exit: WorkerExit | None = None
+
+    async def run(self) -> Outcome | None:
+        self.exit = exit = await self.worker.run()
+        if exit.stopped:
+            return None  # its job was cancelled or broken: that is its end
+        if exit.timed_out:
+            reason = "the worker ran past the job's timeout"
+            return Outcome("timed_out", reason, timeout=self.worker.timeout)
+        reason = f"lost: the worker exited ({exit.describe()}) without a final report"
+        return Outcome("failed", reason, exit.code, transient=LOST)
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    async def after_end(self) -> None:
+        if self.exit is not None and self.exit.timed_out:
+            # Its attempt is over: it may stop its steps, its report is refused.
+            await self.worker.terminate()
+
+
+class ProcessExecutor:
+    """Runs each remote attempt as a `taskengine worker` process on this host."""
+
+    name = EXECUTOR
+
+    def __init__(self, config: EngineSettings):
+        self.config = config
+
+    def attempt(self, start: Start, sink: Sink) -> ProcessAttempt:
+        start.steps()  # a workflow that cannot run fails the attempt before a worker starts
+        env = worker_env(self.config, start.ref.job_id, start.attempt, start.timeout)
+        memory = start.memory if start.submitted.run.kind == "worker" else None
+        return ProcessAttempt(WorkerProcess(env, start.timeout), Placement(EXECUTOR, memory))
+
+    def adopt(self, job: Job, attempt: int) -> None:
+        """Workers die with their dispatcher: none is found running."""
+        return None
+
+    async def close(self) -> None:
+        pass

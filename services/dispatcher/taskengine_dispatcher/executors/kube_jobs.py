@@ -216,8 +216,8 @@ def verdict(job: Obj | None, pod: Obj | None, *, gone: bool = False) -> Outcome 
     if ended.get("reason") == "OOMKilled":
         why = "OOMKilled: the worker's container ran out of memory"
         return Outcome("failed", why, code, transient="OOMKilled")
-    if (pod or {}).get("reason") == "Evicted":
-        why = f"Evicted: {pod.get('message') or 'the pod was evicted from its node'}"  # type: ignore[union-attr]
+    if (evicted := pod or {}).get("reason") == "Evicted":
+        why = f"Evicted: {evicted.get('message') or 'the pod was evicted from its node'}"
         return Outcome("failed", why, code, transient="Evicted")
     if gone:
         return Outcome("failed", "lost: its Job vanished", code, transient=LOST)

@@ -10,10 +10,10 @@ resumes where it was, a 410 Gone lists again. Cancelling deletes the Job. Jobs o
 dispatcher: a restarted one watches again those of attempts still running (`adopt`) and
 deletes those of attempts that are over.
 
-A DOCKER task (Drove) runs as a plain Job of its image (kube_containers.py): nothing reports,
-so the dispatcher records that it runs (JobExecuting, once its container started), ends it as
-its Job says, gives up (and deletes the Job) when its image was not pulled within its
-dockerPullTimeout, and stores the pod's log as its output before ending it.
+A container run (a Drove DOCKER task) runs as a plain Job of its image (kube_containers.py):
+nothing reports, so the dispatcher records that it runs (JobExecuting, once its container
+started), ends it as its Job says, gives up (and deletes the Job) when its image was not
+pulled within its run's pull timeout, and stores the pod's log as its output before ending it.
 
 The clusters are kubeconfig contexts (`TASKENGINE_KUBE_CONTEXTS`, default the current one;
 `KUBECONFIG`, default ~/.kube/config), else the cluster the dispatcher runs in; attempts take
@@ -26,11 +26,10 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Coroutine
-from typing import Any, NamedTuple
+from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 from taskengine_bus import Runtime
-from taskengine_contracts.events import JobSubmitted
 from taskengine_core.attempts import LOST, worker_token
 from taskengine_core.config import KUBERNETES, EngineSettings
 from taskengine_core.ids import job_stream
@@ -38,8 +37,15 @@ from taskengine_core.jobs import Job, JobState
 from taskengine_core.steps import Outcome
 from taskengine_core.workflows import workflow
 
-from taskengine_dispatcher import kube_clusters, kube_containers, kube_jobs, workers
-from taskengine_dispatcher.kube_clusters import (
+from taskengine_dispatcher.executors import (
+    Placement,
+    Sink,
+    Start,
+    kube_clusters,
+    kube_containers,
+    kube_jobs,
+)
+from taskengine_dispatcher.executors.kube_clusters import (
     FIRST_RETRY,
     JOBS,
     PODS,
@@ -50,27 +56,26 @@ from taskengine_dispatcher.kube_clusters import (
     describe,
     message,
 )
-from taskengine_dispatcher.kube_containers import ContainerRun
-from taskengine_dispatcher.kube_jobs import Obj
+from taskengine_dispatcher.executors.kube_containers import ContainerRun
+from taskengine_dispatcher.executors.kube_jobs import Obj
+from taskengine_dispatcher.executors.process import gateway_url
 
 log = logging.getLogger(__name__)
 
 EXECUTOR = KUBERNETES
+DEFAULT_TIMEOUT = 3600.0
+"""An adopted container's timeout when its run gives none (the dispatcher's default)."""
 CREATE_PATIENCE = 60.0
 """How long a Job's creation is retried (cluster unreachable, 5xx) before the attempt is lost."""
 SYNC_WAIT = 15.0
 """How long a starting dispatcher waits for its first lists before adopting Jobs."""
 
 
-class Placement(NamedTuple):
-    """Where an attempt runs: what its JobStarted records as `cluster` and `job_name`."""
-
-    cluster: str
-    job_name: str
-
-
 class JobAttempt:
-    """An attempt's Job, as the dispatcher's execution holds it (its `worker`)."""
+    """An attempt's Job: ended by its worker's reports, else as the Job's status says (a
+    container's: by its status alone)."""
+
+    reports = True
 
     def __init__(
         self,
@@ -85,7 +90,10 @@ class JobAttempt:
         self.executor = executor
         self.job_id = job_id
         self.attempt = attempt
-        self.cluster, self.name = placement
+        self.placement = placement
+        assert placement.cluster is not None and placement.job_name is not None
+        self.cluster: str = placement.cluster
+        self.name: str = placement.job_name
         self.body = body
         self.created = body is None
         """The Job exists (created, or adopted: `body` None)."""
@@ -112,6 +120,9 @@ class JobAttempt:
         """Creates the Job and waits until it ended; returns how (None: stopped)."""
         return await self.executor.supervise(self)
 
+    async def after_end(self) -> None:
+        pass
+
 
 def worker_env(config: EngineSettings, job_id: int, attempt: int, timeout: float) -> dict[str, str]:
     """What the Job's worker is told: its task, attempt, token and where to report."""
@@ -119,7 +130,7 @@ def worker_env(config: EngineSettings, job_id: int, attempt: int, timeout: float
         "TASKENGINE_TASK_ID": str(job_id),
         "TASKENGINE_ATTEMPT": str(attempt),
         "TASKENGINE_WORKER_TOKEN": worker_token(config.webhook_key, job_id, attempt),
-        "TASKENGINE_GATEWAY_URL": workers.gateway_url(config),
+        "TASKENGINE_GATEWAY_URL": gateway_url(config),
         "TASKENGINE_TIMEOUT": f"{timeout:g}",
         "TASKENGINE_INLINE_STEPS": "true" if config.inline_steps else "false",
         "TASKENGINE_STEP_USER": config.step_user,
@@ -129,6 +140,10 @@ def worker_env(config: EngineSettings, job_id: int, attempt: int, timeout: float
 
 
 class KubernetesExecutor:
+    """Runs each remote attempt as a Job on one of the clusters, in turn."""
+
+    name = EXECUTOR
+
     def __init__(self, runtime: Runtime, clusters: list[Cluster]):
         self.runtime = runtime
         self.namespace = runtime.config.kube_namespace
@@ -140,43 +155,44 @@ class KubernetesExecutor:
 
     # --- placing attempts -------------------------------------------------------------------
 
-    def place(self, job_id: int, attempt: int) -> Placement:
-        names = list(self.clusters)
-        return Placement(names[next(self.turn) % len(names)], kube_jobs.job_name(job_id, attempt))
-
-    def attempt(
-        self, placement: Placement, spec: JobSubmitted, job: Job, attempt: int, timeout: float
-    ) -> JobAttempt:
-        """The attempt's Job, to be created by `run`."""
+    def attempt(self, start: Start, sink: Sink) -> JobAttempt:
+        """The attempt's Job, to be created by `run`: a container's, or a worker's."""
         config = self.runtime.config
-        container = kube_containers.container_run(spec, timeout)
+        names = list(self.clusters)
+        cluster = names[next(self.turn) % len(names)]
+        name = kube_jobs.job_name(start.ref.job_id, start.attempt)
+        run, job_id = start.submitted.run, start.ref.job_id
+        container = kube_containers.container_run(run, start.timeout)
         if container is not None:
             body = kube_containers.manifest(
-                name=placement.job_name,
-                job=spec,
-                attempt=attempt,
-                timeout=timeout,
+                name=name,
+                job_id=job_id,
+                run=run,
+                attempt=start.attempt,
+                timeout=start.timeout,
                 ttl=config.kube_job_ttl,
             )
-            return JobAttempt(self, job.job_id, attempt, body, placement, container)
-        secret = spec.run.secret
+            placement = Placement(EXECUTOR, None, cluster, name)
+            return JobAttempt(self, job_id, start.attempt, body, placement, container)
+        start.steps()  # a workflow that cannot run fails the attempt before its Job exists
         body = kube_jobs.manifest(
-            name=placement.job_name,
-            job_id=job.job_id,
-            attempt=attempt,
-            image=workflow(spec.workflow).image or config.worker_image,
-            env=worker_env(config, job.job_id, attempt, timeout),
-            requirements=spec.run.resources,
-            memory=workers.attempt_memory(job),
-            secret=secret,
+            name=name,
+            job_id=job_id,
+            attempt=start.attempt,
+            image=workflow(start.submitted.workflow).image or config.worker_image,
+            env=worker_env(config, job_id, start.attempt, start.timeout),
+            requirements=run.resources,
+            memory=start.memory,
+            secret=run.secret,
             secret_keys=[k.strip() for k in config.kube_secret_keys.split(",") if k.strip()],
-            timeout=timeout,
+            timeout=start.timeout,
             ttl=config.kube_job_ttl,
         )
-        owned = (secret, spec.client) if secret else None
-        return JobAttempt(self, job.job_id, attempt, body, placement, secret=owned)
+        owned = (run.secret, start.submitted.client) if run.secret else None
+        placement = Placement(EXECUTOR, start.memory, cluster, name)
+        return JobAttempt(self, job_id, start.attempt, body, placement, secret=owned)
 
-    def adopt(self, job: Job, attempt: int, timeout: float) -> JobAttempt | None:
+    def adopt(self, job: Job, attempt: int) -> JobAttempt | None:
         """The existing Job of an attempt the store says still runs, to watch again; None when
         the attempt is over or its cluster is not configured any more."""
         if (
@@ -187,8 +203,8 @@ class KubernetesExecutor:
             or not job.job_name
         ):
             return None
-        placement = Placement(job.cluster, job.job_name)
-        container = kube_containers.container_run(job, job.timeout or timeout)
+        placement = Placement(EXECUTOR, job.memory, job.cluster, job.job_name)
+        container = kube_containers.container_run(job.run, job.timeout or DEFAULT_TIMEOUT)
         return JobAttempt(self, job.job_id, attempt, None, placement, container)
 
     # --- running one attempt ----------------------------------------------------------------
@@ -227,8 +243,9 @@ class KubernetesExecutor:
             try:
                 if attempt.secret and (refusal := await self._refuse_secret(cluster, attempt)):
                     return Outcome("failed", refusal)
+                body: Any = attempt.body  # the API takes a Job's JSON as well as a V1Job
                 await cluster.batch.create_namespaced_job(
-                    self.namespace, attempt.body, _request_timeout=REQUEST_TIMEOUT
+                    self.namespace, body, _request_timeout=REQUEST_TIMEOUT
                 )
                 problem = None
             except ApiException as error:
@@ -254,7 +271,8 @@ class KubernetesExecutor:
         """Why the attempt may not use its `storage_credentials` Secret, or None: it carries
         the label naming the attempt's client. A missing Secret is refused alike (no answer
         says whether another client's exists)."""
-        name, client = attempt.secret  # type: ignore[misc]
+        assert attempt.secret is not None
+        name, client = attempt.secret
         try:
             secret = await cluster.core.read_namespaced_secret(
                 name, self.namespace, _request_timeout=REQUEST_TIMEOUT
@@ -338,7 +356,7 @@ class KubernetesExecutor:
 
     def _watch_container(self, attempt: JobAttempt, pod: Obj | None) -> None:
         """Records that its container started; ends the attempt once its image failed to
-        pull for longer than its dockerPullTimeout (the check runs again when that is due)."""
+        pull for longer than its pull timeout (the check runs again when that is due)."""
         run = attempt.container
         assert run is not None
         if not attempt.started and kube_containers.running(pod):
@@ -350,8 +368,10 @@ class KubernetesExecutor:
         loop = asyncio.get_running_loop()
         if attempt.pull_failing_since is None:
             attempt.pull_failing_since = loop.time()
-            attempt.pull_check = loop.call_later(run.pull_timeout + 0.05, self._examine, attempt)
-        elif loop.time() - attempt.pull_failing_since >= run.pull_timeout:
+            attempt.pull_check = loop.call_later(
+                run.pull_timeout.seconds + 0.05, self._examine, attempt
+            )
+        elif loop.time() - attempt.pull_failing_since >= run.pull_timeout.seconds:
             attempt.discard = True
             self._decide(attempt, kube_containers.pull_failed(run, problem))
 
