@@ -461,7 +461,7 @@ class Dispatcher:
             )
             self._launch(execution, runner)
         if len(left) < len(rows):
-            log.info("dispatcher: adopted %d attempt(s) still running", len(rows) - len(left))
+            log.info("dispatcher: adopted %d %s", len(rows) - len(left), executor.runs_as)
         return left
 
 

@@ -86,6 +86,8 @@ class Attempt(Protocol):
 class Executor(Protocol):
     name: str
     """What JobStarted records as the attempt's `executor`."""
+    runs_as: str
+    """What its attempts run as, for the log: `Kubernetes Job(s)`."""
 
     def attempt(self, start: Start, sink: Sink) -> Attempt | None:
         """The attempt to `run` (nothing happens before); None: it has nothing to run, so it

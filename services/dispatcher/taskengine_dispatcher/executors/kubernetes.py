@@ -143,6 +143,7 @@ class KubernetesExecutor:
     """Runs each remote attempt as a Job on one of the clusters, in turn."""
 
     name = EXECUTOR
+    runs_as = "Kubernetes Job(s)"
 
     def __init__(self, runtime: Runtime, clusters: list[Cluster]):
         self.runtime = runtime

@@ -81,6 +81,7 @@ class LocalExecutor:
     """Runs steps on the dispatcher, confined as the operator configured."""
 
     name = LOCAL
+    runs_as = "step run(s)"
 
     def __init__(self, confinement: Confinement):
         self.confinement = confinement

@@ -170,6 +170,7 @@ class ProcessExecutor:
     """Runs each remote attempt as a `taskengine worker` process on this host."""
 
     name = EXECUTOR
+    runs_as = "worker process(es)"
 
     def __init__(self, config: EngineSettings):
         self.config = config
