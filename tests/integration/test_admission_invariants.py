@@ -31,6 +31,7 @@ from taskengine_contracts.events import (
     JobSubmitted,
     JobSucceeded,
     JobUpdated,
+    RunSpec,
     SettingChanged,
 )
 from taskengine_core.ids import SETTINGS_STREAM, job_stream
@@ -80,6 +81,7 @@ class History:
                 priority=priority,
                 run_at=T0,
                 state="queued",
+                run=RunSpec(),
             )
         )
 
