@@ -15,7 +15,7 @@ from uuid import UUID, uuid4
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, put
-from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.exceptions import HTTPException
 from taskengine_contracts.events import TaskDefinition, TaskEvent, TopicPublished
 from taskengine_core import workflows
 from taskengine_core.clients import mask_values
@@ -35,11 +35,11 @@ from taskengine_core.tasks import (
     parse_schedule,
     pipeline,
 )
-from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client
-from taskengine_gateway.errors import internal_error
-from taskengine_gateway.fields import decode_object
+from taskengine_gateway.bodies import BodyProblem, given
+from taskengine_gateway.errors import ErrorShape, handler
+from taskengine_gateway.job_io import Planned, change, commit
 from taskengine_gateway.quotas import QuotaExceeded, priority_reserved, refuse_over_task_quota
 from taskengine_gateway.state import GatewayState
 
@@ -61,8 +61,6 @@ FIELDS = (
 REQUIRED = ("title", "description", "schedule_kind", "payload", "created_by")
 STATUSES = ("active", "paused", "canceled")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
-ATTEMPTS = 3
-"""Tries of a change that raced another (usually the scheduler firing the task)."""
 _UUID = re.compile(r"[0-9a-fA-F-]{32,36}")
 
 
@@ -78,35 +76,67 @@ def invalid(field: str, message: str, kind: str = "value_error", where: str = "b
     return TasksError(422, [{"loc": [where, field], "msg": message, "type": kind}])
 
 
-def tasks_error(request: Request, error: Exception) -> Response:
+def _invalid(request: Request, problem: BodyProblem) -> Exception:
+    if problem.unknown:
+        return invalid(problem.unknown, f"unknown field {problem.unknown!r}", "extra_forbidden")
+    return TasksError(422, [{"loc": ["body"], "msg": problem.message, "type": "json_invalid"}])
+
+
+def _own(request: Request, error: Exception) -> Response | None:
     if isinstance(error, TasksError):
         return Response(error.body, status_code=error.status_code)
     if isinstance(error, InvalidTask):
         return Response(invalid(error.field, str(error)).body, status_code=422)
-    if isinstance(error, HTTPException):
-        detail = error.detail
-        if error.status_code == 405:
-            detail = f"Method {request.method} not allowed on {request.url.path}"
-        elif error.status_code == 413:
-            detail = "Request body too large"
-        headers = (
-            {"WWW-Authenticate": "Bearer"}
-            if isinstance(error, NotAuthorizedException)
-            else error.headers
-        )
-        return Response({"detail": detail}, status_code=error.status_code, headers=headers)
-    return internal_error(request, error)
+    return None
+
+
+TASKS = ErrorShape(
+    body=lambda message: {"detail": message},
+    invalid=_invalid,
+    own=_own,
+    too_large="Request body too large",
+    not_allowed="Method {method} not allowed on {path}",
+    challenge="Bearer",
+    internal={"error": "internal error"},
+)
 
 
 # --- requests -------------------------------------------------------------------------------
+# Fields hold any JSON value: `definition_of` and the handlers word what is wrong with one.
 
 
-def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        return decode_object(raw)
-    except HTTPException as error:
-        detail = [{"loc": ["body"], "msg": error.detail, "type": "json_invalid"}]
-        raise TasksError(422, detail) from None
+class TaskRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /tasks` (title, description, schedule_kind, payload and created_by required) and
+    `PUT /tasks/<id>` (any of the fields)."""
+
+    title: Any = msgspec.UNSET
+    description: Any = msgspec.UNSET
+    schedule_kind: Any = msgspec.UNSET
+    schedule_expr: Any = msgspec.UNSET
+    timezone: Any = msgspec.UNSET
+    payload: Any = msgspec.UNSET
+    created_by: Any = msgspec.UNSET
+    priority: Any = msgspec.UNSET
+    max_retries: Any = msgspec.UNSET
+    backoff_strategy: Any = msgspec.UNSET
+    dedupe_key: Any = msgspec.UNSET
+    dedupe_window_seconds: Any = msgspec.UNSET
+    concurrency_key: Any = msgspec.UNSET
+
+
+class Snooze(msgspec.Struct):
+    """`POST /tasks/<id>/snooze`: `{"delay_seconds": N, "reason": TEXT}`."""
+
+    delay_seconds: Any = msgspec.UNSET
+    reason: Any = None
+
+
+class TopicEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /events`: `{"topic": KEY, "payload": {...}, "source_agent_id": UUID}`."""
+
+    topic: Any = None
+    payload: Any = None
+    source_agent_id: Any = None
 
 
 def _string(data: dict, field: str, longest: int, empty_ok: bool = False) -> str:
@@ -286,13 +316,13 @@ def refuse_reserved_priority(
 class TasksController(Controller):
     """Seed 001. Every route needs a client's credentials (`Authorization: Bearer <key>`)."""
 
-    exception_handlers = {HTTPException: tasks_error, Exception: tasks_error}
+    exception_handlers = handler(TASKS)
 
     @post("/tasks", operation_id="create_task", status_code=201)
-    async def create_task(self, request: Request, gateway: GatewayState, client: Client) -> dict:
-        now, data = datetime.now(UTC), _body(await request.body())
+    async def create_task(self, data: TaskRequest, gateway: GatewayState, client: Client) -> dict:
+        now = datetime.now(UTC)
         async with gateway.tasks.searching(client.name):
-            definition = await off_loop(definition_of, data, now, _min_interval(gateway))
+            definition = await off_loop(definition_of, given(data), now, _min_interval(gateway))
         refuse_reserved_priority(definition, client, gateway)
         most = gateway.runtime.config.max_active_tasks_per_client
         async with gateway.tasks.creating(client.name) as pending:
@@ -301,7 +331,7 @@ class TasksController(Controller):
             except QuotaExceeded as error:
                 raise TasksError(403, str(error)) from None
             event = created(uuid4(), client.name, definition, now)
-            await gateway.runtime.call(gateway.runtime.store.commit, [event])
+            await commit(gateway, [event])
             pending.add(event.id)
         task = Task.fold([event])
         assert task is not None
@@ -344,20 +374,17 @@ class TasksController(Controller):
 
     @put("/tasks/{task_id:str}", operation_id="update_task")
     async def update_task(
-        self, task_id: str, request: Request, gateway: GatewayState, client: Client
+        self, task_id: str, data: TaskRequest, gateway: GatewayState, client: Client
     ) -> dict:
-        data = _body(await request.body())
+        changes = given(data)
 
         def plan(task: Task, now: datetime) -> TaskEvent:
-            unknown = sorted(set(data) - set(FIELDS))
-            if unknown:
-                raise invalid(unknown[0], f"unknown field {unknown[0]!r}", "extra_forbidden")
             current = _as_body(task.definition)
-            if data.get("schedule_kind") not in (None, current["schedule_kind"]):
+            if changes.get("schedule_kind") not in (None, current["schedule_kind"]):
                 current["schedule_expr"] = None  # a new kind needs its own expression
-            merged = {**current, **data}
-            given = {k: v for k, v in merged.items() if v is not None}
-            definition = definition_of(given, now, _min_interval(gateway))
+            merged = {**current, **changes}
+            sent = {k: v for k, v in merged.items() if v is not None}
+            definition = definition_of(sent, now, _min_interval(gateway))
             after = _as_body(definition)
             changed = [
                 field for field in FIELDS if after[field] != _as_body(task.definition)[field]
@@ -382,13 +409,12 @@ class TasksController(Controller):
 
     @post("/tasks/{task_id:str}/snooze", operation_id="snooze_task", status_code=200)
     async def snooze(
-        self, task_id: str, request: Request, gateway: GatewayState, client: Client
+        self, task_id: str, data: Snooze, gateway: GatewayState, client: Client
     ) -> dict:
-        data = _body(await request.body())
-        if "delay_seconds" not in data:
+        if data.delay_seconds is msgspec.UNSET:
             raise invalid("delay_seconds", "delay_seconds is required", "missing")
-        delay = check_int("delay_seconds", data["delay_seconds"])
-        reason = data.get("reason")
+        delay = check_int("delay_seconds", data.delay_seconds)
+        reason = data.reason
         if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
             raise invalid("reason", "reason must be a string of at most 1000 characters")
         task = await change_task(
@@ -429,18 +455,14 @@ class TasksController(Controller):
         return [run_view(row) for row in rows]
 
     @post("/events", operation_id="publish_event", status_code=202)
-    async def publish(self, request: Request, gateway: GatewayState, client: Client) -> dict:
-        data = _body(await request.body())
-        unknown = sorted(set(data) - {"topic", "payload", "source_agent_id"})
-        if unknown:
-            raise invalid(unknown[0], f"unknown field {unknown[0]!r}", "extra_forbidden")
-        if data.get("topic") is None:
+    async def publish(self, data: TopicEvent, gateway: GatewayState, client: Client) -> dict:
+        if data.topic is None:
             raise invalid("topic", "topic is required", "missing")
-        topic = check_key(data["topic"], "topic")
-        payload = data.get("payload") or {}
+        topic = check_key(data.topic, "topic")
+        payload = data.payload or {}
         if not isinstance(payload, dict):
             raise invalid("payload", "payload must be an object")
-        source = data.get("source_agent_id")
+        source = data.source_agent_id
         if source is not None:
             source = str(check_uuid("source_agent_id", source))
         event = TopicPublished(
@@ -452,7 +474,7 @@ class TasksController(Controller):
             payload=payload,
             source_agent_id=source,
         )
-        await gateway.runtime.call(gateway.runtime.store.commit, [event])
+        await commit(gateway, [event])
         return {
             "id": str(event.id),
             "topic": topic,
@@ -527,18 +549,18 @@ def task_of_row(row: dict[str, Any]) -> Task:
 async def change_task(gateway: GatewayState, task_id: str, client: Client, plan) -> Task:  # type: ignore[no-untyped-def]
     """Appends `plan(task, now)` at the task's next version; re-reads and plans again if the
     task moved meanwhile (e.g. the scheduler fired it)."""
-    for _ in range(ATTEMPTS):
-        task = await load_task(gateway, task_id, client)
+
+    async def load() -> Task:
+        return await load_task(gateway, task_id, client)
+
+    async def planned(task: Task) -> Planned[Task]:
         try:
             # In a thread: an update or a resume searches for the schedule's next fire.
             async with gateway.tasks.searching(client.name):
                 event = await off_loop(plan, task, datetime.now(UTC))
         except IllegalTransition as error:
             raise TasksError(409, str(error)) from None
-        try:
-            await gateway.runtime.call(gateway.runtime.store.commit, [event])
-        except Conflict:
-            continue
-        task.apply(event)
-        return task
-    raise TasksError(409, "the task kept changing; retry")
+        task.apply(event)  # the answer, once the event is stored
+        return Planned([event], task)
+
+    return await change(gateway, load, planned, TasksError(409, "the task kept changing; retry"))
