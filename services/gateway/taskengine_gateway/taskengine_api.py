@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post, put
+from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotFoundException
 from taskengine_contracts.events import (
     Event,
@@ -182,6 +183,16 @@ def job_view(job: Job, position: int) -> dict[str, Any]:
     }
 
 
+async def load_job(gateway: GatewayState, job_id: str, client: Client) -> Job:
+    """The caller's job rebuilt from its events; another client's job does not exist for it."""
+    if not JOB_NUMBER.fullmatch(job_id):
+        raise NotFoundException(f"job {job_id[:40]!r} not found")
+    job = await job_numbered(gateway, job_id)
+    if job is None or job.client != client.name:
+        raise NotFoundException(f"job {job_id} not found")
+    return job
+
+
 class TaskEngineController(Controller):
     """Seed 002. Every route but `/` needs a client's credentials."""
 
@@ -259,11 +270,16 @@ class TaskEngineController(Controller):
         job = await load_job(gateway, job_id, client)
         return job_view(job, await queue_position(gateway, job))
 
-    @patch("/jobs/{job_id:str}", operation_id="update_job", opt={"job": True})
+    # The job is looked up before the body's fields are checked: another client's is a 404.
+    @patch(
+        "/jobs/{job_id:str}",
+        operation_id="update_job",
+        opt={"job": True},
+        dependencies={"job": Provide(load_job)},
+    )
     async def update_job(
-        self, job_id: str, data: JobUpdate, gateway: GatewayState, client: Client
+        self, job: Job, data: JobUpdate, gateway: GatewayState, client: Client
     ) -> dict:
-        job = await load_job(gateway, job_id, client)
         changes = given(data)
         try:
             events, done = plan_patch(job, changes, client.name, datetime.now(UTC))
@@ -382,16 +398,6 @@ class TaskEngineController(Controller):
 
         await append_shared(gateway, SETTINGS_STREAM, change)
         return {"result": "ok", "message": f"{name} setting {'created' if created else 'updated'}"}
-
-
-async def load_job(gateway: GatewayState, job_id: str, client: Client) -> Job:
-    """The caller's job rebuilt from its events; another client's job does not exist for it."""
-    if not JOB_NUMBER.fullmatch(job_id):
-        raise NotFoundException(f"job {job_id[:40]!r} not found")
-    job = await job_numbered(gateway, job_id)
-    if job is None or job.client != client.name:
-        raise NotFoundException(f"job {job_id} not found")
-    return job
 
 
 async def current_settings(gateway: GatewayState) -> RuntimeSettings:

@@ -15,6 +15,7 @@ from uuid import UUID, uuid4
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, put
+from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from taskengine_contracts.events import TaskDefinition, TaskEvent, TopicPublished
 from taskengine_core import workflows
@@ -310,6 +311,44 @@ def refuse_reserved_priority(
         )
 
 
+async def load_task(gateway: GatewayState, task_id: str, client: Client) -> Task:
+    """The caller's task from its stream; another client's task does not exist for it."""
+    missing = TasksError(404, "Task not found")
+    if not _UUID.fullmatch(task_id):
+        raise missing
+    try:
+        stream = UUID(task_id)
+    except ValueError:
+        raise missing from None
+    store = gateway.runtime.store
+    rows = await gateway.runtime.call(
+        store.query,
+        "SELECT * FROM rm_tasks WHERE task_uuid = %s AND client = %s",
+        (stream, client.name),
+    )
+    # A task's stream grows with every fire: start from its read-model row and apply only the
+    # events after it (read-your-writes at a bounded cost). A `once` task's stream is short,
+    # and its fold knows whether the schedule fired.
+    if rows and rows[0]["schedule_kind"] != "once":
+        task = task_of_row(rows[0])
+        events = await gateway.runtime.call(store.stream, stream, task.version)
+    else:
+        task, events = None, await gateway.runtime.call(store.stream, stream)
+    try:
+        for event in events:
+            if not isinstance(event, TaskEvent):
+                raise IllegalTransition(f"not a task's event: {event}")
+            if task is None:
+                task = Task.fold([event])
+            else:
+                task.apply(event)
+    except IllegalTransition:  # the id of some other kind of stream
+        raise missing from None
+    if task is None or task.client != client.name:
+        raise missing
+    return task
+
+
 # --- the controller ---------------------------------------------------------------------------
 
 
@@ -372,9 +411,14 @@ class TasksController(Controller):
     async def get_task(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
         return task_view(await load_task(gateway, task_id, client))
 
-    @put("/tasks/{task_id:str}", operation_id="update_task")
+    # The task is looked up before the body's fields are checked: another client's is a 404.
+    @put(
+        "/tasks/{task_id:str}",
+        operation_id="update_task",
+        dependencies={"task": Provide(load_task)},
+    )
     async def update_task(
-        self, task_id: str, data: TaskRequest, gateway: GatewayState, client: Client
+        self, task_id: str, task: Task, data: TaskRequest, gateway: GatewayState, client: Client
     ) -> dict:
         changes = given(data)
 
@@ -485,44 +529,6 @@ class TasksController(Controller):
 
 def _min_interval(gateway: GatewayState) -> timedelta:
     return timedelta(seconds=gateway.runtime.config.min_fire_interval)
-
-
-async def load_task(gateway: GatewayState, task_id: str, client: Client) -> Task:
-    """The caller's task from its stream; another client's task does not exist for it."""
-    missing = TasksError(404, "Task not found")
-    if not _UUID.fullmatch(task_id):
-        raise missing
-    try:
-        stream = UUID(task_id)
-    except ValueError:
-        raise missing from None
-    store = gateway.runtime.store
-    rows = await gateway.runtime.call(
-        store.query,
-        "SELECT * FROM rm_tasks WHERE task_uuid = %s AND client = %s",
-        (stream, client.name),
-    )
-    # A task's stream grows with every fire: start from its read-model row and apply only the
-    # events after it (read-your-writes at a bounded cost). A `once` task's stream is short,
-    # and its fold knows whether the schedule fired.
-    if rows and rows[0]["schedule_kind"] != "once":
-        task = task_of_row(rows[0])
-        events = await gateway.runtime.call(store.stream, stream, task.version)
-    else:
-        task, events = None, await gateway.runtime.call(store.stream, stream)
-    try:
-        for event in events:
-            if not isinstance(event, TaskEvent):
-                raise IllegalTransition(f"not a task's event: {event}")
-            if task is None:
-                task = Task.fold([event])
-            else:
-                task.apply(event)
-    except IllegalTransition:  # the id of some other kind of stream
-        raise missing from None
-    if task is None or task.client != client.name:
-        raise missing
-    return task
 
 
 def task_of_row(row: dict[str, Any]) -> Task:
