@@ -20,6 +20,7 @@ from uuid import uuid5
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.exceptions import HTTPException
+from litestar.params import JSONBody
 from taskengine_contracts.events import JobBroken, JobCancelled
 from taskengine_core import drove
 from taskengine_core.clients import mask_values
@@ -28,6 +29,7 @@ from taskengine_core.errors import IllegalTransition
 from taskengine_core.ids import NAMESPACE
 from taskengine_core.jobs import FINAL_STATES, Job, JobState, advance
 from taskengine_core.quotas import ResourceLimits
+from taskengine_store import queries
 
 from taskengine_gateway.auth import Client
 from taskengine_gateway.bodies import BodyProblem, given, refuse_nul
@@ -48,12 +50,6 @@ LOGS = "/logfiles/tasks/{source_app:str}/{task_id:str}"
 LOG_PATHS = [f"{LOGS}/list", f"{LOGS}/read/{{file_name:str}}", f"{LOGS}/download/{{file_name:str}}"]
 GET_ONLY = ["/ping", "/tasks", *LOG_PATHS]
 POST_ONLY = ["/tasks/operations", "/tasks/search"]
-_OUTPUT = (
-    "WITH f AS (SELECT coalesce(string_agg(message || chr(10), '' ORDER BY id), '') AS text"
-    " FROM rm_job_log WHERE job_id = %s AND progname = 'worker' AND task_id > 0)"
-    " SELECT length(text) AS size, substr(text, %s, %s) AS data FROM f"
-)
-"""`output.log`: the lines the task's steps printed (step starts and exits included)."""
 
 
 class DroveError(HTTPException):
@@ -197,7 +193,9 @@ class DroveController(Controller):
         return envelope("pong")
 
     @post("/tasks/operations", operation_id="drove_task_operation", status_code=200)
-    async def operation(self, data: TaskOperation, gateway: GatewayState, client: Client) -> dict:
+    async def operation(
+        self, data: JSONBody[TaskOperation], gateway: GatewayState, client: Client
+    ) -> dict:
         operation = given(data)
         if drove.operation_type(operation) == "CREATE":
             return envelope({"taskId": await create_task(gateway, client, operation)})
@@ -205,12 +203,9 @@ class DroveController(Controller):
 
     @get("/tasks", operation_id="drove_list_tasks")
     async def list_tasks(self, gateway: GatewayState, client: Client) -> dict:
-        rows = await _query(
-            gateway,
-            "SELECT job_id FROM drove_task_ids WHERE client = %s ORDER BY job_id DESC LIMIT %s",
-            (client.name, MAX_LISTED),
-        )
-        return envelope([instance_view(job) for job in await load_jobs(gateway, rows)])
+        store = gateway.runtime.store
+        numbers = await gateway.runtime.call(queries.drove_job_ids, store, client.name, MAX_LISTED)
+        return envelope([instance_view(job) for job in await load_jobs(gateway, numbers)])
 
     @get(INSTANCE, operation_id="drove_get_task")
     async def get_task(
@@ -230,7 +225,7 @@ class DroveController(Controller):
             if job.state not in FINAL_STATES:
                 state = drove.task_status(job).state
                 raise DroveError(409, f"task {task_id} of {source_app} is {state}: kill it first")
-            forget = ("DELETE FROM drove_task_ids WHERE job_id = %s", (job.job_id,))
+            forget = queries.drove_forget(job.job_id)
             events = []
             if job.state != JobState.BROKEN:  # its events stay; it leaves the listings
                 reason = "deleted through the container-task API"
@@ -246,19 +241,22 @@ class DroveController(Controller):
         before_request=search_by_form,
         opt={"unknown": SEARCH_BY},
     )
-    async def search(self, data: TaskSearch, gateway: GatewayState, client: Client) -> Response:
+    async def search(
+        self, data: JSONBody[TaskSearch], gateway: GatewayState, client: Client
+    ) -> Response:
         wanted = given(data)
         if not wanted:
             raise InvalidTask(SEARCH_BY)
-        where, args = ["client = %s"], [client.name]
-        for field, column in (("sourceAppName", "source_app"), ("taskId", "task_id")):
-            if field in wanted:
-                drove.task_key({"sourceAppName": "x", "taskId": "x", field: wanted[field]}, "")
-                where.append(f"{column} = %s")
-                args.append(wanted[field])
-        sql = f"SELECT job_id FROM drove_task_ids WHERE {' AND '.join(where)} ORDER BY job_id DESC"
-        rows = await _query(gateway, sql + " LIMIT %s", (*args, MAX_LISTED))
-        return Response(envelope([instance_view(job) for job in await load_jobs(gateway, rows)]))
+        drove.task_key({"sourceAppName": "x", "taskId": "x", **wanted}, "")
+        numbers = await gateway.runtime.call(
+            queries.drove_job_ids,
+            gateway.runtime.store,
+            client.name,
+            MAX_LISTED,
+            wanted.get("sourceAppName"),
+            wanted.get("taskId"),
+        )
+        return Response(envelope([instance_view(job) for job in await load_jobs(gateway, numbers)]))
 
     # --- log files (Drove's bare shapes) ------------------------------------------------------
 
@@ -285,10 +283,10 @@ class DroveController(Controller):
         length = _integer(request, "length", DEFAULT_READ, 1, MAX_READ)
         job = await log_of(gateway, client, source_app, task_id, file_name)
         if offset < 0:
-            [row] = await _query(gateway, _OUTPUT, (job.job_id, 1, 0))
+            row = await _output(gateway, job, 1, 0)
             return {"data": "", "offset": row["size"]}
         start = min(offset, MAX_OFFSET) + 1  # past the end either way: no data
-        [row] = await _query(gateway, _OUTPUT, (job.job_id, start, length))
+        row = await _output(gateway, job, start, length)
         return {"data": row["data"], "offset": offset}
 
     @get(f"{LOGS}/download/{{file_name:str}}", operation_id="drove_download_log")
@@ -296,7 +294,7 @@ class DroveController(Controller):
         self, source_app: str, task_id: str, file_name: str, gateway: GatewayState, client: Client
     ) -> Response:
         job = await log_of(gateway, client, source_app, task_id, file_name)
-        [row] = await _query(gateway, _OUTPUT, (job.job_id, 1, 2**31 - 1))
+        row = await _output(gateway, job, 1, 2**31 - 1)
         return Response(
             row["data"].encode(),
             media_type="text/plain; charset=utf-8",
@@ -390,15 +388,15 @@ async def find_task(gateway: GatewayState, client: Client, source_app: str, task
     number = await _task_job_id(gateway, client.name, source_app, task_id)
     if number is None:
         raise missing
-    jobs = await load_jobs(gateway, [{"job_id": number}])
+    jobs = await load_jobs(gateway, [number])
     if not jobs:
         raise missing
     return jobs[0]
 
 
-async def load_jobs(gateway: GatewayState, rows: list[dict]) -> list[Job]:
-    """The jobs of `rows` (`job_id`), folded from their streams, in the rows' order."""
-    jobs = await jobs_numbered(gateway, [row["job_id"] for row in rows])
+async def load_jobs(gateway: GatewayState, numbers: list[int]) -> list[Job]:
+    """The Drove jobs `numbers` name, folded from their streams, in that order."""
+    jobs = await jobs_numbered(gateway, numbers)
     return [job for job in jobs if job is not None and job.dialect == drove.DIALECT]
 
 
@@ -416,16 +414,17 @@ async def log_of(
 async def _task_job_id(
     gateway: GatewayState, client: str, source_app: str, task_id: str
 ) -> int | None:
-    rows = await _query(
-        gateway,
-        "SELECT job_id FROM drove_task_ids WHERE client = %s AND source_app = %s AND task_id = %s",
-        (client, source_app, task_id),
+    store = gateway.runtime.store
+    numbers = await gateway.runtime.call(
+        queries.drove_job_ids, store, client, 1, source_app, task_id
     )
-    return rows[0]["job_id"] if rows else None
+    return numbers[0] if numbers else None
 
 
-async def _query(gateway: GatewayState, sql: str, args: tuple) -> list[dict]:
-    return await gateway.runtime.call(gateway.runtime.store.query, sql, args)
+async def _output(gateway: GatewayState, job: Job, start: int, length: int) -> dict[str, Any]:
+    """`output.log`: the lines the task's steps printed (step starts and exits included)."""
+    store = gateway.runtime.store
+    return await gateway.runtime.call(queries.job_output, store, job.job_id, start, length)
 
 
 def _integer(request: Request, name: str, default: int, lowest: int, highest: int) -> int:

@@ -10,6 +10,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, patch, post, put
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import JSONBody
 from taskengine_contracts.events import (
     Event,
     JobSubmitted,
@@ -23,6 +24,7 @@ from taskengine_core.ids import SCHEDULES_STREAM, SETTINGS_STREAM, job_stream
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.schedules import DUTIES, TICK, active_duties, duty
 from taskengine_core.settings import RuntimeSettings, validate_setting
+from taskengine_store import queries
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client
@@ -41,7 +43,7 @@ from taskengine_gateway.fields import (
 from taskengine_gateway.health import ComponentDown, health_report
 from taskengine_gateway.job_changes import plan_patch, plan_rerun
 from taskengine_gateway.job_io import JOB_NUMBER, commit, job_numbered
-from taskengine_gateway.job_queries import dashboard_query, list_query
+from taskengine_gateway.job_queries import list_filter
 from taskengine_gateway.quotas import priority_reserved
 from taskengine_gateway.state import GatewayState
 
@@ -201,7 +203,9 @@ class TaskEngineController(Controller):
         return {"result": "alive"}
 
     @post("/job", operation_id="submit_job", status_code=200, opt={"job": True})
-    async def submit_job(self, data: JobRequest, gateway: GatewayState, client: Client) -> dict:
+    async def submit_job(
+        self, data: JSONBody[JobRequest], gateway: GatewayState, client: Client
+    ) -> dict:
         workflow, parameters, priority, run_at, semaphore = job_submission(given(data), client)
         callbacks = parse_callbacks(parameters)
         timeout = parse_timeout(parameters)
@@ -244,14 +248,13 @@ class TaskEngineController(Controller):
 
     @get("/jobs", operation_id="list_jobs")
     async def list_jobs(self, request: Request, gateway: GatewayState, client: Client) -> list:
-        sql, args = list_query(request.query_params, client.name)
-        rows = await gateway.runtime.call(gateway.runtime.store.query, sql, args)
+        wanted = list_filter(request.query_params, client.name)
+        rows = await gateway.runtime.call(queries.job_list, gateway.runtime.store, wanted)
         return [row_view(row) for row in rows]
 
     @get("/dashboard", operation_id="dashboard")
     async def dashboard(self, gateway: GatewayState, client: Client) -> dict:
-        sql, args = dashboard_query(client.name)
-        rows = await gateway.runtime.call(gateway.runtime.store.query, sql, args)
+        rows = await gateway.runtime.call(queries.job_dashboard, gateway.runtime.store, client.name)
         settings = await current_settings(gateway)
         lists: dict[str, list] = {"started": [], "queued": [], "scheduled": []}
         for row in rows:
@@ -278,7 +281,7 @@ class TaskEngineController(Controller):
         dependencies={"job": Provide(load_job)},
     )
     async def update_job(
-        self, job: Job, data: JobUpdate, gateway: GatewayState, client: Client
+        self, job: Job, data: JSONBody[JobUpdate], gateway: GatewayState, client: Client
     ) -> dict:
         changes = given(data)
         try:
@@ -311,11 +314,7 @@ class TaskEngineController(Controller):
     @get("/logs/{job_id:str}", operation_id="get_logs")
     async def get_logs(self, job_id: str, gateway: GatewayState, client: Client) -> list[dict]:
         job = await load_job(gateway, job_id, client)
-        rows = await gateway.runtime.call(
-            gateway.runtime.store.query,
-            "SELECT * FROM rm_job_log WHERE job_id = %s ORDER BY id",
-            (job.job_id,),
-        )
+        rows = await gateway.runtime.call(queries.job_log, gateway.runtime.store, job.job_id)
         return [
             {
                 "id": row["id"],
@@ -352,7 +351,7 @@ class TaskEngineController(Controller):
 
     @put("/scheduler", operation_id="switch_schedule", status_code=200)
     async def switch_schedule(
-        self, data: ScheduleSwitch, gateway: GatewayState, client: Client
+        self, data: JSONBody[ScheduleSwitch], gateway: GatewayState, client: Client
     ) -> dict:
         if not client.admin:
             raise Forbidden("schedules can be switched only by an admin client")
@@ -379,7 +378,7 @@ class TaskEngineController(Controller):
 
     @post("/settings", operation_id="update_setting", status_code=200)
     async def update_setting(
-        self, data: SettingChange, gateway: GatewayState, client: Client
+        self, data: JSONBody[SettingChange], gateway: GatewayState, client: Client
     ) -> dict:
         if not client.admin:
             raise Forbidden("settings can be changed only by an admin client")
@@ -432,10 +431,8 @@ async def queue_position(gateway: GatewayState, job: Job) -> int:
     """1-based place in admission order among queued jobs; 0 when the job is not waiting."""
     if job.state != JobState.QUEUED:
         return 0
-    rows = await gateway.runtime.call(
-        gateway.runtime.store.query,
-        "SELECT count(*) AS ahead FROM rm_jobs WHERE state = 'queued'"
-        " AND (priority, updated_at, job_id) < (%s, %s, %s)",
-        (job.priority, job.updated_at, job.job_id),
+    store = gateway.runtime.store
+    ahead = await gateway.runtime.call(
+        queries.jobs_queued_ahead, store, job.priority, job.updated_at, job.job_id
     )
-    return rows[0]["ahead"] + 1
+    return ahead + 1

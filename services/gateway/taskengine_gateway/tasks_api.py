@@ -17,6 +17,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post, put
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
+from litestar.params import JSONBody
 from taskengine_contracts.events import TaskDefinition, TaskEvent, TopicPublished
 from taskengine_core import workflows
 from taskengine_core.clients import mask_values
@@ -36,6 +37,7 @@ from taskengine_core.tasks import (
     parse_schedule,
     pipeline,
 )
+from taskengine_store import queries
 
 from taskengine_gateway.auth import Client
 from taskengine_gateway.bodies import BodyProblem, given
@@ -321,16 +323,12 @@ async def load_task(gateway: GatewayState, task_id: str, client: Client) -> Task
     except ValueError:
         raise missing from None
     store = gateway.runtime.store
-    rows = await gateway.runtime.call(
-        store.query,
-        "SELECT * FROM rm_tasks WHERE task_uuid = %s AND client = %s",
-        (stream, client.name),
-    )
+    row = await gateway.runtime.call(queries.task_row, store, stream, client.name)
     # A task's stream grows with every fire: start from its read-model row and apply only the
     # events after it (read-your-writes at a bounded cost). A `once` task's stream is short,
     # and its fold knows whether the schedule fired.
-    if rows and rows[0]["schedule_kind"] != "once":
-        task = task_of_row(rows[0])
+    if row and row["schedule_kind"] != "once":
+        task = task_of_row(row)
         events = await gateway.runtime.call(store.stream, stream, task.version)
     else:
         task, events = None, await gateway.runtime.call(store.stream, stream)
@@ -358,7 +356,9 @@ class TasksController(Controller):
     exception_handlers = handler(TASKS)
 
     @post("/tasks", operation_id="create_task", status_code=201)
-    async def create_task(self, data: TaskRequest, gateway: GatewayState, client: Client) -> dict:
+    async def create_task(
+        self, data: JSONBody[TaskRequest], gateway: GatewayState, client: Client
+    ) -> dict:
         now = datetime.now(UTC)
         async with gateway.tasks.searching(client.name):
             definition = await off_loop(definition_of, given(data), now, _min_interval(gateway))
@@ -380,31 +380,28 @@ class TasksController(Controller):
     async def list_tasks(self, request: Request, gateway: GatewayState, client: Client) -> list:
         params = request.query_params
         limit, offset = _page(request)
-        where, args = ["client = %s"], [client.name]
-        if (status := params.get("status")) is not None:
-            if status not in STATUSES:
-                raise invalid(
-                    "status", f"status must be one of {', '.join(STATUSES)}", where="query"
-                )
-            where.append("status = %s")
-            args.append(status)
-        if (kind := params.get("schedule_kind")) is not None:
-            if kind not in SCHEDULE_KINDS:
-                message = f"schedule_kind must be one of {', '.join(SCHEDULE_KINDS)}"
-                raise invalid("schedule_kind", message, where="query")
-            where.append("schedule_kind = %s")
-            args.append(kind)
-        if (creator := params.get("created_by")) is not None:
+        if (status := params.get("status")) is not None and status not in STATUSES:
+            message = f"status must be one of {', '.join(STATUSES)}"
+            raise invalid("status", message, where="query")
+        if (kind := params.get("schedule_kind")) is not None and kind not in SCHEDULE_KINDS:
+            message = f"schedule_kind must be one of {', '.join(SCHEDULE_KINDS)}"
+            raise invalid("schedule_kind", message, where="query")
+        creator = None
+        if (given_creator := params.get("created_by")) is not None:
             try:
-                where.append("created_by = %s")
-                args.append(str(check_uuid("created_by", creator)))
+                creator = check_uuid("created_by", given_creator)
             except InvalidTask as error:
                 raise invalid("created_by", str(error), "uuid_parsing", "query") from None
-        sql = (
-            f"SELECT * FROM rm_tasks WHERE {' AND '.join(where)}"
-            " ORDER BY created_at DESC, task_uuid LIMIT %s OFFSET %s"
+        rows = await gateway.runtime.call(
+            queries.task_list,
+            gateway.runtime.store,
+            client.name,
+            limit,
+            offset,
+            status,
+            kind,
+            creator,
         )
-        rows = await gateway.runtime.call(gateway.runtime.store.query, sql, [*args, limit, offset])
         return [row_view(row) for row in rows]
 
     @get("/tasks/{task_id:str}", operation_id="get_task")
@@ -418,7 +415,12 @@ class TasksController(Controller):
         dependencies={"task": Provide(load_task)},
     )
     async def update_task(
-        self, task_id: str, task: Task, data: TaskRequest, gateway: GatewayState, client: Client
+        self,
+        task_id: str,
+        task: Task,
+        data: JSONBody[TaskRequest],
+        gateway: GatewayState,
+        client: Client,
     ) -> dict:
         changes = given(data)
 
@@ -453,7 +455,7 @@ class TasksController(Controller):
 
     @post("/tasks/{task_id:str}/snooze", operation_id="snooze_task", status_code=200)
     async def snooze(
-        self, task_id: str, data: Snooze, gateway: GatewayState, client: Client
+        self, task_id: str, data: JSONBody[Snooze], gateway: GatewayState, client: Client
     ) -> dict:
         if data.delay_seconds is msgspec.UNSET:
             raise invalid("delay_seconds", "delay_seconds is required", "missing")
@@ -490,16 +492,14 @@ class TasksController(Controller):
     ) -> list:
         task = await load_task(gateway, task_id, client)
         limit, offset = _page(request)
-        rows = await gateway.runtime.call(
-            gateway.runtime.store.query,
-            "SELECT * FROM rm_task_runs WHERE task_uuid = %s"
-            " ORDER BY fire_at DESC, created_at DESC LIMIT %s OFFSET %s",
-            (task.id, limit, offset),
-        )
+        store = gateway.runtime.store
+        rows = await gateway.runtime.call(queries.task_runs, store, task.id, limit, offset)
         return [run_view(row) for row in rows]
 
     @post("/events", operation_id="publish_event", status_code=202)
-    async def publish(self, data: TopicEvent, gateway: GatewayState, client: Client) -> dict:
+    async def publish(
+        self, data: JSONBody[TopicEvent], gateway: GatewayState, client: Client
+    ) -> dict:
         if data.topic is None:
             raise invalid("topic", "topic is required", "missing")
         topic = check_key(data.topic, "topic")

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.params import JSONBody
 from taskengine_contracts.events import (
     ExecutionLogged,
     JobSubmitted,
@@ -30,6 +31,7 @@ from taskengine_core.ids import execution_stream, job_stream
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.quotas import ResourceLimits
 from taskengine_core.worktasks import DIALECT, InvalidWorkTask, iso, view
+from taskengine_store import queries
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client, credentials
@@ -238,17 +240,16 @@ class WorkTasksController(Controller):
 
     @get("/api/worktasks", operation_id="worktask_queue_length")
     async def queue_length(self, gateway: GatewayState, client: Client) -> dict:
-        rows = await gateway.runtime.call(
-            gateway.runtime.store.query,
-            "SELECT count(*) AS n FROM rm_jobs WHERE client = %s AND dialect = %s"
-            " AND state = ANY(%s)",
-            (client.name, DIALECT, [str(state) for state in worktasks.WAITING]),
+        waiting = [str(state) for state in worktasks.WAITING]
+        store = gateway.runtime.store
+        length = await gateway.runtime.call(
+            queries.waiting_jobs, store, client.name, DIALECT, waiting
         )
-        return {"queue_length": rows[0]["n"]}
+        return {"queue_length": length}
 
     @post("/api/worktasks", operation_id="submit_worktask", status_code=201)
     async def submit_worktask(
-        self, data: WorkTaskRequest, gateway: GatewayState, client: Client
+        self, data: JSONBody[WorkTaskRequest], gateway: GatewayState, client: Client
     ) -> dict:
         task = worktasks.submission(given(data))
         config = gateway.runtime.config
@@ -310,7 +311,11 @@ class WorkTasksController(Controller):
 
     @post("/api/worktasks/{worktask_id:str}", operation_id="report_worktask", status_code=200)
     async def report_worktask(
-        self, worktask_id: str, data: WorkTaskReport, request: Request, gateway: GatewayState
+        self,
+        worktask_id: str,
+        data: JSONBody[WorkTaskReport],
+        request: Request,
+        gateway: GatewayState,
     ) -> dict:
         reporter = await reporter_of(request, gateway)
         report = report_of(given(data), worktask_id)
@@ -346,7 +351,11 @@ class WorkTasksController(Controller):
 
     @post("/api/worktasks/{worktask_id:str}/logs", operation_id="log_worktask", status_code=200)
     async def log_worktask(
-        self, worktask_id: str, data: WorkTaskLines, request: Request, gateway: GatewayState
+        self,
+        worktask_id: str,
+        data: JSONBody[WorkTaskLines],
+        request: Request,
+        gateway: GatewayState,
     ) -> dict:
         """Lines a remote worker printed, appended to its attempt's log (`GET /logs/<id>`)."""
         reporter = await reporter_of(request, gateway)
@@ -380,14 +389,8 @@ class WorkTasksController(Controller):
     @get("/api/metrics", operation_id="worktask_metrics")
     async def metrics(self, gateway: GatewayState, client: Client) -> dict:
         """The caller's work tasks: the queue, and counts by status and by type."""
-        rows = await gateway.runtime.call(
-            gateway.runtime.store.query,
-            "SELECT state, executing, attributes->>'type' AS type,"
-            " attributes->>'priority' AS priority, count(*) AS n, min(created_at) AS oldest"
-            " FROM rm_jobs WHERE client = %s AND dialect = %s"
-            " GROUP BY 1, 2, 3, 4",
-            (client.name, DIALECT),
-        )
+        store = gateway.runtime.store
+        rows = await gateway.runtime.call(queries.job_tallies, store, client.name, DIALECT)
         # One statement, one snapshot: the queue and the counts agree with each other.
         now = datetime.now(UTC)
         by_status = dict.fromkeys(worktasks.STATUSES, 0)
