@@ -13,7 +13,7 @@ from taskengine_bus import Runtime
 from taskengine_core.outbound import OutboundGuard, parse_allowlist
 
 from taskengine_gateway.auth import Authenticator, Client
-from taskengine_gateway.bodies import refuse_nul
+from taskengine_gateway.bodies import before_body
 from taskengine_gateway.drove_api import DroveController
 from taskengine_gateway.errors import TASKENGINE, handler
 from taskengine_gateway.health import Heartbeats
@@ -32,7 +32,9 @@ def create_app(state: GatewayState) -> Litestar:
         return state
 
     async def provide_client(request: Request) -> Client:
-        return await state.authenticator.authenticate(request)
+        """The client `before_body` authenticated (or, for a dependency alone, now)."""
+        client = getattr(request.state, "client", None)
+        return client if client is not None else await state.authenticator.authenticate(request)
 
     return Litestar(
         route_handlers=[
@@ -44,7 +46,7 @@ def create_app(state: GatewayState) -> Litestar:
         ],
         dependencies={"gateway": Provide(provide_state), "client": Provide(provide_client)},
         exception_handlers=handler(TASKENGINE),
-        before_request=refuse_nul,
+        before_request=before_body,
         state=State({"gateway": state}),
         request_max_body_size=state.runtime.config.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Taskengine", version="0.1.0", path="/schema"),

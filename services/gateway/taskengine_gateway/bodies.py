@@ -63,6 +63,15 @@ def body_problem(error: Exception) -> BodyProblem | None:
     return BodyProblem(f"{path.lstrip('.') or 'body'}: {message}")
 
 
+async def before_body(request: Request) -> None:
+    """What comes before a body is read: a route for clients checks their credentials first
+    (a 401 before any 400; `request.state.client` keeps who it is), then `refuse_nul`."""
+    if "client" in request.route_handler.parsed_fn_signature.parameters:
+        gateway = request.app.state.gateway
+        request.state.client = await gateway.authenticator.authenticate(request)
+    await refuse_nul(request)
+
+
 async def refuse_nul(request: Request) -> None:
     """PostgreSQL text and jsonb cannot hold NUL: a body with one is refused whole."""
     if b"\\u0000" in await request.body():

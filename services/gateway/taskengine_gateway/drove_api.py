@@ -32,7 +32,7 @@ from taskengine_core.quotas import ResourceLimits
 from taskengine_store import queries
 
 from taskengine_gateway.auth import Client
-from taskengine_gateway.bodies import BodyProblem, given, refuse_nul
+from taskengine_gateway.bodies import BodyProblem, before_body, given
 from taskengine_gateway.errors import ErrorShape, handler
 from taskengine_gateway.job_io import Planned, change, jobs_numbered
 from taskengine_gateway.state import GatewayState
@@ -117,7 +117,7 @@ SEARCH_BY = "search by sourceAppName and/or taskId (no other fields)"
 async def search_by_form(request: Request) -> Response | None:
     """A search sent as a form (Drove's UI) answers here: a redirect to the instance found."""
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        await refuse_nul(request)
+        await before_body(request)
         return None  # a JSON search: the handler's
     gateway: GatewayState = request.app.state.gateway
     client = await gateway.authenticator.authenticate(request)
