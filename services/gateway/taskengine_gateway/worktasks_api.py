@@ -35,7 +35,7 @@ from taskengine_store import queries
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client, credentials
-from taskengine_gateway.bodies import BodyProblem, given
+from taskengine_gateway.bodies import BodyProblem, given, refuse_nul
 from taskengine_gateway.errors import ErrorShape, handler
 from taskengine_gateway.job_io import Planned, change, job_numbered
 from taskengine_gateway.quotas import priority_reserved
@@ -132,6 +132,13 @@ async def load_worktask(gateway: GatewayState, worktask_id: str, client: str | N
     if job is None or job.dialect != DIALECT or client not in (None, job.client):
         raise missing
     return job
+
+
+async def reporter_first(request: Request) -> None:
+    """Who reports is checked before the report's body is read (a 401 before any 400);
+    `request.state.reporter` keeps who it is."""
+    request.state.reporter = await reporter_of(request, request.app.state.gateway)
+    await refuse_nul(request)
 
 
 async def reported_job(
@@ -309,7 +316,12 @@ class WorkTasksController(Controller):
             refuse_over(job, attempt)
         return view(job, masked=False)
 
-    @post("/api/worktasks/{worktask_id:str}", operation_id="report_worktask", status_code=200)
+    @post(
+        "/api/worktasks/{worktask_id:str}",
+        operation_id="report_worktask",
+        status_code=200,
+        before_request=reporter_first,
+    )
     async def report_worktask(
         self,
         worktask_id: str,
@@ -317,7 +329,7 @@ class WorkTasksController(Controller):
         request: Request,
         gateway: GatewayState,
     ) -> dict:
-        reporter = await reporter_of(request, gateway)
+        reporter: Reporter = request.state.reporter
         report = report_of(given(data), worktask_id)
         settings = await current_settings(gateway)
 
@@ -349,7 +361,12 @@ class WorkTasksController(Controller):
         )
         return await change(gateway, load, plan, kept_changing)
 
-    @post("/api/worktasks/{worktask_id:str}/logs", operation_id="log_worktask", status_code=200)
+    @post(
+        "/api/worktasks/{worktask_id:str}/logs",
+        operation_id="log_worktask",
+        status_code=200,
+        before_request=reporter_first,
+    )
     async def log_worktask(
         self,
         worktask_id: str,
@@ -358,7 +375,7 @@ class WorkTasksController(Controller):
         gateway: GatewayState,
     ) -> dict:
         """Lines a remote worker printed, appended to its attempt's log (`GET /logs/<id>`)."""
-        reporter = await reporter_of(request, gateway)
+        reporter: Reporter = request.state.reporter
         now = datetime.now(UTC)
         lines = log_lines(given(data), now)
         job, attempt = await reported_job(gateway, worktask_id, reporter)
