@@ -36,12 +36,16 @@ class JobEvent(Event, frozen=True, kw_only=True):
 # --- job lifecycle -------------------------------------------------------------------------
 
 
+Backoff = Literal["exponential_jitter", "linear", "fixed"]
+"""How the delay before a retry grows from one attempt to the next."""
+
+
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """How a job's failed attempts are retried: up to `max_retries` times, each after a delay
     from `backoff` based on the `retry_delay` setting (capped by `retry_max_delay`)."""
 
     max_retries: int
-    backoff: Literal["exponential_jitter", "linear", "fixed"] = "fixed"
+    backoff: Backoff = "fixed"
     transient_only: bool = False
     """Retry only failures classified transient (OOMKilled, Evicted, DeadlineExceeded, lost)."""
 
@@ -356,7 +360,7 @@ class TaskDefinition(msgspec.Struct, frozen=True, kw_only=True):
     created_by: UUID
     priority: int = 5
     max_retries: int = 3
-    backoff_strategy: Literal["exponential_jitter", "linear", "fixed"] = "exponential_jitter"
+    backoff_strategy: Backoff = "exponential_jitter"
     dedupe_key: str | None = None
     dedupe_window_seconds: int | None = None
     concurrency_key: str | None = None
@@ -568,7 +572,7 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(AnyEvent)
+_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
 
 
 def encode(event: Event) -> bytes:
@@ -591,4 +595,6 @@ def decode(data: bytes) -> AnyEvent:
 def topic_of(event: Event | type[Event]) -> str:
     """The event's topic, e.g. `job.submitted`: its tag, also the tail of its subject."""
     cls = event if isinstance(event, type) else type(event)
-    return cls.__struct_config__.tag  # type: ignore[return-value]
+    tag = cls.__struct_config__.tag
+    assert isinstance(tag, str), cls  # msgspec allows int tags; every event is tagged by name
+    return tag

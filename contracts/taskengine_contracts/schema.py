@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import msgspec
 
@@ -15,7 +16,7 @@ from taskengine_contracts import subjects
 from taskengine_contracts.events import ALL_EVENTS, AnyEvent, topic_of
 
 
-def document() -> dict:
+def document() -> dict[str, Any]:
     schema = msgspec.json.schema(AnyEvent, schema_hook=_any_json)
     schema["title"] = "Taskengine events"
     schema["description"] = (
@@ -28,7 +29,7 @@ def document() -> dict:
     return schema
 
 
-def _any_json(kind: type) -> dict:
+def _any_json(kind: type) -> dict[str, Any]:
     if kind is object:  # client-supplied JSON (job parameters)
         return {"description": "any JSON value"}
     raise NotImplementedError(kind)

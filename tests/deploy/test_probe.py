@@ -7,7 +7,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,8 +30,8 @@ def environment(tmp_path: Path, **settings: str) -> dict[str, str]:
     return {**clean, "TASKENGINE_DATA_DIR": str(tmp_path), **settings}
 
 
-async def probe(env: dict[str, str], *args: str) -> tuple[int, str, float]:
-    started = time.monotonic()
+async def probe(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """The probe's exit code and output; a probe that hangs fails the test after 30 s."""
     process = await asyncio.create_subprocess_exec(
         str(BIN / "taskengine"),
         "probe",
@@ -42,7 +41,7 @@ async def probe(env: dict[str, str], *args: str) -> tuple[int, str, float]:
         stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-    return process.returncode or 0, output.decode(), time.monotonic() - started
+    return process.returncode or 0, output.decode()
 
 
 @contextlib.asynccontextmanager
@@ -67,9 +66,9 @@ async def beating(nats_url: str, service: str, instance: str):
 async def test_probe_passes_when_its_instance_beats(nats_url, tmp_path):
     env = environment(tmp_path, TASKENGINE_NATS_URL=nats_url, TASKENGINE_INSTANCE="relay-7")
     async with beating(nats_url, "relay", "relay-7"):
-        code, output, _ = await probe(env, "relay")
+        code, output = await probe(env, "relay")
         assert code == 0, output
-        code, output, _ = await probe(env, "relay", "--instance", "relay-7", "--timeout", "3")
+        code, output = await probe(env, "relay", "--instance", "relay-7", "--timeout", "3")
     assert code == 0, output
     assert "relay-7 is alive" in output
 
@@ -77,18 +76,16 @@ async def test_probe_passes_when_its_instance_beats(nats_url, tmp_path):
 async def test_probe_fails_when_only_other_instances_or_services_beat(nats_url, tmp_path):
     env = environment(tmp_path, TASKENGINE_NATS_URL=nats_url, TASKENGINE_INSTANCE="relay-7")
     async with beating(nats_url, "relay", "relay-8"), beating(nats_url, "projector", "relay-7"):
-        code, output, took = await probe(env, "relay", "--timeout", "1")
+        code, output = await probe(env, "relay", "--timeout", "1")
     assert code == 1, output
     assert "no heartbeat from relay-7 within 1s" in output
-    assert took < 10
 
 
 async def test_probe_fails_when_nats_is_unreachable(tmp_path):
     env = environment(tmp_path, TASKENGINE_NATS_URL=f"nats://127.0.0.1:{free_port()}")
-    code, output, took = await probe(env, "relay", "--timeout", "2")
+    code, output = await probe(env, "relay", "--timeout", "2")
     assert code == 1, output
     assert "cannot reach NATS" in output or "no heartbeat" in output
-    assert took < 10
 
 
 def test_probe_knows_every_service():
@@ -116,12 +113,12 @@ def test_probe_tells_a_real_service_is_alive_and_then_that_it_is_gone(
         [sys.executable, "-m", "taskengine_relay"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        code, output, _ = asyncio.run(probe(env, "relay", "--timeout", "15"))
+        code, output = asyncio.run(probe(env, "relay", "--timeout", "15"))
         assert code == 0, output + (tmp_path / "relay.log").read_text()
         assert f"relay-{os.uname().nodename} is alive" in output
     finally:
         relay.terminate()
         relay.wait(timeout=30)
         log.close()
-    code, output, _ = asyncio.run(probe(env, "relay", "--timeout", "1"))
+    code, output = asyncio.run(probe(env, "relay", "--timeout", "1"))
     assert code == 1, output

@@ -128,3 +128,9 @@ def test_server_errors_never_leak_a_traceback(system):
     response = httpx.post(system.url + "/settings", content=b'{"name": "max_jobs"}', headers=AUTH)
     assert response.status_code == 400
     assert "Traceback" not in response.text and response.json().keys() == {"error"}
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"job": {"workflow": "noop"}, "x": "\\u0000"}'])
+def test_credentials_are_checked_before_the_body_is_read(system, body):
+    response = httpx.post(system.url + "/job", content=body, headers={"client": ADMIN[0]})
+    assert response.status_code == 401 and "error" in response.json()

@@ -386,6 +386,12 @@ def test_an_invalid_report_is_a_400_and_nothing_is_stored(
     assert stored(system, worktask_id) == before
 
 
+@pytest.mark.parametrize("path", ["/api/worktasks/1", "/api/worktasks/1/logs"])
+def test_a_report_without_credentials_is_a_401_before_its_body_is_read(system, path):
+    response = httpx.post(system.url + path, content=b"{nope", timeout=30)
+    assert response.status_code == 401 and set(response.json()) == {"error"}
+
+
 def test_a_worker_reads_its_task_as_submitted_while_its_attempt_runs(system, api, shared, cleanup):
     spec = {"pipeline_id": "sleep", "parameters": {"seconds": 900, "api_key": "sk-0123456789ab"}}
     worktask_id = submit(api, task_spec=spec)["worktask_id"]

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from typing import overload
 
 _ITERATIONS = 120_000
 HMAC_SCHEME = "hmac_sha256"
@@ -104,6 +105,10 @@ def is_secret_name(key: str) -> bool:
     return bool(_NAME_CHARS.fullmatch(key) and _SECRET_NAME.search(key))
 
 
+@overload
+def mask_values(data: dict[str, object]) -> dict[str, object]: ...
+@overload
+def mask_values(data: object) -> object: ...
 def mask_values(data: object) -> object:
     """A copy of JSON data with the values of secret-looking keys masked, at any depth."""
     if isinstance(data, dict):

@@ -114,7 +114,7 @@ def parse_duration(value: object, field: str) -> float:
         raise InvalidTask(
             f'{field} must be a duration like "5m", "30s" or "100 seconds", got {value!r}'
         )
-    return int(match.group(1)) * _UNITS[unit]  # type: ignore[index]
+    return int(match.group(1)) * _UNITS[unit]
 
 
 # --- operations -----------------------------------------------------------------------------
@@ -189,10 +189,10 @@ class Submission:
 
 
 def operation_type(data: dict[str, Any]) -> str:
-    kind = data.get("type")
+    kind: object = data.get("type")
     if kind not in ("CREATE", "KILL"):
         raise InvalidTask(f"type must be CREATE or KILL, got {kind!r}")
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 def create_operation(data: dict[str, Any]) -> Submission:
@@ -366,12 +366,10 @@ def _resources(value: object) -> list[dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for n, item in enumerate(value):
         where = f"spec.resources[{n}]"
-        kind = item.get("type") if isinstance(item, dict) else None
-        field, highest = {"CPU": ("count", MAX_CORES), "MEMORY": ("sizeInMB", MAX_MEMORY_MB)}.get(
-            kind, (None, 0)
-        )
-        if field is None:
+        kind: object = item.get("type") if isinstance(item, dict) else None
+        if kind not in ("CPU", "MEMORY"):
             raise InvalidTask(f"{where}.type must be CPU or MEMORY")
+        field, highest = ("count", MAX_CORES) if kind == "CPU" else ("sizeInMB", MAX_MEMORY_MB)
         if kind in found:
             raise InvalidTask(f"{where}: {kind} is given twice")
         amount = item.get(field)
@@ -412,7 +410,7 @@ def _known(data: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
         raise InvalidTask(f"unknown field {where}{unknown[0]} (known: {', '.join(fields)})")
 
 
-def _object(data: dict[str, Any], field: str, where: str, required: bool = False) -> dict:
+def _object(data: dict[str, Any], field: str, where: str, required: bool = False) -> dict[str, Any]:
     value = data.get(field)
     if value is None and not required:
         return {}
@@ -421,7 +419,7 @@ def _object(data: dict[str, Any], field: str, where: str, required: bool = False
     return value
 
 
-def _list(data: dict[str, Any], field: str) -> list:
+def _list(data: dict[str, Any], field: str) -> list[Any]:
     value = data.get(field) or []
     if not isinstance(value, list):
         raise InvalidTask(f"spec.{field} must be a list")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable
 
 import msgspec
@@ -39,24 +40,25 @@ class RuntimeSettings(msgspec.Struct):
 
     values: dict[str, str] = msgspec.field(default_factory=dict)
 
-    def int(self, name: str) -> int:
+    # Inside this class `int` is the method, so annotations spell `builtins.int`.
+    def int(self, name: str) -> builtins.int:
         raw = self.values.get(name)
         return DEFAULTS[name] if raw is None else int(raw)
 
     @property
-    def max_jobs(self) -> int:
+    def max_jobs(self) -> builtins.int:
         return self.int("max_jobs")
 
     @property
-    def retry_limit(self) -> int:
+    def retry_limit(self) -> builtins.int:
         return self.int("retry_limit")
 
     @property
-    def retry_delay(self) -> int:
+    def retry_delay(self) -> builtins.int:
         return self.int("retry_delay")
 
     @property
-    def retry_cap(self) -> int:
+    def retry_cap(self) -> builtins.int:
         """The longest backoff delay: `retry_max_delay`, never below `retry_delay`."""
         return max(self.retry_delay, self.int("retry_max_delay"))
 

@@ -122,18 +122,13 @@ class Task(msgspec.Struct):
                 self.scheduled_runs += 1
                 self.snoozed_until = self.snooze_reason = None
 
-    def _next(self, event_type: type[TaskEvent], now: datetime, **fields: object) -> TaskEvent:
-        return event_type(
-            id=self.id, version=self.version + 1, at=now, client=self.client, **fields
-        )
-
     def _not_canceled(self, action: str) -> None:
         if self.status == CANCELED:
             raise IllegalTransition(f"task {self.id} is canceled: cannot {action} it")
 
     # --- the moves a client can ask for ------------------------------------------------------
 
-    def update(self, definition: TaskDefinition, changed: list[str], now: datetime) -> TaskEvent:
+    def update(self, definition: TaskDefinition, changed: list[str], now: datetime) -> TaskUpdated:
         """A new definition; a changed schedule fires next by the new one, from now."""
         self._not_canceled("update")
         next_fire = self.next_fire_at
@@ -141,29 +136,54 @@ class Task(msgspec.Struct):
             next_fire = self._fire_after(definition, now)
         elif self.status != ACTIVE:
             next_fire = None
-        return self._next(
-            TaskUpdated, now, definition=definition, changed=changed, next_fire_at=next_fire
+        return TaskUpdated(
+            id=self.id,
+            version=self.version + 1,
+            at=now,
+            client=self.client,
+            definition=definition,
+            changed=changed,
+            next_fire_at=next_fire,
         )
 
-    def pause(self, by: str, now: datetime) -> TaskEvent:
+    def pause(self, by: str, now: datetime) -> TaskPaused:
         self._not_canceled("pause")
         if self.status == PAUSED:
             raise IllegalTransition(f"task {self.id} is already paused")
-        return self._next(TaskPaused, now, by=by, next_fire_at=None)
+        return TaskPaused(
+            id=self.id,
+            version=self.version + 1,
+            at=now,
+            client=self.client,
+            by=by,
+            next_fire_at=None,
+        )
 
-    def resume(self, by: str, now: datetime) -> TaskEvent:
+    def resume(self, by: str, now: datetime) -> TaskResumed:
         self._not_canceled("resume")
         if self.status != PAUSED:
             raise IllegalTransition(f"task {self.id} is not paused")
-        return self._next(
-            TaskResumed, now, by=by, next_fire_at=self._fire_after(self.definition, now)
+        return TaskResumed(
+            id=self.id,
+            version=self.version + 1,
+            at=now,
+            client=self.client,
+            by=by,
+            next_fire_at=self._fire_after(self.definition, now),
         )
 
-    def cancel(self, by: str, now: datetime) -> TaskEvent:
+    def cancel(self, by: str, now: datetime) -> TaskCancelled:
         self._not_canceled("cancel")
-        return self._next(TaskCancelled, now, by=by, next_fire_at=None)
+        return TaskCancelled(
+            id=self.id,
+            version=self.version + 1,
+            at=now,
+            client=self.client,
+            by=by,
+            next_fire_at=None,
+        )
 
-    def snooze(self, delay_seconds: int, reason: str | None, by: str, now: datetime) -> TaskEvent:
+    def snooze(self, delay_seconds: int, reason: str | None, by: str, now: datetime) -> TaskSnoozed:
         """Moves the pending run `delay_seconds` later (from now, if it is already due)."""
         self._not_canceled("snooze")
         if self.status == PAUSED:
@@ -171,9 +191,11 @@ class Task(msgspec.Struct):
         if self.next_fire_at is None:
             raise IllegalTransition(f"task {self.id} has no pending run to snooze")
         pending = max(self.next_fire_at, now)
-        return self._next(
-            TaskSnoozed,
-            now,
+        return TaskSnoozed(
+            id=self.id,
+            version=self.version + 1,
+            at=now,
+            client=self.client,
             by=by,
             delay_seconds=delay_seconds,
             reason=reason,
@@ -183,15 +205,15 @@ class Task(msgspec.Struct):
     def run_now(self, by: str, now: datetime) -> TaskRunRequested:
         """One run now, outside the schedule (a paused task may be run by hand)."""
         self._not_canceled("run")
-        event = self._next(
-            TaskRunRequested,
-            now,
+        return TaskRunRequested(
+            id=self.id,
+            version=self.version + 1,
+            at=now,
+            client=self.client,
             by=by,
             run_id=manual_run_id(self.id, uuid4().hex),
             next_fire_at=self.next_fire_at,
         )
-        assert isinstance(event, TaskRunRequested)
-        return event
 
     def _fire_after(self, definition: TaskDefinition, now: datetime) -> datetime | None:
         if definition.schedule_kind == "once" and self.scheduled_runs:

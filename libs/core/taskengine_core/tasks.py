@@ -21,18 +21,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import ClassVar, TypeVar
+from typing import ClassVar, TypeVar, get_args
 from uuid import UUID, uuid5
 from zoneinfo import ZoneInfo, available_timezones
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 from dateutil.rrule import rrule, rrulestr
+from taskengine_contracts.events import Backoff
 
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import NAMESPACE
 
 SCHEDULE_KINDS = ("cron", "rrule", "once", "event")
-BACKOFF_STRATEGIES = ("exponential_jitter", "linear", "fixed")
+BACKOFF_STRATEGIES: tuple[Backoff, ...] = get_args(Backoff)
 LIMITS: dict[str, tuple[int, int]] = {
     "priority": (1, 9),
     "max_retries": (0, 100),
@@ -156,7 +157,9 @@ def _first_fire(
         # `after` is in the second pass of a repeated hour, whose wall times all fired in the
         # first pass: resume at the first wall time after the repeat.
         first_pass = local.replace(fold=0)
-        end = _transition(first_pass, after, zone) + first_pass.utcoffset()  # type: ignore[operator]
+        offset = first_pass.utcoffset()
+        assert offset is not None  # `local` has its zone
+        end = _transition(first_pass, after, zone) + offset
         wall = end.replace(tzinfo=None) - timedelta(seconds=1)
     candidate = next_wall(wall)
     while candidate is not None:
@@ -190,7 +193,7 @@ class CronSchedule(Schedule):
 
     expr: str
     zone: ZoneInfo
-    _cron: croniter = field(repr=False, compare=False)
+    _cron: croniter[datetime] = field(repr=False, compare=False)
     kind: ClassVar[str] = "cron"
 
     def next_after(self, after: datetime) -> datetime | None:
@@ -465,10 +468,10 @@ def check_int(field: str, value: object) -> int:
     return value
 
 
-def check_backoff(value: object) -> str:
+def check_backoff(value: object) -> Backoff:
     if value not in BACKOFF_STRATEGIES:
         raise InvalidTask("backoff_strategy", f"must be one of {', '.join(BACKOFF_STRATEGIES)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_key(value: object, field: str = "schedule_expr") -> str:
@@ -498,10 +501,12 @@ def check_dedupe(key: object, window: object) -> tuple[str | None, int | None]:
 def check_uuid(field: str, value: object) -> UUID:
     if isinstance(value, UUID):
         return value
-    try:
-        return UUID(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, AttributeError):
-        raise InvalidTask(field, f"must be a UUID, got {value!r}") from None
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise InvalidTask(field, f"must be a UUID, got {value!r}")
 
 
 # --- runs ---------------------------------------------------------------------------------

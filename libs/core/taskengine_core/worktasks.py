@@ -15,7 +15,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from taskengine_contracts.events import (
     JobBroken,
@@ -335,7 +335,6 @@ def plan_report(
         )
     if job.state != JobState.RUNNING:
         raise ReportRefused(f"work task {job.job_id} is {status_of(job)}: no worker runs it")
-    common = {"workflow": job.workflow, "attempt": job.attempt}
     if status == "executing":
         if job.executing:
             return [], "updated"  # said before: not news
@@ -343,15 +342,16 @@ def plan_report(
             advance(job.ref, JobExecuting, at=now, attempt=job.attempt, by=by, metadata=metadata)
         ], ("updated")
     if status == "completed":
-        event = advance(
+        succeeded = advance(
             job.ref,
             JobSucceeded,
             at=now,
+            workflow=job.workflow,
+            attempt=job.attempt,
             output_location=output_location,
             metadata=metadata,
-            **common,
         )
-        return [event], "updated"
+        return [succeeded], "updated"
     transient = transient_reason(metadata, error_message)
     message = error_message or transient_reason(metadata, None) or f"the worker reported {status}"
     reason = f"{transient}: {message}" if transient and message != transient else message
@@ -394,12 +394,12 @@ def view(job: Job, masked: bool = True) -> dict[str, Any]:
     (only a Secret's name is accepted there)."""
     shown = mask_values if masked else _as_is
     attributes = job.attributes
-    resources = dict(attributes.get("resource_requirements") or {})  # type: ignore[call-overload]
+    resources = _object_copy(attributes.get("resource_requirements"))
     if job.memory:
         resources["memory"] = job.memory
-    access = dict(attributes.get("data_access") or {})  # type: ignore[call-overload]
-    secret_name = access.pop("storage_credentials", None)
-    access = shown(access)  # type: ignore[assignment]
+    given_access = _object_copy(attributes.get("data_access"))
+    secret_name = given_access.pop("storage_credentials", None)
+    access = shown(given_access)
     if secret_name is not None:
         access["storage_credentials"] = secret_name
     return {
@@ -425,8 +425,17 @@ def view(job: Job, masked: bool = True) -> dict[str, Any]:
     }
 
 
+@overload
+def _as_is(data: dict[str, object]) -> dict[str, object]: ...
+@overload
+def _as_is(data: object) -> object: ...
 def _as_is(data: object) -> object:
     return data
+
+
+def _object_copy(value: object) -> dict[str, object]:
+    """A copy of a JSON object attribute; empty when there is none."""
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def update(event: JobEvent) -> dict[str, Any] | None:

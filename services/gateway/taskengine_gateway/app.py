@@ -6,15 +6,16 @@ import logging
 
 import uvicorn
 from litestar import Litestar, Request
+from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from taskengine_bus import Runtime
 from taskengine_core.outbound import OutboundGuard, parse_allowlist
 
 from taskengine_gateway.auth import Authenticator, Client
+from taskengine_gateway.bodies import before_body
 from taskengine_gateway.drove_api import DroveController
-from taskengine_gateway.errors import http_error, internal_error
+from taskengine_gateway.errors import TASKENGINE, handler
 from taskengine_gateway.health import Heartbeats
 from taskengine_gateway.state import GatewayState
 from taskengine_gateway.submitter import Submitter
@@ -31,7 +32,9 @@ def create_app(state: GatewayState) -> Litestar:
         return state
 
     async def provide_client(request: Request) -> Client:
-        return await state.authenticator.authenticate(request)
+        """The client `before_body` authenticated (or, for a dependency alone, now)."""
+        client = getattr(request.state, "client", None)
+        return client if client is not None else await state.authenticator.authenticate(request)
 
     return Litestar(
         route_handlers=[
@@ -42,7 +45,9 @@ def create_app(state: GatewayState) -> Litestar:
             task_updates,
         ],
         dependencies={"gateway": Provide(provide_state), "client": Provide(provide_client)},
-        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        exception_handlers=handler(TASKENGINE),
+        before_request=before_body,
+        state=State({"gateway": state}),
         request_max_body_size=state.runtime.config.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Taskengine", version="0.1.0", path="/schema"),
         logging_config=None,

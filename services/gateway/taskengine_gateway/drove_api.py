@@ -15,30 +15,31 @@ import logging
 import socket
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs
 from uuid import uuid5
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, post, route
-from litestar.exceptions import HTTPException, NotAuthorizedException
-from taskengine_contracts.events import JobBroken, JobCancelled, JobEvent
+from litestar.exceptions import HTTPException
+from litestar.params import JSONBody
+from taskengine_contracts.events import JobBroken, JobCancelled
 from taskengine_core import drove
 from taskengine_core.clients import mask_values
 from taskengine_core.drove import InvalidTask
 from taskengine_core.errors import IllegalTransition
-from taskengine_core.ids import NAMESPACE, job_stream
+from taskengine_core.ids import NAMESPACE
 from taskengine_core.jobs import FINAL_STATES, Job, JobState, advance
 from taskengine_core.quotas import ResourceLimits
-from taskengine_store.store import Conflict
+from taskengine_store import queries
 
 from taskengine_gateway.auth import Client
-from taskengine_gateway.fields import decode_object
+from taskengine_gateway.bodies import BodyProblem, before_body, given
+from taskengine_gateway.errors import ErrorShape, handler
+from taskengine_gateway.job_io import Planned, change, jobs_numbered
 from taskengine_gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
 
 HOSTNAME = socket.gethostname()
-ATTEMPTS = 3
-"""Tries of a KILL or DELETE that raced another change of the task (e.g. the dispatcher's)."""
 MAX_LISTED = 1000
 LOG_FILES = ("output.log",)
 DEFAULT_READ, MAX_READ = 65_536, 1_048_576
@@ -49,12 +50,6 @@ LOGS = "/logfiles/tasks/{source_app:str}/{task_id:str}"
 LOG_PATHS = [f"{LOGS}/list", f"{LOGS}/read/{{file_name:str}}", f"{LOGS}/download/{{file_name:str}}"]
 GET_ONLY = ["/ping", "/tasks", *LOG_PATHS]
 POST_ONLY = ["/tasks/operations", "/tasks/search"]
-_OUTPUT = (
-    "WITH f AS (SELECT coalesce(string_agg(message || chr(10), '' ORDER BY id), '') AS text"
-    " FROM rm_job_log WHERE job_id = %s AND progname = 'worker' AND task_id > 0)"
-    " SELECT length(text) AS size, substr(text, %s, %s) AS data FROM f"
-)
-"""`output.log`: the lines the task's steps printed (step starts and exits included)."""
 
 
 class DroveError(HTTPException):
@@ -68,26 +63,70 @@ def envelope(data: object, message: str = "success", status: str = "SUCCESS") ->
     return {"status": status, "data": data, "message": message}
 
 
-def drove_error(request: Request, error: Exception) -> Response:
+def _invalid(request: Request, problem: BodyProblem) -> Exception:
+    if problem.unknown:
+        return InvalidTask(
+            request.route_handler.opt.get("unknown", f"unknown field {problem.unknown}")
+        )
+    return InvalidTask(problem.message)
+
+
+def _own(request: Request, error: Exception) -> Response | None:
     if isinstance(error, InvalidTask):
         # drove-cli prints `validationErrors`; `data` stays an object for it.
         body = envelope({"validationErrors": [str(error)]}, str(error), "FAILED")
         return Response(body, status_code=400)
-    if isinstance(error, HTTPException):
-        detail = error.detail
-        if error.status_code == 405:
-            detail = f"method {request.method} not allowed on {request.url.path}"
-        elif error.status_code == 413:
-            detail = "request body too large"
-        headers = (
-            {"WWW-Authenticate": 'Basic realm="taskengine"'}
-            if isinstance(error, NotAuthorizedException)
-            else error.headers
-        )
-        body = envelope({}, detail, "FAILED")
-        return Response(body, status_code=error.status_code, headers=headers)
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return Response(envelope({}, "internal error", "FAILED"), status_code=500)
+    return None
+
+
+DROVE = ErrorShape(
+    body=lambda message: envelope({}, message, "FAILED"),
+    invalid=_invalid,
+    own=_own,
+    challenge='Basic realm="taskengine"',
+)
+
+
+# --- requests ---------------------------------------------------------------------------------
+# Fields hold any JSON value: `drove.create_operation` and `drove.kill_operation` word what is
+# wrong with one.
+
+
+class TaskOperation(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /apis/v1/tasks/operations`: `{"type": "CREATE", "spec": {...}, "opSpec": {...}}`
+    or `{"type": "KILL", "sourceAppName", "taskId", "opSpec"}`."""
+
+    type: Any = msgspec.UNSET
+    spec: Any = msgspec.UNSET
+    opSpec: Any = msgspec.UNSET  # noqa: N815 (Drove's name)
+    sourceAppName: Any = msgspec.UNSET  # noqa: N815
+    taskId: Any = msgspec.UNSET  # noqa: N815
+
+
+class TaskSearch(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /apis/v1/tasks/search`: `{"sourceAppName", "taskId"}`, either or both (or, as a
+    form, `taskSearchAppName` and `taskSearchTaskID`: a redirect to the instance)."""
+
+    sourceAppName: Any = msgspec.UNSET  # noqa: N815
+    taskId: Any = msgspec.UNSET  # noqa: N815
+
+
+SEARCH_BY = "search by sourceAppName and/or taskId (no other fields)"
+
+
+async def search_by_form(request: Request) -> Response | None:
+    """A search sent as a form (Drove's UI) answers here: a redirect to the instance found."""
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        await before_body(request)
+        return None  # a JSON search: the handler's
+    gateway: GatewayState = request.app.state.gateway
+    client = await gateway.authenticator.authenticate(request)
+    form = await request.form()
+    key = {"sourceAppName": form.get("taskSearchAppName"), "taskId": form.get("taskSearchTaskID")}
+    source_app, task_id = drove.task_key(key, "form field ")
+    await find_task(gateway, client, source_app, task_id)
+    location = f"/apis/v1/tasks/{source_app}/instances/{task_id}"
+    return Response(envelope(location, "found"), status_code=303, headers={"Location": location})
 
 
 # --- views ------------------------------------------------------------------------------------
@@ -147,27 +186,26 @@ class DroveController(Controller):
     or any other header style); a client sees only its own tasks."""
 
     path = "/apis/v1"
-    exception_handlers = {HTTPException: drove_error, Exception: drove_error}
+    exception_handlers = handler(DROVE)
 
     @get("/ping", operation_id="drove_ping")
     async def ping(self, client: Client) -> dict:
         return envelope("pong")
 
     @post("/tasks/operations", operation_id="drove_task_operation", status_code=200)
-    async def operation(self, request: Request, gateway: GatewayState, client: Client) -> dict:
-        data = _body(await request.body())
-        if drove.operation_type(data) == "CREATE":
-            return envelope({"taskId": await create_task(gateway, client, data)})
-        return envelope({"taskId": await kill_task(gateway, client, data)})
+    async def operation(
+        self, data: JSONBody[TaskOperation], gateway: GatewayState, client: Client
+    ) -> dict:
+        operation = given(data)
+        if drove.operation_type(operation) == "CREATE":
+            return envelope({"taskId": await create_task(gateway, client, operation)})
+        return envelope({"taskId": await kill_task(gateway, client, operation)})
 
     @get("/tasks", operation_id="drove_list_tasks")
     async def list_tasks(self, gateway: GatewayState, client: Client) -> dict:
-        rows = await _query(
-            gateway,
-            "SELECT job_id FROM drove_task_ids WHERE client = %s ORDER BY job_id DESC LIMIT %s",
-            (client.name, MAX_LISTED),
-        )
-        return envelope([instance_view(job) for job in await load_jobs(gateway, rows)])
+        store = gateway.runtime.store
+        numbers = await gateway.runtime.call(queries.drove_job_ids, store, client.name, MAX_LISTED)
+        return envelope([instance_view(job) for job in await load_jobs(gateway, numbers)])
 
     @get(INSTANCE, operation_id="drove_get_task")
     async def get_task(
@@ -179,51 +217,46 @@ class DroveController(Controller):
     async def delete_task(
         self, source_app: str, task_id: str, gateway: GatewayState, client: Client
     ) -> dict:
-        for _ in range(ATTEMPTS):
-            job = await find_task(gateway, client, source_app, task_id)
+
+        async def load() -> Job:
+            return await find_task(gateway, client, source_app, task_id)
+
+        async def plan(job: Job) -> Planned[dict]:
             if job.state not in FINAL_STATES:
                 state = drove.task_status(job).state
                 raise DroveError(409, f"task {task_id} of {source_app} is {state}: kill it first")
-            forget = ("DELETE FROM drove_task_ids WHERE job_id = %s", (job.job_id,))
+            forget = queries.drove_forget(job.job_id)
             events = []
             if job.state != JobState.BROKEN:  # its events stay; it leaves the listings
                 reason = "deleted through the container-task API"
                 events = [advance(job.ref, JobBroken, by=client.name, reason=reason)]
-            try:
-                await gateway.runtime.call(gateway.runtime.store.commit, events, None, [forget])
-            except Conflict:
-                continue
-            return envelope({"taskId": task_id})
-        raise DroveError(409, "the task kept changing; retry")
+            return Planned(events, envelope({"taskId": task_id}), [forget])
 
-    @post("/tasks/search", operation_id="drove_search_tasks", status_code=200)
-    async def search(self, request: Request, gateway: GatewayState, client: Client) -> Response:
-        body = await request.body()
-        if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            form = parse_qs(body.decode(errors="replace"))
-            key = {
-                "sourceAppName": (form.get("taskSearchAppName") or [None])[0],
-                "taskId": (form.get("taskSearchTaskID") or [None])[0],
-            }
-            source_app, task_id = drove.task_key(key, "form field ")
-            await find_task(gateway, client, source_app, task_id)
-            location = f"/apis/v1/tasks/{source_app}/instances/{task_id}"
-            return Response(
-                envelope(location, "found"), status_code=303, headers={"Location": location}
-            )
-        data = _body(body)
-        unknown = sorted(set(data) - {"sourceAppName", "taskId"})
-        if unknown or not data:
-            raise InvalidTask("search by sourceAppName and/or taskId (no other fields)")
-        where, args = ["client = %s"], [client.name]
-        for field, column in (("sourceAppName", "source_app"), ("taskId", "task_id")):
-            if field in data:
-                drove.task_key({"sourceAppName": "x", "taskId": "x", field: data[field]}, "")
-                where.append(f"{column} = %s")
-                args.append(data[field])
-        sql = f"SELECT job_id FROM drove_task_ids WHERE {' AND '.join(where)} ORDER BY job_id DESC"
-        rows = await _query(gateway, sql + " LIMIT %s", (*args, MAX_LISTED))
-        return Response(envelope([instance_view(job) for job in await load_jobs(gateway, rows)]))
+        return await change(gateway, load, plan, DroveError(409, "the task kept changing; retry"))
+
+    @post(
+        "/tasks/search",
+        operation_id="drove_search_tasks",
+        status_code=200,
+        before_request=search_by_form,
+        opt={"unknown": SEARCH_BY},
+    )
+    async def search(
+        self, data: JSONBody[TaskSearch], gateway: GatewayState, client: Client
+    ) -> Response:
+        wanted = given(data)
+        if not wanted:
+            raise InvalidTask(SEARCH_BY)
+        drove.task_key({"sourceAppName": "x", "taskId": "x", **wanted}, "")
+        numbers = await gateway.runtime.call(
+            queries.drove_job_ids,
+            gateway.runtime.store,
+            client.name,
+            MAX_LISTED,
+            wanted.get("sourceAppName"),
+            wanted.get("taskId"),
+        )
+        return Response(envelope([instance_view(job) for job in await load_jobs(gateway, numbers)]))
 
     # --- log files (Drove's bare shapes) ------------------------------------------------------
 
@@ -250,10 +283,10 @@ class DroveController(Controller):
         length = _integer(request, "length", DEFAULT_READ, 1, MAX_READ)
         job = await log_of(gateway, client, source_app, task_id, file_name)
         if offset < 0:
-            [row] = await _query(gateway, _OUTPUT, (job.job_id, 1, 0))
+            row = await _output(gateway, job, 1, 0)
             return {"data": "", "offset": row["size"]}
         start = min(offset, MAX_OFFSET) + 1  # past the end either way: no data
-        [row] = await _query(gateway, _OUTPUT, (job.job_id, start, length))
+        row = await _output(gateway, job, start, length)
         return {"data": row["data"], "offset": offset}
 
     @get(f"{LOGS}/download/{{file_name:str}}", operation_id="drove_download_log")
@@ -261,7 +294,7 @@ class DroveController(Controller):
         self, source_app: str, task_id: str, file_name: str, gateway: GatewayState, client: Client
     ) -> Response:
         job = await log_of(gateway, client, source_app, task_id, file_name)
-        [row] = await _query(gateway, _OUTPUT, (job.job_id, 1, 2**31 - 1))
+        row = await _output(gateway, job, 1, 2**31 - 1)
         return Response(
             row["data"].encode(),
             media_type="text/plain; charset=utf-8",
@@ -330,8 +363,11 @@ async def create_task(gateway: GatewayState, client: Client, data: dict[str, Any
 
 async def kill_task(gateway: GatewayState, client: Client, data: dict[str, Any]) -> str:
     source_app, task_id = drove.kill_operation(data)
-    for _ in range(ATTEMPTS):
-        job = await find_task(gateway, client, source_app, task_id)
+
+    async def load() -> Job:
+        return await find_task(gateway, client, source_app, task_id)
+
+    async def plan(job: Job) -> Planned[str]:
         try:
             event = advance(job.ref, JobCancelled, reason="killed (KILL operation)", by=client.name)
         except IllegalTransition:
@@ -339,12 +375,9 @@ async def kill_task(gateway: GatewayState, client: Client, data: dict[str, Any])
             raise DroveError(
                 409, f"task {task_id} of {source_app} is {state} already: nothing to kill"
             ) from None
-        try:
-            await gateway.runtime.call(gateway.runtime.store.commit, [event])
-        except Conflict:
-            continue
-        return task_id
-    raise DroveError(409, "the task kept changing; retry")
+        return Planned([event], task_id)
+
+    return await change(gateway, load, plan, DroveError(409, "the task kept changing; retry"))
 
 
 async def find_task(gateway: GatewayState, client: Client, source_app: str, task_id: str) -> Job:
@@ -355,17 +388,15 @@ async def find_task(gateway: GatewayState, client: Client, source_app: str, task
     number = await _task_job_id(gateway, client.name, source_app, task_id)
     if number is None:
         raise missing
-    jobs = await load_jobs(gateway, [{"job_id": number}])
+    jobs = await load_jobs(gateway, [number])
     if not jobs:
         raise missing
     return jobs[0]
 
 
-async def load_jobs(gateway: GatewayState, rows: list[dict]) -> list[Job]:
-    """The jobs of `rows` (`job_id`), folded from their streams, in the rows' order."""
-    streams = [job_stream(row["job_id"]) for row in rows]
-    found = await gateway.runtime.call(gateway.runtime.store.streams, streams)
-    jobs = [Job.fold(e for e in found[s] if isinstance(e, JobEvent)) for s in streams]
+async def load_jobs(gateway: GatewayState, numbers: list[int]) -> list[Job]:
+    """The Drove jobs `numbers` name, folded from their streams, in that order."""
+    jobs = await jobs_numbered(gateway, numbers)
     return [job for job in jobs if job is not None and job.dialect == drove.DIALECT]
 
 
@@ -383,23 +414,17 @@ async def log_of(
 async def _task_job_id(
     gateway: GatewayState, client: str, source_app: str, task_id: str
 ) -> int | None:
-    rows = await _query(
-        gateway,
-        "SELECT job_id FROM drove_task_ids WHERE client = %s AND source_app = %s AND task_id = %s",
-        (client, source_app, task_id),
+    store = gateway.runtime.store
+    numbers = await gateway.runtime.call(
+        queries.drove_job_ids, store, client, 1, source_app, task_id
     )
-    return rows[0]["job_id"] if rows else None
+    return numbers[0] if numbers else None
 
 
-async def _query(gateway: GatewayState, sql: str, args: tuple) -> list[dict]:
-    return await gateway.runtime.call(gateway.runtime.store.query, sql, args)
-
-
-def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        return decode_object(raw)
-    except HTTPException as error:
-        raise InvalidTask(error.detail) from None
+async def _output(gateway: GatewayState, job: Job, start: int, length: int) -> dict[str, Any]:
+    """`output.log`: the lines the task's steps printed (step starts and exits included)."""
+    store = gateway.runtime.store
+    return await gateway.runtime.call(queries.job_output, store, job.job_id, start, length)
 
 
 def _integer(request: Request, name: str, default: int, lowest: int, highest: int) -> int:

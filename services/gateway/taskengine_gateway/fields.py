@@ -6,8 +6,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import msgspec
-
 from taskengine_gateway.errors import BadRequest
 
 MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 1, 10, 5
@@ -95,15 +93,3 @@ def parse_timeout(parameters: dict[str, Any]) -> float | None:
 
 
 MAX_TIMEOUT = 7 * 24 * 3600
-
-
-def decode_object(body: bytes) -> dict[str, Any]:
-    if b"\\u0000" in body:  # PostgreSQL text and jsonb cannot hold NUL
-        raise BadRequest("NUL characters (\\u0000) are not accepted")
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
-        raise BadRequest(f"malformed JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    return data

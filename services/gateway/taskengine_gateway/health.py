@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Heartbeat
-from taskengine_store import rejected
+from taskengine_store import queries, rejected
 from taskengine_store.projections import PROJECTOR
 
 ALIVE_FOR = 6.0
@@ -32,16 +32,6 @@ QUEUES = {
 CONSUMERS = {"scheduler", "dispatcher", "admission", "notifier"}
 FOLLOWERS = {"relay", PROJECTOR}  # they follow the store's log, not a JetStream consumer
 
-JOB_COUNTERS = {
-    "queued": "state = 'queued'",
-    "started": "state IN ('admitted', 'running')",
-    "completed": "state = 'succeeded'",
-    "failed": "state IN ('failed', 'timed_out')",
-    "pending": "state = 'retry_wait'",
-    "broken": "state IN ('broken', 'cancelled')",
-    "scheduled": "state = 'scheduled'",
-    "paused": "state = 'paused'",
-}
 _decoder = msgspec.json.Decoder(Heartbeat)
 
 
@@ -90,16 +80,6 @@ async def _consumer_info(js, durable: str):  # type: ignore[no-untyped-def]
         return None
 
 
-def job_counts_query() -> str:
-    counts = ", ".join(
-        f"count(*) FILTER (WHERE {cond}) AS {name}" for name, cond in JOB_COUNTERS.items()
-    )
-    return (
-        f"SELECT {counts}, coalesce(sum(attempt), 0) AS attempts,"
-        " count(*) FILTER (WHERE state = 'admitted') AS admitted FROM rm_jobs"
-    )
-
-
 async def health_report(runtime, heartbeats: Heartbeats, settings, version: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]  # noqa: E501
     """The seed's health document; raises ComponentDown naming what is unreachable."""
     store = runtime.store
@@ -123,7 +103,7 @@ async def health_report(runtime, heartbeats: Heartbeats, settings, version: str)
             "working": sum(b.working for b in beats),
             "pending": pending,
         }
-    [counts] = await check("postgres", runtime.call(store.query, job_counts_query()))
+    counts = await check("postgres", runtime.call(queries.job_counts, store))
     attempts = int(counts["attempts"])
     set_aside = await check("postgres", runtime.call(rejected.counts, store))
     return {
@@ -137,7 +117,7 @@ async def health_report(runtime, heartbeats: Heartbeats, settings, version: str)
             "pending": counts["admitted"],
         },
         "jobs": {
-            **{name: counts[name] for name in JOB_COUNTERS},
+            **{name: counts[name] for name in queries.JOB_COUNTS},
             "max_jobs": settings.max_jobs,
             "priority_slots": settings.int("priority_slots"),
         },

@@ -17,7 +17,7 @@ from taskengine_core.errors import IllegalTransition
 from taskengine_core.jobs import Job, JobRef, JobState, advance
 from taskengine_core.submission import job_submitted
 
-from taskengine_gateway.errors import BadRequest
+from taskengine_gateway.errors import UPDATABLE, BadRequest
 from taskengine_gateway.fields import (
     SEMAPHORE_FIELDS,
     parse_priority,
@@ -27,22 +27,16 @@ from taskengine_gateway.fields import (
 
 S = JobState
 WAITING = (S.SCHEDULED, S.QUEUED, S.PAUSED, S.RETRY_WAIT)
-PATCHABLE = {"client", "persist", "priority", "queue_state", "run_at", *SEMAPHORE_FIELDS}
 
 
 def plan_patch(
     job: Job, data: dict[str, Any], by: str, now: datetime
 ) -> tuple[list[JobEvent], list[str]]:
-    """The events that apply `data` to `job`, in order, and the `field=value` summary.
+    """The events that apply `data` (the fields of a `JobUpdate` sent) to `job`, in order,
+    and the `field=value` summary.
 
     Raises BadRequest for a bad field and IllegalTransition for a move the lifecycle forbids.
     """
-    unknown = set(data) - PATCHABLE
-    if unknown:
-        raise BadRequest(
-            f"cannot update {', '.join(sorted(unknown))}; can: persist, priority,"
-            " queue_state, run_at, semaphore_url"
-        )
     if data.get("client", job.client) != job.client:
         raise BadRequest(f"job {job.job_id} does not belong to client {data['client']!r}")
     events: list[JobEvent] = []
@@ -162,9 +156,7 @@ def plan_patch(
             raise BadRequest("queue_state must be paused, broken or queued")
         done.append(f"queue_state={target}")
     if not done:
-        raise BadRequest(
-            "nothing to update: send persist, priority, queue_state, run_at or semaphore_url"
-        )
+        raise BadRequest(f"nothing to update: send any of {UPDATABLE}")
     return events, done
 
 

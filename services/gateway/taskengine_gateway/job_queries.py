@@ -1,12 +1,12 @@
-"""Job lists from the `rm_jobs` read model: the Task Engine `/jobs` filters and `/dashboard`."""
+"""The Task Engine `/jobs` filters: a list's query parameters as a `JobFilter`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from taskengine_core.jobs import JobState
+from taskengine_store.queries import JOB_ORDER, JobFilter
 
 from taskengine_gateway.errors import BadRequest
 
@@ -21,25 +21,7 @@ STATE_NUMBERS: dict[int, tuple[JobState, ...]] = {
     6: (S.PAUSED,),
 }
 FAILED = (S.FAILED, S.TIMED_OUT)
-ORDER_BY = {
-    "id": "job_id",
-    "client": "client",
-    "workflow": "workflow",
-    "priority": "priority",
-    "position": "position",
-    "created_at": "created_at",
-    "updated_at": "updated_at",
-    "queue_state": "state",
-    "run_at": "run_at",
-}
 DEFAULT_LIMIT, MAX_LIMIT = 10, 1000
-
-_SELECT = (
-    "WITH queue AS (SELECT job_uuid, rank() OVER (ORDER BY priority, updated_at, job_id)"
-    " AS position FROM rm_jobs WHERE state = 'queued')"
-    " SELECT j.*, coalesce(q.position, 0) AS position FROM rm_jobs j"
-    " LEFT JOIN queue q USING (job_uuid)"
-)
 
 
 def _flag(params: Mapping[str, str], name: str) -> bool | None:
@@ -74,62 +56,43 @@ def _date(params: Mapping[str, str], name: str) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-def list_query(params: Mapping[str, str], client: str) -> tuple[str, list[Any]]:
-    """SQL for `GET /jobs`: the caller's jobs, filtered, newest first unless `asc=1`."""
-    where, args = ["j.client = %s"], [client]
-    if "client" in params and params["client"] != client:
-        where.append("false")  # another tenant's jobs do not exist for the caller
+def list_filter(params: Mapping[str, str], client: str) -> JobFilter:
+    """`GET /jobs`'s query: the caller's jobs, filtered, newest first unless `asc=1`."""
+    states = None
     state = _integer(params, "state")
     if state is not None:
         if state not in STATE_NUMBERS:
             raise BadRequest("state must be one of 0 (queued) to 6 (paused)")
-        states = list(STATE_NUMBERS[state])
+        chosen = list(STATE_NUMBERS[state])
         failed = _flag(params, "failed")
         if state == 2 and failed is not None:
-            states = [s for s in states if (s in FAILED) == failed]
-        where.append("j.state = ANY(%s)")
-        args.append([str(s) for s in states])
-    for name, operator in (("from", ">="), ("to", "<=")):
-        moment = _date(params, name)
-        if moment is not None:
-            where.append(f"j.created_at {operator} %s")
-            args.append(moment)
+            chosen = [s for s in chosen if (s in FAILED) == failed]
+        states = [str(s) for s in chosen]
+    job_ids = None
     if params.get("job_ids"):
         try:
-            ids = [int(part) for part in params["job_ids"].split(",") if part.strip()]
+            job_ids = [int(part) for part in params["job_ids"].split(",") if part.strip()]
         except ValueError:
             raise BadRequest("job_ids must be comma-separated job ids") from None
-        where.append("j.job_id = ANY(%s)")
-        args.append(ids)
-    persist = _flag(params, "persist")
-    if persist is not None:
-        where.append("j.persist = %s")
-        args.append(persist)
     if "\x00" in params.get("search", ""):
         raise BadRequest("search must not contain NUL characters")
-    if params.get("search"):
-        where.append("j.parameters::text ILIKE %s")
-        args.append("%" + params["search"].replace("%", r"\%").replace("_", r"\_") + "%")
     order = params.get("order_by", "id")
-    if order not in ORDER_BY:
-        raise BadRequest(f"order_by must be one of {', '.join(ORDER_BY)}")
-    direction = "ASC" if _flag(params, "asc") else "DESC"
+    if order not in JOB_ORDER:
+        raise BadRequest(f"order_by must be one of {', '.join(JOB_ORDER)}")
     limit = _integer(params, "limit")
     limit = DEFAULT_LIMIT if limit is None else limit
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit must be from 1 to {MAX_LIMIT}")
-    sql = (
-        f"{_SELECT} WHERE {' AND '.join(where)}"
-        f" ORDER BY {ORDER_BY[order]} {direction}, j.job_id {direction} LIMIT %s"
-    )
-    return sql, [*args, limit]
-
-
-def dashboard_query(client: str) -> tuple[str, list[Any]]:
-    """The caller's started, queued and scheduled jobs, in admission order."""
-    states = ["admitted", "running", "queued", "scheduled"]
-    return (
-        f"{_SELECT} WHERE j.client = %s AND j.state = ANY(%s)"
-        " ORDER BY j.priority, j.updated_at, j.job_id",
-        [client, states],
+    return JobFilter(
+        client,
+        states=states,
+        created_from=_date(params, "from"),
+        created_to=_date(params, "to"),
+        job_ids=job_ids,
+        persist=_flag(params, "persist"),
+        search=params.get("search") or None,
+        order_by=order,
+        ascending=bool(_flag(params, "asc")),
+        limit=limit,
+        nothing="client" in params and params["client"] != client,  # another tenant's
     )

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, patch, post, put
+from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import JSONBody
 from taskengine_contracts.events import (
     Event,
-    JobEvent,
     RunSpec,
     ScheduleSwitched,
     SettingChanged,
@@ -19,19 +20,20 @@ from taskengine_contracts.events import (
 from taskengine_core import workflows
 from taskengine_core.clients import mask_secrets, mask_values
 from taskengine_core.errors import DomainError, IllegalTransition
-from taskengine_core.ids import SCHEDULES_STREAM, SETTINGS_STREAM, job_stream
+from taskengine_core.ids import SCHEDULES_STREAM, SETTINGS_STREAM
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.schedules import DUTIES, TICK, active_duties, duty
 from taskengine_core.settings import RuntimeSettings, validate_setting
 from taskengine_core.submission import job_submitted
+from taskengine_store import queries
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client
+from taskengine_gateway.bodies import given
 from taskengine_gateway.errors import BadRequest, Forbidden, JobConflict, JobForbidden, JobRefused
 from taskengine_gateway.fields import (
     DEFAULT_PRIORITY,
     SEMAPHORE_FIELDS,
-    decode_object,
     parse_callbacks,
     parse_priority,
     parse_run_at,
@@ -41,7 +43,8 @@ from taskengine_gateway.fields import (
 )
 from taskengine_gateway.health import ComponentDown, health_report
 from taskengine_gateway.job_changes import plan_patch, plan_rerun
-from taskengine_gateway.job_queries import dashboard_query, list_query
+from taskengine_gateway.job_io import JOB_NUMBER, commit, job_numbered
+from taskengine_gateway.job_queries import list_filter
 from taskengine_gateway.quotas import priority_reserved
 from taskengine_gateway.state import GatewayState
 
@@ -59,7 +62,49 @@ QUEUE_STATE = {
     JobState.PAUSED: ("paused", 6),
 }
 VERSION = metadata.version("taskengine-gateway")
-JOB_NUMBER = re.compile(r"[0-9]{1,18}")
+
+
+# --- requests -------------------------------------------------------------------------------
+# Fields hold any JSON value: `job_submission` and `plan_patch` word what is wrong with one.
+
+
+class JobRequest(msgspec.Struct):
+    """`POST /job`: `{"job": {"workflow": NAME}, "parameters": {...}, "priority": 1-10,
+    "run_at": "yyyy-MM-ddTHH:mm:ss.fff", "semaphore_url": URL}` (unknown fields are ignored)."""
+
+    job: Any = msgspec.UNSET
+    parameters: Any = msgspec.UNSET
+    priority: Any = msgspec.UNSET
+    run_at: Any = msgspec.UNSET
+    client: Any = msgspec.UNSET
+    semaphore_url: Any = msgspec.UNSET
+    sempahore_url: Any = msgspec.UNSET
+
+
+class JobUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """`PATCH /jobs/<id>`: any of these fields."""
+
+    client: Any = msgspec.UNSET
+    persist: Any = msgspec.UNSET
+    priority: Any = msgspec.UNSET
+    queue_state: Any = msgspec.UNSET
+    run_at: Any = msgspec.UNSET
+    semaphore_url: Any = msgspec.UNSET
+    sempahore_url: Any = msgspec.UNSET
+
+
+class ScheduleSwitch(msgspec.Struct):
+    """`PUT /scheduler`: `{"schedule": NAME, "active": true | false}`."""
+
+    schedule: Any = None
+    active: Any = None
+
+
+class SettingChange(msgspec.Struct):
+    """`POST /settings`: `{"name": NAME, "setting": VALUE}`."""
+
+    name: Any = None
+    setting: Any = None
 
 
 def job_submission(
@@ -141,6 +186,16 @@ def job_view(job: Job, position: int) -> dict[str, Any]:
     }
 
 
+async def load_job(gateway: GatewayState, job_id: str, client: Client) -> Job:
+    """The caller's job rebuilt from its events; another client's job does not exist for it."""
+    if not JOB_NUMBER.fullmatch(job_id):
+        raise NotFoundException(f"job {job_id[:40]!r} not found")
+    job = await job_numbered(gateway, job_id)
+    if job is None or job.client != client.name:
+        raise NotFoundException(f"job {job_id} not found")
+    return job
+
+
 class TaskEngineController(Controller):
     """Seed 002. Every route but `/` needs a client's credentials."""
 
@@ -148,16 +203,14 @@ class TaskEngineController(Controller):
     async def alive(self) -> dict[str, str]:
         return {"result": "alive"}
 
-    @post("/job", operation_id="submit_job", status_code=200)
-    async def submit_job(self, request: Request, gateway: GatewayState, client: Client) -> dict:
-        try:
-            data = decode_object(await request.body())
-            workflow, parameters, priority, run_at, semaphore = job_submission(data, client)
-            callbacks = parse_callbacks(parameters)
-            timeout = parse_timeout(parameters)
-            await refuse_internal(gateway, callbacks + ([semaphore] if semaphore else []))
-        except BadRequest as error:
-            raise JobRefused(error.detail) from None
+    @post("/job", operation_id="submit_job", status_code=200, opt={"job": True})
+    async def submit_job(
+        self, data: JSONBody[JobRequest], gateway: GatewayState, client: Client
+    ) -> dict:
+        workflow, parameters, priority, run_at, semaphore = job_submission(given(data), client)
+        callbacks = parse_callbacks(parameters)
+        timeout = parse_timeout(parameters)
+        await refuse_internal(gateway, callbacks + ([semaphore] if semaphore else []))
         refuse_reserved_priority(priority, client, gateway)
         now = datetime.now(UTC)
 
@@ -192,14 +245,13 @@ class TaskEngineController(Controller):
 
     @get("/jobs", operation_id="list_jobs")
     async def list_jobs(self, request: Request, gateway: GatewayState, client: Client) -> list:
-        sql, args = list_query(request.query_params, client.name)
-        rows = await gateway.runtime.call(gateway.runtime.store.query, sql, args)
+        wanted = list_filter(request.query_params, client.name)
+        rows = await gateway.runtime.call(queries.job_list, gateway.runtime.store, wanted)
         return [row_view(row) for row in rows]
 
     @get("/dashboard", operation_id="dashboard")
     async def dashboard(self, gateway: GatewayState, client: Client) -> dict:
-        sql, args = dashboard_query(client.name)
-        rows = await gateway.runtime.call(gateway.runtime.store.query, sql, args)
+        rows = await gateway.runtime.call(queries.job_dashboard, gateway.runtime.store, client.name)
         settings = await current_settings(gateway)
         lists: dict[str, list] = {"started": [], "queued": [], "scheduled": []}
         for row in rows:
@@ -218,22 +270,25 @@ class TaskEngineController(Controller):
         job = await load_job(gateway, job_id, client)
         return job_view(job, await queue_position(gateway, job))
 
-    @patch("/jobs/{job_id:str}", operation_id="update_job")
+    # The job is looked up before the body's fields are checked: another client's is a 404.
+    @patch(
+        "/jobs/{job_id:str}",
+        operation_id="update_job",
+        opt={"job": True},
+        dependencies={"job": Provide(load_job)},
+    )
     async def update_job(
-        self, job_id: str, request: Request, gateway: GatewayState, client: Client
+        self, job: Job, data: JSONBody[JobUpdate], gateway: GatewayState, client: Client
     ) -> dict:
-        job = await load_job(gateway, job_id, client)
+        changes = given(data)
         try:
-            data = decode_object(await request.body())
-            events, done = plan_patch(job, data, client.name, datetime.now(UTC))
-            if set(SEMAPHORE_FIELDS) & set(data) and (semaphore := parse_semaphore(data)):
-                await refuse_internal(gateway, [semaphore])
+            events, done = plan_patch(job, changes, client.name, datetime.now(UTC))
         except IllegalTransition as error:
             raise JobRefused(str(error), job_id=job.job_id) from None
-        except BadRequest as error:
-            raise JobRefused(error.detail, job_id=job.job_id) from None
-        if "priority" in data:
-            refuse_reserved_priority(parse_priority(data["priority"]), client, gateway, job.job_id)
+        if set(SEMAPHORE_FIELDS) & set(changes) and (semaphore := parse_semaphore(changes)):
+            await refuse_internal(gateway, [semaphore])
+        if "priority" in changes:
+            refuse_reserved_priority(parse_priority(data.priority), client, gateway, job.job_id)
         await commit_job_change(gateway, job, events)
         return {"id": job.job_id, "result": f"Performed updates: {', '.join(done)}"}
 
@@ -255,11 +310,7 @@ class TaskEngineController(Controller):
     @get("/logs/{job_id:str}", operation_id="get_logs")
     async def get_logs(self, job_id: str, gateway: GatewayState, client: Client) -> list[dict]:
         job = await load_job(gateway, job_id, client)
-        rows = await gateway.runtime.call(
-            gateway.runtime.store.query,
-            "SELECT * FROM rm_job_log WHERE job_id = %s ORDER BY id",
-            (job.job_id,),
-        )
+        rows = await gateway.runtime.call(queries.job_log, gateway.runtime.store, job.job_id)
         return [
             {
                 "id": row["id"],
@@ -296,16 +347,15 @@ class TaskEngineController(Controller):
 
     @put("/scheduler", operation_id="switch_schedule", status_code=200)
     async def switch_schedule(
-        self, request: Request, gateway: GatewayState, client: Client
+        self, data: JSONBody[ScheduleSwitch], gateway: GatewayState, client: Client
     ) -> dict:
         if not client.admin:
             raise Forbidden("schedules can be switched only by an admin client")
-        data = decode_object(await request.body())
         try:
-            name = duty(data.get("schedule")).name
+            name = duty(data.schedule).name
         except DomainError as error:
             raise BadRequest(str(error)) from None
-        if not isinstance(data.get("active"), bool):
+        if not isinstance(data.active, bool):
             raise BadRequest("active must be true or false")
 
         def switch(events: list, version: int) -> ScheduleSwitched:
@@ -314,7 +364,7 @@ class TaskEngineController(Controller):
                 version=version,
                 at=datetime.now(UTC),
                 name=name,
-                active=data["active"],
+                active=data.active,
                 by=client.name,
             )
 
@@ -323,12 +373,13 @@ class TaskEngineController(Controller):
         return {"result": "ok", "schedules": [n for n, on in active.items() if on]}
 
     @post("/settings", operation_id="update_setting", status_code=200)
-    async def update_setting(self, request: Request, gateway: GatewayState, client: Client) -> dict:
+    async def update_setting(
+        self, data: JSONBody[SettingChange], gateway: GatewayState, client: Client
+    ) -> dict:
         if not client.admin:
             raise Forbidden("settings can be changed only by an admin client")
-        data = decode_object(await request.body())
         try:
-            name, value = validate_setting(data.get("name"), data.get("setting"))
+            name, value = validate_setting(data.name, data.setting)
         except DomainError as error:
             raise BadRequest(str(error)) from None
         created = False
@@ -342,17 +393,6 @@ class TaskEngineController(Controller):
 
         await append_shared(gateway, SETTINGS_STREAM, change)
         return {"result": "ok", "message": f"{name} setting {'created' if created else 'updated'}"}
-
-
-async def load_job(gateway: GatewayState, job_id: str, client: Client) -> Job:
-    """The caller's job rebuilt from its events; another client's job does not exist for it."""
-    if not JOB_NUMBER.fullmatch(job_id):
-        raise NotFoundException(f"job {job_id[:40]!r} not found")
-    events = await gateway.runtime.call(gateway.runtime.store.stream, job_stream(int(job_id)))
-    job = Job.fold(e for e in events if isinstance(e, JobEvent))
-    if job is None or job.client != client.name:
-        raise NotFoundException(f"job {job_id} not found")
-    return job
 
 
 async def current_settings(gateway: GatewayState) -> RuntimeSettings:
@@ -376,7 +416,7 @@ async def current_duties(gateway: GatewayState) -> dict[str, bool]:
 
 async def commit_job_change(gateway: GatewayState, job: Job, events: list) -> None:
     try:
-        await gateway.runtime.call(gateway.runtime.store.commit, events)
+        await commit(gateway, events)
     except Conflict:
         raise JobConflict(
             f"job {job.job_id} changed meanwhile; read it and retry", job_id=job.job_id
@@ -387,10 +427,8 @@ async def queue_position(gateway: GatewayState, job: Job) -> int:
     """1-based place in admission order among queued jobs; 0 when the job is not waiting."""
     if job.state != JobState.QUEUED:
         return 0
-    rows = await gateway.runtime.call(
-        gateway.runtime.store.query,
-        "SELECT count(*) AS ahead FROM rm_jobs WHERE state = 'queued'"
-        " AND (priority, updated_at, job_id) < (%s, %s, %s)",
-        (job.priority, job.updated_at, job.job_id),
+    store = gateway.runtime.store
+    ahead = await gateway.runtime.call(
+        queries.jobs_queued_ahead, store, job.priority, job.updated_at, job.job_id
     )
-    return rows[0]["ahead"] + 1
+    return ahead + 1

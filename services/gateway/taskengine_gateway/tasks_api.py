@@ -15,7 +15,9 @@ from uuid import UUID, uuid4
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, put
-from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.params import JSONBody
 from taskengine_contracts.events import TaskDefinition, TaskEvent, TopicPublished
 from taskengine_core import workflows
 from taskengine_core.clients import mask_values
@@ -35,34 +37,18 @@ from taskengine_core.tasks import (
     parse_schedule,
     pipeline,
 )
-from taskengine_store.store import Conflict
+from taskengine_store import queries
 
 from taskengine_gateway.auth import Client
-from taskengine_gateway.errors import internal_error
-from taskengine_gateway.fields import decode_object
+from taskengine_gateway.bodies import BodyProblem, given
+from taskengine_gateway.errors import ErrorShape, handler
+from taskengine_gateway.job_io import Planned, change, commit
 from taskengine_gateway.quotas import QuotaExceeded, priority_reserved, refuse_over_task_quota
 from taskengine_gateway.state import GatewayState
 
-FIELDS = (
-    "title",
-    "description",
-    "schedule_kind",
-    "schedule_expr",
-    "timezone",
-    "payload",
-    "created_by",
-    "priority",
-    "max_retries",
-    "backoff_strategy",
-    "dedupe_key",
-    "dedupe_window_seconds",
-    "concurrency_key",
-)
 REQUIRED = ("title", "description", "schedule_kind", "payload", "created_by")
 STATUSES = ("active", "paused", "canceled")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
-ATTEMPTS = 3
-"""Tries of a change that raced another (usually the scheduler firing the task)."""
 _UUID = re.compile(r"[0-9a-fA-F-]{32,36}")
 
 
@@ -78,35 +64,71 @@ def invalid(field: str, message: str, kind: str = "value_error", where: str = "b
     return TasksError(422, [{"loc": [where, field], "msg": message, "type": kind}])
 
 
-def tasks_error(request: Request, error: Exception) -> Response:
+def _invalid(request: Request, problem: BodyProblem) -> Exception:
+    if problem.unknown:
+        return invalid(problem.unknown, f"unknown field {problem.unknown!r}", "extra_forbidden")
+    return TasksError(422, [{"loc": ["body"], "msg": problem.message, "type": "json_invalid"}])
+
+
+def _own(request: Request, error: Exception) -> Response | None:
     if isinstance(error, TasksError):
         return Response(error.body, status_code=error.status_code)
     if isinstance(error, InvalidTask):
         return Response(invalid(error.field, str(error)).body, status_code=422)
-    if isinstance(error, HTTPException):
-        detail = error.detail
-        if error.status_code == 405:
-            detail = f"Method {request.method} not allowed on {request.url.path}"
-        elif error.status_code == 413:
-            detail = "Request body too large"
-        headers = (
-            {"WWW-Authenticate": "Bearer"}
-            if isinstance(error, NotAuthorizedException)
-            else error.headers
-        )
-        return Response({"detail": detail}, status_code=error.status_code, headers=headers)
-    return internal_error(request, error)
+    return None
+
+
+TASKS = ErrorShape(
+    body=lambda message: {"detail": message},
+    invalid=_invalid,
+    own=_own,
+    too_large="Request body too large",
+    not_allowed="Method {method} not allowed on {path}",
+    challenge="Bearer",
+    internal={"error": "internal error"},
+)
 
 
 # --- requests -------------------------------------------------------------------------------
+# Fields hold any JSON value: `definition_of` and the handlers word what is wrong with one.
 
 
-def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        return decode_object(raw)
-    except HTTPException as error:
-        detail = [{"loc": ["body"], "msg": error.detail, "type": "json_invalid"}]
-        raise TasksError(422, detail) from None
+class TaskRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /tasks` (title, description, schedule_kind, payload and created_by required) and
+    `PUT /tasks/<id>` (any of the fields)."""
+
+    title: Any = msgspec.UNSET
+    description: Any = msgspec.UNSET
+    schedule_kind: Any = msgspec.UNSET
+    schedule_expr: Any = msgspec.UNSET
+    timezone: Any = msgspec.UNSET
+    payload: Any = msgspec.UNSET
+    created_by: Any = msgspec.UNSET
+    priority: Any = msgspec.UNSET
+    max_retries: Any = msgspec.UNSET
+    backoff_strategy: Any = msgspec.UNSET
+    dedupe_key: Any = msgspec.UNSET
+    dedupe_window_seconds: Any = msgspec.UNSET
+    concurrency_key: Any = msgspec.UNSET
+
+
+FIELDS = TaskRequest.__struct_fields__
+"""A task definition's fields, as a request names them."""
+
+
+class Snooze(msgspec.Struct):
+    """`POST /tasks/<id>/snooze`: `{"delay_seconds": N, "reason": TEXT}`."""
+
+    delay_seconds: Any = msgspec.UNSET
+    reason: Any = None
+
+
+class TopicEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /events`: `{"topic": KEY, "payload": {...}, "source_agent_id": UUID}`."""
+
+    topic: Any = None
+    payload: Any = None
+    source_agent_id: Any = None
 
 
 def _string(data: dict, field: str, longest: int, empty_ok: bool = False) -> str:
@@ -134,9 +156,6 @@ def definition_of(
     """A whole task definition from a request body (defaults filled), or a 422 naming the
     first field that does not validate. Its schedule must fire `min_interval` apart at least,
     and searching for its fires is bounded: call it off the event loop."""
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise invalid(unknown[0], f"unknown field {unknown[0]!r}", "extra_forbidden")
     for field in REQUIRED:
         if data.get(field) is None:
             raise invalid(field, f"{field} is required", "missing")
@@ -280,19 +299,55 @@ def refuse_reserved_priority(
         )
 
 
+async def load_task(gateway: GatewayState, task_id: str, client: Client) -> Task:
+    """The caller's task from its stream; another client's task does not exist for it."""
+    missing = TasksError(404, "Task not found")
+    if not _UUID.fullmatch(task_id):
+        raise missing
+    try:
+        stream = UUID(task_id)
+    except ValueError:
+        raise missing from None
+    store = gateway.runtime.store
+    row = await gateway.runtime.call(queries.task_row, store, stream, client.name)
+    # A task's stream grows with every fire: start from its read-model row and apply only the
+    # events after it (read-your-writes at a bounded cost). A `once` task's stream is short,
+    # and its fold knows whether the schedule fired.
+    if row and row["schedule_kind"] != "once":
+        task = task_of_row(row)
+        events = await gateway.runtime.call(store.stream, stream, task.version)
+    else:
+        task, events = None, await gateway.runtime.call(store.stream, stream)
+    try:
+        for event in events:
+            if not isinstance(event, TaskEvent):
+                raise IllegalTransition(f"not a task's event: {event}")
+            if task is None:
+                task = Task.fold([event])
+            else:
+                task.apply(event)
+    except IllegalTransition:  # the id of some other kind of stream
+        raise missing from None
+    if task is None or task.client != client.name:
+        raise missing
+    return task
+
+
 # --- the controller ---------------------------------------------------------------------------
 
 
 class TasksController(Controller):
     """Seed 001. Every route needs a client's credentials (`Authorization: Bearer <key>`)."""
 
-    exception_handlers = {HTTPException: tasks_error, Exception: tasks_error}
+    exception_handlers = handler(TASKS)
 
     @post("/tasks", operation_id="create_task", status_code=201)
-    async def create_task(self, request: Request, gateway: GatewayState, client: Client) -> dict:
-        now, data = datetime.now(UTC), _body(await request.body())
+    async def create_task(
+        self, data: JSONBody[TaskRequest], gateway: GatewayState, client: Client
+    ) -> dict:
+        now = datetime.now(UTC)
         async with gateway.tasks.searching(client.name):
-            definition = await off_loop(definition_of, data, now, _min_interval(gateway))
+            definition = await off_loop(definition_of, given(data), now, _min_interval(gateway))
         refuse_reserved_priority(definition, client, gateway)
         most = gateway.runtime.config.max_active_tasks_per_client
         async with gateway.tasks.creating(client.name) as pending:
@@ -301,7 +356,7 @@ class TasksController(Controller):
             except QuotaExceeded as error:
                 raise TasksError(403, str(error)) from None
             event = created(uuid4(), client.name, definition, now)
-            await gateway.runtime.call(gateway.runtime.store.commit, [event])
+            await commit(gateway, [event])
             pending.add(event.id)
         task = Task.fold([event])
         assert task is not None
@@ -311,53 +366,57 @@ class TasksController(Controller):
     async def list_tasks(self, request: Request, gateway: GatewayState, client: Client) -> list:
         params = request.query_params
         limit, offset = _page(request)
-        where, args = ["client = %s"], [client.name]
-        if (status := params.get("status")) is not None:
-            if status not in STATUSES:
-                raise invalid(
-                    "status", f"status must be one of {', '.join(STATUSES)}", where="query"
-                )
-            where.append("status = %s")
-            args.append(status)
-        if (kind := params.get("schedule_kind")) is not None:
-            if kind not in SCHEDULE_KINDS:
-                message = f"schedule_kind must be one of {', '.join(SCHEDULE_KINDS)}"
-                raise invalid("schedule_kind", message, where="query")
-            where.append("schedule_kind = %s")
-            args.append(kind)
-        if (creator := params.get("created_by")) is not None:
+        if (status := params.get("status")) is not None and status not in STATUSES:
+            message = f"status must be one of {', '.join(STATUSES)}"
+            raise invalid("status", message, where="query")
+        if (kind := params.get("schedule_kind")) is not None and kind not in SCHEDULE_KINDS:
+            message = f"schedule_kind must be one of {', '.join(SCHEDULE_KINDS)}"
+            raise invalid("schedule_kind", message, where="query")
+        creator = None
+        if (given_creator := params.get("created_by")) is not None:
             try:
-                where.append("created_by = %s")
-                args.append(str(check_uuid("created_by", creator)))
+                creator = check_uuid("created_by", given_creator)
             except InvalidTask as error:
                 raise invalid("created_by", str(error), "uuid_parsing", "query") from None
-        sql = (
-            f"SELECT * FROM rm_tasks WHERE {' AND '.join(where)}"
-            " ORDER BY created_at DESC, task_uuid LIMIT %s OFFSET %s"
+        rows = await gateway.runtime.call(
+            queries.task_list,
+            gateway.runtime.store,
+            client.name,
+            limit,
+            offset,
+            status,
+            kind,
+            creator,
         )
-        rows = await gateway.runtime.call(gateway.runtime.store.query, sql, [*args, limit, offset])
         return [row_view(row) for row in rows]
 
     @get("/tasks/{task_id:str}", operation_id="get_task")
     async def get_task(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
         return task_view(await load_task(gateway, task_id, client))
 
-    @put("/tasks/{task_id:str}", operation_id="update_task")
+    # The task is looked up before the body's fields are checked: another client's is a 404.
+    @put(
+        "/tasks/{task_id:str}",
+        operation_id="update_task",
+        dependencies={"task": Provide(load_task)},
+    )
     async def update_task(
-        self, task_id: str, request: Request, gateway: GatewayState, client: Client
+        self,
+        task_id: str,
+        task: Task,
+        data: JSONBody[TaskRequest],
+        gateway: GatewayState,
+        client: Client,
     ) -> dict:
-        data = _body(await request.body())
+        changes = given(data)
 
         def plan(task: Task, now: datetime) -> TaskEvent:
-            unknown = sorted(set(data) - set(FIELDS))
-            if unknown:
-                raise invalid(unknown[0], f"unknown field {unknown[0]!r}", "extra_forbidden")
             current = _as_body(task.definition)
-            if data.get("schedule_kind") not in (None, current["schedule_kind"]):
+            if changes.get("schedule_kind") not in (None, current["schedule_kind"]):
                 current["schedule_expr"] = None  # a new kind needs its own expression
-            merged = {**current, **data}
-            given = {k: v for k, v in merged.items() if v is not None}
-            definition = definition_of(given, now, _min_interval(gateway))
+            merged = {**current, **changes}
+            sent = {k: v for k, v in merged.items() if v is not None}
+            definition = definition_of(sent, now, _min_interval(gateway))
             after = _as_body(definition)
             changed = [
                 field for field in FIELDS if after[field] != _as_body(task.definition)[field]
@@ -382,13 +441,12 @@ class TasksController(Controller):
 
     @post("/tasks/{task_id:str}/snooze", operation_id="snooze_task", status_code=200)
     async def snooze(
-        self, task_id: str, request: Request, gateway: GatewayState, client: Client
+        self, task_id: str, data: JSONBody[Snooze], gateway: GatewayState, client: Client
     ) -> dict:
-        data = _body(await request.body())
-        if "delay_seconds" not in data:
+        if data.delay_seconds is msgspec.UNSET:
             raise invalid("delay_seconds", "delay_seconds is required", "missing")
-        delay = check_int("delay_seconds", data["delay_seconds"])
-        reason = data.get("reason")
+        delay = check_int("delay_seconds", data.delay_seconds)
+        reason = data.reason
         if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
             raise invalid("reason", "reason must be a string of at most 1000 characters")
         task = await change_task(
@@ -420,27 +478,21 @@ class TasksController(Controller):
     ) -> list:
         task = await load_task(gateway, task_id, client)
         limit, offset = _page(request)
-        rows = await gateway.runtime.call(
-            gateway.runtime.store.query,
-            "SELECT * FROM rm_task_runs WHERE task_uuid = %s"
-            " ORDER BY fire_at DESC, created_at DESC LIMIT %s OFFSET %s",
-            (task.id, limit, offset),
-        )
+        store = gateway.runtime.store
+        rows = await gateway.runtime.call(queries.task_runs, store, task.id, limit, offset)
         return [run_view(row) for row in rows]
 
     @post("/events", operation_id="publish_event", status_code=202)
-    async def publish(self, request: Request, gateway: GatewayState, client: Client) -> dict:
-        data = _body(await request.body())
-        unknown = sorted(set(data) - {"topic", "payload", "source_agent_id"})
-        if unknown:
-            raise invalid(unknown[0], f"unknown field {unknown[0]!r}", "extra_forbidden")
-        if data.get("topic") is None:
+    async def publish(
+        self, data: JSONBody[TopicEvent], gateway: GatewayState, client: Client
+    ) -> dict:
+        if data.topic is None:
             raise invalid("topic", "topic is required", "missing")
-        topic = check_key(data["topic"], "topic")
-        payload = data.get("payload") or {}
+        topic = check_key(data.topic, "topic")
+        payload = data.payload or {}
         if not isinstance(payload, dict):
             raise invalid("payload", "payload must be an object")
-        source = data.get("source_agent_id")
+        source = data.source_agent_id
         if source is not None:
             source = str(check_uuid("source_agent_id", source))
         event = TopicPublished(
@@ -452,7 +504,7 @@ class TasksController(Controller):
             payload=payload,
             source_agent_id=source,
         )
-        await gateway.runtime.call(gateway.runtime.store.commit, [event])
+        await commit(gateway, [event])
         return {
             "id": str(event.id),
             "topic": topic,
@@ -463,44 +515,6 @@ class TasksController(Controller):
 
 def _min_interval(gateway: GatewayState) -> timedelta:
     return timedelta(seconds=gateway.runtime.config.min_fire_interval)
-
-
-async def load_task(gateway: GatewayState, task_id: str, client: Client) -> Task:
-    """The caller's task from its stream; another client's task does not exist for it."""
-    missing = TasksError(404, "Task not found")
-    if not _UUID.fullmatch(task_id):
-        raise missing
-    try:
-        stream = UUID(task_id)
-    except ValueError:
-        raise missing from None
-    store = gateway.runtime.store
-    rows = await gateway.runtime.call(
-        store.query,
-        "SELECT * FROM rm_tasks WHERE task_uuid = %s AND client = %s",
-        (stream, client.name),
-    )
-    # A task's stream grows with every fire: start from its read-model row and apply only the
-    # events after it (read-your-writes at a bounded cost). A `once` task's stream is short,
-    # and its fold knows whether the schedule fired.
-    if rows and rows[0]["schedule_kind"] != "once":
-        task = task_of_row(rows[0])
-        events = await gateway.runtime.call(store.stream, stream, task.version)
-    else:
-        task, events = None, await gateway.runtime.call(store.stream, stream)
-    try:
-        for event in events:
-            if not isinstance(event, TaskEvent):
-                raise IllegalTransition(f"not a task's event: {event}")
-            if task is None:
-                task = Task.fold([event])
-            else:
-                task.apply(event)
-    except IllegalTransition:  # the id of some other kind of stream
-        raise missing from None
-    if task is None or task.client != client.name:
-        raise missing
-    return task
 
 
 def task_of_row(row: dict[str, Any]) -> Task:
@@ -527,18 +541,18 @@ def task_of_row(row: dict[str, Any]) -> Task:
 async def change_task(gateway: GatewayState, task_id: str, client: Client, plan) -> Task:  # type: ignore[no-untyped-def]
     """Appends `plan(task, now)` at the task's next version; re-reads and plans again if the
     task moved meanwhile (e.g. the scheduler fired it)."""
-    for _ in range(ATTEMPTS):
-        task = await load_task(gateway, task_id, client)
+
+    async def load() -> Task:
+        return await load_task(gateway, task_id, client)
+
+    async def planned(task: Task) -> Planned[Task]:
         try:
             # In a thread: an update or a resume searches for the schedule's next fire.
             async with gateway.tasks.searching(client.name):
                 event = await off_loop(plan, task, datetime.now(UTC))
         except IllegalTransition as error:
             raise TasksError(409, str(error)) from None
-        try:
-            await gateway.runtime.call(gateway.runtime.store.commit, [event])
-        except Conflict:
-            continue
-        task.apply(event)
-        return task
-    raise TasksError(409, "the task kept changing; retry")
+        task.apply(event)  # the answer, once the event is stored
+        return Planned([event], task)
+
+    return await change(gateway, load, planned, TasksError(409, "the task kept changing; retry"))

@@ -15,32 +15,32 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.params import JSONBody
 from taskengine_contracts.events import (
     ExecutionLogged,
-    JobEvent,
     JobSubmitted,
     LogLine,
 )
 from taskengine_core import attempts, workflows, worktasks
 from taskengine_core.errors import DomainError, IllegalTransition
-from taskengine_core.ids import execution_stream, job_stream
+from taskengine_core.ids import execution_stream
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.quotas import ResourceLimits
 from taskengine_core.worktasks import DIALECT, InvalidWorkTask, iso, view
+from taskengine_store import queries
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client, credentials
-from taskengine_gateway.errors import internal_error
-from taskengine_gateway.fields import decode_object
+from taskengine_gateway.bodies import BodyProblem, given, refuse_nul
+from taskengine_gateway.errors import ErrorShape, handler
+from taskengine_gateway.job_io import Planned, change, job_numbered
 from taskengine_gateway.quotas import priority_reserved
 from taskengine_gateway.state import GatewayState
-from taskengine_gateway.taskengine_api import JOB_NUMBER, current_settings
+from taskengine_gateway.taskengine_api import current_settings
 
-ATTEMPTS = 3
-"""Tries of a report that raced another change of the task (e.g. the dispatcher's)."""
-REPORT_FIELDS = ("worktask_id", "status", "output_location", "metadata", "error_message")
 MAX_LOG_LINES = 1000
 SEVERITIES = ("DEBUG", "INFO", "WARN", "ERROR")
 
@@ -49,22 +49,54 @@ class WorkTaskError(HTTPException):
     """An error in this dialect's shape."""
 
 
-def worktasks_error(request: Request, error: Exception) -> Response:
+def _invalid(request: Request, problem: BodyProblem) -> Exception:
+    return InvalidWorkTask(
+        f"unknown field {problem.unknown!r}" if problem.unknown else problem.message
+    )
+
+
+def _own(request: Request, error: Exception) -> Response | None:
     if isinstance(error, InvalidWorkTask):
         return Response({"error": str(error)}, status_code=400)
-    if isinstance(error, HTTPException):
-        detail = error.detail
-        if error.status_code == 413:
-            detail = "request body too large"
-        elif error.status_code == 405:
-            detail = f"method {request.method} not allowed on {request.url.path}"
-        headers = (
-            {"WWW-Authenticate": "Bearer"}
-            if isinstance(error, NotAuthorizedException)
-            else error.headers
-        )
-        return Response({"error": detail}, status_code=error.status_code, headers=headers)
-    return internal_error(request, error)
+    return None
+
+
+WORKTASKS = ErrorShape(
+    body=lambda message: {"error": message}, invalid=_invalid, own=_own, challenge="Bearer"
+)
+
+
+# --- requests ---------------------------------------------------------------------------------
+# Fields hold any JSON value: `worktasks.submission`, `report_of` and `log_lines` word what is
+# wrong with one.
+
+
+class WorkTaskRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /api/worktasks`: a work task (`type`, `project_id`, `task_spec` required)."""
+
+    type: Any = msgspec.UNSET
+    priority: Any = msgspec.UNSET
+    project_id: Any = msgspec.UNSET
+    task_spec: Any = msgspec.UNSET
+    resource_requirements: Any = msgspec.UNSET
+    data_access: Any = msgspec.UNSET
+    max_retries: Any = msgspec.UNSET
+
+
+class WorkTaskReport(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /api/worktasks/<id>`: a worker's report on its task (`worktask_id`, `status`)."""
+
+    worktask_id: Any = msgspec.UNSET
+    status: Any = msgspec.UNSET
+    output_location: Any = msgspec.UNSET
+    metadata: Any = msgspec.UNSET
+    error_message: Any = msgspec.UNSET
+
+
+class WorkTaskLines(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /api/worktasks/<id>/logs`: `{"lines": [{"at", "step", "severity", "text"}]}`."""
+
+    lines: Any = msgspec.UNSET
 
 
 # --- who calls ------------------------------------------------------------------------------
@@ -95,13 +127,17 @@ async def load_worktask(gateway: GatewayState, worktask_id: str, client: str | N
     """The work task from its stream; another client's task (or a job of another dialect)
     does not exist for the caller. `client` None: any client's (a worker's view)."""
     missing = WorkTaskError(status_code=404, detail=f"work task {worktask_id[:40]!r} not found")
-    if not JOB_NUMBER.fullmatch(worktask_id):
-        raise missing
-    events = await gateway.runtime.call(gateway.runtime.store.stream, job_stream(int(worktask_id)))
-    job = Job.fold(e for e in events if isinstance(e, JobEvent))
+    job = await job_numbered(gateway, worktask_id)
     if job is None or job.dialect != DIALECT or client not in (None, job.client):
         raise missing
     return job
+
+
+async def reporter_first(request: Request) -> None:
+    """Who reports is checked before the report's body is read (a 401 before any 400);
+    `request.state.reporter` keeps who it is."""
+    request.state.reporter = await reporter_of(request, request.app.state.gateway)
+    await refuse_nul(request)
 
 
 async def reported_job(
@@ -135,9 +171,6 @@ def refuse_over(job: Job, attempt: int) -> None:
         )
 
 
-# --- requests ---------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Report:
     status: str
@@ -147,9 +180,6 @@ class Report:
 
 
 def report_of(data: dict[str, Any], worktask_id: str) -> Report:
-    unknown = sorted(set(data) - set(REPORT_FIELDS))
-    if unknown:
-        raise InvalidWorkTask(f"unknown field {unknown[0]!r}")
     given = data.get("worktask_id")
     if given is None:
         raise InvalidWorkTask("worktask_id is required")
@@ -212,23 +242,22 @@ class WorkTasksController(Controller):
     A task's worker (reading it, reporting, logging) may instead use its attempt's token or the
     shared WORKER_AUTH_TOKEN."""
 
-    exception_handlers = {HTTPException: worktasks_error, Exception: worktasks_error}
+    exception_handlers = handler(WORKTASKS)
 
     @get("/api/worktasks", operation_id="worktask_queue_length")
     async def queue_length(self, gateway: GatewayState, client: Client) -> dict:
-        rows = await gateway.runtime.call(
-            gateway.runtime.store.query,
-            "SELECT count(*) AS n FROM rm_jobs WHERE client = %s AND dialect = %s"
-            " AND state = ANY(%s)",
-            (client.name, DIALECT, [str(state) for state in worktasks.WAITING]),
+        waiting = [str(state) for state in worktasks.WAITING]
+        store = gateway.runtime.store
+        length = await gateway.runtime.call(
+            queries.waiting_jobs, store, client.name, DIALECT, waiting
         )
-        return {"queue_length": rows[0]["n"]}
+        return {"queue_length": length}
 
     @post("/api/worktasks", operation_id="submit_worktask", status_code=201)
     async def submit_worktask(
-        self, request: Request, gateway: GatewayState, client: Client
+        self, data: JSONBody[WorkTaskRequest], gateway: GatewayState, client: Client
     ) -> dict:
-        task = worktasks.submission(decode_object(await request.body()))
+        task = worktasks.submission(given(data))
         config = gateway.runtime.config
         worktasks.check_resources(
             task.attributes["resource_requirements"], ResourceLimits.of(config)
@@ -265,15 +294,28 @@ class WorkTasksController(Controller):
             refuse_over(job, attempt)
         return view(job, masked=False)
 
-    @post("/api/worktasks/{worktask_id:str}", operation_id="report_worktask", status_code=200)
+    @post(
+        "/api/worktasks/{worktask_id:str}",
+        operation_id="report_worktask",
+        status_code=200,
+        before_request=reporter_first,
+    )
     async def report_worktask(
-        self, worktask_id: str, request: Request, gateway: GatewayState
+        self,
+        worktask_id: str,
+        data: JSONBody[WorkTaskReport],
+        request: Request,
+        gateway: GatewayState,
     ) -> dict:
-        reporter = await reporter_of(request, gateway)
-        report = report_of(decode_object(await request.body()), worktask_id)
+        reporter: Reporter = request.state.reporter
+        report = report_of(given(data), worktask_id)
         settings = await current_settings(gateway)
-        for _ in range(ATTEMPTS):
-            job, attempt = await reported_job(gateway, worktask_id, reporter)
+
+        async def load() -> tuple[Job, int | None]:
+            return await reported_job(gateway, worktask_id, reporter)
+
+        async def plan(reported: tuple[Job, int | None]) -> Planned[dict]:
+            job, attempt = reported
             try:
                 events, answer = worktasks.plan_report(
                     job,
@@ -290,19 +332,30 @@ class WorkTasksController(Controller):
                 )
             except IllegalTransition as error:
                 raise WorkTaskError(status_code=409, detail=str(error)) from None
-            try:
-                await gateway.runtime.call(gateway.runtime.store.commit, events)
-            except Conflict:
-                continue
-            return {"status": answer}
-        raise WorkTaskError(status_code=409, detail=f"work task {worktask_id} kept changing; retry")
+            return Planned(events, {"status": answer})
 
-    @post("/api/worktasks/{worktask_id:str}/logs", operation_id="log_worktask", status_code=200)
-    async def log_worktask(self, worktask_id: str, request: Request, gateway: GatewayState) -> dict:
+        kept_changing = WorkTaskError(
+            status_code=409, detail=f"work task {worktask_id} kept changing; retry"
+        )
+        return await change(gateway, load, plan, kept_changing)
+
+    @post(
+        "/api/worktasks/{worktask_id:str}/logs",
+        operation_id="log_worktask",
+        status_code=200,
+        before_request=reporter_first,
+    )
+    async def log_worktask(
+        self,
+        worktask_id: str,
+        data: JSONBody[WorkTaskLines],
+        request: Request,
+        gateway: GatewayState,
+    ) -> dict:
         """Lines a remote worker printed, appended to its attempt's log (`GET /logs/<id>`)."""
-        reporter = await reporter_of(request, gateway)
+        reporter: Reporter = request.state.reporter
         now = datetime.now(UTC)
-        lines = log_lines(decode_object(await request.body()), now)
+        lines = log_lines(given(data), now)
         job, attempt = await reported_job(gateway, worktask_id, reporter)
         if attempt is not None:
             refuse_over(job, attempt)
@@ -331,14 +384,8 @@ class WorkTasksController(Controller):
     @get("/api/metrics", operation_id="worktask_metrics")
     async def metrics(self, gateway: GatewayState, client: Client) -> dict:
         """The caller's work tasks: the queue, and counts by status and by type."""
-        rows = await gateway.runtime.call(
-            gateway.runtime.store.query,
-            "SELECT state, executing, attributes->>'type' AS type,"
-            " attributes->>'priority' AS priority, count(*) AS n, min(created_at) AS oldest"
-            " FROM rm_jobs WHERE client = %s AND dialect = %s"
-            " GROUP BY 1, 2, 3, 4",
-            (client.name, DIALECT),
-        )
+        store = gateway.runtime.store
+        rows = await gateway.runtime.call(queries.job_tallies, store, client.name, DIALECT)
         # One statement, one snapshot: the queue and the counts agree with each other.
         now = datetime.now(UTC)
         by_status = dict.fromkeys(worktasks.STATUSES, 0)

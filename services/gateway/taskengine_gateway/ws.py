@@ -35,6 +35,7 @@ from taskengine_contracts.events import Event, JobEvent, JobSubmitted, decode
 from taskengine_core import worktasks
 from taskengine_core.clients import mask_secrets
 from taskengine_core.worktasks import DIALECT
+from taskengine_store import queries
 from taskengine_store.projections import PROJECTOR
 from taskengine_store.store import Position
 
@@ -233,26 +234,17 @@ class TaskFeed:
         self.worktask[job] = worktask
 
 
-_OWN_WORKTASK_EVENTS = (
-    "SELECT notification_id, state FROM stored_events"
-    " WHERE notification_id > %s AND notification_id <= %s AND originator_id IN"
-    " (SELECT job_uuid FROM rm_jobs WHERE client = %s AND dialect = %s)"
-    " ORDER BY notification_id LIMIT %s"
-)
-
-
 def _own_worktask_events(
     runtime: Runtime, client: str, after: int, upto: int, limit: int
 ) -> list[Position]:
     """The events of `client`'s work tasks in (after, upto], at most `limit` of them."""
-    rows = runtime.store.query(_OWN_WORKTASK_EVENTS, (after, upto, client, DIALECT, limit))
-    return [Position(row["notification_id"], decode(bytes(row["state"]))) for row in rows]
+    return queries.events_of_jobs(runtime.store, client, DIALECT, after, upto, limit)
 
 
 def _is_worktask(runtime: Runtime, job: UUID) -> bool:
-    rows = runtime.store.query("SELECT dialect FROM rm_jobs WHERE job_uuid = %s", (job,))
-    if rows:
-        return bool(rows[0]["dialect"] == DIALECT)
+    dialect = queries.job_dialect(runtime.store, job)
+    if dialect is not None:
+        return dialect == DIALECT
     # Not projected yet (or cleared by retention): the submission itself says.
     first = runtime.store.streams([job], version=1)[job]
     return bool(first) and isinstance(first[0], JobSubmitted) and first[0].dialect == DIALECT

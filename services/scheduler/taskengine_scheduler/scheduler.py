@@ -110,7 +110,13 @@ def timer_statements(batch: list[Delivered]) -> list[Statement]:
     return statements
 
 
-def _timer(event, due_at, reason: str, attempts: int, semaphore: str | None = None) -> Statement:  # type: ignore[no-untyped-def]  # noqa: E501
+def _timer(
+    event: JobSubmitted | JobScheduled | JobRetryScheduled,
+    due_at: datetime,
+    reason: str,
+    attempts: int,
+    semaphore: str | None = None,
+) -> Statement:
     """A timer row from a job event (each of them carries the job's concurrency key)."""
     return (
         _UPSERT_TIMER,
@@ -246,7 +252,7 @@ class Scheduler:
         store = self.runtime.store
         while rows:
             events = [self._queue(row) for row in rows]
-            drops = [(_DROP_TIMER, (row["job_uuid"],)) for row in rows]
+            drops: list[Statement] = [(_DROP_TIMER, (row["job_uuid"],)) for row in rows]
             try:
                 await self.runtime.call(store.commit, events, None, self._fenced(drops))
                 rows = []

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -45,6 +46,7 @@ from taskengine_contracts.events import (
     TaskRunSkipped,
     TaskUpdated,
     TopicPublished,
+    topic_of,
 )
 from taskengine_core.submission import job_submitted
 from taskengine_core.task_lifecycle import ACTIVE, CANCELED, PAUSED, Task
@@ -150,7 +152,7 @@ def task_statements(batch: list[Delivered]) -> list[Statement]:
             continue  # a fire's own commit already moved the task's row
         row = last.setdefault(event.id, [event.id, event.client, 0, None, None, None, None])
         row[2], row[5] = event.version, event.next_fire_at
-        row[3] = _STATUS.get(event.__struct_config__.tag, row[3])  # type: ignore[arg-type]
+        row[3] = _STATUS.get(topic_of(event), row[3])
         if isinstance(event, (TaskCreated, TaskUpdated)):
             row[4] = msgspec.json.encode(event.definition).decode()
         if isinstance(event, TaskCreated):
@@ -168,8 +170,19 @@ def task_statements(batch: list[Delivered]) -> list[Statement]:
 
 
 @dataclass
+class Request:
+    """A run asked for outside the schedule: `run_now` (with its run id) or a topic."""
+
+    token: str
+    trigger: Literal["run_now", "event"]
+    fire_at: datetime
+    run_id: UUID | None
+    event_id: UUID | None
+
+
+@dataclass
 class Due:
-    """A task with something to fire now: its schedule came, or a request."""
+    """A task with something to fire now: its schedule came (no `request`), or a request."""
 
     task_id: UUID
     client: str
@@ -178,17 +191,27 @@ class Due:
     definition: TaskDefinition
     next_fire_at: datetime | None
     created_at: datetime
-    token: str | None = None
-    trigger: str | None = None
-    fire_at: datetime | None = None
-    run_id: UUID | None = None
-    event_id: UUID | None = None
+    request: Request | None = None
 
     @classmethod
-    def of(cls, row: dict) -> Due:
+    def of(cls, row: dict[str, Any]) -> Due:
         # Read as text: one msgspec decode instead of json.loads and then a conversion.
-        definition = msgspec.json.decode(row.pop("definition"), type=TaskDefinition)
-        return cls(task_id=row.pop("task_uuid"), definition=definition, **row)
+        definition = msgspec.json.decode(row["definition"], type=TaskDefinition)
+        request = None
+        if row["token"] is not None:
+            request = Request(
+                row["token"], row["trigger"], row["fire_at"], row["run_id"], row["event_id"]
+            )
+        return cls(
+            row["task_uuid"],
+            row["client"],
+            row["version"],
+            row["status"],
+            definition,
+            row["next_fire_at"],
+            row["created_at"],
+            request,
+        )
 
 
 @lru_cache(maxsize=4096)
@@ -320,8 +343,11 @@ class TaskFiring:
             version = versions.get(item.task_id, item.version) + 1
             versions[item.task_id] = version
             definition = item.definition
-            if item.trigger is None:  # the schedule
+            trigger: Literal["schedule", "run_now", "event"]
+            request = item.request
+            if request is None:  # the schedule
                 fire_at = item.next_fire_at
+                assert fire_at is not None  # tasks are due by their next_fire_at
                 try:
                     next_at, missed = next_fire(item, now, self.min_interval)
                 except InvalidTask as error:  # e.g. its search ran out of budget
@@ -331,30 +357,27 @@ class TaskFiring:
                 except Exception:
                     log.exception("task %s: cannot compute its next fire", item.task_id)
                     next_at, missed = None, 0
-                trigger, rid = "schedule", run_id(item.task_id, fire_at)  # type: ignore[arg-type]
+                trigger, rid, event_id = "schedule", run_id(item.task_id, fire_at), None
             else:
-                fire_at, next_at, missed = item.fire_at, item.next_fire_at, 0
-                trigger = item.trigger
-                rid = item.run_id or manual_run_id(item.task_id, item.token)  # type: ignore[arg-type]
-                done.append((item.task_id, item.token))  # type: ignore[arg-type]
-            common = {
-                "id": item.task_id,
-                "version": version,
-                "at": now,
-                "client": item.client,
-                "next_fire_at": next_at,
-                "run_id": rid,
-                "trigger": trigger,
-                "fire_at": fire_at,
-                "event_id": item.event_id,
-            }
+                fire_at, next_at, missed = request.fire_at, item.next_fire_at, 0
+                trigger, event_id = request.trigger, request.event_id
+                rid = request.run_id or manual_run_id(item.task_id, request.token)
+                done.append((item.task_id, request.token))
             moved[item.task_id] = (version, next_at)
             key = (item.client, definition.dedupe_key) if definition.dedupe_key else None
             window = definition.dedupe_window_seconds or DEFAULT_DEDUPE_WINDOW
             if key and key in seen and dedupe_blocks(window, seen[key][0], now):
                 events.append(
                     TaskRunSkipped(
-                        **common,
+                        id=item.task_id,
+                        version=version,
+                        at=now,
+                        client=item.client,
+                        next_fire_at=next_at,
+                        run_id=rid,
+                        trigger=trigger,
+                        fire_at=fire_at,
+                        event_id=event_id,
                         reason=f"dedupe: a run with dedupe_key {definition.dedupe_key!r}"
                         f" started less than {window}s before",
                         duplicate_of=seen[key][1],
@@ -364,7 +387,21 @@ class TaskFiring:
             if key:
                 seen[key] = (now, number)
                 deduped[key] = (now, number)
-            events.append(TaskFired(**common, job_id=number, missed=missed))
+            events.append(
+                TaskFired(
+                    id=item.task_id,
+                    version=version,
+                    at=now,
+                    client=item.client,
+                    next_fire_at=next_at,
+                    run_id=rid,
+                    trigger=trigger,
+                    fire_at=fire_at,
+                    event_id=event_id,
+                    job_id=number,
+                    missed=missed,
+                )
+            )
             events.append(self._run(item, number, now))
         return events, _batched(moved, done, deduped)
 

@@ -1,0 +1,87 @@
+"""Typed request bodies: what every dialect's body decoding shares.
+
+Litestar decodes a handler's `data:` into a msgspec Struct (and documents it in the OpenAPI
+schema); what went wrong with a body reaches the dialect's error handler as one `BodyProblem`,
+which each dialect words in its own shape (`errors.ErrorShape.invalid`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar import Request
+from litestar.exceptions import ClientException, HTTPException, SerializationException
+from litestar.exceptions import ValidationException as LitestarValidation
+from litestar.status_codes import HTTP_400_BAD_REQUEST
+
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$\.data(?P<path>[^`]*)`)?$", re.DOTALL)
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]*)`")
+
+
+@dataclass(frozen=True)
+class BodyProblem:
+    """Why a body was refused: `message` says it; `unknown` names a field the request does
+    not have (the dialects word that one themselves)."""
+
+    message: str
+    unknown: str | None = None
+
+
+class BadBody(HTTPException):
+    """A body refused before any dialect looked at it (NUL characters)."""
+
+    status_code = HTTP_400_BAD_REQUEST
+
+    def __init__(self, problem: BodyProblem):
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+def body_problem(error: Exception) -> BodyProblem | None:
+    """The problem with the request body behind `error`, or None if it is about something
+    else."""
+    if isinstance(error, BadBody):
+        return error.problem
+    cause = error.__cause__
+    if isinstance(error, ClientException) and isinstance(cause, SerializationException):
+        detail = str(cause.detail).removeprefix("JSON is malformed: ")
+        return BodyProblem(f"malformed JSON: {detail}")
+    if not isinstance(error, LitestarValidation) or not isinstance(cause, msgspec.ValidationError):
+        return None
+    found = _AT.match(str(cause))
+    message, path = (found["message"], found["path"]) if found else (str(cause), "")
+    if message == "Object missing required field `data`":
+        return BodyProblem("malformed JSON: the body is empty")
+    if not path and message.startswith("Expected `object`"):
+        return BodyProblem("the body must be a JSON object")
+    if unknown := _UNKNOWN.fullmatch(message):
+        where = path.lstrip(".")
+        return BodyProblem(message, f"{where}.{unknown['field']}" if where else unknown["field"])
+    return BodyProblem(f"{path.lstrip('.') or 'body'}: {message}")
+
+
+async def before_body(request: Request) -> None:
+    """What comes before a body is read: a route for clients checks their credentials first
+    (a 401 before any 400; `request.state.client` keeps who it is), then `refuse_nul`."""
+    if "client" in request.route_handler.parsed_fn_signature.parameters:
+        gateway = request.app.state.gateway
+        request.state.client = await gateway.authenticator.authenticate(request)
+    await refuse_nul(request)
+
+
+async def refuse_nul(request: Request) -> None:
+    """PostgreSQL text and jsonb cannot hold NUL: a body with one is refused whole."""
+    if b"\\u0000" in await request.body():
+        raise BadBody(BodyProblem("NUL characters (\\u0000) are not accepted"))
+
+
+def given(data: msgspec.Struct) -> dict[str, Any]:
+    """The fields a request body did send (`UNSET` marks the others)."""
+    return {
+        name: value
+        for name in data.__struct_fields__
+        if (value := getattr(data, name)) is not msgspec.UNSET
+    }
