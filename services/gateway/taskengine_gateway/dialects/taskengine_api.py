@@ -30,8 +30,9 @@ from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client
 from taskengine_gateway.bodies import given
-from taskengine_gateway.errors import BadRequest, Forbidden, JobConflict, JobForbidden, JobRefused
-from taskengine_gateway.fields import (
+from taskengine_gateway.dialects.taskengine_changes import plan_patch, plan_rerun
+from taskengine_gateway.dialects.taskengine_errors import JobConflict, JobForbidden, JobRefused
+from taskengine_gateway.dialects.taskengine_fields import (
     DEFAULT_PRIORITY,
     SEMAPHORE_FIELDS,
     parse_callbacks,
@@ -41,10 +42,10 @@ from taskengine_gateway.fields import (
     parse_timeout,
     stamp,
 )
+from taskengine_gateway.dialects.taskengine_lists import list_filter
+from taskengine_gateway.errors import BadRequest, Forbidden
 from taskengine_gateway.health import ComponentDown, health_report
-from taskengine_gateway.job_changes import plan_patch, plan_rerun
 from taskengine_gateway.job_io import JOB_NUMBER, commit, job_numbered
-from taskengine_gateway.job_queries import list_filter
 from taskengine_gateway.quotas import priority_reserved
 from taskengine_gateway.state import GatewayState
 

@@ -17,13 +17,14 @@ from taskengine_core.errors import IllegalTransition
 from taskengine_core.jobs import Job, JobRef, JobState, advance
 from taskengine_core.submission import job_submitted
 
-from taskengine_gateway.errors import UPDATABLE, BadRequest
-from taskengine_gateway.fields import (
+from taskengine_gateway.dialects.taskengine_errors import UPDATABLE
+from taskengine_gateway.dialects.taskengine_fields import (
     SEMAPHORE_FIELDS,
     parse_priority,
     parse_run_at,
     parse_semaphore,
 )
+from taskengine_gateway.errors import BadRequest
 
 S = JobState
 WAITING = (S.SCHEDULED, S.QUEUED, S.PAUSED, S.RETRY_WAIT)

@@ -35,11 +35,11 @@ from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client, credentials
 from taskengine_gateway.bodies import BodyProblem, given, refuse_nul
+from taskengine_gateway.dialects.taskengine_api import current_settings
 from taskengine_gateway.errors import ErrorShape, handler
 from taskengine_gateway.job_io import Planned, change, job_numbered
 from taskengine_gateway.quotas import priority_reserved
 from taskengine_gateway.state import GatewayState
-from taskengine_gateway.taskengine_api import current_settings
 
 MAX_LOG_LINES = 1000
 SEVERITIES = ("DEBUG", "INFO", "WARN", "ERROR")
