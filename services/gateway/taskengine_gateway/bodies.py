@@ -3,18 +3,28 @@
 Litestar decodes a handler's `data:` into a msgspec Struct (and documents it in the OpenAPI
 schema); what went wrong with a body reaches the dialect's error handler as one `BodyProblem`,
 which each dialect words in its own shape (`errors.ErrorShape.invalid`).
+
+A field is declared `Annotated[Any, described(TYPE, description, example)]`: the OpenAPI schema
+shows its JSON type, and msgspec hands the value over as sent. Litestar decodes in msgspec's
+lax mode, which would turn `"3"` into 3 and `"true"` into True; the dialects refuse those, and
+word each refusal their own way, so their checks stay the one place a value is validated.
+A handler takes `data: Annotated[Request, body(Request)]`: the struct's docstring and its
+`EXAMPLE` describe the whole body.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 from litestar import Request
+from litestar.enums import RequestEncodingType
 from litestar.exceptions import ClientException, HTTPException, SerializationException
 from litestar.exceptions import ValidationException as LitestarValidation
+from litestar.openapi.spec import Example
+from litestar.params import Body, BodyKwarg
 from litestar.status_codes import HTTP_400_BAD_REQUEST
 
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$\.data(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -85,3 +95,30 @@ def given(data: msgspec.Struct) -> dict[str, Any]:
         for name in data.__struct_fields__
         if (value := getattr(data, name)) is not msgspec.UNSET
     }
+
+
+def described(kind: str | list[str], description: str, example: object) -> msgspec.Meta:
+    """A body field's documentation: its JSON type (`kind`, or the types it may be), what it
+    is for and an example value."""
+    return msgspec.Meta(
+        extra_json_schema={
+            "description": description,
+            "examples": [example],
+            "extra": {"type": kind},
+        }
+    )
+
+
+class Documented(msgspec.Struct):
+    """A request body: its docstring describes it, `EXAMPLE` shows one."""
+
+    EXAMPLE: ClassVar[dict[str, Any]] = {}
+
+
+def body(request: type[Documented]) -> BodyKwarg:
+    """The `data:` of a handler taking `request` as JSON, described for the OpenAPI document."""
+    return Body(
+        media_type=RequestEncodingType.JSON,
+        description=" ".join((request.__doc__ or "").split()),
+        examples=[Example(value=request.EXAMPLE)],
+    )
