@@ -19,11 +19,11 @@ from taskengine_gateway.dialects.taskengine_api import TaskEngineController
 from taskengine_gateway.dialects.taskengine_errors import TASKENGINE
 from taskengine_gateway.dialects.tasks_api import TasksController
 from taskengine_gateway.dialects.worktasks_api import WorkTasksController
+from taskengine_gateway.dialects.worktasks_ws import mask_tokens_in_logs, task_updates
 from taskengine_gateway.errors import handler
 from taskengine_gateway.health import Heartbeats
 from taskengine_gateway.state import GatewayState
 from taskengine_gateway.submitter import Submitter
-from taskengine_gateway.ws import mask_tokens_in_logs, task_updates
 
 log = logging.getLogger(__name__)
 

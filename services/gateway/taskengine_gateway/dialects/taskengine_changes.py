@@ -1,4 +1,5 @@
-"""What a `PATCH /jobs/<id>` or a rerun does to a job, as lifecycle events (pure functions)."""
+"""What a Task Engine `PATCH /jobs/<id>` or rerun does to a job, as lifecycle events (pure
+functions)."""
 
 from __future__ import annotations
 
