@@ -56,7 +56,7 @@ class ErrorShape:
     """The body of a 500 (None: `body("internal error")`)."""
 
     def answer(self, request: Request, error: Exception) -> Response:
-        problem = body_problem(error)
+        problem = body_problem(error, request)
         if problem is not None:
             error = self.invalid(request, problem)
         if (own := self.own(request, error)) is not None:

@@ -29,7 +29,7 @@ from taskengine_store import queries
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client
-from taskengine_gateway.bodies import Documented, body, described, given
+from taskengine_gateway.bodies import Documented, body, checked, described, given
 from taskengine_gateway.dialects.taskengine_changes import plan_patch, plan_rerun
 from taskengine_gateway.dialects.taskengine_errors import JobConflict, JobForbidden, JobRefused
 from taskengine_gateway.dialects.taskengine_fields import (
@@ -66,8 +66,9 @@ VERSION = metadata.version("taskengine-gateway")
 
 
 # --- requests -------------------------------------------------------------------------------
-# Each field is documented with its JSON type; its value is checked (and a bad one worded) by
-# `job_submission` and `plan_patch` (see `bodies`).
+# `job` and `parameters` are typed (msgspec checks them, in the dialect's words); the other
+# fields are documented with their JSON type and checked by `job_submission` and `plan_patch`
+# (see `bodies`).
 
 PRIORITY = described("integer", "1 (highest) to 10; 5 if not given", 5)
 RUN_AT = described(
@@ -82,6 +83,12 @@ SEMAPHORE_SPELT = described(["string", "null"], "the seed's own spelling of sema
 CLIENT = described("string", "the client the credentials name (optional; must match)", "billing")
 
 
+class Workflow(msgspec.Struct):
+    """The workflow a job runs (other fields are ignored)."""
+
+    workflow: Annotated[str, msgspec.Meta(description="a registered workflow's name")]
+
+
 class JobRequest(Documented):
     """`POST /job`: submits a job running a workflow with its parameters (unknown fields are
     ignored)."""
@@ -92,16 +99,23 @@ class JobRequest(Documented):
         "priority": 5,
     }
 
-    job: Annotated[Any, described("object", "the workflow to run", {"workflow": "echo"})] = UNSET
+    job: Annotated[
+        Workflow,
+        checked(
+            "the workflow to run",
+            {"workflow": "echo"},
+            refused="job.workflow is required and must be a string",
+        ),
+    ]
     parameters: Annotated[
-        Any,
-        described(
-            "object",
+        dict[str, Any],
+        checked(
             "the workflow's parameters; `rest_endpoints` (callback URLs) and `timeout` (seconds)"
             " are the engine's own",
             {"message": "hello", "timeout": 600},
+            refused="parameters must be a JSON object",
         ),
-    ] = UNSET
+    ] = msgspec.field(default_factory=dict)
     priority: Annotated[Any, PRIORITY] = UNSET
     run_at: Annotated[Any, RUN_AT] = UNSET
     client: Annotated[Any, CLIENT] = UNSET
@@ -155,23 +169,19 @@ class JobAccepted(msgspec.Struct):
 def job_submission(
     data: dict[str, Any], client: Client
 ) -> tuple[str, dict, int, datetime | None, str | None]:
-    """Validates a `POST /job` body; returns (workflow, parameters, priority, run_at, semaphore)."""
+    """Validates the rest of a `POST /job` body (the fields `given` by a `JobRequest`);
+    returns (workflow, parameters, priority, run_at, semaphore)."""
     if "client" in data and data["client"] != client.name:
         raise Forbidden(f"body client {data['client']!r} does not match the credentials")
-    job = data.get("job")
-    if not isinstance(job, dict) or not isinstance(job.get("workflow"), str):
-        raise BadRequest("job.workflow is required and must be a string")
-    parameters = data.get("parameters", {})
-    if not isinstance(parameters, dict):
-        raise BadRequest("parameters must be a JSON object")
+    workflow, parameters = data["job"].workflow, data["parameters"]
     try:
-        workflows.validate(job["workflow"], parameters)
+        workflows.validate(workflow, parameters)
     except (DomainError, ValueError) as error:
         raise BadRequest(str(error)) from None
     priority = parse_priority(data["priority"]) if "priority" in data else DEFAULT_PRIORITY
     run_at = parse_run_at(data["run_at"]) if data.get("run_at") is not None else None
     semaphore = parse_semaphore(data) if set(SEMAPHORE_FIELDS) & set(data) else None
-    return job["workflow"], parameters, priority, run_at, semaphore
+    return workflow, parameters, priority, run_at, semaphore
 
 
 def refuse_reserved_priority(
