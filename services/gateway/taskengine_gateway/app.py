@@ -14,15 +14,16 @@ from taskengine_core.outbound import OutboundGuard, parse_allowlist
 
 from taskengine_gateway.auth import Authenticator, Client
 from taskengine_gateway.bodies import before_body
-from taskengine_gateway.drove_api import DroveController
-from taskengine_gateway.errors import TASKENGINE, handler
+from taskengine_gateway.dialects.drove_api import DroveController
+from taskengine_gateway.dialects.taskengine_api import TaskEngineController
+from taskengine_gateway.dialects.taskengine_errors import TASKENGINE
+from taskengine_gateway.dialects.tasks_api import TasksController
+from taskengine_gateway.dialects.worktasks_api import WorkTasksController
+from taskengine_gateway.dialects.worktasks_ws import mask_tokens_in_logs, task_updates
+from taskengine_gateway.errors import handler
 from taskengine_gateway.health import Heartbeats
 from taskengine_gateway.state import GatewayState
 from taskengine_gateway.submitter import Submitter
-from taskengine_gateway.taskengine_api import TaskEngineController
-from taskengine_gateway.tasks_api import TasksController
-from taskengine_gateway.worktasks_api import WorkTasksController
-from taskengine_gateway.ws import mask_tokens_in_logs, task_updates
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Errors in each dialect's own shape, never a traceback.
 
 One handler serves every dialect; an `ErrorShape` says what differs: the body around a message,
-how a bad request body is worded, the dialect's own exceptions, the 401 challenge. The app's
-default is the Task Engine shape (seed 002): `{"error": message}` (and `"id"` for a refused
-job request: routes with `opt={"job": True}`).
+how a bad request body is worded, the dialect's own exceptions, the 401 challenge. Each dialect
+declares its shape beside its controller (`dialects/`); the app's default is the Task Engine's
+(`dialects.taskengine_errors.TASKENGINE`).
 """
 
 from __future__ import annotations
@@ -14,38 +14,23 @@ from dataclasses import dataclass
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException
-from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_403_FORBIDDEN, HTTP_409_CONFLICT
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_403_FORBIDDEN
 from litestar.types import ExceptionHandlersMap
 
 from taskengine_gateway.bodies import BodyProblem, body_problem
-from taskengine_gateway.job_io import JOB_NUMBER
 
 log = logging.getLogger(__name__)
 
 
 class BadRequest(HTTPException):
+    """A request refused with a 400, in whichever dialect's shape answers it."""
+
     status_code = HTTP_400_BAD_REQUEST
 
 
-class JobRefused(BadRequest):
-    """A refused job request: the seed's shape names the job id too (None for a new job)."""
-
-    def __init__(self, detail: str, job_id: int | None = None):
-        super().__init__(detail)
-        self.job_id = job_id
-
-
-class JobConflict(JobRefused):
-    status_code = HTTP_409_CONFLICT
-
-
-class JobForbidden(JobRefused):
-    """A job request beyond what this client may do (a quota)."""
-
-    status_code = HTTP_403_FORBIDDEN
-
-
 class Forbidden(HTTPException):
+    """A request beyond what the client may do, refused with a 403."""
+
     status_code = HTTP_403_FORBIDDEN
 
 
@@ -71,7 +56,7 @@ class ErrorShape:
     """The body of a 500 (None: `body("internal error")`)."""
 
     def answer(self, request: Request, error: Exception) -> Response:
-        problem = body_problem(error)
+        problem = body_problem(error, request)
         if problem is not None:
             error = self.invalid(request, problem)
         if (own := self.own(request, error)) is not None:
@@ -96,34 +81,3 @@ class ErrorShape:
 def handler(shape: ErrorShape) -> ExceptionHandlersMap:
     """The `exception_handlers` of a layer that answers in `shape`."""
     return {HTTPException: shape.answer, Exception: shape.answer}
-
-
-# --- the Task Engine shape (seed 002) --------------------------------------------------------
-
-UPDATABLE = "persist, priority, queue_state, run_at, semaphore_url"
-
-
-def _job_id(request: Request) -> int | None:
-    """The job a `/jobs/<id>` request is about (None for a new job)."""
-    given = str(request.path_params.get("job_id", ""))
-    return int(given) if JOB_NUMBER.fullmatch(given) else None
-
-
-def _refused(request: Request, problem: BodyProblem) -> Exception:
-    if problem.unknown:  # only PATCH /jobs/<id> refuses unknown fields
-        return BadRequest(f"cannot update {problem.unknown}; can: {UPDATABLE}")
-    return BadRequest(problem.message)
-
-
-def _job_refusal(request: Request, error: Exception) -> Response | None:
-    """On a job route a bad request names the job (`id`, null for a new one)."""
-    if isinstance(error, JobRefused):
-        body = {"id": error.job_id, "error": error.detail}
-    elif isinstance(error, BadRequest) and request.route_handler.opt.get("job"):
-        body = {"id": _job_id(request), "error": error.detail}
-    else:
-        return None
-    return Response(body, status_code=error.status_code, headers=error.headers)
-
-
-TASKENGINE = ErrorShape(body=lambda message: {"error": message}, invalid=_refused, own=_job_refusal)

@@ -10,10 +10,11 @@ from litestar import Litestar, post
 from litestar.params import JSONBody
 from litestar.testing import TestClient
 from taskengine_gateway.bodies import refuse_nul
-from taskengine_gateway.drove_api import DROVE
-from taskengine_gateway.errors import TASKENGINE, ErrorShape, handler
-from taskengine_gateway.tasks_api import TASKS
-from taskengine_gateway.worktasks_api import WORKTASKS
+from taskengine_gateway.dialects.drove_api import DROVE
+from taskengine_gateway.dialects.taskengine_errors import TASKENGINE
+from taskengine_gateway.dialects.tasks_api import TASKS
+from taskengine_gateway.dialects.worktasks_api import WORKTASKS
+from taskengine_gateway.errors import ErrorShape, handler
 
 
 class Body(msgspec.Struct, forbid_unknown_fields=True):

@@ -28,6 +28,31 @@ def document() -> dict[str, Any]:
     return response.json()
 
 
+def body_schema(body: dict[str, Any]) -> str:
+    """The name of the component schema a request body refers to."""
+    schema = body["content"]["application/json"]["schema"]
+    ref = schema["allOf"][0]["$ref"] if "allOf" in schema else schema["$ref"]
+    return ref.rsplit("/", 1)[-1]
+
+
+def typed(property: dict[str, Any], components: dict[str, Any]) -> bool:
+    """Whether a schema property says its type (itself, or by its referred schema)."""
+    if "allOf" in property:
+        return all(typed(part, components) for part in property["allOf"])
+    if "$ref" in property:
+        return typed(components[property["$ref"].rsplit("/", 1)[-1]], components)
+    return bool(property.get("type") or property.get("oneOf"))
+
+
+def write_operations(schema: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method.upper(), path, operation)
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if method in WRITES
+    ]
+
+
 def test_every_write_endpoint_of_the_four_dialects_documents_its_request_body():
     schema = document()
     components = schema["components"]["schemas"]
@@ -40,8 +65,7 @@ def test_every_write_endpoint_of_the_four_dialects_documents_its_request_body():
             if body is None:
                 bodyless.add((method.upper(), path))
                 continue
-            ref = body["content"]["application/json"]["schema"]["$ref"]
-            name = ref.rsplit("/", 1)[-1]
+            name = body_schema(body)
             assert components[name]["properties"], (method, path, name)
             documented.add((method.upper(), path))
     assert bodyless == BODYLESS
@@ -67,3 +91,36 @@ def test_every_write_endpoint_of_the_four_dialects_documents_its_request_body():
         ("POST", "/apis/v1/tasks/operations"),
         ("POST", "/apis/v1/tasks/search"),
     } == documented
+
+
+def test_every_request_field_has_a_type_a_description_and_an_example():
+    schema = document()
+    components = schema["components"]["schemas"]
+    for method, path, operation in write_operations(schema):
+        if (body := operation.get("requestBody")) is None:
+            continue
+        described = body["content"]["application/json"]["schema"]
+        assert described.get("description"), (method, path)
+        assert described.get("examples"), (method, path)
+        name = body_schema(body)
+        for field, property in components[name]["properties"].items():
+            where = (method, path, field)
+            assert typed(property, components), where
+            assert property.get("description"), where
+            assert "examples" in property, where
+
+
+def test_a_submitted_job_and_a_created_task_document_their_answer():
+    schema = document()
+    components = schema["components"]["schemas"]
+    answers = {
+        ("/job", "post"): "200",
+        ("/jobs/{job_id}/rerun", "post"): "200",
+        ("/events", "post"): "202",
+        ("/tasks/{task_id}/run_now", "post"): "202",
+    }
+    for (path, method), status in answers.items():
+        content = schema["paths"][path][method]["responses"][status]["content"]
+        ref = content["application/json"]["schema"]["$ref"]
+        properties = components[ref.rsplit("/", 1)[-1]]["properties"]
+        assert properties and all(p.get("type") for p in properties.values()), (path, properties)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from taskengine_contracts.events import JobBroken, JobSubmitted
 from taskengine_core import worktasks
 from taskengine_core.jobs import Job
-from taskengine_gateway.job_changes import plan_rerun
+from taskengine_gateway.dialects.taskengine_changes import plan_rerun
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 BODY = {

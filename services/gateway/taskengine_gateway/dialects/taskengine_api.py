@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from importlib import metadata
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post, put
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.params import JSONBody
+from msgspec import UNSET
 from taskengine_contracts.events import (
     Event,
     RunSpec,
@@ -29,9 +29,10 @@ from taskengine_store import queries
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client
-from taskengine_gateway.bodies import given
-from taskengine_gateway.errors import BadRequest, Forbidden, JobConflict, JobForbidden, JobRefused
-from taskengine_gateway.fields import (
+from taskengine_gateway.bodies import Documented, body, checked, described, given
+from taskengine_gateway.dialects.taskengine_changes import plan_patch, plan_rerun
+from taskengine_gateway.dialects.taskengine_errors import JobConflict, JobForbidden, JobRefused
+from taskengine_gateway.dialects.taskengine_fields import (
     DEFAULT_PRIORITY,
     SEMAPHORE_FIELDS,
     parse_callbacks,
@@ -41,10 +42,10 @@ from taskengine_gateway.fields import (
     parse_timeout,
     stamp,
 )
+from taskengine_gateway.dialects.taskengine_lists import list_filter
+from taskengine_gateway.errors import BadRequest, Forbidden
 from taskengine_gateway.health import ComponentDown, health_report
-from taskengine_gateway.job_changes import plan_patch, plan_rerun
 from taskengine_gateway.job_io import JOB_NUMBER, commit, job_numbered
-from taskengine_gateway.job_queries import list_filter
 from taskengine_gateway.quotas import priority_reserved
 from taskengine_gateway.state import GatewayState
 
@@ -65,68 +66,122 @@ VERSION = metadata.version("taskengine-gateway")
 
 
 # --- requests -------------------------------------------------------------------------------
-# Fields hold any JSON value: `job_submission` and `plan_patch` word what is wrong with one.
+# `job` and `parameters` are typed (msgspec checks them, in the dialect's words); the other
+# fields are documented with their JSON type and checked by `job_submission` and `plan_patch`
+# (see `bodies`).
+
+PRIORITY = described("integer", "1 (highest) to 10; 5 if not given", 5)
+RUN_AT = described(
+    ["string", "null"], "when to run it, yyyy-MM-ddTHH:mm:ss.fff in UTC", "2030-01-31T14:30:00.000"
+)
+SEMAPHORE = described(
+    ["string", "null"],
+    "an http(s) URL the job waits on until it answers 200 (null or empty: none)",
+    "https://gate.example.com/open",
+)
+SEMAPHORE_SPELT = described(["string", "null"], "the seed's own spelling of semaphore_url", None)
+CLIENT = described("string", "the client the credentials name (optional; must match)", "billing")
 
 
-class JobRequest(msgspec.Struct):
-    """`POST /job`: `{"job": {"workflow": NAME}, "parameters": {...}, "priority": 1-10,
-    "run_at": "yyyy-MM-ddTHH:mm:ss.fff", "semaphore_url": URL}` (unknown fields are ignored)."""
+class Workflow(msgspec.Struct):
+    """The workflow a job runs (other fields are ignored)."""
 
-    job: Any = msgspec.UNSET
-    parameters: Any = msgspec.UNSET
-    priority: Any = msgspec.UNSET
-    run_at: Any = msgspec.UNSET
-    client: Any = msgspec.UNSET
-    semaphore_url: Any = msgspec.UNSET
-    sempahore_url: Any = msgspec.UNSET
+    workflow: Annotated[str, msgspec.Meta(description="a registered workflow's name")]
 
 
-class JobUpdate(msgspec.Struct, forbid_unknown_fields=True):
-    """`PATCH /jobs/<id>`: any of these fields."""
+class JobRequest(Documented):
+    """`POST /job`: submits a job running a workflow with its parameters (unknown fields are
+    ignored)."""
 
-    client: Any = msgspec.UNSET
-    persist: Any = msgspec.UNSET
-    priority: Any = msgspec.UNSET
-    queue_state: Any = msgspec.UNSET
-    run_at: Any = msgspec.UNSET
-    semaphore_url: Any = msgspec.UNSET
-    sempahore_url: Any = msgspec.UNSET
+    EXAMPLE: ClassVar[dict[str, Any]] = {
+        "job": {"workflow": "echo"},
+        "parameters": {"message": "hello", "rest_endpoints": ["https://example.com/done"]},
+        "priority": 5,
+    }
+
+    job: Annotated[
+        Workflow,
+        checked(
+            "the workflow to run",
+            {"workflow": "echo"},
+            refused="job.workflow is required and must be a string",
+        ),
+    ]
+    parameters: Annotated[
+        dict[str, Any],
+        checked(
+            "the workflow's parameters; `rest_endpoints` (callback URLs) and `timeout` (seconds)"
+            " are the engine's own",
+            {"message": "hello", "timeout": 600},
+            refused="parameters must be a JSON object",
+        ),
+    ] = msgspec.field(default_factory=dict)
+    priority: Annotated[Any, PRIORITY] = UNSET
+    run_at: Annotated[Any, RUN_AT] = UNSET
+    client: Annotated[Any, CLIENT] = UNSET
+    semaphore_url: Annotated[Any, SEMAPHORE] = UNSET
+    sempahore_url: Annotated[Any, SEMAPHORE_SPELT] = UNSET
 
 
-class ScheduleSwitch(msgspec.Struct):
-    """`PUT /scheduler`: `{"schedule": NAME, "active": true | false}`."""
+class JobUpdate(Documented, forbid_unknown_fields=True):
+    """`PATCH /jobs/<id>`: changes a waiting job (any of these fields; others are refused)."""
 
-    schedule: Any = None
-    active: Any = None
+    EXAMPLE: ClassVar[dict[str, Any]] = {"priority": 2, "queue_state": "paused"}
+
+    client: Annotated[Any, CLIENT] = UNSET
+    persist: Annotated[Any, described("boolean", "keep the job after it ends", True)] = UNSET
+    priority: Annotated[Any, PRIORITY] = UNSET
+    queue_state: Annotated[
+        Any, described("string", "paused, broken, or queued (a paused job again)", "paused")
+    ] = UNSET
+    run_at: Annotated[Any, RUN_AT] = UNSET
+    semaphore_url: Annotated[Any, SEMAPHORE] = UNSET
+    sempahore_url: Annotated[Any, SEMAPHORE_SPELT] = UNSET
 
 
-class SettingChange(msgspec.Struct):
-    """`POST /settings`: `{"name": NAME, "setting": VALUE}`."""
+class ScheduleSwitch(Documented):
+    """`PUT /scheduler`: switches one of the engine's schedules on or off (admins only)."""
 
-    name: Any = None
-    setting: Any = None
+    EXAMPLE: ClassVar[dict[str, Any]] = {"schedule": "cleanup", "active": False}
+
+    schedule: Annotated[Any, described("string", "the schedule's name", "cleanup")] = None
+    active: Annotated[Any, described("boolean", "on (true) or off (false)", False)] = None
+
+
+class SettingChange(Documented):
+    """`POST /settings`: creates or changes a runtime setting (admins only)."""
+
+    EXAMPLE: ClassVar[dict[str, Any]] = {"name": "max_jobs", "setting": 20}
+
+    name: Annotated[Any, described("string", "the setting's name", "max_jobs")] = None
+    setting: Annotated[
+        Any, described(["integer", "number", "string", "boolean"], "its new value", 20)
+    ] = None
+
+
+class JobAccepted(msgspec.Struct):
+    """The answer to a job submitted (or rerun)."""
+
+    id: Annotated[int, msgspec.Meta(description="the job's number", examples=[42])]
+    result: Annotated[str, msgspec.Meta(description='"accepted"', examples=["accepted"])]
 
 
 def job_submission(
     data: dict[str, Any], client: Client
 ) -> tuple[str, dict, int, datetime | None, str | None]:
-    """Validates a `POST /job` body; returns (workflow, parameters, priority, run_at, semaphore)."""
+    """Validates the rest of a `POST /job` body (the fields `given` by a `JobRequest`);
+    returns (workflow, parameters, priority, run_at, semaphore)."""
     if "client" in data and data["client"] != client.name:
         raise Forbidden(f"body client {data['client']!r} does not match the credentials")
-    job = data.get("job")
-    if not isinstance(job, dict) or not isinstance(job.get("workflow"), str):
-        raise BadRequest("job.workflow is required and must be a string")
-    parameters = data.get("parameters", {})
-    if not isinstance(parameters, dict):
-        raise BadRequest("parameters must be a JSON object")
+    workflow, parameters = data["job"].workflow, data["parameters"]
     try:
-        workflows.validate(job["workflow"], parameters)
+        workflows.validate(workflow, parameters)
     except (DomainError, ValueError) as error:
         raise BadRequest(str(error)) from None
     priority = parse_priority(data["priority"]) if "priority" in data else DEFAULT_PRIORITY
     run_at = parse_run_at(data["run_at"]) if data.get("run_at") is not None else None
     semaphore = parse_semaphore(data) if set(SEMAPHORE_FIELDS) & set(data) else None
-    return job["workflow"], parameters, priority, run_at, semaphore
+    return workflow, parameters, priority, run_at, semaphore
 
 
 def refuse_reserved_priority(
@@ -205,8 +260,8 @@ class TaskEngineController(Controller):
 
     @post("/job", operation_id="submit_job", status_code=200, opt={"job": True})
     async def submit_job(
-        self, data: JSONBody[JobRequest], gateway: GatewayState, client: Client
-    ) -> dict:
+        self, data: Annotated[JobRequest, body(JobRequest)], gateway: GatewayState, client: Client
+    ) -> JobAccepted:
         workflow, parameters, priority, run_at, semaphore = job_submission(given(data), client)
         callbacks = parse_callbacks(parameters)
         timeout = parse_timeout(parameters)
@@ -231,7 +286,7 @@ class TaskEngineController(Controller):
             ]
 
         number = await gateway.submitter.submit(build)
-        return {"id": number, "result": "accepted"}
+        return JobAccepted(number, "accepted")
 
     @get("/health", operation_id="health")
     async def health(self, gateway: GatewayState, client: Client) -> Response:
@@ -278,7 +333,11 @@ class TaskEngineController(Controller):
         dependencies={"job": Provide(load_job)},
     )
     async def update_job(
-        self, job: Job, data: JSONBody[JobUpdate], gateway: GatewayState, client: Client
+        self,
+        job: Job,
+        data: Annotated[JobUpdate, body(JobUpdate)],
+        gateway: GatewayState,
+        client: Client,
     ) -> dict:
         changes = given(data)
         try:
@@ -293,7 +352,7 @@ class TaskEngineController(Controller):
         return {"id": job.job_id, "result": f"Performed updates: {', '.join(done)}"}
 
     @post("/jobs/{job_id:str}/rerun", operation_id="rerun_job", status_code=200)
-    async def rerun_job(self, job_id: str, gateway: GatewayState, client: Client) -> dict:
+    async def rerun_job(self, job_id: str, gateway: GatewayState, client: Client) -> JobAccepted:
         job = await load_job(gateway, job_id, client)
         store = gateway.runtime.store
         [number] = await gateway.runtime.call(store.next_job_ids, 1)
@@ -305,7 +364,7 @@ class TaskEngineController(Controller):
             parse_callbacks(job.parameters),
         )
         await commit_job_change(gateway, job, events)
-        return {"id": number, "result": "accepted"}
+        return JobAccepted(number, "accepted")
 
     @get("/logs/{job_id:str}", operation_id="get_logs")
     async def get_logs(self, job_id: str, gateway: GatewayState, client: Client) -> list[dict]:
@@ -347,7 +406,10 @@ class TaskEngineController(Controller):
 
     @put("/scheduler", operation_id="switch_schedule", status_code=200)
     async def switch_schedule(
-        self, data: JSONBody[ScheduleSwitch], gateway: GatewayState, client: Client
+        self,
+        data: Annotated[ScheduleSwitch, body(ScheduleSwitch)],
+        gateway: GatewayState,
+        client: Client,
     ) -> dict:
         if not client.admin:
             raise Forbidden("schedules can be switched only by an admin client")
@@ -374,7 +436,10 @@ class TaskEngineController(Controller):
 
     @post("/settings", operation_id="update_setting", status_code=200)
     async def update_setting(
-        self, data: JSONBody[SettingChange], gateway: GatewayState, client: Client
+        self,
+        data: Annotated[SettingChange, body(SettingChange)],
+        gateway: GatewayState,
+        client: Client,
     ) -> dict:
         if not client.admin:
             raise Forbidden("settings can be changed only by an admin client")

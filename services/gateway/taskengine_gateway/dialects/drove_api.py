@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 import socket
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, ClassVar
 from uuid import uuid5
 
-import msgspec
 from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.exceptions import HTTPException
-from litestar.params import JSONBody
+from msgspec import UNSET
 from taskengine_contracts.events import JobBroken, JobCancelled
 from taskengine_core import drove
 from taskengine_core.clients import mask_values
@@ -32,7 +31,7 @@ from taskengine_core.quotas import ResourceLimits
 from taskengine_store import queries
 
 from taskengine_gateway.auth import Client
-from taskengine_gateway.bodies import BodyProblem, before_body, given
+from taskengine_gateway.bodies import BodyProblem, Documented, before_body, body, described, given
 from taskengine_gateway.errors import ErrorShape, handler
 from taskengine_gateway.job_io import Planned, change, jobs_numbered
 from taskengine_gateway.state import GatewayState
@@ -88,27 +87,46 @@ DROVE = ErrorShape(
 
 
 # --- requests ---------------------------------------------------------------------------------
-# Fields hold any JSON value: `drove.create_operation` and `drove.kill_operation` word what is
-# wrong with one.
+# Each field is documented with its JSON type; its value is checked (and a bad one worded) by
+# `drove.create_operation` and `drove.kill_operation` (see `bodies`).
+
+APP = described("string", "the application: 1 to 100 letters, digits, '-' or '_'", "billing")
+TASK = described("string", "the task: 1 to 100 letters, digits, '-' or '_'", "nightly-17")
+SPEC = {
+    "sourceAppName": "billing",
+    "taskId": "nightly-17",
+    "executable": {"type": "WORKFLOW", "name": "echo", "parameters": {"message": "hi"}},
+}
 
 
-class TaskOperation(msgspec.Struct, forbid_unknown_fields=True):
+class TaskOperation(Documented, forbid_unknown_fields=True):
     """`POST /apis/v1/tasks/operations`: `{"type": "CREATE", "spec": {...}, "opSpec": {...}}`
-    or `{"type": "KILL", "sourceAppName", "taskId", "opSpec"}`."""
+    starts a task, `{"type": "KILL", "sourceAppName", "taskId", "opSpec"}` kills one."""
 
-    type: Any = msgspec.UNSET
-    spec: Any = msgspec.UNSET
-    opSpec: Any = msgspec.UNSET  # noqa: N815 (Drove's name)
-    sourceAppName: Any = msgspec.UNSET  # noqa: N815
-    taskId: Any = msgspec.UNSET  # noqa: N815
+    EXAMPLE: ClassVar[dict[str, Any]] = {"type": "CREATE", "spec": SPEC}
+
+    type: Annotated[Any, described("string", "CREATE or KILL", "CREATE")] = UNSET
+    spec: Annotated[Any, described("object", "the task to create (CREATE)", SPEC)] = UNSET
+    opSpec: Annotated[  # noqa: N815 (Drove's name)
+        Any,
+        described(
+            ["object", "null"],
+            "timeout, parallelism (1-32), failureStrategy (STOP or CONTINUE)",
+            {"timeout": "300 seconds", "parallelism": 1, "failureStrategy": "STOP"},
+        ),
+    ] = UNSET
+    sourceAppName: Annotated[Any, APP] = UNSET  # noqa: N815
+    taskId: Annotated[Any, TASK] = UNSET  # noqa: N815
 
 
-class TaskSearch(msgspec.Struct, forbid_unknown_fields=True):
+class TaskSearch(Documented, forbid_unknown_fields=True):
     """`POST /apis/v1/tasks/search`: `{"sourceAppName", "taskId"}`, either or both (or, as a
     form, `taskSearchAppName` and `taskSearchTaskID`: a redirect to the instance)."""
 
-    sourceAppName: Any = msgspec.UNSET  # noqa: N815
-    taskId: Any = msgspec.UNSET  # noqa: N815
+    EXAMPLE: ClassVar[dict[str, Any]] = {"sourceAppName": "billing"}
+
+    sourceAppName: Annotated[Any, APP] = UNSET  # noqa: N815
+    taskId: Annotated[Any, TASK] = UNSET  # noqa: N815
 
 
 SEARCH_BY = "search by sourceAppName and/or taskId (no other fields)"
@@ -194,7 +212,10 @@ class DroveController(Controller):
 
     @post("/tasks/operations", operation_id="drove_task_operation", status_code=200)
     async def operation(
-        self, data: JSONBody[TaskOperation], gateway: GatewayState, client: Client
+        self,
+        data: Annotated[TaskOperation, body(TaskOperation)],
+        gateway: GatewayState,
+        client: Client,
     ) -> dict:
         operation = given(data)
         if drove.operation_type(operation) == "CREATE":
@@ -242,7 +263,7 @@ class DroveController(Controller):
         opt={"unknown": SEARCH_BY},
     )
     async def search(
-        self, data: JSONBody[TaskSearch], gateway: GatewayState, client: Client
+        self, data: Annotated[TaskSearch, body(TaskSearch)], gateway: GatewayState, client: Client
     ) -> Response:
         wanted = given(data)
         if not wanted:

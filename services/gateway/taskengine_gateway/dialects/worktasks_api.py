@@ -13,12 +13,11 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException, NotAuthorizedException
-from litestar.params import JSONBody
+from msgspec import UNSET
 from taskengine_contracts.events import (
     ExecutionLogged,
     JobSubmitted,
@@ -34,12 +33,12 @@ from taskengine_store import queries
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client, credentials
-from taskengine_gateway.bodies import BodyProblem, given, refuse_nul
+from taskengine_gateway.bodies import BodyProblem, Documented, body, described, given, refuse_nul
+from taskengine_gateway.dialects.taskengine_api import current_settings
 from taskengine_gateway.errors import ErrorShape, handler
 from taskengine_gateway.job_io import Planned, change, job_numbered
 from taskengine_gateway.quotas import priority_reserved
 from taskengine_gateway.state import GatewayState
-from taskengine_gateway.taskengine_api import current_settings
 
 MAX_LOG_LINES = 1000
 SEVERITIES = ("DEBUG", "INFO", "WARN", "ERROR")
@@ -67,36 +66,86 @@ WORKTASKS = ErrorShape(
 
 
 # --- requests ---------------------------------------------------------------------------------
-# Fields hold any JSON value: `worktasks.submission`, `report_of` and `log_lines` word what is
-# wrong with one.
+# Each field is documented with its JSON type; its value is checked (and a bad one worded) by
+# `worktasks.submission`, `report_of` and `log_lines` (see `bodies`).
+
+SPEC = {"pipeline_id": "echo", "parameters": {"message": "hello"}}
 
 
-class WorkTaskRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """`POST /api/worktasks`: a work task (`type`, `project_id`, `task_spec` required)."""
+class WorkTaskRequest(Documented, forbid_unknown_fields=True):
+    """`POST /api/worktasks`: submits a work task (`type`, `project_id`, `task_spec`,
+    `resource_requirements` and `data_access` required)."""
 
-    type: Any = msgspec.UNSET
-    priority: Any = msgspec.UNSET
-    project_id: Any = msgspec.UNSET
-    task_spec: Any = msgspec.UNSET
-    resource_requirements: Any = msgspec.UNSET
-    data_access: Any = msgspec.UNSET
-    max_retries: Any = msgspec.UNSET
+    EXAMPLE: ClassVar[dict[str, Any]] = {
+        "type": "pipeline_execution",
+        "project_id": "orbit",
+        "task_spec": SPEC,
+        "resource_requirements": {"cpu": "500m", "memory": "512Mi"},
+        "data_access": {},
+    }
+
+    type: Annotated[
+        Any, described("string", f"one of {', '.join(worktasks.TYPES)}", "pipeline_execution")
+    ] = UNSET
+    priority: Annotated[Any, described("integer", "1 (highest) to 10", 5)] = UNSET
+    project_id: Annotated[Any, described("string", "1 to 200 characters", "orbit")] = UNSET
+    task_spec: Annotated[
+        Any, described("object", "the workflow (`pipeline_id`) and its `parameters`", SPEC)
+    ] = UNSET
+    resource_requirements: Annotated[
+        Any, described("object", "`cpu`, `memory` and `gpu` the task needs", {"cpu": "500m"})
+    ] = UNSET
+    data_access: Annotated[
+        Any,
+        described(
+            "object",
+            "`storage_credentials`: the Kubernetes Secret to mount",
+            {"storage_credentials": "orbit-s3"},
+        ),
+    ] = UNSET
+    max_retries: Annotated[Any, described("integer", "retries of a failed attempt", 3)] = UNSET
 
 
-class WorkTaskReport(msgspec.Struct, forbid_unknown_fields=True):
-    """`POST /api/worktasks/<id>`: a worker's report on its task (`worktask_id`, `status`)."""
+class WorkTaskReport(Documented, forbid_unknown_fields=True):
+    """`POST /api/worktasks/<id>`: a worker's report on its task (`worktask_id`, `status`
+    required)."""
 
-    worktask_id: Any = msgspec.UNSET
-    status: Any = msgspec.UNSET
-    output_location: Any = msgspec.UNSET
-    metadata: Any = msgspec.UNSET
-    error_message: Any = msgspec.UNSET
+    EXAMPLE: ClassVar[dict[str, Any]] = {
+        "worktask_id": "42",
+        "status": "completed",
+        "output_location": "s3://orbit/out/42",
+    }
+
+    worktask_id: Annotated[
+        Any, described(["string", "integer"], "the task's id, as in the path", "42")
+    ] = UNSET
+    status: Annotated[
+        Any, described("string", f"one of {', '.join(worktasks.REPORTS)}", "completed")
+    ] = UNSET
+    output_location: Annotated[
+        Any, described(["string", "null"], "where the output is", "s3://orbit/out/42")
+    ] = UNSET
+    metadata: Annotated[
+        Any, described(["object", "null"], "anything the worker adds", {"rows": 1200})
+    ] = UNSET
+    error_message: Annotated[Any, described(["string", "null"], "why it failed", None)] = UNSET
 
 
-class WorkTaskLines(msgspec.Struct, forbid_unknown_fields=True):
-    """`POST /api/worktasks/<id>/logs`: `{"lines": [{"at", "step", "severity", "text"}]}`."""
+class WorkTaskLines(Documented, forbid_unknown_fields=True):
+    """`POST /api/worktasks/<id>/logs`: log lines of the task's steps."""
 
-    lines: Any = msgspec.UNSET
+    EXAMPLE: ClassVar[dict[str, Any]] = {
+        "lines": [{"step": 0, "severity": "INFO", "text": "started"}]
+    }
+
+    lines: Annotated[
+        Any,
+        described(
+            "array",
+            f"at most {MAX_LOG_LINES} of {{at, step, severity, text}}",
+            [{"at": "2030-01-31T14:30:00Z", "step": 0, "severity": "INFO", "text": "started"}],
+        ),
+    ] = UNSET
 
 
 # --- who calls ------------------------------------------------------------------------------
@@ -255,7 +304,10 @@ class WorkTasksController(Controller):
 
     @post("/api/worktasks", operation_id="submit_worktask", status_code=201)
     async def submit_worktask(
-        self, data: JSONBody[WorkTaskRequest], gateway: GatewayState, client: Client
+        self,
+        data: Annotated[WorkTaskRequest, body(WorkTaskRequest)],
+        gateway: GatewayState,
+        client: Client,
     ) -> dict:
         task = worktasks.submission(given(data))
         config = gateway.runtime.config
@@ -303,7 +355,7 @@ class WorkTasksController(Controller):
     async def report_worktask(
         self,
         worktask_id: str,
-        data: JSONBody[WorkTaskReport],
+        data: Annotated[WorkTaskReport, body(WorkTaskReport)],
         request: Request,
         gateway: GatewayState,
     ) -> dict:
@@ -348,7 +400,7 @@ class WorkTasksController(Controller):
     async def log_worktask(
         self,
         worktask_id: str,
-        data: JSONBody[WorkTaskLines],
+        data: Annotated[WorkTaskLines, body(WorkTaskLines)],
         request: Request,
         gateway: GatewayState,
     ) -> dict:

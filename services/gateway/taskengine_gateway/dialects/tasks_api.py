@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, ClassVar
 from uuid import UUID, uuid4
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, put
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.params import JSONBody
+from msgspec import UNSET
 from taskengine_contracts.events import TaskDefinition, TaskEvent, TopicPublished
 from taskengine_core import workflows
 from taskengine_core.clients import mask_values
@@ -40,7 +40,7 @@ from taskengine_core.tasks import (
 from taskengine_store import queries
 
 from taskengine_gateway.auth import Client
-from taskengine_gateway.bodies import BodyProblem, given
+from taskengine_gateway.bodies import BodyProblem, Documented, body, described, given
 from taskengine_gateway.errors import ErrorShape, handler
 from taskengine_gateway.job_io import Planned, change, commit
 from taskengine_gateway.quotas import QuotaExceeded, priority_reserved, refuse_over_task_quota
@@ -90,45 +90,113 @@ TASKS = ErrorShape(
 
 
 # --- requests -------------------------------------------------------------------------------
-# Fields hold any JSON value: `definition_of` and the handlers word what is wrong with one.
+# Each field is documented with its JSON type; its value is checked (and a bad one worded) by
+# `definition_of` and the handlers (see `bodies`).
+
+OPTIONAL_KEY = ["string", "null"]
+PAYLOAD = {"workflow": "echo", "parameters": {"message": "nightly report"}}
 
 
-class TaskRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """`POST /tasks` (title, description, schedule_kind, payload and created_by required) and
-    `PUT /tasks/<id>` (any of the fields)."""
+class TaskRequest(Documented, forbid_unknown_fields=True):
+    """`POST /tasks` creates a scheduled task (title, description, schedule_kind, payload and
+    created_by required); `PUT /tasks/<id>` changes any of its fields (null: the default)."""
 
-    title: Any = msgspec.UNSET
-    description: Any = msgspec.UNSET
-    schedule_kind: Any = msgspec.UNSET
-    schedule_expr: Any = msgspec.UNSET
-    timezone: Any = msgspec.UNSET
-    payload: Any = msgspec.UNSET
-    created_by: Any = msgspec.UNSET
-    priority: Any = msgspec.UNSET
-    max_retries: Any = msgspec.UNSET
-    backoff_strategy: Any = msgspec.UNSET
-    dedupe_key: Any = msgspec.UNSET
-    dedupe_window_seconds: Any = msgspec.UNSET
-    concurrency_key: Any = msgspec.UNSET
+    EXAMPLE: ClassVar[dict[str, Any]] = {
+        "title": "nightly report",
+        "description": "mails the day's figures",
+        "schedule_kind": "cron",
+        "schedule_expr": "0 3 * * *",
+        "timezone": "Europe/Chisinau",
+        "payload": PAYLOAD,
+        "created_by": "3f2b8a62-1c4e-4f0a-9d3e-8c1b2a4d5e6f",
+    }
+
+    title: Annotated[Any, described("string", "1 to 200 characters", "nightly report")] = UNSET
+    description: Annotated[
+        Any, described("string", "at most 10000 characters", "mails the day's figures")
+    ] = UNSET
+    schedule_kind: Annotated[
+        Any, described("string", f"one of {', '.join(SCHEDULE_KINDS)}", "cron")
+    ] = UNSET
+    schedule_expr: Annotated[
+        Any,
+        described(
+            OPTIONAL_KEY,
+            "a cron line, an RRULE, an ISO time (once) or a topic (event)",
+            "0 3 * * *",
+        ),
+    ] = UNSET
+    timezone: Annotated[
+        Any, described(OPTIONAL_KEY, "an IANA time zone; UTC if not given", "Europe/Chisinau")
+    ] = UNSET
+    payload: Annotated[
+        Any, described("object", "a workflow and its parameters, or pipeline steps", PAYLOAD)
+    ] = UNSET
+    created_by: Annotated[
+        Any, described("string", "the creator's UUID", "3f2b8a62-1c4e-4f0a-9d3e-8c1b2a4d5e6f")
+    ] = UNSET
+    priority: Annotated[Any, described("integer", "1 (highest) to 9; 5 if not given", 5)] = UNSET
+    max_retries: Annotated[
+        Any, described("integer", "retries of a failed run; 3 if not given", 3)
+    ] = UNSET
+    backoff_strategy: Annotated[
+        Any, described("string", f"one of {', '.join(BACKOFF_STRATEGIES)}", BACKOFF_STRATEGIES[0])
+    ] = UNSET
+    dedupe_key: Annotated[
+        Any, described(OPTIONAL_KEY, "runs with the same key within the window run once", "daily")
+    ] = UNSET
+    dedupe_window_seconds: Annotated[
+        Any, described(["integer", "null"], "the dedupe window in seconds", 3600)
+    ] = UNSET
+    concurrency_key: Annotated[
+        Any, described(OPTIONAL_KEY, "runs with the same key never overlap", "reports")
+    ] = UNSET
 
 
 FIELDS = TaskRequest.__struct_fields__
 """A task definition's fields, as a request names them."""
 
 
-class Snooze(msgspec.Struct):
-    """`POST /tasks/<id>/snooze`: `{"delay_seconds": N, "reason": TEXT}`."""
+class Snooze(Documented):
+    """`POST /tasks/<id>/snooze`: puts the task's next fires off for a while."""
 
-    delay_seconds: Any = msgspec.UNSET
-    reason: Any = None
+    EXAMPLE: ClassVar[dict[str, Any]] = {"delay_seconds": 3600, "reason": "maintenance"}
+
+    delay_seconds: Annotated[Any, described("integer", "how long, in seconds", 3600)] = UNSET
+    reason: Annotated[
+        Any, described(["string", "null"], "why, at most 1000 characters", "maintenance")
+    ] = None
 
 
-class TopicEvent(msgspec.Struct, forbid_unknown_fields=True):
-    """`POST /events`: `{"topic": KEY, "payload": {...}, "source_agent_id": UUID}`."""
+class TopicEvent(Documented, forbid_unknown_fields=True):
+    """`POST /events`: publishes an event on a topic; the event tasks of that topic run."""
 
-    topic: Any = None
-    payload: Any = None
-    source_agent_id: Any = None
+    EXAMPLE: ClassVar[dict[str, Any]] = {"topic": "orders.created", "payload": {"order": 17}}
+
+    topic: Annotated[Any, described("string", "the topic's key", "orders.created")] = None
+    payload: Annotated[
+        Any, described(["object", "null"], "what the event carries", {"order": 17})
+    ] = None
+    source_agent_id: Annotated[Any, described(["string", "null"], "the publisher's UUID", None)] = (
+        None
+    )
+
+
+class RunRequested(msgspec.Struct):
+    """The answer to `POST /tasks/<id>/run_now`."""
+
+    task_id: Annotated[str, msgspec.Meta(description="the task's UUID")]
+    run_id: Annotated[str, msgspec.Meta(description="the requested run's UUID")]
+    status: Annotated[str, msgspec.Meta(description='"requested"', examples=["requested"])]
+
+
+class EventAccepted(msgspec.Struct):
+    """The answer to `POST /events`."""
+
+    id: Annotated[str, msgspec.Meta(description="the event's UUID")]
+    topic: str
+    status: Annotated[str, msgspec.Meta(description='"accepted"', examples=["accepted"])]
+    received_at: Annotated[str, msgspec.Meta(description="when, ISO 8601 in UTC")]
 
 
 def _string(data: dict, field: str, longest: int, empty_ok: bool = False) -> str:
@@ -343,7 +411,7 @@ class TasksController(Controller):
 
     @post("/tasks", operation_id="create_task", status_code=201)
     async def create_task(
-        self, data: JSONBody[TaskRequest], gateway: GatewayState, client: Client
+        self, data: Annotated[TaskRequest, body(TaskRequest)], gateway: GatewayState, client: Client
     ) -> dict:
         now = datetime.now(UTC)
         async with gateway.tasks.searching(client.name):
@@ -404,7 +472,7 @@ class TasksController(Controller):
         self,
         task_id: str,
         task: Task,
-        data: JSONBody[TaskRequest],
+        data: Annotated[TaskRequest, body(TaskRequest)],
         gateway: GatewayState,
         client: Client,
     ) -> dict:
@@ -428,7 +496,7 @@ class TasksController(Controller):
         return task_view(await change_task(gateway, task_id, client, plan))
 
     @post("/tasks/{task_id:str}/run_now", operation_id="run_task_now", status_code=202)
-    async def run_now(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
+    async def run_now(self, task_id: str, gateway: GatewayState, client: Client) -> RunRequested:
         requested: list = []
 
         def plan(task: Task, now: datetime) -> TaskEvent:
@@ -437,11 +505,15 @@ class TasksController(Controller):
             return event
 
         task = await change_task(gateway, task_id, client, plan)
-        return {"task_id": str(task.id), "run_id": str(requested[-1].run_id), "status": "requested"}
+        return RunRequested(str(task.id), str(requested[-1].run_id), "requested")
 
     @post("/tasks/{task_id:str}/snooze", operation_id="snooze_task", status_code=200)
     async def snooze(
-        self, task_id: str, data: JSONBody[Snooze], gateway: GatewayState, client: Client
+        self,
+        task_id: str,
+        data: Annotated[Snooze, body(Snooze)],
+        gateway: GatewayState,
+        client: Client,
     ) -> dict:
         if data.delay_seconds is msgspec.UNSET:
             raise invalid("delay_seconds", "delay_seconds is required", "missing")
@@ -484,8 +556,8 @@ class TasksController(Controller):
 
     @post("/events", operation_id="publish_event", status_code=202)
     async def publish(
-        self, data: JSONBody[TopicEvent], gateway: GatewayState, client: Client
-    ) -> dict:
+        self, data: Annotated[TopicEvent, body(TopicEvent)], gateway: GatewayState, client: Client
+    ) -> EventAccepted:
         if data.topic is None:
             raise invalid("topic", "topic is required", "missing")
         topic = check_key(data.topic, "topic")
@@ -505,12 +577,7 @@ class TasksController(Controller):
             source_agent_id=source,
         )
         await commit(gateway, [event])
-        return {
-            "id": str(event.id),
-            "topic": topic,
-            "status": "accepted",
-            "received_at": iso(event.at),
-        }
+        return EventAccepted(str(event.id), topic, "accepted", iso(event.at) or "")
 
 
 def _min_interval(gateway: GatewayState) -> timedelta:

@@ -1,4 +1,5 @@
-"""What a `PATCH /jobs/<id>` or a rerun does to a job, as lifecycle events (pure functions)."""
+"""What a Task Engine `PATCH /jobs/<id>` or rerun does to a job, as lifecycle events (pure
+functions)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from taskengine_core.errors import IllegalTransition
 from taskengine_core.jobs import Job, JobRef, JobState, advance
 from taskengine_core.submission import job_submitted
 
-from taskengine_gateway.errors import UPDATABLE, BadRequest
-from taskengine_gateway.fields import (
+from taskengine_gateway.dialects.taskengine_errors import UPDATABLE
+from taskengine_gateway.dialects.taskengine_fields import (
     SEMAPHORE_FIELDS,
     parse_priority,
     parse_run_at,
     parse_semaphore,
 )
+from taskengine_gateway.errors import BadRequest
 
 S = JobState
 WAITING = (S.SCHEDULED, S.QUEUED, S.PAUSED, S.RETRY_WAIT)
