@@ -69,7 +69,7 @@ def work_task_job() -> dict[str, Any]:
         job_id=1,
         attempt=1,
         image="registry.example.com/taskengine:0.1.0",
-        env={"TASKENGINE_TASK_ID": "1"},
+        env={"TASKENGINE_JOB_ID": "1"},
         requirements=Resources(cpu="1", memory="1Gi"),
         memory=None,
         secret="creds",

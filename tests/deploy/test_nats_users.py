@@ -14,9 +14,9 @@ import nats
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
-from taskengine_bus import connect, ensure_stream
 from taskengine_contracts import subjects
 from taskengine_core.config import EngineSettings
+from taskengine_runtime import connect, ensure_stream
 
 from tests.support.nats_users import (
     SERVICES_USER,
@@ -63,7 +63,7 @@ class Connected:
 
 
 async def services_connection(server: SecuredNats):  # type: ignore[no-untyped-def]
-    """As the services connect: taskengine_bus.connect with the settings' NATS options."""
+    """As the services connect: taskengine_runtime.connect with the settings' NATS options."""
     config = EngineSettings(nats_user=SERVICES_USER, nats_password=server.passwords[SERVICES_USER])
     return await connect(server.url, "test-services", **config.nats_options())
 
@@ -100,7 +100,7 @@ async def test_the_services_user_runs_the_stream_consumers_and_heartbeats(server
         assert await stream_messages(js) == before + 3
         assert (await js.get_msg(subjects.STREAM, before + 1)).data == event(1)
 
-        # A durable pull consumer, as taskengine_bus.BatchConsumer makes and uses one.
+        # A durable pull consumer, as taskengine_runtime.BatchConsumer makes and uses one.
         config = api.ConsumerConfig(
             durable_name="admission-test",
             ack_policy=api.AckPolicy.ALL,

@@ -13,13 +13,13 @@ from types import SimpleNamespace
 
 import msgspec
 import nats
-from taskengine_bus.runtime import Runtime
 from taskengine_cli.probe import SERVICES, instance_name
 from taskengine_cli.supervisor import SERVICES as SUPERVISED
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Heartbeat
 from taskengine_core.config import EngineSettings
 from taskengine_embedded import free_port
+from taskengine_runtime.runtime import Runtime
 
 BIN = Path(sys.executable).parent
 

@@ -209,7 +209,7 @@ def test_the_job_asks_for_the_resources_names_the_secret_and_cancelling_deletes_
     amounts = {"cpu": "500m", "memory": "768Mi", "nvidia.com/gpu": "1"}
     assert container["resources"] == {"requests": amounts, "limits": amounts}
     plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-    assert plain["TASKENGINE_TASK_ID"] == worktask_id and plain["TASKENGINE_ATTEMPT"] == "1"
+    assert plain["TASKENGINE_JOB_ID"] == worktask_id and plain["TASKENGINE_ATTEMPT"] == "1"
     assert plain["TASKENGINE_WORKER_TOKEN"] == worker_token(WEBHOOK_KEY, int(worktask_id), 1)
     assert plain["TASKENGINE_GATEWAY_URL"] == system.url
     assert plain["TASKENGINE_TIMEOUT"] == "120"

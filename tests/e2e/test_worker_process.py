@@ -90,7 +90,7 @@ def reaches(system: System, api: httpx.Client, worktask_id: str, *statuses: str)
 
 def workers(system: System, worktask_id: str) -> list[int]:
     """Processes running as the worker of this task (found by their environment)."""
-    return processes(f"TASKENGINE_TASK_ID={worktask_id}", f"TASKENGINE_GATEWAY_URL={system.url}")
+    return processes(f"TASKENGINE_JOB_ID={worktask_id}", f"TASKENGINE_GATEWAY_URL={system.url}")
 
 
 def steps(worktask_id: str, attempt: int = 1) -> list[int]:

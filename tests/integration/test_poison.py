@@ -12,11 +12,11 @@ import nats
 import psycopg
 import pytest
 from nats.js.errors import NotFoundError
-from taskengine_bus import bus, failures
-from taskengine_bus.bus import BatchConsumer
 from taskengine_cli.ops import replay
 from taskengine_contracts import subjects
 from taskengine_contracts.events import CallbackDelivered, JobSucceeded, encode
+from taskengine_runtime import bus, failures
+from taskengine_runtime.bus import BatchConsumer
 from taskengine_store.rejected import counts
 
 from tests.support.factories import submitted

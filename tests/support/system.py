@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import nats
 from nats.js.errors import NotFoundError
-from taskengine_bus import ensure_stream
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Event
 from taskengine_embedded import free_port
+from taskengine_runtime import ensure_stream
 from taskengine_store.store import EventStore
 
 from tests.support.waiting import wait_until

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
-from taskengine_bus import BatchConsumer, Delivered, Runtime
 from taskengine_contracts import subjects
 from taskengine_contracts.events import (
     JobAdmitted,
@@ -34,6 +33,7 @@ from taskengine_contracts.events import (
 from taskengine_core.ids import SETTINGS_STREAM
 from taskengine_core.jobs import HOLDS_SLOT, Job, JobRef, JobState, advance
 from taskengine_core.settings import RuntimeSettings
+from taskengine_runtime import BatchConsumer, Delivered, Runtime
 from taskengine_store.leadership import LeaderLock, run_as_leader
 from taskengine_store.store import Conflict, Statement
 

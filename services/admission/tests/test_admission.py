@@ -12,7 +12,6 @@ from uuid import UUID
 
 from eventsourcing.persistence import Tracking
 from taskengine_admission.admission import Admission
-from taskengine_bus import Delivered, Runtime
 from taskengine_contracts.events import (
     Event,
     JobAdmitted,
@@ -25,6 +24,7 @@ from taskengine_contracts.events import (
     SettingChanged,
 )
 from taskengine_core.ids import SETTINGS_STREAM, job_stream
+from taskengine_runtime import Delivered, Runtime
 from taskengine_store.store import Conflict, Position
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -1,7 +1,7 @@
 """`taskengine probe SERVICE`: is this service instance alive? For container health checks.
 
 Every service instance publishes a `Heartbeat` on core NATS every 2 s from its event loop
-(`taskengine_bus.runtime`), so hearing one proves the process is running and not stuck. The
+(`taskengine_runtime.runtime`), so hearing one proves the process is running and not stuck. The
 probe listens on the service's heartbeat subject and exits 0 as soon as the instance is heard,
 1 if it is not heard within the timeout or NATS cannot be reached.
 """
@@ -32,7 +32,7 @@ _decoder = msgspec.json.Decoder(Heartbeat)
 
 
 def instance_name(config: EngineSettings, service: str) -> str:
-    """The name the service's runtime gives itself (`taskengine_bus.runtime.Runtime.instance`)."""
+    """The name the service's runtime gives itself (`Runtime.instance` of taskengine_runtime)."""
     return config.instance or f"{service}-{os.uname().nodename}"
 
 

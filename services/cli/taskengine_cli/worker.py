@@ -1,7 +1,7 @@
 """`taskengine worker`: runs one attempt of a work task and reports it to the gateway.
 
 What the process executor starts per attempt, and what a Kubernetes Job runs. It reads its
-work task (`TASKENGINE_TASK_ID`) from `TASKENGINE_GATEWAY_URL` with its attempt's token
+work task (`TASKENGINE_JOB_ID`) from `TASKENGINE_GATEWAY_URL` with its attempt's token
 (`TASKENGINE_WORKER_TOKEN`), reports `executing`, runs the workflow's steps, sends their output
 to the job's log in batches, and reports `completed` (with `output_location` and `metadata`)
 or `failed` (`timeout` when a step ran out of time) through `POST /api/worktasks/{id}`.
@@ -61,13 +61,13 @@ class Assignment:
 
     @classmethod
     def from_environment(cls) -> Assignment:
-        task_id = os.environ.get("TASKENGINE_TASK_ID", "").strip()
+        task_id = os.environ.get("TASKENGINE_JOB_ID", "").strip()
         token = os.environ.get("TASKENGINE_WORKER_TOKEN", "").strip()
         url = engine_settings().gateway_url.strip().rstrip("/")
         missing = [
             name
             for name, value in (
-                ("TASKENGINE_TASK_ID", task_id),
+                ("TASKENGINE_JOB_ID", task_id),
                 ("TASKENGINE_WORKER_TOKEN", token),
                 ("TASKENGINE_GATEWAY_URL", url),
             )
@@ -367,7 +367,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     """Adds `worker` to the `taskengine` command."""
     about = (
-        "run one attempt of a work task: TASKENGINE_TASK_ID, TASKENGINE_WORKER_TOKEN and"
+        "run one attempt of a work task: TASKENGINE_JOB_ID, TASKENGINE_WORKER_TOKEN and"
         " TASKENGINE_GATEWAY_URL say which, with what token, and where to report"
     )
     commands.add_parser("worker", help=about, description=about).set_defaults(func=cmd_worker)

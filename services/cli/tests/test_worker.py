@@ -251,7 +251,7 @@ def test_sigterm_stops_the_steps_and_reports_failed_terminated(http_gateway, tmp
     url, fake = http_gateway
     env = {
         "PATH": os.environ["PATH"],
-        "TASKENGINE_TASK_ID": "7",
+        "TASKENGINE_JOB_ID": "7",
         "TASKENGINE_ATTEMPT": "1",
         "TASKENGINE_WORKER_TOKEN": TOKEN,
         "TASKENGINE_GATEWAY_URL": url,

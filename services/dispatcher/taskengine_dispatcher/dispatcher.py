@@ -23,7 +23,6 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
-from taskengine_bus import BatchConsumer, Delivered, Runtime
 from taskengine_contracts import subjects
 from taskengine_contracts.events import (
     Event,
@@ -48,6 +47,7 @@ from taskengine_core.jobs import Job, JobRef, JobState, advance
 from taskengine_core.retries import RetrySettings
 from taskengine_core.startable import check_startable
 from taskengine_core.steps import Outcome, StepEvent
+from taskengine_runtime import BatchConsumer, Delivered, Runtime
 from taskengine_store.store import Conflict, Statement
 
 from taskengine_dispatcher import submissions

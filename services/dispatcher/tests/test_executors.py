@@ -122,7 +122,7 @@ async def test_a_worker_that_exits_without_a_final_report_lost_its_attempt(comma
     attempt = ProcessExecutor(config()).attempt(start(job, memory="2Gi"), Sink())
     assert attempt.reports and attempt.placement.executor == PROCESS
     assert attempt.placement.memory == "2Gi"
-    assert attempt.worker.env["TASKENGINE_TASK_ID"] == "7"
+    assert attempt.worker.env["TASKENGINE_JOB_ID"] == "7"
     outcome = await attempt.run()
     assert outcome is not None and (outcome.status, outcome.transient) == ("failed", "lost")
     assert outcome.reason == "lost: the worker exited (code 3) without a final report"

@@ -16,7 +16,7 @@ def job_manifest(**changes):  # type: ignore[no-untyped-def]
         "job_id": 42,
         "attempt": 2,
         "image": "registry.example/taskengine:1",
-        "env": {"TASKENGINE_TASK_ID": "42", "TASKENGINE_ATTEMPT": "2"},
+        "env": {"TASKENGINE_JOB_ID": "42", "TASKENGINE_ATTEMPT": "2"},
         "requirements": requested({"cpu": "2", "memory": "1Gi", "gpu": False}),
         "memory": None,
         "secret": None,
@@ -41,7 +41,7 @@ def test_a_job_runs_the_worker_once_with_its_labels_deadline_and_ttl():
     [container] = pod["containers"]
     assert container["args"] == ["taskengine", "worker"]
     assert container["env"] == [
-        {"name": "TASKENGINE_TASK_ID", "value": "42"},
+        {"name": "TASKENGINE_JOB_ID", "value": "42"},
         {"name": "TASKENGINE_ATTEMPT", "value": "2"},
     ]
     assert kube_jobs.attempt_of(job) == (42, 2)

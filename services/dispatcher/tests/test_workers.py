@@ -49,7 +49,7 @@ def test_a_worker_gets_its_task_token_and_workflows_but_never_the_database_or_ke
     monkeypatch.setenv("TASKENGINE_DATABASE_URL", "postgresql://taskengine:password@db/x")
     monkeypatch.setenv("TASKENGINE_WEBHOOK_KEY", KEY)
     env = worker_env(config(inline_steps=True, step_user="4000:4001"), 42, 2, 90.0)
-    assert env["TASKENGINE_TASK_ID"] == "42" and env["TASKENGINE_ATTEMPT"] == "2"
+    assert env["TASKENGINE_JOB_ID"] == "42" and env["TASKENGINE_ATTEMPT"] == "2"
     assert token_fits(env["TASKENGINE_WORKER_TOKEN"], KEY, 42, 2)
     assert not token_fits(env["TASKENGINE_WORKER_TOKEN"], KEY, 42, 1)
     assert env["TASKENGINE_GATEWAY_URL"] == "http://127.0.0.1:8080"

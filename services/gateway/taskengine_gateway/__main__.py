@@ -1,4 +1,4 @@
-from taskengine_bus import run_service
+from taskengine_runtime import run_service
 
 from taskengine_gateway.app import gateway
 

@@ -9,8 +9,8 @@ from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from taskengine_bus import Runtime
 from taskengine_core.outbound import OutboundGuard, parse_allowlist
+from taskengine_runtime import Runtime
 
 from taskengine_gateway.auth import Authenticator, Client
 from taskengine_gateway.bodies import before_body

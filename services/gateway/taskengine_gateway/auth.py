@@ -34,10 +34,10 @@ from typing import Any, NoReturn
 import msgspec
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
-from taskengine_bus import Runtime
 from taskengine_contracts.events import ClientRegistered, ClientRevoked, Event
 from taskengine_core.clients import hash_key, is_slow_hash, key_lookup, key_secret, verify_key
 from taskengine_core.ids import client_stream
+from taskengine_runtime import Runtime
 
 from taskengine_gateway.limits import (
     FailureLimiter,

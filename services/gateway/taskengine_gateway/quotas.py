@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from taskengine_bus import Runtime
 from taskengine_core.config import EngineSettings
 from taskengine_core.quotas import priority_allowed
+from taskengine_runtime import Runtime
 
 
 class QuotaExceeded(Exception):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from taskengine_bus import Runtime
 from taskengine_core.outbound import OutboundGuard
+from taskengine_runtime import Runtime
 
 from taskengine_gateway.auth import Authenticator
 from taskengine_gateway.health import Heartbeats

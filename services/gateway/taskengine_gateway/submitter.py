@@ -10,8 +10,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from taskengine_bus import Runtime
 from taskengine_contracts.events import Event
+from taskengine_runtime import Runtime
 from taskengine_store.store import Statement
 
 log = logging.getLogger(__name__)

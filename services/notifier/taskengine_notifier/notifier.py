@@ -29,7 +29,6 @@ from uuid import UUID
 import httpx
 import msgspec
 from eventsourcing.persistence import Tracking
-from taskengine_bus import BatchConsumer, Delivered, Runtime
 from taskengine_contracts import subjects
 from taskengine_contracts.events import (
     CallbackAttemptFailed,
@@ -46,6 +45,7 @@ from taskengine_core.outbound import (
     sign,
     webhook_secret,
 )
+from taskengine_runtime import BatchConsumer, Delivered, Runtime
 from taskengine_store.store import Statement
 
 from taskengine_notifier.callbacks import NOTIFIED, deliveries_for

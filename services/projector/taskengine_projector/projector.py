@@ -18,10 +18,10 @@ import logging
 from collections.abc import Sequence
 
 from eventsourcing.persistence import Tracking
-from taskengine_bus import Runtime
-from taskengine_bus.failures import describe, is_transient, isolating
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Event, encode
+from taskengine_runtime import Runtime
+from taskengine_runtime.failures import describe, is_transient, isolating
 from taskengine_store.projections import PROJECTOR, project
 from taskengine_store.rejected import Rejected, decoded, record, set_aside_positions
 from taskengine_store.store import Position

@@ -16,8 +16,8 @@ import logging
 from typing import Any
 
 import psycopg
-from taskengine_bus import Runtime
 from taskengine_contracts import subjects
+from taskengine_runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from uuid import UUID
 
 import httpx
 from eventsourcing.persistence import Tracking
-from taskengine_bus import BatchConsumer, Delivered, Runtime
 from taskengine_contracts import subjects
 from taskengine_contracts.events import (
     FinishedJobsCleared,
@@ -46,6 +45,7 @@ from taskengine_core.jobs import Job, JobRef, JobState, advance
 from taskengine_core.lanes import lanes_from, origin
 from taskengine_core.outbound import OutboundGuard, exchange, outbound_client, parse_allowlist
 from taskengine_core.schedules import TICK, active_duties
+from taskengine_runtime import BatchConsumer, Delivered, Runtime
 from taskengine_store.leadership import LeaderLock, run_as_leader
 from taskengine_store.store import Conflict, Statement
 

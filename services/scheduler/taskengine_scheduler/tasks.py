@@ -31,7 +31,6 @@ from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
-from taskengine_bus import Delivered, Runtime
 from taskengine_contracts.events import (
     Event,
     JobSubmitted,
@@ -60,6 +59,7 @@ from taskengine_core.tasks import (
     pipeline,
     run_id,
 )
+from taskengine_runtime import Delivered, Runtime
 from taskengine_store.store import Conflict, Statement
 
 log = logging.getLogger(__name__)

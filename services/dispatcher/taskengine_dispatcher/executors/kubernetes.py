@@ -29,13 +29,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
-from taskengine_bus import Runtime
 from taskengine_core.attempts import LOST, worker_token
 from taskengine_core.config import KUBERNETES, EngineSettings
 from taskengine_core.ids import job_stream
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.steps import Outcome
 from taskengine_core.workflows import workflow
+from taskengine_runtime import Runtime
 
 from taskengine_dispatcher.executors import (
     Placement,
@@ -127,7 +127,7 @@ class JobAttempt:
 def worker_env(config: EngineSettings, job_id: int, attempt: int, timeout: float) -> dict[str, str]:
     """What the Job's worker is told: its task, attempt, token and where to report."""
     return {
-        "TASKENGINE_TASK_ID": str(job_id),
+        "TASKENGINE_JOB_ID": str(job_id),
         "TASKENGINE_ATTEMPT": str(attempt),
         "TASKENGINE_WORKER_TOKEN": worker_token(config.webhook_key, job_id, attempt),
         "TASKENGINE_GATEWAY_URL": gateway_url(config),

@@ -69,7 +69,7 @@ def worker_env(config: EngineSettings, job_id: int, attempt: int, timeout: float
     return {
         **worker_environment(),
         **{name: os.environ[name] for name in PASSED_TO_WORKER if name in os.environ},
-        "TASKENGINE_TASK_ID": str(job_id),
+        "TASKENGINE_JOB_ID": str(job_id),
         "TASKENGINE_ATTEMPT": str(attempt),
         "TASKENGINE_WORKER_TOKEN": worker_token(config.webhook_key, job_id, attempt),
         "TASKENGINE_GATEWAY_URL": gateway_url(config),

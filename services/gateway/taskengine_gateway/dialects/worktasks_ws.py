@@ -29,12 +29,12 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import NotAuthorizedException, WebSocketDisconnect
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from taskengine_bus import Runtime
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Event, JobEvent, JobSubmitted, decode
 from taskengine_core import worktasks
 from taskengine_core.clients import mask_secrets
 from taskengine_core.worktasks import DIALECT
+from taskengine_runtime import Runtime
 from taskengine_store import queries
 from taskengine_store.projections import PROJECTOR
 from taskengine_store.store import Position

@@ -27,7 +27,7 @@ from taskengine_core.workflows import allow_inline, load_registry
 from taskengine_store.rejected import Rejected, record
 from taskengine_store.store import Conflict, EventStore, Statement
 
-from taskengine_bus.bus import Reconnects, connect, ensure_stream
+from taskengine_runtime.bus import Reconnects, connect, ensure_stream
 
 T = TypeVar("T")
 SWITCH_INTERVAL = 0.0005

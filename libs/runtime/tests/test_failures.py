@@ -6,9 +6,9 @@ from __future__ import annotations
 import eventsourcing.persistence as es
 import psycopg
 import pytest
-from taskengine_bus import failures
-from taskengine_bus.bus import Delivered, in_order, position_of
-from taskengine_bus.failures import Transient, is_transient, isolating
+from taskengine_runtime import failures
+from taskengine_runtime.bus import Delivered, in_order, position_of
+from taskengine_runtime.failures import Transient, is_transient, isolating
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from taskengine_contracts import subjects
 from taskengine_contracts.events import AnyEvent, decode, encode, topic_of
 from taskengine_store.rejected import Rejected
 
-from taskengine_bus.failures import POISON_ATTEMPTS, describe, is_transient, isolating
+from taskengine_runtime.failures import POISON_ATTEMPTS, describe, is_transient, isolating
 
 log = logging.getLogger(__name__)
 

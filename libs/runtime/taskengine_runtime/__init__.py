@@ -1,0 +1,4 @@
+from taskengine_runtime.bus import BatchConsumer, Delivered, connect, ensure_stream
+from taskengine_runtime.runtime import Runtime, run_service
+
+__all__ = ["BatchConsumer", "Delivered", "Runtime", "connect", "ensure_stream", "run_service"]
