@@ -47,7 +47,7 @@ async def run(step: Step, confined: Confinement) -> tuple[Outcome, list[str]]:
 
 PROBE = (
     "id -u; id -G; pwd; echo home: $HOME; env | sort;"
-    f" if cat /proc/{os.getpid()}/environ >/dev/null; then echo READ; else echo REFUSED; fi"
+    f" if cat /proc/{os.getpid()}/environ >/dev/null 2>&1; then echo READ; else echo REFUSED; fi"
 )
 
 
