@@ -5,10 +5,13 @@ leader that lost its lock can neither go on nor slip a commit in after its succe
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import psycopg
 import pytest
 from eventsourcing.persistence import Tracking
+from taskengine_store import leadership
 from taskengine_store.leadership import LeaderLock, LeadershipLost
 from taskengine_store.store import EventStore
 
@@ -70,3 +73,28 @@ def test_a_new_leader_waits_out_a_fenced_commit_of_the_old_one(database_url):
         await new.close()
 
     asyncio.run(scenario())
+
+
+def test_a_deposed_leader_whose_shutdown_hangs_in_a_thread_still_exits(database_url, tmp_path):
+    """A store call stuck in a worker thread keeps the interpreter from exiting by itself; the
+    leader that lost its lock ends anyway, non-zero, within its grace period."""
+    script = tmp_path / "leader.py"
+    script.write_text(
+        "import asyncio, sys, threading, psycopg\n"
+        "from taskengine_store import leadership\n"
+        "leadership.EXIT_GRACE = 0.5\n"
+        "async def work(lock):\n"
+        "    pid = lock.connection.info.backend_pid\n"
+        "    with psycopg.connect(sys.argv[1], autocommit=True) as other:\n"
+        "        other.execute('SELECT pg_terminate_backend(%s)', (pid,))\n"
+        "    asyncio.get_running_loop().run_in_executor(None, threading.Event().wait)\n"
+        "    await asyncio.sleep(3600)\n"
+        "async def main():\n"
+        "    await leadership.run_as_leader(sys.argv[1], 'deposed-test', work)\n"
+        "asyncio.run(main())\n"
+    )
+    process = subprocess.run(
+        [sys.executable, str(script), database_url], capture_output=True, text=True, timeout=60
+    )
+    assert process.returncode == leadership.LOST_STATUS, process.stderr
+    assert "lost the leader lock" in process.stderr

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
@@ -37,6 +39,9 @@ POLL = 0.5
 CHECK = 1.0
 """How often the leader checks its lock connection (seconds)."""
 CHECK_TIMEOUT = 5.0
+EXIT_GRACE = 5.0
+"""How long a leader that lost its lock may take to shut down cleanly before it is ended."""
+LOST_STATUS = 70
 
 
 class LeadershipLost(RuntimeError):
@@ -140,6 +145,22 @@ async def run_as_leader(
             group.create_task(work(lock))
             group.create_task(lock.watch())
     except* LeadershipLost as lost:
+        _exit_within(EXIT_GRACE)
         raise SystemExit(f"{name}: lost the leader lock ({lost.exceptions[0]})") from None
     finally:
         await lock.close()
+
+
+def _exit_within(seconds: float) -> None:
+    """Ends the process `seconds` from now if its clean shutdown has not by then: a thread still
+    in a store call (or a bus close waiting on a dead peer) must not keep a deposed leader alive.
+    Ending it hard is safe: its work is durable and its unacknowledged messages are redelivered."""
+
+    def end() -> None:
+        log.error("leader shutdown took over %.0fs; ending the process", seconds)
+        logging.shutdown()
+        os._exit(LOST_STATUS)
+
+    timer = threading.Timer(seconds, end)
+    timer.daemon = True
+    timer.start()
