@@ -1,5 +1,5 @@
-"""The projector: keeps the read models (`rm_jobs`, `rm_job_log`, `rm_clients`) up to date
-with the store.
+"""The projector: keeps the read models up to date with the store: the jobs' (`rm_jobs`,
+`rm_job_log`, `rm_clients`) and the scheduled tasks' (`rm_tasks`, `rm_task_runs`).
 
 It follows the notification log directly (the record, not the bus) and writes each batch's
 rows together with its tracking record, so a crash never skips or doubles a row. Retention
