@@ -75,9 +75,22 @@ def test_a_new_leader_waits_out_a_fenced_commit_of_the_old_one(database_url):
     asyncio.run(scenario())
 
 
-def test_a_deposed_leader_whose_shutdown_hangs_in_a_thread_still_exits(database_url, tmp_path):
-    """A store call stuck in a worker thread keeps the interpreter from exiting by itself; the
-    leader that lost its lock ends anyway, non-zero, within its grace period."""
+HANGS = {
+    "in a worker thread": "    asyncio.get_running_loop().run_in_executor(None, threading.Event().wait)\n"
+    "    await asyncio.sleep(3600)\n",
+    "in a task that ignores its cancellation": "    while True:\n"
+    "        try:\n"
+    "            await asyncio.sleep(3600)\n"
+    "        except asyncio.CancelledError:\n"
+    "            pass\n",
+}
+
+
+@pytest.mark.parametrize("hang", HANGS)
+def test_a_deposed_leader_whose_shutdown_hangs_still_exits(database_url, tmp_path, hang):
+    """A store call stuck in a worker thread keeps the interpreter from exiting by itself, and
+    a work task that swallows its cancellation keeps the leader's task group open; the leader
+    that lost its lock ends anyway, non-zero, within its grace period."""
     script = tmp_path / "leader.py"
     script.write_text(
         "import asyncio, sys, threading, psycopg\n"
@@ -87,9 +100,8 @@ def test_a_deposed_leader_whose_shutdown_hangs_in_a_thread_still_exits(database_
         "    pid = lock.connection.info.backend_pid\n"
         "    with psycopg.connect(sys.argv[1], autocommit=True) as other:\n"
         "        other.execute('SELECT pg_terminate_backend(%s)', (pid,))\n"
-        "    asyncio.get_running_loop().run_in_executor(None, threading.Event().wait)\n"
-        "    await asyncio.sleep(3600)\n"
-        "async def main():\n"
+        + HANGS[hang]
+        + "async def main():\n"
         "    await leadership.run_as_leader(sys.argv[1], 'deposed-test', work)\n"
         "asyncio.run(main())\n"
     )

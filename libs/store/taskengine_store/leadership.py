@@ -103,6 +103,7 @@ class LeaderLock:
                 await asyncio.wait_for(self.connection.execute("SELECT 1"), CHECK_TIMEOUT)
             except (psycopg.Error, TimeoutError) as error:
                 log.error("%s: lost the leader lock (%s); exiting as leader", self.name, error)
+                _exit_within(EXIT_GRACE)
                 raise LeadershipLost(str(error) or type(error).__name__) from error
 
     @property
@@ -145,15 +146,15 @@ async def run_as_leader(
             group.create_task(work(lock))
             group.create_task(lock.watch())
     except* LeadershipLost as lost:
-        _exit_within(EXIT_GRACE)
         raise SystemExit(f"{name}: lost the leader lock ({lost.exceptions[0]})") from None
     finally:
         await lock.close()
 
 
 def _exit_within(seconds: float) -> None:
-    """Ends the process `seconds` from now if its clean shutdown has not by then: a thread still
-    in a store call (or a bus close waiting on a dead peer) must not keep a deposed leader alive.
+    """Ends the process `seconds` from now if its clean shutdown has not by then: a work task
+    that does not end when cancelled (a cancellation lost in a library's `wait_for`) or a thread
+    still in a store call must not keep a deposed leader alive.
     Ending it hard is safe: its work is durable and its unacknowledged messages are redelivered."""
 
     def end() -> None:
