@@ -76,7 +76,8 @@ def test_a_new_leader_waits_out_a_fenced_commit_of_the_old_one(database_url):
 
 
 HANGS = {
-    "in a worker thread": "    asyncio.get_running_loop().run_in_executor(None, threading.Event().wait)\n"
+    "in a worker thread": "    loop = asyncio.get_running_loop()\n"
+    "    loop.run_in_executor(None, threading.Event().wait)\n"
     "    await asyncio.sleep(3600)\n",
     "in a task that ignores its cancellation": "    while True:\n"
     "        try:\n"
