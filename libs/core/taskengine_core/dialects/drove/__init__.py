@@ -9,6 +9,9 @@ PROVISIONING_FAILED saying what to configure. Its volumes are host paths: only u
 operator's `TASKENGINE_KUBE_HOST_PATHS`. `opSpec.timeout` bounds the operation, as in Drove: a
 task not started within it is never started (PROVISIONING_FAILED); it does not limit how long
 the task runs. A task runs once: its retry policy allows no retries.
+
+`submission` checks a task operation and makes a CREATE's job, `status` maps the lifecycle
+onto Drove's task states, `view` shows a task instance as Drove does.
 """
 
 DIALECT = "drove"

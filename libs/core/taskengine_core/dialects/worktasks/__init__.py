@@ -7,7 +7,8 @@ resources, data access, its priority as given). Its retry policy, set at submiss
 transient failures only (`OOMKilled`, `Evicted`, `DeadlineExceeded`, or an attempt lost with
 its worker), each after a full-jitter backoff; the core's retry rule (retries.py) applies it,
 raising the memory limit after OOMKilled. A worker's status report is planned here into the
-job's next event (`reports`), so the gateway only validates, plans and commits.
+job's next event (`reports`), so the gateway only validates, plans and commits; `submission`
+checks a request into its job, `status` names the seed's statuses, `view` shows a work task.
 """
 
 DIALECT = "worktasks"
