@@ -31,7 +31,7 @@ from uuid import UUID, uuid4
 
 import psycopg
 from taskengine_contracts.events import TaskCreated, TaskDefinition, TaskFired, decode
-from taskengine_core.task_lifecycle import first_fire
+from taskengine_core.dialects.scheduled.lifecycle import first_fire
 
 from tests.support.servers import (
     drop_database,

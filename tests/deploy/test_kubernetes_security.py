@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from taskengine_contracts.events import Resources
-from taskengine_core import drove
+from taskengine_core.dialects.drove.submission import create_operation
 from taskengine_dispatcher.executors import kube_containers, kube_jobs
 
 from tests.deploy.files import ROOT
@@ -87,7 +87,7 @@ def docker_task_job(**spec: Any) -> dict[str, Any]:
         "resources": [{"type": "CPU", "count": 1}, {"type": "MEMORY", "sizeInMB": 128}],
         **spec,
     }
-    job = drove.create_operation({"type": "CREATE", "spec": body}).submitted(2, "acme", NOW)
+    job = create_operation({"type": "CREATE", "spec": body}).submitted(2, "acme", NOW)
     return kube_containers.manifest(
         name="te-2-1", job_id=job.job_id, run=job.run, attempt=1, timeout=60, ttl=600
     )

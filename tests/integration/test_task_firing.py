@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 from taskengine_contracts.events import TaskCreated, TaskDefinition, TaskFired
-from taskengine_core.tasks import run_id
+from taskengine_core.dialects.scheduled.runs import run_id
 from taskengine_scheduler.tasks import TaskFiring, task_statements
 from taskengine_store.store import Position
 

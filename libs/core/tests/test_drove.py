@@ -21,8 +21,15 @@ from taskengine_contracts.events import (
     RetryPolicy,
     RunSpec,
 )
-from taskengine_core import drove
-from taskengine_core.drove import InvalidTask, TaskState
+from taskengine_core.dialects.drove.status import ENDED, NOT_STARTED, TaskState, task_status
+from taskengine_core.dialects.drove.submission import DOCKER as DOCKER_WORKFLOW
+from taskengine_core.dialects.drove.submission import (
+    InvalidTask,
+    check_host_paths,
+    create_operation,
+    kill_operation,
+    parse_duration,
+)
 from taskengine_core.jobs import Job, JobState, advance
 from taskengine_core.startable import NotStartable
 from taskengine_core.startable import check_startable as check_run
@@ -64,7 +71,7 @@ DOCKER = {
     ],
 )
 def test_drove_durations(text: str, seconds: float) -> None:
-    assert drove.parse_duration(text, "t") == pytest.approx(seconds)
+    assert parse_duration(text, "t") == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize(
@@ -72,11 +79,11 @@ def test_drove_durations(text: str, seconds: float) -> None:
 )
 def test_what_is_not_a_duration(text: object) -> None:
     with pytest.raises(InvalidTask, match="must be a duration"):
-        drove.parse_duration(text, "opSpec.timeout")
+        parse_duration(text, "opSpec.timeout")
 
 
 def test_a_workflow_create_becomes_a_drove_job_that_runs_once() -> None:
-    submission = drove.create_operation(operation())
+    submission = create_operation(operation())
     event = submission.submitted(7, "acme", NOW)
     assert (event.job_id, event.client, event.dialect) == (7, "acme", "drove")
     assert (event.workflow, event.parameters, event.state) == ("sleep", {"seconds": 1}, "queued")
@@ -94,8 +101,8 @@ def test_a_workflow_create_becomes_a_drove_job_that_runs_once() -> None:
 
 
 def test_a_docker_create_is_the_kubernetes_executors_hook() -> None:
-    submission = drove.create_operation(operation(executable=DOCKER, args=["--fast"]))
-    assert submission.workflow == drove.DOCKER
+    submission = create_operation(operation(executable=DOCKER, args=["--fast"]))
+    assert submission.workflow == DOCKER_WORKFLOW
     assert submission.parameters == {
         "image": "ghcr.io/appform-io/test-task",
         "args": ["--fast"],
@@ -126,34 +133,32 @@ def test_a_docker_create_is_the_kubernetes_executors_hook() -> None:
 )
 def test_creates_that_do_not_validate(fields: dict[str, Any], problem: str) -> None:
     with pytest.raises(InvalidTask, match=problem):
-        drove.create_operation(operation(**fields))
+        create_operation(operation(**fields))
 
 
 def test_docker_volumes_and_configs_are_checked_and_kept() -> None:
     volume = {"pathInContainer": "/data", "pathOnHost": "/mnt/datavol", "mode": "READ_WRITE"}
     config = {"type": "INLINE", "localFilename": "/testfiles/drove.txt", "data": "RHJvdmU="}
-    submission = drove.create_operation(
-        operation(executable=DOCKER, volumes=[volume], configs=[config])
-    )
+    submission = create_operation(operation(executable=DOCKER, volumes=[volume], configs=[config]))
     assert submission.attributes["volumes"] == [volume]
     assert submission.attributes["configs"] == [config]
 
 
 def test_a_kill_names_its_task() -> None:
     kill = {"type": "KILL", "sourceAppName": "TEST_APP", "taskId": "T0012", "opSpec": None}
-    assert drove.kill_operation(kill) == ("TEST_APP", "T0012")
+    assert kill_operation(kill) == ("TEST_APP", "T0012")
     with pytest.raises(InvalidTask, match="parallelism"):
-        drove.kill_operation({**kill, "opSpec": {"parallelism": 33}})
+        kill_operation({**kill, "opSpec": {"parallelism": 33}})
     with pytest.raises(InvalidTask, match="unknown field"):
-        drove.kill_operation({**kill, "now": True})
+        kill_operation({**kill, "now": True})
 
 
 def test_a_task_starts_only_within_its_op_timeout_and_docker_only_on_kubernetes() -> None:
-    event = drove.create_operation(operation()).submitted(1, "acme", NOW)
+    event = create_operation(operation()).submitted(1, "acme", NOW)
     check_startable(event, "local", NOW + timedelta(minutes=5))
     with pytest.raises(NotStartable, match=r"did not start within its opSpec.timeout \(5m\)"):
         check_startable(event, "local", NOW + timedelta(minutes=5, seconds=1))
-    docker = drove.create_operation(operation(executable=DOCKER)).submitted(2, "acme", NOW)
+    docker = create_operation(operation(executable=DOCKER)).submitted(2, "acme", NOW)
     with pytest.raises(NotStartable, match="TASKENGINE_EXECUTOR=kubernetes"):
         check_startable(docker, "local", NOW)
     check_startable(docker, "kubernetes", NOW)
@@ -165,7 +170,7 @@ def test_docker_volumes_mount_only_the_clients_own_host_paths_read_only() -> Non
 
     allowed = ("/mnt/shared", "/srv/")
     own = [volume("/mnt/shared/acme"), volume("/srv/acme/a/b"), volume("/srv/acme/x/")]
-    drove.check_host_paths(own, allowed, "acme")
+    check_host_paths(own, allowed, "acme")
     refused = (
         "/mnt/sharedx/acme",
         "/mnt/shared",  # every client's
@@ -181,20 +186,20 @@ def test_docker_volumes_mount_only_the_clients_own_host_paths_read_only() -> Non
     )
     for path in refused:
         with pytest.raises(InvalidTask, match="is not a host path this engine mounts for this"):
-            drove.check_host_paths([volume(path)], allowed, "acme")
+            check_host_paths([volume(path)], allowed, "acme")
     for client in ("..", ".", "a/b", ""):
         with pytest.raises(InvalidTask, match="is not a host path"):
-            drove.check_host_paths([volume(f"/mnt/shared/{client}/x")], allowed, client)
+            check_host_paths([volume(f"/mnt/shared/{client}/x")], allowed, client)
     with pytest.raises(InvalidTask, match="mode must be READ_ONLY"):
-        drove.check_host_paths([volume("/mnt/shared/acme", "READ_WRITE")], allowed, "acme")
+        check_host_paths([volume("/mnt/shared/acme", "READ_WRITE")], allowed, "acme")
     with pytest.raises(InvalidTask, match="none: set TASKENGINE_KUBE_HOST_PATHS"):
-        drove.check_host_paths([volume("/mnt/shared/acme")], (), "acme")
-    drove.check_host_paths([], (), "acme")
+        check_host_paths([volume("/mnt/shared/acme")], (), "acme")
+    check_host_paths([], (), "acme")
 
 
 def test_a_docker_task_starts_on_kubernetes_only_with_allowed_volumes_and_no_configs() -> None:
     volume = {"pathInContainer": "/data", "pathOnHost": "/mnt/acme/vol", "mode": "READ_ONLY"}
-    docker = drove.create_operation(operation(executable=DOCKER, volumes=[volume]))
+    docker = create_operation(operation(executable=DOCKER, volumes=[volume]))
     event = docker.submitted(3, "acme", NOW)
     assert (event.run.kind, event.run.image) == ("container", DOCKER["url"])
     check_startable(event, "kubernetes", NOW, ("/mnt",))
@@ -203,18 +208,18 @@ def test_a_docker_task_starts_on_kubernetes_only_with_allowed_volumes_and_no_con
     with pytest.raises(NotStartable, match="not a host path"):  # narrowed since CREATE
         check_startable(event, "kubernetes", NOW, ("/srv",))
     config = {"type": "INLINE", "localFilename": "/etc/x", "data": "eA=="}
-    configured = drove.create_operation(operation(executable=DOCKER, configs=[config]))
+    configured = create_operation(operation(executable=DOCKER, configs=[config]))
     with pytest.raises(NotStartable, match="spec.configs"):
         check_startable(configured.submitted(4, "acme", NOW), "kubernetes", NOW)
 
 
 def test_only_a_drove_tasks_checked_env_reaches_its_steps() -> None:
-    event = drove.create_operation(operation()).submitted(1, "acme", NOW)
+    event = create_operation(operation()).submitted(1, "acme", NOW)
     assert event.run.env == {"ITERATIONS": "10"}
     smuggled = {**event.attributes, "env": {"PATH": "/tmp", "OK": "1", "N": 2}}
     assert _replace(event, attributes=smuggled).run.env == {"ITERATIONS": "10"}
     with pytest.raises(InvalidTask, match="reserved"):
-        drove.create_operation(operation(env={"PATH": "/tmp"}))
+        create_operation(operation(env={"PATH": "/tmp"}))
     other = _replace(event, dialect="taskengine", parameters={"env": {"A": "1"}}, run=RunSpec())
     assert other.run.env == {}
     check_startable(_replace(other, at=NOW - timedelta(days=30)), "local", NOW)
@@ -235,7 +240,7 @@ def _replace(event: Any, **fields: Any) -> Any:
 
 
 def job_after(*steps: tuple[type[JobEvent], dict[str, Any]]) -> Job:
-    submitted = drove.create_operation(operation()).submitted(1, "acme", NOW)
+    submitted = create_operation(operation()).submitted(1, "acme", NOW)
     job = Job.fold([submitted])
     assert job is not None
     for event_type, fields in steps:
@@ -317,16 +322,16 @@ ENDS = {"workflow": "sleep", "attempt": 1}
     ],
 )
 def test_the_state_mapping(steps: tuple, state: TaskState, result: dict | None) -> None:
-    status = drove.task_status(job_after(*steps))
+    status = task_status(job_after(*steps))
     assert (status.state, status.result) == (state, result)
 
 
 def test_every_job_state_maps_to_a_drove_state() -> None:
-    mapped = set(drove.NOT_STARTED) | set(drove.ENDED) | {JobState.RUNNING}
+    mapped = set(NOT_STARTED) | set(ENDED) | {JobState.RUNNING}
     assert mapped == set(JobState)
 
 
 def test_the_error_message_is_the_jobs_failure() -> None:
     job = job_after(ADMITTED, (JobFailed, {**ENDS, "reason": "provisioning timed out: ..."}))
-    assert drove.task_status(job).error_message == "provisioning timed out: ..."
-    assert drove.task_status(job_after(ADMITTED)).error_message == ""
+    assert task_status(job).error_message == "provisioning timed out: ..."
+    assert task_status(job_after(ADMITTED)).error_message == ""

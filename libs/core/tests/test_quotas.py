@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from taskengine_core import drove, worktasks
 from taskengine_core.config import EngineSettings
+from taskengine_core.dialects.drove import submission as drove
+from taskengine_core.dialects.worktasks import submission as worktasks
 from taskengine_core.quotas import ResourceLimits, cpu_cores, gpu_count, priority_allowed
 
 LIMITS = ResourceLimits(cpu=8, memory_bytes=4 * 2**30, gpu=2)

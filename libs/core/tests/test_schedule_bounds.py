@@ -7,9 +7,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from taskengine_core.tasks import (
+from taskengine_core.dialects.scheduled.fields import InvalidTask
+from taskengine_core.dialects.scheduled.schedule import (
     SEARCH_STEPS,
-    InvalidTask,
     ScheduleSearchExceeded,
     bounded,
     check_fires,

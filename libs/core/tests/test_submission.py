@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 from taskengine_contracts.events import JobSubmitted, RetryPolicy, RunSpec, decode, encode
-from taskengine_core import drove, worktasks
+from taskengine_core.dialects.drove import submission as drove
+from taskengine_core.dialects.worktasks import submission as worktasks
 from taskengine_core.jobs import Job
 from taskengine_core.submission import job_submitted
 

@@ -7,8 +7,8 @@ from uuid import UUID
 
 import pytest
 from taskengine_contracts.events import TaskDefinition, TaskFired
+from taskengine_core.dialects.scheduled.lifecycle import Task, created, first_fire
 from taskengine_core.errors import IllegalTransition
-from taskengine_core.task_lifecycle import Task, created, first_fire
 
 NOW = datetime(2025, 3, 1, 10, 17, 30, tzinfo=UTC)
 

@@ -10,27 +10,27 @@ from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
 
 import pytest
-from taskengine_core.errors import DomainError
-from taskengine_core.tasks import (
+from taskengine_core.dialects.scheduled.fields import (
     BACKOFF_STRATEGIES,
     LIMITS,
-    CronSchedule,
-    EventSchedule,
     InvalidTask,
-    OnceSchedule,
-    RRuleSchedule,
-    Schedule,
     check_backoff,
     check_dedupe,
     check_int,
     check_key,
     check_timezone,
     check_uuid,
-    dedupe_blocks,
-    manual_run_id,
-    parse_schedule,
-    run_id,
 )
+from taskengine_core.dialects.scheduled.runs import dedupe_blocks, manual_run_id, run_id
+from taskengine_core.dialects.scheduled.schedule import (
+    CronSchedule,
+    EventSchedule,
+    OnceSchedule,
+    RRuleSchedule,
+    Schedule,
+    parse_schedule,
+)
+from taskengine_core.errors import DomainError
 
 NY, BERLIN = "America/New_York", "Europe/Berlin"
 # 2025 transitions: New York springs forward 2025-03-09 07:00Z (02:00 EST -> 03:00 EDT) and

@@ -22,21 +22,19 @@ from taskengine_contracts.events import (
     JobUpdated,
     RunSpec,
 )
-from taskengine_core import worktasks
 from taskengine_core.attempts import TOKEN_PREFIX, token_fits, worker_token
-from taskengine_core.jobs import Job, JobState, advance
-from taskengine_core.retries import raised_memory
-from taskengine_core.worktasks import (
+from taskengine_core.dialects.worktasks import DIALECT
+from taskengine_core.dialects.worktasks.reports import ReportRefused, plan_report, transient_reason
+from taskengine_core.dialects.worktasks.status import status_of
+from taskengine_core.dialects.worktasks.submission import (
     InvalidWorkTask,
-    ReportRefused,
     engine_priority,
     memory_bytes,
-    plan_report,
     submission,
-    transient_reason,
-    update,
-    view,
 )
+from taskengine_core.dialects.worktasks.view import update, view
+from taskengine_core.jobs import Job, JobState, advance
+from taskengine_core.retries import raised_memory
 
 T0 = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
 KEY = "signing-key-0123456789"
@@ -190,7 +188,7 @@ def test_a_transient_failure_is_named_by_structured_data_only(metadata, message,
 
 def test_executing_then_completed_is_stored_with_what_the_worker_reported():
     job, answer = reported(running(submitted()), "executing", metadata={"node": "n1"})
-    assert answer == "updated" and job.executing and worktasks.status_of(job) == "executing"
+    assert answer == "updated" and job.executing and status_of(job) == "executing"
     assert plan_report(job, "executing", by="worker", now=T0) == ([], "updated")
     job, answer = reported(
         job, "completed", output_location="s3://output/result.json", metadata={"records": 1000}
@@ -223,7 +221,7 @@ def test_a_deadline_exceeded_without_retries_left_ends_timed_out():
     job, answer = reported(
         running(submitted(max_retries=0)), "failed", metadata={"reason": "DeadlineExceeded"}
     )
-    assert answer == "updated" and worktasks.status_of(job) == "timeout"
+    assert answer == "updated" and status_of(job) == "timeout"
 
 
 def test_a_failure_that_is_not_transient_ends_failed_at_once():
@@ -312,7 +310,7 @@ def test_updates_say_the_status_and_the_fields_an_event_sets():
         run_at=T0,
         state="queued",
         run=RunSpec(kind="worker"),
-        dialect=worktasks.DIALECT,
+        dialect=DIALECT,
     )
     assert update(submitted_event) == {"status": "queued", "submitted_at": "2024-01-15T10:30:00Z"}
     job = running(job)

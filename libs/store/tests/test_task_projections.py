@@ -38,9 +38,9 @@ from taskengine_contracts.events import (
     TaskSnoozed,
     TaskUpdated,
 )
+from taskengine_core.dialects.scheduled.lifecycle import Task as TaskFold
 from taskengine_core.ids import RETENTION_STREAM, job_stream
 from taskengine_core.jobs import JobRef, advance
-from taskengine_core.task_lifecycle import Task as TaskFold
 from taskengine_store.projections import PROJECTOR, project
 from taskengine_store.schema import READ_MODELS
 from taskengine_store.store import EventStore, Position

@@ -7,7 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from taskengine_core import drove
+from taskengine_core.dialects.drove.submission import create_operation
+from taskengine_core.startable import PROVISIONING
 from taskengine_dispatcher.executors import kube_containers, kube_jobs
 from taskengine_dispatcher.executors.kube_containers import (
     container_run,
@@ -30,7 +31,7 @@ def submitted(**executable):  # type: ignore[no-untyped-def]
         "args": ["--fast"],
         "volumes": [VOLUME],
     }
-    return drove.create_operation({"type": "CREATE", "spec": spec}).submitted(42, "acme", NOW)
+    return create_operation({"type": "CREATE", "spec": spec}).submitted(42, "acme", NOW)
 
 
 def test_the_job_runs_the_tasks_image_with_its_args_env_resources_and_volumes():
@@ -70,7 +71,7 @@ def test_the_pull_timeout_is_the_tasks_or_a_default():
     workflow = {"type": "WORKFLOW", "name": "echo"}
     spec = {"sourceAppName": "A", "taskId": "T", "executable": workflow, "resources": []}
     spec["resources"] = [{"type": "CPU", "count": 1}, {"type": "MEMORY", "sizeInMB": 1}]
-    other = drove.create_operation({"type": "CREATE", "spec": spec}).submitted(1, "acme", NOW)
+    other = create_operation({"type": "CREATE", "spec": spec}).submitted(1, "acme", NOW)
     assert container_run(other.run, 50) is None
 
 
@@ -127,7 +128,7 @@ def test_an_image_that_fails_to_pull_ends_provisioning_failed():
     run = container_run(submitted(dockerPullTimeout="1 second").run, 50)
     assert run is not None
     outcome = kube_containers.pull_failed(run, "ErrImagePull: not found")
-    assert outcome.reason.startswith(drove.PROVISIONING)
+    assert outcome.reason.startswith(PROVISIONING)
     assert "(1 second): ErrImagePull: not found" in outcome.reason
 
 

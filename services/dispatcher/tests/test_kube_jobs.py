@@ -5,7 +5,7 @@ DeadlineExceeded, the worker's exit code)."""
 from __future__ import annotations
 
 import pytest
-from taskengine_core.worktasks import requested
+from taskengine_core.dialects.worktasks.submission import requested
 from taskengine_dispatcher.executors import kube_jobs
 from taskengine_dispatcher.executors.kube_jobs import manifest, resources, verdict
 

@@ -19,7 +19,7 @@ from taskengine_contracts.events import (
     RunSpec,
     SettingChanged,
 )
-from taskengine_core import worktasks
+from taskengine_core.dialects.worktasks import DIALECT
 from taskengine_core.jobs import Job, JobRef, JobState
 from taskengine_core.retries import RetrySettings
 from taskengine_core.settings import RuntimeSettings
@@ -127,7 +127,7 @@ def work_task(**fields) -> Job:  # type: ignore[no-untyped-def]
             resources=Resources(memory="1Gi"),
             retry=RetryPolicy(max_retries=2, backoff="exponential_jitter", transient_only=True),
         ),
-        dialect=worktasks.DIALECT,
+        dialect=DIALECT,
         attributes={"resource_requirements": {"memory": "1Gi"}},
     )
     job = Job.started(submitted)

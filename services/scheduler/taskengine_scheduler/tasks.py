@@ -33,9 +33,6 @@ from uuid import UUID
 import msgspec
 from taskengine_contracts.events import (
     Event,
-    JobSubmitted,
-    RetryPolicy,
-    RunSpec,
     TaskCancelled,
     TaskCreated,
     TaskDefinition,
@@ -47,18 +44,11 @@ from taskengine_contracts.events import (
     TopicPublished,
     topic_of,
 )
-from taskengine_core.submission import job_submitted
-from taskengine_core.task_lifecycle import ACTIVE, CANCELED, PAUSED, Task
-from taskengine_core.tasks import (
-    InvalidTask,
-    Schedule,
-    dedupe_blocks,
-    manual_run_id,
-    off_loop,
-    parse_schedule,
-    pipeline,
-    run_id,
-)
+from taskengine_core.dialects.scheduled.fields import InvalidTask
+from taskengine_core.dialects.scheduled.lifecycle import ACTIVE, CANCELED, PAUSED, Task
+from taskengine_core.dialects.scheduled.runs import dedupe_blocks, manual_run_id, run_id
+from taskengine_core.dialects.scheduled.schedule import Schedule, off_loop, parse_schedule
+from taskengine_core.dialects.scheduled.submission import run_submitted
 from taskengine_runtime import Delivered, Runtime
 from taskengine_store.store import Conflict, Statement
 
@@ -402,26 +392,8 @@ class TaskFiring:
                     missed=missed,
                 )
             )
-            events.append(self._run(item, number, now))
+            events.append(run_submitted(number, item.client, now, item.task_id, item.definition))
         return events, _batched(moved, done, deduped)
-
-    @staticmethod
-    def _run(item: Due, number: int, now: datetime) -> JobSubmitted:
-        definition = item.definition
-        workflow, parameters = pipeline(definition.payload)
-        retry = RetryPolicy(max_retries=definition.max_retries, backoff=definition.backoff_strategy)
-        return job_submitted(
-            number,
-            item.client,
-            now,
-            workflow=workflow,
-            parameters=parameters,
-            run=RunSpec(retry=retry),
-            dialect="tasks",
-            priority=definition.priority,
-            task_id=item.task_id,
-            concurrency_key=definition.concurrency_key,
-        )
 
     async def _dedupe_seen(self, due: list[Due]) -> dict[tuple[str, str], tuple[datetime, int]]:
         keys = {(d.client, d.definition.dedupe_key) for d in due if d.definition.dedupe_key}

@@ -15,17 +15,25 @@ import logging
 import socket
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
-from uuid import uuid5
 
 from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.exceptions import HTTPException
 from msgspec import UNSET
 from taskengine_contracts.events import JobBroken, JobCancelled
-from taskengine_core import drove
-from taskengine_core.clients import mask_values
-from taskengine_core.drove import InvalidTask
+from taskengine_core.dialects.drove import DIALECT
+from taskengine_core.dialects.drove.status import task_status
+from taskengine_core.dialects.drove.submission import (
+    NAME,
+    InvalidTask,
+    check_host_paths,
+    check_resources,
+    create_operation,
+    kill_operation,
+    operation_type,
+    task_key,
+)
+from taskengine_core.dialects.drove.view import instance_view
 from taskengine_core.errors import IllegalTransition
-from taskengine_core.ids import NAMESPACE
 from taskengine_core.jobs import FINAL_STATES, Job, JobState, advance
 from taskengine_core.quotas import ResourceLimits
 from taskengine_store import queries
@@ -39,6 +47,7 @@ from taskengine_gateway.state import GatewayState
 log = logging.getLogger(__name__)
 
 HOSTNAME = socket.gethostname()
+"""The host a task that ran on the local executor (no cluster) reports."""
 MAX_LISTED = 1000
 LOG_FILES = ("output.log",)
 DEFAULT_READ, MAX_READ = 65_536, 1_048_576
@@ -88,7 +97,7 @@ DROVE = ErrorShape(
 
 # --- requests ---------------------------------------------------------------------------------
 # Each field is documented with its JSON type; its value is checked (and a bad one worded) by
-# `drove.create_operation` and `drove.kill_operation` (see `bodies`).
+# `create_operation` and `kill_operation` (see `bodies`).
 
 APP = described("string", "the application: 1 to 100 letters, digits, '-' or '_'", "billing")
 TASK = described("string", "the task: 1 to 100 letters, digits, '-' or '_'", "nightly-17")
@@ -141,59 +150,10 @@ async def search_by_form(request: Request) -> Response | None:
     client = await gateway.authenticator.authenticate(request)
     form = await request.form()
     key = {"sourceAppName": form.get("taskSearchAppName"), "taskId": form.get("taskSearchTaskID")}
-    source_app, task_id = drove.task_key(key, "form field ")
+    source_app, task_id = task_key(key, "form field ")
     await find_task(gateway, client, source_app, task_id)
     location = f"/apis/v1/tasks/{source_app}/instances/{task_id}"
     return Response(envelope(location, "found"), status_code=303, headers={"Location": location})
-
-
-# --- views ------------------------------------------------------------------------------------
-
-
-def millis(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def instance_view(job: Job) -> dict[str, Any]:
-    """A task instance in the seed's shape (`taskResult` once it ran to an end)."""
-    attributes = job.attributes
-    status = drove.task_status(job)
-    host = (job.cluster or HOSTNAME) if job.started_at else ""
-    executor = str(uuid5(NAMESPACE, f"executor:{host}:{job.executor}")) if host else ""
-    executable = dict(attributes["executable"])  # type: ignore[call-overload]
-    if executable.get("type") == "WORKFLOW":  # Drove tools print `url (type)`
-        executable = {"type": "WORKFLOW", "url": f"workflow://{executable['name']}", **executable}
-        executable["parameters"] = mask_values(executable.get("parameters", {}))
-    view: dict[str, Any] = {
-        "sourceAppName": attributes["sourceAppName"],
-        "taskId": attributes["taskId"],
-        "instanceId": attributes["instanceId"],
-        "executorId": executor,
-        "hostname": host,
-        "executable": executable,
-        "resources": allocated(attributes["resources"]),  # type: ignore[arg-type]
-        "volumes": attributes.get("volumes", []),
-        "env": mask_values(attributes.get("env", {})),
-        "state": str(status.state),
-        "metadata": {str(k): str(v) for k, v in job.metadata.items()},
-    }
-    if status.result is not None:
-        view["taskResult"] = status.result
-    view["errorMessage"] = status.error_message
-    view["created"], view["updated"] = millis(job.created_at), millis(job.updated_at)
-    return view
-
-
-def allocated(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Resources as Drove reports an allocation: CPU cores and memory by NUMA node (one node
-    here; cores are numbered, not pinned)."""
-    views = []
-    for resource in resources:
-        if resource["type"] == "CPU":
-            views.append({"type": "CPU", "cores": {"0": list(range(resource["count"]))}})
-        else:
-            views.append({"type": "MEMORY", "memoryInMB": {"0": resource["sizeInMB"]}})
-    return views
 
 
 # --- the controller ---------------------------------------------------------------------------
@@ -218,7 +178,7 @@ class DroveController(Controller):
         client: Client,
     ) -> dict:
         operation = given(data)
-        if drove.operation_type(operation) == "CREATE":
+        if operation_type(operation) == "CREATE":
             return envelope({"taskId": await create_task(gateway, client, operation)})
         return envelope({"taskId": await kill_task(gateway, client, operation)})
 
@@ -226,13 +186,15 @@ class DroveController(Controller):
     async def list_tasks(self, gateway: GatewayState, client: Client) -> dict:
         store = gateway.runtime.store
         numbers = await gateway.runtime.call(queries.drove_job_ids, store, client.name, MAX_LISTED)
-        return envelope([instance_view(job) for job in await load_jobs(gateway, numbers)])
+        return envelope([instance_view(job, HOSTNAME) for job in await load_jobs(gateway, numbers)])
 
     @get(INSTANCE, operation_id="drove_get_task")
     async def get_task(
         self, source_app: str, task_id: str, gateway: GatewayState, client: Client
     ) -> dict:
-        return envelope(instance_view(await find_task(gateway, client, source_app, task_id)))
+        return envelope(
+            instance_view(await find_task(gateway, client, source_app, task_id), HOSTNAME)
+        )
 
     @delete(INSTANCE, operation_id="drove_delete_task", status_code=200)
     async def delete_task(
@@ -244,7 +206,7 @@ class DroveController(Controller):
 
         async def plan(job: Job) -> Planned[dict]:
             if job.state not in FINAL_STATES:
-                state = drove.task_status(job).state
+                state = task_status(job).state
                 raise DroveError(409, f"task {task_id} of {source_app} is {state}: kill it first")
             forget = queries.drove_forget(job.job_id)
             events = []
@@ -268,7 +230,7 @@ class DroveController(Controller):
         wanted = given(data)
         if not wanted:
             raise InvalidTask(SEARCH_BY)
-        drove.task_key({"sourceAppName": "x", "taskId": "x", **wanted}, "")
+        task_key({"sourceAppName": "x", "taskId": "x", **wanted}, "")
         numbers = await gateway.runtime.call(
             queries.drove_job_ids,
             gateway.runtime.store,
@@ -277,7 +239,9 @@ class DroveController(Controller):
             wanted.get("sourceAppName"),
             wanted.get("taskId"),
         )
-        return Response(envelope([instance_view(job) for job in await load_jobs(gateway, numbers)]))
+        return Response(
+            envelope([instance_view(job, HOSTNAME) for job in await load_jobs(gateway, numbers)])
+        )
 
     # --- log files (Drove's bare shapes) ------------------------------------------------------
 
@@ -351,13 +315,11 @@ class DroveController(Controller):
 async def create_task(gateway: GatewayState, client: Client, data: dict[str, Any]) -> str:
     """Submits the task's job; its taskId must not be in use by a live task of the same app;
     its volumes only mount the host paths the operator allows."""
-    submission = drove.create_operation(data)
-    drove.check_host_paths(
+    submission = create_operation(data)
+    check_host_paths(
         submission.attributes["volumes"], gateway.runtime.config.host_path_prefixes, client.name
     )
-    drove.check_resources(
-        submission.attributes["resources"], ResourceLimits.of(gateway.runtime.config)
-    )
+    check_resources(submission.attributes["resources"], ResourceLimits.of(gateway.runtime.config))
     key = (client.name, submission.source_app, submission.task_id)
     taken = DroveError(
         409,
@@ -383,7 +345,7 @@ async def create_task(gateway: GatewayState, client: Client, data: dict[str, Any
 
 
 async def kill_task(gateway: GatewayState, client: Client, data: dict[str, Any]) -> str:
-    source_app, task_id = drove.kill_operation(data)
+    source_app, task_id = kill_operation(data)
 
     async def load() -> Job:
         return await find_task(gateway, client, source_app, task_id)
@@ -392,7 +354,7 @@ async def kill_task(gateway: GatewayState, client: Client, data: dict[str, Any])
         try:
             event = advance(job.ref, JobCancelled, reason="killed (KILL operation)", by=client.name)
         except IllegalTransition:
-            state = drove.task_status(job).state
+            state = task_status(job).state
             raise DroveError(
                 409, f"task {task_id} of {source_app} is {state} already: nothing to kill"
             ) from None
@@ -404,7 +366,7 @@ async def kill_task(gateway: GatewayState, client: Client, data: dict[str, Any])
 async def find_task(gateway: GatewayState, client: Client, source_app: str, task_id: str) -> Job:
     """The caller's live task; another client's does not exist for it."""
     missing = DroveError(404, f"no task {task_id[:100]} of {source_app[:100]}")
-    if not (drove.NAME.fullmatch(source_app) and drove.NAME.fullmatch(task_id)):
+    if not (NAME.fullmatch(source_app) and NAME.fullmatch(task_id)):
         raise missing
     number = await _task_job_id(gateway, client.name, source_app, task_id)
     if number is None:
@@ -418,7 +380,7 @@ async def find_task(gateway: GatewayState, client: Client, source_app: str, task
 async def load_jobs(gateway: GatewayState, numbers: list[int]) -> list[Job]:
     """The Drove jobs `numbers` name, folded from their streams, in that order."""
     jobs = await jobs_numbered(gateway, numbers)
-    return [job for job in jobs if job is not None and job.dialect == drove.DIALECT]
+    return [job for job in jobs if job is not None and job.dialect == DIALECT]
 
 
 async def log_of(

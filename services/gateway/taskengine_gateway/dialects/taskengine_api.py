@@ -13,24 +13,23 @@ from litestar.exceptions import HTTPException, NotFoundException
 from msgspec import UNSET
 from taskengine_contracts.events import (
     Event,
-    RunSpec,
     ScheduleSwitched,
     SettingChanged,
 )
 from taskengine_core import workflows
-from taskengine_core.clients import mask_secrets, mask_values
+from taskengine_core.dialects.taskengine.submission import plan_rerun, submitted
+from taskengine_core.dialects.taskengine.view import job_view, row_view, stamp
 from taskengine_core.errors import DomainError, IllegalTransition
 from taskengine_core.ids import SCHEDULES_STREAM, SETTINGS_STREAM
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.schedules import DUTIES, TICK, active_duties, duty
 from taskengine_core.settings import RuntimeSettings, validate_setting
-from taskengine_core.submission import job_submitted
 from taskengine_store import queries
 from taskengine_store.store import Conflict
 
 from taskengine_gateway.auth import Client
 from taskengine_gateway.bodies import Documented, body, checked, described, given
-from taskengine_gateway.dialects.taskengine_changes import plan_patch, plan_rerun
+from taskengine_gateway.dialects.taskengine_changes import plan_patch
 from taskengine_gateway.dialects.taskengine_errors import JobConflict, JobForbidden, JobRefused
 from taskengine_gateway.dialects.taskengine_fields import (
     DEFAULT_PRIORITY,
@@ -40,7 +39,6 @@ from taskengine_gateway.dialects.taskengine_fields import (
     parse_run_at,
     parse_semaphore,
     parse_timeout,
-    stamp,
 )
 from taskengine_gateway.dialects.taskengine_lists import list_filter
 from taskengine_gateway.errors import BadRequest, Forbidden
@@ -49,19 +47,6 @@ from taskengine_gateway.job_io import JOB_NUMBER, commit, job_numbered
 from taskengine_gateway.quotas import priority_reserved
 from taskengine_gateway.state import GatewayState
 
-QUEUE_STATE = {
-    JobState.QUEUED: ("queued", 0),
-    JobState.ADMITTED: ("started", 1),
-    JobState.RUNNING: ("started", 1),
-    JobState.SUCCEEDED: ("completed", 2),
-    JobState.FAILED: ("completed", 2),
-    JobState.TIMED_OUT: ("completed", 2),
-    JobState.RETRY_WAIT: ("pending", 3),
-    JobState.CANCELLED: ("broken", 4),
-    JobState.BROKEN: ("broken", 4),
-    JobState.SCHEDULED: ("scheduled", 5),
-    JobState.PAUSED: ("paused", 6),
-}
 VERSION = metadata.version("taskengine-gateway")
 
 
@@ -204,43 +189,6 @@ async def refuse_internal(gateway: GatewayState, urls: list[str]) -> None:
             raise BadRequest(f"{url} is refused: {refusal}")
 
 
-def row_view(row: dict[str, Any]) -> dict[str, Any]:
-    """A job of the `rm_jobs` read model in the seed's list shape."""
-    state = JobState(row["state"])
-    return {
-        "id": row["job_id"],
-        "client": row["client"],
-        "workflow": row["workflow"],
-        "priority": row["priority"],
-        "position": row["position"],
-        "created_at": stamp(row["created_at"]),
-        "updated_at": stamp(row["updated_at"]),
-        "queue_state": QUEUE_STATE[state][0],
-        "parameters": mask_values(row["parameters"]),
-        "failed": state in (JobState.FAILED, JobState.TIMED_OUT),
-        "run_at": stamp(row["run_at"]),
-    }
-
-
-def job_view(job: Job, position: int) -> dict[str, Any]:
-    queue_state, _ = QUEUE_STATE[job.state]
-    return {
-        "id": job.job_id,
-        "client": job.client,
-        "workflow": job.workflow,
-        "priority": job.priority,
-        "position": position,
-        "top_of_queue": position == 1,
-        "parameters": mask_values(job.parameters),
-        "created_at": stamp(job.created_at),
-        "updated_at": stamp(job.updated_at),
-        "queue_state": queue_state,
-        "failed": job.failed,
-        "run_at": stamp(job.run_at),
-        "semaphore_url": job.semaphore_url and mask_secrets(job.semaphore_url),
-    }
-
-
 async def load_job(gateway: GatewayState, job_id: str, client: Client) -> Job:
     """The caller's job rebuilt from its events; another client's job does not exist for it."""
     if not JOB_NUMBER.fullmatch(job_id):
@@ -271,17 +219,17 @@ class TaskEngineController(Controller):
 
         def build(number: int) -> list[Event]:
             return [
-                job_submitted(
+                submitted(
                     number,
                     client.name,
                     now,
                     workflow=workflow,
                     parameters=parameters,
-                    run=RunSpec(timeout=timeout),
                     priority=priority,
                     run_at=run_at,
                     semaphore_url=semaphore,
                     callbacks=callbacks,
+                    timeout=timeout,
                 )
             ]
 

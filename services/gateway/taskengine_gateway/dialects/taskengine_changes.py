@@ -1,5 +1,5 @@
-"""What a Task Engine `PATCH /jobs/<id>` or rerun does to a job, as lifecycle events (pure
-functions)."""
+"""What a Task Engine `PATCH /jobs/<id>` does to a job, as lifecycle events (a pure function;
+its fields' refusals are worded as the gateway's `BadRequest`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from taskengine_contracts.events import (
 )
 from taskengine_core.errors import IllegalTransition
 from taskengine_core.jobs import Job, JobRef, JobState, advance
-from taskengine_core.submission import job_submitted
 
 from taskengine_gateway.dialects.taskengine_errors import UPDATABLE
 from taskengine_gateway.dialects.taskengine_fields import (
@@ -160,28 +159,3 @@ def plan_patch(
     if not done:
         raise BadRequest(f"nothing to update: send any of {UPDATABLE}")
     return events, done
-
-
-def plan_rerun(
-    job: Job, number: int, by: str, now: datetime, callbacks: list[str]
-) -> list[JobEvent]:
-    """A new job running exactly what the original ran (its run spec, parameters and its
-    dialect's attributes); the original becomes broken."""
-    rerun = job_submitted(
-        number,
-        job.client,
-        now,
-        workflow=job.workflow,
-        parameters=job.parameters,
-        run=job.run,
-        dialect=job.dialect,
-        priority=job.priority,
-        semaphore_url=job.semaphore_url,
-        callbacks=callbacks,
-        task_id=job.task_id,
-        concurrency_key=job.concurrency_key,
-        attributes=job.attributes,
-    )
-    if job.state == S.BROKEN:
-        return [rerun]
-    return [rerun, advance(job.ref, JobBroken, at=now, by=by, reason="rerun", rerun_as=number)]

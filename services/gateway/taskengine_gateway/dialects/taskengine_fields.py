@@ -1,4 +1,4 @@
-"""The Task Engine dialect's field formats: parsing requests, formatting timestamps."""
+"""The Task Engine dialect's request fields parsed; a bad one is a `BadRequest` naming it."""
 
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ from urllib.parse import urlsplit
 from taskengine_gateway.errors import BadRequest
 
 MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 1, 10, 5
-
-
-def stamp(moment: datetime) -> str:
-    """The seed's timestamps: UTC, milliseconds, `Z`."""
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
 
 
 def parse_run_at(value: object) -> datetime:

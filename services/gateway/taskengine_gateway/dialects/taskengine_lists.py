@@ -5,22 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from taskengine_core.jobs import JobState
+from taskengine_core.dialects.taskengine.status import FAILED, STATE_NUMBERS
 from taskengine_store.queries import JOB_ORDER, JobFilter
 
 from taskengine_gateway.errors import BadRequest
 
-S = JobState
-STATE_NUMBERS: dict[int, tuple[JobState, ...]] = {
-    0: (S.QUEUED,),
-    1: (S.ADMITTED, S.RUNNING),
-    2: (S.SUCCEEDED, S.FAILED, S.TIMED_OUT),
-    3: (S.RETRY_WAIT,),
-    4: (S.CANCELLED, S.BROKEN),
-    5: (S.SCHEDULED,),
-    6: (S.PAUSED,),
-}
-FAILED = (S.FAILED, S.TIMED_OUT)
 DEFAULT_LIMIT, MAX_LIMIT = 10, 1000
 
 

@@ -20,23 +20,26 @@ from litestar.exceptions import HTTPException
 from msgspec import UNSET
 from taskengine_contracts.events import TaskDefinition, TaskEvent, TopicPublished
 from taskengine_core import workflows
-from taskengine_core.clients import mask_values
-from taskengine_core.errors import DomainError, IllegalTransition
-from taskengine_core.task_lifecycle import Task, created
-from taskengine_core.tasks import (
+from taskengine_core.dialects.scheduled.fields import (
     BACKOFF_STRATEGIES,
-    SCHEDULE_KINDS,
     InvalidTask,
     check_backoff,
     check_dedupe,
-    check_fires,
     check_int,
     check_key,
     check_uuid,
+)
+from taskengine_core.dialects.scheduled.lifecycle import Task, created
+from taskengine_core.dialects.scheduled.schedule import (
+    SCHEDULE_KINDS,
+    check_fires,
     off_loop,
     parse_schedule,
-    pipeline,
 )
+from taskengine_core.dialects.scheduled.submission import pipeline
+from taskengine_core.dialects.scheduled.view import as_body, row_view, run_view, task_view
+from taskengine_core.errors import DomainError, IllegalTransition
+from taskengine_core.timestamps import iso
 from taskengine_store import queries
 
 from taskengine_gateway.auth import Client
@@ -257,86 +260,6 @@ def definition_of(
     )
 
 
-def _as_body(definition: TaskDefinition) -> dict[str, Any]:
-    body = msgspec.to_builtins(definition)
-    body["created_by"] = str(definition.created_by)
-    return body
-
-
-# --- views ------------------------------------------------------------------------------------
-
-
-def iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def task_view(task: Task) -> dict[str, Any]:
-    body = _as_body(task.definition)
-    body["payload"] = mask_values(body["payload"])
-    return {
-        "id": str(task.id),
-        **body,
-        "status": task.status,
-        "next_run_at": iso(task.next_fire_at),
-        "last_run_at": iso(task.last_fire_at),
-        "snoozed_until": iso(task.snoozed_until),
-        "snooze_reason": task.snooze_reason,
-        "run_count": task.runs,
-        "created_at": iso(task.created_at),
-        "updated_at": iso(task.updated_at),
-    }
-
-
-def row_view(row: dict[str, Any]) -> dict[str, Any]:
-    """A task of the `rm_tasks` read model in the same shape as `task_view`."""
-    return {
-        "id": str(row["task_uuid"]),
-        "title": row["title"],
-        "description": row["description"],
-        "schedule_kind": row["schedule_kind"],
-        "schedule_expr": row["schedule_expr"],
-        "timezone": row["timezone"],
-        "payload": mask_values(row["payload"]),
-        "created_by": str(row["created_by"]),
-        "priority": row["priority"],
-        "max_retries": row["max_retries"],
-        "backoff_strategy": row["backoff_strategy"],
-        "dedupe_key": row["dedupe_key"],
-        "dedupe_window_seconds": row["dedupe_window_seconds"],
-        "concurrency_key": row["concurrency_key"],
-        "status": row["status"],
-        "next_run_at": iso(row["next_fire_at"]),
-        "last_run_at": iso(row["last_fire_at"]),
-        "snoozed_until": iso(row["snoozed_until"]),
-        "snooze_reason": row["snooze_reason"],
-        "run_count": row["runs"],
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
-    }
-
-
-RUN_STATUS = {"retry_wait": "retrying", "admitted": "running", "cancelled": "canceled"}
-
-
-def run_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": str(row["run_id"]),
-        "task_id": str(row["task_uuid"]),
-        "trigger": row["trigger"],
-        "status": RUN_STATUS.get(row["status"], row["status"]),
-        "scheduled_for": iso(row["fire_at"]),
-        "job_id": row["job_id"],
-        "attempts": row["attempts"],
-        "reason": row["reason"],
-        "duplicate_of": row["duplicate_of"],
-        "event_id": row["event_id"] and str(row["event_id"]),
-        "created_at": iso(row["created_at"]),
-        "started_at": iso(row["started_at"]),
-        "finished_at": iso(row["finished_at"]),
-        "updated_at": iso(row["updated_at"]),
-    }
-
-
 def _page(request: Request) -> tuple[int, int]:
     params = request.query_params
     try:
@@ -479,16 +402,14 @@ class TasksController(Controller):
         changes = given(data)
 
         def plan(task: Task, now: datetime) -> TaskEvent:
-            current = _as_body(task.definition)
+            current = as_body(task.definition)
             if changes.get("schedule_kind") not in (None, current["schedule_kind"]):
                 current["schedule_expr"] = None  # a new kind needs its own expression
             merged = {**current, **changes}
             sent = {k: v for k, v in merged.items() if v is not None}
             definition = definition_of(sent, now, _min_interval(gateway))
-            after = _as_body(definition)
-            changed = [
-                field for field in FIELDS if after[field] != _as_body(task.definition)[field]
-            ]
+            after = as_body(definition)
+            changed = [field for field in FIELDS if after[field] != as_body(task.definition)[field]]
             if "priority" in changed:
                 refuse_reserved_priority(definition, client, gateway)
             return task.update(definition, changed, now)

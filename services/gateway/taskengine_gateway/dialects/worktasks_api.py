@@ -23,12 +23,22 @@ from taskengine_contracts.events import (
     JobSubmitted,
     LogLine,
 )
-from taskengine_core import attempts, workflows, worktasks
+from taskengine_core import attempts, workflows
+from taskengine_core.dialects.worktasks import DIALECT
+from taskengine_core.dialects.worktasks.reports import REPORTS, plan_report
+from taskengine_core.dialects.worktasks.status import STATUSES, WAITING, status_named, status_of
+from taskengine_core.dialects.worktasks.submission import (
+    TYPES,
+    InvalidWorkTask,
+    check_resources,
+    submission,
+)
+from taskengine_core.dialects.worktasks.view import view
 from taskengine_core.errors import DomainError, IllegalTransition
 from taskengine_core.ids import execution_stream
 from taskengine_core.jobs import Job, JobState
 from taskengine_core.quotas import ResourceLimits
-from taskengine_core.worktasks import DIALECT, InvalidWorkTask, iso, view
+from taskengine_core.timestamps import iso
 from taskengine_store import queries
 from taskengine_store.store import Conflict
 
@@ -67,7 +77,7 @@ WORKTASKS = ErrorShape(
 
 # --- requests ---------------------------------------------------------------------------------
 # Each field is documented with its JSON type; its value is checked (and a bad one worded) by
-# `worktasks.submission`, `report_of` and `log_lines` (see `bodies`).
+# `submission`, `report_of` and `log_lines` (see `bodies`).
 
 SPEC = {"pipeline_id": "echo", "parameters": {"message": "hello"}}
 
@@ -85,7 +95,7 @@ class WorkTaskRequest(Documented, forbid_unknown_fields=True):
     }
 
     type: Annotated[
-        Any, described("string", f"one of {', '.join(worktasks.TYPES)}", "pipeline_execution")
+        Any, described("string", f"one of {', '.join(TYPES)}", "pipeline_execution")
     ] = UNSET
     priority: Annotated[Any, described("integer", "1 (highest) to 10", 5)] = UNSET
     project_id: Annotated[Any, described("string", "1 to 200 characters", "orbit")] = UNSET
@@ -119,9 +129,7 @@ class WorkTaskReport(Documented, forbid_unknown_fields=True):
     worktask_id: Annotated[
         Any, described(["string", "integer"], "the task's id, as in the path", "42")
     ] = UNSET
-    status: Annotated[
-        Any, described("string", f"one of {', '.join(worktasks.REPORTS)}", "completed")
-    ] = UNSET
+    status: Annotated[Any, described("string", f"one of {', '.join(REPORTS)}", "completed")] = UNSET
     output_location: Annotated[
         Any, described(["string", "null"], "where the output is", "s3://orbit/out/42")
     ] = UNSET
@@ -216,7 +224,7 @@ def refuse_over(job: Job, attempt: int) -> None:
         raise WorkTaskError(
             status_code=409,
             detail=f"attempt {attempt} of work task {job.job_id} is over"
-            f" (now {worktasks.status_of(job)}, attempt {job.attempt})",
+            f" (now {status_of(job)}, attempt {job.attempt})",
         )
 
 
@@ -234,8 +242,8 @@ def report_of(data: dict[str, Any], worktask_id: str) -> Report:
         raise InvalidWorkTask("worktask_id is required")
     if isinstance(given, bool) or not isinstance(given, (str, int)) or str(given) != worktask_id:
         raise InvalidWorkTask(f"worktask_id {given!r} does not match the path's {worktask_id!r}")
-    if data.get("status") not in worktasks.REPORTS:
-        raise InvalidWorkTask(f"status must be one of {', '.join(worktasks.REPORTS)}")
+    if data.get("status") not in REPORTS:
+        raise InvalidWorkTask(f"status must be one of {', '.join(REPORTS)}")
     metadata = data.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise InvalidWorkTask("metadata must be an object")
@@ -295,7 +303,7 @@ class WorkTasksController(Controller):
 
     @get("/api/worktasks", operation_id="worktask_queue_length")
     async def queue_length(self, gateway: GatewayState, client: Client) -> dict:
-        waiting = [str(state) for state in worktasks.WAITING]
+        waiting = [str(state) for state in WAITING]
         store = gateway.runtime.store
         length = await gateway.runtime.call(
             queries.waiting_jobs, store, client.name, DIALECT, waiting
@@ -309,11 +317,9 @@ class WorkTasksController(Controller):
         gateway: GatewayState,
         client: Client,
     ) -> dict:
-        task = worktasks.submission(given(data))
+        task = submission(given(data))
         config = gateway.runtime.config
-        worktasks.check_resources(
-            task.attributes["resource_requirements"], ResourceLimits.of(config)
-        )
+        check_resources(task.attributes["resource_requirements"], ResourceLimits.of(config))
         if priority_reserved(task.priority, client.admin, config):
             raise WorkTaskError(
                 status_code=403,
@@ -369,7 +375,7 @@ class WorkTasksController(Controller):
         async def plan(reported: tuple[Job, int | None]) -> Planned[dict]:
             job, attempt = reported
             try:
-                events, answer = worktasks.plan_report(
+                events, answer = plan_report(
                     job,
                     report.status,
                     by=reporter.by,
@@ -440,13 +446,13 @@ class WorkTasksController(Controller):
         rows = await gateway.runtime.call(queries.job_tallies, store, client.name, DIALECT)
         # One statement, one snapshot: the queue and the counts agree with each other.
         now = datetime.now(UTC)
-        by_status = dict.fromkeys(worktasks.STATUSES, 0)
-        by_type = dict.fromkeys(worktasks.TYPES, 0)
-        waiting = {str(state) for state in worktasks.WAITING}
+        by_status = dict.fromkeys(STATUSES, 0)
+        by_type = dict.fromkeys(TYPES, 0)
+        waiting = {str(state) for state in WAITING}
         by_priority: dict[str | None, int] = {}
         oldest = None
         for row in rows:
-            by_status[worktasks.status_named(JobState(row["state"]), row["executing"])] += row["n"]
+            by_status[status_named(JobState(row["state"]), row["executing"])] += row["n"]
             by_type[row["type"]] = by_type.get(row["type"], 0) + row["n"]
             if row["state"] in waiting:
                 by_priority[row["priority"]] = by_priority.get(row["priority"], 0) + row["n"]

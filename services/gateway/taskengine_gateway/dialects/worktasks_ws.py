@@ -31,9 +31,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Event, JobEvent, JobSubmitted, decode
-from taskengine_core import worktasks
 from taskengine_core.clients import mask_secrets
-from taskengine_core.worktasks import DIALECT
+from taskengine_core.dialects.worktasks import DIALECT
+from taskengine_core.dialects.worktasks.view import update
 from taskengine_runtime import Runtime
 from taskengine_store import queries
 from taskengine_store.projections import PROJECTOR
@@ -208,7 +208,7 @@ class TaskFeed:
             return
         if not await self._is_worktask(event):
             return
-        changed = worktasks.update(event)
+        changed = update(event)
         if changed is None:
             return
         if len(changed) == 1 and self.status.get(event.id) == changed["status"]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from taskengine_contracts.events import JobBroken, JobSubmitted
-from taskengine_core import worktasks
+from taskengine_core.dialects.taskengine.submission import plan_rerun
+from taskengine_core.dialects.worktasks import DIALECT
+from taskengine_core.dialects.worktasks.submission import submission
+from taskengine_core.dialects.worktasks.view import view as work_task_view
 from taskengine_core.jobs import Job
-from taskengine_gateway.dialects.taskengine_changes import plan_rerun
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 BODY = {
@@ -21,13 +23,13 @@ BODY = {
 
 
 def test_a_work_tasks_rerun_keeps_its_run_type_project_and_resources():
-    original = Job.started(worktasks.submission(BODY).submitted(7, "acme", NOW))
+    original = Job.started(submission(BODY).submitted(7, "acme", NOW))
     rerun, broken = plan_rerun(original, 8, "acme", NOW, [])
     assert isinstance(rerun, JobSubmitted) and isinstance(broken, JobBroken)
-    assert (rerun.job_id, rerun.dialect, rerun.state) == (8, worktasks.DIALECT, "queued")
+    assert (rerun.job_id, rerun.dialect, rerun.state) == (8, DIALECT, "queued")
     assert rerun.run == original.run and rerun.run.kind == "worker"
     assert rerun.attributes == original.attributes
-    view = worktasks.view(Job.started(rerun))
+    view = work_task_view(Job.started(rerun))
     assert (view["type"], view["project_id"], view["max_retries"]) == ("ml_training", "proj-1", 5)
     assert view["resource_requirements"] == {"cpu": "1", "memory": "2Gi"}
     assert broken.rerun_as == 8

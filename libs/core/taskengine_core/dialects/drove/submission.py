@@ -1,14 +1,10 @@
-"""Drove container tasks (seed 004): one job of the core seen through Drove's task API.
+"""A Drove task operation checked: CREATE into the job it submits, KILL into the task it names.
 
-A task is a job (`dialect="drove"`) whose `attributes` keep Drove's task spec, its `opSpec` and
-its `instanceId` for its views. A WORKFLOW executable runs a registered workflow's steps with
-its parameters and the task's `env` in their environment; a DOCKER one runs as a container
-(run kind `container`: its image, args, env, resources and volumes; workflow `docker`), a
-plain Kubernetes Job of its image: any other executor fails it before it starts, so it ends
-PROVISIONING_FAILED saying what to configure. Its volumes are host paths: only under the
-operator's `TASKENGINE_KUBE_HOST_PATHS`. `opSpec.timeout` bounds the operation, as in Drove: a
-task not started within it is never started (PROVISIONING_FAILED); it does not limit how long
-the task runs. A task runs once: its retry policy allows no retries.
+`create_operation` checks a CREATE whole (its `spec` and `opSpec`) and names the first field
+that does not validate; `Submission.submitted` makes its job through the one factory
+(`job_submitted`): a WORKFLOW runs a registered workflow with the task's env, a DOCKER one its
+image as a container; never retried, never started past its `opSpec.timeout`.
+`check_host_paths` and `check_resources` hold a CREATE to what the operator allows.
 """
 
 from __future__ import annotations
@@ -16,7 +12,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 from uuid import uuid4
 
@@ -30,13 +25,12 @@ from taskengine_contracts.events import (
 )
 
 from taskengine_core import workflows
+from taskengine_core.dialects.drove import DIALECT
 from taskengine_core.errors import DomainError
-from taskengine_core.jobs import Job, JobState
 from taskengine_core.quotas import ResourceLimits
-from taskengine_core.startable import PROVISIONING, check_volumes
+from taskengine_core.startable import check_volumes
 from taskengine_core.submission import job_submitted
 
-DIALECT = "drove"
 DOCKER = "docker"
 """The workflow name of a DOCKER executable: the hook the Kubernetes executor runs."""
 REFUSED_WORKFLOWS = frozenset({"inline"})
@@ -71,19 +65,6 @@ CONFIGS_UNSUPPORTED = (
 
 class InvalidTask(DomainError):
     """A task operation that does not validate; the message names the field."""
-
-
-class TaskState(StrEnum):
-    PENDING = "PENDING"
-    PROVISIONING = "PROVISIONING"
-    PROVISIONING_FAILED = "PROVISIONING_FAILED"
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    RUN_COMPLETED = "RUN_COMPLETED"
-    DEPROVISIONING = "DEPROVISIONING"
-    STOPPED = "STOPPED"
-    LOST = "LOST"
-    UNKNOWN = "UNKNOWN"
 
 
 # --- durations ----------------------------------------------------------------------------
@@ -430,70 +411,3 @@ def _strings(value: object, field: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise InvalidTask(f"{field} must be a list of strings")
     return value
-
-
-# --- states ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TaskStatus:
-    """A job as a Drove task instance: `state`, `result` once it ran to an end
-    (`{"status", "exitCode"}`), and `error_message`."""
-
-    state: TaskState
-    result: dict[str, Any] | None
-    error_message: str
-
-
-NOT_STARTED = {
-    JobState.SCHEDULED: TaskState.PENDING,
-    JobState.QUEUED: TaskState.PENDING,
-    JobState.PAUSED: TaskState.PENDING,
-    JobState.RETRY_WAIT: TaskState.PENDING,
-    JobState.ADMITTED: TaskState.PROVISIONING,
-}
-ENDED = {
-    JobState.SUCCEEDED: "SUCCESSFUL",
-    JobState.FAILED: "FAILED",
-    JobState.TIMED_OUT: "TIMED_OUT",
-    JobState.CANCELLED: "CANCELLED",
-    JobState.BROKEN: "CANCELLED",
-}
-
-
-def task_status(job: Job) -> TaskStatus:
-    """The one mapping from the canonical lifecycle to Drove's task states:
-
-    - scheduled, queued, paused, retry_wait: PENDING; admitted (a slot granted): PROVISIONING
-    - running: RUNNING (STARTING while a remote worker has not reported yet)
-    - failed before it started (no JobStarted, or reason `provisioning failed...`, e.g. its
-      image was not pulled in time): PROVISIONING_FAILED
-    - failed because its executor vanished (reason `lost...`): LOST, taskResult LOST
-    - succeeded / failed / timed_out: STOPPED, taskResult SUCCESSFUL / FAILED / TIMED_OUT
-    - cancelled (KILL) or broken: STOPPED, taskResult CANCELLED
-
-    `exitCode` is the last step's exit code (0 on success, -1 where none was seen).
-    RUN_COMPLETED and DEPROVISIONING are no separate moments here (an attempt's end is one
-    event); UNKNOWN is never answered.
-    """
-    state = job.state
-    if state in NOT_STARTED:
-        return TaskStatus(NOT_STARTED[state], None, "")
-    if state == JobState.RUNNING:
-        remote = job.executor not in (None, "local")
-        waiting = remote and not job.executing
-        return TaskStatus(TaskState.STARTING if waiting else TaskState.RUNNING, None, "")
-    error = job.failure or ""
-    if state == JobState.FAILED and error.startswith("lost"):
-        return TaskStatus(TaskState.LOST, _result("LOST", job.exit_code), error)
-    if state == JobState.FAILED and (job.started_at is None or error.startswith(PROVISIONING)):
-        return TaskStatus(TaskState.PROVISIONING_FAILED, None, error)
-    status = ENDED.get(state)
-    if status is None:  # pragma: no cover - every state is mapped above
-        return TaskStatus(TaskState.UNKNOWN, None, error)
-    code = 0 if state == JobState.SUCCEEDED else job.exit_code
-    return TaskStatus(TaskState.STOPPED, _result(status, code), error)
-
-
-def _result(status: str, exit_code: int | None) -> dict[str, Any]:
-    return {"status": status, "exitCode": -1 if exit_code is None else exit_code}

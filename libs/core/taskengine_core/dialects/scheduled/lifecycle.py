@@ -29,8 +29,9 @@ from taskengine_contracts.events import (
     TaskUpdated,
 )
 
+from taskengine_core.dialects.scheduled.runs import manual_run_id
+from taskengine_core.dialects.scheduled.schedule import Schedule, parse_schedule
 from taskengine_core.errors import IllegalTransition
-from taskengine_core.tasks import Schedule, manual_run_id, parse_schedule
 
 ACTIVE, PAUSED, CANCELED = "active", "paused", "canceled"
 SCHEDULE_FIELDS = frozenset({"schedule_kind", "schedule_expr", "timezone"})

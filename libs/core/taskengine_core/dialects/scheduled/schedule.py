@@ -1,4 +1,4 @@
-"""Scheduled tasks (the `/tasks` API): schedules, retry backoff, dedupe, run ids, field checks.
+"""A scheduled task's schedule: cron, rrule, once or event, parsed and searched for its fires.
 
 Pure decisions, no I/O; `off_loop` runs them on threads of their own, since a search for a
 rule's next fire is bounded CPU work (SEARCH_STEPS). Cron and rrule schedules step through
@@ -20,29 +20,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
-from typing import ClassVar, TypeVar, get_args
-from uuid import UUID, uuid5
-from zoneinfo import ZoneInfo, available_timezones
+from typing import ClassVar, TypeVar
+from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 from dateutil.rrule import rrule, rrulestr
-from taskengine_contracts.events import Backoff
 
-from taskengine_core.errors import DomainError
-from taskengine_core.ids import NAMESPACE
+from taskengine_core.dialects.scheduled.fields import InvalidTask, check_key, check_timezone
+from taskengine_core.timestamps import aware
 
 SCHEDULE_KINDS = ("cron", "rrule", "once", "event")
-BACKOFF_STRATEGIES: tuple[Backoff, ...] = get_args(Backoff)
-LIMITS: dict[str, tuple[int, int]] = {
-    "priority": (1, 9),
-    "max_retries": (0, 100),
-    "dedupe_window_seconds": (1, 31 * 24 * 3600),
-    "delay_seconds": (1, 7 * 24 * 3600),
-}
-"""Inclusive bounds of the integer request fields, checked by `check_int`."""
-MAX_KEY_LENGTH = 200
-"""Longest event topic, dedupe key or concurrency key."""
 MAX_RRULE_NUMBER = 100_000
 """Largest rrule COUNT or INTERVAL."""
 SEARCH_STEPS = 200_000
@@ -54,14 +41,6 @@ SEARCH_SECONDS = 10.0
 """Backstop deadline of one search, whatever its steps cost (normally reached only by steps)."""
 SPACING_SAMPLE = 10
 """Fires after now that `check_fires` looks at to measure a schedule's shortest interval."""
-
-
-class InvalidTask(DomainError):
-    """A task request the domain refuses; `field` names the offending request field."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
 
 
 class ScheduleSearchExceeded(InvalidTask):
@@ -117,12 +96,6 @@ async def off_loop(fn: Callable[..., _T], *args: object) -> _T:
 # --- wall-clock time -> instants ----------------------------------------------------------
 
 
-def _aware(moment: datetime) -> datetime:
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"expected a timezone-aware datetime, got {moment!r}")
-    return moment.astimezone(UTC)
-
-
 def _transition(before: datetime, after: datetime, zone: ZoneInfo) -> datetime:
     """The first whole second in (before, after] whose UTC offset differs from before's."""
     lo, hi = int(before.timestamp()), int(after.timestamp())
@@ -150,7 +123,7 @@ def _first_fire(
     next_wall: Callable[[datetime], datetime | None], zone: ZoneInfo, after: datetime
 ) -> datetime | None:
     """The first fire strictly after `after`; `next_wall(w)` is the first wall time > w."""
-    after = _aware(after)
+    after = aware(after)
     local = after.astimezone(zone)
     wall = local.replace(tzinfo=None, microsecond=0)
     if local.fold:
@@ -244,7 +217,7 @@ class OnceSchedule(Schedule):
     kind: ClassVar[str] = "once"
 
     def next_after(self, after: datetime) -> datetime | None:
-        return self.at if self.at > _aware(after) else None
+        return self.at if self.at > aware(after) else None
 
 
 @dataclass(frozen=True)
@@ -370,7 +343,7 @@ def _parse_rrule(text: str, zone: ZoneInfo, start: datetime | None) -> RRuleSche
     elif start is None:
         raise ValueError("an rrule without DTSTART needs a start")
     else:
-        begin = _aware(start).astimezone(zone).replace(tzinfo=None, microsecond=0)
+        begin = aware(start).astimezone(zone).replace(tzinfo=None, microsecond=0)
     params: dict[str, str] = {}
     for part in filter(None, (part.strip() for part in rules[0].split(";"))):
         name, _, value = part.partition("=")
@@ -440,107 +413,6 @@ def _until(value: str, zone: ZoneInfo, invalid: Callable[[str], InvalidTask]) ->
 def _parse_once(expr: str, zone: ZoneInfo) -> OnceSchedule:
     try:
         at = datetime.fromisoformat(expr.strip())
-        return OnceSchedule(_aware(at) if at.tzinfo else _instant(at, zone))
+        return OnceSchedule(aware(at) if at.tzinfo else _instant(at, zone))
     except (ValueError, OverflowError):
         raise InvalidTask("schedule_expr", f"{expr!r} is not an ISO-8601 date-time") from None
-
-
-# --- request fields -----------------------------------------------------------------------
-
-
-@cache
-def _zone_names() -> frozenset[str]:
-    return frozenset(available_timezones()) - {"localtime"}
-
-
-def check_timezone(name: object) -> ZoneInfo:
-    """The IANA zone called `name`."""
-    if not isinstance(name, str) or name not in _zone_names():
-        raise InvalidTask("timezone", f"unknown IANA time zone {name!r}")
-    return ZoneInfo(name)
-
-
-def check_int(field: str, value: object) -> int:
-    """An integer request field within its `LIMITS`."""
-    low, high = LIMITS[field]
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidTask(field, f"must be an integer from {low} to {high}, got {value!r}")
-    return value
-
-
-def check_backoff(value: object) -> Backoff:
-    if value not in BACKOFF_STRATEGIES:
-        raise InvalidTask("backoff_strategy", f"must be one of {', '.join(BACKOFF_STRATEGIES)}")
-    return value
-
-
-def check_key(value: object, field: str = "schedule_expr") -> str:
-    """An event topic, dedupe or concurrency key: printable, no whitespace, at most 200 chars."""
-    if (
-        not isinstance(value, str)
-        or not 0 < len(value) <= MAX_KEY_LENGTH
-        or not value.isprintable()
-        or any(char.isspace() for char in value)
-    ):
-        raise InvalidTask(
-            field, f"must be 1 to {MAX_KEY_LENGTH} printable characters without whitespace"
-        )
-    return value
-
-
-def check_dedupe(key: object, window: object) -> tuple[str | None, int | None]:
-    """The dedupe key and window; a window without a key means nothing, so it is refused."""
-    if window is not None and key is None:
-        raise InvalidTask("dedupe_window_seconds", "needs a dedupe_key")
-    return (
-        None if key is None else check_key(key, "dedupe_key"),
-        None if window is None else check_int("dedupe_window_seconds", window),
-    )
-
-
-def check_uuid(field: str, value: object) -> UUID:
-    if isinstance(value, UUID):
-        return value
-    if isinstance(value, str):
-        try:
-            return UUID(value)
-        except ValueError:
-            pass
-    raise InvalidTask(field, f"must be a UUID, got {value!r}")
-
-
-# --- runs ---------------------------------------------------------------------------------
-
-
-def dedupe_blocks(window_seconds: int | None, last_started: datetime | None, now: datetime) -> bool:
-    """Whether a run is skipped: one with its dedupe key started less than the window ago."""
-    if window_seconds is None or last_started is None:
-        return False
-    return _aware(now) - _aware(last_started) < timedelta(seconds=window_seconds)
-
-
-def run_id(task_id: UUID, fire_at: datetime) -> UUID:
-    """The id of the scheduled run firing at `fire_at`: the same in every scheduler."""
-    return uuid5(NAMESPACE, f"task-run:{task_id}:at:{_aware(fire_at).isoformat()}")
-
-
-def manual_run_id(task_id: UUID, token: str) -> UUID:
-    """The id of a run_now or event run; `token` must be unique per such run of the task."""
-    return uuid5(NAMESPACE, f"task-run:{task_id}:manual:{token}")
-
-
-def pipeline(payload: object) -> tuple[str, dict[str, object]]:
-    """The workflow and parameters a task's payload names: `{"workflow": NAME, "parameters":
-    {...}}`, or `{"steps": [...]}` run as the `inline` workflow."""
-    if not isinstance(payload, dict):
-        raise InvalidTask("payload", "must be an object naming a workflow or giving steps")
-    parameters = payload.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidTask("payload", "payload.parameters must be an object")
-    if "steps" in payload:
-        return "inline", {"steps": payload["steps"], **parameters}
-    if not isinstance(payload.get("workflow"), str):
-        raise InvalidTask(
-            "payload", "payload.workflow (a workflow name) or payload.steps is required"
-        )
-    return payload["workflow"], dict(parameters)
