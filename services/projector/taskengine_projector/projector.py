@@ -87,9 +87,7 @@ async def projector(runtime: Runtime) -> None:
                 skip.add(note.id)
             if batch:
                 await isolating(batch, commit, set_aside, attempts, PROJECTOR)
-            if not batch or batch[-1].position < notes[-1].id:
-                # The notes end in events set aside (now or before a rewind): track past them
-                # too, so the tracked position reaches the store's head (readers wait for it).
+            else:  # only events set aside (now or before a rewind): move past them
                 await track(notes[-1].id)
             position = notes[-1].id
             delay = 0.2
