@@ -7,6 +7,8 @@ import asyncio
 
 import httpx
 import pytest
+from litestar import Litestar, get
+from litestar.testing import AsyncTestClient
 from litestar.types import Receive, Scope, Send
 from taskengine_gateway import reading
 from taskengine_gateway.reading import STALE_HEADER, CaughtUp, stale_header
@@ -100,3 +102,37 @@ async def test_the_response_of_a_stale_read_carries_the_header():
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
         assert (await http.get("/stale")).headers.get(STALE_HEADER) == "true"
         assert STALE_HEADER not in (await http.get("/fresh")).headers
+
+
+async def test_a_list_that_could_not_wait_is_answered_and_marked_stale():
+    """Through litestar: the handler's read marks its own response, and only that one."""
+
+    class Store:
+        def head_and_tracked(self, name: str) -> tuple[int, int]:
+            return (10, 3) if name == "projector" else (0, 0)
+
+    class Config:
+        read_wait = 0.05
+
+    class Runtime:
+        store, config = Store(), Config()
+
+        async def call(self, fn, *args):  # type: ignore[no-untyped-def]
+            return fn(*args)
+
+    reads = reading.Reads(Runtime())  # type: ignore[arg-type]
+
+    @get("/list")
+    async def listing() -> list[str]:
+        return await reads.query(lambda store: ["row"])
+
+    @get("/other")
+    async def other() -> list[str]:
+        return []
+
+    app = Litestar([listing, other], middleware=[stale_header])
+    async with AsyncTestClient(app) as http:
+        response = await http.get("/list")
+        assert response.json() == ["row"] and response.headers.get(STALE_HEADER) == "true"
+        assert STALE_HEADER not in (await http.get("/other")).headers
+    assert reads.caught_up.stale == 1
