@@ -8,6 +8,7 @@ hold the write (`TASKENGINE_READ_WAIT`) costs a list.
 
     make bench                      # 2,000 jobs
     BENCH_JOBS=10000 make bench     # more
+    BENCH_READ_WAIT=0 make bench    # lists without waiting for the read models (they miss)
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def main() -> int:
         "TASKENGINE_PORT": str(port),
         "TASKENGINE_BOOTSTRAP_CLIENT": f"{CLIENT}:{KEY}:admin",
         "TASKENGINE_LOG_LEVEL": "WARNING",
+        "TASKENGINE_READ_WAIT": os.environ.get("BENCH_READ_WAIT", "2"),
     }
     taskengine = Path(sys.executable).parent / "taskengine"
     up = subprocess.Popen([str(taskengine), "up"], env=env, stdout=subprocess.DEVNULL,
