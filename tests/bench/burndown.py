@@ -2,10 +2,13 @@
 
 Starts `taskengine up` on a fresh data dir with its own NATS and PostgreSQL (the embedded
 default), raises `max_jobs` so admission does not cap the run, submits N jobs over keep-alive
-connections, and reads submit/start/complete times back from the event store.
+connections, and reads submit/start/complete times back from the event store. Then it times
+a list query (`GET /jobs`) alone and right after a write: what waiting for the read models to
+hold the write (`TASKENGINE_READ_WAIT`) costs a list.
 
     make bench                      # 2,000 jobs
     BENCH_JOBS=10000 make bench     # more
+    BENCH_READ_WAIT=0 make bench    # lists without waiting for the read models (they miss)
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -30,6 +33,7 @@ from tests.support.servers import scratch_dir
 
 JOBS = int(os.environ.get("BENCH_JOBS", "2000"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+LIST_ROUNDS = int(os.environ.get("BENCH_LIST_ROUNDS", "300"))
 CLIENT, KEY = "bench", "bench-key-0123456789abcdef"
 
 
@@ -97,6 +101,7 @@ def main() -> int:
         "TASKENGINE_PORT": str(port),
         "TASKENGINE_BOOTSTRAP_CLIENT": f"{CLIENT}:{KEY}:admin",
         "TASKENGINE_LOG_LEVEL": "WARNING",
+        "TASKENGINE_READ_WAIT": os.environ.get("BENCH_READ_WAIT", "2"),
     }
     taskengine = Path(sys.executable).parent / "taskengine"
     up = subprocess.Popen([str(taskengine), "up"], env=env, stdout=subprocess.DEVNULL,
@@ -134,6 +139,7 @@ def main() -> int:
         print(f"  submit -> ack      {percentiles([a - s for s, a in submitted.values()])}")
         print(f"  submit -> start    {percentiles([times[j][0] - submitted[j][0] for j in times])}")
         print(f"  submit -> complete {percentiles([times[j][1] - submitted[j][0] for j in times])}")
+        list_after_write(url, headers)
         return 0
     finally:
         if os.environ.get("BENCH_KEEP"):
@@ -142,6 +148,31 @@ def main() -> int:
             os.killpg(up.pid, signal.SIGTERM)
             up.wait(timeout=60)
             shutil.rmtree(root, ignore_errors=True)
+
+
+def list_after_write(url: str, headers: dict[str, str], rounds: int = LIST_ROUNDS) -> None:
+    """Prints the latency of `GET /jobs` alone and right after a write acknowledged (a
+    scheduled job's submission): the second waits for the projector to hold that write."""
+    later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.000")
+    alone: list[float] = []
+    after: list[float] = []
+    stale = missed = 0
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            http.get("/jobs", params={"limit": 10}).raise_for_status()
+            alone.append(time.perf_counter() - started)
+        for _ in range(rounds):
+            body = {"job": {"workflow": "noop"}, "run_at": later}
+            job = http.post("/job", json=body).raise_for_status().json()["id"]
+            started = time.perf_counter()
+            response = http.get("/jobs", params={"limit": 10, "job_ids": job}).raise_for_status()
+            after.append(time.perf_counter() - started)
+            stale += response.headers.get("X-Taskengine-Stale") == "true"
+            missed += [row["id"] for row in response.json()] != [job]
+    print(f"list queries: {rounds} each, one at a time")
+    print(f"  GET /jobs alone       {percentiles(alone)}")
+    print(f"  GET /jobs after write {percentiles(after)}   ({missed} missed, {stale} stale)")
 
 
 def wait_for_completion(db, jobs: set[int], deadline: float) -> dict[int, tuple[float, float]]:  # type: ignore[no-untyped-def]

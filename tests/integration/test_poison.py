@@ -12,7 +12,7 @@ import nats
 import psycopg
 import pytest
 from nats.js.errors import NotFoundError
-from taskengine_cli.ops import replay
+from taskengine_cli.ops import replay, reset_read_models
 from taskengine_contracts import subjects
 from taskengine_contracts.events import CallbackDelivered, JobSucceeded, encode
 from taskengine_runtime import bus, failures
@@ -280,3 +280,25 @@ def test_a_consumer_waits_out_transient_failures_and_sets_aside_only_the_culprit
     assert culprit.position == tracked == 5 and culprit.attempts == 5
     assert "ValueError: cannot handle job 5" in culprit.error
     assert culprit.msg_id is None and culprit.stream_seq == 6  # after the first garbage
+
+
+def test_the_projector_tracks_past_events_set_aside_at_the_end_of_its_batch(services):
+    """Readers wait for the projector's position to reach the store's head: events it set
+    aside, ending a batch after a rewind, must not hold that position back (the projector,
+    idle, re-reads its position and tracks past them)."""
+    services.store.commit([submitted() for _ in range(5)])
+    services.store.commit([submitted(parameters={"x": "a\x00b"})])  # the log's last event
+    services.start("projector")
+    started(services, "projector")
+    head = services.store.max_position()
+    wait_until(lambda: services.store.tracked("projector") == head, what="the first pass")
+    services.stop("projector")
+
+    reset_read_models(services.store)  # a rewind: the batch is now five events and the poison
+    services.start("projector")
+    started(services, "projector")
+    wait_until(
+        lambda: services.store.head_and_tracked("projector") == (head, head),
+        what="the projector's position past the poison again",
+    )
+    assert len(services.store.query("SELECT 1 FROM rm_jobs")) == 5

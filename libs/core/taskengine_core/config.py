@@ -100,6 +100,12 @@ class EngineSettings(BaseSettings):
         ge=1,
         description="same-way failures of one message before a consumer sets it aside",
     )
+    read_wait: float = Field(
+        default=2.0,
+        ge=0,
+        description="seconds a list, search or count may wait for the read models to hold every"
+        " write acknowledged before it; answered stale (X-Taskengine-Stale) after that; 0: no wait",
+    )
     min_fire_interval: int = Field(
         default=1,
         ge=1,

@@ -265,6 +265,24 @@ class EventStore:
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0
 
+    def head_and_tracked(self, name: str) -> tuple[int, int]:
+        """The store's head (`max_position`) and `name`'s tracked position, read in one
+        statement: one snapshot, one round trip (what a reader waiting for a consumer polls)."""
+        sql = SQL(
+            "SELECT (SELECT max(notification_id) FROM {schema}.{events}) AS head,"
+            " (SELECT max(notification_id) FROM {schema}.{tracking}"
+            " WHERE application_name = %s) AS tracked"
+        ).format(
+            schema=Identifier(self.datastore.schema),
+            events=Identifier(self.recorder.events_table_name),
+            tracking=Identifier(self.recorder.tracking_table_name),
+        )
+        with self._reading() as curs:
+            curs.execute(sql, (name,))
+            row = curs.fetchone()
+        assert row is not None
+        return row["head"] or 0, row["tracked"] or 0
+
     def tracked(self, name: str) -> int:
         return self.recorder.max_tracking_id(name) or 0
 

@@ -22,6 +22,7 @@ from taskengine_gateway.dialects.worktasks_api import WorkTasksController
 from taskengine_gateway.dialects.worktasks_ws import mask_tokens_in_logs, task_updates
 from taskengine_gateway.errors import handler
 from taskengine_gateway.health import Heartbeats
+from taskengine_gateway.reading import Reads, stale_header
 from taskengine_gateway.state import GatewayState
 from taskengine_gateway.submitter import Submitter
 
@@ -48,6 +49,7 @@ def create_app(state: GatewayState) -> Litestar:
         dependencies={"gateway": Provide(provide_state), "client": Provide(provide_client)},
         exception_handlers=handler(TASKENGINE),
         before_request=before_body,
+        middleware=[stale_header],
         state=State({"gateway": state}),
         request_max_body_size=state.runtime.config.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Taskengine", version="0.1.0", path="/schema"),
@@ -62,6 +64,7 @@ async def gateway(runtime: Runtime) -> None:
         Authenticator(runtime),
         Heartbeats(),
         OutboundGuard(parse_allowlist(runtime.config.callback_allowlist)),
+        Reads(runtime),
     )
     state.submitter.start()
     mask_tokens_in_logs()  # WebSocket clients may send their key as ?token=

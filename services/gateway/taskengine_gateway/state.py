@@ -1,4 +1,5 @@
-"""What the gateway's handlers are given: the runtime, the submitter, the authenticator."""
+"""What the gateway's handlers are given: the runtime, the submitter, the authenticator, the
+read models' reads."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from taskengine_runtime import Runtime
 from taskengine_gateway.auth import Authenticator
 from taskengine_gateway.health import Heartbeats
 from taskengine_gateway.quotas import SocketQuota, TaskQuota
+from taskengine_gateway.reading import Reads
 from taskengine_gateway.submitter import Submitter
 
 
@@ -20,5 +22,6 @@ class GatewayState:
     authenticator: Authenticator
     heartbeats: Heartbeats
     guard: OutboundGuard
+    reads: Reads
     sockets: SocketQuota = field(default_factory=SocketQuota)
     tasks: TaskQuota = field(default_factory=TaskQuota)

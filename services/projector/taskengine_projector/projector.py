@@ -60,13 +60,15 @@ async def projector(runtime: Runtime) -> None:
         tracking = Tracking(PROJECTOR, position)
         await runtime.call(store.commit, tracking=tracking, statements=statements)
 
+    # Idle, the log is polled at most 50 ms apart: lists wait for the projector to hold the
+    # writes acknowledged before them, so its pick-up time is what a list after a write costs.
     idle, delay = 0.01, 0.2
     while True:
         try:
             notes = await runtime.call(store.notifications, position, BATCH)
             if not notes:
                 await asyncio.sleep(idle)
-                idle = min(idle * 2, 0.2)
+                idle = min(idle * 2, 0.05)
                 # `taskengine replay --reset` rewinds us to 0 while we run: follow it.
                 position = min(position, await runtime.call(store.tracked, PROJECTOR))
                 continue

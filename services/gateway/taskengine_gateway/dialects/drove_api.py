@@ -406,8 +406,7 @@ async def _task_job_id(
 
 async def _output(gateway: GatewayState, job: Job, start: int, length: int) -> dict[str, Any]:
     """`output.log`: the lines the task's steps printed (step starts and exits included)."""
-    store = gateway.runtime.store
-    return await gateway.runtime.call(queries.job_output, store, job.job_id, start, length)
+    return await gateway.reads.query(queries.job_output, job.job_id, start, length)
 
 
 def _integer(request: Request, name: str, default: int, lowest: int, highest: int) -> int:

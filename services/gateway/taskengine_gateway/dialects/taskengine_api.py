@@ -249,12 +249,12 @@ class TaskEngineController(Controller):
     @get("/jobs", operation_id="list_jobs")
     async def list_jobs(self, request: Request, gateway: GatewayState, client: Client) -> list:
         wanted = list_filter(request.query_params, client.name)
-        rows = await gateway.runtime.call(queries.job_list, gateway.runtime.store, wanted)
+        rows = await gateway.reads.query(queries.job_list, wanted)
         return [row_view(row) for row in rows]
 
     @get("/dashboard", operation_id="dashboard")
     async def dashboard(self, gateway: GatewayState, client: Client) -> dict:
-        rows = await gateway.runtime.call(queries.job_dashboard, gateway.runtime.store, client.name)
+        rows = await gateway.reads.query(queries.job_dashboard, client.name)
         settings = await current_settings(gateway)
         lists: dict[str, list] = {"started": [], "queued": [], "scheduled": []}
         for row in rows:
@@ -317,7 +317,7 @@ class TaskEngineController(Controller):
     @get("/logs/{job_id:str}", operation_id="get_logs")
     async def get_logs(self, job_id: str, gateway: GatewayState, client: Client) -> list[dict]:
         job = await load_job(gateway, job_id, client)
-        rows = await gateway.runtime.call(queries.job_log, gateway.runtime.store, job.job_id)
+        rows = await gateway.reads.query(queries.job_log, job.job_id)
         return [
             {
                 "id": row["id"],
@@ -440,8 +440,7 @@ async def queue_position(gateway: GatewayState, job: Job) -> int:
     """1-based place in admission order among queued jobs; 0 when the job is not waiting."""
     if job.state != JobState.QUEUED:
         return 0
-    store = gateway.runtime.store
-    ahead = await gateway.runtime.call(
-        queries.jobs_queued_ahead, store, job.priority, job.updated_at, job.job_id
+    ahead = await gateway.reads.query(
+        queries.jobs_queued_ahead, job.priority, job.updated_at, job.job_id
     )
     return ahead + 1

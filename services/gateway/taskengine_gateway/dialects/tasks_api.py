@@ -369,9 +369,8 @@ class TasksController(Controller):
                 creator = check_uuid("created_by", given_creator)
             except InvalidTask as error:
                 raise invalid("created_by", str(error), "uuid_parsing", "query") from None
-        rows = await gateway.runtime.call(
+        rows = await gateway.reads.query(
             queries.task_list,
-            gateway.runtime.store,
             client.name,
             limit,
             offset,
@@ -471,8 +470,7 @@ class TasksController(Controller):
     ) -> list:
         task = await load_task(gateway, task_id, client)
         limit, offset = _page(request)
-        store = gateway.runtime.store
-        rows = await gateway.runtime.call(queries.task_runs, store, task.id, limit, offset)
+        rows = await gateway.reads.query(queries.task_runs, task.id, limit, offset)
         return [run_view(row) for row in rows]
 
     @post("/events", operation_id="publish_event", status_code=202)

@@ -304,10 +304,7 @@ class WorkTasksController(Controller):
     @get("/api/worktasks", operation_id="worktask_queue_length")
     async def queue_length(self, gateway: GatewayState, client: Client) -> dict:
         waiting = [str(state) for state in WAITING]
-        store = gateway.runtime.store
-        length = await gateway.runtime.call(
-            queries.waiting_jobs, store, client.name, DIALECT, waiting
-        )
+        length = await gateway.reads.query(queries.waiting_jobs, client.name, DIALECT, waiting)
         return {"queue_length": length}
 
     @post("/api/worktasks", operation_id="submit_worktask", status_code=201)
@@ -442,8 +439,7 @@ class WorkTasksController(Controller):
     @get("/api/metrics", operation_id="worktask_metrics")
     async def metrics(self, gateway: GatewayState, client: Client) -> dict:
         """The caller's work tasks: the queue, and counts by status and by type."""
-        store = gateway.runtime.store
-        rows = await gateway.runtime.call(queries.job_tallies, store, client.name, DIALECT)
+        rows = await gateway.reads.query(queries.job_tallies, client.name, DIALECT)
         # One statement, one snapshot: the queue and the counts agree with each other.
         now = datetime.now(UTC)
         by_status = dict.fromkeys(STATUSES, 0)
