@@ -33,7 +33,7 @@ from taskengine_contracts.events import (
 from taskengine_core.ids import SETTINGS_STREAM
 from taskengine_core.jobs import HOLDS_SLOT, Job, JobRef, JobState, advance
 from taskengine_core.settings import RuntimeSettings
-from taskengine_runtime import BatchConsumer, Delivered, Runtime
+from taskengine_runtime import BatchConsumer, Delivered, Runtime, metrics
 from taskengine_store.leadership import LeaderLock, run_as_leader
 from taskengine_store.store import Conflict, Statement
 
@@ -183,6 +183,8 @@ class Admission:
             for event in events:
                 entry = self.entries[event.id]
                 entry.admitted, entry.version, entry.attempt = True, event.version, event.attempt
+                wait = (event.at - entry.queued_at).total_seconds()
+                metrics.ADMISSION_WAIT.observe(max(wait, 0.0))
             return
 
     async def _refresh(self, stale: set[UUID]) -> None:

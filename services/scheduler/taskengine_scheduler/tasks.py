@@ -59,7 +59,7 @@ from taskengine_core.tasks import (
     pipeline,
     run_id,
 )
-from taskengine_runtime import Delivered, Runtime
+from taskengine_runtime import Delivered, Runtime, metrics
 from taskengine_store.store import Conflict, Statement
 
 log = logging.getLogger(__name__)
@@ -321,6 +321,11 @@ class TaskFiring:
                 after = None
             try:
                 await self.runtime.call(store.commit, events, None, statements)
+                fired = datetime.now(UTC)
+                for d in due:
+                    if d.request is None and d.next_fire_at is not None:
+                        late = (fired - d.next_fire_at).total_seconds()
+                        metrics.FIRE_LATENESS.labels("task").observe(max(late, 0.0))
                 return len(due)
             except Conflict as conflict:
                 # Moved meanwhile (updated, paused, fired by another scheduler): its row is
