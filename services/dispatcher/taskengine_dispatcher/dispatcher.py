@@ -379,7 +379,7 @@ class Dispatcher:
             return
         try:
             # A job someone else moved meanwhile (e.g. cancelled) keeps that outcome, not ours.
-            await self.runtime.call(self.runtime.store.commit_unmoved, events, rows)
+            moved = await self.runtime.call(self.runtime.store.commit_unmoved, events, rows)
         except Exception:
             for execution, lines, steps in taken:  # nothing stored: the next flush stores it
                 execution.lines[:0] = lines
@@ -388,6 +388,18 @@ class Dispatcher:
             raise
         for execution in done:
             self.running.pop(execution.ref.id, None)
+            outcome = execution.outcome
+            failed = outcome is not None and outcome.status != "succeeded"
+            if failed and not execution.cancelled and execution.ref.id not in moved:
+                assert outcome is not None
+                log.warning(
+                    "job %s: attempt %s %s: %s",
+                    execution.ref.job_id,
+                    execution.attempt,
+                    outcome.status,
+                    outcome.reason,
+                    extra=context(job_id=execution.ref.job_id, client=execution.ref.client),
+                )
         for event in events:
             self.submissions.apply(event)
 
