@@ -7,6 +7,7 @@ parsed as Prometheus parses it, and every line each service logged must be a JSO
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -64,6 +65,9 @@ def test_every_service_serves_its_metrics_and_they_move_with_the_work(system):
     urls = metrics_urls(system)
     assert set(urls) == set(SERVICES)
     assert len({httpx.URL(u).port for u in urls.values()}) == len(SERVICES)
+    banner = wait_until(lambda: "Ctrl-C" in system.log() and system.log(), what="the banner")
+    for service, url in urls.items():  # what `taskengine up` printed
+        assert re.search(rf"^ +{service} +{httpx.URL(url).port}$", banner, re.M), service
     shared = {
         "taskengine_commit_seconds",
         "taskengine_consumer_lag_events",
@@ -115,9 +119,13 @@ def test_every_service_serves_its_metrics_and_they_move_with_the_work(system):
     assert moved("admission", "taskengine_admission_wait_seconds_count") == JOBS + 1
     assert moved("dispatcher", "taskengine_job_run_seconds_count", outcome="succeeded") == JOBS + 1
     assert moved("scheduler", "taskengine_scheduler_fire_lateness_seconds_count", kind="timer") == 1
-    delivered = {"outcome": "delivered"}
-    assert moved("notifier", "taskengine_callback_deliveries_total", **delivered) == 4 * JOBS
+    delivered = {"outcome": "delivered"}  # counted once recorded, after the receiver has it
+    wait_until(
+        lambda: moved("notifier", "taskengine_callback_deliveries_total", **delivered) == 4 * JOBS,
+        what="the notifier to count the deliveries",
+    )
     assert moved("notifier", "taskengine_callback_duration_seconds_count", **delivered) == 4 * JOBS
+    assert moved("notifier", "taskengine_callback_deliveries_total", outcome="failed") == 0
     for service in ("admission", "dispatcher", "notifier", "projector", "scheduler"):
         assert moved(service, "taskengine_commit_seconds_count") > 0, service
 
