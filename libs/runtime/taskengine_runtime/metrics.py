@@ -169,7 +169,14 @@ REGISTRY.register(JOBS)
 JOB_COUNTS_SQL = "SELECT state, dialect, count(*) AS jobs FROM rm_jobs GROUP BY state, dialect"
 
 
-def serve(port: int, host: str = "0.0.0.0") -> None:
-    """Serves this process's metrics at http://host:port/metrics, in a thread of its own."""
-    start_http_server(port, addr=host)
+def serve(port: int, host: str = "127.0.0.1") -> bool:
+    """Serves this process's metrics at http://host:port/metrics, in a thread of its own.
+    A port already taken is logged, not fatal: the service's work matters more than its
+    metrics. True if serving."""
+    try:
+        start_http_server(port, addr=host)
+    except OSError as error:
+        log.error("metrics: cannot listen on %s:%d (%s); serving none", host, port, error)
+        return False
     log.info("metrics at http://%s:%d/metrics", host, port)
+    return True

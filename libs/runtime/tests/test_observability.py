@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import sys
 
 import pytest
@@ -128,3 +129,13 @@ def test_json_logging_writes_exceptions_into_the_line(monkeypatch):
     parsed = json.loads(line)
     assert parsed["position"] == 5 and parsed["service"] == "relay"
     assert "RuntimeError: boom" in parsed["exception"]
+
+
+def test_a_taken_metrics_port_is_logged_and_the_service_goes_on(caplog):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with caplog.at_level(logging.ERROR):
+            assert metrics.serve(port) is False
+    assert f"cannot listen on 127.0.0.1:{port}" in caplog.text
