@@ -130,6 +130,10 @@ def test_every_service_serves_its_metrics_and_they_move_with_the_work(system):
         assert moved(service, "taskengine_commit_seconds_count") > 0, service
 
     # Lag: every follower catches up with the store's head once the work is done.
+    for service in ("admission", "scheduler"):  # the one instance of each leads
+        assert value(scrape(urls[service]), "taskengine_leader") == 1, service
+    assert value(scrape(urls["dispatcher"]), "taskengine_leader") == 0
+
     wait_until(lambda: value(scrape(urls["relay"]), "taskengine_relay_lag_events") == 0)
     for service in ("projector", "admission", "dispatcher", "notifier"):
         samples = scrape(urls[service])

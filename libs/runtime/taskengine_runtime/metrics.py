@@ -64,6 +64,10 @@ REJECTED = Counter(
     "Messages a consumer set aside (rejected_messages) rather than handle",
     ["consumer"],
 )
+LEADER = Gauge(
+    "taskengine_leader",
+    "1 while this instance holds its service's leader lock (admission, scheduler), else 0",
+)
 WEBSOCKETS = Gauge("taskengine_websockets_open", "WebSockets (/ws/tasks) open on this gateway")
 FIRE_LATENESS = Histogram(
     "taskengine_scheduler_fire_lateness_seconds",

@@ -269,6 +269,7 @@ async def admission(runtime: Runtime) -> None:
 
 async def lead(runtime: Runtime, lock: LeaderLock) -> None:
     """Admits from where the last leader's commits left off."""
+    metrics.LEADER.set(1)  # until the process ends: one that loses the lock exits
     position = await runtime.call(runtime.store.tracked, NAME)
     runtime.settings = await settings_at(runtime, position)
     service = Admission(runtime, await load_entries(runtime), position, lock.fence)

@@ -378,6 +378,7 @@ async def scheduler(runtime: Runtime) -> None:
 
 
 async def lead(runtime: Runtime, lock: LeaderLock) -> None:
+    metrics.LEADER.set(1)  # until the process ends: one that loses the lock exits
     # What is loaded by now lives as long as the process: out of the collector's full passes,
     # which otherwise stall a burst of fires for 50-150 ms each.
     gc.collect()
