@@ -191,3 +191,18 @@ def test_the_dispatcher_runs_attempts_in_its_container():
     """Compose has no cluster: the local executor (the others are commented options)."""
     environment = compose()["services"]["dispatcher"]["environment"]
     assert environment["TASKENGINE_EXECUTOR"] == "local"
+
+
+def test_every_service_serves_metrics_where_its_labels_tell_prometheus():
+    for name in SERVICES:
+        service = compose()["services"][name]
+        environment = service["environment"]
+        port = environment["TASKENGINE_METRICS_PORT"]
+        assert int(port) > 0, name
+        assert environment["TASKENGINE_METRICS_HOST"] == "0.0.0.0", name  # reachable
+        assert service["labels"] == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": port,
+            "prometheus.io/path": "/metrics",
+        }, name
+    assert "labels" not in compose()["services"]["migrate"]  # a one-shot: nothing to scrape

@@ -247,3 +247,37 @@ def test_the_production_overlay_pins_the_image_and_sets_namespace_replicas_and_s
         d["gateway"]["spec"]["template"]["spec"]["containers"][0] for d in (base, production)
     ]
     assert gateway[0]["resources"] != gateway[1]["resources"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_service_pod_is_annotated_for_prometheus_at_its_metrics_port(layout):
+    (config,) = of_kind(layout, "ConfigMap").values()
+    port = config["data"]["TASKENGINE_METRICS_PORT"]
+    assert int(port) > 0
+    assert config["data"]["TASKENGINE_METRICS_HOST"] == "0.0.0.0"  # reachable from outside
+    for name, deployment in deployments(layout).items():
+        template = deployment["spec"]["template"]
+        assert template["metadata"]["annotations"] == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": port,
+            "prometheus.io/path": "/metrics",
+        }, name
+        (container,) = template["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["metrics"] == int(port), name
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_only_the_monitoring_namespace_reaches_the_metrics_port(layout):
+    (config,) = of_kind(layout, "ConfigMap").values()
+    policy = of_kind(layout, "NetworkPolicy")["taskengine-metrics"]["spec"]
+    for name, deployment in deployments(layout).items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert policy["podSelector"]["matchLabels"].items() <= labels.items(), name
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    assert policy["ingress"] == [
+        {
+            "from": [{"namespaceSelector": {"matchLabels": monitoring}}],
+            "ports": [{"protocol": "TCP", "port": int(config["data"]["TASKENGINE_METRICS_PORT"])}],
+        }
+    ]

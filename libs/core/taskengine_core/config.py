@@ -6,7 +6,7 @@ import posixpath
 import ssl
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +93,24 @@ class EngineSettings(BaseSettings):
     )
     create_tables: bool = False
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="how services log: text (human-readable lines) or json (one JSON object"
+        " per line: time, level, service, instance, logger, message and, where known, job_id,"
+        " client and position)",
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="where a service serves its Prometheus metrics (/metrics); 0: nowhere"
+        " (`taskengine up` gives each service a port of its own and prints them)",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="the address the metrics server listens on (0.0.0.0 in a container, for"
+        " Prometheus to reach it)",
+    )
     max_body_bytes: int = 524_288  # an event must fit NATS's default 1 MB max payload
     pool_size: int = 4
     poison_attempts: int = Field(

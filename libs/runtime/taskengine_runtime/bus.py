@@ -19,7 +19,9 @@ from taskengine_contracts import subjects
 from taskengine_contracts.events import AnyEvent, decode, encode, topic_of
 from taskengine_store.rejected import Rejected
 
+from taskengine_runtime import metrics
 from taskengine_runtime.failures import POISON_ATTEMPTS, describe, is_transient, isolating
+from taskengine_runtime.logs import context
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,14 @@ class BatchConsumer:
         """The store's last position when last read: no event from it can be past that."""
         self.tracked = handled
         self.tracked_at = 0.0
+        self.idle_now = False
+        """The last fetch found nothing: this consumer has all the bus holds for it."""
+        metrics.LAG.consumers[durable] = self.lag_position
+
+    def lag_position(self) -> int | None:
+        """Where this consumer got to, for its lag (None: it has all the bus holds for it, so
+        its lag is none of its own; events it does not take count while it is busy)."""
+        return None if self.idle_now else self.handled
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         """(Re)creates the consumer to deliver from just after the tracked position.
@@ -220,6 +230,7 @@ class BatchConsumer:
                 messages = await subscription.fetch(self.batch, timeout=self.wait)
             except (TimeoutError, nats.errors.TimeoutError):
                 messages = []
+            self.idle_now = not messages
             if not messages:  # nats-py answers [] when the server's timeout reply comes first
                 await self._track_lazily()
                 if self.idle:
@@ -304,7 +315,9 @@ class BatchConsumer:
                 item.subject,
                 item.position,
                 item.error,
+                extra=context(position=item.position),
             )
+        metrics.REJECTED.labels(self.durable).inc(len(rejected))
         await self._retrying(lambda: self.reject(rejected, position), "recording set-aside")
 
     async def _retrying(self, call: Callable[[], Awaitable[None]], what: str) -> None:

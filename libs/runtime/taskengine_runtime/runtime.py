@@ -27,7 +27,9 @@ from taskengine_core.workflows import allow_inline, load_registry
 from taskengine_store.rejected import Rejected, record
 from taskengine_store.store import Conflict, EventStore, Statement
 
+from taskengine_runtime import metrics
 from taskengine_runtime.bus import Reconnects, connect, ensure_stream
+from taskengine_runtime.logs import configure_logging
 
 T = TypeVar("T")
 SWITCH_INTERVAL = 0.0005
@@ -147,18 +149,11 @@ async def _open_store(name: str, config: EngineSettings) -> EventStore:
             delay = min(delay * 2, 5.0)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
     """Entry point of a service process: wire everything, run `main`, stop on SIGTERM/SIGINT."""
     config = engine_settings()
-    configure_logging(config.log_level)
+    instance = config.instance or f"{name}-{os.uname().nodename}"
+    configure_logging(config.log_level, config.log_format, name, instance)
     # The store thread re-takes the GIL after each database round trip; with the default
     # 5 ms switch interval a busy event loop makes every commit wait ~5 ms per round trip.
     sys.setswitchinterval(SWITCH_INTERVAL)
@@ -169,11 +164,15 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
     not_dumpable()  # no process of our user (a step) may read our environment's secrets
 
     async def start() -> None:
+        if config.metrics_port:  # answers from the start, even while the store is away
+            metrics.serve(config.metrics_port, config.metrics_host)
         store = await _open_store(name, config)
         reconnects = Reconnects()
         nc, js = await connect(config.nats_url, name, reconnects, **config.nats_options())
         await ensure_stream(js)
         runtime = Runtime(name, config, store, nc, js, reconnects=reconnects)
+        store.observe_commit = metrics.COMMIT_LATENCY.observe
+        metrics.LAG.follow_head(store.max_position)
         await runtime.load_settings()
         task = asyncio.current_task()
         assert task is not None
@@ -195,4 +194,10 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
             await nc.close()  # handled batches are acked; the rest is redelivered
             store.close()
 
-    uvloop.run(start())
+    try:
+        uvloop.run(start())
+    except SystemExit as leaving:
+        if isinstance(leaving.code, str):  # said as a log record (a JSON line where asked)
+            log.critical(leaving.code)
+            raise SystemExit(1) from None
+        raise

@@ -33,7 +33,7 @@ from taskengine_contracts.events import (
 from taskengine_core.ids import SETTINGS_STREAM
 from taskengine_core.jobs import HOLDS_SLOT, Job, JobRef, JobState, advance
 from taskengine_core.settings import RuntimeSettings
-from taskengine_runtime import BatchConsumer, Delivered, Runtime
+from taskengine_runtime import BatchConsumer, Delivered, Runtime, metrics
 from taskengine_store.leadership import LeaderLock, run_as_leader
 from taskengine_store.store import Conflict, Statement
 
@@ -183,6 +183,8 @@ class Admission:
             for event in events:
                 entry = self.entries[event.id]
                 entry.admitted, entry.version, entry.attempt = True, event.version, event.attempt
+                wait = (event.at - entry.queued_at).total_seconds()
+                metrics.ADMISSION_WAIT.observe(max(wait, 0.0))
             return
 
     async def _refresh(self, stale: set[UUID]) -> None:
@@ -267,6 +269,7 @@ async def admission(runtime: Runtime) -> None:
 
 async def lead(runtime: Runtime, lock: LeaderLock) -> None:
     """Admits from where the last leader's commits left off."""
+    metrics.LEADER.set(1)  # until the process ends: one that loses the lock exits
     position = await runtime.call(runtime.store.tracked, NAME)
     runtime.settings = await settings_at(runtime, position)
     service = Admission(runtime, await load_entries(runtime), position, lock.fence)

@@ -13,7 +13,8 @@ def endpoints_file(data_dir: Path) -> Path:
     return data_dir / "run" / "endpoints.json"
 
 
-def write_endpoints(data_dir: Path, **urls: str) -> None:
+def write_endpoints(data_dir: Path, **urls: str | dict[str, str]) -> None:
+    """`urls`: each server's URL by name; `metrics`, each service's metrics URL."""
     path = endpoints_file(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)  # the database URL may hold a password

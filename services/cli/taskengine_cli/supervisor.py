@@ -7,6 +7,10 @@ dies. A server it started that dies is started again (`healing`). Services recon
 that dies meanwhile is held while NATS is down, and started at once while PostgreSQL recovers
 (it waits for the database itself), so restarts do not pile up. SIGINT/SIGTERM stop every
 child, then the servers it started.
+
+Each service serves its Prometheus metrics on a port of its own (TASKENGINE_METRICS_PORT):
+from the supervisor's TASKENGINE_METRICS_PORT on, one per service in SERVICES order (one in
+use: any free port), else free ports; the banner lists them, as does `run/endpoints.json`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from urllib.parse import urlsplit
 from taskengine_core.clients import mask
 from taskengine_core.config import EngineSettings
 from taskengine_core.confinement import not_dumpable
-from taskengine_embedded import EmbeddedNats, EmbeddedPostgres
+from taskengine_embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from taskengine_store.store import EventStore
 
 from taskengine_cli.clients import ensure_clients
@@ -52,6 +56,18 @@ def port_open(port: int, host: str) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
+def metrics_ports(base: int) -> dict[str, int]:
+    """A metrics port for each service: `base` + its index (if free), else any free one."""
+    ports: dict[str, int] = {}
+    for index, name in enumerate(SERVICES):
+        preferred = base + index if base else None
+        port = free_port(preferred)
+        while port in ports.values():
+            port = free_port()
+        ports[name] = port
+    return ports
+
+
 @dataclass
 class Child:
     name: str
@@ -61,12 +77,14 @@ class Child:
     started: float = 0.0
     backoff: float = FIRST_DELAY
     next_start: float = 0.0
+    metrics_port: int = 0
+    """Where it serves its metrics, the same across its restarts."""
 
     def start(self, env: dict[str, str]) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115  (owned by the child from here)
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"taskengine_{self.name}"],
-            env=env,
+            env={**env, "TASKENGINE_METRICS_PORT": str(self.metrics_port)},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -127,12 +145,21 @@ class Supervisor:
                 "TASKENGINE_WEBHOOK_KEY": master,
             }
             gateway_url = f"http://{self.config.host}:{self.config.port}"
+            ports = metrics_ports(self.config.metrics_port)
+            host = self.config.metrics_host
             write_endpoints(
-                data_dir, database_url=database_url, nats_url=nats_url, gateway_url=gateway_url
+                data_dir,
+                database_url=database_url,
+                nats_url=nats_url,
+                gateway_url=gateway_url,
+                metrics={name: f"http://{host}:{port}/metrics" for name, port in ports.items()},
             )
             for name in SERVICES:
                 child = Child(
-                    name, data_dir / "logs" / f"{name}.log", data_dir / "run" / f"{name}.pid"
+                    name,
+                    data_dir / "logs" / f"{name}.log",
+                    data_dir / "run" / f"{name}.pid",
+                    metrics_port=ports[name],
                 )
                 child.start({**env, "TASKENGINE_INSTANCE": f"{name}-0"})
                 self.children.append(child)
@@ -184,6 +211,8 @@ class Supervisor:
             f"  PostgreSQL  {hide_password(database_url)}",
             f"  data        {data_dir}",
             f"  logs        {data_dir / 'logs'}/<service>.log",
+            f"  metrics     http://{self.config.metrics_host}:<port>/metrics, the ports:",
+            *(f"    {child.name:<11} {child.metrics_port}" for child in self.children),
             "",
         ]
         for name, key, shown in clients:

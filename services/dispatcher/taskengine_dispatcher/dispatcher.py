@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -47,7 +48,8 @@ from taskengine_core.jobs import Job, JobRef, JobState, advance
 from taskengine_core.retries import RetrySettings
 from taskengine_core.startable import check_startable
 from taskengine_core.steps import Outcome, StepEvent
-from taskengine_runtime import BatchConsumer, Delivered, Runtime
+from taskengine_runtime import BatchConsumer, Delivered, Runtime, metrics
+from taskengine_runtime.logs import context
 from taskengine_store.store import Conflict, Statement
 
 from taskengine_dispatcher import submissions
@@ -102,6 +104,8 @@ class Execution(Running):
     """A local attempt ended: `outcome` is stored with the next flush (None: nothing to)."""
     task: asyncio.Task[None] | None = None
     cancelled: bool = False
+    started: float = field(default_factory=time.monotonic)
+    """When it was launched (monotonic), for its run time."""
 
     @property
     def remote(self) -> bool:
@@ -264,11 +268,13 @@ class Dispatcher:
         if not runner.reports:
             try:
                 execution.outcome = await runner.run()
+                _ran(execution, execution.outcome)
             finally:
                 execution.done = True
                 self.wake.set()
             return
         outcome = await runner.run()
+        _ran(execution, outcome)
         await self._end_attempt(execution, outcome)
         await runner.after_end()
         if self.running.get(execution.ref.id) is execution:
@@ -286,11 +292,20 @@ class Dispatcher:
                 appended = await self.runtime.call(self.end_attempts, [ending])
                 break
             except Exception:  # the store is unreachable: keep trying
-                log.exception("job %s: ending the attempt failed; retrying", execution.ref.job_id)
+                log.exception(
+                    "job %s: ending the attempt failed; retrying",
+                    execution.ref.job_id,
+                    extra=context(job_id=execution.ref.job_id, client=execution.ref.client),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 4, 5.0)
         for event in appended:
-            log.warning("job %s: %s", event.job_id, outcome.reason if outcome else event)
+            log.warning(
+                "job %s: %s",
+                event.job_id,
+                outcome.reason if outcome else event,
+                extra=context(job_id=event.job_id, client=execution.ref.client),
+            )
 
     def _cancel(self, event: JobCancelled | JobBroken) -> None:
         execution = self.running.get(event.id)
@@ -364,7 +379,7 @@ class Dispatcher:
             return
         try:
             # A job someone else moved meanwhile (e.g. cancelled) keeps that outcome, not ours.
-            await self.runtime.call(self.runtime.store.commit_unmoved, events, rows)
+            moved = await self.runtime.call(self.runtime.store.commit_unmoved, events, rows)
         except Exception:
             for execution, lines, steps in taken:  # nothing stored: the next flush stores it
                 execution.lines[:0] = lines
@@ -373,6 +388,18 @@ class Dispatcher:
             raise
         for execution in done:
             self.running.pop(execution.ref.id, None)
+            outcome = execution.outcome
+            failed = outcome is not None and outcome.status != "succeeded"
+            if failed and not execution.cancelled and execution.ref.id not in moved:
+                assert outcome is not None
+                log.warning(
+                    "job %s: attempt %s %s: %s",
+                    execution.ref.job_id,
+                    execution.attempt,
+                    outcome.status,
+                    outcome.reason,
+                    extra=context(job_id=execution.ref.job_id, client=execution.ref.client),
+                )
         for event in events:
             self.submissions.apply(event)
 
@@ -463,6 +490,12 @@ class Dispatcher:
         if len(left) < len(rows):
             log.info("dispatcher: adopted %d %s", len(rows) - len(left), executor.runs_as)
         return left
+
+
+def _ran(execution: Execution, outcome: Outcome | None) -> None:
+    """Its run time, by how it ended (`stopped`: cancelled, or the dispatcher stopping)."""
+    status = outcome.status if outcome is not None else "stopped"
+    metrics.RUN_TIME.labels(status).observe(time.monotonic() - execution.started)
 
 
 async def remote_executor(runtime: Runtime) -> Executor | None:

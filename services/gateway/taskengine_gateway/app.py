@@ -10,7 +10,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from taskengine_core.outbound import OutboundGuard, parse_allowlist
-from taskengine_runtime import Runtime
+from taskengine_runtime import Runtime, metrics
 
 from taskengine_gateway.auth import Authenticator, Client
 from taskengine_gateway.bodies import before_body
@@ -57,6 +57,12 @@ def create_app(state: GatewayState) -> Litestar:
     )
 
 
+def _job_counts(runtime: Runtime) -> list[tuple[str, str, int]]:
+    """Jobs by state and dialect in the read model (blocking: called when scraped)."""
+    rows = runtime.store.query(metrics.JOB_COUNTS_SQL)
+    return [(row["state"], row["dialect"], row["jobs"]) for row in rows]
+
+
 async def gateway(runtime: Runtime) -> None:
     state = GatewayState(
         runtime,
@@ -67,6 +73,7 @@ async def gateway(runtime: Runtime) -> None:
         Reads(runtime),
     )
     state.submitter.start()
+    metrics.JOBS.count_with(lambda: _job_counts(runtime))
     mask_tokens_in_logs()  # WebSocket clients may send their key as ?token=
     await state.heartbeats.follow(runtime.nc)
     config = uvicorn.Config(

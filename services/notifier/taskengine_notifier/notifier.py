@@ -45,7 +45,8 @@ from taskengine_core.outbound import (
     sign,
     webhook_secret,
 )
-from taskengine_runtime import BatchConsumer, Delivered, Runtime
+from taskengine_runtime import BatchConsumer, Delivered, Runtime, metrics
+from taskengine_runtime.logs import context
 from taskengine_store.store import Statement
 
 from taskengine_notifier.callbacks import NOTIFIED, deliveries_for
@@ -108,8 +109,8 @@ class Notifier:
         self.due: list[Delivery] = []
         """The first delivery of each line that is not being sent, by when it is due."""
         self.sending: set[Line] = set()
-        self.done: list[tuple[Delivery, int | None, str | None]] = []
-        """Attempts made and not yet recorded."""
+        self.done: list[tuple[Delivery, int | None, str | None, float]] = []
+        """Attempts made and not yet recorded (with how long each took)."""
         self.tasks: set[asyncio.Task] = set()
         self.wake = asyncio.Event()
         self.secrets: dict[str, str] = {}
@@ -201,6 +202,7 @@ class Notifier:
         answered = False
         try:
             async with self.room:
+                started = time.monotonic()
                 try:
                     status, error = await self.attempt(delivery)
                 except Exception as failure:  # whatever happens, it is a failed attempt
@@ -209,7 +211,7 @@ class Notifier:
         finally:
             if change := self.lanes.finish(host, answered):
                 log.warning("notifier: %s", change)
-        self.done.append((delivery, status, error))
+        self.done.append((delivery, status, error, time.monotonic() - started))
         self.wake.set()
 
     def release(self, delivery: Delivery) -> None:
@@ -230,19 +232,38 @@ class Notifier:
         events: list[Event] = []
         statements: list[Statement] = []
         retries: list[float | None] = []
-        for delivery, status, error in batch:
+        outcomes: dict[str, list[float]] = {}
+        for delivery, status, error, took in batch:
             event, statement, retry = self.record(delivery, status, error)
             events.append(event)
             statements.append(statement)
             retries.append(retry)
+            outcome = "delivered" if error is None else "failed" if retry else "given_up"
+            outcomes.setdefault(outcome, []).append(took)
+            if error is not None:
+                log.log(
+                    logging.INFO if retry else logging.WARNING,
+                    "notifier: job %s: callback %s attempt %s failed: %s%s",
+                    delivery.job_id,
+                    delivery.event,
+                    delivery.attempts,
+                    error,
+                    "" if retry else "; given up",
+                    extra=context(job_id=delivery.job_id, client=_owner(delivery)),
+                )
         try:
             await self.runtime.call(self.runtime.store.commit, events, None, statements)
         except Exception:
             log.exception("notifier: recording %s attempts failed; sending again", len(batch))
             retries = [1.0] * len(batch)
-            for delivery, _, _ in batch:
+            for delivery, _, _, _ in batch:
                 delivery.attempts -= 1
-        for (delivery, _, _), retry in zip(batch, retries, strict=True):
+        for outcome, durations in outcomes.items():
+            metrics.CALLBACKS.labels(outcome).inc(len(durations))
+            histogram = metrics.CALLBACK_LATENCY.labels(outcome)
+            for took in durations:
+                histogram.observe(took)
+        for (delivery, _, _, _), retry in zip(batch, retries, strict=True):
             if retry is None:
                 self.lines[(delivery.job_id, delivery.url)].popleft()
             else:
@@ -309,6 +330,10 @@ def _answered(status: int | None, error: str) -> bool:
 
 class _Owner(msgspec.Struct):
     client: str
+
+
+def _owner(delivery: Delivery) -> str:
+    return msgspec.json.decode(delivery.body, type=_Owner).client
 
 
 class _Happened(msgspec.Struct):

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from eventsourcing.persistence import Tracking
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Event, encode
-from taskengine_runtime import Runtime
+from taskengine_runtime import Runtime, metrics
 from taskengine_runtime.failures import describe, is_transient, isolating
+from taskengine_runtime.logs import context
 from taskengine_store.projections import PROJECTOR, project
 from taskengine_store.rejected import Rejected, decoded, record, set_aside_positions
 from taskengine_store.store import Position
@@ -38,6 +39,7 @@ async def projector(runtime: Runtime) -> None:
     skip = await runtime.call(set_aside_positions, store, PROJECTOR)
     attempts = runtime.config.poison_attempts
     track = runtime.tracker(PROJECTOR)
+    metrics.LAG.consumers[PROJECTOR] = lambda: position
 
     async def commit(batch: Sequence[Position]) -> None:
         tracking = Tracking(PROJECTOR, batch[-1].position)
@@ -55,7 +57,9 @@ async def projector(runtime: Runtime) -> None:
                 item.position,
                 item.subject,
                 item.error,
+                extra=context(position=item.position),
             )
+        metrics.REJECTED.labels(PROJECTOR).inc(len(items))
         statements = [record(r) for r in items]
         tracking = Tracking(PROJECTOR, position)
         await runtime.call(store.commit, tracking=tracking, statements=statements)

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 from taskengine_contracts import subjects
-from taskengine_runtime import Runtime
+from taskengine_runtime import Runtime, metrics
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
     tracked = await runtime.call(store.tracked, NAME)
     position = await _resume_from(runtime, tracked)
     log.info("relay resuming after position %d (tracked %d)", position, tracked)
+    metrics.LAG.relay = lambda: position
     reconnects = runtime.reconnects.count
     wake = asyncio.Event()
     listener = asyncio.create_task(_listen(runtime.config.database_url, wake))

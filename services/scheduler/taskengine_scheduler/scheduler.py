@@ -45,7 +45,7 @@ from taskengine_core.jobs import Job, JobRef, JobState, advance
 from taskengine_core.lanes import lanes_from, origin
 from taskengine_core.outbound import OutboundGuard, exchange, outbound_client, parse_allowlist
 from taskengine_core.schedules import TICK, active_duties
-from taskengine_runtime import BatchConsumer, Delivered, Runtime
+from taskengine_runtime import BatchConsumer, Delivered, Runtime, metrics
 from taskengine_store.leadership import LeaderLock, run_as_leader
 from taskengine_store.store import Conflict, Statement
 
@@ -255,6 +255,10 @@ class Scheduler:
             drops: list[Statement] = [(_DROP_TIMER, (row["job_uuid"],)) for row in rows]
             try:
                 await self.runtime.call(store.commit, events, None, self._fenced(drops))
+                queued = datetime.now(UTC)
+                for row in rows:
+                    late = (queued - row["due_at"]).total_seconds()
+                    metrics.FIRE_LATENESS.labels("timer").observe(max(late, 0.0))
                 rows = []
             except Conflict as conflict:
                 # The job moved meanwhile (updated, paused, cancelled...): rebuild its timer.
@@ -374,6 +378,7 @@ async def scheduler(runtime: Runtime) -> None:
 
 
 async def lead(runtime: Runtime, lock: LeaderLock) -> None:
+    metrics.LEADER.set(1)  # until the process ends: one that loses the lock exits
     # What is loaded by now lives as long as the process: out of the collector's full passes,
     # which otherwise stall a burst of fires for 50-150 ms each.
     gc.collect()

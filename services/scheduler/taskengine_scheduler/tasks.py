@@ -49,7 +49,7 @@ from taskengine_core.dialects.scheduled.lifecycle import ACTIVE, CANCELED, PAUSE
 from taskengine_core.dialects.scheduled.runs import dedupe_blocks, manual_run_id, run_id
 from taskengine_core.dialects.scheduled.schedule import Schedule, off_loop, parse_schedule
 from taskengine_core.dialects.scheduled.submission import run_submitted
-from taskengine_runtime import Delivered, Runtime
+from taskengine_runtime import Delivered, Runtime, metrics
 from taskengine_store.store import Conflict, Statement
 
 log = logging.getLogger(__name__)
@@ -311,6 +311,11 @@ class TaskFiring:
                 after = None
             try:
                 await self.runtime.call(store.commit, events, None, statements)
+                fired = datetime.now(UTC)
+                for d in due:
+                    if d.request is None and d.next_fire_at is not None:
+                        late = (fired - d.next_fire_at).total_seconds()
+                        metrics.FIRE_LATENESS.labels("task").observe(max(late, 0.0))
                 return len(due)
             except Conflict as conflict:
                 # Moved meanwhile (updated, paused, fired by another scheduler): its row is

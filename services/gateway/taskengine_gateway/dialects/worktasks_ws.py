@@ -34,7 +34,7 @@ from taskengine_contracts.events import Event, JobEvent, JobSubmitted, decode
 from taskengine_core.clients import mask_secrets
 from taskengine_core.dialects.worktasks import DIALECT
 from taskengine_core.dialects.worktasks.view import update
-from taskengine_runtime import Runtime
+from taskengine_runtime import Runtime, metrics
 from taskengine_store import queries
 from taskengine_store.projections import PROJECTOR
 from taskengine_store.store import Position
@@ -122,7 +122,8 @@ async def task_updates(socket: WebSocket, gateway: GatewayState) -> None:
         )
         try:
             await socket.accept()
-            await feed.serve(socket, subscription.messages, None if raw is None else int(raw))
+            with metrics.WEBSOCKETS.track_inprogress():
+                await feed.serve(socket, subscription.messages, None if raw is None else int(raw))
         finally:
             await _unsubscribe(gateway.runtime, subscription)
     finally:
