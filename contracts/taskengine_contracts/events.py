@@ -36,6 +36,11 @@ class JobEvent(Event, frozen=True, kw_only=True):
 # --- job lifecycle -------------------------------------------------------------------------
 
 
+FailureKind = Literal["transient", "lost", "timeout", "unstartable", "other"]
+"""Why an attempt failed: `transient` (the place it ran failed it: OOMKilled, Evicted,
+DeadlineExceeded), `lost` (its runner vanished), `timeout`, `unstartable` (it was never
+provisioned: not startable, its image not pulled in time) or `other` (its own failure)."""
+
 Backoff = Literal["exponential_jitter", "linear", "fixed"]
 """How the delay before a retry grows from one attempt to the next."""
 
@@ -197,6 +202,8 @@ class JobFailed(JobEvent, frozen=True, kw_only=True, tag="job.failed"):
     workflow: str
     attempt: int
     reason: str
+    failure: FailureKind
+    """The kind of the failure that ended it (views such as Drove's LOST read it)."""
     exit_code: int | None = None
     callbacks: list[str] = []
     custom_data: object = None

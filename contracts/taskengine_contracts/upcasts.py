@@ -37,8 +37,15 @@ _UNITS = {
 _DURATION = re.compile(r"\s*(\d{1,12})\s*([a-z]+)\s*")
 
 
+LOST_REASON = "lost"
+UNPROVISIONED_REASON = "provisioning failed: "
+"""How the reason of a `job.failed` stored without its `failure` kind began for those kinds."""
+
+
 def upcast(raw: Any) -> dict[str, Any] | None:
     """The current shape of an old event (a JSON object); None when it is not one."""
+    if isinstance(raw, dict) and raw.get("type") == "job.failed" and "failure" not in raw:
+        return _failed(raw)
     if not isinstance(raw, dict) or raw.get("type") != "job.submitted" or "run" in raw:
         return None
     event = dict(raw)
@@ -122,3 +129,16 @@ def _limit(name: str, given: str) -> dict[str, Any]:
     if unit not in _UNITS and unit.endswith("s"):
         unit = unit[:-1]
     return {"seconds": int(match.group(1)) * _UNITS[unit], "name": name, "given": given}
+
+
+def _failed(raw: dict[str, Any]) -> dict[str, Any]:
+    """A `job.failed` stored before it carried its kind: the kind its reason's words gave
+    (a vanished runner, an attempt never provisioned, one that never started), else `other`."""
+    reason = str(raw.get("reason", ""))
+    if reason.startswith(LOST_REASON):
+        failure = "lost"
+    elif reason.startswith(UNPROVISIONED_REASON):
+        failure = "unstartable"
+    else:
+        failure = "other"
+    return {**raw, "failure": failure}

@@ -126,7 +126,13 @@ EXAMPLES: dict[type[Event], Event] = {
     ),
     JobSucceeded: JobSucceeded(**JOB_FIELDS, version=5, workflow="echo", attempt=1),
     JobFailed: JobFailed(
-        **JOB_FIELDS, version=5, workflow="fail", attempt=3, reason="exit code 7", exit_code=7
+        **JOB_FIELDS,
+        version=5,
+        workflow="fail",
+        attempt=3,
+        reason="exit code 7",
+        failure="other",
+        exit_code=7,
     ),
     JobTimedOut: JobTimedOut(**JOB_FIELDS, version=5, workflow="sleep", attempt=1, timeout=2.5),
     JobRetryScheduled: JobRetryScheduled(

@@ -1,5 +1,6 @@
 """Stored `job.submitted` events of the shape before the run spec decode with the `run` the
-dispatcher derived from them when it started the job."""
+dispatcher derived from them when it started the job; a stored `job.failed` without its
+failure kind decodes with the kind its reason named."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import msgspec
 import pytest
 from taskengine_contracts.events import (
+    JobFailed,
     JobQueued,
     JobSubmitted,
     Limit,
@@ -190,3 +192,27 @@ def test_only_an_old_submission_is_upcast():
         "reason": "due",
     }
     assert isinstance(decode(stored(queued)), JobQueued)
+
+
+@pytest.mark.parametrize(
+    ("reason", "failure"),
+    [
+        ("lost: the dispatcher stopped", "lost"),
+        ("provisioning failed: the image was not pulled", "unstartable"),
+        ("step 1 exited with 3", "other"),
+        ("the pod was lost", "other"),
+    ],
+)
+def test_an_old_failure_decodes_with_the_kind_its_reason_named(reason, failure):
+    old = {
+        **{k: BASE[k] for k in ("id", "version", "at", "job_id", "client", "priority")},
+        "type": "job.failed",
+        "workflow": "echo",
+        "attempt": 2,
+        "reason": reason,
+    }
+    event = decode(stored(old))
+    assert isinstance(event, JobFailed)
+    assert (event.failure, event.reason) == (failure, reason)
+    with pytest.raises(msgspec.ValidationError):
+        decode(stored({**old, "failure": "unheard-of"}))

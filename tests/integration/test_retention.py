@@ -108,7 +108,11 @@ def test_finished_jobs_before_the_cutoff_leave_the_read_models_and_replay_agrees
     succeeded = History(OLD).run(OLD)
     old_output = succeeded.output(OLD)
     succeeded.then(JobSucceeded, OLD, workflow="noop", attempt=1)
-    failed = History(OLD).run(OLD).then(JobFailed, OLD, workflow="noop", attempt=1, reason="x")
+    failed = (
+        History(OLD)
+        .run(OLD)
+        .then(JobFailed, OLD, workflow="noop", attempt=1, reason="x", failure="other")
+    )
     cancelled = History(OLD).then(JobCancelled, OLD, reason="not needed", by="tester")
     persisted = History(OLD).run(OLD).then(JobSucceeded, OLD, workflow="noop", attempt=1)
     persisted.then(

@@ -15,6 +15,7 @@ from uuid import UUID
 
 import msgspec
 from taskengine_contracts.events import (
+    FailureKind,
     JobAdmitted,
     JobBroken,
     JobCancelled,
@@ -138,6 +139,8 @@ class Job(msgspec.Struct):
     version: int
     attempt: int = 0
     failure: str | None = None
+    failure_kind: FailureKind | None = None
+    """The kind of the failure that ended the job (`JobFailed.failure`)."""
     exit_code: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -248,6 +251,7 @@ class Job(msgspec.Struct):
                 self.memory = event.memory or self.memory
             case JobFailed(reason=reason, exit_code=code):
                 self.failure, self.exit_code, self.finished_at = reason, code, event.at
+                self.failure_kind = event.failure
                 self.metadata = event.metadata or self.metadata
             case JobTimedOut(timeout=timeout):
                 self.failure, self.finished_at = f"timed out after {timeout:g}s", event.at

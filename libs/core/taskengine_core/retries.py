@@ -1,12 +1,13 @@
 """The one retry rule: what a failed attempt of any job leads to.
 
 A failure is of one kind: `transient` (OOMKilled, Evicted, DeadlineExceeded: the place it ran
-failed it), `lost` (its runner vanished), `timeout` (it ran past its timeout) or `other`. The
+failed it), `lost` (its runner vanished), `timeout` (it ran past its timeout), `unstartable`
+(it was never provisioned) or `other`. The
 job's retry policy (set from its dialect at submission, in its run spec) decides which kinds
 are retried and how often: a timeout never, transient and lost failures while retries remain,
-other failures unless the policy retries transient failures only. A job without a policy
-retries any failure up to the `retry_limit` setting. A retry after OOMKilled raises the memory
-limit ×1.5, up to a cap.
+other and unstartable failures unless the policy retries transient failures only. A job
+without a policy retries any failure up to the `retry_limit` setting. A retry after OOMKilled
+raises the memory limit ×1.5, up to a cap.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 from taskengine_contracts.events import (
+    FailureKind,
     JobEvent,
     JobFailed,
     JobRetryScheduled,
@@ -33,7 +34,7 @@ from taskengine_core.quotas import memory_bytes
 from taskengine_core.settings import RuntimeSettings
 from taskengine_core.steps import Outcome
 
-Kind = Literal["transient", "lost", "timeout", "other"]
+Kind = FailureKind
 DEFAULT_MAX_MEMORY = "16Gi"
 OOM = "OOMKilled"
 DEADLINE = "DeadlineExceeded"
@@ -62,6 +63,8 @@ def kind_of(outcome: Outcome) -> Kind:
         return "lost"
     if outcome.transient:
         return "transient"
+    if outcome.unstartable:
+        return "unstartable"
     return "timeout" if outcome.status == "timed_out" else "other"
 
 
@@ -70,6 +73,7 @@ RETRIED: dict[Kind, Callable[[RetryPolicy | None], bool]] = {
     "lost": lambda policy: True,
     "timeout": lambda policy: False,
     "other": lambda policy: policy is None or not policy.transient_only,
+    "unstartable": lambda policy: policy is None or not policy.transient_only,
 }
 """Whether a failure of each kind is retried under a policy (None: the settings')."""
 
@@ -131,6 +135,7 @@ def after_failure(
         JobFailed,
         at=now,
         reason=outcome.reason,
+        failure=kind_of(outcome),
         exit_code=outcome.exit_code,
         metadata=metadata or {},
         **final,

@@ -48,6 +48,8 @@ class Outcome:
     exit_code: int | None = None
     timeout: float = 0.0
     transient: str | None = None
+    unstartable: bool = False
+    """The attempt was never provisioned (e.g. its image was not pulled in time)."""
 
 
 def die_with_parent() -> None:

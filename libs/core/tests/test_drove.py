@@ -275,7 +275,10 @@ ENDS = {"workflow": "sleep", "attempt": 1}
             (
                 ADMITTED,
                 STARTED,
-                (JobFailed, {**ENDS, "reason": "step exited with 3", "exit_code": 3}),
+                (
+                    JobFailed,
+                    {**ENDS, "reason": "step exited with 3", "failure": "other", "exit_code": 3},
+                ),
             ),
             TaskState.STOPPED,
             {"status": "FAILED", "exitCode": 3},
@@ -301,7 +304,13 @@ ENDS = {"workflow": "sleep", "attempt": 1}
             {"status": "CANCELLED", "exitCode": -1},
         ),
         (
-            (ADMITTED, (JobFailed, {**ENDS, "reason": "DOCKER executables need ..."})),
+            (
+                ADMITTED,
+                (
+                    JobFailed,
+                    {**ENDS, "reason": "DOCKER executables need ...", "failure": "unstartable"},
+                ),
+            ),
             TaskState.PROVISIONING_FAILED,
             None,
         ),
@@ -309,13 +318,24 @@ ENDS = {"workflow": "sleep", "attempt": 1}
             (
                 ADMITTED,
                 REMOTE,
-                (JobFailed, {**ENDS, "reason": "provisioning failed: the image was not pulled"}),
+                (
+                    JobFailed,
+                    {
+                        **ENDS,
+                        "reason": "provisioning failed: the image was not pulled",
+                        "failure": "unstartable",
+                    },
+                ),
             ),
             TaskState.PROVISIONING_FAILED,
             None,
         ),
         (
-            (ADMITTED, STARTED, (JobFailed, {**ENDS, "reason": "lost: the dispatcher stopped"})),
+            (
+                ADMITTED,
+                STARTED,
+                (JobFailed, {**ENDS, "reason": "lost: the dispatcher stopped", "failure": "lost"}),
+            ),
             TaskState.LOST,
             {"status": "LOST", "exitCode": -1},
         ),
@@ -332,6 +352,19 @@ def test_every_job_state_maps_to_a_drove_state() -> None:
 
 
 def test_the_error_message_is_the_jobs_failure() -> None:
-    job = job_after(ADMITTED, (JobFailed, {**ENDS, "reason": "provisioning timed out: ..."}))
+    job = job_after(
+        ADMITTED, (JobFailed, {**ENDS, "reason": "provisioning timed out: ...", "failure": "other"})
+    )
     assert task_status(job).error_message == "provisioning timed out: ..."
     assert task_status(job_after(ADMITTED)).error_message == ""
+
+
+def test_lost_and_unprovisioned_come_from_the_failure_kind_not_the_words() -> None:
+    worded = {**ENDS, "reason": "lost: provisioning failed: words only", "failure": "other"}
+    job = job_after(ADMITTED, STARTED, (JobFailed, worded))
+    assert task_status(job).state == TaskState.STOPPED
+    lost = job_after(ADMITTED, STARTED, (JobFailed, {**ENDS, "reason": "x", "failure": "lost"}))
+    assert task_status(lost).state == TaskState.LOST
+    unprovisioned = {**ENDS, "reason": "x", "failure": "unstartable"}
+    job = job_after(ADMITTED, STARTED, (JobFailed, unprovisioned))
+    assert task_status(job).state == TaskState.PROVISIONING_FAILED

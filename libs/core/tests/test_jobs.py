@@ -49,7 +49,13 @@ FIELDS: dict[type[JobEvent], dict[str, Any]] = {
     JobStarted: {"workflow": "echo", "attempt": 1, "executor": "local-1"},
     JobExecuting: {"attempt": 1, "by": "worker-1"},
     JobSucceeded: {"workflow": "echo", "attempt": 1},
-    JobFailed: {"workflow": "echo", "attempt": 1, "reason": "exit 1", "exit_code": 1},
+    JobFailed: {
+        "workflow": "echo",
+        "attempt": 1,
+        "reason": "exit 1",
+        "failure": "other",
+        "exit_code": 1,
+    },
     JobTimedOut: {"workflow": "echo", "attempt": 1, "timeout": 2.5},
     JobRetryScheduled: {
         "workflow": "echo",

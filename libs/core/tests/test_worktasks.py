@@ -336,7 +336,9 @@ def test_updates_say_the_status_and_the_fields_an_event_sets():
     }
     done = advance(ref, JobSucceeded, at=T0, workflow="pipe-456", attempt=1)
     assert update(done) == {"status": "completed", "completed_at": "2024-01-15T10:30:00Z"}
-    failed = advance(ref, JobFailed, at=T0, workflow="pipe-456", attempt=1, reason="exit 1")
+    failed = advance(
+        ref, JobFailed, at=T0, workflow="pipe-456", attempt=1, reason="exit 1", failure="other"
+    )
     assert update(failed)["error_message"] == "exit 1"  # type: ignore[index]
     timed_out = advance(ref, JobTimedOut, at=T0, workflow="pipe-456", attempt=1, timeout=30)
     assert update(timed_out)["status"] == "timeout"  # type: ignore[index]

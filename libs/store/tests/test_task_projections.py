@@ -166,7 +166,13 @@ class Run:
 
     def failed(self, seconds: float, attempt: int) -> JobFailed:
         return self.then(
-            JobFailed, seconds, workflow="noop", attempt=attempt, reason="exit code 2", exit_code=2
+            JobFailed,
+            seconds,
+            workflow="noop",
+            attempt=attempt,
+            reason="exit code 2",
+            failure="other",
+            exit_code=2,
         )
 
 

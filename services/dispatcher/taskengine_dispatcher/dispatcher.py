@@ -213,6 +213,7 @@ class Dispatcher:
                         workflow=spec.workflow,
                         attempt=event.attempt,
                         reason=str(error),
+                        failure="unstartable",
                     )
                 )
                 continue

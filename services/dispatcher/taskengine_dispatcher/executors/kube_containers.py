@@ -107,7 +107,7 @@ def pull_failed(run: ContainerRun, problem: str) -> Outcome:
         f"{PROVISIONING}the image {run.image} was not pulled within its {limit.name}"
         f" ({limit.given}): {problem}"
     )
-    return Outcome("failed", why)
+    return Outcome("failed", why, unstartable=True)
 
 
 def verdict(

@@ -8,7 +8,6 @@ from enum import StrEnum
 from typing import Any
 
 from taskengine_core.jobs import Job, JobState
-from taskengine_core.startable import PROVISIONING
 
 
 class TaskState(StrEnum):
@@ -55,9 +54,9 @@ def task_status(job: Job) -> TaskStatus:
 
     - scheduled, queued, paused, retry_wait: PENDING; admitted (a slot granted): PROVISIONING
     - running: RUNNING (STARTING while a remote worker has not reported yet)
-    - failed before it started (no JobStarted, or reason `provisioning failed...`, e.g. its
+    - failed before it started (no JobStarted, or failure kind `unstartable`, e.g. its
       image was not pulled in time): PROVISIONING_FAILED
-    - failed because its executor vanished (reason `lost...`): LOST, taskResult LOST
+    - failed because its executor vanished (failure kind `lost`): LOST, taskResult LOST
     - succeeded / failed / timed_out: STOPPED, taskResult SUCCESSFUL / FAILED / TIMED_OUT
     - cancelled (KILL) or broken: STOPPED, taskResult CANCELLED
 
@@ -73,9 +72,10 @@ def task_status(job: Job) -> TaskStatus:
         waiting = remote and not job.executing
         return TaskStatus(TaskState.STARTING if waiting else TaskState.RUNNING, None, "")
     error = job.failure or ""
-    if state == JobState.FAILED and error.startswith("lost"):
+    if state == JobState.FAILED and job.failure_kind == "lost":
         return TaskStatus(TaskState.LOST, _result("LOST", job.exit_code), error)
-    if state == JobState.FAILED and (job.started_at is None or error.startswith(PROVISIONING)):
+    unstarted = job.started_at is None or job.failure_kind == "unstartable"
+    if state == JobState.FAILED and unstarted:
         return TaskStatus(TaskState.PROVISIONING_FAILED, None, error)
     status = ENDED.get(state)
     if status is None:  # pragma: no cover - every state is mapped above
