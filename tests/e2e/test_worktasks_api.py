@@ -589,3 +589,38 @@ def test_a_higher_priority_is_admitted_first_and_the_queue_is_counted(system, sh
             admin.post("/settings", json={"name": "max_jobs", "setting": 20})
             for worktask_id in started:
                 report(shared, worktask_id, "cancelled")
+
+
+# --- a rerun through the Task Engine API ------------------------------------------------------
+
+
+def test_a_rerun_through_the_task_engine_api_keeps_the_work_tasks_request(system):
+    who = new_client(system, "rerun")
+    body = {"type": "ml_training", "resource_requirements": {"cpu": "1", "memory": "1Gi"}}
+    with bearer(system, who[1]) as mine, system.client(who) as engine:
+        original = submit(mine, **body)
+        wait_until(
+            lambda: get(mine, original["worktask_id"])["status"] == "completed",
+            what="the work task to complete",
+        )
+        response = engine.post(f"/jobs/{original['worktask_id']}/rerun")
+        assert response.status_code == 200, response.text
+        rerun = get(mine, str(response.json()["id"]))
+        assert rerun["worktask_id"] != original["worktask_id"]
+        for field in ("type", "project_id", "task_spec", "resource_requirements", "max_retries"):
+            assert rerun[field] == original[field], field
+        assert rerun["data_access"] == original["data_access"]
+        assert (rerun["retry_count"], rerun["started_at"]) == (0, None)
+        done = wait_until(
+            lambda: (lambda task: task if task["status"] == "completed" else None)(
+                get(mine, rerun["worktask_id"])
+            ),
+            what="the rerun to complete",
+        )
+        assert done["completed_at"] is not None
+        assert mine.get("/api/metrics").json()["tasks_by_type"] == {
+            "pipeline_execution": 0,
+            "ml_training": 2,
+            "ml_inference": 0,
+            "digital_twin_update": 0,
+        }
