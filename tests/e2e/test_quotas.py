@@ -248,14 +248,14 @@ def test_the_top_priorities_are_refused_403_for_scheduled_tasks(system):
 def test_the_top_priorities_are_refused_403_for_work_tasks(system):
     name, key = new_client(system, "q")
     with bearer(system, key) as a, bearer(system, ADMIN[1]) as admin:
-        refused = a.post("/api/worktasks", json={**WORKTASK, "priority": 5})
+        refused = a.post("/api/worktasks", json={**WORKTASK, "priority": 9})
         assert refused.status_code == 403
         assert refused.json() == {
-            "error": "priority 5 is reserved: this client may use at most 3 (higher = more urgent)"
+            "error": "priority 9 is reserved: this client may use at most 8 (higher = more urgent)"
         }
         assert submissions(system, name) == []
-        assert a.post("/api/worktasks", json={**WORKTASK, "priority": 3}).status_code == 201
-        assert admin.post("/api/worktasks", json={**WORKTASK, "priority": 5}).status_code == 201
+        assert a.post("/api/worktasks", json={**WORKTASK, "priority": 8}).status_code == 201
+        assert admin.post("/api/worktasks", json={**WORKTASK, "priority": 9}).status_code == 201
 
 
 # --- paged replay ---------------------------------------------------------------------------

@@ -423,12 +423,22 @@ def test_completed_after_cancelled_is_a_409_and_nothing_is_stored(system, api, s
 
 def test_a_non_transient_failure_ends_the_task_failed(api, shared, cleanup):
     worktask_id = running(api, cleanup)["worktask_id"]
-    message = "step 2 crashed; its log mentions OOMKilled but that is no reason"
+    message = "step 2 crashed; its log mentions NotOOMKilledX, not a transient cause"
     response = report(shared, worktask_id, "failed", error_message=message)
     assert response.json() == {"status": "updated"}
     task = get(api, worktask_id)
     assert (task["status"], task["retry_count"], task["error_message"]) == ("failed", 0, message)
     assert task["completed_at"]
+
+
+def test_a_transient_word_in_the_error_message_is_retried_with_more_memory(api, shared, cleanup):
+    worktask_id = running(api, cleanup)["worktask_id"]
+    response = report(shared, worktask_id, "failed", error_message="Pod OOMKilled (137)")
+    assert response.status_code == 200 and response.json() == {"status": "requeued_for_retry"}
+    task = get(api, worktask_id)
+    assert task["status"] in ("queued", "spawned")
+    assert (task["retry_count"], task["retry_reason"]) == (1, "OOMKilled")
+    assert task["resource_requirements"]["memory"] == "3072Mi"  # 2Gi × 1.5
 
 
 def test_oom_is_retried_with_more_memory_until_retries_run_out(system, api, cleanup):
@@ -535,6 +545,8 @@ def test_metrics_need_credentials_and_have_the_seeds_shape(api):
 
 
 def test_a_higher_priority_is_admitted_first_and_the_queue_is_counted(system, shared):
+    # 5, 7 and 8 once shared the engine's most urgent rank; each keeps its own now (8 is the
+    # most a client that is not an admin may use).
     _, key = new_client(system, "wt")
     with bearer(system, key) as mine, system.client() as admin:
         admin.post("/settings", json={"name": "max_jobs", "setting": 1})
@@ -545,7 +557,7 @@ def test_a_higher_priority_is_admitted_first_and_the_queue_is_counted(system, sh
             spawned(mine, blocker)
             low, high, middle = (
                 submit(mine, task_spec=LONG, priority=p, type=t)["worktask_id"]
-                for p, t in ((1, "ml_inference"), (3, "ml_inference"), (2, "ml_training"))
+                for p, t in ((5, "ml_inference"), (8, "ml_inference"), (7, "ml_training"))
             )
             started += [low, high, middle]
 
@@ -555,7 +567,7 @@ def test_a_higher_priority_is_admitted_first_and_the_queue_is_counted(system, sh
 
             metrics = wait_until(counted, what="three queued tasks in the metrics")
             assert mine.get("/api/worktasks").json() == {"queue_length": 3}
-            assert metrics["queue"]["by_priority"] == {"3": 1, "2": 1, "1": 1}
+            assert metrics["queue"]["by_priority"] == {"8": 1, "7": 1, "5": 1}
             assert metrics["queue"]["oldest_age_seconds"] >= 0
             by_status = metrics["tasks_by_status"]
             assert (by_status["queued"], by_status["spawned"], by_status["completed"]) == (3, 1, 0)

@@ -24,16 +24,25 @@ from taskengine_contracts.events import (
 )
 from taskengine_core.attempts import TOKEN_PREFIX, token_fits, worker_token
 from taskengine_core.dialects.worktasks import DIALECT
-from taskengine_core.dialects.worktasks.reports import ReportRefused, plan_report, transient_reason
+from taskengine_core.dialects.worktasks.reports import (
+    MESSAGE_SCAN,
+    ReportRefused,
+    plan_report,
+    transient_reason,
+)
 from taskengine_core.dialects.worktasks.status import status_of
 from taskengine_core.dialects.worktasks.submission import (
+    HIGHEST_PRIORITY,
+    LOWEST_PRIORITY,
     InvalidWorkTask,
+    dialect_priority,
     engine_priority,
     memory_bytes,
     submission,
 )
 from taskengine_core.dialects.worktasks.view import update, view
 from taskengine_core.jobs import Job, JobState, advance
+from taskengine_core.quotas import LEAST_URGENT
 from taskengine_core.retries import raised_memory
 
 T0 = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
@@ -107,7 +116,7 @@ def test_the_seeds_body_is_a_submission_with_the_defaults():
         3,
         None,
     )
-    assert task.priority == engine_priority(1) == 5
+    assert task.priority == engine_priority(1) == 10
     assert task.attributes["priority"] == 1 and task.attributes["type"] == "pipeline_execution"
 
 
@@ -135,6 +144,9 @@ def test_without_a_pipeline_the_type_is_the_workflow():
         {"data_access": {"storage_credentials": {"key": "x"}}},
         {"priority": "1"},
         {"priority": float("nan")},
+        {"priority": 0},
+        {"priority": 11},
+        {"priority": 2.5},
         {"max_retries": 101},
         {"max_retries": 1.5},
         {"extra": 1},
@@ -145,9 +157,13 @@ def test_an_invalid_submission_names_what_is_wrong(change):
         submission({**BODY, **change})
 
 
-def test_a_higher_priority_is_more_urgent_on_the_engines_scale():
-    assert [engine_priority(p) for p in (10, 5, 3, 1, 0, -10)] == [1, 1, 3, 5, 6, 10]
-    assert engine_priority(2.4) == 4
+def test_every_documented_priority_keeps_its_own_rank_on_the_engines_scale():
+    documented = range(LOWEST_PRIORITY, HIGHEST_PRIORITY + 1)
+    engine = [engine_priority(p) for p in documented]
+    assert all(more > less for less, more in zip(engine[1:], engine, strict=False))
+    assert (min(engine), max(engine)) == (1, LEAST_URGENT)  # all within the engine's scale
+    assert [dialect_priority(e) for e in engine] == list(documented)
+    assert engine_priority(7.0) == engine_priority(7) == 4
 
 
 # --- tokens and memory ------------------------------------------------------------------------
@@ -175,11 +191,20 @@ def test_memory_quantities_and_the_raised_limit():
         ({"reason": "OOMKilled"}, None, "OOMKilled"),
         ({}, " Evicted ", "Evicted"),
         ({"reason": "Crashed"}, "DeadlineExceeded", "DeadlineExceeded"),
-        ({}, "the pod was OOMKilled", None),
+        ({}, "the pod was OOMKilled", "OOMKilled"),
+        ({}, "Pod OOMKilled (137)", "OOMKilled"),
+        ({}, "exit 2: OOMKilled?", "OOMKilled"),
+        ({}, "node pressure; pod Evicted, then DeadlineExceeded", "Evicted"),
+        ({"reason": "Evicted"}, "Pod OOMKilled", "Evicted"),
+        ({}, "NotOOMKilledX", None),
+        ({}, "OOMKilledX and preEvicted and DeadlineExceeded_2", None),
+        ({}, "the pod was oomkilled", None),
+        ({}, "OOMKILLED", None),
+        ({}, "step 2 crashed", None),
         ({"reason": "oomkilled"}, None, None),
     ],
 )
-def test_a_transient_failure_is_named_by_structured_data_only(metadata, message, reason):
+def test_a_transient_failure_is_named_by_metadata_or_a_whole_word(metadata, message, reason):
     assert transient_reason(metadata, message) == reason
 
 
@@ -224,10 +249,25 @@ def test_a_deadline_exceeded_without_retries_left_ends_timed_out():
     assert answer == "updated" and status_of(job) == "timeout"
 
 
+def test_only_the_head_of_a_long_message_is_searched_and_never_a_cut_word():
+    filler = "x " * (MESSAGE_SCAN // 2)
+    assert transient_reason({}, filler + "OOMKilled") is None
+    assert transient_reason({}, filler[:-2] + " OOMKilled") is None
+    cut = " " * (MESSAGE_SCAN - len("Evicted")) + "Evicted" + "z"  # "Evictedz" at the cut
+    assert transient_reason({}, cut) is None
+    assert transient_reason({}, cut[:-1] + " z") == "Evicted"
+
+
+def test_a_transient_word_in_the_message_is_retried_with_more_memory():
+    job, answer = reported(running(submitted()), "failed", error_message="Pod OOMKilled (137)")
+    assert answer == "requeued_for_retry" and job.state == JobState.RETRY_WAIT
+    assert (job.retries, job.retry_reason, job.memory) == (1, "OOMKilled", "3072Mi")
+
+
 def test_a_failure_that_is_not_transient_ends_failed_at_once():
-    job, answer = reported(running(submitted()), "failed", error_message="exit 2: OOMKilled?")
+    job, answer = reported(running(submitted()), "failed", error_message="exit 2: NotOOMKilledX")
     assert answer == "updated" and job.state == JobState.FAILED
-    assert (job.retries, job.failure) == (0, "exit 2: OOMKilled?")
+    assert (job.retries, job.failure) == (0, "exit 2: NotOOMKilledX")
     job, _ = reported(running(submitted()), "timeout")
     assert job.state == JobState.TIMED_OUT
 

@@ -31,6 +31,7 @@ from taskengine_core.dialects.worktasks.submission import (
     TYPES,
     InvalidWorkTask,
     check_resources,
+    dialect_priority,
     submission,
 )
 from taskengine_core.dialects.worktasks.view import view
@@ -97,7 +98,7 @@ class WorkTaskRequest(Documented, forbid_unknown_fields=True):
     type: Annotated[
         Any, described("string", f"one of {', '.join(TYPES)}", "pipeline_execution")
     ] = UNSET
-    priority: Annotated[Any, described("integer", "1 (highest) to 10", 5)] = UNSET
+    priority: Annotated[Any, described("integer", "1 (lowest) to 10 (highest)", 5)] = UNSET
     project_id: Annotated[Any, described("string", "1 to 200 characters", "orbit")] = UNSET
     task_spec: Annotated[
         Any, described("object", "the workflow (`pipeline_id`) and its `parameters`", SPEC)
@@ -321,7 +322,7 @@ class WorkTasksController(Controller):
             raise WorkTaskError(
                 status_code=403,
                 detail=f"priority {task.attributes['priority']} is reserved: this client may use"
-                f" at most {6 - config.top_priority} (higher = more urgent)",
+                f" at most {dialect_priority(config.top_priority)} (higher = more urgent)",
             )
         try:
             workflows.validate(task.workflow, task.parameters)

@@ -2,11 +2,13 @@
 
 `plan_report` answers the seed's `POST /api/worktasks/<id>`: `executing`, `completed`,
 `cancelled`, or a failure (`failed`, `timeout`) that the core's retry rule (retries.py) either
-retries, when the report names a transient cause, or ends the job with.
+retries, when the report names a transient cause (in its metadata or as a word of its
+error message), or ends the job with.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -33,15 +35,26 @@ class ReportRefused(IllegalTransition):
     """A worker report the lifecycle forbids (409)."""
 
 
+MESSAGE_SCAN = 4096
+"""How much of an error message is searched for a transient cause's word."""
+_WORD = re.compile(r"\w+")
+
+
 def transient_reason(metadata: dict[str, Any], error_message: str | None) -> str | None:
-    """The transient failure a report names: `metadata.reason`, or the word alone as the
-    error message (never found by searching inside text)."""
+    """The transient failure a report names: `metadata.reason`, else the first of the
+    documented words (`OOMKilled`, `Evicted`, `DeadlineExceeded`, case as written) standing
+    as a whole word in the error message's first `MESSAGE_SCAN` characters ("Pod OOMKilled
+    (137)" names one, "NotOOMKilledX" does not)."""
     reason = metadata.get("reason")
     if isinstance(reason, str) and reason in TRANSIENT:
         return reason
-    if error_message and error_message.strip() in TRANSIENT:
-        return error_message.strip()
-    return None
+    if not error_message:
+        return None
+    head = error_message[:MESSAGE_SCAN]
+    words = _WORD.findall(head)
+    if len(error_message) > MESSAGE_SCAN and _WORD.match(error_message, MESSAGE_SCAN):
+        words = words[:-1]  # cut inside a word: not a whole word
+    return next((word for word in words if word in TRANSIENT), None)
 
 
 def plan_report(

@@ -27,6 +27,8 @@ TYPES = ("pipeline_execution", "ml_training", "ml_inference", "digital_twin_upda
 DEFAULT_MAX_RETRIES = 3
 MAX_MAX_RETRIES = 100
 DEFAULT_PRIORITY = 1
+LOWEST_PRIORITY = 1
+HIGHEST_PRIORITY = 10
 MAX_TIMEOUT = 7 * 24 * 3600
 FIELDS = (
     "type",
@@ -45,13 +47,24 @@ class InvalidWorkTask(DomainError):
 
 
 def engine_priority(priority: object) -> int:
-    """This dialect's priority (a number, higher = more urgent, default 1) on the engine's
-    scale (1 = most urgent … 10): the default lands on the engine's default, 5."""
+    """This dialect's priority (an integer from `LOWEST_PRIORITY` 1 to `HIGHEST_PRIORITY` 10,
+    higher = more urgent, default 1) on the engine's scale (1 = most urgent … 10): `11 − p`,
+    so each of the ten keeps its own rank and its order. Anything else is refused rather than
+    clamped onto a neighbour's rank."""
     if isinstance(priority, bool) or not isinstance(priority, (int, float)):
         raise InvalidWorkTask("priority must be a number (higher = more urgent)")
-    if not math.isfinite(priority):
-        raise InvalidWorkTask("priority must be a finite number")
-    return max(1, min(10, 6 - round(priority)))
+    if not math.isfinite(priority) or priority != int(priority):
+        raise InvalidWorkTask("priority must be a whole number")
+    if not LOWEST_PRIORITY <= priority <= HIGHEST_PRIORITY:
+        raise InvalidWorkTask(
+            f"priority must be from {LOWEST_PRIORITY} to {HIGHEST_PRIORITY} (higher = more urgent)"
+        )
+    return quotas.LEAST_URGENT + LOWEST_PRIORITY - int(priority)
+
+
+def dialect_priority(engine: int) -> int:
+    """The inverse of `engine_priority`: the work-task priority of an engine priority."""
+    return quotas.LEAST_URGENT + LOWEST_PRIORITY - engine
 
 
 # --- memory quantities ------------------------------------------------------------------------
