@@ -267,7 +267,9 @@ def test_reading_another_clients_job_or_log_is_not_found_like_a_missing_job(
     ],
     ids=lambda body: ",".join(body),
 )
-def test_changing_another_clients_job_is_not_found_and_changes_nothing(world, owner, intruder, body):
+def test_changing_another_clients_job_is_not_found_and_changes_nothing(
+    world, owner, intruder, body
+):
     body = {
         k: v.format(owner=owner, intruder=intruder) if k == "client" else v for k, v in body.items()
     }
