@@ -100,13 +100,17 @@ def test_a_body_naming_another_client_is_refused(system):
         "/jobs/999999999",
         "/jobs/abc",
         "/logs/999999999",
-        "/nowhere",
         "/jobs/\u00b2",
         "/jobs/" + "9" * 5000,
     ],
 )
-def test_unknown_things_are_404_with_an_error(system, path):
+def test_unknown_or_malformed_job_ids_are_400_with_an_error(system, path):
     response = httpx.get(system.url + path, headers=AUTH)
+    assert response.status_code == 400 and "not found" in response.json()["error"]
+
+
+def test_unknown_routes_are_404_with_an_error(system):
+    response = httpx.get(system.url + "/nowhere", headers=AUTH)
     assert response.status_code == 404 and "error" in response.json()
 
 

@@ -148,8 +148,8 @@ def test_every_header_style_authenticates_and_tenants_are_isolated(system_factor
         response = httpx.get(f"{system.url}/jobs/{job_id}", headers=headers)
         assert response.status_code == 200, (headers, response.text)
     with system.client(OTHER) as other:
-        assert other.get(f"/jobs/{job_id}").status_code == 404
-        assert other.get(f"/logs/{job_id}").status_code == 404
+        assert other.get(f"/jobs/{job_id}").status_code == 400
+        assert other.get(f"/logs/{job_id}").status_code == 400
     for headers in ({}, {"client": name, "api-key": "wrong"}, {"Authorization": "Bearer nope"}):
         response = httpx.get(f"{system.url}/jobs/{job_id}", headers=headers)
         assert response.status_code == 401 and "error" in response.json()

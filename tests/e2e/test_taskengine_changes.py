@@ -151,9 +151,9 @@ def test_another_clients_job_cannot_be_changed_or_rerun(client, postgres_url):
     base = str(client.base_url)
     assert (
         httpx.patch(f"{base}/jobs/{job_id}", json={"priority": 1}, headers=headers).status_code
-        == 404
+        == 400
     )
-    assert httpx.post(f"{base}/jobs/{job_id}/rerun", headers=headers).status_code == 404
+    assert httpx.post(f"{base}/jobs/{job_id}/rerun", headers=headers).status_code == 400
 
 
 def test_switching_off_queue_scheduled_jobs_holds_due_jobs_until_switched_on(client):

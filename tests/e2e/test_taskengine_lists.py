@@ -80,6 +80,10 @@ def test_filters(jobs):
     ]
     assert listed(client, asc=1, limit=2) == [ids["running"], ids["urgent"]]
     assert listed(client, order_by="priority", asc=1, limit=1) == [ids["urgent"]]
+    # The seed's integer form: 3 is priority, 0 the id.
+    assert listed(client, order_by=3, asc=1, limit=1) == [ids["urgent"]]
+    assert listed(client, order_by=3, limit=1) == [ids["low"]]
+    assert listed(client, order_by=0, asc=1, limit=1) == [ids["running"]]
     assert listed(client, persist=1) == []
     assert listed(client, client=OTHER[0]) == []
     now = datetime.now(UTC)
@@ -93,6 +97,8 @@ def test_filters(jobs):
         {"state": 9},
         {"limit": 0},
         {"order_by": "nope"},
+        {"order_by": "9"},
+        {"failed": "maybe"},
         {"asc": "maybe"},
         {"from": "yesterday"},
         {"job_ids": "a,b"},
@@ -122,3 +128,32 @@ def test_dashboard_lists_started_queued_scheduled_in_admission_order(jobs):
         theirs = other.get("/dashboard").json()
     assert [(j["id"], j["position"]) for j in theirs["queued"]] == [(ids["other"], 3)]
     assert theirs["started"] == []
+
+
+@pytest.fixture(scope="module")
+def finished(postgres_url):
+    """A system holding one failed and one succeeded job."""
+    with running_system(postgres_url, "lists-failed") as system, system.client() as client:
+        client.post("/settings", json={"name": "retry_delay", "setting": "0"})
+        client.post("/settings", json={"name": "retry_limit", "setting": "1"})
+        submit = lambda body: client.post("/job", json=body).json()["id"]  # noqa: E731
+        ids = {
+            "failed": submit({"job": {"workflow": "fail"}, "parameters": {"exit_code": 3}}),
+            "succeeded": submit({"job": {"workflow": "noop"}}),
+        }
+        wait_until(
+            lambda: len(client.get("/jobs", params={"state": 2}).json()) == 2,
+            what="both jobs completed in the projection",
+            timeout=60,
+        )
+        yield client, ids
+
+
+def test_failed_filters_with_or_without_a_state(finished):
+    client, ids = finished
+    assert listed(client, failed=1) == [ids["failed"]]
+    assert listed(client, failed="false") == [ids["succeeded"]]
+    assert listed(client, failed=1, state=2) == [ids["failed"]]
+    assert listed(client, failed=0, state=2) == [ids["succeeded"]]
+    # Failed jobs are completed (2): with any other state there are none.
+    assert listed(client, failed=1, state=0) == []

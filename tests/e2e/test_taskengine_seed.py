@@ -196,3 +196,21 @@ def test_post_settings_with_the_sample_payload(client):
     wait_until(lambda: client.get("/dashboard").json()["max_jobs"] == 4)
     bad = client.post("/settings", json={"name": "max_jobs", "setting": "many"})
     assert bad.status_code == 400 and set(bad.json()) == {"error"}
+
+
+@pytest.mark.parametrize("given", ["987654321012", "abc", "12x", "-1", "9" * 40])
+def test_an_unknown_or_malformed_job_id_is_the_seeds_400_on_every_job_route(client, given):
+    """GET, rerun and logs answer `{"error"}`; PATCH names the job too (null if malformed)."""
+    number = int(given) if given.isdigit() and len(given) <= 18 else None
+    answers = {
+        "GET /jobs": client.get(f"/jobs/{given}"),
+        "POST rerun": client.post(f"/jobs/{given}/rerun"),
+        "GET /logs": client.get(f"/logs/{given}"),
+    }
+    for route, response in answers.items():
+        assert response.status_code == 400, (route, response.text)
+        assert set(response.json()) == {"error"} and "not found" in response.json()["error"]
+    patched = client.patch(f"/jobs/{given}", json={"priority": 2})
+    assert patched.status_code == 400, patched.text
+    assert patched.json()["id"] == number and "not found" in patched.json()["error"]
+    assert set(patched.json()) == {"id", "error"}

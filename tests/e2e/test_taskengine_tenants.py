@@ -2,8 +2,8 @@
 
 Two clients of one system started as `make up` starts it: `tester` (admin) and `other`. Each
 owns a job in every state (0-6). Neither may see, list, log, change or rerun the other's jobs
-(a 404 exactly like a missing job), every endpoint but `/` needs credentials, and only an admin
-may change settings or switch schedules.
+(a 400 "not found" exactly like a missing job), every endpoint but `/` needs credentials, and
+only an admin may change settings or switch schedules.
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def test_every_header_style_acts_as_its_own_client_only(world, header_style, own
     assert {row["id"] for row in listed.json()} == own >= set(world.ids[intruder].values())
     for path in ("/jobs/{job}", "/logs/{job}"):
         response = world.call("GET", path.format(job=world.ids[owner]["done"]), headers)
-        assert response.status_code == 404, response.text
+        assert response.status_code == 400, response.text
 
 
 @BOTH_WAYS
@@ -240,16 +240,16 @@ def not_found(job: int) -> dict:
 
 @BOTH_WAYS
 @pytest.mark.parametrize("path", ["/jobs/{job}", "/logs/{job}"])
-def test_reading_another_clients_job_or_log_is_a_404_like_a_missing_job(
+def test_reading_another_clients_job_or_log_is_not_found_like_a_missing_job(
     world, owner, intruder, path
 ):
     intruder_http = world.http[intruder]
     for kind, job in world.ids[owner].items():
         response = intruder_http.get(path.format(job=job))
-        assert response.status_code == 404 and response.json() == not_found(job), kind
+        assert response.status_code == 400 and response.json() == not_found(job), kind
         assert world.http[owner].get(path.format(job=job)).status_code == 200
     missing = intruder_http.get(path.format(job=MISSING_JOB))
-    assert missing.status_code == 404 and missing.json() == not_found(MISSING_JOB)
+    assert missing.status_code == 400 and missing.json() == not_found(MISSING_JOB)
 
 
 @BOTH_WAYS
@@ -267,7 +267,9 @@ def test_reading_another_clients_job_or_log_is_a_404_like_a_missing_job(
     ],
     ids=lambda body: ",".join(body),
 )
-def test_changing_another_clients_job_is_a_404_and_changes_nothing(world, owner, intruder, body):
+def test_changing_another_clients_job_is_not_found_and_changes_nothing(
+    world, owner, intruder, body
+):
     body = {
         k: v.format(owner=owner, intruder=intruder) if k == "client" else v for k, v in body.items()
     }
@@ -276,20 +278,21 @@ def test_changing_another_clients_job_is_a_404_and_changes_nothing(world, owner,
     views = {job: world.owner_view(owner, job) for job in jobs.values()}
     for kind, job in jobs.items():
         response = world.http[intruder].patch(f"/jobs/{job}", json=body)
-        assert response.status_code == 404 and response.json() == not_found(job), kind
+        assert response.status_code == 400, kind
+        assert response.json() == {"id": job} | not_found(job), kind
     assert world.footprint(list(jobs.values())) == before
     assert {job: world.owner_view(owner, job) for job in jobs.values()} == views
 
 
 @BOTH_WAYS
-def test_rerunning_another_clients_job_is_a_404_and_creates_nothing(world, owner, intruder):
+def test_rerunning_another_clients_job_is_not_found_and_creates_nothing(world, owner, intruder):
     jobs = world.ids[owner]
     before = world.footprint(list(jobs.values()))
     views = {job: world.owner_view(owner, job) for job in jobs.values()}
     intruders_jobs = {row["id"] for row in world.listed(intruder)}
     for kind, job in jobs.items():
         response = world.http[intruder].post(f"/jobs/{job}/rerun")
-        assert response.status_code == 404 and response.json() == not_found(job), kind
+        assert response.status_code == 400 and response.json() == not_found(job), kind
     assert world.footprint(list(jobs.values())) == before
     assert {job: world.owner_view(owner, job) for job in jobs.values()} == views
     assert {row["id"] for row in world.listed(intruder)} == intruders_jobs
@@ -301,7 +304,7 @@ def test_an_owner_cannot_hand_its_job_to_another_client(world):
     response = world.http[ADMIN[0]].patch(f"/jobs/{job}", json={"client": OTHER[0]})
     assert response.status_code == 400 and response.json()["id"] == job
     assert world.footprint([job]) == before
-    assert world.http[OTHER[0]].get(f"/jobs/{job}").status_code == 404
+    assert world.http[OTHER[0]].get(f"/jobs/{job}").status_code == 400
 
 
 def state_filter(state: int):  # type: ignore[no-untyped-def]

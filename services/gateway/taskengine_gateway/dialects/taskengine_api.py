@@ -9,7 +9,7 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post, put
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import HTTPException
 from msgspec import UNSET
 from taskengine_contracts.events import (
     Event,
@@ -190,12 +190,13 @@ async def refuse_internal(gateway: GatewayState, urls: list[str]) -> None:
 
 
 async def load_job(gateway: GatewayState, job_id: str, client: Client) -> Job:
-    """The caller's job rebuilt from its events; another client's job does not exist for it."""
+    """The caller's job rebuilt from its events; another client's job does not exist for it.
+    An unknown or malformed job id is the seed's error response, a 400, on every job route."""
     if not JOB_NUMBER.fullmatch(job_id):
-        raise NotFoundException(f"job {job_id[:40]!r} not found")
+        raise BadRequest(f"job {job_id[:40]!r} not found")
     job = await job_numbered(gateway, job_id)
     if job is None or job.client != client.name:
-        raise NotFoundException(f"job {job_id} not found")
+        raise BadRequest(f"job {job_id} not found")
     return job
 
 
@@ -273,7 +274,7 @@ class TaskEngineController(Controller):
         job = await load_job(gateway, job_id, client)
         return job_view(job, await queue_position(gateway, job))
 
-    # The job is looked up before the body's fields are checked: another client's is a 404.
+    # The job is looked up before the body's fields are checked: another client's is not found.
     @patch(
         "/jobs/{job_id:str}",
         operation_id="update_job",

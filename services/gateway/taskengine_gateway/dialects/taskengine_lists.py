@@ -1,16 +1,23 @@
-"""The Task Engine `/jobs` filters: a list's query parameters as a `JobFilter`."""
+"""The Task Engine `/jobs` filters: a list's query parameters as a `JobFilter`.
+
+`order_by` takes a job property's name or its number (`ORDER_NUMBERS`, the seed's field order
+from 0); `failed` filters with or without `state`: failed jobs are completed (2), so
+`failed=1` with any other state lists none."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from taskengine_core.dialects.taskengine.status import FAILED, STATE_NUMBERS
+from taskengine_core.dialects.taskengine.status import FAILED, QUEUE_STATE, STATE_NUMBERS
 from taskengine_store.queries import JOB_ORDER, JobFilter
 
 from taskengine_gateway.errors import BadRequest
 
 DEFAULT_LIMIT, MAX_LIMIT = 10, 1000
+ORDER_NUMBERS = dict(enumerate(JOB_ORDER))
+"""`order_by`'s integer form: 0 id, 1 client, 2 workflow, 3 priority, 4 position, 5 created_at,
+6 updated_at, 7 queue_state, 8 run_at."""
 
 
 def _flag(params: Mapping[str, str], name: str) -> bool | None:
@@ -45,18 +52,26 @@ def _date(params: Mapping[str, str], name: str) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
+def _order(given: str) -> str:
+    """The property `order_by` names, by name or by number."""
+    if given.isascii() and given.isdigit() and int(given) in ORDER_NUMBERS:
+        return ORDER_NUMBERS[int(given)]
+    if given not in JOB_ORDER:
+        choices = ", ".join(f"{n} ({name})" for n, name in ORDER_NUMBERS.items())
+        raise BadRequest(f"order_by must be one of {choices}")
+    return given
+
+
 def list_filter(params: Mapping[str, str], client: str) -> JobFilter:
     """`GET /jobs`'s query: the caller's jobs, filtered, newest first unless `asc=1`."""
-    states = None
     state = _integer(params, "state")
-    if state is not None:
-        if state not in STATE_NUMBERS:
-            raise BadRequest("state must be one of 0 (queued) to 6 (paused)")
-        chosen = list(STATE_NUMBERS[state])
-        failed = _flag(params, "failed")
-        if state == 2 and failed is not None:
-            chosen = [s for s in chosen if (s in FAILED) == failed]
-        states = [str(s) for s in chosen]
+    if state is not None and state not in STATE_NUMBERS:
+        raise BadRequest("state must be one of 0 (queued) to 6 (paused)")
+    failed = _flag(params, "failed")
+    states = None
+    if state is not None or failed is not None:
+        chosen = STATE_NUMBERS[state] if state is not None else tuple(QUEUE_STATE)
+        states = [str(s) for s in chosen if failed is None or (s in FAILED) == failed]
     job_ids = None
     if params.get("job_ids"):
         try:
@@ -65,9 +80,7 @@ def list_filter(params: Mapping[str, str], client: str) -> JobFilter:
             raise BadRequest("job_ids must be comma-separated job ids") from None
     if "\x00" in params.get("search", ""):
         raise BadRequest("search must not contain NUL characters")
-    order = params.get("order_by", "id")
-    if order not in JOB_ORDER:
-        raise BadRequest(f"order_by must be one of {', '.join(JOB_ORDER)}")
+    order = _order(params.get("order_by", "id"))
     limit = _integer(params, "limit")
     limit = DEFAULT_LIMIT if limit is None else limit
     if not 1 <= limit <= MAX_LIMIT:
