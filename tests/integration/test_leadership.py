@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 
 import psycopg
 import pytest
@@ -44,6 +45,8 @@ def test_a_leader_that_lost_its_lock_connection_stops_and_cannot_commit(database
         store.query("SELECT pg_terminate_backend(%s)", (lock.connection.info.backend_pid,))
         with pytest.raises(LeadershipLost):
             await asyncio.wait_for(lock.watch(every=0.05), 10)
+        # Only a leader process (`run_as_leader`) is bound to exit: the caller of `watch` is not.
+        assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
         with pytest.raises(Exception, match="no longer holds the leader lock"):
             store.commit([], Tracking("fenced", 2), [fence])
         await lock.close()

@@ -103,7 +103,6 @@ class LeaderLock:
                 await asyncio.wait_for(self.connection.execute("SELECT 1"), CHECK_TIMEOUT)
             except (psycopg.Error, TimeoutError) as error:
                 log.error("%s: lost the leader lock (%s); exiting as leader", self.name, error)
-                _exit_within(EXIT_GRACE)
                 raise LeadershipLost(str(error) or type(error).__name__) from error
 
     @property
@@ -144,11 +143,21 @@ async def run_as_leader(
         log.info("%s: leading", name)
         async with asyncio.TaskGroup() as group:
             group.create_task(work(lock))
-            group.create_task(lock.watch())
+            group.create_task(_watch_to_the_end(lock))
     except* LeadershipLost as lost:
         raise SystemExit(f"{name}: lost the leader lock ({lost.exceptions[0]})") from None
     finally:
         await lock.close()
+
+
+async def _watch_to_the_end(lock: LeaderLock) -> NoReturn:
+    """`lock.watch()` for a leader process: the moment the lock is lost, the process is bound
+    to end within `EXIT_GRACE`, whether or not its work lets its task group finish."""
+    try:
+        await lock.watch()
+    except LeadershipLost:
+        _exit_within(EXIT_GRACE)
+        raise
 
 
 def _exit_within(seconds: float) -> None:
