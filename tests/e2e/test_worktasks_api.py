@@ -3,9 +3,10 @@ request in the seed's shape, validation, tenant isolation, workers' reports (a c
 the shared WORKER_AUTH_TOKEN, an attempt's own token), transient failures and their retries,
 logs from a remote worker, metrics and the priority order of the queue.
 
-A work task is a job: here the local executor runs it in-process. To act as its worker, a test
-submits a task that runs long (`sleep`), waits until it is spawned, then reports; the
-in-process attempt's own outcome is dropped later because the job has moved.
+A work task is a job: here the local executor runs it in-process (`spawned`, then `executing`
+once its first step started, as a worker would report). To act as its worker, a test submits
+a task that runs long (`sleep`), waits until it runs, then reports; the in-process attempt's
+own outcome is dropped later because the job has moved.
 """
 
 from __future__ import annotations
@@ -120,22 +121,22 @@ def report(http: httpx.Client, worktask_id: str, status: str, **fields) -> httpx
     return http.post(f"/api/worktasks/{worktask_id}", json=body)
 
 
-def spawned(http: httpx.Client, worktask_id: str, retries: int = 0) -> dict:
-    """The task once its attempt `retries + 1` runs (spawned: no report yet)."""
+def executing(http: httpx.Client, worktask_id: str, retries: int = 0) -> dict:
+    """The task once its attempt `retries + 1` runs its steps (here: `executing`)."""
     return wait_until(
         lambda: (
             lambda task: (
-                task if task["status"] == "spawned" and task["retry_count"] == retries else None
+                task if task["status"] == "executing" and task["retry_count"] == retries else None
             )
         )(get(http, worktask_id)),
-        what=f"work task {worktask_id} to be spawned (attempt {retries + 1})",
+        what=f"work task {worktask_id} to execute (attempt {retries + 1})",
     )
 
 
 def running(http: httpx.Client, cleanup: list[str], **fields) -> dict:  # type: ignore[no-untyped-def]
     task = submit(http, task_spec=LONG, **fields)
     cleanup.append(task["worktask_id"])
-    return spawned(http, task["worktask_id"])
+    return executing(http, task["worktask_id"])
 
 
 def token(worktask_id: str, attempt: int) -> str:
@@ -319,7 +320,7 @@ def test_another_clients_task_does_not_exist_on_any_endpoint(system, api, other,
     logs = other.post(f"/api/worktasks/{worktask_id}/logs", json={"lines": [{"text": "x"}]})
     assert logs.status_code == 404 and set(logs.json()) == {"error"}
     assert stored(system, worktask_id) == before
-    assert get(api, worktask_id)["status"] == "spawned"
+    assert get(api, worktask_id)["status"] == "executing"
 
 
 @pytest.mark.parametrize("worktask_id", ["987654321", "task-123", "1e3"])
@@ -396,7 +397,7 @@ def test_a_worker_reads_its_task_as_submitted_while_its_attempt_runs(system, api
     spec = {"pipeline_id": "sleep", "parameters": {"seconds": 900, "api_key": "sk-0123456789ab"}}
     worktask_id = submit(api, task_spec=spec)["worktask_id"]
     cleanup.append(worktask_id)
-    spawned(api, worktask_id)
+    executing(api, worktask_id)
     assert "sk-0123456789ab" not in str(get(api, worktask_id))  # a client sees it masked
     with bearer(system, token(worktask_id, 1)) as worker:
         seen = worker.get(f"/api/worktasks/{worktask_id}")
@@ -436,7 +437,7 @@ def test_a_transient_word_in_the_error_message_is_retried_with_more_memory(api, 
     response = report(shared, worktask_id, "failed", error_message="Pod OOMKilled (137)")
     assert response.status_code == 200 and response.json() == {"status": "requeued_for_retry"}
     task = get(api, worktask_id)
-    assert task["status"] in ("queued", "spawned")
+    assert task["status"] in ("queued", "spawned", "executing")
     assert (task["retry_count"], task["retry_reason"]) == (1, "OOMKilled")
     assert task["resource_requirements"]["memory"] == "3072Mi"  # 2Gi × 1.5
 
@@ -447,11 +448,11 @@ def test_oom_is_retried_with_more_memory_until_retries_run_out(system, api, clea
         response = report(first, worktask_id, "failed", metadata={"reason": "OOMKilled"})
     assert response.status_code == 200 and response.json() == {"status": "requeued_for_retry"}
     task = get(api, worktask_id)
-    assert task["status"] in ("queued", "spawned")
+    assert task["status"] in ("queued", "spawned", "executing")
     assert (task["retry_count"], task["retry_reason"]) == (1, "OOMKilled")
     assert task["resource_requirements"]["memory"] == "3072Mi"  # 2Gi × 1.5
 
-    spawned(api, worktask_id, retries=1)
+    executing(api, worktask_id, retries=1)
     with bearer(system, token(worktask_id, 1)) as stale:  # attempt 1 is over
         refused = report(stale, worktask_id, "completed")
     assert refused.status_code == 409 and "attempt 1" in refused.json()["error"]
@@ -462,7 +463,7 @@ def test_oom_is_retried_with_more_memory_until_retries_run_out(system, api, clea
     with bearer(system, token(worktask_id, 2)) as second:
         evicted = report(second, worktask_id, "failed", error_message="Evicted")
     assert evicted.json() == {"status": "requeued_for_retry"}
-    task = spawned(api, worktask_id, retries=2)
+    task = executing(api, worktask_id, retries=2)
     assert task["retry_reason"] == "Evicted" and task["resource_requirements"]["memory"] == "3072Mi"
 
     with bearer(system, token(worktask_id, 3)) as third:
@@ -554,7 +555,7 @@ def test_a_higher_priority_is_admitted_first_and_the_queue_is_counted(system, sh
         try:
             blocker = submit(mine, task_spec=LONG, type="ml_training")["worktask_id"]
             started.append(blocker)
-            spawned(mine, blocker)
+            executing(mine, blocker)
             low, high, middle = (
                 submit(mine, task_spec=LONG, priority=p, type=t)["worktask_id"]
                 for p, t in ((5, "ml_inference"), (8, "ml_inference"), (7, "ml_training"))
@@ -570,7 +571,8 @@ def test_a_higher_priority_is_admitted_first_and_the_queue_is_counted(system, sh
             assert metrics["queue"]["by_priority"] == {"8": 1, "7": 1, "5": 1}
             assert metrics["queue"]["oldest_age_seconds"] >= 0
             by_status = metrics["tasks_by_status"]
-            assert (by_status["queued"], by_status["spawned"], by_status["completed"]) == (3, 1, 0)
+            shown = (by_status["queued"], by_status["executing"], by_status["completed"])
+            assert shown == (3, 1, 0)
             assert metrics["tasks_by_type"] == {
                 "pipeline_execution": 0,
                 "ml_training": 2,
@@ -580,7 +582,7 @@ def test_a_higher_priority_is_admitted_first_and_the_queue_is_counted(system, sh
             order, current = [high, middle, low], blocker
             for place, next_up in enumerate(order):
                 assert report(shared, current, "completed").status_code == 200
-                spawned(mine, next_up)
+                executing(mine, next_up)
                 assert all(get(mine, later)["status"] == "queued" for later in order[place + 1 :])
                 current = next_up
             assert report(shared, current, "completed").status_code == 200

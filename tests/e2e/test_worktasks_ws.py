@@ -65,10 +65,12 @@ def test_live_updates_are_the_callers_status_changes_in_order(system):
     assert {m["event"] for m in messages} == {"task_update"}
     shown = {m["task"]["worktask_id"] for m in messages}
     assert foreign not in shown and str(other_dialect) not in shown
-    assert statuses(messages, worktask_id) == ["queued", "spawned", "completed"]
+    assert statuses(messages, worktask_id) == ["queued", "spawned", "executing", "completed"]
     positions = [m["position"] for m in messages]
     assert positions == sorted(set(positions))
-    first, started, last = (m["task"] for m in messages if m["task"]["worktask_id"] == worktask_id)
+    first, started, executing, last = (
+        m["task"] for m in messages if m["task"]["worktask_id"] == worktask_id
+    )
     assert first["submitted_at"].endswith("Z") and started["started_at"].endswith("Z")
     assert last["completed_at"].endswith("Z")
 
@@ -126,9 +128,9 @@ def test_a_client_that_reconnects_after_a_position_gets_what_it_missed_then_live
             live = submit(mine)
             current = receive_until(ws, finished(live))
     assert all(m["position"] > last for m in replayed + current)
-    assert statuses(replayed, missed) == ["queued", "spawned", "completed"]
+    assert statuses(replayed, missed) == ["queued", "spawned", "executing", "completed"]
     assert statuses(replayed, seen) == []
-    assert statuses(current, live) == ["queued", "spawned", "completed"]
+    assert statuses(current, live) == ["queued", "spawned", "executing", "completed"]
     positions = [m["position"] for m in replayed + current]
     assert positions == sorted(set(positions))
     assert foreign not in {m["task"]["worktask_id"] for m in replayed + current}

@@ -6,6 +6,7 @@ from taskengine_contracts.events import (
     ExecutionLogged,
     JobAdmitted,
     JobEvent,
+    JobExecuting,
     JobFailed,
     JobRetryScheduled,
     JobStarted,
@@ -78,6 +79,23 @@ def test_runs_steps_records_output_and_outcomes(services):
     assert steps(echo) == [(1, "echo", "start", None), (1, "echo", "complete", 0)]
     assert steps(fail) == [(1, "fail", "start", None), (1, "fail", "fail", 7)]
     assert steps(slow) == [(1, "sleep", "start", None), (1, "sleep", "fail", None)]
+
+
+def test_a_workers_run_on_the_local_executor_is_recorded_executing_once_its_steps_run(services):
+    """No worker reports for it, so the dispatcher says it, once, between start and end; a
+    plain steps job has no such event (nothing waits on a report for it)."""
+    worker = submitted("echo", parameters={"word": "w"}, kind="worker")
+    steps = submitted("echo", parameters={"word": "s"})
+    services.store.commit([worker, steps])
+    services.store.commit([admit(worker), admit(steps)])
+    services.start("relay", "dispatcher")
+
+    events = wait_events(services, lambda es: ended(es, worker) and ended(es, steps), what="ends")
+    kinds = [type(e) for e in job_events(events, worker.job_id) if isinstance(e, JobEvent)]
+    assert kinds[-3:] == [JobStarted, JobExecuting, JobSucceeded]
+    assert JobExecuting not in [type(e) for e in job_events(events, steps.job_id)]
+    versions = [e.version for e in job_events(events, worker.job_id) if isinstance(e, JobEvent)]
+    assert versions == list(range(1, len(versions) + 1))
 
 
 def test_the_job_end_echoes_custom_data_also_when_its_attempt_was_lost(services):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from taskengine_contracts.events import JobSubmitted, RunSpec, SettingChanged
 from taskengine_core.ids import SETTINGS_STREAM, job_stream
@@ -25,6 +26,7 @@ def submitted(
     timeout: float | None = None,
     client: str = "tester",
     job_id: int | None = None,
+    kind: Literal["steps", "worker", "container"] = "steps",
 ) -> JobSubmitted:
     number = job_id or job_number()
     now = datetime.now(UTC)
@@ -39,7 +41,7 @@ def submitted(
         priority=priority,
         run_at=now + timedelta(seconds=delay),
         state="scheduled" if delay > 0 else "queued",
-        run=RunSpec(timeout=timeout),
+        run=RunSpec(kind=kind, timeout=timeout),
         callbacks=callbacks or [],
     )
 

@@ -32,6 +32,7 @@ from taskengine_contracts.events import (
     JobBroken,
     JobCancelled,
     JobEvent,
+    JobExecuting,
     JobFailed,
     JobRetryScheduled,
     JobStarted,
@@ -106,6 +107,9 @@ class Execution(Running):
     cancelled: bool = False
     started: float = field(default_factory=time.monotonic)
     """When it was launched (monotonic), for its run time."""
+    announce: bool = False
+    """A worker's run whose steps run here: no worker will report that it executes, so the
+    flush after its first step started records it (JobExecuting), as a worker's report would."""
 
     @property
     def remote(self) -> bool:
@@ -218,6 +222,7 @@ class Dispatcher:
                 )
                 continue
             placement = runner.placement if runner else None
+            execution.announce = run.kind == "worker" and runner is not None and not runner.reports
             started = advance(
                 ref,
                 JobStarted,
@@ -335,11 +340,20 @@ class Dispatcher:
         events: list[Event] = []
         rows: list[Statement] = []
         done: list[Execution] = []
-        taken: list[tuple[Execution, list[LogLine], list[StepEvent]]] = []
+        taken: list[tuple[Execution, list[LogLine], list[StepEvent], JobRef]] = []
         for execution in list(self.running.values()):
             lines, execution.lines = execution.lines, []
             steps, execution.steps = execution.steps, []
-            taken.append((execution, lines, steps))
+            taken.append((execution, lines, steps, execution.ref))
+            if execution.announce and steps:  # its first step started
+                executing = advance(
+                    execution.ref,
+                    JobExecuting,
+                    attempt=execution.attempt,
+                    by=f"{NAME} {self.runtime.instance}",
+                )
+                events.append(executing)
+                execution.ref, execution.announce = JobRef.of(executing), False
             stream = execution_stream(execution.ref.job_id, execution.attempt)
             if lines:
                 execution.log_version += 1
@@ -382,9 +396,11 @@ class Dispatcher:
             # A job someone else moved meanwhile (e.g. cancelled) keeps that outcome, not ours.
             moved = await self.runtime.call(self.runtime.store.commit_unmoved, events, rows)
         except Exception:
-            for execution, lines, steps in taken:  # nothing stored: the next flush stores it
+            for execution, lines, steps, ref in taken:  # nothing stored: the next flush does
                 execution.lines[:0] = lines
                 execution.steps[:0] = steps
+                execution.announce |= execution.ref != ref
+                execution.ref = ref
                 execution.log_version -= bool(lines) + len(steps)
             raise
         for execution in done:

@@ -1,7 +1,8 @@
 """A work task's status: the canonical lifecycle as the seed's statuses.
 
-A running job is `spawned` until its worker reports `executing`; waiting states are `queued`
-(or `scheduled`), a broken job reads `cancelled`.
+A running job is `spawned` until its worker reports `executing` (on the local executor the
+dispatcher records it for the worker); waiting states are `queued` (or `scheduled`), a broken
+job reads `cancelled`.
 """
 
 from __future__ import annotations
