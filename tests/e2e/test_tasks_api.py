@@ -252,6 +252,53 @@ def test_pause_resume_and_cancel_which_cannot_be_undone(api):
     assert api.put(f"/tasks/{task['id']}", json={"title": "again"}).status_code == 409
 
 
+def test_cancel_is_final_for_the_runs_too_queued_running_and_retrying(system, api):
+    key = f"cancel-{uuid4().hex[:6]}"
+    sleepy = create(
+        api, concurrency_key=key, payload={"workflow": "sleep", "parameters": {"seconds": 900}}
+    )
+    failing = create(api, payload={"workflow": "fail"}, max_retries=20, backoff_strategy="linear")
+    for task in (sleepy, sleepy, failing):
+        assert api.post(f"/tasks/{task['id']}/run_now").status_code == 202
+
+    def statuses(task: dict, wanted: list[str]) -> list[dict] | None:
+        shown = runs(api, task["id"])
+        return shown if sorted(r["status"] for r in shown) == wanted else None
+
+    running, queued = sorted(
+        wait_until(lambda: statuses(sleepy, ["queued", "running"]), what="one running, one queued"),
+        key=lambda r: r["status"] != "running",
+    )
+    wait_until(
+        lambda: system.store.query(
+            "SELECT 1 FROM dispatcher_executions WHERE job_id = %s", (running["job_id"],)
+        ),
+        what="the running run's steps to run",
+    )
+    [retrying] = wait_until(lambda: statuses(failing, ["retrying"]), what="a run waiting to retry")
+
+    for task in (sleepy, failing):
+        canceled = api.post(f"/tasks/{task['id']}/cancel")
+        assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    # At once, in the runs list too (read your writes): no run of either is left.
+    assert {r["status"] for r in runs(api, sleepy["id"]) + runs(api, failing["id"])} == {"canceled"}
+    wait_until(  # the running one's steps were stopped: its dispatcher forgot the attempt
+        lambda: (
+            not system.store.query(
+                "SELECT 1 FROM dispatcher_executions WHERE job_id = %s", (running["job_id"],)
+            )
+        ),
+        what="the running run's steps to stop",
+    )
+    time.sleep(2)  # had anything survived, the queued run would start, the retry would come
+    for run in (running, queued, retrying):
+        kinds = [type(e).__name__ for e in system.events(run["job_id"])]
+        assert kinds[-1] == "JobCancelled", (run["status"], kinds)
+        assert kinds.count("JobCancelled") == 1
+    assert "JobStarted" not in [type(e).__name__ for e in system.events(queued["job_id"])]
+    assert api.post(f"/tasks/{sleepy['id']}/cancel").status_code == 409
+
+
 # --- runs --------------------------------------------------------------------------------------
 
 

@@ -6,9 +6,18 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import pytest
-from taskengine_contracts.events import TaskDefinition, TaskFired
+from taskengine_contracts.events import (
+    JobCancelled,
+    JobEvent,
+    JobSubmitted,
+    TaskDefinition,
+    TaskFired,
+)
 from taskengine_core.dialects.scheduled.lifecycle import Task, created, first_fire
+from taskengine_core.dialects.scheduled.runs import OPEN_STATES, cancel_runs
+from taskengine_core.dialects.scheduled.submission import run_submitted
 from taskengine_core.errors import IllegalTransition
+from taskengine_core.jobs import Job, advance
 
 NOW = datetime(2025, 3, 1, 10, 17, 30, tzinfo=UTC)
 
@@ -120,3 +129,45 @@ def test_a_stream_must_begin_with_the_creation():
     task = new_task()
     with pytest.raises(IllegalTransition):
         Task.fold([task.pause("alice", NOW)])
+
+
+def test_cancelling_a_task_cancels_each_run_that_has_not_ended():
+    task = new_task()
+    for version, job_id in ((2, 41), (3, 42)):
+        fire = TaskFired(
+            id=task.id,
+            version=version,
+            at=NOW,
+            client="alice",
+            run_id=UUID(int=version),
+            trigger="run_now",
+            fire_at=NOW,
+            job_id=job_id,
+        )
+        task = moved(task, fire)
+    assert task.fired_jobs == [41, 42]
+    runs = [
+        Job.fold([submitted_run(41)]),
+        Job.fold([submitted_run(42), *ended_run(42)]),
+    ]
+    [stopped] = cancel_runs([r for r in runs if r], "alice", NOW)
+    assert (stopped.job_id, stopped.version, stopped.by) == (41, 2, "alice")
+    assert stopped.reason == "its scheduled task was canceled"
+    assert set(OPEN_STATES) == {
+        "scheduled",
+        "queued",
+        "admitted",
+        "running",
+        "retry_wait",
+        "paused",
+    }
+
+
+def submitted_run(job_id: int) -> JobSubmitted:
+    return run_submitted(job_id, "alice", NOW, UUID(int=9), definition())
+
+
+def ended_run(job_id: int) -> list[JobEvent]:
+    job = Job.fold([submitted_run(job_id)])
+    assert job is not None
+    return [advance(job.ref, JobCancelled, at=NOW, reason="by hand", by="alice")]

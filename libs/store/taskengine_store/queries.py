@@ -235,6 +235,16 @@ def task_runs(store: EventStore, task: UUID, limit: int, offset: int) -> list[di
     )
 
 
+def open_task_runs(store: EventStore, task: UUID, states: Sequence[str]) -> list[int]:
+    """The jobs of the task's runs whose job is in one of `states` (as projected)."""
+    rows = store.query(
+        "SELECT job_id FROM rm_task_runs WHERE task_uuid = %s AND job_id IS NOT NULL"
+        " AND status = ANY(%s)",
+        (task, list(states)),
+    )
+    return [row["job_id"] for row in rows]
+
+
 # --- Drove task ids (`drove_task_ids`, written with each Drove job's submission) ----------------
 
 

@@ -30,6 +30,7 @@ from taskengine_core.dialects.scheduled.fields import (
     check_uuid,
 )
 from taskengine_core.dialects.scheduled.lifecycle import Task, created
+from taskengine_core.dialects.scheduled.runs import OPEN_STATES, cancel_runs
 from taskengine_core.dialects.scheduled.schedule import (
     SCHEDULE_KINDS,
     check_fires,
@@ -39,6 +40,8 @@ from taskengine_core.dialects.scheduled.schedule import (
 from taskengine_core.dialects.scheduled.submission import pipeline
 from taskengine_core.dialects.scheduled.view import as_body, row_view, run_view, task_view
 from taskengine_core.errors import DomainError, IllegalTransition
+from taskengine_core.ids import job_stream
+from taskengine_core.jobs import Job
 from taskengine_core.timestamps import iso
 from taskengine_store import queries
 
@@ -460,9 +463,7 @@ class TasksController(Controller):
 
     @post("/tasks/{task_id:str}/cancel", operation_id="cancel_task", status_code=200)
     async def cancel(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
-        return task_view(
-            await change_task(gateway, task_id, client, lambda t, now: t.cancel(client.name, now))
-        )
+        return task_view(await cancel_task(gateway, task_id, client))
 
     @get("/tasks/{task_id:str}/runs", operation_id="list_task_runs")
     async def runs(
@@ -522,6 +523,35 @@ def task_of_row(row: dict[str, Any]) -> Task:
         row["snooze_reason"],
         row["runs"],
     )
+
+
+async def cancel_task(gateway: GatewayState, task_id: str, client: Client) -> Task:
+    """Cancels the task and, in the same commit, each of its runs that has not ended
+    (`cancel_runs`). A run fired meanwhile moves the task, so the commit conflicts and the
+    runs are read again: none escapes."""
+    store = gateway.runtime.store
+
+    async def load() -> tuple[Task, list[Job]]:
+        task = await load_task(gateway, task_id, client)
+        # Read after the task's row: the projected runs reach at least the row's version, and
+        # the fold knows the runs fired after it.
+        projected = await gateway.runtime.call(queries.open_task_runs, store, task.id, OPEN_STATES)
+        streams = {job_stream(job_id) for job_id in (*projected, *task.fired_jobs)}
+        runs = await gateway.runtime.call(store.jobs, list(streams))
+        return task, list(runs.values())
+
+    async def planned(loaded: tuple[Task, list[Job]]) -> Planned[Task]:
+        task, runs = loaded
+        now = datetime.now(UTC)
+        try:
+            canceled = task.cancel(client.name, now)
+        except IllegalTransition as error:
+            raise TasksError(409, str(error)) from None
+        stopped = cancel_runs(runs, client.name, now)
+        task.apply(canceled)  # the answer, once the events are stored
+        return Planned([*stopped, canceled], task)
+
+    return await change(gateway, load, planned, TasksError(409, "the task kept changing; retry"))
 
 
 async def change_task(gateway: GatewayState, task_id: str, client: Client, plan) -> Task:  # type: ignore[no-untyped-def]

@@ -74,6 +74,9 @@ class Task(msgspec.Struct):
     runs: int = 0
     scheduled_runs: int = 0
     """Runs fired by the schedule itself (a `once` task fires once)."""
+    fired_jobs: list[int] = msgspec.field(default_factory=list)
+    """The jobs of the runs fired by the events this fold applied (a task started from its
+    read-model row knows those after the row only; the row's runs are in `rm_task_runs`)."""
 
     @classmethod
     def fold(cls, events: Iterable[TaskEvent]) -> Task | None:
@@ -113,8 +116,9 @@ class Task(msgspec.Struct):
                 self.status = CANCELED
             case TaskSnoozed(reason=reason):
                 self.snoozed_until, self.snooze_reason = event.next_fire_at, reason
-            case TaskFired(trigger=trigger, fire_at=fire_at):
+            case TaskFired(trigger=trigger, fire_at=fire_at, job_id=job_id):
                 self.runs += 1
+                self.fired_jobs.append(job_id)
                 self.scheduled_runs += trigger == "schedule"
                 self.last_fire_at = fire_at
                 if trigger == "schedule":
