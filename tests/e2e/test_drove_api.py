@@ -243,6 +243,14 @@ def test_a_step_timeout_stops_the_task_timed_out(api):
     assert "timed out" in task["errorMessage"]
 
 
+def test_the_op_spec_timeout_is_the_attempts_deadline(api):
+    task_id = new_id()
+    create(api, spec(task_id, "sleep", {"seconds": 120}), {**OP_SPEC, "timeout": "3 seconds"})
+    task = wait_state(api, task_id, "STOPPED", timeout=60)
+    assert task["taskResult"]["status"] == "TIMED_OUT"
+    assert "timed out" in task["errorMessage"]
+
+
 def test_kill_stops_a_running_task_cancelled_and_refuses_the_rest(api):
     task_id = new_id()
     create(api, spec(task_id, "sleep", {"seconds": 30}))

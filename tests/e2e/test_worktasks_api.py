@@ -484,6 +484,18 @@ def test_a_deadline_exceeded_with_no_retries_left_ends_in_timeout(system, api, c
     assert task["completed_at"] and task["error_message"]
 
 
+def test_task_spec_timeout_is_the_attempts_deadline(api, cleanup):
+    spec = {"pipeline_id": "sleep", "parameters": {"seconds": 900}, "timeout": 2}
+    worktask_id = submit(api, task_spec=spec, max_retries=0)["worktask_id"]
+    cleanup.append(worktask_id)
+    task = wait_until(
+        lambda: (lambda t: t if t["status"] == "timeout" else None)(get(api, worktask_id)),
+        timeout=60,
+        what="the task to time out after its 2 s",
+    )
+    assert task["completed_at"] and "2" in task["error_message"]
+
+
 def test_a_timeout_report_ends_the_task_in_timeout(api, shared, cleanup):
     worktask_id = running(api, cleanup)["worktask_id"]
     assert report(shared, worktask_id, "timeout").json() == {"status": "updated"}

@@ -98,6 +98,19 @@ def test_a_workers_run_on_the_local_executor_is_recorded_executing_once_its_step
     assert versions == list(range(1, len(versions) + 1))
 
 
+def test_a_job_that_names_no_deadline_is_timed_out_after_the_attempt_timeout_setting(services):
+    services.env["TASKENGINE_ATTEMPT_TIMEOUT"] = "1.5"
+    settings(services.store, retry_limit=0)
+    slow = submitted("sleep", parameters={"seconds": 60})
+    services.store.commit([slow])
+    services.store.commit([admit(slow)])
+    services.start("relay", "dispatcher")
+
+    events = wait_events(services, lambda es: ended(es, slow), what="the attempt to end")
+    timed_out = [e for e in job_events(events, slow.job_id) if isinstance(e, JobEvent)][-1]
+    assert isinstance(timed_out, JobTimedOut) and timed_out.timeout == 1.5
+
+
 def test_the_job_end_echoes_custom_data_also_when_its_attempt_was_lost(services):
     settings(services.store, retry_limit=0)
     job = submitted("sleep", parameters={"seconds": 30, "custom_data": {"ref": "x-1"}})

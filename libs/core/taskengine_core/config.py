@@ -124,6 +124,14 @@ class EngineSettings(BaseSettings):
         description="seconds a list, search or count may wait for the read models to hold every"
         " write acknowledged before it; answered stale (X-Taskengine-Stale) after that; 0: no wait",
     )
+    attempt_timeout: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="seconds one attempt may run when its job names no deadline of its own (the"
+        " Task Engine API's timeout, a work task's task_spec.timeout, a Drove task's"
+        " opSpec.timeout); past it the attempt is timed out",
+    )
     min_fire_interval: int = Field(
         default=1,
         ge=1,

@@ -87,7 +87,8 @@ def test_a_workflow_create_becomes_a_drove_job_that_runs_once() -> None:
     event = submission.submitted(7, "acme", NOW)
     assert (event.job_id, event.client, event.dialect) == (7, "acme", "drove")
     assert (event.workflow, event.parameters, event.state) == ("sleep", {"seconds": 1}, "queued")
-    assert event.run.retry == RetryPolicy(max_retries=0) and event.run.timeout is None
+    assert event.run.retry == RetryPolicy(max_retries=0)
+    assert event.run.timeout == 300.0  # opSpec "5m": the attempt's deadline
     attributes = event.attributes
     assert attributes["resources"] == [
         {"type": "CPU", "count": 1},

@@ -44,8 +44,6 @@ MAX_BUFFER = 100_000
 """Lines kept while the gateway cannot take them; older ones are dropped beyond."""
 PATIENCE = (0.5, 1, 2, 4, 8, 15, 30)
 """Waits between tries of a request the gateway could not answer (down, restarting, 5xx)."""
-DEFAULT_TIMEOUT = 3600.0
-
 REPORTED, UNREPORTED, INCOMPLETE, OVER = 0, 1, 2, 3
 
 
@@ -57,13 +55,16 @@ class Assignment:
     gateway_url: str
     token: str = field(repr=False)
     attempt: int | None = None
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float = 3600.0
+    """Its steps' deadline: TASKENGINE_TIMEOUT as the executor gave it, else the engine's
+    TASKENGINE_ATTEMPT_TIMEOUT."""
 
     @classmethod
     def from_environment(cls) -> Assignment:
         task_id = os.environ.get("TASKENGINE_JOB_ID", "").strip()
         token = os.environ.get("TASKENGINE_WORKER_TOKEN", "").strip()
-        url = engine_settings().gateway_url.strip().rstrip("/")
+        settings = engine_settings()
+        url = settings.gateway_url.strip().rstrip("/")
         missing = [
             name
             for name, value in (
@@ -82,7 +83,7 @@ class Assignment:
             url,
             token,
             int(attempt) if attempt else None,
-            float(timeout) if timeout else DEFAULT_TIMEOUT,
+            float(timeout) if timeout else settings.attempt_timeout,
         )
 
 

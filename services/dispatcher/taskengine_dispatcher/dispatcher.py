@@ -64,7 +64,6 @@ log = logging.getLogger(__name__)
 
 NAME = "dispatcher"
 FLUSH = 0.05
-DEFAULT_TIMEOUT = 3600.0
 CONSUMED = (JobSubmitted, JobAdmitted, JobRetryScheduled, JobCancelled, JobBroken)
 """The job events the dispatcher consumes (and the settings)."""
 
@@ -202,7 +201,7 @@ class Dispatcher:
                 run=run,
                 concurrency_key=spec.concurrency_key,
             )
-            timeout = run.timeout or DEFAULT_TIMEOUT
+            timeout = run.timeout or self.runtime.config.attempt_timeout
             start = Start(ref, event.attempt, spec, submission.attempt_memory, timeout)
             try:
                 host_paths = self.runtime.config.host_path_prefixes

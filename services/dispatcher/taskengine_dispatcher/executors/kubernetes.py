@@ -63,7 +63,6 @@ from taskengine_dispatcher.executors.process import gateway_url
 log = logging.getLogger(__name__)
 
 EXECUTOR = KUBERNETES
-DEFAULT_TIMEOUT = 3600.0
 """An adopted container's timeout when its run gives none (the dispatcher's default)."""
 CREATE_PATIENCE = 60.0
 """How long a Job's creation is retried (cluster unreachable, 5xx) before the attempt is lost."""
@@ -205,7 +204,8 @@ class KubernetesExecutor:
         ):
             return None
         placement = Placement(EXECUTOR, job.memory, job.cluster, job.job_name)
-        container = kube_containers.container_run(job.run, job.timeout or DEFAULT_TIMEOUT)
+        timeout = job.timeout or self.runtime.config.attempt_timeout
+        container = kube_containers.container_run(job.run, timeout)
         return JobAttempt(self, job.job_id, attempt, None, placement, container)
 
     # --- running one attempt ----------------------------------------------------------------

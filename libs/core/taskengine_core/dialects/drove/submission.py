@@ -3,7 +3,8 @@
 `create_operation` checks a CREATE whole (its `spec` and `opSpec`) and names the first field
 that does not validate; `Submission.submitted` makes its job through the one factory
 (`job_submitted`): a WORKFLOW runs a registered workflow with the task's env, a DOCKER one its
-image as a container; never retried, never started past its `opSpec.timeout`.
+image as a container; never retried, never started past its `opSpec.timeout`, and timed out
+once an attempt ran for that long.
 `check_host_paths` and `check_resources` hold a CREATE to what the operator allows.
 """
 
@@ -129,7 +130,7 @@ class Submission:
         """A WORKFLOW runs its steps with the task's env; a DOCKER one its image as a
         container with its args, env, resources and host paths, its image pulled within its
         dockerPullTimeout; configs it cannot have. Never restarted; not started past its
-        opSpec.timeout."""
+        opSpec.timeout, and timed out when it runs longer than that (the attempt's deadline)."""
         attributes = self.attributes
         once = RetryPolicy(max_retries=0)
         given = attributes["opSpec"]["timeout"]
@@ -137,7 +138,9 @@ class Submission:
             seconds=parse_duration(given, "opSpec.timeout"), name="opSpec.timeout", given=given
         )
         if self.workflow != DOCKER:
-            return RunSpec(env=attributes["env"], retry=once, start_timeout=start)
+            return RunSpec(
+                env=attributes["env"], retry=once, start_timeout=start, timeout=start.seconds
+            )
         amounts = {item["type"]: item for item in attributes["resources"]}
         pull = attributes["executable"].get("dockerPullTimeout")
         return RunSpec(
@@ -158,6 +161,7 @@ class Submission:
             ],
             retry=once,
             start_timeout=start,
+            timeout=start.seconds,
             pull_timeout=None
             if pull is None
             else Limit(
