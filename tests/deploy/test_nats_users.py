@@ -10,13 +10,17 @@ import asyncio
 import json
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from uuid import uuid4
 
 import nats
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
+from taskengine_cli.subscribe import follow
 from taskengine_contracts import subjects
+from taskengine_contracts.events import JobPaused, encode
 from taskengine_core.config import EngineSettings
 from taskengine_runtime import connect, ensure_stream
 
@@ -388,3 +392,53 @@ async def test_with_tls_the_services_connect_checking_the_server_against_the_ca(
                 secured.url, allow_reconnect=False, max_reconnect_attempts=0,
                 **untrusted.nats_options(),
             )  # fmt: skip
+
+
+async def test_taskengine_subscribe_resumes_a_durable_consumer_as_the_subscriber_user(server):
+    """`taskengine subscribe --durable` with exactly this user's permissions: it creates its
+    consumer, reads, acknowledges, resumes after it stopped, and may look events up (--from)."""
+    nc, js = await services_connection(server)
+    config = EngineSettings(
+        nats_user=SUBSCRIBER_USER, nats_password=server.passwords[SUBSCRIBER_USER]
+    )
+    lines: list[str] = []
+    subject = "taskengine.job.paused"
+
+    async def follow_as_subscriber(count: int, durable: str = "cli-paused") -> int:
+        return await asyncio.wait_for(
+            follow(server.url, config, durable, [subject], None, True, lines.append, print, count),
+            timeout=20,
+        )
+
+    async def publish(n: int) -> None:
+        headers = {"Nats-Msg-Id": f"p-{n}", subjects.POSITION_HEADER: str(n)}
+        await js.publish(subject, json_event(n), headers=headers)
+
+    try:
+        await ensure_stream(js)
+        assert await follow_as_subscriber(0) == 0  # creates the consumer: new events from now
+        for n in (31, 32):
+            await publish(n)
+        assert await follow_as_subscriber(2) == 2
+        await publish(33)
+        assert await follow_as_subscriber(1) == 1
+        assert [json.loads(line)["position"] for line in lines] == [31, 32, 33]
+        info = await js.consumer_info(subjects.STREAM, "cli-paused")  # every one acknowledged
+        assert info.num_ack_pending == 0 and info.ack_floor.stream_seq == info.delivered.stream_seq
+        reader = await subscriber(server)
+        found = await reader.nc.jetstream().get_msg(  # type: ignore[union-attr]
+            subjects.STREAM, 1, subject=subjects.ALL, next=True
+        )
+        assert found.seq is not None and reader.violations() == []
+        await reader.nc.jetstream().delete_consumer(subjects.STREAM, "cli-paused")  # type: ignore[union-attr]
+        await reader.nc.close()  # type: ignore[union-attr]
+        with pytest.raises(NatsTimeout):  # a service's consumer is out of its reach
+            await follow_as_subscriber(1, durable="dispatcher")
+    finally:
+        await nc.close()
+
+
+def json_event(n: int) -> bytes:
+    """A job event the contracts decode, of job `n`."""
+    paused = JobPaused(id=uuid4(), version=3, at=datetime.now(UTC), job_id=n, client="c", by="c")
+    return encode(paused)

@@ -20,9 +20,10 @@ from collections.abc import Callable
 import msgspec
 import nats
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from taskengine_contracts import subjects
 from taskengine_contracts.events import AnyEvent, JobEvent, decode
 from taskengine_core.config import EngineSettings, engine_settings
@@ -187,12 +188,21 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     filters = args.subject or [subjects.JOBS]
     try:
         asyncio.run(follow(url, config, args.durable, filters, args.start, args.json, out, say))
+        return 0
     except KeyboardInterrupt:
         return 0
-    except Exception as error:  # refused, unreachable, no such stream: no traceback
-        say(f"{type(error).__name__}: {error}")
-        return 1
-    return 0
+    except APIError as error:  # JetStream's own refusal, e.g. no such stream
+        say(f"JetStream refused: {error}")
+    except (NatsTimeout, NoRespondersError):
+        say(
+            "no answer from JetStream: is it enabled, and may this user use the consumer (a"
+            " service's name is reserved)?"
+        )
+    except ValueError as error:  # e.g. a consumer name with a dot or a space
+        say(str(error))
+    except Exception as error:  # unreachable or refused; its text may hold the URL's password
+        say(f"cannot reach NATS ({type(error).__name__})")
+    return 1
 
 
 def register(commands: argparse._SubParsersAction) -> None:
