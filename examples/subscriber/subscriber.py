@@ -62,6 +62,7 @@ async def event_of(message: NatsMessage) -> AnyEvent:
         ack_wait=10,  # an event handled but not acknowledged before a crash comes again after
     ),
     ack_policy=AckPolicy.ACK,  # acknowledge after the handler returned
+    inbox_prefix=f"{subjects.SUBSCRIBER_INBOX}.".encode(),  # where its pulls are answered
     decoder=event_of,
     description="Every job's lifecycle events, durably",
 )

@@ -10,13 +10,17 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from uuid import uuid4
 
 import nats
 import pytest
 from taskengine_contracts import subjects
-from taskengine_contracts.events import topic_of
+from taskengine_contracts.events import JobPaused, encode, topic_of
+from taskengine_runtime import ensure_stream
 
+from tests.support.nats_users import SERVICES_USER, SUBSCRIBER_USER, secured_nats
 from tests.support.system import running_system
 from tests.support.waiting import wait_until
 
@@ -33,9 +37,9 @@ def system(postgres_url):
 class Example:
     """The example app as a process; its stdout (one `event ...` line per event) in a file."""
 
-    def __init__(self, system, output: Path):  # type: ignore[no-untyped-def]
+    def __init__(self, nats_url: str, output: Path, **env: str):
         self.output = output
-        env = {**os.environ, "TASKENGINE_NATS_URL": system.nats_url, "SUBSCRIBER_NAME": NAME}
+        env = {**os.environ, "TASKENGINE_NATS_URL": nats_url, "SUBSCRIBER_NAME": NAME, **env}
         with output.open("a") as out:
             self.process = subprocess.Popen(
                 [sys.executable, str(EXAMPLE)], stdout=out, stderr=subprocess.STDOUT, env=env
@@ -88,7 +92,7 @@ def finished(example: Example, job_id: int) -> bool:
 
 def test_the_example_receives_a_jobs_events_and_resumes_after_being_killed(system, tmp_path):
     output = tmp_path / "example.out"
-    example = Example(system, output)
+    example = Example(system.nats_url, output)
     try:
         first = submit(system)
         wait_until(lambda: finished(example, first), timeout=90, what="the first job's events")
@@ -99,7 +103,7 @@ def test_the_example_receives_a_jobs_events_and_resumes_after_being_killed(syste
     second = submit(system)  # while the subscriber is down
     with system.client() as client:
         wait_until(lambda: client.get(f"/jobs/{second}").json()["queue_state"] == "completed")
-    example = Example(system, output)
+    example = Example(system.nats_url, output)
     try:
         wait_until(lambda: finished(example, second), timeout=90, what="the second job's events")
     finally:
@@ -110,3 +114,47 @@ def test_the_example_receives_a_jobs_events_and_resumes_after_being_killed(syste
     assert printed == job_events(system)[: len(printed)]  # every one, in store order
     kinds = [kind for _, kind, job in printed if job == second]
     assert kinds[0] == "job.submitted" and kinds[-1] == "job.succeeded"
+
+
+def test_the_example_runs_as_the_read_only_subscriber_user(tmp_path):
+    """With deploy/nats-users.conf: as `taskengine-subscriber` it creates its durable consumer,
+    pulls, acknowledges and resumes, within that user's permissions."""
+    with secured_nats() as server:
+
+        async def publish(*numbers: int) -> None:
+            nc = await nats.connect(server.url, **services_login(server))
+            await ensure_stream(nc.jetstream())
+            for n in numbers:
+                headers = {subjects.POSITION_HEADER: str(n), "Nats-Msg-Id": f"e-{n}"}
+                await nc.jetstream().publish("taskengine.job.paused", paused(n), headers=headers)
+            await nc.close()
+
+        login = {
+            "TASKENGINE_NATS_USER": SUBSCRIBER_USER,
+            "TASKENGINE_NATS_PASSWORD": server.passwords[SUBSCRIBER_USER],
+        }
+        output = tmp_path / "secured.out"
+        asyncio.run(publish(1, 2))
+        example = Example(server.url, output, **login)
+        try:
+            wait_until(lambda: len(example.events()) == 2, timeout=60, what="the first events")
+        finally:
+            example.kill()
+        asyncio.run(publish(3))
+        example = Example(server.url, output, **login)
+        try:
+            wait_until(lambda: len(example.events()) >= 3, timeout=60, what="the third event")
+        finally:
+            example.kill()
+        assert [position for position, _, _ in example.events()] == [1, 2, 3]
+        assert "permissions violation" not in output.read_text()
+
+
+def services_login(server) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"user": SERVICES_USER, "password": server.passwords[SERVICES_USER]}
+
+
+def paused(n: int) -> bytes:
+    return encode(
+        JobPaused(id=uuid4(), version=3, at=datetime.now(UTC), job_id=n, client="c", by="c")
+    )
