@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -252,3 +253,74 @@ def test_subscribe_from_a_position_starts_after_it(system, tmp_path):
     lines = subscriber.lines()
     assert lines and all(line["position"] > start for line in lines)
     assert early not in {line["event"]["job_id"] for line in lines}
+
+
+def on_a_terminal(
+    system, *args: str, env=None, until=None, timeout: float = 120
+) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    """Runs the command with a pseudo-terminal as its stdout (a person at a terminal); while it
+    runs, `until()` may act on the system. Returns its exit status and what it drew."""
+    import pty  # POSIX only, as the system is
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [str(TASKENGINE), *args],
+        stdout=follower,
+        stderr=subprocess.STDOUT,
+        env={**(env or env_for(system)), "COLUMNS": "120", "TERM": "xterm-256color"},
+    )
+    os.close(follower)
+    drawn = bytearray()
+
+    def read() -> bool:
+        import select
+
+        while select.select([leader], [], [], 0.05)[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the command ended and closed its side
+                return process.poll() is not None
+            if not chunk:
+                break
+            drawn.extend(chunk)
+        return process.poll() is not None
+
+    try:
+        if until:
+            until()
+        wait_until(read, timeout=120, every=0.05, what=f"taskengine {' '.join(args)}")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        os.close(leader)
+    return process.returncode, drawn.decode(errors="replace")
+
+
+def test_on_a_terminal_jobs_are_a_coloured_table(system):
+    job_id = submit(system, "noop")
+    status, drawn = on_a_terminal(system, "jobs", "list", "--limit", "50")
+    assert status == 0, drawn
+    assert "\x1b[" in drawn  # colours
+    text = re.sub(r"\x1b\[[0-9;]*m", "", drawn)
+    assert "┃ id" in text and "┃ workflow" in text and f"│ {job_id} " in text  # a table
+
+
+def test_on_a_terminal_replay_and_republish_show_progress(system):
+    env = {**env_for(system), "TASKENGINE_DATABASE_URL": system.database_url}
+    status, drawn = on_a_terminal(system, "replay", env=env)
+    assert status == 0, drawn
+    assert "replaying" in drawn and "events/s" in drawn and "ETA" in drawn
+    assert "identical" in drawn
+
+    def restart_the_relay() -> None:  # it publishes again from where republish put it
+        wait_until(lambda: system.store.tracked("relay") == 0, what="the relay rewound")
+        system.wait_restarted("relay", system.kill("relay"))
+
+    status, drawn = on_a_terminal(
+        system, "republish", "--after", "0", env=env, until=restart_the_relay
+    )
+    assert status == 0, drawn
+    assert "republishing" in drawn and "events/s" in drawn
+    done, total = re.findall(r"(\d+)/(\d+)", re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", drawn))[-1]
+    assert done == total and int(total) > 0  # it followed the relay to the store's head
