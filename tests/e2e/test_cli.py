@@ -234,7 +234,9 @@ def test_subscribe_durable_resumes_after_a_crash_without_repeating(system, tmp_p
     lines = again.lines()
     positions = [line["position"] for line in lines]
     assert len(positions) == len(set(positions)), "an acknowledged event came again"
-    assert positions == job_positions(system)[: len(positions)]  # none lost, in store order
+    # None lost (in store order but for an event the killed process's last pull took: it comes
+    # again after ack_wait, after later ones).
+    assert sorted(positions) == job_positions(system)[: len(positions)]
     assert set(job_positions(system, first, second)) <= set(positions)
     assert all(line["subject"] == "taskengine." + line["event"]["type"] for line in lines)
 

@@ -111,7 +111,9 @@ def test_the_example_receives_a_jobs_events_and_resumes_after_being_killed(syste
 
     printed = example.events()
     assert len({position for position, _, _ in printed}) == len(printed), "an event came twice"
-    assert printed == job_events(system)[: len(printed)]  # every one, in store order
+    # Every one, none lost. (In store order but for an event the stopped app's last pull took
+    # and never acknowledged: that one comes again after ack_wait, after later ones.)
+    assert sorted(printed) == job_events(system)[: len(printed)]
     kinds = [kind for _, kind, job in printed if job == second]
     assert kinds[0] == "job.submitted" and kinds[-1] == "job.succeeded"
 
