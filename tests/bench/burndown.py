@@ -6,14 +6,21 @@ connections, and reads submit/start/complete times back from the event store. Th
 a list query (`GET /jobs`) alone and right after a write: what waiting for the read models to
 hold the write (`TASKENGINE_READ_WAIT`) costs a list.
 
+Where the time goes: each job's lifecycle events are read back (submitted → admitted →
+started → succeeded, by their `at`), and with hop tracing on (`TASKENGINE_HOP_TRACE`, the
+default here) every consumed event's written → published → received → handled instants, per
+consumer and topic (`taskengine_runtime.hops`).
+
     make bench                      # 2,000 jobs
     BENCH_JOBS=10000 make bench     # more
     BENCH_READ_WAIT=0 make bench    # lists without waiting for the read models (they miss)
+    BENCH_HOPS=0 make bench         # without hop tracing (nothing stamped or written)
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import os
 import shutil
@@ -34,7 +41,9 @@ from tests.support.servers import scratch_dir
 JOBS = int(os.environ.get("BENCH_JOBS", "2000"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 LIST_ROUNDS = int(os.environ.get("BENCH_LIST_ROUNDS", "300"))
+HOPS = os.environ.get("BENCH_HOPS", "1") != "0"
 CLIENT, KEY = "bench", "bench-key-0123456789abcdef"
+CHAIN = ("job.submitted", "job.admitted", "job.started", "job.succeeded")
 
 
 class Connection:
@@ -102,6 +111,7 @@ def main() -> int:
         "TASKENGINE_BOOTSTRAP_CLIENT": f"{CLIENT}:{KEY}:admin",
         "TASKENGINE_LOG_LEVEL": "WARNING",
         "TASKENGINE_READ_WAIT": os.environ.get("BENCH_READ_WAIT", "2"),
+        "TASKENGINE_HOP_TRACE": "true" if HOPS else "false",
     }
     taskengine = Path(sys.executable).parent / "taskengine"
     up = subprocess.Popen([str(taskengine), "up"], env=env, stdout=subprocess.DEVNULL,
@@ -124,7 +134,12 @@ def main() -> int:
         asyncio.run(submit_all(port, 50))  # warm-up: connections, caches, consumers
         time.sleep(1)
 
-        print(f"burn-down: {JOBS} noop jobs, {CONNECTIONS} connections, 2 cores", flush=True)
+        tracing = "on" if HOPS else "off"
+        print(
+            f"burn-down: {JOBS} noop jobs, {CONNECTIONS} connections, 2 cores,"
+            f" hop tracing {tracing}",
+            flush=True,
+        )
         started = time.time()
         submitted = asyncio.run(submit_all(port, JOBS))
         submit_seconds = time.time() - started
@@ -139,6 +154,10 @@ def main() -> int:
         print(f"  submit -> ack      {percentiles([a - s for s, a in submitted.values()])}")
         print(f"  submit -> start    {percentiles([times[j][0] - submitted[j][0] for j in times])}")
         print(f"  submit -> complete {percentiles([times[j][1] - submitted[j][0] for j in times])}")
+        with psycopg.connect(endpoints["database_url"]) as db:
+            chain_breakdown(db, set(submitted))
+        if HOPS:
+            hop_breakdown(root / "data" / "run", since=started)
         list_after_write(url, headers)
         return 0
     finally:
@@ -148,6 +167,54 @@ def main() -> int:
             os.killpg(up.pid, signal.SIGTERM)
             up.wait(timeout=60)
             shutil.rmtree(root, ignore_errors=True)
+
+
+def chain_breakdown(db, jobs: set[int]) -> None:  # type: ignore[no-untyped-def]
+    """Each step of a job's life, from the `at` of its lifecycle events: the writer's instant
+    of one to the writer's instant of the next (a commit, a relay hop, a consumer's turn)."""
+    instants: dict[int, dict[str, float]] = {}
+    rows = db.execute(
+        "SELECT topic, state FROM stored_events WHERE topic = ANY(%s)", (list(CHAIN),)
+    ).fetchall()
+    for topic, state in rows:
+        event = json.loads(bytes(state))
+        if event["job_id"] in jobs:
+            at = datetime.fromisoformat(event["at"].replace("Z", "+00:00")).timestamp()
+            instants.setdefault(event["job_id"], {})[topic] = at
+    print("per job, between its lifecycle events (writer's instants):")
+    for earlier, later in zip(CHAIN, CHAIN[1:], strict=False):
+        gaps = [t[later] - t[earlier] for t in instants.values() if earlier in t and later in t]
+        if gaps:
+            print(f"  {earlier[4:]:>9} -> {later[4:]:<9} {percentiles(gaps)}")
+
+
+def hop_breakdown(run: Path, since: float) -> None:
+    """Per consumer and topic, from the hop traces of the events written since `since`:
+    written -> published (the writer's commit and the relay), published -> received (the
+    bus and the consumer's fetch), received -> handled (the consumer's work and commit)."""
+    hops: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for path in sorted(run.glob("hops-*.csv")):
+        with path.open() as file:
+            for row in csv.DictReader(file):
+                if not row["published"] or float(row["written"]) < since:
+                    continue
+                written, published = float(row["written"]), float(row["published"])
+                received, handled = float(row["received"]), float(row["handled"])
+                hops.setdefault((row["consumer"], row["topic"]), []).append(
+                    (published - written, received - published, handled - received)
+                )
+    print("per hop, p50 / p99 ms (written -> published -> received -> handled):")
+    for (consumer, topic), values in sorted(hops.items(), key=lambda kv: -len(kv[1])):
+        if len(values) < 100:
+            continue
+        columns = ["   ".join(_p50_p99([v[n] for v in values])) for n in range(3)]
+        print(f"  {consumer:<10} {topic:<15} {len(values):>6}   " + "  |  ".join(columns))
+
+
+def _p50_p99(values: list[float]) -> tuple[str, str]:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return f"{statistics.median(ordered) * 1000:6.1f}", f"{p99 * 1000:6.1f}"
 
 
 def list_after_write(url: str, headers: dict[str, str], rounds: int = LIST_ROUNDS) -> None:

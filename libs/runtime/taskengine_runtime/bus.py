@@ -21,6 +21,7 @@ from taskengine_store.rejected import Rejected
 
 from taskengine_runtime import metrics
 from taskengine_runtime.failures import POISON_ATTEMPTS, describe, is_transient, isolating
+from taskengine_runtime.hops import HopTrace
 from taskengine_runtime.logs import context
 
 log = logging.getLogger(__name__)
@@ -145,12 +146,15 @@ class BatchConsumer:
         wait: float = 0.05,
         idle: Callable[[], Awaitable[None]] | None = None,
         attempts: int = POISON_ATTEMPTS,
+        trace: HopTrace | None = None,
     ):
         self.js, self.durable, self.filter_subjects = js, durable, list(filter_subjects)
         self.handler, self.handled, self.batch, self.wait = handler, handled, batch, wait
         self.track, self.reject, self.idle = track, reject, idle
         self.attempts = max(1, attempts)
         self.latest = latest
+        self.trace = trace
+        """Hop tracing (debug): each handled event's instants, appended after its batch."""
         self.stored = 0
         """The store's last position when last read: no event from it can be past that."""
         self.tracked = handled
@@ -230,6 +234,7 @@ class BatchConsumer:
                 messages = await subscription.fetch(self.batch, timeout=self.wait)
             except (TimeoutError, nats.errors.TimeoutError):
                 messages = []
+            received = time.time()
             self.idle_now = not messages
             if not messages:  # nats-py answers [] when the server's timeout reply comes first
                 await self._track_lazily()
@@ -263,6 +268,8 @@ class BatchConsumer:
             if batch:
                 await self._handle(batch)
                 self.handled = max(self.handled, batch[-1].position)
+                if self.trace:
+                    self.trace.record(self.durable, batch, received, time.time())
             await messages[-1].ack()
             await self._track_lazily()
             if self.idle:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import psycopg
@@ -33,6 +34,7 @@ async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
     log.info("relay resuming after position %d (tracked %d)", position, tracked)
     metrics.LAG.relay = lambda: position
     reconnects = runtime.reconnects.count
+    stamp = runtime.config.hop_trace
     wake = asyncio.Event()
     listener = asyncio.create_task(_listen(runtime.config.database_url, wake))
     try:
@@ -57,6 +59,8 @@ async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
                     ),
                     subjects.POSITION_HEADER: str(note.id),
                 }
+                if stamp:
+                    headers[subjects.PUBLISHED_HEADER] = f"{time.time():.6f}"
                 acks.append(
                     await js.publish_async(
                         subjects.subject_for_topic(note.topic), note.state, headers=headers
