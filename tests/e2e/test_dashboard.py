@@ -1,0 +1,205 @@
+"""The dashboard (`/ui`) in a real browser against the system as `make up` starts it: sign in
+with a client's key, submit a job from the page, watch it complete live (no reload), open its
+timeline; a wrong key cannot sign in; a client sees only its own jobs, an admin every one.
+
+The browser is the system's chromium (`/usr/bin/chromium`, driven by playwright); where there
+is none the test skips. Screenshots are kept in `.artefacts/dashboard/` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.support.system import ADMIN, OTHER, System, running_system
+from tests.support.waiting import wait_until
+
+CHROMIUM = Path(os.environ.get("TASKENGINE_TEST_CHROMIUM", "/usr/bin/chromium"))
+ARTEFACTS = Path(__file__).resolve().parents[2] / ".artefacts" / "dashboard"
+MAX_SOCKETS = 3
+LIVE = 60_000
+"""Milliseconds the page may take to show what the engine did (a busy machine)."""
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=f"no browser at {CHROMIUM}: the dashboard test drives the system's chromium"
+    " (apt-get install chromium)",
+)
+
+
+@pytest.fixture(scope="module")
+def system(postgres_url) -> Iterator[System]:
+    env = {"TASKENGINE_MAX_SOCKETS_PER_CLIENT": str(MAX_SOCKETS)}
+    with running_system(postgres_url, "dashboard", env=env) as system:
+        yield system
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1180, "height": 760})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> Path:
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTEFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def sign_in(page, system: System, who: tuple[str, str]) -> None:
+    page.goto(system.url + "/ui")
+    page.fill("#client-name", who[0])
+    page.fill("#api-key", who[1])
+    page.click("#sign-in-form button[type=submit]")
+
+
+def submit(http: httpx.Client, workflow: str = "echo", **parameters: object) -> int:
+    body = {"job": {"workflow": workflow}, "parameters": parameters}
+    response = http.post("/job", json=body)
+    assert response.status_code == 200, response.text
+    return int(response.json()["id"])
+
+
+def test_the_banner_names_the_dashboard(system):
+    banner = wait_until(lambda: "Ctrl-C" in system.log() and system.log(), what="the banner")
+    assert f"dashboard   {system.url}/ui" in banner
+    endpoints = json.loads((system.data_dir / "run" / "endpoints.json").read_text())
+    assert endpoints["dashboard_url"] == f"{system.url}/ui"
+
+
+def test_sign_in_submit_a_job_watch_it_complete_live_and_open_its_timeline(system, page):
+    from playwright.sync_api import expect
+
+    sign_in(page, system, ADMIN)
+    expect(page.locator("#signed-in-as")).to_have_text(f"{ADMIN[0]} (admin: all clients)")
+    expect(page.locator("#live")).to_have_text("live", timeout=LIVE)
+    assert ADMIN[1] not in page.url
+    page.evaluate("window.notReloaded = true")
+
+    page.click("nav a[href='#/jobs']")
+    page.fill("#submit-job input[name=workflow]", "sleep")
+    page.fill("#submit-job textarea[name=parameters]", '{"seconds": 3, "note": "<b>not bold</b>"}')
+    page.click("#submit-job button[type=submit]")
+    submitted = page.locator("#submitted a")
+    expect(submitted).to_be_visible(timeout=LIVE)
+    job_id = int(submitted.get_attribute("data-submitted"))
+    state = page.locator(f"tr[data-job='{job_id}'] [data-state]")
+    expect(state).to_be_visible(timeout=LIVE)
+    seen_unfinished = state.inner_text() != "succeeded"
+
+    # Only the socket's updates can move it on: the page polls nothing and is not reloaded.
+    expect(state).to_have_text("succeeded", timeout=LIVE)
+    assert seen_unfinished, "the job was already over when the page first listed it"
+    assert page.evaluate("window.notReloaded") is True
+    shot(page, "jobs")
+
+    page.click(f"tr[data-job='{job_id}'] a")
+    expect(page.locator("#view h2")).to_have_text(f"Job {job_id}")
+    for event in ("job.submitted", "job.admitted", "job.started", "job.succeeded"):
+        expect(page.locator(f"tr[data-event='{event}']")).to_have_count(1, timeout=LIVE)
+    expect(page.locator("#output")).to_contain_text("sleep", timeout=LIVE)
+    # Client text is text: the parameters' markup is shown, not rendered.
+    expect(page.locator("pre.parameters")).to_contain_text("<b>not bold</b>")
+    assert page.locator("pre.parameters b").count() == 0
+    assert page.evaluate("window.notReloaded") is True
+    shot(page, "job")
+
+    page.click("nav a[href='#/']")
+    expect(page.locator("#running")).to_contain_text("of max_jobs")
+    page.click("nav a[href='#/tasks']")
+    expect(page.locator("main table")).to_be_visible()
+    assert page.locator("#error").is_hidden()
+    assert ADMIN[1] not in (system.data_dir / "logs" / "gateway.log").read_text()
+
+
+def test_a_wrong_key_cannot_sign_in(system, page):
+    from playwright.sync_api import expect
+
+    sign_in(page, system, (ADMIN[0], "wrong-key-0123456789"))
+    expect(page.locator("#error")).to_be_visible(timeout=LIVE)
+    expect(page.locator("#error-text")).to_contain_text("401")
+    assert page.locator("#view").is_hidden() and page.locator("#nav").is_hidden()
+    assert page.evaluate("sessionStorage.length") == 0
+    shot(page, "wrong-key")
+    with httpx.Client(base_url=system.url, timeout=30) as anonymous:
+        refused = anonymous.get(
+            "/ui/api/jobs", headers={"client": ADMIN[0], "api-key": "wrong-key-0123456789"}
+        )
+        assert refused.status_code == 401
+        assert anonymous.get("/ui/api/queues").status_code == 401
+
+
+def test_a_client_sees_only_its_own_jobs_and_an_admin_sees_every_one(system, page):
+    from playwright.sync_api import expect
+
+    with system.client(ADMIN) as admin, system.client(OTHER) as other:
+        hidden = submit(admin, note="the admin's")
+        own = submit(other, note="the other's")
+        sign_in(page, system, OTHER)
+        page.click("nav a[href='#/jobs']")
+        expect(page.locator(f"tr[data-job='{own}']")).to_be_visible(timeout=LIVE)
+        assert page.locator(f"tr[data-job='{hidden}']").count() == 0
+        shot(page, "own-jobs")
+
+        page.goto(f"{system.url}/ui#/jobs/{hidden}")
+        expect(page.locator("#error-text")).to_contain_text("404", timeout=LIVE)
+        assert other.get(f"/ui/api/jobs/{hidden}").status_code == 404
+        assert other.get("/ui/api/jobs", params={"client": ADMIN[0]}).json() == []
+        listed = {job["id"] for job in other.get("/ui/api/jobs").json()}
+        assert own in listed and hidden not in listed
+
+        everyone = {job["id"] for job in admin.get("/ui/api/jobs").json()}
+        assert {own, hidden} <= everyone
+        assert admin.get(f"/ui/api/jobs/{own}").json()["job"]["client"] == OTHER[0]
+
+
+def socket_signed_in(system: System, who: tuple[str, str]):  # type: ignore[no-untyped-def]
+    ws = connect(system.url.replace("http://", "ws://") + "/ui/ws", open_timeout=10)
+    ws.send(json.dumps({"client": who[0], "key": who[1]}))
+    return ws
+
+
+def test_the_socket_takes_the_key_in_its_first_message_and_is_bounded_per_client(system):
+    wrong = socket_signed_in(system, (OTHER[0], "wrong-key-0123456789"))
+    with pytest.raises(ConnectionClosed):
+        wrong.recv(timeout=30)
+    assert wrong.close_code == 4401
+    sockets = [socket_signed_in(system, OTHER) for _ in range(MAX_SOCKETS)]
+    try:
+        for ws in sockets:
+            assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        extra = socket_signed_in(system, OTHER)
+        with pytest.raises(ConnectionClosed):
+            extra.recv(timeout=30)
+        assert extra.close_code == 4429
+        with system.client(ADMIN) as admin, system.client(OTHER) as other:
+            submit(admin)
+            own = submit(other)
+        updates = []
+        while not any(u["job_id"] == own and u["state"] == "succeeded" for u in updates):
+            updates.append(json.loads(sockets[0].recv(timeout=60)))
+        assert {u["client"] for u in updates} == {OTHER[0]}
+    finally:
+        for ws in sockets:
+            ws.close()
