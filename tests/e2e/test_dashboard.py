@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from websockets.sync.client import connect
 
 from tests.support.system import ADMIN, OTHER, System, running_system
 from tests.support.waiting import wait_until
+from tests.support.worktask_clients import new_client
 
 CHROMIUM = Path(os.environ.get("TASKENGINE_TEST_CHROMIUM", "/usr/bin/chromium"))
 ARTEFACTS = Path(__file__).resolve().parents[2] / ".artefacts" / "dashboard"
@@ -86,6 +88,98 @@ def test_the_banner_names_the_dashboard(system):
     assert f"dashboard   {system.url}/ui" in banner
     endpoints = json.loads((system.data_dir / "run" / "endpoints.json").read_text())
     assert endpoints["dashboard_url"] == f"{system.url}/ui"
+
+
+WORKTASK = {
+    "type": "ml_inference",
+    "project_id": "proj-ui",
+    "task_spec": {"pipeline_id": "echo", "parameters": {"say": "hi"}},
+    "resource_requirements": {"cpu": "1", "memory": "1Gi"},
+    "data_access": {"input_datasets": ["dataset-1"]},
+}
+SCHEDULED = {
+    "title": "Nightly <report>",
+    "description": "shown as text",
+    "schedule_kind": "cron",
+    "schedule_expr": "0 3 * * *",
+    "payload": {"workflow": "echo", "parameters": {"report": "nightly"}},
+    "created_by": str(uuid.uuid4()),
+}
+DROVE = {
+    "type": "CREATE",
+    "spec": {
+        "sourceAppName": "UI_APP",
+        "taskId": "T-ui-1",
+        "executable": {"type": "WORKFLOW", "name": "echo", "parameters": {}},
+        "resources": [{"type": "CPU", "count": 1}, {"type": "MEMORY", "sizeInMB": 128}],
+        "volumes": [],
+        "configs": [],
+        "placementPolicy": {"type": "ANY"},
+        "env": {},
+        "args": [],
+        "tags": {},
+    },
+    "opSpec": {"timeout": "5m", "parallelism": 1, "failureStrategy": "STOP"},
+}
+
+
+def one_job_of_each_dialect(system: System, who: tuple[str, str]) -> tuple[dict[str, int], str]:
+    """A job submitted through each of the four dialects by `who`: {dialect: job id}, and the
+    scheduled task whose run one of them is."""
+    bearer = {"Authorization": f"Bearer {who[1]}"}
+    with (
+        system.client(who) as engine,
+        httpx.Client(base_url=system.url, headers=bearer, timeout=30) as http,
+        httpx.Client(base_url=system.url, auth=who, timeout=30) as basic,
+    ):
+        ids = {"taskengine": submit(engine, note="Task Engine API")}
+        created = http.post("/api/worktasks", json=WORKTASK)
+        assert created.status_code == 201, created.text
+        ids["worktasks"] = int(created.json()["worktask_id"])
+        task = http.post("/tasks", json=SCHEDULED)
+        assert task.status_code == 201, task.text
+        task_id = task.json()["id"]
+        assert http.post(f"/tasks/{task_id}/run_now").status_code == 202
+
+        def run_job() -> int | None:
+            runs = http.get(f"/tasks/{task_id}/runs").json()
+            return runs[0]["job_id"] if runs and runs[0].get("job_id") else None
+
+        ids["tasks"] = wait_until(run_job, timeout=60, what="the scheduled task's run")
+        drove = basic.post("/apis/v1/tasks/operations", json=DROVE)
+        assert drove.status_code == 200, drove.text
+        [drove_job] = engine.get("/ui/api/jobs", params={"dialect": "drove"}).json()
+        ids["drove"] = drove_job["id"]
+    return ids, task_id
+
+
+def test_the_job_list_shows_and_filters_the_four_dialects_and_the_scheduled_tasks(system, page):
+    from playwright.sync_api import expect
+
+    ids, task_id = one_job_of_each_dialect(system, OTHER)
+    sign_in(page, system, OTHER)
+    page.click("nav a[href='#/jobs']")
+    for job_id in ids.values():
+        expect(page.locator(f"tr[data-job='{job_id}']")).to_be_visible(timeout=LIVE)
+    for dialect, job_id in ids.items():
+        page.select_option("#filters select[name=dialect]", dialect)
+        expect(page.locator(f"tr[data-job='{job_id}']")).to_be_visible(timeout=LIVE)
+        for other in set(ids.values()) - {job_id}:
+            expect(page.locator(f"tr[data-job='{other}']")).to_have_count(0, timeout=LIVE)
+    page.select_option("#filters select[name=dialect]", "")
+    page.select_option("#filters select[name=state]", "succeeded")
+    expect(page.locator("#jobs [data-state]").first).to_be_visible(timeout=LIVE)
+    shown = page.locator("#jobs [data-state]").all_inner_texts()
+    assert shown and set(shown) == {"succeeded"}
+
+    page.goto(f"{system.url}/ui#/jobs/{ids['drove']}")
+    expect(page.locator("dl.facts")).to_contain_text("T-ui-1", timeout=LIVE)
+    page.click("nav a[href='#/tasks']")
+    row = page.locator(f"tr[data-task='{task_id}']")
+    expect(row).to_contain_text("Nightly <report>", timeout=LIVE)
+    expect(row.locator(".next-fire")).to_contain_text("03:00:00Z")
+    shot(page, "tasks")
+    assert page.locator("#error").is_hidden()
 
 
 def test_sign_in_submit_a_job_watch_it_complete_live_and_open_its_timeline(system, page):
@@ -185,21 +279,27 @@ def test_the_socket_takes_the_key_in_its_first_message_and_is_bounded_per_client
     with pytest.raises(ConnectionClosed):
         wrong.recv(timeout=30)
     assert wrong.close_code == 4401
-    sockets = [socket_signed_in(system, OTHER) for _ in range(MAX_SOCKETS)]
+    who = new_client(system, "ui")  # a client of its own: no page of another test holds a socket
+    sockets = [socket_signed_in(system, who) for _ in range(MAX_SOCKETS)]
     try:
         for ws in sockets:
-            assert json.loads(ws.recv(timeout=30))["type"] == "ready"
-        extra = socket_signed_in(system, OTHER)
+            assert json.loads(ws.recv(timeout=30)) == {
+                "type": "ready",
+                "client": who[0],
+                "admin": False,
+            }
+        extra = socket_signed_in(system, who)
         with pytest.raises(ConnectionClosed):
             extra.recv(timeout=30)
         assert extra.close_code == 4429
-        with system.client(ADMIN) as admin, system.client(OTHER) as other:
+        with system.client(ADMIN) as admin, system.client(who) as mine:
             submit(admin)
-            own = submit(other)
-        updates = []
+            own = submit(mine)
+        updates: list[dict] = []
         while not any(u["job_id"] == own and u["state"] == "succeeded" for u in updates):
             updates.append(json.loads(sockets[0].recv(timeout=60)))
-        assert {u["client"] for u in updates} == {OTHER[0]}
+        assert {u["client"] for u in updates} == {who[0]}
+        assert [u["state"] for u in updates][0] == "queued"
     finally:
         for ws in sockets:
             ws.close()
