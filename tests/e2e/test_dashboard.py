@@ -20,6 +20,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from tests.support.receiver import CallbackReceiver
 from tests.support.system import ADMIN, OTHER, System, running_system
 from tests.support.waiting import wait_until
 from tests.support.worktask_clients import new_client
@@ -183,6 +184,12 @@ def test_the_job_list_shows_and_filters_the_four_dialects_and_the_scheduled_task
 
 
 def test_sign_in_submit_a_job_watch_it_complete_live_and_open_its_timeline(system, page):
+
+    with CallbackReceiver() as receiver:
+        watch_a_job_live(system, page, receiver)
+
+
+def watch_a_job_live(system: System, page: Any, receiver: CallbackReceiver) -> None:
     from playwright.sync_api import expect
 
     sign_in(page, system, ADMIN)
@@ -193,7 +200,8 @@ def test_sign_in_submit_a_job_watch_it_complete_live_and_open_its_timeline(syste
 
     page.click("nav a[href='#/jobs']")
     page.fill("#submit-job input[name=workflow]", "sleep")
-    page.fill("#submit-job textarea[name=parameters]", '{"seconds": 3, "note": "<b>not bold</b>"}')
+    parameters = {"seconds": 3, "note": "<b>not bold</b>", "rest_endpoints": [receiver.url]}
+    page.fill("#submit-job textarea[name=parameters]", json.dumps(parameters))
     page.click("#submit-job button[type=submit]")
     submitted = page.locator("#submitted a")
     expect(submitted).to_be_visible(timeout=LIVE)
@@ -212,10 +220,13 @@ def test_sign_in_submit_a_job_watch_it_complete_live_and_open_its_timeline(syste
     expect(page.locator("#view h2")).to_have_text(f"Job {job_id}")
     for event in ("job.submitted", "job.admitted", "job.started", "job.succeeded"):
         expect(page.locator(f"tr[data-event='{event}']")).to_have_count(1, timeout=LIVE)
-    expect(page.locator("#output")).to_contain_text("sleep", timeout=LIVE)
+    expect(page.locator("#output")).to_contain_text("'sleep' completed successfully", timeout=LIVE)
     # Client text is text: the parameters' markup is shown, not rendered.
     expect(page.locator("pre.parameters")).to_contain_text("<b>not bold</b>")
     assert page.locator("pre.parameters b").count() == 0
+    for key in ("start:", "complete:"):  # each callback, delivered to the receiver
+        callback = page.locator("#callbacks tr", has_text=key)
+        expect(callback).to_contain_text("delivered (200)", timeout=LIVE)
     assert page.evaluate("window.notReloaded") is True
     shot(page, "job")
 

@@ -191,6 +191,12 @@ def job_counts(store: EventStore) -> dict[str, int]:
     return {name: int(value) for name, value in row.items()}
 
 
+def job_client(store: EventStore, job_id: int) -> str | None:
+    """The client of a projected job (None: not projected, or cleared by retention)."""
+    rows = store.query("SELECT client FROM rm_jobs WHERE job_id = %s", (job_id,))
+    return rows[0]["client"] if rows else None
+
+
 def job_dialect(store: EventStore, job: UUID) -> str | None:
     """The dialect of a projected job (None: not projected, or cleared by retention)."""
     rows = store.query("SELECT dialect FROM rm_jobs WHERE job_uuid = %s", (job,))

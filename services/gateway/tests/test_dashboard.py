@@ -126,8 +126,8 @@ def test_live_updates_are_the_callers_own_jobs_unless_admin():
     done = JobSucceeded(
         id=job.id, version=5, at=AT, job_id=7, client="bob", workflow="echo", attempt=1
     )
-    assert update_for(done, 12, ALICE) is None
-    assert update_for(done, 12, Client("bob", False)) == {
+    assert update_for(done, 12, "bob", ALICE) is None
+    assert update_for(done, 12, "bob", Client("bob", False)) == {
         "type": "job",
         "position": 12,
         "job_id": 7,
@@ -135,7 +135,26 @@ def test_live_updates_are_the_callers_own_jobs_unless_admin():
         "event": "job.succeeded",
         "state": "succeeded",
     }
-    assert update_for(done, 12, ADMIN) is not None
+    assert update_for(done, 12, "bob", ADMIN) is not None
+    delivered = CallbackDelivered(
+        id=uuid4(),
+        version=1,
+        at=AT,
+        job_id=7,
+        url="https://example.com/hook?token=s3cret",
+        event="complete",
+        status_code=200,
+        attempts=1,
+    )
+    assert update_for(delivered, 13, "bob", ALICE) is None
+    assert update_for(delivered, 13, None, ADMIN) is None  # a job no read model knows
+    assert update_for(delivered, 13, "bob", Client("bob", False)) == {
+        "type": "callback",
+        "position": 13,
+        "job_id": 7,
+        "client": "bob",
+        "event": "callback.delivered",
+    }
 
 
 def test_a_timeline_line_shows_how_without_secrets_or_parameters():

@@ -211,7 +211,7 @@ const live = {
         this.retry = 1000;
         this.show("live", true);
         refreshSoon(); // what happened before the socket followed the bus
-      } else if (update.type === "job") {
+      } else if (update.type === "job" || update.type === "callback") {
         view.onUpdate(update);
       }
     });
@@ -307,7 +307,9 @@ function queuesView() {
         table(["priority", "running", "queued", "scheduled", "retry wait", "paused"], rows,
           "nothing running or waiting"));
     },
-    onUpdate: refreshSoon,
+    onUpdate(update) {
+      if (update.type === "job") refreshSoon();
+    },
   };
 }
 
@@ -392,6 +394,7 @@ function jobsView() {
     node,
     refresh: () => node.refresh(),
     onUpdate(update) {
+      if (update.type !== "job") return;
       // Show the new state at once; the refresh brings the rest (and new jobs).
       const cell = list.querySelector(`tr[data-job="${update.job_id}"] [data-state]`);
       if (cell) cell.replaceWith(stateBadge(update.state));
@@ -447,7 +450,8 @@ function jobView(id) {
         el("h3", {}, "Output"),
         el("pre", { id: "output", class: "output" }, output.length ? output.join("\n") : "(none yet)"),
         el("h3", {}, "Callbacks"),
-        table(["for", "URL", "delivery", "attempts"], callbacks, "none asked for"));
+        el("div", { id: "callbacks" },
+          table(["for", "URL", "delivery", "attempts"], callbacks, "none asked for")));
     },
     onUpdate(update) {
       if (String(update.job_id) === String(id)) refreshSoon();
@@ -476,7 +480,9 @@ function tasksView() {
         ["title", "client", "kind", "schedule", "timezone", "status", "next fire", "last fire", "runs"],
         rows, "no scheduled tasks"));
     },
-    onUpdate: refreshSoon,
+    onUpdate(update) {
+      if (update.type === "job") refreshSoon();
+    },
   };
 }
 
