@@ -3,7 +3,8 @@ with a client's key, submit a job from the page, watch it complete live (no relo
 timeline; a wrong key cannot sign in; a client sees only its own jobs, an admin every one.
 
 The browser is the system's chromium (`/usr/bin/chromium`, driven by playwright); where there
-is none the test skips. Screenshots are kept in `.artefacts/dashboard/` (git-ignored).
+is none the browser tests skip (the socket's and the banner's still run). Screenshots are kept
+in `.artefacts/dashboard/` (git-ignored).
 """
 
 from __future__ import annotations
@@ -31,12 +32,6 @@ MAX_SOCKETS = 3
 LIVE = 60_000
 """Milliseconds the page may take to show what the engine did (a busy machine)."""
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"no browser at {CHROMIUM}: the dashboard test drives the system's chromium"
-    " (apt-get install chromium)",
-)
-
 
 @pytest.fixture(scope="module")
 def system(postgres_url) -> Iterator[System]:
@@ -47,6 +42,11 @@ def system(postgres_url) -> Iterator[System]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"no browser at {CHROMIUM}: the dashboard's browser tests drive the system's"
+            " chromium (apt-get install chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
