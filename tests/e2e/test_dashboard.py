@@ -63,10 +63,14 @@ def page(browser) -> Iterator[Any]:
     context.close()
 
 
-def shot(page, name: str) -> Path:
+def shot(page, name: str, height: int | None = None) -> Path:
+    """A screenshot kept as a test artefact: the whole page, or its top `height` pixels."""
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTEFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    if height is None:
+        page.screenshot(path=str(path), full_page=True)
+    else:
+        page.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": 1180, "height": height})
     return path
 
 
@@ -215,6 +219,7 @@ def watch_a_job_live(system: System, page: Any, receiver: CallbackReceiver) -> N
     assert seen_unfinished, "the job was already over when the page first listed it"
     assert page.evaluate("window.notReloaded") is True
     shot(page, "jobs")
+    shot(page, "readme", height=420)  # docs/dashboard.png is a copy of it
 
     page.click(f"tr[data-job='{job_id}'] a")
     expect(page.locator("#view h2")).to_have_text(f"Job {job_id}")
