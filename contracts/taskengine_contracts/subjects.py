@@ -31,6 +31,10 @@ POSITION_HEADER = "Taskengine-Position"
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 
+PUBLISHED_HEADER = "Taskengine-Published"
+"""With hop tracing on (`TASKENGINE_HOP_TRACE`): when the relay published the message (Unix
+seconds)."""
+
 
 def subject_for(event: Event | type[Event]) -> str:
     """`taskengine.<topic>`, e.g. `taskengine.job.submitted`."""

@@ -295,6 +295,11 @@ def drove_job_ids(
     return [row["job_id"] for row in store.query(sql + " LIMIT %s", (*args, limit))]
 
 
+def drove_rerun(job_id: int, rerun_as: int) -> tuple[str, tuple[int, int]]:
+    """The statement that makes a Drove task's taskId name its rerun from now on."""
+    return "UPDATE drove_task_ids SET job_id = %s WHERE job_id = %s", (rerun_as, job_id)
+
+
 def drove_forget(job_id: int) -> tuple[str, tuple[int]]:
     """The statement that takes a Drove task out of the listings (its taskId is free again)."""
     return "DELETE FROM drove_task_ids WHERE job_id = %s", (job_id,)

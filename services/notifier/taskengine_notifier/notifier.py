@@ -383,6 +383,7 @@ async def notifier(runtime: Runtime) -> None:
             reject=runtime.rejecter(NAME),
             latest=runtime.latest,
             attempts=runtime.config.poison_attempts,
+            trace=runtime.hop_trace(NAME),
         )
         sender = asyncio.create_task(service.deliver_forever())
         try:
