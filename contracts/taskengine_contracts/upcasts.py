@@ -8,8 +8,9 @@ task's limits, `opSpec.timeout` and `dockerPullTimeout`, parsed as Drove's diale
 
 from __future__ import annotations
 
-import re
 from typing import Any
+
+from taskengine_contracts.durations import duration_seconds
 
 WORK_TASKS = "worktasks"
 DROVE = "drove"
@@ -21,20 +22,6 @@ CONFIGS_UNSUPPORTED = (
     " executor: bake them into the image or pass them in env"
 )
 """Why a DOCKER task with configs never starts (the same words as Drove's dialect)."""
-_UNITS = {
-    unit: seconds
-    for seconds, units in (
-        (1e-9, "ns nanosecond"),
-        (1e-6, "us microsecond"),
-        (1e-3, "ms millisecond"),
-        (1.0, "s second"),
-        (60.0, "m min minute"),
-        (3600.0, "h hour"),
-        (86400.0, "d day"),
-    )
-    for unit in units.split()
-}
-_DURATION = re.compile(r"\s*(\d{1,12})\s*([a-z]+)\s*")
 
 
 LOST_REASON = "lost"
@@ -123,12 +110,9 @@ def _drove_resources(given: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _limit(name: str, given: str) -> dict[str, Any]:
     """A Drove (Dropwizard) duration as the run's limit: `5m`, `30s`, `100 seconds`."""
-    match = _DURATION.fullmatch(given.lower())
-    assert match, f"{name} {given!r} was checked when the task was created"
-    unit = match.group(2)
-    if unit not in _UNITS and unit.endswith("s"):
-        unit = unit[:-1]
-    return {"seconds": int(match.group(1)) * _UNITS[unit], "name": name, "given": given}
+    seconds = duration_seconds(given)
+    assert seconds is not None, f"{name} {given!r} was checked when the task was created"
+    return {"seconds": seconds, "name": name, "given": given}
 
 
 def _failed(raw: dict[str, Any]) -> dict[str, Any]:

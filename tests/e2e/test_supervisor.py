@@ -113,7 +113,7 @@ def test_embedded_default_keeps_data_across_restarts_and_leaves_no_orphans():
             assert (data_dir / "demo-client.key").read_text().strip() == key
             assert completed(job["id"])  # the first run's job survived the restart
             again = httpx.post(url + "/job", json={"job": {"workflow": "noop"}}, headers=headers)
-            assert again.json()["id"] == job["id"] + 1
+            assert again.json()["id"] > job["id"]  # numbers never reused (a block may be skipped)
             wait_until(lambda: completed(again.json()["id"]), what="a job after restart")
             events = subprocess.run(
                 [str(BIN / "taskengine"), "events", "--job", str(job["id"])],

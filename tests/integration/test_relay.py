@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import shutil
 import subprocess
 
@@ -184,3 +185,40 @@ def test_a_service_started_while_postgres_is_down_waits_for_it(engine_root, nats
     finally:
         services.close()
         postgres.stop()
+
+
+def test_hop_tracing_records_each_consumed_events_instants_in_order(services):
+    """Debug mode: the relay stamps the publish instant, a consumer appends what it handled;
+    each instant follows the one before (one clock: one machine)."""
+    services.env["TASKENGINE_HOP_TRACE"] = "true"
+    job = submitted("noop")
+    services.store.commit([job])
+    services.start("relay", "admission")
+    trace = services.data_dir / "run" / "hops-admission.csv"
+    rows = wait_until(
+        lambda: (
+            trace.exists()
+            and [r for r in csv.DictReader(trace.open()) if r["topic"] == "job.submitted"]
+        ),
+        what="the admission's trace of the submission",
+    )
+    [row] = rows
+    instants = [float(row[name]) for name in ("written", "published", "received", "handled")]
+    assert instants == sorted(instants), row
+    assert instants[0] == job.at.timestamp() and instants[-1] - instants[0] < 60
+    assert row["consumer"] == "admission" and int(row["position"]) > 0
+    [message] = [m for m in stream_messages(services.nats_url) if m.subject.endswith("submitted")]
+    assert float(message.headers[subjects.PUBLISHED_HEADER]) == float(row["published"])
+
+
+def test_without_hop_tracing_nothing_is_stamped_or_written(services):
+    services.store.commit([submitted("noop")])
+    services.start("relay", "admission")
+    messages = wait_until(
+        lambda: (lambda ms: ms if any(m.subject.endswith("admitted") for m in ms) else None)(
+            stream_messages(services.nats_url)
+        ),
+        what="the admission to handle the submission",
+    )
+    assert messages and all(subjects.PUBLISHED_HEADER not in m.headers for m in messages)
+    assert not list((services.data_dir / "run").glob("hops-*.csv"))

@@ -124,6 +124,12 @@ class EngineSettings(BaseSettings):
         description="seconds a list, search or count may wait for the read models to hold every"
         " write acknowledged before it; answered stale (X-Taskengine-Stale) after that; 0: no wait",
     )
+    hop_trace: bool = Field(
+        default=False,
+        description="debug: the relay stamps each message's publish instant and each consumer"
+        " appends every event's written, published, received and handled instants to"
+        " <data dir>/run/hops-<consumer>.csv (what `make bench` breaks its latency down by)",
+    )
     attempt_timeout: float = Field(
         default=3600.0,
         gt=0,
@@ -216,8 +222,8 @@ class EngineSettings(BaseSettings):
     max_sockets_per_client: int = Field(
         default=10,
         ge=1,
-        description="open WebSockets (/ws/tasks) one client may hold on one gateway; one more"
-        " is closed with code 4429",
+        description="open WebSockets (/ws/tasks, /ui/ws) one client may hold on one gateway;"
+        " one more is closed with code 4429",
     )
     max_active_tasks_per_client: int = Field(
         default=1000,

@@ -21,6 +21,7 @@ from taskengine_store.rejected import Rejected
 
 from taskengine_runtime import metrics
 from taskengine_runtime.failures import POISON_ATTEMPTS, describe, is_transient, isolating
+from taskengine_runtime.hops import HopTrace
 from taskengine_runtime.logs import context
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ position is recorded lazily (`track`, at most once per `TRACK_EVERY` seconds).""
 Reject = Callable[[list[Rejected], int | None], Awaitable[None]]
 """Records messages set aside; with a position, commits the tracking record with them."""
 TRACK_EVERY = 1.0
+IDLE_WAIT = 1.0
+"""Seconds one pull waits for a first message before the consumer's idle work runs."""
+GATHER = 0.002
+"""Seconds a batch goes on gathering what is already there once its first message came."""
 PROBE = 16
 """Messages looked at past one without a position before the resume search assumes the worst."""
 
@@ -142,15 +147,18 @@ class BatchConsumer:
         reject: Reject,
         latest: Callable[[], Awaitable[int]],
         batch: int = 500,
-        wait: float = 0.05,
+        wait: float = IDLE_WAIT,
         idle: Callable[[], Awaitable[None]] | None = None,
         attempts: int = POISON_ATTEMPTS,
+        trace: HopTrace | None = None,
     ):
         self.js, self.durable, self.filter_subjects = js, durable, list(filter_subjects)
         self.handler, self.handled, self.batch, self.wait = handler, handled, batch, wait
         self.track, self.reject, self.idle = track, reject, idle
         self.attempts = max(1, attempts)
         self.latest = latest
+        self.trace = trace
+        """Hop tracing (debug): each handled event's instants, appended after its batch."""
         self.stored = 0
         """The store's last position when last read: no event from it can be past that."""
         self.tracked = handled
@@ -226,10 +234,8 @@ class BatchConsumer:
     async def run(self) -> None:
         subscription = await self._subscribe()
         while True:
-            try:
-                messages = await subscription.fetch(self.batch, timeout=self.wait)
-            except (TimeoutError, nats.errors.TimeoutError):
-                messages = []
+            messages = await self._fetch(subscription)
+            received = time.time()
             self.idle_now = not messages
             if not messages:  # nats-py answers [] when the server's timeout reply comes first
                 await self._track_lazily()
@@ -263,10 +269,28 @@ class BatchConsumer:
             if batch:
                 await self._handle(batch)
                 self.handled = max(self.handled, batch[-1].position)
+                if self.trace:
+                    self.trace.record(self.durable, batch, received, time.time())
             await messages[-1].ack()
             await self._track_lazily()
             if self.idle:
                 await self.idle()
+
+    async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
+        """The next batch: waits up to `wait` for one message, then takes what else the bus
+        has at once (for up to GATHER seconds). One pull of a whole batch would hold its first
+        message until the batch filled or the pull expired: every hop paid the wait."""
+        try:
+            messages = await subscription.fetch(1, timeout=self.wait)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        if len(messages) >= self.batch:
+            return messages
+        try:
+            messages += await subscription.fetch(self.batch - len(messages), timeout=GATHER)
+        except (TimeoutError, nats.errors.TimeoutError):
+            pass
+        return messages
 
     async def _stored_only(
         self, batch: list[Delivered], rejected: list[Rejected]

@@ -29,6 +29,7 @@ from taskengine_store.store import Conflict, EventStore, Statement
 
 from taskengine_runtime import metrics
 from taskengine_runtime.bus import Reconnects, connect, ensure_stream
+from taskengine_runtime.hops import HopTrace
 from taskengine_runtime.logs import configure_logging
 
 T = TypeVar("T")
@@ -111,6 +112,10 @@ class Runtime:
                 log.info("%s: position %s was already handled", name, position)
 
         return reject
+
+    def hop_trace(self, consumer: str) -> HopTrace | None:
+        """Where `consumer` traces its hops, when the debug setting is on."""
+        return HopTrace.at(self.config.data_dir, consumer) if self.config.hop_trace else None
 
     async def latest(self) -> int:
         """The store's last position."""

@@ -287,5 +287,6 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
         reject=runtime.rejecter(NAME, lock.fence),
         latest=runtime.latest,
         attempts=runtime.config.poison_attempts,
+        trace=runtime.hop_trace(NAME),
     )
     await consumer.run()

@@ -549,6 +549,7 @@ async def dispatcher(runtime: Runtime) -> None:
         reject=runtime.rejecter(NAME),
         latest=runtime.latest,
         attempts=runtime.config.poison_attempts,
+        trace=runtime.hop_trace(NAME),
     )
     flusher = asyncio.create_task(service.flush_forever())
     try:

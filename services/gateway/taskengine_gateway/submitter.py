@@ -1,12 +1,16 @@
 """Group commit for submissions: concurrent requests share one store transaction.
 
 Each request waits for the commit that holds its job, so an acknowledged job is durable; a
-burst of N submits costs one id allocation and one insert instead of N of each.
+burst of N submits costs one insert instead of N. Job numbers are reserved from the store's
+sequence `ID_BLOCK` at a time, so a commit does not wait on a round trip for them: numbers are
+unique and rise in submission order within a gateway; a gateway that stops leaves the rest of
+its block unused (a gap), and two gateways hand out numbers from different blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
 
@@ -22,7 +26,7 @@ Claim = Callable[[int], list[Statement]]
 """Rows committed with the job, given its number (e.g. a dialect's unique name for it)."""
 
 MAX_BATCH = 500
-ID_BLOCK = 1000
+ID_BLOCK = 100
 
 
 class Submitter:
@@ -32,7 +36,8 @@ class Submitter:
             asyncio.Queue()
         )
         self.task: asyncio.Task | None = None
-        self.numbers: list[int] = []  # reserved job numbers, handed out in order
+        self.numbers: collections.deque[int] = collections.deque()
+        """Reserved job numbers, handed out in order (only by `_commit`: one at a time)."""
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run())
@@ -83,7 +88,9 @@ class Submitter:
 
     def _commit(self, builds: list[tuple[Build, Claim | None]]) -> list[int]:
         store = self.runtime.store
-        numbers = store.next_job_ids(len(builds))
+        if len(self.numbers) < len(builds):
+            self.numbers.extend(store.next_job_ids(max(ID_BLOCK, len(builds))))
+        numbers = [self.numbers.popleft() for _ in builds]
         pairs = list(zip(builds, numbers, strict=True))
         store.commit(
             [event for (build, _), n in pairs for event in build(n)],

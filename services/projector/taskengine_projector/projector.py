@@ -23,6 +23,7 @@ from taskengine_contracts.events import Event, encode
 from taskengine_runtime import Runtime, metrics
 from taskengine_runtime.failures import describe, is_transient, isolating
 from taskengine_runtime.logs import context
+from taskengine_store.commits import wake_on_commits
 from taskengine_store.projections import PROJECTOR, project
 from taskengine_store.rejected import Rejected, decoded, record, set_aside_positions
 from taskengine_store.store import Position
@@ -30,6 +31,8 @@ from taskengine_store.store import Position
 log = logging.getLogger(__name__)
 
 BATCH = 2000
+IDLE_POLL = 1.0
+"""Seconds idle between reads of the log when no commit woke it (a lost NOTIFY, a rewind)."""
 
 
 async def projector(runtime: Runtime) -> None:
@@ -37,6 +40,20 @@ async def projector(runtime: Runtime) -> None:
     position = await runtime.call(store.tracked, PROJECTOR)
     log.info("projector resuming after position %d", position)
     skip = await runtime.call(set_aside_positions, store, PROJECTOR)
+    # Idle, it sleeps until a commit wakes it (at most IDLE_POLL): lists wait for the projector
+    # to hold the writes acknowledged before them, so its pick-up time is what a list after a
+    # write costs.
+    wake = asyncio.Event()
+    listener = asyncio.create_task(wake_on_commits(runtime.config.database_url, wake, PROJECTOR))
+    try:
+        await follow(runtime, position, skip, wake)
+    finally:
+        listener.cancel()
+
+
+async def follow(runtime: Runtime, position: int, skip: set[int], wake: asyncio.Event) -> None:
+    """Projects the log from `position` on, forever."""
+    store = runtime.store
     attempts = runtime.config.poison_attempts
     track = runtime.tracker(PROJECTOR)
     metrics.LAG.consumers[PROJECTOR] = lambda: position
@@ -64,19 +81,19 @@ async def projector(runtime: Runtime) -> None:
         tracking = Tracking(PROJECTOR, position)
         await runtime.call(store.commit, tracking=tracking, statements=statements)
 
-    # Idle, the log is polled at most 50 ms apart: lists wait for the projector to hold the
-    # writes acknowledged before them, so its pick-up time is what a list after a write costs.
-    idle, delay = 0.01, 0.2
+    delay = 0.2
     while True:
         try:
+            wake.clear()  # before reading: a commit during the read wakes the wait below
             notes = await runtime.call(store.notifications, position, BATCH)
             if not notes:
-                await asyncio.sleep(idle)
-                idle = min(idle * 2, 0.05)
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=IDLE_POLL)
+                except TimeoutError:
+                    pass
                 # `taskengine replay --reset` rewinds us to 0 while we run: follow it.
                 position = min(position, await runtime.call(store.tracked, PROJECTOR))
                 continue
-            idle = 0.01
             batch, undecodable = decoded(notes, skip)
             # What cannot be decoded is set aside at once, after what precedes it is projected.
             for note, error in undecodable:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
-import psycopg
 from taskengine_contracts import subjects
 from taskengine_runtime import Runtime, metrics
+from taskengine_store.commits import wake_on_commits
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +34,18 @@ async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
     log.info("relay resuming after position %d (tracked %d)", position, tracked)
     metrics.LAG.relay = lambda: position
     reconnects = runtime.reconnects.count
+    stamp = runtime.config.hop_trace
     wake = asyncio.Event()
-    listener = asyncio.create_task(_listen(runtime.config.database_url, wake))
+    listener = asyncio.create_task(wake_on_commits(runtime.config.database_url, wake, NAME))
     try:
         while stop_after is None or position < stop_after:
             if runtime.reconnects.count != reconnects:
                 reconnects = runtime.reconnects.count
                 position = await _resume_from(runtime, position)
                 log.warning("relay: NATS reconnected; publishing again after %d", position)
+            wake.clear()  # before reading: a commit during the read wakes the wait below
             notes = await runtime.call(store.notifications, position, BATCH)
             if not notes:
-                wake.clear()
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=0.5)
                 except TimeoutError:
@@ -57,6 +59,8 @@ async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
                     ),
                     subjects.POSITION_HEADER: str(note.id),
                 }
+                if stamp:
+                    headers[subjects.PUBLISHED_HEADER] = f"{time.time():.6f}"
                 acks.append(
                     await js.publish_async(
                         subjects.subject_for_topic(note.topic), note.state, headers=headers
@@ -107,18 +111,3 @@ async def _resume_from(runtime: Runtime, position: int) -> int:
     )
     low = rows[0]["low"] if rows else None
     return position if low is None else min(position, low)
-
-
-async def _listen(database_url: str, wake: asyncio.Event) -> None:
-    """Wakes the relay on the store's NOTIFY, so it need not poll hard to stay prompt."""
-    while True:
-        try:
-            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-                await conn.execute("LISTEN stored_events")
-                async for _ in conn.notifies():
-                    wake.set()
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # the poll fallback keeps us going meanwhile
-            log.warning("relay: LISTEN failed (%s); retrying", error)
-            await asyncio.sleep(1)

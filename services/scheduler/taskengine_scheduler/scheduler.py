@@ -413,6 +413,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
             reject=runtime.rejecter(NAME, lock.fence),
             latest=runtime.latest,
             attempts=runtime.config.poison_attempts,
+            trace=runtime.hop_trace(NAME),
             idle=service.tick,
         )
         async with asyncio.TaskGroup() as group:

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
+from taskengine_contracts.durations import duration_seconds
 from taskengine_contracts.events import (
     JobSubmitted,
     Limit,
@@ -70,33 +71,15 @@ class InvalidTask(DomainError):
 
 # --- durations ----------------------------------------------------------------------------
 
-_UNITS = {
-    unit: seconds
-    for seconds, units in (
-        (1e-9, "ns nanosecond"),
-        (1e-6, "us microsecond"),
-        (1e-3, "ms millisecond"),
-        (1.0, "s second"),
-        (60.0, "m min minute"),
-        (3600.0, "h hour"),
-        (86400.0, "d day"),
-    )
-    for unit in units.split()
-}
-_DURATION = re.compile(r"\s*(\d{1,12})\s*([a-z]+)\s*")
-
 
 def parse_duration(value: object, field: str) -> float:
     """Seconds in a Drove (Dropwizard) duration: `5m`, `30s`, `100 seconds`, `2 minutes`, `1h`."""
-    match = _DURATION.fullmatch(value.lower()) if isinstance(value, str) else None
-    unit = match and match.group(2)
-    if unit and unit not in _UNITS and unit.endswith("s"):
-        unit = unit[:-1]  # plurals: seconds, minutes, mins
-    if not match or unit not in _UNITS:
+    seconds = duration_seconds(value)
+    if seconds is None:
         raise InvalidTask(
             f'{field} must be a duration like "5m", "30s" or "100 seconds", got {value!r}'
         )
-    return int(match.group(1)) * _UNITS[unit]
+    return seconds
 
 
 # --- operations -----------------------------------------------------------------------------
@@ -230,6 +213,11 @@ def create_operation(data: dict[str, Any]) -> Submission:
         "opSpec": op_spec(data.get("opSpec")),
     }
     return Submission(source_app, task_id, workflow, parameters, attributes)
+
+
+def rerun_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """A rerun's attributes: the same task, as a new instance of it (its own instanceId)."""
+    return {**attributes, "instanceId": f"TI-{uuid4()}"}
 
 
 def kill_operation(data: dict[str, Any]) -> tuple[str, str]:
