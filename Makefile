@@ -5,7 +5,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: up test bench lint install clean
+.PHONY: up test bench lint contracts install clean
 
 $(UV):
 	$(PYTHON) -m venv .tools/uv
@@ -31,6 +31,13 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# The published contracts, regenerated from the code (tests/contract fails when one is stale).
+contracts: install
+	$(VENV)/bin/python -m taskengine_contracts.schema > contracts/events.schema.json.new
+	mv contracts/events.schema.json.new contracts/events.schema.json
+	$(VENV)/bin/python -m taskengine_gateway.openapi > contracts/openapi.json.new
+	mv contracts/openapi.json.new contracts/openapi.json
 
 clean:
 	rm -rf .venv .tools .pytest_cache .ruff_cache .mypy_cache

@@ -9,6 +9,8 @@ from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from taskengine_core.outbound import OutboundGuard, parse_allowlist
 from taskengine_runtime import Runtime, metrics
 
@@ -17,7 +19,7 @@ from taskengine_gateway.bodies import before_body
 from taskengine_gateway.dashboard.api import DashboardController, static_files
 from taskengine_gateway.dashboard.feed import dashboard_updates
 from taskengine_gateway.dialects.drove_api import DroveController
-from taskengine_gateway.dialects.taskengine_api import TaskEngineController
+from taskengine_gateway.dialects.taskengine_api import VERSION, TaskEngineController
 from taskengine_gateway.dialects.taskengine_errors import TASKENGINE
 from taskengine_gateway.dialects.tasks_api import TasksController
 from taskengine_gateway.dialects.worktasks_api import WorkTasksController
@@ -29,6 +31,36 @@ from taskengine_gateway.state import GatewayState
 from taskengine_gateway.submitter import Submitter
 
 log = logging.getLogger(__name__)
+
+
+OPENAPI = OpenAPIConfig(
+    title="Taskengine",
+    version=VERSION,
+    description=(
+        "One engine, four task APIs: the Task Engine API (`/job`, `/jobs`, `/logs`, ...),"
+        " scheduled tasks (`/tasks`, `/events`), work tasks (`/api/worktasks`) and Drove's"
+        " container tasks (`/apis/v1`). Each answers its errors in its own shape. Clients send"
+        " their key as `Authorization: Bearer <key>`, as Basic `client:key`, or as the"
+        " `client` and `api-key` headers; `GET /` alone needs none."
+    ),
+    path="/schema",
+    render_plugins=[SwaggerRenderPlugin(path="/")],
+    components=Components(
+        security_schemes={
+            "bearer": SecurityScheme(type="http", scheme="bearer", description="the key"),
+            "basic": SecurityScheme(type="http", scheme="basic", description="client:key"),
+            "client": SecurityScheme(
+                type="apiKey", name="client", security_scheme_in="header", description="name"
+            ),
+            "api-key": SecurityScheme(
+                type="apiKey", name="api-key", security_scheme_in="header", description="key"
+            ),
+        }
+    ),
+    security=[{"bearer": []}, {"basic": []}, {"client": [], "api-key": []}],
+)
+"""The OpenAPI document (`/schema/openapi.json`, committed as `contracts/openapi.json`) and
+its pages: Swagger UI at `/schema`."""
 
 
 def create_app(state: GatewayState) -> Litestar:
@@ -57,7 +89,7 @@ def create_app(state: GatewayState) -> Litestar:
         middleware=[stale_header],
         state=State({"gateway": state}),
         request_max_body_size=state.runtime.config.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="Taskengine", version="0.1.0", path="/schema"),
+        openapi_config=OPENAPI,
         logging_config=None,
     )
 

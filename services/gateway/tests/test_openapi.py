@@ -124,3 +124,54 @@ def test_a_submitted_job_and_a_created_task_document_their_answer():
         ref = content["application/json"]["schema"]["$ref"]
         properties = components[ref.rsplit("/", 1)[-1]]["properties"]
         assert properties and all(p.get("type") for p in properties.values()), (path, properties)
+
+
+def test_every_answer_of_every_operation_has_a_schema_and_an_example():
+    schema = document()
+    operations = [
+        (method.upper(), path, operation)
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+    ]
+    assert len(operations) >= 37
+    for method, path, operation in operations:
+        assert any(code.startswith("2") for code in operation["responses"]), (method, path)
+        for code, answer in operation["responses"].items():
+            [(media_type, content)] = answer["content"].items()
+            where = (method, path, code, media_type)
+            assert content["schema"] not in ({}, {"type": "object"}, {"type": "array"}), where
+            assert "status_code" not in str(content["schema"]), where  # Litestar's own shape
+            assert content.get("examples"), where
+
+
+def test_the_errors_are_documented_in_each_dialects_own_shape():
+    schema = document()
+    shapes = {
+        "/job": "TaskEngineError",
+        "/tasks": "TasksFailure",
+        "/api/worktasks": "WorkTaskFailure",
+        "/apis/v1/tasks/operations": "DroveFailure",
+    }
+    for path, shape in shapes.items():
+        [operation] = [op for method, op in schema["paths"][path].items() if method == "post"]
+        for code in ("400", "401", "413"):
+            content = operation["responses"][code]["content"]["application/json"]
+            assert content["schema"]["$ref"].endswith(f"/{shape}"), (path, code)
+
+
+def test_the_document_names_how_clients_authenticate():
+    schemes = document()["components"]["securitySchemes"]
+    assert schemes["bearer"]["scheme"] == "bearer"
+    assert schemes["basic"]["scheme"] == "basic"
+    assert (schemes["client"]["name"], schemes["api-key"]["name"]) == ("client", "api-key")
+
+
+def test_the_schema_page_shows_the_document():
+    state = SimpleNamespace(runtime=SimpleNamespace(config=SimpleNamespace(max_body_bytes=1024)))
+    with TestClient(create_app(state)) as client:  # type: ignore[arg-type]
+        page = client.get("/schema")
+        served = client.get("/schema/openapi.json")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "SwaggerUIBundle" in page.text and '"operationId":"submit_job"' in page.text
+    assert served.status_code == 200 and served.json()["info"]["title"] == "Taskengine"

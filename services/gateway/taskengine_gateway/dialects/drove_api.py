@@ -38,8 +38,11 @@ from taskengine_core.jobs import FINAL_STATES, Job, JobState, advance
 from taskengine_core.quotas import ResourceLimits
 from taskengine_store import queries
 
+from taskengine_gateway.answers import AUTHENTICATED as AUTH
 from taskengine_gateway.auth import Client
 from taskengine_gateway.bodies import BodyProblem, Documented, before_body, body, described, given
+from taskengine_gateway.dialects import drove_answers as a
+from taskengine_gateway.dialects.drove_answers import ANSWERS
 from taskengine_gateway.errors import ErrorShape, handler
 from taskengine_gateway.job_io import Planned, change, jobs_numbered
 from taskengine_gateway.state import GatewayState
@@ -138,6 +141,8 @@ class TaskSearch(Documented, forbid_unknown_fields=True):
     taskId: Annotated[Any, TASK] = UNSET  # noqa: N815
 
 
+TASK_ID = a.enveloped({"taskId": "nightly-17"})
+INSTANCES = a.enveloped([a.INSTANCE])
 SEARCH_BY = "search by sourceAppName and/or taskId (no other fields)"
 
 
@@ -166,11 +171,20 @@ class DroveController(Controller):
     path = "/apis/v1"
     exception_handlers = handler(DROVE)
 
-    @get("/ping", operation_id="drove_ping")
+    @get(
+        "/ping",
+        operation_id="drove_ping",
+        responses=ANSWERS(200, a.Pong, a.enveloped("pong"), "the engine answers", *AUTH),
+    )
     async def ping(self, client: Client) -> dict:
         return envelope("pong")
 
-    @post("/tasks/operations", operation_id="drove_task_operation", status_code=200)
+    @post(
+        "/tasks/operations",
+        operation_id="drove_task_operation",
+        status_code=200,
+        responses=ANSWERS(200, a.TaskIdAnswer, TASK_ID, "done", *AUTH, 400, 404, 409, 413),
+    )
     async def operation(
         self,
         data: Annotated[TaskOperation, body(TaskOperation)],
@@ -182,13 +196,21 @@ class DroveController(Controller):
             return envelope({"taskId": await create_task(gateway, client, operation)})
         return envelope({"taskId": await kill_task(gateway, client, operation)})
 
-    @get("/tasks", operation_id="drove_list_tasks")
+    @get(
+        "/tasks",
+        operation_id="drove_list_tasks",
+        responses=ANSWERS(200, a.InstancesAnswer, INSTANCES, "the client's tasks", *AUTH),
+    )
     async def list_tasks(self, gateway: GatewayState, client: Client) -> dict:
         store = gateway.runtime.store
         numbers = await gateway.runtime.call(queries.drove_job_ids, store, client.name, MAX_LISTED)
         return envelope([instance_view(job, HOSTNAME) for job in await load_jobs(gateway, numbers)])
 
-    @get(INSTANCE, operation_id="drove_get_task")
+    @get(
+        INSTANCE,
+        operation_id="drove_get_task",
+        responses=ANSWERS(200, a.InstanceAnswer, a.enveloped(a.INSTANCE), "the task", *AUTH, 404),
+    )
     async def get_task(
         self, source_app: str, task_id: str, gateway: GatewayState, client: Client
     ) -> dict:
@@ -196,7 +218,12 @@ class DroveController(Controller):
             instance_view(await find_task(gateway, client, source_app, task_id), HOSTNAME)
         )
 
-    @delete(INSTANCE, operation_id="drove_delete_task", status_code=200)
+    @delete(
+        INSTANCE,
+        operation_id="drove_delete_task",
+        status_code=200,
+        responses=ANSWERS(200, a.TaskIdAnswer, TASK_ID, "the task is deleted", *AUTH, 404, 409),
+    )
     async def delete_task(
         self, source_app: str, task_id: str, gateway: GatewayState, client: Client
     ) -> dict:
@@ -221,6 +248,7 @@ class DroveController(Controller):
         "/tasks/search",
         operation_id="drove_search_tasks",
         status_code=200,
+        responses=ANSWERS(200, a.InstancesAnswer, INSTANCES, "the tasks found", *AUTH, 400, 413),
         before_request=search_by_form,
         opt={"unknown": SEARCH_BY},
     )
@@ -245,14 +273,26 @@ class DroveController(Controller):
 
     # --- log files (Drove's bare shapes) ------------------------------------------------------
 
-    @get(f"{LOGS}/list", operation_id="drove_log_files")
+    @get(
+        f"{LOGS}/list",
+        operation_id="drove_log_files",
+        responses=ANSWERS(
+            200, a.LogFiles, {"files": list(LOG_FILES)}, "the task's log files", *AUTH, 404
+        ),
+    )
     async def log_files(
         self, source_app: str, task_id: str, gateway: GatewayState, client: Client
     ) -> dict:
         await find_task(gateway, client, source_app, task_id)
         return {"files": list(LOG_FILES)}
 
-    @get(f"{LOGS}/read/{{file_name:str}}", operation_id="drove_read_log")
+    @get(
+        f"{LOGS}/read/{{file_name:str}}",
+        operation_id="drove_read_log",
+        responses=ANSWERS(
+            200, a.LogRead, {"data": "hello\n", "offset": 0}, "the part read", *AUTH, 400, 404
+        ),
+    )
     async def read_log(
         self,
         source_app: str,
@@ -274,7 +314,19 @@ class DroveController(Controller):
         row = await _output(gateway, job, start, length)
         return {"data": row["data"], "offset": offset}
 
-    @get(f"{LOGS}/download/{{file_name:str}}", operation_id="drove_download_log")
+    @get(
+        f"{LOGS}/download/{{file_name:str}}",
+        operation_id="drove_download_log",
+        responses=ANSWERS(
+            200,
+            str,
+            "hello\n",
+            "the whole file",
+            *AUTH,
+            404,
+            media_type="text/plain; charset=utf-8",
+        ),
+    )
     async def download_log(
         self, source_app: str, task_id: str, file_name: str, gateway: GatewayState, client: Client
     ) -> Response:

@@ -30,8 +30,11 @@ from taskengine_core.settings import RuntimeSettings, validate_setting
 from taskengine_store import queries
 from taskengine_store.store import Conflict, Statement
 
+from taskengine_gateway.answers import AUTHENTICATED as AUTH
 from taskengine_gateway.auth import Client
 from taskengine_gateway.bodies import Documented, body, checked, described, given
+from taskengine_gateway.dialects import taskengine_answers as a
+from taskengine_gateway.dialects.taskengine_answers import ANSWERS
 from taskengine_gateway.dialects.taskengine_changes import plan_patch
 from taskengine_gateway.dialects.taskengine_errors import JobConflict, JobForbidden, JobRefused
 from taskengine_gateway.dialects.taskengine_fields import (
@@ -154,6 +157,20 @@ class JobAccepted(msgspec.Struct):
     result: Annotated[str, msgspec.Meta(description='"accepted"', examples=["accepted"])]
 
 
+ACCEPTED = {"id": 42, "result": "accepted"}
+CHANGED = {"id": 42, "result": "Performed updates: priority, queue_state"}
+DASHBOARD = {
+    "max_jobs": 10,
+    "priority_slots": 2,
+    "started": [{k: v for k, v in a.LISTED.items() if k != "parameters"}],
+    "queued": [],
+    "scheduled": [],
+    "version": VERSION,
+}
+SWITCHED = {"result": "ok", "schedules": ["queue_scheduled_jobs", "fire_scheduled_tasks"]}
+SET = {"result": "ok", "message": "max_jobs setting updated"}
+
+
 def job_submission(
     data: dict[str, Any], client: Client
 ) -> tuple[str, dict, int, datetime | None, str | None]:
@@ -206,11 +223,23 @@ async def load_job(gateway: GatewayState, job_id: str, client: Client) -> Job:
 class TaskEngineController(Controller):
     """Seed 002. Every route but `/` needs a client's credentials."""
 
-    @get("/", operation_id="alive")
+    @get(
+        "/",
+        operation_id="alive",
+        responses=ANSWERS(200, a.Alive, {"result": "alive"}, "the engine answers"),
+    )
     async def alive(self) -> dict[str, str]:
         return {"result": "alive"}
 
-    @post("/job", operation_id="submit_job", status_code=200, opt={"job": True})
+    @post(
+        "/job",
+        operation_id="submit_job",
+        status_code=200,
+        opt={"job": True},
+        responses=a.JOB_ERRORS(
+            200, JobAccepted, ACCEPTED, "the job is stored", *AUTH, 400, 403, 413
+        ),
+    )
     async def submit_job(
         self, data: Annotated[JobRequest, body(JobRequest)], gateway: GatewayState, client: Client
     ) -> JobAccepted:
@@ -240,7 +269,14 @@ class TaskEngineController(Controller):
         number = await gateway.submitter.submit(build)
         return JobAccepted(number, "accepted")
 
-    @get("/health", operation_id="health")
+    @get(
+        "/health",
+        operation_id="health",
+        responses={
+            **ANSWERS(200, a.Health, a.HEALTH, "every component answers", *AUTH),
+            500: ANSWERS.failure(500),
+        },
+    )
     async def health(self, gateway: GatewayState, client: Client) -> Response:
         try:
             report = await health_report(
@@ -250,13 +286,23 @@ class TaskEngineController(Controller):
             return Response({"error": str(down)}, status_code=500)
         return Response(report)
 
-    @get("/jobs", operation_id="list_jobs")
+    @get(
+        "/jobs",
+        operation_id="list_jobs",
+        responses=ANSWERS(200, list[a.ListedJob], [a.LISTED], "the client's jobs", *AUTH, 400),
+    )
     async def list_jobs(self, request: Request, gateway: GatewayState, client: Client) -> list:
         wanted = list_filter(request.query_params, client.name)
         rows = await gateway.reads.query(queries.job_list, wanted)
         return [row_view(row) for row in rows]
 
-    @get("/dashboard", operation_id="dashboard")
+    @get(
+        "/dashboard",
+        operation_id="dashboard",
+        responses=ANSWERS(
+            200, a.Dashboard, DASHBOARD, "the client's running and waiting jobs", *AUTH
+        ),
+    )
     async def dashboard(self, gateway: GatewayState, client: Client) -> dict:
         rows = await gateway.reads.query(queries.job_dashboard, client.name)
         settings = await current_settings(gateway)
@@ -272,7 +318,11 @@ class TaskEngineController(Controller):
             "version": VERSION,
         }
 
-    @get("/jobs/{job_id:str}", operation_id="get_job")
+    @get(
+        "/jobs/{job_id:str}",
+        operation_id="get_job",
+        responses=ANSWERS(200, a.JobView, a.JOB, "the job", *AUTH, 400),
+    )
     async def get_job(self, job_id: str, gateway: GatewayState, client: Client) -> dict:
         job = await load_job(gateway, job_id, client)
         return job_view(job, await queue_position(gateway, job))
@@ -282,6 +332,9 @@ class TaskEngineController(Controller):
         "/jobs/{job_id:str}",
         operation_id="update_job",
         opt={"job": True},
+        responses=a.JOB_ERRORS(
+            200, a.JobChanged, CHANGED, "the job changed", *AUTH, 400, 403, 409, 413
+        ),
         dependencies={"job": Provide(load_job)},
     )
     async def update_job(
@@ -303,7 +356,12 @@ class TaskEngineController(Controller):
         await commit_job_change(gateway, job, events)
         return {"id": job.job_id, "result": f"Performed updates: {', '.join(done)}"}
 
-    @post("/jobs/{job_id:str}/rerun", operation_id="rerun_job", status_code=200)
+    @post(
+        "/jobs/{job_id:str}/rerun",
+        operation_id="rerun_job",
+        status_code=200,
+        responses=a.JOB_ERRORS(200, JobAccepted, ACCEPTED, "the rerun is stored", *AUTH, 400, 409),
+    )
     async def rerun_job(self, job_id: str, gateway: GatewayState, client: Client) -> JobAccepted:
         job = await load_job(gateway, job_id, client)
         store = gateway.runtime.store
@@ -322,7 +380,13 @@ class TaskEngineController(Controller):
         await commit_job_change(gateway, job, events, statements)
         return JobAccepted(number, "accepted")
 
-    @get("/logs/{job_id:str}", operation_id="get_logs")
+    @get(
+        "/logs/{job_id:str}",
+        operation_id="get_logs",
+        responses=ANSWERS(
+            200, list[a.LogEntry], [a.LOG], "the job's log, oldest first", *AUTH, 400
+        ),
+    )
     async def get_logs(self, job_id: str, gateway: GatewayState, client: Client) -> list[dict]:
         job = await load_job(gateway, job_id, client)
         rows = await gateway.reads.query(queries.job_log, job.job_id)
@@ -342,7 +406,11 @@ class TaskEngineController(Controller):
             for row in rows
         ]
 
-    @get("/schedules", operation_id="list_schedules")
+    @get(
+        "/schedules",
+        operation_id="list_schedules",
+        responses=ANSWERS(200, a.Schedules, a.SCHEDULES, "the engine's schedules", *AUTH),
+    )
     async def list_schedules(self, gateway: GatewayState, client: Client) -> dict:
         active = await current_duties(gateway)
         settings = await current_settings(gateway)
@@ -360,7 +428,12 @@ class TaskEngineController(Controller):
             },
         }
 
-    @put("/scheduler", operation_id="switch_schedule", status_code=200)
+    @put(
+        "/scheduler",
+        operation_id="switch_schedule",
+        status_code=200,
+        responses=ANSWERS(200, a.Switched, SWITCHED, "switched", *AUTH, 400, 403, 409, 413),
+    )
     async def switch_schedule(
         self,
         data: Annotated[ScheduleSwitch, body(ScheduleSwitch)],
@@ -390,7 +463,12 @@ class TaskEngineController(Controller):
         active = await current_duties(gateway)
         return {"result": "ok", "schedules": [n for n, on in active.items() if on]}
 
-    @post("/settings", operation_id="update_setting", status_code=200)
+    @post(
+        "/settings",
+        operation_id="update_setting",
+        status_code=200,
+        responses=ANSWERS(200, a.Done, SET, "the setting is stored", *AUTH, 400, 403, 409, 413),
+    )
     async def update_setting(
         self,
         data: Annotated[SettingChange, body(SettingChange)],

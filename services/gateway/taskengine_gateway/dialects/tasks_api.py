@@ -45,8 +45,11 @@ from taskengine_core.jobs import Job
 from taskengine_core.timestamps import iso
 from taskengine_store import queries
 
+from taskengine_gateway.answers import AUTHENTICATED as AUTH
 from taskengine_gateway.auth import Client
 from taskengine_gateway.bodies import BodyProblem, Documented, body, described, given
+from taskengine_gateway.dialects import tasks_answers as a
+from taskengine_gateway.dialects.tasks_answers import ANSWERS, INVALID
 from taskengine_gateway.errors import ErrorShape, handler
 from taskengine_gateway.job_io import Planned, change, commit
 from taskengine_gateway.quotas import QuotaExceeded, priority_reserved, refuse_over_task_quota
@@ -205,6 +208,15 @@ class EventAccepted(msgspec.Struct):
     received_at: Annotated[str, msgspec.Meta(description="when, ISO 8601 in UTC")]
 
 
+RUN_REQUESTED = {"task_id": a.TASK_ID, "run_id": a.RUN["id"], "status": "requested"}
+EVENT_ACCEPTED = {
+    "id": "5b4a3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d",
+    "topic": "orders.created",
+    "status": "accepted",
+    "received_at": "2030-01-31T14:30:00Z",
+}
+
+
 def _string(data: dict, field: str, longest: int, empty_ok: bool = False) -> str:
     value = data[field]
     if not isinstance(value, str) or (not empty_ok and not value.strip()):
@@ -335,7 +347,15 @@ class TasksController(Controller):
 
     exception_handlers = handler(TASKS)
 
-    @post("/tasks", operation_id="create_task", status_code=201)
+    @post(
+        "/tasks",
+        operation_id="create_task",
+        status_code=201,
+        responses={
+            **ANSWERS(201, a.ScheduledTask, a.TASK, "the task is stored", *AUTH, 403, 413),
+            **INVALID,
+        },
+    )
     async def create_task(
         self, data: Annotated[TaskRequest, body(TaskRequest)], gateway: GatewayState, client: Client
     ) -> dict:
@@ -356,7 +376,14 @@ class TasksController(Controller):
         assert task is not None
         return task_view(task)
 
-    @get("/tasks", operation_id="list_tasks")
+    @get(
+        "/tasks",
+        operation_id="list_tasks",
+        responses={
+            **ANSWERS(200, list[a.ScheduledTask], [a.TASK], "the client's tasks", *AUTH),
+            **INVALID,
+        },
+    )
     async def list_tasks(self, request: Request, gateway: GatewayState, client: Client) -> list:
         params = request.query_params
         limit, offset = _page(request)
@@ -383,7 +410,11 @@ class TasksController(Controller):
         )
         return [row_view(row) for row in rows]
 
-    @get("/tasks/{task_id:str}", operation_id="get_task")
+    @get(
+        "/tasks/{task_id:str}",
+        operation_id="get_task",
+        responses=ANSWERS(200, a.ScheduledTask, a.TASK, "the task", *AUTH, 404),
+    )
     async def get_task(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
         return task_view(await load_task(gateway, task_id, client))
 
@@ -391,6 +422,10 @@ class TasksController(Controller):
     @put(
         "/tasks/{task_id:str}",
         operation_id="update_task",
+        responses={
+            **ANSWERS(200, a.ScheduledTask, a.TASK, "the task changed", *AUTH, 403, 404, 409, 413),
+            **INVALID,
+        },
         dependencies={"task": Provide(load_task)},
     )
     async def update_task(
@@ -418,7 +453,14 @@ class TasksController(Controller):
 
         return task_view(await change_task(gateway, task_id, client, plan))
 
-    @post("/tasks/{task_id:str}/run_now", operation_id="run_task_now", status_code=202)
+    @post(
+        "/tasks/{task_id:str}/run_now",
+        operation_id="run_task_now",
+        status_code=202,
+        responses=ANSWERS(
+            202, RunRequested, RUN_REQUESTED, "the run is requested", *AUTH, 404, 409
+        ),
+    )
     async def run_now(self, task_id: str, gateway: GatewayState, client: Client) -> RunRequested:
         requested: list = []
 
@@ -430,7 +472,15 @@ class TasksController(Controller):
         task = await change_task(gateway, task_id, client, plan)
         return RunRequested(str(task.id), str(requested[-1].run_id), "requested")
 
-    @post("/tasks/{task_id:str}/snooze", operation_id="snooze_task", status_code=200)
+    @post(
+        "/tasks/{task_id:str}/snooze",
+        operation_id="snooze_task",
+        status_code=200,
+        responses={
+            **ANSWERS(200, a.ScheduledTask, a.TASK, "the task snoozed", *AUTH, 404, 409, 413),
+            **INVALID,
+        },
+    )
     async def snooze(
         self,
         task_id: str,
@@ -449,23 +499,45 @@ class TasksController(Controller):
         )
         return task_view(task)
 
-    @post("/tasks/{task_id:str}/pause", operation_id="pause_task", status_code=200)
+    @post(
+        "/tasks/{task_id:str}/pause",
+        operation_id="pause_task",
+        status_code=200,
+        responses=ANSWERS(200, a.ScheduledTask, a.TASK, "the task, paused", *AUTH, 404, 409),
+    )
     async def pause(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
         return task_view(
             await change_task(gateway, task_id, client, lambda t, now: t.pause(client.name, now))
         )
 
-    @post("/tasks/{task_id:str}/resume", operation_id="resume_task", status_code=200)
+    @post(
+        "/tasks/{task_id:str}/resume",
+        operation_id="resume_task",
+        status_code=200,
+        responses=ANSWERS(200, a.ScheduledTask, a.TASK, "the task, resumed", *AUTH, 404, 409),
+    )
     async def resume(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
         return task_view(
             await change_task(gateway, task_id, client, lambda t, now: t.resume(client.name, now))
         )
 
-    @post("/tasks/{task_id:str}/cancel", operation_id="cancel_task", status_code=200)
+    @post(
+        "/tasks/{task_id:str}/cancel",
+        operation_id="cancel_task",
+        status_code=200,
+        responses=ANSWERS(200, a.ScheduledTask, a.TASK, "the task, canceled", *AUTH, 404, 409),
+    )
     async def cancel(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
         return task_view(await cancel_task(gateway, task_id, client))
 
-    @get("/tasks/{task_id:str}/runs", operation_id="list_task_runs")
+    @get(
+        "/tasks/{task_id:str}/runs",
+        operation_id="list_task_runs",
+        responses={
+            **ANSWERS(200, list[a.TaskRun], [a.RUN], "the task's runs", *AUTH, 404),
+            **INVALID,
+        },
+    )
     async def runs(
         self, task_id: str, request: Request, gateway: GatewayState, client: Client
     ) -> list:
@@ -474,7 +546,15 @@ class TasksController(Controller):
         rows = await gateway.reads.query(queries.task_runs, task.id, limit, offset)
         return [run_view(row) for row in rows]
 
-    @post("/events", operation_id="publish_event", status_code=202)
+    @post(
+        "/events",
+        operation_id="publish_event",
+        status_code=202,
+        responses={
+            **ANSWERS(202, EventAccepted, EVENT_ACCEPTED, "the event is stored", *AUTH, 413),
+            **INVALID,
+        },
+    )
     async def publish(
         self, data: Annotated[TopicEvent, body(TopicEvent)], gateway: GatewayState, client: Client
     ) -> EventAccepted:

@@ -43,9 +43,12 @@ from taskengine_core.timestamps import iso
 from taskengine_store import queries
 from taskengine_store.store import Conflict
 
+from taskengine_gateway.answers import AUTHENTICATED as AUTH
 from taskengine_gateway.auth import Client, credentials
 from taskengine_gateway.bodies import BodyProblem, Documented, body, described, given, refuse_nul
+from taskengine_gateway.dialects import worktasks_answers as a
 from taskengine_gateway.dialects.taskengine_api import current_settings
+from taskengine_gateway.dialects.worktasks_answers import ANSWERS
 from taskengine_gateway.errors import ErrorShape, handler
 from taskengine_gateway.job_io import Planned, change, job_numbered
 from taskengine_gateway.quotas import priority_reserved
@@ -302,13 +305,22 @@ class WorkTasksController(Controller):
 
     exception_handlers = handler(WORKTASKS)
 
-    @get("/api/worktasks", operation_id="worktask_queue_length")
+    @get(
+        "/api/worktasks",
+        operation_id="worktask_queue_length",
+        responses=ANSWERS(200, a.QueueLength, {"queue_length": 3}, "waiting work tasks", *AUTH),
+    )
     async def queue_length(self, gateway: GatewayState, client: Client) -> dict:
         waiting = [str(state) for state in WAITING]
         length = await gateway.reads.query(queries.waiting_jobs, client.name, DIALECT, waiting)
         return {"queue_length": length}
 
-    @post("/api/worktasks", operation_id="submit_worktask", status_code=201)
+    @post(
+        "/api/worktasks",
+        operation_id="submit_worktask",
+        status_code=201,
+        responses=ANSWERS(201, a.WorkTask, a.WORKTASK, "the task is stored", *AUTH, 400, 403, 413),
+    )
     async def submit_worktask(
         self,
         data: Annotated[WorkTaskRequest, body(WorkTaskRequest)],
@@ -338,7 +350,11 @@ class WorkTasksController(Controller):
         await gateway.submitter.submit(build)
         return view(Job.started(built[0]))
 
-    @get("/api/worktasks/{worktask_id:str}", operation_id="get_worktask")
+    @get(
+        "/api/worktasks/{worktask_id:str}",
+        operation_id="get_worktask",
+        responses=ANSWERS(200, a.WorkTask, a.WORKTASK, "the work task", *AUTH, 404, 409),
+    )
     async def get_worktask(self, worktask_id: str, request: Request, gateway: GatewayState) -> dict:
         """A client's own task, secret-looking values masked; or, for its worker, the task as
         submitted (its steps need the real parameters)."""
@@ -354,6 +370,17 @@ class WorkTasksController(Controller):
         "/api/worktasks/{worktask_id:str}",
         operation_id="report_worktask",
         status_code=200,
+        responses=ANSWERS(
+            200,
+            a.Reported,
+            {"status": "completed"},
+            "the report is stored",
+            *AUTH,
+            400,
+            404,
+            409,
+            413,
+        ),
         before_request=reporter_first,
     )
     async def report_worktask(
@@ -399,6 +426,17 @@ class WorkTasksController(Controller):
         "/api/worktasks/{worktask_id:str}/logs",
         operation_id="log_worktask",
         status_code=200,
+        responses=ANSWERS(
+            200,
+            a.Logged,
+            {"status": "logged", "lines": 1},
+            "the lines are stored",
+            *AUTH,
+            400,
+            404,
+            409,
+            413,
+        ),
         before_request=reporter_first,
     )
     async def log_worktask(
@@ -437,7 +475,11 @@ class WorkTasksController(Controller):
             raise WorkTaskError(status_code=409, detail="the log kept changing; retry") from None
         return {"status": "logged", "lines": len(lines)}
 
-    @get("/api/metrics", operation_id="worktask_metrics")
+    @get(
+        "/api/metrics",
+        operation_id="worktask_metrics",
+        responses=ANSWERS(200, a.Metrics, a.METRICS, "the client's work tasks", *AUTH),
+    )
     async def metrics(self, gateway: GatewayState, client: Client) -> dict:
         """The caller's work tasks: the queue, and counts by status and by type."""
         rows = await gateway.reads.query(queries.job_tallies, client.name, DIALECT)
