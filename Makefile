@@ -38,6 +38,8 @@ contracts: install
 	mv contracts/events.schema.json.new contracts/events.schema.json
 	$(VENV)/bin/python -m taskengine_gateway.openapi > contracts/openapi.json.new
 	mv contracts/openapi.json.new contracts/openapi.json
+	$(VENV)/bin/python -m taskengine_contracts.asyncapi > contracts/asyncapi.json.new
+	mv contracts/asyncapi.json.new contracts/asyncapi.json
 
 clean:
 	rm -rf .venv .tools .pytest_cache .ruff_cache .mypy_cache

@@ -17,7 +17,7 @@ from taskengine_contracts.events import ALL_EVENTS, AnyEvent, topic_of
 
 
 def document() -> dict[str, Any]:
-    schema = msgspec.json.schema(AnyEvent, schema_hook=_any_json)
+    schema = msgspec.json.schema(AnyEvent, schema_hook=any_json)
     schema["title"] = "Taskengine events"
     schema["description"] = (
         f"Every event is stored in PostgreSQL and published on JetStream stream "
@@ -29,7 +29,8 @@ def document() -> dict[str, Any]:
     return schema
 
 
-def _any_json(kind: type) -> dict[str, Any]:
+def any_json(kind: type) -> dict[str, Any]:
+    """The schema of `object`: client-supplied JSON, any value."""
     if kind is object:  # client-supplied JSON (job parameters)
         return {"description": "any JSON value"}
     raise NotImplementedError(kind)

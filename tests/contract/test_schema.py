@@ -9,6 +9,6 @@ COMMITTED = Path(__file__).parents[2] / "contracts" / "events.schema.json"
 
 def test_committed_event_schema_matches_the_code():
     assert COMMITTED.read_text() == render(), (
-        "contracts/events.schema.json is stale: regenerate it with "
-        "`.venv/bin/python -m taskengine_contracts.schema > contracts/events.schema.json`"
+        "contracts/events.schema.json is stale: regenerate it with `make contracts` "
+        "(`.venv/bin/python -m taskengine_contracts.schema > contracts/events.schema.json`)"
     )
