@@ -16,6 +16,7 @@ from typing import Any
 from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
+from litestar.params import Parameter, ParameterKwarg
 
 AUTHENTICATED = (401, 429)
 """What any route for clients may answer: bad credentials, or too many failed attempts."""
@@ -75,3 +76,12 @@ class Answers:
 
     def failure(self, status: int) -> ResponseSpec:
         return answer(self.error, self.example(MESSAGES[status]), HTTPStatus(status).phrase)
+
+
+def query(description: str, example: str, name: str | None = None) -> ParameterKwarg:
+    """A documented query parameter, taken as the string sent (`str | None`, so Litestar never
+    refuses it): the dialect checks it and words what is wrong in its own shape. `name`: the
+    parameter's name when it cannot be the handler's (`from`, `client`)."""
+    return Parameter(
+        query=name, description=description, examples=[Example(value=example)], required=False
+    )

@@ -39,6 +39,7 @@ from taskengine_core.quotas import ResourceLimits
 from taskengine_store import queries
 
 from taskengine_gateway.answers import AUTHENTICATED as AUTH
+from taskengine_gateway.answers import query
 from taskengine_gateway.auth import Client
 from taskengine_gateway.bodies import BodyProblem, Documented, before_body, body, described, given
 from taskengine_gateway.dialects import drove_answers as a
@@ -298,21 +299,26 @@ class DroveController(Controller):
         source_app: str,
         task_id: str,
         file_name: str,
-        request: Request,
         gateway: GatewayState,
         client: Client,
+        offset: Annotated[
+            str | None, query("-1 (the default): the current end; from 0: where to read", "0")
+        ] = None,
+        length: Annotated[
+            str | None, query(f"how many characters, 1 to {MAX_READ} ({DEFAULT_READ})", "4096")
+        ] = None,
     ) -> dict:
         """`offset` -1 (the default): no data and the current end; from 0: up to `length`
         characters from there (`offset` in the answer is where `data` starts)."""
-        offset = _integer(request, "offset", -1, -1, 2**62)
-        length = _integer(request, "length", DEFAULT_READ, 1, MAX_READ)
+        start = _integer(offset, "offset", -1, -1, 2**62)
+        size = _integer(length, "length", DEFAULT_READ, 1, MAX_READ)
         job = await log_of(gateway, client, source_app, task_id, file_name)
-        if offset < 0:
+        if start < 0:
             row = await _output(gateway, job, 1, 0)
             return {"data": "", "offset": row["size"]}
-        start = min(offset, MAX_OFFSET) + 1  # past the end either way: no data
-        row = await _output(gateway, job, start, length)
-        return {"data": row["data"], "offset": offset}
+        # PostgreSQL's substr counts from 1; past the end either way: no data
+        row = await _output(gateway, job, min(start, MAX_OFFSET) + 1, size)
+        return {"data": row["data"], "offset": start}
 
     @get(
         f"{LOGS}/download/{{file_name:str}}",
@@ -461,8 +467,7 @@ async def _output(gateway: GatewayState, job: Job, start: int, length: int) -> d
     return await gateway.reads.query(queries.job_output, job.job_id, start, length)
 
 
-def _integer(request: Request, name: str, default: int, lowest: int, highest: int) -> int:
-    raw = request.query_params.get(name)
+def _integer(raw: str | None, name: str, default: int, lowest: int, highest: int) -> int:
     if raw is None or raw == "":
         return default
     try:

@@ -8,7 +8,7 @@ from importlib import metadata
 from typing import Annotated, Any, ClassVar
 
 import msgspec
-from litestar import Controller, Request, Response, get, patch, post, put
+from litestar import Controller, Response, get, patch, post, put
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from msgspec import UNSET
@@ -31,6 +31,7 @@ from taskengine_store import queries
 from taskengine_store.store import Conflict, Statement
 
 from taskengine_gateway.answers import AUTHENTICATED as AUTH
+from taskengine_gateway.answers import query
 from taskengine_gateway.auth import Client
 from taskengine_gateway.bodies import Documented, body, checked, described, given
 from taskengine_gateway.dialects import taskengine_answers as a
@@ -291,8 +292,48 @@ class TaskEngineController(Controller):
         operation_id="list_jobs",
         responses=ANSWERS(200, list[a.ListedJob], [a.LISTED], "the client's jobs", *AUTH, 400),
     )
-    async def list_jobs(self, request: Request, gateway: GatewayState, client: Client) -> list:
-        wanted = list_filter(request.query_params, client.name)
+    async def list_jobs(
+        self,
+        gateway: GatewayState,
+        client: Client,
+        queue_state: Annotated[
+            str | None, query("0 (queued) to 6 (paused)", "2", name="state")
+        ] = None,
+        failed: Annotated[str | None, query("1 or 0: failed jobs or the others", "1")] = None,
+        job_ids: Annotated[str | None, query("comma-separated job ids", "41,42")] = None,
+        search: Annotated[str | None, query("text in the workflow or parameters", "hello")] = None,
+        order_by: Annotated[
+            str | None, query("a job property, by name or number (id if not given)", "priority")
+        ] = None,
+        asc: Annotated[str | None, query("1: oldest first", "1")] = None,
+        limit: Annotated[str | None, query("1 to 1000 (10 if not given)", "10")] = None,
+        created_from: Annotated[
+            str | None, query("created at or after", "2030-01-31T00:00:00", name="from")
+        ] = None,
+        created_to: Annotated[
+            str | None, query("created at or before", "2030-02-01T00:00:00", name="to")
+        ] = None,
+        persist: Annotated[str | None, query("1 or 0: kept after ending or not", "1")] = None,
+        named: Annotated[
+            str | None, query("a client: another client's lists none", "billing", name="client")
+        ] = None,
+    ) -> list:
+        given = {
+            "state": queue_state,
+            "failed": failed,
+            "job_ids": job_ids,
+            "search": search,
+            "order_by": order_by,
+            "asc": asc,
+            "limit": limit,
+            "from": created_from,
+            "to": created_to,
+            "persist": persist,
+            "client": named,
+        }
+        wanted = list_filter(
+            {name: value for name, value in given.items() if value is not None}, client.name
+        )
         rows = await gateway.reads.query(queries.job_list, wanted)
         return [row_view(row) for row in rows]
 

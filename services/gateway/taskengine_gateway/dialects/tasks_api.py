@@ -46,6 +46,7 @@ from taskengine_core.timestamps import iso
 from taskengine_store import queries
 
 from taskengine_gateway.answers import AUTHENTICATED as AUTH
+from taskengine_gateway.answers import query
 from taskengine_gateway.auth import Client
 from taskengine_gateway.bodies import BodyProblem, Documented, body, described, given
 from taskengine_gateway.dialects import tasks_answers as a
@@ -275,14 +276,17 @@ def definition_of(
     )
 
 
-def _page(request: Request) -> tuple[int, int]:
-    params = request.query_params
+LIMIT = query(f"how many, 1 to {MAX_LIMIT} ({DEFAULT_LIMIT} if not given)", "50")
+OFFSET = query("how many to skip (0 if not given)", "0")
+
+
+def _page(given_limit: str | None, given_offset: str | None) -> tuple[int, int]:
     try:
-        limit = int(params.get("limit", DEFAULT_LIMIT))
+        limit = int(DEFAULT_LIMIT if given_limit is None else given_limit)
     except ValueError:
         raise invalid("limit", "limit must be an integer", where="query") from None
     try:
-        offset = int(params.get("offset", 0))
+        offset = int(0 if given_offset is None else given_offset)
     except ValueError:
         raise invalid("offset", "offset must be an integer", where="query") from None
     if not 1 <= limit <= MAX_LIMIT:
@@ -384,31 +388,40 @@ class TasksController(Controller):
             **INVALID,
         },
     )
-    async def list_tasks(self, request: Request, gateway: GatewayState, client: Client) -> list:
-        params = request.query_params
-        limit, offset = _page(request)
-        if (status := params.get("status")) is not None and status not in STATUSES:
+    async def list_tasks(
+        self,
+        gateway: GatewayState,
+        client: Client,
+        limit: Annotated[str | None, LIMIT] = None,
+        offset: Annotated[str | None, OFFSET] = None,
+        status: Annotated[str | None, query(", ".join(STATUSES), "active")] = None,
+        schedule_kind: Annotated[str | None, query(", ".join(SCHEDULE_KINDS), "cron")] = None,
+        created_by: Annotated[str | None, query("the creator's UUID", a.TASK["created_by"])] = None,
+    ) -> list:
+        rows, skipped = _page(limit, offset)
+        if status is not None and status not in STATUSES:
             message = f"status must be one of {', '.join(STATUSES)}"
             raise invalid("status", message, where="query")
-        if (kind := params.get("schedule_kind")) is not None and kind not in SCHEDULE_KINDS:
+        kind = schedule_kind
+        if kind is not None and kind not in SCHEDULE_KINDS:
             message = f"schedule_kind must be one of {', '.join(SCHEDULE_KINDS)}"
             raise invalid("schedule_kind", message, where="query")
         creator = None
-        if (given_creator := params.get("created_by")) is not None:
+        if (given_creator := created_by) is not None:
             try:
                 creator = check_uuid("created_by", given_creator)
             except InvalidTask as error:
                 raise invalid("created_by", str(error), "uuid_parsing", "query") from None
-        rows = await gateway.reads.query(
+        found = await gateway.reads.query(
             queries.task_list,
             client.name,
-            limit,
-            offset,
+            rows,
+            skipped,
             status,
             kind,
             creator,
         )
-        return [row_view(row) for row in rows]
+        return [row_view(row) for row in found]
 
     @get(
         "/tasks/{task_id:str}",
@@ -539,12 +552,17 @@ class TasksController(Controller):
         },
     )
     async def runs(
-        self, task_id: str, request: Request, gateway: GatewayState, client: Client
+        self,
+        task_id: str,
+        gateway: GatewayState,
+        client: Client,
+        limit: Annotated[str | None, LIMIT] = None,
+        offset: Annotated[str | None, OFFSET] = None,
     ) -> list:
         task = await load_task(gateway, task_id, client)
-        limit, offset = _page(request)
-        rows = await gateway.reads.query(queries.task_runs, task.id, limit, offset)
-        return [run_view(row) for row in rows]
+        rows, skipped = _page(limit, offset)
+        found = await gateway.reads.query(queries.task_runs, task.id, rows, skipped)
+        return [run_view(row) for row in found]
 
     @post(
         "/events",
