@@ -102,6 +102,21 @@ def test_internal_or_odd_semaphore_and_callback_urls_are_refused_at_submit(clien
     assert client.get("/jobs", params={"limit": 1}).json() == before
 
 
+@pytest.mark.parametrize("value", [{}, [], ["https://example.com/gate"], 7, True])
+def test_a_semaphore_url_that_is_not_a_string_is_a_400_at_submit_and_patch(client, value):
+    for body in ({"semaphore_url": value}, {"sempahore_url": value}):
+        response = client.post("/job", json={"job": {"workflow": "noop"}, **body})
+        assert response.status_code == 400, response.text
+        assert response.json() == {
+            "id": None,
+            "error": "semaphore_url must be an http(s) URL, or null for none",
+        }
+    waiting = submit(client, run_at="2031-01-01T00:00:00.000")
+    response = client.patch(f"/jobs/{waiting}", json={"semaphore_url": value})
+    assert response.status_code == 400, response.text
+    assert response.json()["id"] == waiting and "semaphore_url must be" in response.json()["error"]
+
+
 def test_finished_jobs_leave_the_lists_after_retention_unless_persisted(client):
     kept = submit(client)
     gone = submit(client)

@@ -201,6 +201,16 @@ def test_the_list_filters_by_status_creator_and_kind_with_limit_and_offset(api):
         assert response.status_code == 422 and response.json()["detail"][0]["loc"][1] == field
 
 
+def test_an_offset_past_what_postgresql_counts_is_422_naming_it_on_both_lists(api):
+    task = create(api)
+    for path in ("/tasks", f"/tasks/{task['id']}/runs"):
+        response = api.get(path, params={"offset": "9" * 30})
+        assert response.status_code == 422, response.text
+        [problem] = response.json()["detail"]
+        assert problem["loc"] == ["query", "offset"] and "at most" in problem["msg"]
+        assert api.get(path, params={"offset": 2**31 - 1}).json() == []
+
+
 # --- changes ---------------------------------------------------------------------------------
 
 

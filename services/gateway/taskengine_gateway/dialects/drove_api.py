@@ -109,6 +109,7 @@ SPEC = {
     "sourceAppName": "billing",
     "taskId": "nightly-17",
     "executable": {"type": "WORKFLOW", "name": "echo", "parameters": {"message": "hi"}},
+    "resources": [{"type": "CPU", "count": 1}, {"type": "MEMORY", "sizeInMB": 128}],
 }
 
 

@@ -67,7 +67,10 @@ SEMAPHORE_FIELDS = ("semaphore_url", "sempahore_url")
 
 def parse_semaphore(data: dict[str, Any]) -> str | None:
     """The semaphore URL in `data` (null or "" for none); data must hold one of the fields."""
-    given = {data[name] for name in SEMAPHORE_FIELDS if name in data}
+    values = [data[name] for name in SEMAPHORE_FIELDS if name in data]
+    if any(value is not None and not isinstance(value, str) for value in values):
+        raise BadRequest("semaphore_url must be an http(s) URL, or null for none")
+    given = set(values)
     if len(given) > 1:
         raise BadRequest("semaphore_url and sempahore_url differ: send one")
     [value] = given

@@ -59,6 +59,7 @@ from taskengine_gateway.state import GatewayState
 REQUIRED = ("title", "description", "schedule_kind", "payload", "created_by")
 STATUSES = ("active", "paused", "canceled")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
+MAX_OFFSET = 2**31 - 1
 _UUID = re.compile(r"[0-9a-fA-F-]{32,36}")
 
 
@@ -277,7 +278,7 @@ def definition_of(
 
 
 LIMIT = query(f"how many, 1 to {MAX_LIMIT} ({DEFAULT_LIMIT} if not given)", "50")
-OFFSET = query("how many to skip (0 if not given)", "0")
+OFFSET = query(f"how many to skip, 0 to {MAX_OFFSET} (0 if not given)", "0")
 
 
 def _page(given_limit: str | None, given_offset: str | None) -> tuple[int, int]:
@@ -293,6 +294,8 @@ def _page(given_limit: str | None, given_offset: str | None) -> tuple[int, int]:
         raise invalid("limit", f"limit must be from 1 to {MAX_LIMIT}", where="query")
     if offset < 0:
         raise invalid("offset", "offset must not be negative", where="query")
+    if offset > MAX_OFFSET:  # PostgreSQL's OFFSET is a bigint: refuse what it would
+        raise invalid("offset", f"offset must be at most {MAX_OFFSET}", where="query")
     return limit, offset
 
 
