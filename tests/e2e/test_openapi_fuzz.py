@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from traceback import format_exception
 from typing import Any
 
 import httpx
@@ -28,8 +29,8 @@ from tests.support.system import ADMIN
 from tests.support.waiting import wait_until
 
 DOCUMENT = Path(__file__).parents[2] / "contracts" / "openapi.json"
-EXAMPLES = 4
-"""Per operation and kind of request: about 400 requests across the 38 operations."""
+EXAMPLES = 3
+"""Per operation and kind of request: about 300 requests across the 38 operations."""
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 AUTH_HEADERS = {"authorization", "client", "api-key"}
 """Generated from the document's security schemes; the test sends a real key instead."""
@@ -119,6 +120,7 @@ def test_every_operation_answers_generated_requests_as_documented(system_factory
             try:
                 answers_as_documented()
             except Exception as failure:  # the first failure of each kind, all reported
-                failures[f"{operation.label} #{number}"] = str(failure)
+                # The whole tree: hypothesis wraps a failure that did not repeat as Flaky.
+                failures[f"{operation.label} #{number}"] = "".join(format_exception(failure))
     assert len(operations) >= 37
     assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())
