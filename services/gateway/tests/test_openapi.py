@@ -164,6 +164,16 @@ def test_the_document_names_how_clients_authenticate():
     assert schemes["bearer"]["scheme"] == "bearer"
     assert schemes["basic"]["scheme"] == "basic"
     assert (schemes["client"]["name"], schemes["api-key"]["name"]) == ("client", "api-key")
+    schema = document()
+    assert len(schema["security"]) == 3  # any one of the header styles
+    assert schema["paths"]["/"]["get"]["security"] == [{}]  # the one public route
+    public = [
+        (method, path)
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if "security" in operation
+    ]
+    assert public == [("get", "/")]
 
 
 def test_the_schema_page_shows_the_document():
