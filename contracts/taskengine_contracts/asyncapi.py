@@ -47,7 +47,8 @@ never stored. See contracts/README.md."""
 SERVER = (
     "NATS with JetStream. The embedded server (`taskengine up`) has no users; production"
     " servers (compose.yaml, k8s/) admit subscribers as `taskengine-subscriber`, whose password"
-    " is the servers' TASKENGINE_NATS_SUBSCRIBER_PASSWORD."
+    " is the servers' TASKENGINE_NATS_SUBSCRIBER_PASSWORD, connecting with the inbox prefix"
+    f" `{subjects.SUBSCRIBER_INBOX}`."
 )
 
 HEADERS: dict[str, Any] = {
@@ -64,6 +65,11 @@ HEADERS: dict[str, Any] = {
             "pattern": "^[0-9]+$",
             "description": "the event's position in the store's global order (its"
             " notification id): increasing along the stream",
+        },
+        subjects.PUBLISHED_HEADER: {
+            "type": "string",
+            "description": "only with hop tracing on (TASKENGINE_HOP_TRACE): when the relay"
+            " published the message, Unix seconds",
         },
     },
 }
