@@ -423,7 +423,11 @@ async def test_taskengine_subscribe_resumes_a_durable_consumer_as_the_subscriber
         await publish(33)
         assert await follow_as_subscriber(1) == 1
         assert [json.loads(line)["position"] for line in lines] == [31, 32, 33]
-        info = await js.consumer_info(subjects.STREAM, "cli-paused")  # every one acknowledged
+        for _ in range(100):  # every one acknowledged (the server applies acks on its own time)
+            info = await js.consumer_info(subjects.STREAM, "cli-paused")
+            if info.num_ack_pending == 0:
+                break
+            await asyncio.sleep(0.05)
         assert info.num_ack_pending == 0 and info.ack_floor.stream_seq == info.delivered.stream_seq
         reader = await subscriber(server)
         found = await reader.nc.jetstream().get_msg(  # type: ignore[union-attr]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from taskengine_contracts.events import ClientRegistered, ClientRevoked, Event
 from taskengine_core.clients import (
@@ -23,7 +24,9 @@ from taskengine_core.clients import (
 from taskengine_core.config import EngineSettings
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import client_stream
-from taskengine_store.store import EventStore
+
+if TYPE_CHECKING:  # the store is imported by who makes one
+    from taskengine_store.store import EventStore
 
 DEMO_CLIENT = "demo-client"
 

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from taskengine_core.clients import key_secret, new_key
 from taskengine_core.config import engine_settings
-from taskengine_core.outbound import webhook_secret
 from taskengine_core.workflows import BUILT_IN, Registry
-from taskengine_store.store import EventStore
 
-from taskengine_cli import jobs, ops, probe, subscribe, worker
+from taskengine_cli import jobs, probe, subscribe, worker
 from taskengine_cli.clients import ClientError, register, revoke
 from taskengine_cli.endpoints import database_url, webhook_key
 from taskengine_cli.progress import events_bar, follow_relay, on_terminal
 
+if TYPE_CHECKING:  # the store, nats and the outbound client load only for the commands using them
+    from taskengine_store.store import EventStore
+
 
 def _store() -> EventStore:
+    from taskengine_store.store import EventStore  # here: a command that needs no store is quick
+
     return EventStore(database_url(engine_settings()), pool_size=1)
 
 
@@ -28,7 +32,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    EventStore(database_url(engine_settings()), pool_size=1).create_tables()
+    _store().create_tables()
     print("tables ready")
     return 0
 
@@ -43,6 +47,8 @@ def cmd_clients_add(args: argparse.Namespace) -> int:
 
 
 def print_webhook_secret(name: str) -> None:
+    from taskengine_core.outbound import webhook_secret
+
     master = webhook_key(engine_settings())
     if master is None:
         print("webhook secret: unknown here (set TASKENGINE_WEBHOOK_KEY as the notifier has it)")
@@ -79,6 +85,8 @@ def cmd_clients_list(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    from taskengine_cli import ops
+
     if args.rejected:
         ops.print_rejected(_store(), limit=args.limit)
         return 0
@@ -90,6 +98,8 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from taskengine_cli import ops
+
     store = _store()
     if args.reset:
         ops.reset_read_models(store)
@@ -108,6 +118,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_republish(args: argparse.Namespace) -> int:
+    from taskengine_cli import ops
+
     store = _store()
     ops.rewind_relay(store, args.after)
     print(

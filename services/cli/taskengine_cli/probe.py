@@ -13,16 +13,17 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import nats
-from nats.aio.msg import Msg
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Heartbeat
 from taskengine_core.config import EngineSettings, engine_settings
 
 from taskengine_cli.endpoints import endpoints_file
+
+if TYPE_CHECKING:  # nats is imported where it is used: `taskengine --help` need not load it
+    from nats.aio.msg import Msg
 
 SERVICES = ("gateway", "relay", "projector", "scheduler", "admission", "dispatcher", "notifier")
 TIMEOUT = 5.0
@@ -49,6 +50,8 @@ def nats_url(config: EngineSettings) -> str | None:
 async def heard(url: str, service: str, instance: str, timeout: float, **options: Any) -> bool:
     """Whether a heartbeat of `instance` of `service` arrives within `timeout` seconds
     (connecting included); raises if NATS refuses the connection."""
+    import nats
+
     arrived = asyncio.Event()
 
     async def on_beat(message: Msg) -> None:

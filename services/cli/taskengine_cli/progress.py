@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -19,7 +20,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
-from taskengine_store.store import EventStore
+
+if TYPE_CHECKING:  # the store is imported by who makes one
+    from taskengine_store.store import EventStore
 
 Advance = Callable[[int, int], None]
 """(events done, events in all)."""

@@ -16,19 +16,18 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
-import nats
-from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, NotFoundError
 from taskengine_contracts import subjects
 from taskengine_contracts.events import AnyEvent, JobEvent, decode
 from taskengine_core.config import EngineSettings, engine_settings
 
 from taskengine_cli.probe import nats_url
+
+if TYPE_CHECKING:  # nats is imported where it is used: `taskengine --help` need not load it
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext, api
 
 BATCH = 100
 ACK_WAIT = 10.0
@@ -51,6 +50,8 @@ def position_of(msg: Msg | api.RawStreamMsg) -> int:
 async def first_after(js: JetStreamContext, position: int) -> int:
     """The stream sequence of the first event whose position is past `position` (the stream is
     in store order), or the sequence after the last when none is."""
+    from nats.js.errors import NotFoundError
+
     info = await js.stream_info(subjects.STREAM)
     low, high = info.state.first_seq, info.state.last_seq + 1
     while low < high:
@@ -76,6 +77,9 @@ async def consumer(
 ) -> tuple[JetStreamContext.PullSubscription, int]:
     """Binds to `durable` if it exists (resuming), else creates it (or an ephemeral consumer)
     from `start`; returns the subscription and the position it has already handled."""
+    from nats.js import api
+    from nats.js.errors import NotFoundError
+
     if durable:
         try:
             info = await js.consumer_info(subjects.STREAM, durable)
@@ -137,6 +141,9 @@ async def follow(
 ) -> int:
     """Prints every event the consumer delivers (acknowledging each after printing it) until
     interrupted, or until `stop_after` events were printed; returns how many were."""
+    import nats
+    from nats.errors import TimeoutError as NatsTimeout
+
     nc = await nats.connect(
         [server.strip() for server in url.split(",") if server.strip()],
         name=f"taskengine-subscribe-{durable or 'ephemeral'}",
@@ -173,6 +180,10 @@ async def follow(
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.errors import APIError
+
     config = engine_settings()
     url = args.nats_url or nats_url(config)
     if not url:
