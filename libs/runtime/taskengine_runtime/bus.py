@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -14,7 +14,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from taskengine_contracts import subjects
 from taskengine_contracts.events import AnyEvent, decode, encode, topic_of
 from taskengine_store.rejected import Rejected
@@ -78,20 +78,58 @@ async def connect(
     return nc, nc.jetstream(publish_async_max_pending=8000)
 
 
-async def ensure_stream(js: JetStreamContext) -> None:
-    """The one stream for every event (file storage; duplicates dropped by Nats-Msg-Id)."""
-    config = api.StreamConfig(
-        name=subjects.STREAM,
-        subjects=[subjects.ALL],
-        storage=api.StorageType.FILE,
-        retention=api.RetentionPolicy.LIMITS,
-        max_age=STREAM_MAX_AGE,
-        duplicate_window=DUPLICATE_WINDOW,
-    )
+class StreamError(RuntimeError):
+    """The stream cannot be made as the settings ask (e.g. more replicas than servers)."""
+
+
+async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> None:
+    """The one stream for every event (file storage; duplicates dropped by Nats-Msg-Id), with
+    at least `replicas` replicas (TASKENGINE_NATS_REPLICAS).
+
+    A stream with fewer replicas is raised to `replicas` (its other settings kept); one with
+    more is left so: processes started with a lower setting never shrink it (lower it by hand,
+    `nats stream edit`). Durable consumers take the stream's replica count."""
     try:
-        await js.stream_info(subjects.STREAM)
+        info = await js.stream_info(subjects.STREAM)
     except NotFoundError:
-        await js.add_stream(config)
+        config = api.StreamConfig(
+            name=subjects.STREAM,
+            subjects=[subjects.ALL],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=STREAM_MAX_AGE,
+            duplicate_window=DUPLICATE_WINDOW,
+            num_replicas=replicas,
+        )
+        await _stream_call(js.add_stream(config), f"creating it with {replicas} replicas")
+        return
+    have = info.config.num_replicas or 1
+    if have > replicas:
+        log.warning(
+            "stream %s has %d replicas, more than TASKENGINE_NATS_REPLICAS (%d): left so",
+            subjects.STREAM,
+            have,
+            replicas,
+        )
+    elif have < replicas:
+        log.warning(
+            "stream %s: raising its replicas from %d to %d", subjects.STREAM, have, replicas
+        )
+        raised = replace(info.config, num_replicas=replicas)
+        await _stream_call(js.update_stream(raised), f"raising its replicas to {replicas}")
+
+
+async def _stream_call(call: Awaitable[Any], what: str) -> None:
+    try:
+        await call
+    except APIError as error:
+        if error.code == 400 or error.code == 500:  # the server refused the configuration
+            raise StreamError(
+                f"stream {subjects.STREAM}: {what} was refused by NATS ({error.description}):"
+                " TASKENGINE_NATS_REPLICAS may be at most the number of JetStream servers in the"
+                " cluster (1 on a server that is not clustered)"
+            ) from error
+        raise
 
 
 @dataclass(frozen=True, slots=True)
