@@ -14,7 +14,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from taskengine_contracts import subjects
 from taskengine_contracts.events import AnyEvent, decode, encode, topic_of
 from taskengine_store.rejected import Rejected
@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 STREAM_MAX_AGE = 7 * 24 * 3600.0
 DUPLICATE_WINDOW = 300.0
 RESUME_MARGIN = 1000
+FAILOVER: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
+"""What JetStream answers while a cluster elects a new leader for the stream or a consumer
+(a node died): no one answers, or 503. Seconds later the new leader does: wait and retry."""
+FAILOVER_PAUSE = 0.5
 
 
 def servers(url: str) -> list[str]:
@@ -321,6 +330,10 @@ class BatchConsumer:
         try:
             messages = await subscription.fetch(1, timeout=self.wait)
         except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except FAILOVER as error:
+            log.warning("%s: no consumer leader yet (%s)", self.durable, describe(error))
+            await asyncio.sleep(FAILOVER_PAUSE)
             return []
         if len(messages) >= self.batch:
             return messages

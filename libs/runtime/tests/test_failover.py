@@ -1,0 +1,53 @@
+"""A NATS cluster electing a new leader (a node died) is waited out, not a crash."""
+
+from __future__ import annotations
+
+import nats.errors
+import pytest
+from nats.js.errors import ServiceUnavailableError
+from taskengine_runtime import bus
+from taskengine_runtime.bus import BatchConsumer
+
+
+class LeaderlessSubscription:
+    """A pull subscription whose consumer has no leader for `failures` fetches."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures, self.error = failures, error
+
+    async def fetch(self, batch: int, timeout: float) -> list[object]:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        return ["message"] if batch == 1 else []  # one, then nothing more to gather
+
+
+def consumer() -> BatchConsumer:
+    async def nothing(*_: object) -> None:
+        return None
+
+    async def handler(_: object) -> bool:
+        return True
+
+    async def latest() -> int:
+        return 0
+
+    return BatchConsumer(None, "test-failover", [], handler, 0, nothing, nothing, latest)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "error", [ServiceUnavailableError(), nats.errors.NoRespondersError()], ids=type
+)
+async def test_a_fetch_without_a_consumer_leader_is_an_empty_batch(monkeypatch, error):
+    monkeypatch.setattr(bus, "FAILOVER_PAUSE", 0)
+    taking = consumer()
+    subscription = LeaderlessSubscription(2, error)
+    assert await taking._fetch(subscription) == []  # type: ignore[arg-type]
+    assert await taking._fetch(subscription) == []  # type: ignore[arg-type]
+    assert await taking._fetch(subscription) == ["message"]  # type: ignore[arg-type]
+
+
+async def test_any_other_failure_of_a_fetch_is_not_hidden(monkeypatch):
+    taking = consumer()
+    with pytest.raises(ValueError):
+        await taking._fetch(LeaderlessSubscription(1, ValueError("broken")))  # type: ignore[arg-type]
