@@ -31,6 +31,10 @@ POSITION_HEADER = "Taskengine-Position"
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 
+SUBSCRIBER_INBOX = "_INBOX_subscriber"
+"""The inbox prefix a lifecycle subscriber connects with (`nats.connect(inbox_prefix=...)`):
+the only inboxes the `taskengine-subscriber` user of deploy/nats-users.conf may receive on."""
+
 PUBLISHED_HEADER = "Taskengine-Published"
 """With hop tracing on (`TASKENGINE_HOP_TRACE`): when the relay published the message (Unix
 seconds)."""

@@ -251,6 +251,33 @@ def test_the_op_spec_timeout_is_the_attempts_deadline(api):
     assert "timed out" in task["errorMessage"]
 
 
+def test_a_rerun_through_the_task_engine_api_is_the_tasks_new_instance(system, api):
+    task_id = new_id()
+    create(api, spec(task_id, "echo", {"word": "again"}))
+    first = wait_state(api, task_id, "STOPPED")
+    [row] = system.store.query("SELECT job_id FROM drove_task_ids WHERE task_id = %s", (task_id,))
+    with system.client() as engine:
+        response = engine.post(f"/jobs/{row['job_id']}/rerun")
+    assert response.status_code == 200, response.text
+    rerun = response.json()["id"]
+
+    def rerun_stopped() -> dict | None:
+        task = show(api, task_id)
+        return (
+            task
+            if task["instanceId"] != first["instanceId"] and task["state"] == "STOPPED"
+            else None
+        )
+
+    again = wait_until(rerun_stopped, what="the rerun, shown under the same taskId")
+    assert again["taskResult"]["status"] == "SUCCESSFUL"
+    assert {k: again[k] for k in ("taskId", "sourceAppName", "resources", "env")} == {
+        k: first[k] for k in ("taskId", "sourceAppName", "resources", "env")
+    }
+    [moved] = system.store.query("SELECT job_id FROM drove_task_ids WHERE task_id = %s", (task_id,))
+    assert moved["job_id"] == rerun
+
+
 def test_kill_stops_a_running_task_cancelled_and_refuses_the_rest(api):
     task_id = new_id()
     create(api, spec(task_id, "sleep", {"seconds": 30}))

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from taskengine_contracts import subjects
 from taskengine_embedded._nats import nats_server_binary
 from taskengine_embedded._process import free_port, port_open
 
@@ -19,8 +20,8 @@ from tests.support.servers import scratch_dir
 
 USERS_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats-users.conf"
 SERVICES_USER, SUBSCRIBER_USER = "taskengine", "taskengine-subscriber"
-SUBSCRIBER_INBOX = "_INBOX_subscriber"
-"""The inbox prefix the subscriber user connects with (its only subscribe permission)."""
+SUBSCRIBER_INBOX = subjects.SUBSCRIBER_INBOX
+"""The inbox prefix the subscriber user connects with (its only inboxes)."""
 
 
 @dataclass(frozen=True)

@@ -229,8 +229,8 @@ class EngineSettings(BaseSettings):
     max_sockets_per_client: int = Field(
         default=10,
         ge=1,
-        description="open WebSockets (/ws/tasks) one client may hold on one gateway; one more"
-        " is closed with code 4429",
+        description="open WebSockets (/ws/tasks, /ui/ws) one client may hold on one gateway;"
+        " one more is closed with code 4429",
     )
     max_active_tasks_per_client: int = Field(
         default=1000,

@@ -68,6 +68,12 @@ LEADER = Gauge(
     "taskengine_leader",
     "1 while this instance holds its service's leader lock (admission, scheduler), else 0",
 )
+STALE_READS = Counter(
+    "taskengine_stale_reads_total",
+    "Lists, searches and counts answered before the read models held every write acknowledged"
+    " before them (X-Taskengine-Stale: the projector was further behind than"
+    " TASKENGINE_READ_WAIT)",
+)
 WEBSOCKETS = Gauge("taskengine_websockets_open", "WebSockets (/ws/tasks) open on this gateway")
 FIRE_LATENESS = Histogram(
     "taskengine_scheduler_fire_lateness_seconds",

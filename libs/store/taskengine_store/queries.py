@@ -41,7 +41,8 @@ _JOBS_WITH_POSITION = (
 class JobFilter:
     """Which of a client's jobs a list holds (None: any), in which order, how many."""
 
-    client: str
+    client: str | None
+    """None: every client's jobs (an admin's dashboard)."""
     states: Sequence[str] | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
@@ -54,11 +55,19 @@ class JobFilter:
     limit: int = 10
     nothing: bool = False
     """True: an empty list (e.g. another tenant's jobs were asked for)."""
+    dialect: str | None = None
+    """Only jobs submitted through this dialect."""
 
 
 def job_list(store: EventStore, wanted: JobFilter) -> list[dict[str, Any]]:
     """The client's jobs with their queue positions (0: not queued)."""
-    where, args = ["j.client = %s"], list[object]([wanted.client])
+    where, args = ["true"], list[object]()
+    if wanted.client is not None:
+        where.append("j.client = %s")
+        args.append(wanted.client)
+    if wanted.dialect is not None:
+        where.append("j.dialect = %s")
+        args.append(wanted.dialect)
     if wanted.nothing:
         where.append("false")
     if wanted.states is not None:
@@ -93,6 +102,19 @@ def job_dashboard(store: EventStore, client: str) -> list[dict[str, Any]]:
         f"{_JOBS_WITH_POSITION} WHERE j.client = %s AND j.state = ANY(%s)"
         " ORDER BY j.priority, j.updated_at, j.job_id",
         [client, ["admitted", "running", "queued", "scheduled"]],
+    )
+
+
+UNFINISHED = ("scheduled", "queued", "admitted", "running", "retry_wait", "paused")
+
+
+def jobs_by_state_and_priority(store: EventStore, client: str | None) -> list[dict[str, Any]]:
+    """Jobs not yet ended counted by state and priority: the client's, or everyone's (None)."""
+    return store.query(
+        "SELECT state, priority, count(*) AS jobs FROM rm_jobs"
+        " WHERE state = ANY(%s) AND (%s::text IS NULL OR client = %s)"
+        " GROUP BY state, priority ORDER BY priority, state",
+        (list(UNFINISHED), client, client),
     )
 
 
@@ -169,6 +191,12 @@ def job_counts(store: EventStore) -> dict[str, int]:
     return {name: int(value) for name, value in row.items()}
 
 
+def job_client(store: EventStore, job_id: int) -> str | None:
+    """The client of a projected job (None: not projected, or cleared by retention)."""
+    rows = store.query("SELECT client FROM rm_jobs WHERE job_id = %s", (job_id,))
+    return rows[0]["client"] if rows else None
+
+
 def job_dialect(store: EventStore, job: UUID) -> str | None:
     """The dialect of a projected job (None: not projected, or cleared by retention)."""
     rows = store.query("SELECT dialect FROM rm_jobs WHERE job_uuid = %s", (job,))
@@ -202,16 +230,17 @@ def task_row(store: EventStore, task: UUID, client: str) -> dict[str, Any] | Non
 
 def task_list(
     store: EventStore,
-    client: str,
+    client: str | None,
     limit: int,
     offset: int,
     status: str | None = None,
     schedule_kind: str | None = None,
     created_by: UUID | None = None,
 ) -> list[dict[str, Any]]:
-    """The client's tasks, newest first."""
-    where, args = ["client = %s"], list[object]([client])
+    """The client's tasks (every client's: None), newest first."""
+    where, args = ["true"], list[object]()
     for column, value in (
+        ("client", client),
         ("status", status),
         ("schedule_kind", schedule_kind),
         ("created_by", created_by and str(created_by)),
@@ -264,6 +293,11 @@ def drove_job_ids(
             args.append(value)
     sql = f"SELECT job_id FROM drove_task_ids WHERE {' AND '.join(where)} ORDER BY job_id DESC"
     return [row["job_id"] for row in store.query(sql + " LIMIT %s", (*args, limit))]
+
+
+def drove_rerun(job_id: int, rerun_as: int) -> tuple[str, tuple[int, int]]:
+    """The statement that makes a Drove task's taskId name its rerun from now on."""
+    return "UPDATE drove_task_ids SET job_id = %s WHERE job_id = %s", (rerun_as, job_id)
 
 
 def drove_forget(job_id: int) -> tuple[str, tuple[int]]:

@@ -11,9 +11,10 @@ from taskengine_core.outbound import webhook_secret
 from taskengine_core.workflows import BUILT_IN, Registry
 from taskengine_store.store import EventStore
 
-from taskengine_cli import ops, probe, worker
+from taskengine_cli import jobs, ops, probe, subscribe, worker
 from taskengine_cli.clients import ClientError, register, revoke
 from taskengine_cli.endpoints import database_url, webhook_key
+from taskengine_cli.progress import events_bar, follow_relay, on_terminal
 
 
 def _store() -> EventStore:
@@ -94,7 +95,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         ops.reset_read_models(store)
         print("read models emptied; the projector is rebuilding them from position 0")
         return 0
-    replayed, live, position = ops.replay(store)
+    if on_terminal():
+        with events_bar("replaying") as advance:
+            replayed, live, position = ops.replay(store, progress=advance)
+    else:
+        replayed, live, position = ops.replay(store)
     print(f"position   {position}")
     print(f"replayed   {replayed}")
     print(f"live       {live}")
@@ -103,12 +108,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_republish(args: argparse.Namespace) -> int:
-    ops.rewind_relay(_store(), args.after)
+    store = _store()
+    ops.rewind_relay(store, args.after)
     print(
         f"the relay will publish every event after position {args.after} again when it"
         " restarts (stop its process; `taskengine up` restarts it). JetStream drops what"
-        " is still within its duplicate window; consumers skip what they already handled."
+        " is still within its duplicate window; consumers skip what they already handled.",
+        flush=True,
     )
+    if on_terminal():  # follow the relay to the head; Ctrl-C stops watching, not the relay
+        try:
+            with events_bar("republishing") as advance:
+                follow_relay(store, args.after, advance)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
@@ -182,6 +195,8 @@ def parser() -> argparse.ArgumentParser:
         " description; malformed files go to stderr as path:line: problem, and exit 1"
     )
     workflows.add_parser("list", help=listing, description=listing).set_defaults(func=cmd_workflows)
+    jobs.register(sub)
+    subscribe.register(sub)
     probe.register(sub)
     worker.register(sub)
     return root

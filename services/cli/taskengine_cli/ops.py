@@ -72,11 +72,14 @@ def _line(position: int, event: Event) -> str:
     return _json.encode({"position": position, "event": event}).decode()
 
 
-def replay(store: EventStore, batch: int = 5000) -> tuple[str, str, int]:
+def replay(
+    store: EventStore, batch: int = 5000, progress: Callable[[int, int], None] | None = None
+) -> tuple[str, str, int]:
     """Rebuilds every read model from position 0 into scratch tables.
 
     Returns (replayed hash, live hash, position): the live hash is taken in one snapshot with
-    the live projector's position, and the replay stops at exactly that position.
+    the live projector's position, and the replay stops at exactly that position. `progress`
+    is told (position reached, position to reach) after each batch.
     """
     live_hash, position = _live_snapshot(store)
     statements = [(f"DROP TABLE IF EXISTS {REPLAY_PREFIX}{t}", ()) for t in READ_MODELS]
@@ -92,6 +95,8 @@ def replay(store: EventStore, batch: int = 5000) -> tuple[str, str, int]:
             if not notes:
                 break
             done = notes[-1].id
+            if progress:
+                progress(done, position)
             # What the live projector set aside (or could not decode) is left out here too.
             items, _ = rejected.decoded(notes, skip)
             if not items:

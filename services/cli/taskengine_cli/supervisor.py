@@ -152,6 +152,7 @@ class Supervisor:
                 database_url=database_url,
                 nats_url=nats_url,
                 gateway_url=gateway_url,
+                dashboard_url=f"{gateway_url}/ui",
                 metrics={name: f"http://{host}:{port}/metrics" for name, port in ports.items()},
             )
             for name in SERVICES:
@@ -211,6 +212,7 @@ class Supervisor:
             f"  PostgreSQL  {hide_password(database_url)}",
             f"  data        {data_dir}",
             f"  logs        {data_dir / 'logs'}/<service>.log",
+            f"  dashboard   {gateway_url}/ui  (sign in with a client's name and key)",
             f"  metrics     http://{self.config.metrics_host}:<port>/metrics, the ports:",
             *(f"    {child.name:<11} {child.metrics_port}" for child in self.children),
             "",

@@ -14,6 +14,8 @@ from taskengine_runtime import Runtime, metrics
 
 from taskengine_gateway.auth import Authenticator, Client
 from taskengine_gateway.bodies import before_body
+from taskengine_gateway.dashboard.api import DashboardController, static_files
+from taskengine_gateway.dashboard.feed import dashboard_updates
 from taskengine_gateway.dialects.drove_api import DroveController
 from taskengine_gateway.dialects.taskengine_api import TaskEngineController
 from taskengine_gateway.dialects.taskengine_errors import TASKENGINE
@@ -45,6 +47,9 @@ def create_app(state: GatewayState) -> Litestar:
             WorkTasksController,
             DroveController,
             task_updates,
+            DashboardController,
+            static_files,
+            dashboard_updates,
         ],
         dependencies={"gateway": Provide(provide_state), "client": Provide(provide_client)},
         exception_handlers=handler(TASKENGINE),

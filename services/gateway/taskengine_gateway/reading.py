@@ -6,7 +6,7 @@ tables (`rm_*`), which follow the store a little later. So every such read goes 
 head as it was when the read began (everything acknowledged before it, through any gateway),
 then runs the query. The wait is bounded (`read_wait` seconds); a read that waited that long
 is answered anyway, from what the projector has, and says so: the response carries
-`X-Taskengine-Stale: true`, a warning is logged and `Reads.stale` counts it.
+`X-Taskengine-Stale: true`, a warning is logged and `taskengine_stale_reads_total` counts it.
 
 One poller per gateway process reads the head and the tracked position (one statement) while
 reads wait, and wakes all those it finds caught up: many concurrent reads cost one poll per
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from taskengine_runtime import Runtime
+from taskengine_runtime import Runtime, metrics
 from taskengine_store.projections import PROJECTOR
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class CaughtUp:
             return True
         except TimeoutError:
             self.stale += 1
+            metrics.STALE_READS.inc()
             log.warning(
                 "read model still behind the store after %.1fs (head %d): answering stale",
                 self.timeout,

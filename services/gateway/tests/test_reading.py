@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 from litestar.types import Receive, Scope, Send
 from taskengine_gateway import reading
 from taskengine_gateway.reading import STALE_HEADER, CaughtUp, stale_header
+from taskengine_runtime import metrics
 
 
 class Positions:
@@ -65,8 +66,9 @@ async def test_a_read_waits_for_the_head_as_of_its_start_not_an_earlier_poll():
 async def test_a_read_kept_waiting_too_long_answers_stale_and_is_counted():
     positions = Positions(head=10, tracked=3)
     caught_up = CaughtUp(positions, timeout=0.05, interval=0.001)
+    counted = metrics.STALE_READS._value.get()
     assert await caught_up.wait() is False
-    assert caught_up.stale == 1
+    assert caught_up.stale == 1 and metrics.STALE_READS._value.get() == counted + 1
     await asyncio.sleep(0.01)
     assert not caught_up._waiting and not caught_up._arrived  # nothing left behind
 

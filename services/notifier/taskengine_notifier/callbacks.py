@@ -5,27 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 import msgspec
-from taskengine_contracts.events import (
-    Event,
-    JobFailed,
-    JobStarted,
-    JobSucceeded,
-    JobTimedOut,
-    StepChanged,
-)
+from taskengine_contracts.events import Event, StepChanged
+from taskengine_core.deliveries import NOTIFIED, Notified, delivery_key
 from taskengine_core.ids import callback_stream
 from taskengine_core.jobs import state_after
-
-Notified = JobStarted | JobSucceeded | JobFailed | JobTimedOut
-"""Job events a receiver hears of (and `StepChanged`: each step's start, complete or fail)."""
-
-NOTIFIED: dict[type[Notified], str] = {
-    JobStarted: "start",
-    JobSucceeded: "complete",
-    JobFailed: "fail",
-    JobTimedOut: "fail",
-}
-"""What a receiver is told happened, per event it hears of."""
 
 
 class CallbackBody(msgspec.Struct, frozen=True):
@@ -53,8 +36,10 @@ class CallbackBody(msgspec.Struct, frozen=True):
 
 def callback_body(event: Event) -> tuple[str, CallbackBody] | None:
     """(delivery key, body) for an event a receiver hears of; None for any other event."""
+    key = delivery_key(event)
+    if key is None:
+        return None
     if isinstance(event, StepChanged):
-        key = f"step:{event.attempt}:{event.step}:{event.event}"
         return key, CallbackBody(
             id=event.job_id,
             job_id=event.job_id,
@@ -69,10 +54,9 @@ def callback_body(event: Event) -> tuple[str, CallbackBody] | None:
             reason=event.reason,
             exit_code=event.exit_code,
         )
-    if not isinstance(event, Notified):
-        return None
+    assert isinstance(event, Notified)
     kind = NOTIFIED[type(event)]
-    return f"{kind}:{event.version}", CallbackBody(
+    return key, CallbackBody(
         id=event.job_id,
         job_id=event.job_id,
         client=event.client,

@@ -36,6 +36,7 @@ from taskengine_contracts.events import (
     Event,
     StepChanged,
 )
+from taskengine_core.deliveries import NOTIFIED
 from taskengine_core.lanes import HostLanes, lanes_from, origin
 from taskengine_core.outbound import (
     OutboundGuard,
@@ -49,7 +50,7 @@ from taskengine_runtime import BatchConsumer, Delivered, Runtime, metrics
 from taskengine_runtime.logs import context
 from taskengine_store.store import Statement
 
-from taskengine_notifier.callbacks import NOTIFIED, deliveries_for
+from taskengine_notifier.callbacks import deliveries_for
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Annotated, Any, ClassVar
@@ -17,6 +18,8 @@ from taskengine_contracts.events import (
     SettingChanged,
 )
 from taskengine_core import workflows
+from taskengine_core.dialects import drove
+from taskengine_core.dialects.drove.submission import rerun_attributes
 from taskengine_core.dialects.taskengine.submission import plan_rerun, submitted
 from taskengine_core.dialects.taskengine.view import job_view, row_view, stamp
 from taskengine_core.errors import DomainError, IllegalTransition
@@ -25,7 +28,7 @@ from taskengine_core.jobs import Job, JobState
 from taskengine_core.schedules import DUTIES, TICK, active_duties, duty
 from taskengine_core.settings import RuntimeSettings, validate_setting
 from taskengine_store import queries
-from taskengine_store.store import Conflict
+from taskengine_store.store import Conflict, Statement
 
 from taskengine_gateway.auth import Client
 from taskengine_gateway.bodies import Documented, body, checked, described, given
@@ -305,14 +308,18 @@ class TaskEngineController(Controller):
         job = await load_job(gateway, job_id, client)
         store = gateway.runtime.store
         [number] = await gateway.runtime.call(store.next_job_ids, 1)
+        drove_task = job.dialect == drove.DIALECT
         events = plan_rerun(
             job,
             number,
             client.name,
             datetime.now(UTC),
             parse_callbacks(job.parameters),
+            rerun_attributes(job.attributes) if drove_task else None,
         )
-        await commit_job_change(gateway, job, events)
+        # A Drove taskId names its latest instance: the rerun, from now on.
+        statements = [queries.drove_rerun(job.job_id, number)] if drove_task else []
+        await commit_job_change(gateway, job, events, statements)
         return JobAccepted(number, "accepted")
 
     @get("/logs/{job_id:str}", operation_id="get_logs")
@@ -428,9 +435,11 @@ async def current_duties(gateway: GatewayState) -> dict[str, bool]:
     return active_duties(e for e in events if isinstance(e, ScheduleSwitched))
 
 
-async def commit_job_change(gateway: GatewayState, job: Job, events: list) -> None:
+async def commit_job_change(
+    gateway: GatewayState, job: Job, events: list, statements: Sequence[Statement] = ()
+) -> None:
     try:
-        await commit(gateway, events)
+        await commit(gateway, events, statements)
     except Conflict:
         raise JobConflict(
             f"job {job.job_id} changed meanwhile; read it and retry", job_id=job.job_id

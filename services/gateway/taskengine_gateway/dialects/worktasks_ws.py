@@ -125,7 +125,7 @@ async def task_updates(socket: WebSocket, gateway: GatewayState) -> None:
             with metrics.WEBSOCKETS.track_inprogress():
                 await feed.serve(socket, subscription.messages, None if raw is None else int(raw))
         finally:
-            await _unsubscribe(gateway.runtime, subscription)
+            await unsubscribe(gateway.runtime, subscription)
     finally:
         gateway.sockets.give_back(client.name)
 
@@ -155,7 +155,7 @@ class TaskFeed:
         whatever is committed after the replay's last read is published after that, so it
         arrives live (its position tells a repeat)."""
         sending = asyncio.create_task(self._send(socket, live, after))
-        closing = asyncio.create_task(_until_closed(socket))
+        closing = asyncio.create_task(until_closed(socket))
         try:
             await asyncio.wait({sending, closing}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -251,14 +251,14 @@ def _is_worktask(runtime: Runtime, job: UUID) -> bool:
     return bool(first) and isinstance(first[0], JobSubmitted) and first[0].dialect == DIALECT
 
 
-async def _until_closed(socket: WebSocket) -> None:
+async def until_closed(socket: WebSocket) -> None:
     """Reads (and ignores) what the client sends until it disconnects."""
     with contextlib.suppress(WebSocketDisconnect):
         while True:
             await socket.receive_data(mode="text")
 
 
-async def _unsubscribe(runtime: Runtime, subscription: JetStreamContext.PushSubscription) -> None:
+async def unsubscribe(runtime: Runtime, subscription: JetStreamContext.PushSubscription) -> None:
     """Stops delivery and removes the socket's consumer (the server would, once idle)."""
     name = None
     with contextlib.suppress(Exception):

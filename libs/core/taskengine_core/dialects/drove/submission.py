@@ -215,6 +215,11 @@ def create_operation(data: dict[str, Any]) -> Submission:
     return Submission(source_app, task_id, workflow, parameters, attributes)
 
 
+def rerun_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """A rerun's attributes: the same task, as a new instance of it (its own instanceId)."""
+    return {**attributes, "instanceId": f"TI-{uuid4()}"}
+
+
 def kill_operation(data: dict[str, Any]) -> tuple[str, str]:
     """`{"type": "KILL", "sourceAppName", "taskId", "opSpec"}` -> (sourceAppName, taskId)."""
     _known(data, ("type", "sourceAppName", "taskId", "opSpec"), "")

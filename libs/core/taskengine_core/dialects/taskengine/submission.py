@@ -43,10 +43,16 @@ def submitted(
 
 
 def plan_rerun(
-    job: Job, number: int, by: str, now: datetime, callbacks: list[str]
+    job: Job,
+    number: int,
+    by: str,
+    now: datetime,
+    callbacks: list[str],
+    attributes: dict[str, Any] | None = None,
 ) -> list[JobEvent]:
     """A new job running exactly what the original ran (its run spec, parameters and its
-    dialect's attributes); the original becomes broken."""
+    dialect's attributes, or `attributes` where its dialect gives a rerun its own, e.g. a
+    Drove instance id); the original becomes broken."""
     rerun = job_submitted(
         number,
         job.client,
@@ -60,7 +66,7 @@ def plan_rerun(
         callbacks=callbacks,
         task_id=job.task_id,
         concurrency_key=job.concurrency_key,
-        attributes=job.attributes,
+        attributes=job.attributes if attributes is None else attributes,
     )
     if job.state == JobState.BROKEN:
         return [rerun]
