@@ -339,7 +339,7 @@ class BatchConsumer:
             return messages
         try:
             messages += await subscription.fetch(self.batch - len(messages), timeout=GATHER)
-        except (TimeoutError, nats.errors.TimeoutError):
+        except (TimeoutError, *FAILOVER):  # a leader lost meanwhile: hand on what came
             pass
         return messages
 

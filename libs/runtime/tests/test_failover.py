@@ -47,6 +47,19 @@ async def test_a_fetch_without_a_consumer_leader_is_an_empty_batch(monkeypatch, 
     assert await taking._fetch(subscription) == ["message"]  # type: ignore[arg-type]
 
 
+class LeaderLostWhileGathering:
+    """A pull subscription whose consumer loses its leader after the first message."""
+
+    async def fetch(self, batch: int, timeout: float) -> list[object]:
+        if batch == 1:
+            return ["message"]
+        raise ServiceUnavailableError()
+
+
+async def test_a_leader_lost_while_gathering_hands_on_what_came():
+    assert await consumer()._fetch(LeaderLostWhileGathering()) == ["message"]  # type: ignore[arg-type]
+
+
 async def test_any_other_failure_of_a_fetch_is_not_hidden(monkeypatch):
     taking = consumer()
     with pytest.raises(ValueError):
