@@ -19,7 +19,7 @@ import nats
 import pytest
 from nats.js.api import StreamInfo
 from taskengine_contracts import subjects
-from taskengine_contracts.events import JobStarted
+from taskengine_contracts.events import Event, JobEvent, JobStarted
 from taskengine_runtime.bus import servers
 
 from tests.support.audit import audit
@@ -83,6 +83,15 @@ class Load:
     def acknowledged(self) -> int:
         with self.lock:
             return len(self.accepted)
+
+
+def histories(events: list[Event], jobs: list[int]) -> dict[int, list[str]]:
+    """What happened to `jobs`, to explain a failure."""
+    told: dict[int, list[str]] = {job_id: [] for job_id in jobs}
+    for event in events:
+        if isinstance(event, JobEvent) and event.job_id in told:
+            told[event.job_id].append(repr(event)[:300])
+    return told
 
 
 def finished(system: System, accepted: set[int], problem: list[str]) -> dict[str, int] | None:
@@ -158,8 +167,14 @@ def run_through_a_leader_kill(postgres_url: str, root: Path) -> None:
         except AssertionError:
             raise AssertionError(f"{problem}\n{system.service_errors()}") from None
         assert states == {"succeeded": JOBS}, states
-        started = Counter(e.job_id for e in system.events() if isinstance(e, JobStarted))
-        assert {job_id: started[job_id] for job_id in accepted} == dict.fromkeys(accepted, 1)
+        events = system.events()
+        started = Counter(e.job_id for e in events if isinstance(e, JobStarted))
+        twice = sorted(job_id for job_id in accepted if started[job_id] != 1)
+        told = "\n".join(
+            f"job {job_id}:\n  " + "\n  ".join(lines)
+            for job_id, lines in histories(events, twice[:2]).items()
+        )
+        assert not twice, f"{len(twice)} jobs started twice:\n{told}\n{system.service_errors()}"
 
         # The bus holds each stored event once: what the relay published again after the
         # failover was dropped by the (replicated) duplicate window, nothing acknowledged lost.
