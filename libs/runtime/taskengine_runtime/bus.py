@@ -339,7 +339,9 @@ class BatchConsumer:
             return messages
         try:
             messages += await subscription.fetch(self.batch - len(messages), timeout=GATHER)
-        except (TimeoutError, *FAILOVER):  # a leader lost meanwhile: hand on what came
+        except TimeoutError:
+            pass
+        except FAILOVER:  # the consumer lost its leader meanwhile: hand on what came
             pass
         return messages
 
