@@ -212,6 +212,8 @@ class BatchConsumer:
         self.tracked_at = 0.0
         self.idle_now = False
         """The last fetch found nothing: this consumer has all the bus holds for it."""
+        self.delivered = 0
+        """The consumer sequence of the last message received from the current consumer."""
         metrics.LAG.consumers[durable] = self.lag_position
 
     def lag_position(self) -> int | None:
@@ -242,6 +244,41 @@ class BatchConsumer:
         )
         await self.js.add_consumer(subjects.STREAM, config)
         return await self.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM)
+
+    async def _resubscribe(self) -> JetStreamContext.PullSubscription:
+        """`_subscribe`, waiting out a cluster's failover (no leader for the stream or the
+        consumer yet)."""
+        self.delivered = 0
+        while True:
+            try:
+                return await self._subscribe()
+            except FAILOVER as error:
+                log.warning(
+                    "%s: (re)creating the consumer: %s; again", self.durable, describe(error)
+                )
+                await asyncio.sleep(FAILOVER_PAUSE)
+
+    def _missed(self, messages: list[Msg]) -> bool:
+        """True if deliveries before or within `messages` never arrived (the consumer's
+        sequence skips): a consumer leader died with them on their way. They count as
+        delivered, so the next ack-all would acknowledge them unseen; the consumer is to be
+        re-created from the tracked position instead (what it already handled is skipped)."""
+        for message in messages:
+            try:
+                sequence = message.metadata.sequence.consumer
+            except Exception:  # not a JetStream delivery (a test's own message)
+                return False
+            if sequence != self.delivered + 1:
+                log.warning(
+                    "%s: deliveries %d to %d never arrived; re-creating the consumer after %d",
+                    self.durable,
+                    self.delivered + 1,
+                    sequence - 1,
+                    self.handled,
+                )
+                return True
+            self.delivered = sequence
+        return False
 
     async def _stream_sequence_after(self, position: int) -> int:
         """The first stream sequence holding an event past `position` (binary search).
@@ -279,9 +316,12 @@ class BatchConsumer:
         return None
 
     async def run(self) -> None:
-        subscription = await self._subscribe()
+        subscription = await self._resubscribe()
         while True:
             messages = await self._fetch(subscription)
+            if self._missed(messages):
+                subscription = await self._resubscribe()
+                continue
             received = time.time()
             self.idle_now = not messages
             if not messages:  # nats-py answers [] when the server's timeout reply comes first

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import nats.errors
 import pytest
 from nats.js.errors import ServiceUnavailableError
@@ -64,3 +66,18 @@ async def test_any_other_failure_of_a_fetch_is_not_hidden(monkeypatch):
     taking = consumer()
     with pytest.raises(ValueError):
         await taking._fetch(LeaderlessSubscription(1, ValueError("broken")))  # type: ignore[arg-type]
+
+
+class Delivery:
+    """A message as JetStream delivered it: its consumer sequence in its metadata."""
+
+    def __init__(self, sequence: int) -> None:
+        self.metadata = SimpleNamespace(sequence=SimpleNamespace(consumer=sequence))
+
+
+def test_deliveries_that_never_arrived_are_noticed_before_any_ack():
+    taking = consumer()
+    assert not taking._missed([Delivery(1), Delivery(2)])  # type: ignore[list-item]
+    assert not taking._missed([Delivery(3)])  # type: ignore[list-item]
+    # 4 and 5 went to a consumer leader that died: an ack-all of 6 would acknowledge them
+    assert taking._missed([Delivery(6), Delivery(7)])  # type: ignore[list-item]
