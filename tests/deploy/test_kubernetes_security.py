@@ -297,6 +297,8 @@ def test_production_reaches_nats_over_tls_checking_the_servers_against_its_ca():
     (config,) = of_kind(PRODUCTION, "ConfigMap").values()
     servers = config["data"]["TASKENGINE_NATS_URL"].split(",")
     assert len(servers) == 3 and all(s.startswith("tls://") for s in servers)
+    # one replica of the stream per server: a node lost loses no acknowledged event
+    assert config["data"]["TASKENGINE_NATS_REPLICAS"] == str(len(servers))
     ca = config["data"]["TASKENGINE_NATS_TLS_CA"]
     for name, d in deployments(PRODUCTION).items():
         spec = d["spec"]["template"]["spec"]

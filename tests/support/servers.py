@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 import psycopg
-from taskengine_embedded import EmbeddedNats, EmbeddedPostgres
+from taskengine_embedded import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres
 
 
 def scratch_dir(prefix: str) -> Path:
@@ -59,9 +59,10 @@ def postgres_server():
 
 
 @contextmanager
-def nats_server(root: Path):
-    """Yields a NATS URL with JetStream: the named test server, else a fresh one from the wheel."""
-    if url := os.environ.get("TASKENGINE_TEST_NATS_URL"):
+def nats_server(root: Path, given: str | None = None):
+    """Yields a NATS URL with JetStream: `given`, else the named test server, else a fresh one
+    from the wheel."""
+    if url := given or os.environ.get("TASKENGINE_TEST_NATS_URL"):
         yield url
         return
     server = EmbeddedNats(root / "nats")
@@ -69,6 +70,18 @@ def nats_server(root: Path):
         yield server.start()
     finally:
         server.stop()
+
+
+@contextmanager
+def nats_cluster(root: Path, size: int = 3):
+    """Yields a fresh JetStream cluster of `size` nats-servers from the wheel, on loopback
+    (its `url` names them all, comma-separated)."""
+    cluster = EmbeddedNatsCluster(root / "nats-cluster", size)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def fresh_database(server_url: str) -> str:

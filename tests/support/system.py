@@ -25,6 +25,7 @@ from taskengine_contracts import subjects
 from taskengine_contracts.events import Event
 from taskengine_embedded import free_port
 from taskengine_runtime import ensure_stream
+from taskengine_runtime.bus import servers
 from taskengine_store.store import EventStore
 
 from tests.support.waiting import wait_until
@@ -37,16 +38,16 @@ STARTUP = 180.0
 """How long a process may take to come up: generous, as the machine may be busy."""
 
 
-def reset_stream(nats_url: str) -> None:
+def reset_stream(nats_url: str, replicas: int = 1) -> None:
     """A clean stream, as the services would create it: no events from an earlier test."""
 
     async def reset() -> None:
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(servers(nats_url))
         try:
             await nc.jetstream().delete_stream(subjects.STREAM)
         except NotFoundError:
             pass
-        await ensure_stream(nc.jetstream())
+        await ensure_stream(nc.jetstream(), replicas)
         await nc.close()
 
     asyncio.run(reset())
@@ -73,6 +74,10 @@ class _Engine:
             **env,
         }
         self._store: EventStore | None = None
+
+    @property
+    def replicas(self) -> int:
+        return int(self.env.get("TASKENGINE_NATS_REPLICAS", "1"))
 
     @property
     def store(self) -> EventStore:
@@ -113,7 +118,7 @@ class System(_Engine):
     process: subprocess.Popen | None = None
 
     def start(self, timeout: float = STARTUP) -> System:
-        reset_stream(self.nats_url)
+        reset_stream(self.nats_url, self.replicas)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.output = open(self.root / "up.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -189,7 +194,7 @@ class Services(_Engine):
         with `wait` false, at once (e.g. for a service that is to wait for PostgreSQL)."""
         if not self.prepared:
             self.prepared = True
-            reset_stream(self.nats_url)
+            reset_stream(self.nats_url, self.replicas)
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.store  # noqa: B018  (creates the tables before any service starts)
         started = [self._spawn(name, name, f"{name}-test") for name in names]
@@ -271,17 +276,19 @@ def running_system(
     name: str,
     workflows: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
+    nats_url: str | None = None,
 ) -> Iterator[System]:
     """A system of its own (fresh database, own NATS) for a whole test module; `workflows`
     (file name: YAML) are in its workflows directory before it starts; `env` adds to (or
-    overrides) its environment."""
+    overrides) its environment; `nats_url` names a NATS of the caller's (e.g. a cluster's
+    servers, comma-separated) to use instead of its own."""
     from tests.support.servers import drop_database, fresh_database, nats_server, scratch_dir
 
     root = scratch_dir(f"te-{name}-")
     database_url = fresh_database(postgres_url)
     try:
-        with nats_server(root) as nats_url:
-            system = System(root, nats_url, database_url, **(env or {}))
+        with nats_server(root, nats_url) as url:
+            system = System(root, url, database_url, **(env or {}))
             for filename, text in (workflows or {}).items():
                 system.write_workflow(filename, text)
             try:

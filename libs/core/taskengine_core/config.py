@@ -32,6 +32,13 @@ class EngineSettings(BaseSettings):
         description="a CA certificate file (PEM) the NATS servers' certificates are checked"
         " against; set, the connection is TLS (as it is for tls:// URLs, with the system's CAs)",
     )
+    nats_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="replicas of the TASKENGINE stream (3 or 5 on a NATS cluster): it is"
+        " created with them, and a stream with fewer is raised to them (never lowered)",
+    )
     data_dir: Path = Path(".taskengine")
     host: str = "127.0.0.1"
     port: int = 8080

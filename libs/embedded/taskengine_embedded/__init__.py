@@ -1,5 +1,17 @@
 """Real nats-server and PostgreSQL started from wheels, for the embedded default and tests."""
 
-from .servers import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port
+from .servers import (
+    EmbeddedNats,
+    EmbeddedNatsCluster,
+    EmbeddedPostgres,
+    EmbeddedServerError,
+    free_port,
+)
 
-__all__ = ["EmbeddedNats", "EmbeddedPostgres", "EmbeddedServerError", "free_port"]
+__all__ = [
+    "EmbeddedNats",
+    "EmbeddedNatsCluster",
+    "EmbeddedPostgres",
+    "EmbeddedServerError",
+    "free_port",
+]

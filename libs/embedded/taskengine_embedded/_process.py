@@ -123,7 +123,7 @@ class ServerProcess:
     name = "server"
     stop_signal = signal.SIGTERM
 
-    def __init__(self, log_path: Path, port: int | None, default_port: int) -> None:
+    def __init__(self, log_path: Path, port: int | None, default_port: int | None) -> None:
         self.log_path = log_path
         self._port_fixed = port is not None
         # never collide with a server already on the well-known port: fall back to a free one

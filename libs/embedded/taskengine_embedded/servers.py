@@ -5,8 +5,14 @@ variables. Both servers listen on 127.0.0.1 only and fall back to a free port wh
 well-known one (4222, 5432) is taken.
 """
 
-from ._nats import EmbeddedNats
+from ._nats import EmbeddedNats, EmbeddedNatsCluster
 from ._postgres import EmbeddedPostgres
 from ._process import EmbeddedServerError, free_port
 
-__all__ = ["EmbeddedNats", "EmbeddedPostgres", "EmbeddedServerError", "free_port"]
+__all__ = [
+    "EmbeddedNats",
+    "EmbeddedNatsCluster",
+    "EmbeddedPostgres",
+    "EmbeddedServerError",
+    "free_port",
+]

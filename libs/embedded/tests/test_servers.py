@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -17,7 +18,14 @@ from pathlib import Path
 import nats
 import psycopg
 import pytest
-from taskengine_embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port
+from nats.js import api
+from taskengine_embedded import (
+    EmbeddedNats,
+    EmbeddedNatsCluster,
+    EmbeddedPostgres,
+    EmbeddedServerError,
+    free_port,
+)
 from taskengine_embedded._nobody import as_nobody, must_drop_root
 from taskengine_embedded._process import descendants, port_open
 
@@ -70,6 +78,52 @@ async def test_nats_jetstream_roundtrip(data_root: Path) -> None:
     assert server.pid is None
     assert _wait_closed(server.port)
     assert (data_root / "nats" / "jetstream").is_dir()
+
+
+async def test_a_nats_cluster_keeps_a_replicated_stream_when_its_leader_is_killed(
+    data_root: Path,
+) -> None:
+    cluster = EmbeddedNatsCluster(data_root / "cluster", size=3)
+    url = cluster.start()
+    try:
+        assert url == ",".join(f"nats://127.0.0.1:{node.port}" for node in cluster.nodes)
+        assert len({node.port for node in cluster.nodes}) == 3
+        nc = await nats.connect(url.split(","), reconnect_time_wait=0.1)
+        js = nc.jetstream()
+        config = api.StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3)
+        await js.add_stream(config)
+        for n in range(5):
+            await js.publish("r3.before", str(n).encode())
+        info = await js.stream_info("R3")
+        assert info.cluster is not None and info.cluster.leader is not None
+        assert len(info.cluster.replicas or []) == 2  # the leader and two followers
+        leader = cluster.node(info.cluster.leader)
+        os.kill(leader.pid or 0, signal.SIGKILL)
+
+        async def publish(n: int) -> None:
+            deadline = time.monotonic() + 30  # the survivors elect a new leader meanwhile
+            while True:
+                try:
+                    await js.publish("r3.after", str(n).encode(), timeout=1)
+                    return
+                except (nats.errors.Error, TimeoutError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+
+        for n in range(5):
+            await publish(n)
+        info = await js.stream_info("R3")
+        assert info.state.messages == 10
+        assert info.cluster is not None and info.cluster.leader != leader.server_name
+        await nc.close()
+
+        assert leader.died() == -signal.SIGKILL
+        leader.start()  # the same name, ports and store: it rejoins
+        cluster.wait_healthy()
+    finally:
+        cluster.stop()
+    assert all(node.pid is None for node in cluster.nodes)
 
 
 def test_nats_fixed_port_in_use_is_reported(data_root: Path) -> None:

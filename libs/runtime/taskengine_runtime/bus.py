@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -14,7 +14,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from taskengine_contracts import subjects
 from taskengine_contracts.events import AnyEvent, decode, encode, topic_of
 from taskengine_store.rejected import Rejected
@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 STREAM_MAX_AGE = 7 * 24 * 3600.0
 DUPLICATE_WINDOW = 300.0
 RESUME_MARGIN = 1000
+FAILOVER: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
+"""What JetStream answers while a cluster elects a new leader for the stream or a consumer
+(a node died): no one answers, or 503. Seconds later the new leader does: wait and retry."""
+FAILOVER_PAUSE = 0.5
 
 
 def servers(url: str) -> list[str]:
@@ -78,20 +87,58 @@ async def connect(
     return nc, nc.jetstream(publish_async_max_pending=8000)
 
 
-async def ensure_stream(js: JetStreamContext) -> None:
-    """The one stream for every event (file storage; duplicates dropped by Nats-Msg-Id)."""
-    config = api.StreamConfig(
-        name=subjects.STREAM,
-        subjects=[subjects.ALL],
-        storage=api.StorageType.FILE,
-        retention=api.RetentionPolicy.LIMITS,
-        max_age=STREAM_MAX_AGE,
-        duplicate_window=DUPLICATE_WINDOW,
-    )
+class StreamError(RuntimeError):
+    """The stream cannot be made as the settings ask (e.g. more replicas than servers)."""
+
+
+async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> None:
+    """The one stream for every event (file storage; duplicates dropped by Nats-Msg-Id), with
+    at least `replicas` replicas (TASKENGINE_NATS_REPLICAS).
+
+    A stream with fewer replicas is raised to `replicas` (its other settings kept); one with
+    more is left so: processes started with a lower setting never shrink it (lower it by hand,
+    `nats stream edit`). Durable consumers take the stream's replica count."""
     try:
-        await js.stream_info(subjects.STREAM)
+        info = await js.stream_info(subjects.STREAM)
     except NotFoundError:
-        await js.add_stream(config)
+        config = api.StreamConfig(
+            name=subjects.STREAM,
+            subjects=[subjects.ALL],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=STREAM_MAX_AGE,
+            duplicate_window=DUPLICATE_WINDOW,
+            num_replicas=replicas,
+        )
+        await _stream_call(js.add_stream(config), f"creating it with {replicas} replicas")
+        return
+    have = info.config.num_replicas or 1
+    if have > replicas:
+        log.warning(
+            "stream %s has %d replicas, more than TASKENGINE_NATS_REPLICAS (%d): left so",
+            subjects.STREAM,
+            have,
+            replicas,
+        )
+    elif have < replicas:
+        log.warning(
+            "stream %s: raising its replicas from %d to %d", subjects.STREAM, have, replicas
+        )
+        raised = replace(info.config, num_replicas=replicas)
+        await _stream_call(js.update_stream(raised), f"raising its replicas to {replicas}")
+
+
+async def _stream_call(call: Awaitable[Any], what: str) -> None:
+    try:
+        await call
+    except APIError as error:
+        if error.code == 400 or error.code == 500:  # the server refused the configuration
+            raise StreamError(
+                f"stream {subjects.STREAM}: {what} was refused by NATS ({error.description}):"
+                " TASKENGINE_NATS_REPLICAS may be at most the number of JetStream servers in the"
+                " cluster (1 on a server that is not clustered)"
+            ) from error
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +212,8 @@ class BatchConsumer:
         self.tracked_at = 0.0
         self.idle_now = False
         """The last fetch found nothing: this consumer has all the bus holds for it."""
+        self.delivered = 0
+        """The consumer sequence of the last message received from the current consumer."""
         metrics.LAG.consumers[durable] = self.lag_position
 
     def lag_position(self) -> int | None:
@@ -195,6 +244,41 @@ class BatchConsumer:
         )
         await self.js.add_consumer(subjects.STREAM, config)
         return await self.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM)
+
+    async def _resubscribe(self) -> JetStreamContext.PullSubscription:
+        """`_subscribe`, waiting out a cluster's failover (no leader for the stream or the
+        consumer yet)."""
+        self.delivered = 0
+        while True:
+            try:
+                return await self._subscribe()
+            except FAILOVER as error:
+                log.warning(
+                    "%s: (re)creating the consumer: %s; again", self.durable, describe(error)
+                )
+                await asyncio.sleep(FAILOVER_PAUSE)
+
+    def _missed(self, messages: list[Msg]) -> bool:
+        """True if deliveries before or within `messages` never arrived (the consumer's
+        sequence skips): a consumer leader died with them on their way. They count as
+        delivered, so the next ack-all would acknowledge them unseen; the consumer is to be
+        re-created from the tracked position instead (what it already handled is skipped)."""
+        for message in messages:
+            try:
+                sequence = message.metadata.sequence.consumer
+            except Exception:  # not a JetStream delivery (a test's own message)
+                return False
+            if sequence != self.delivered + 1:
+                log.warning(
+                    "%s: deliveries %d to %d never arrived; re-creating the consumer after %d",
+                    self.durable,
+                    self.delivered + 1,
+                    sequence - 1,
+                    self.handled,
+                )
+                return True
+            self.delivered = sequence
+        return False
 
     async def _stream_sequence_after(self, position: int) -> int:
         """The first stream sequence holding an event past `position` (binary search).
@@ -232,9 +316,12 @@ class BatchConsumer:
         return None
 
     async def run(self) -> None:
-        subscription = await self._subscribe()
+        subscription = await self._resubscribe()
         while True:
             messages = await self._fetch(subscription)
+            if self._missed(messages):
+                subscription = await self._resubscribe()
+                continue
             received = time.time()
             self.idle_now = not messages
             if not messages:  # nats-py answers [] when the server's timeout reply comes first
@@ -284,11 +371,17 @@ class BatchConsumer:
             messages = await subscription.fetch(1, timeout=self.wait)
         except (TimeoutError, nats.errors.TimeoutError):
             return []
+        except FAILOVER as error:
+            log.warning("%s: no consumer leader yet (%s)", self.durable, describe(error))
+            await asyncio.sleep(FAILOVER_PAUSE)
+            return []
         if len(messages) >= self.batch:
             return messages
         try:
             messages += await subscription.fetch(self.batch - len(messages), timeout=GATHER)
-        except (TimeoutError, nats.errors.TimeoutError):
+        except TimeoutError:
+            pass
+        except FAILOVER:  # the consumer lost its leader meanwhile: hand on what came
             pass
         return messages
 

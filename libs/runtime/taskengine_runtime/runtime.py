@@ -28,7 +28,7 @@ from taskengine_store.rejected import Rejected, record
 from taskengine_store.store import Conflict, EventStore, Statement
 
 from taskengine_runtime import metrics
-from taskengine_runtime.bus import Reconnects, connect, ensure_stream
+from taskengine_runtime.bus import Reconnects, StreamError, connect, ensure_stream
 from taskengine_runtime.hops import HopTrace
 from taskengine_runtime.logs import configure_logging
 
@@ -174,7 +174,12 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
         store = await _open_store(name, config)
         reconnects = Reconnects()
         nc, js = await connect(config.nats_url, name, reconnects, **config.nats_options())
-        await ensure_stream(js)
+        try:
+            await ensure_stream(js, config.nats_replicas)
+        except StreamError as error:
+            await nc.close()
+            store.close()
+            sys.exit(f"{name}: {error}")
         runtime = Runtime(name, config, store, nc, js, reconnects=reconnects)
         store.observe_commit = metrics.COMMIT_LATENCY.observe
         metrics.LAG.follow_head(store.max_position)

@@ -18,6 +18,8 @@ from typing import Any
 
 from taskengine_contracts import subjects
 from taskengine_runtime import Runtime, metrics
+from taskengine_runtime.bus import FAILOVER, FAILOVER_PAUSE
+from taskengine_runtime.failures import describe
 from taskengine_store.commits import wake_on_commits
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,9 @@ async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
 
 
 async def _acked(acks: list[asyncio.Future], runtime: Runtime) -> bool:
-    """Waits for a batch's acks; False if NATS reconnected first (they may never come)."""
+    """Waits for a batch's acks; False if NATS reconnected first (they may never come) or the
+    stream had no leader for a moment (a cluster's failover): the batch is to be published
+    again, and JetStream drops what of it arrived."""
     done: asyncio.Future[Any] = asyncio.gather(*acks)
     reconnected: asyncio.Future[Any] = asyncio.ensure_future(runtime.reconnects.wait())
     try:
@@ -87,7 +91,14 @@ async def _acked(acks: list[asyncio.Future], runtime: Runtime) -> bool:
     finally:
         reconnected.cancel()
     if done in finished:
-        done.result()
+        try:
+            done.result()
+        except FAILOVER as error:  # the stream's leader died: the batch may be half stored
+            log.warning("relay: %s; publishing the batch again", describe(error))
+            for ack in acks:
+                ack.cancel()  # frees the client's pending-ack slots
+            await asyncio.sleep(FAILOVER_PAUSE)
+            return False
         return True
     done.cancel()  # frees the client's pending-ack slots
     if reconnected in finished:
@@ -102,7 +113,13 @@ async def _resume_from(runtime: Runtime, position: int) -> int:
     Whatever a consumer has not handled is then on the stream again, even if NATS lost it;
     JetStream drops what it still holds within its duplicate window, consumers skip the rest.
     """
-    names = [info.name for info in await runtime.js.consumers_info(subjects.STREAM)]
+    while True:
+        try:
+            names = [info.name for info in await runtime.js.consumers_info(subjects.STREAM)]
+            break
+        except FAILOVER as error:  # a reconnect during a cluster's failover
+            log.warning("relay: listing the stream's consumers: %s; again", describe(error))
+            await asyncio.sleep(FAILOVER_PAUSE)
     rows = await runtime.call(
         runtime.store.query,
         "SELECT min(notification_id) AS low FROM notification_tracking"

@@ -1,0 +1,83 @@
+"""A NATS cluster electing a new leader (a node died) is waited out, not a crash."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import nats.errors
+import pytest
+from nats.js.errors import ServiceUnavailableError
+from taskengine_runtime import bus
+from taskengine_runtime.bus import BatchConsumer
+
+
+class LeaderlessSubscription:
+    """A pull subscription whose consumer has no leader for `failures` fetches."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures, self.error = failures, error
+
+    async def fetch(self, batch: int, timeout: float) -> list[object]:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        return ["message"] if batch == 1 else []  # one, then nothing more to gather
+
+
+def consumer() -> BatchConsumer:
+    async def nothing(*_: object) -> None:
+        return None
+
+    async def handler(_: object) -> bool:
+        return True
+
+    async def latest() -> int:
+        return 0
+
+    return BatchConsumer(None, "test-failover", [], handler, 0, nothing, nothing, latest)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "error", [ServiceUnavailableError(), nats.errors.NoRespondersError()], ids=type
+)
+async def test_a_fetch_without_a_consumer_leader_is_an_empty_batch(monkeypatch, error):
+    monkeypatch.setattr(bus, "FAILOVER_PAUSE", 0)
+    taking = consumer()
+    subscription = LeaderlessSubscription(2, error)
+    assert await taking._fetch(subscription) == []  # type: ignore[arg-type]
+    assert await taking._fetch(subscription) == []  # type: ignore[arg-type]
+    assert await taking._fetch(subscription) == ["message"]  # type: ignore[arg-type]
+
+
+class LeaderLostWhileGathering:
+    """A pull subscription whose consumer loses its leader after the first message."""
+
+    async def fetch(self, batch: int, timeout: float) -> list[object]:
+        if batch == 1:
+            return ["message"]
+        raise ServiceUnavailableError()
+
+
+async def test_a_leader_lost_while_gathering_hands_on_what_came():
+    assert await consumer()._fetch(LeaderLostWhileGathering()) == ["message"]  # type: ignore[arg-type]
+
+
+async def test_any_other_failure_of_a_fetch_is_not_hidden(monkeypatch):
+    taking = consumer()
+    with pytest.raises(ValueError):
+        await taking._fetch(LeaderlessSubscription(1, ValueError("broken")))  # type: ignore[arg-type]
+
+
+class Delivery:
+    """A message as JetStream delivered it: its consumer sequence in its metadata."""
+
+    def __init__(self, sequence: int) -> None:
+        self.metadata = SimpleNamespace(sequence=SimpleNamespace(consumer=sequence))
+
+
+def test_deliveries_that_never_arrived_are_noticed_before_any_ack():
+    taking = consumer()
+    assert not taking._missed([Delivery(1), Delivery(2)])  # type: ignore[list-item]
+    assert not taking._missed([Delivery(3)])  # type: ignore[list-item]
+    # 4 and 5 went to a consumer leader that died: an ack-all of 6 would acknowledge them
+    assert taking._missed([Delivery(6), Delivery(7)])  # type: ignore[list-item]
