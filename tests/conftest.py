@@ -51,8 +51,9 @@ def services(engine_root, nats_url, database_url) -> Iterator[Services]:
 
 
 @pytest.fixture
-def system_factory(engine_root, nats_url, database_url):
+def system_factory(request, engine_root, nats_url, database_url):
     started: list[System] = []
+    request.node.started_engines = started  # for the failure report
 
     def start(**env: str) -> System:
         system = System(engine_root, nats_url, database_url, **env).start()
@@ -62,3 +63,15 @@ def system_factory(engine_root, nats_url, database_url):
     yield start
     for system in started:
         system.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that used a running engine shows that engine's logged errors."""
+    report = yield
+    if report.failed:
+        engines = [*getattr(item, "funcargs", {}).values(), *getattr(item, "started_engines", [])]
+        for engine in engines:
+            if isinstance(engine, System | Services):
+                report.sections.append(("service errors", engine.service_errors()))
+    return report

@@ -106,6 +106,18 @@ class _Engine:
             p.event for p in items if job_id is None or getattr(p.event, "job_id", None) == job_id
         ]
 
+    def service_errors(self, lines: int = 20) -> str:
+        """The last error lines of every service log, to explain a failure."""
+        report = []
+        for path in sorted([*(self.data_dir / "logs").glob("*.log"), *self.root.glob("*.log")]):
+            errors = [
+                line
+                for line in path.read_text(errors="replace").splitlines()
+                if "ERROR" in line or "Error" in line or "WARNING" in line
+            ]
+            report += [f"--- {path.name}", *errors[-lines:]]
+        return "\n".join(report)
+
     def close_store(self) -> None:
         if self._store:
             self._store.close()
@@ -167,18 +179,6 @@ class System(_Engine):
 
     def log(self) -> str:
         return (self.root / "up.log").read_text()
-
-    def service_errors(self, lines: int = 20) -> str:
-        """The last error lines of every service log, to explain a failure."""
-        report = []
-        for path in sorted((self.data_dir / "logs").glob("*.log")):
-            errors = [
-                line
-                for line in path.read_text().splitlines()
-                if "ERROR" in line or "Error" in line or "WARNING" in line
-            ]
-            report += [f"--- {path.name}", *errors[-lines:]]
-        return "\n".join(report)
 
 
 class Services(_Engine):
