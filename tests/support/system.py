@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import nats
 from nats.js.errors import NotFoundError
+from taskengine_cli.supervisor import parse_replicas
 from taskengine_contracts import subjects
 from taskengine_contracts.events import Event
 from taskengine_embedded import free_port
@@ -141,7 +142,8 @@ class System(_Engine):
             start_new_session=True,
         )
         wait_until(self._alive, timeout=timeout, what="the gateway to answer")
-        wait_until(lambda: len(self.pids()) == 7, timeout=STARTUP, what="all services")
+        processes = sum(parse_replicas(self.env.get("TASKENGINE_REPLICAS", "")).values())
+        wait_until(lambda: len(self.pids()) == processes, timeout=STARTUP, what="all services")
         return self
 
     def _alive(self) -> bool:

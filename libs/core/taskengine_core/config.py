@@ -42,6 +42,16 @@ class EngineSettings(BaseSettings):
     data_dir: Path = Path(".taskengine")
     host: str = "127.0.0.1"
     port: int = 8080
+    reuse_port: bool = Field(
+        default=False,
+        description="the gateway binds its port with SO_REUSEPORT, so several gateways on one"
+        " host share it (`taskengine up` sets it when it runs more than one)",
+    )
+    replicas: str = Field(
+        default="",
+        description="`taskengine up`: processes per service, e.g. `gateway=2,admission=2`"
+        " (gateways share the port; admission and scheduler replicas stand by)",
+    )
     bootstrap_client: str = ""
     callback_allowlist: str = ""
     outbound_deadline: float = Field(

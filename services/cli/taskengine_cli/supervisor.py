@@ -11,6 +11,13 @@ child, then the servers it started.
 Each service serves its Prometheus metrics on a port of its own (TASKENGINE_METRICS_PORT):
 from the supervisor's TASKENGINE_METRICS_PORT on, one per service in SERVICES order (one in
 use: any free port), else free ports; the banner lists them, as does `run/endpoints.json`.
+
+`TASKENGINE_REPLICAS` (e.g. `gateway=2,admission=2`) runs more than one process of a service:
+gateways share the one port (SO_REUSEPORT: the kernel spreads connections over them); the
+admission controller and the scheduler elect a leader, the rest stand by. Replica `i` of a
+service is `<service>-<i>` (its log, pid file and TASKENGINE_INSTANCE; the first keeps the
+plain name). The relay and the projector run once (their order is the store's); the
+dispatcher and the notifier run once until their work can be partitioned among several.
 """
 
 from __future__ import annotations
@@ -39,6 +46,32 @@ from taskengine_cli.healing import FIRST_DELAY, WatchedServer, say
 
 SERVICES = ("relay", "projector", "scheduler", "admission", "dispatcher", "notifier", "gateway")
 STOP_GRACE = 10.0
+REPLICABLE = ("gateway", "admission", "scheduler")
+"""Services of which `TASKENGINE_REPLICAS` may run more than one process."""
+MAX_REPLICAS = 16
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """`TASKENGINE_REPLICAS` (`service=count,...`) as a count per service (1 unless named);
+    ValueError saying what is wrong with it."""
+    counts = dict.fromkeys(SERVICES, 1)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, raw = part.partition("=")
+        name = name.strip()
+        if not sep or name not in SERVICES:
+            raise ValueError(f"{part!r} is not service=count with a service of {SERVICES}")
+        try:
+            count = int(raw)
+        except ValueError:
+            raise ValueError(f"{part!r}: the count must be a whole number") from None
+        if not 1 <= count <= MAX_REPLICAS:
+            raise ValueError(f"{part!r}: the count must be from 1 to {MAX_REPLICAS}")
+        if count > 1 and name not in REPLICABLE:
+            raise ValueError(
+                f"{part!r}: the {name} runs once (only {', '.join(REPLICABLE)} run several)"
+            )
+        counts[name] = count
+    return counts
 
 
 def hide_password(url: str) -> str:
@@ -56,10 +89,10 @@ def port_open(port: int, host: str) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-def metrics_ports(base: int) -> dict[str, int]:
-    """A metrics port for each service: `base` + its index (if free), else any free one."""
+def metrics_ports(base: int, instances: list[str]) -> dict[str, int]:
+    """A metrics port for each instance: `base` + its index (if free), else any free one."""
     ports: dict[str, int] = {}
-    for index, name in enumerate(SERVICES):
+    for index, name in enumerate(instances):
         preferred = base + index if base else None
         port = free_port(preferred)
         while port in ports.values():
@@ -68,9 +101,17 @@ def metrics_ports(base: int) -> dict[str, int]:
     return ports
 
 
+def file_name(service: str, index: int) -> str:
+    """What the log and pid files of a service's `index`th process are named after."""
+    return service if index == 0 else f"{service}-{index}"
+
+
 @dataclass
 class Child:
     name: str
+    """The service it runs."""
+    index: int
+    """Which of the service's processes it is (TASKENGINE_INSTANCE `<service>-<index>`)."""
     log_path: Path
     pid_path: Path
     process: subprocess.Popen | None = None
@@ -80,11 +121,19 @@ class Child:
     metrics_port: int = 0
     """Where it serves its metrics, the same across its restarts."""
 
+    @property
+    def key(self) -> str:
+        return file_name(self.name, self.index)
+
     def start(self, env: dict[str, str]) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115  (owned by the child from here)
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"taskengine_{self.name}"],
-            env={**env, "TASKENGINE_METRICS_PORT": str(self.metrics_port)},
+            env={
+                **env,
+                "TASKENGINE_METRICS_PORT": str(self.metrics_port),
+                "TASKENGINE_INSTANCE": f"{self.name}-{self.index}",
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -121,6 +170,11 @@ class Supervisor:
         except BlockingIOError:
             print(f"taskengine is already running with data dir {data_dir}", file=sys.stderr)
             return 1
+        try:
+            replicas = parse_replicas(self.config.replicas)
+        except ValueError as error:
+            print(f"TASKENGINE_REPLICAS: {error}", file=sys.stderr)
+            return 2
         if port_open(self.config.port, self.config.host):
             print(
                 f"port {self.config.port} on {self.config.host} is in use: stop what listens"
@@ -144,8 +198,15 @@ class Supervisor:
                 "TASKENGINE_CREATE_TABLES": "false",
                 "TASKENGINE_WEBHOOK_KEY": master,
             }
+            if replicas["gateway"] > 1:  # the gateways share the port
+                env["TASKENGINE_REUSE_PORT"] = "true"
             gateway_url = f"http://{self.config.host}:{self.config.port}"
-            ports = metrics_ports(self.config.metrics_port)
+            names = [
+                (name, index, file_name(name, index))
+                for name in SERVICES
+                for index in range(replicas[name])
+            ]
+            ports = metrics_ports(self.config.metrics_port, [key for _, _, key in names])
             host = self.config.metrics_host
             write_endpoints(
                 data_dir,
@@ -155,14 +216,15 @@ class Supervisor:
                 dashboard_url=f"{gateway_url}/ui",
                 metrics={name: f"http://{host}:{port}/metrics" for name, port in ports.items()},
             )
-            for name in SERVICES:
+            for name, index, key in names:
                 child = Child(
                     name,
-                    data_dir / "logs" / f"{name}.log",
-                    data_dir / "run" / f"{name}.pid",
-                    metrics_port=ports[name],
+                    index,
+                    data_dir / "logs" / f"{key}.log",
+                    data_dir / "run" / f"{key}.pid",
+                    metrics_port=ports[key],
                 )
-                child.start({**env, "TASKENGINE_INSTANCE": f"{name}-0"})
+                child.start(env)
                 self.children.append(child)
             ready = self._wait_ready(gateway_url)
             self._banner(data_dir, gateway_url, nats_url, database_url, banner_clients, ready)
@@ -214,7 +276,7 @@ class Supervisor:
             f"  logs        {data_dir / 'logs'}/<service>.log",
             f"  dashboard   {gateway_url}/ui  (sign in with a client's name and key)",
             f"  metrics     http://{self.config.metrics_host}:<port>/metrics, the ports:",
-            *(f"    {child.name:<11} {child.metrics_port}" for child in self.children),
+            *(f"    {child.key:<11} {child.metrics_port}" for child in self.children),
             "",
         ]
         for name, key, shown in clients:
@@ -253,19 +315,19 @@ class Supervisor:
                 process = child.process
                 if process is None or process.poll() is None:
                     if process is None and now >= child.next_start and not down:
-                        child.start({**env, "TASKENGINE_INSTANCE": f"{child.name}-0"})
+                        child.start(env)
                     continue
                 code = process.returncode
                 child.process = None
                 if down:  # not its own fault: start it once the server is back, no backoff
-                    say(f"{child.name} exited ({code}) while {', '.join(down)} is down")
+                    say(f"{child.key} exited ({code}) while {', '.join(down)} is down")
                     continue
                 # It died: restart with backoff, reset once it stays up a minute.
                 if now - child.started > 60:
                     child.backoff = FIRST_DELAY
                 child.next_start = now + child.backoff
                 print(
-                    f"{child.name} exited ({code}); restarting in {child.backoff:.1f}s"
+                    f"{child.key} exited ({code}); restarting in {child.backoff:.1f}s"
                     f" (see {child.log_path})",
                     file=sys.stderr,
                     flush=True,

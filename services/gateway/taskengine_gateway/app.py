@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import uvicorn
 from litestar import Litestar, Request
@@ -11,6 +12,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from taskengine_core.config import EngineSettings
 from taskengine_core.outbound import OutboundGuard, parse_allowlist
 from taskengine_runtime import Runtime, metrics
 
@@ -100,6 +102,19 @@ def _job_counts(runtime: Runtime) -> list[tuple[str, str, int]]:
     return [(row["state"], row["dialect"], row["jobs"]) for row in rows]
 
 
+def listening_socket(config: EngineSettings) -> socket.socket:
+    """The gateway's socket on `host:port`; with `reuse_port`, shared with the other gateways
+    on this host that set it too (the kernel spreads new connections over them)."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if config.reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((config.host, config.port))
+    sock.set_inheritable(True)
+    return sock
+
+
 async def gateway(runtime: Runtime) -> None:
     state = GatewayState(
         runtime,
@@ -129,6 +144,6 @@ async def gateway(runtime: Runtime) -> None:
 
     runtime.on_stop = stop
     try:
-        await server.serve()
+        await server.serve(sockets=[listening_socket(runtime.config)])
     finally:
         await state.submitter.stop()

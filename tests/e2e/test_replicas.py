@@ -1,0 +1,138 @@
+"""`TASKENGINE_REPLICAS`: several gateways behind the one port, standby admission controllers
+and schedulers; the guarantees hold across them, and kill -9 of any one replica under load
+loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.test_crash_safety import submit_all
+from tests.support.audit import audit
+from tests.support.system import ADMIN, BIN, System, running_system
+from tests.support.waiting import wait_until
+
+REPLICAS = "gateway=2,admission=2,scheduler=2"
+HEADERS = {"client": ADMIN[0], "api-key": ADMIN[1]}
+
+
+@pytest.fixture(scope="module")
+def system(postgres_url) -> Iterator[System]:
+    with running_system(postgres_url, "replicas", env={"TASKENGINE_REPLICAS": REPLICAS}) as system:
+        with system.client() as client:
+            for name, value in (("max_jobs", 10), ("retry_delay", 0), ("retry_limit", 5)):
+                response = client.post("/settings", json={"name": name, "setting": value})
+                assert response.status_code == 200, response.text
+        yield system
+
+
+def commits(system: System, instance: str) -> float:
+    """How many store commits the process has made (its metrics)."""
+    endpoints = json.loads((system.data_dir / "run" / "endpoints.json").read_text())
+    text = httpx.get(endpoints["metrics"][instance], timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "taskengine_commit_seconds_count"
+    )
+
+
+def test_every_replica_runs_as_its_own_instance(system):
+    assert set(system.pids()) == {
+        "relay",
+        "projector",
+        "dispatcher",
+        "notifier",
+        *(
+            f"{name}{suffix}"
+            for name in ("gateway", "admission", "scheduler")
+            for suffix in ("", "-1")
+        ),
+    }
+    for name in ("gateway-1", "admission-1", "scheduler-1"):  # TASKENGINE_INSTANCE
+        assert (
+            f"started (instance {name})" in (system.data_dir / "logs" / f"{name}.log").read_text()
+        )
+
+
+def test_the_gateways_share_one_address_and_each_answers_what_the_other_stored(system):
+    before = {name: commits(system, name) for name in ("gateway", "gateway-1")}
+    ids = []
+    for n in range(40):  # each request on a connection of its own: the kernel picks a gateway
+        response = httpx.post(
+            system.url + "/job",
+            json={"job": {"workflow": "echo"}, "parameters": {"n": n}},
+            headers=HEADERS,
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        job_id = response.json()["id"]
+        # read your writes, through whichever gateway the next connection lands on
+        read = httpx.get(f"{system.url}/jobs/{job_id}", headers=HEADERS, timeout=30)
+        assert read.status_code == 200, read.text
+        ids.append(job_id)
+    assert len(set(ids)) == 40
+    after = {name: commits(system, name) for name in ("gateway", "gateway-1")}
+    assert all(after[name] > before[name] for name in after), (before, after)
+    with system.client() as client:
+        wait_until(
+            lambda: all(
+                client.get(f"/jobs/{job_id}").json()["queue_state"] == "completed" for job_id in ids
+            ),
+            what="every job to complete",
+        )
+
+
+def test_kill_9_of_one_replica_of_each_under_load_loses_and_duplicates_nothing(system):
+    bodies = [
+        {"job": {"workflow": "sleep" if n % 2 else "echo"}, "parameters": {"seconds": 0.3, "n": n}}
+        for n in range(200)
+    ]
+    with ThreadPoolExecutor(1) as background:
+        submitted = background.submit(submit_all, system.url, bodies)
+        for name in ("gateway", "admission", "scheduler", "gateway-1", "admission-1"):
+            time.sleep(0.7)
+            old = system.kill(name)
+            system.wait_restarted(name, old)
+        accepted = submitted.result(timeout=120)
+    assert len(accepted) >= 190, f"only {len(accepted)} of 200 submissions were accepted"
+
+    problem: list[str] = []
+
+    def all_final() -> dict | None:
+        try:
+            return audit(system.events(), accepted)
+        except AssertionError as error:
+            problem[:] = [str(error)]
+            return None
+
+    try:
+        states = wait_until(all_final, timeout=180, every=1.0, what="every job to finish")
+    except AssertionError:
+        raise AssertionError(f"{problem}\n{system.service_errors()}") from None
+    assert states == {"succeeded": len(accepted)}, states
+
+
+def test_up_refuses_replicas_of_a_service_that_runs_once(tmp_path):
+    result = subprocess.run(
+        [str(BIN / "taskengine"), "up"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "TASKENGINE_REPLICAS": "gateway=2,dispatcher=2",
+            "TASKENGINE_DATA_DIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "TASKENGINE_REPLICAS" in result.stderr and "the dispatcher runs once" in result.stderr
+    assert not (tmp_path / "postgres").exists()  # refused before anything started
