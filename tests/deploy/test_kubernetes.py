@@ -42,6 +42,23 @@ def deployments(layout: str) -> dict[str, dict[str, Any]]:
     return {name.removeprefix("taskengine-"): d for name, d in found.items()}
 
 
+def replicas(layout: str) -> dict[str, int]:
+    """Service name -> how many pods run at least: its Deployment's count, or where an
+    autoscaler sets it (the Deployment then names none), the autoscaler's minimum."""
+    scaled = {
+        hpa["spec"]["scaleTargetRef"]["name"].removeprefix("taskengine-"): hpa["spec"]
+        for hpa in of_kind(layout, "HorizontalPodAutoscaler").values()
+    }
+    found = {}
+    for name, deployment in deployments(layout).items():
+        if name in scaled:
+            assert "replicas" not in deployment["spec"], f"{name}: the autoscaler sets it"
+            found[name] = scaled[name]["minReplicas"]
+        else:
+            found[name] = deployment["spec"]["replicas"]
+    return found
+
+
 def pod_specs(layout: str) -> dict[str, dict[str, Any]]:
     specs = {n: d["spec"]["template"]["spec"] for n, d in deployments(layout).items()}
     for name, job in of_kind(layout, "Job").items():
@@ -80,13 +97,29 @@ def test_a_deployment_per_service_runs_its_real_command(layout):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_replicas_and_update_strategies_keep_single_services_single(layout):
-    found = deployments(layout)
+    found, counts = deployments(layout), replicas(layout)
     for name in SINGLETONS:
-        assert found[name]["spec"]["replicas"] == 1, name
+        assert counts[name] == 1, name
         assert found[name]["spec"]["strategy"] == {"type": "Recreate"}, name
-    assert found["admission"]["spec"]["replicas"] == 2  # active / standby
-    assert found["scheduler"]["spec"]["replicas"] == 2  # active / standby
-    assert found["gateway"]["spec"]["replicas"] >= 2
+    assert counts["admission"] == 2  # active / standby
+    assert counts["scheduler"] == 2  # active / standby
+    assert counts["gateway"] >= 2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_gateway_scales_with_its_cpu_and_nothing_single_is_autoscaled(layout):
+    [hpa] = of_kind(layout, "HorizontalPodAutoscaler").values()
+    spec = hpa["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "taskengine-gateway",
+    }
+    assert 2 <= spec["minReplicas"] < spec["maxReplicas"]
+    [metric] = spec["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    container = deployments(layout)["gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"]["cpu"]  # what utilization is measured against
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -204,7 +237,7 @@ def test_only_the_dispatcher_may_use_the_kubernetes_api_and_only_in_the_tasks_na
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_disruption_budgets_cover_the_replicated_services_and_allow_drains(layout):
-    found = deployments(layout)
+    found, counts = deployments(layout), replicas(layout)
     budgets = of_kind(layout, "PodDisruptionBudget").values()
     covered = set()
     for budget in budgets:
@@ -215,7 +248,7 @@ def test_disruption_budgets_cover_the_replicated_services_and_allow_drains(layou
             if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
         ]
         assert len(matched) == 1, budget["metadata"]["name"]
-        assert budget["spec"]["minAvailable"] < found[matched[0]]["spec"]["replicas"]
+        assert budget["spec"]["minAvailable"] < counts[matched[0]]
         covered.add(matched[0])
     assert covered == {"gateway", "admission", "scheduler"}
 
@@ -242,7 +275,7 @@ def test_the_production_overlay_pins_the_image_and_sets_namespace_replicas_and_s
     for spec in pod_specs("overlays/production").values():
         image = spec["containers"][0]["image"]
         assert ":" in image and not image.endswith(":latest"), image
-    assert production["gateway"]["spec"]["replicas"] > base["gateway"]["spec"]["replicas"]
+    assert replicas("overlays/production")["gateway"] > replicas("base")["gateway"]
     gateway = [
         d["gateway"]["spec"]["template"]["spec"]["containers"][0] for d in (base, production)
     ]
