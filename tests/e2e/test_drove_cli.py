@@ -22,7 +22,7 @@ from tests.support.waiting import wait_until
 DROVE = Path(sys.executable).parent / "drove"
 WORKFLOWS = {
     "chatty.yaml": "name: chatty\nsteps:\n  - name: talk\n"
-    '    run: for i in $(seq 1 $ITERATIONS); do echo "line $i of $ITERATIONS"; sleep 0.6; done\n',
+    '    run: for i in $(seq 1 $ITERATIONS); do echo "line $i of $ITERATIONS"; sleep 1; done\n',
 }
 
 
