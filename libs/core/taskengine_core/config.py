@@ -266,6 +266,17 @@ class EngineSettings(BaseSettings):
         description="events read per page when a WebSocket replays from ?after=",
     )
 
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_schemes(cls, value: str) -> str:
+        for server in (s.strip() for s in value.split(",") if s.strip()):
+            scheme = server.partition("://")[0] if "://" in server else "nats"
+            if scheme not in ("nats", "tls"):
+                raise ValueError(
+                    f"{server!r}: a NATS server is nats://host:port or tls://host:port"
+                )
+        return value
+
     @field_validator("kube_host_paths")
     @classmethod
     def _absolute_prefixes(cls, value: str) -> str:
