@@ -267,7 +267,10 @@ class EventStore:
             schema=Identifier(self.datastore.schema),
             events=Identifier(self.recorder.events_table_name),
         )
-        with curs.connection.cursor("notification_pages", row_factory=tuple_row) as pages:
+        # Binary: the payloads (bytea) come as they are stored, not hex-encoded and decoded.
+        with curs.connection.cursor(
+            "notification_pages", row_factory=tuple_row, binary=True
+        ) as pages:
             pages.execute(sql, (stop,))
             while rows := pages.fetchmany(size):
                 yield [
