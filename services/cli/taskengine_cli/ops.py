@@ -72,7 +72,7 @@ def _line(position: int, event: Event) -> str:
 
 
 def replay(
-    store: EventStore, batch: int = 20_000, progress: Callable[[int, int], None] | None = None
+    store: EventStore, batch: int = 5000, progress: Callable[[int, int], None] | None = None
 ) -> tuple[str, str, int]:
     """Rebuilds every read model from position 0 into scratch tables.
 
@@ -82,8 +82,8 @@ def replay(
 
     The rebuild is one transaction, rolled back at the end: its tables are temporary (never
     written ahead to the log, invisible to other sessions), the log is read in pages of
-    `batch` through one server-side cursor, and each page goes through the live projector's
-    `project()`.
+    `batch` through one server-side cursor (on its own connection), and each page goes
+    through the live projector's `project()`.
     """
     live_hash, position = _live_snapshot(store)
     skip = rejected.set_aside_positions(store, PROJECTOR)
@@ -93,14 +93,18 @@ def replay(
                 f"CREATE TEMPORARY TABLE {REPLAY_PREFIX}{table} (LIKE {table} INCLUDING ALL)"
                 " ON COMMIT DROP"
             )
-        for notes in store.notification_pages(curs, position, batch):
-            # What the live projector set aside (or could not decode) is left out here too.
-            items, _ = rejected.decoded(notes, skip)
-            if items:
-                for query, params in project(items, **_REPLAY_TABLES):
-                    curs.execute(query, params)
-            if progress:
-                progress(notes[-1].id, position)
+        # The log is read on a second connection, and the statements are pipelined (sent
+        # without waiting for each result): PostgreSQL applies a page while the next one is
+        # read, decoded and folded.
+        with store.datastore.transaction() as reading, curs.connection.pipeline():
+            for notes in store.notification_pages(reading, position, batch):
+                # What the live projector set aside (or could not decode) is left out too.
+                items, _ = rejected.decoded(notes, skip)
+                if items:
+                    for query, params in project(items, **_REPLAY_TABLES):
+                        curs.execute(query, params)
+                if progress:
+                    progress(notes[-1].id, position)
         replayed = state_hash(curs, prefix=REPLAY_PREFIX)
     return replayed, live_hash, position
 
