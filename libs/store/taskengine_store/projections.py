@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from psycopg import Cursor
 from taskengine_contracts.events import (
     CallbackAttemptFailed,
     CallbackDelivered,
@@ -231,10 +232,10 @@ def _project_segment(
                 f"INSERT INTO {jobs} (job_uuid, job_id, client, workflow, priority, state, attempt,"
                 " created_at, updated_at, run_at, version, parameters, persist, finished_at,"
                 " dialect, attributes, executing)"
-                " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::text[],"
-                " %s::int[], %s::text[], %s::int[], %s::timestamptz[], %s::timestamptz[],"
-                " %s::timestamptz[], %s::bigint[], %s::jsonb[], %s::bool[], %s::timestamptz[],"
-                " %s::text[], %s::jsonb[], %s::bool[])"
+                " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[],"
+                " %b::int[], %b::text[], %b::int[], %b::timestamptz[], %b::timestamptz[],"
+                " %b::timestamptz[], %b::bigint[], %b::jsonb[], %b::bool[], %b::timestamptz[],"
+                " %b::text[], %b::jsonb[], %b::bool[])"
                 " ON CONFLICT (job_uuid) DO NOTHING",
                 [list(c) for c in columns],
             )
@@ -250,8 +251,8 @@ def _project_segment(
                 " run_at = coalesce(u.run_at, j.run_at), persist = coalesce(u.persist, j.persist),"
                 " finished_at = coalesce(j.finished_at, u.finished_at),"
                 " executing = coalesce(u.executing, j.executing)"
-                " FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::timestamptz[], %s::int[],"
-                " %s::int[], %s::timestamptz[], %s::bool[], %s::timestamptz[], %s::bool[])"
+                " FROM unnest(%b::uuid[], %b::text[], %b::bigint[], %b::timestamptz[], %b::int[],"
+                " %b::int[], %b::timestamptz[], %b::bool[], %b::timestamptz[], %b::bool[])"
                 " AS u(job_uuid, state, version, updated_at, attempt, priority, run_at, persist,"
                 " finished_at, executing)"
                 " WHERE j.job_uuid = u.job_uuid AND j.version < u.version",
@@ -266,8 +267,8 @@ def _project_segment(
         statements.append(
             (
                 f"INSERT INTO {log} (id, job_id, severity, progname, message, created_at, task_id)"
-                " SELECT u.* FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[],"
-                " %s::text[], %s::timestamptz[], %s::int[]) AS u(id, job_id, severity, progname,"
+                " SELECT u.* FROM unnest(%b::bigint[], %b::bigint[], %b::int[], %b::text[],"
+                " %b::text[], %b::timestamptz[], %b::int[]) AS u(id, job_id, severity, progname,"
                 " message, created_at, task_id)"
                 f" WHERE EXISTS (SELECT 1 FROM {jobs} j WHERE j.job_id = u.job_id)"
                 " ON CONFLICT (id) DO NOTHING",
@@ -344,10 +345,14 @@ KEYS = (
 """Each read model and its key, in `state_hash` order."""
 
 
-def state_hash(query: Callable[[str], list[dict[str, Any]]], prefix: str = "") -> str:
-    """SHA-256 over every read-model row in key order: equal hashes mean identical state."""
+def state_hash(curs: Cursor[Any], prefix: str = "") -> str:
+    """SHA-256 over every read-model row in key order, as PostgreSQL writes the rows out
+    (`COPY ... TO STDOUT`): equal hashes mean identical state. Streamed, so a large history
+    is never held whole."""
     digest = hashlib.sha256()
     for table, key in KEYS:
-        for row in query(f"SELECT * FROM {prefix}{table} ORDER BY {key}"):
-            digest.update(repr(sorted(row.items())).encode())
+        digest.update(f"{table}\n".encode())
+        with curs.copy(f"COPY (SELECT * FROM {prefix}{table} ORDER BY {key}) TO STDOUT") as copy:
+            for block in copy:
+                digest.update(block)
     return digest.hexdigest()

@@ -19,7 +19,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg import Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Identifier
 from taskengine_contracts.events import Event, JobEvent, decode, encode, topic_of
 from taskengine_core.jobs import Job
@@ -254,6 +254,31 @@ class EventStore:
                 start=after, limit=limit, stop=stop, inclusive_of_start=False
             )
         )
+
+    def notification_pages(
+        self, curs: Cursor[DictRow], stop: int, size: int
+    ) -> Iterator[list[Notification]]:
+        """Every notification up to position `stop`, in pages of `size`: one query in the
+        transaction of `curs`, read through a server-side cursor (what a replay reads)."""
+        sql = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state"
+            " FROM {schema}.{events} WHERE notification_id <= %s ORDER BY notification_id"
+        ).format(
+            schema=Identifier(self.datastore.schema),
+            events=Identifier(self.recorder.events_table_name),
+        )
+        # Binary: the payloads (bytea) come as they are stored, not hex-encoded and decoded.
+        with curs.connection.cursor(
+            "notification_pages", row_factory=tuple_row, binary=True
+        ) as pages:
+            pages.execute(sql, (stop,))
+            while rows := pages.fetchmany(size):
+                yield [
+                    Notification(
+                        id=n, originator_id=i, originator_version=v, topic=t, state=bytes(s)
+                    )
+                    for n, i, v, t, s in rows
+                ]
 
     def events_after(self, after: int, limit: int) -> list[Position]:
         return [Position(n.id, decode(n.state)) for n in self.notifications(after, limit)]

@@ -212,16 +212,16 @@ def task_statements(batch: Sequence[Position], tasks: str = "rm_tasks") -> list[
     moved = [c.moved() for c in changes.values() if c.created is None]
     statements: list[Statement] = []
     names = ", ".join(name for name, _ in DEFINITION)
-    types = ", ".join(f"%s::{kind}[]" for _, kind in DEFINITION)
+    types = ", ".join(f"%b::{kind}[]" for _, kind in DEFINITION)
     if new:
         statements.append(
             (
                 f"INSERT INTO {tasks} (task_uuid, client, {names}, status, next_fire_at,"
                 " last_fire_at, runs, skipped, snoozed_until, snooze_reason, created_at,"
-                f" updated_at, version) SELECT * FROM unnest(%s::uuid[], %s::text[], {types},"
-                " %s::text[], %s::timestamptz[], %s::timestamptz[], %s::int[], %s::int[],"
-                " %s::timestamptz[], %s::text[], %s::timestamptz[], %s::timestamptz[],"
-                " %s::bigint[]) ON CONFLICT (task_uuid) DO NOTHING",
+                f" updated_at, version) SELECT * FROM unnest(%b::uuid[], %b::text[], {types},"
+                " %b::text[], %b::timestamptz[], %b::timestamptz[], %b::int[], %b::int[],"
+                " %b::timestamptz[], %b::text[], %b::timestamptz[], %b::timestamptz[],"
+                " %b::bigint[]) ON CONFLICT (task_uuid) DO NOTHING",
                 [list(column) for column in zip(*new, strict=True)],
             )
         )
@@ -241,9 +241,9 @@ def task_statements(batch: Sequence[Position], tasks: str = "rm_tasks") -> list[
                 " ELSE t.snoozed_until END,"
                 " snooze_reason = CASE WHEN u.snoozed THEN u.snooze_reason"
                 " ELSE t.snooze_reason END"
-                " FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[], %s::timestamptz[],"
-                f" %s::text[], %s::bool[], {types}, %s::int[], %s::int[], %s::timestamptz[],"
-                " %s::bool[], %s::timestamptz[], %s::text[]) AS u(task_uuid, version,"
+                " FROM unnest(%b::uuid[], %b::bigint[], %b::timestamptz[], %b::timestamptz[],"
+                f" %b::text[], %b::bool[], {types}, %b::int[], %b::int[], %b::timestamptz[],"
+                " %b::bool[], %b::timestamptz[], %b::text[]) AS u(task_uuid, version,"
                 f" updated_at, next_fire_at, status, redefined, {names}, runs, skipped,"
                 " last_fire_at, snoozed, snoozed_until, snooze_reason)"
                 " WHERE t.task_uuid = u.task_uuid AND t.version < u.version",
@@ -286,9 +286,9 @@ def run_inserts(
             " v.job_id, coalesce(j.state, v.status), v.reason, v.duplicate_of, v.event_id,"
             " coalesce(j.attempt, 0), v.created_at, j.finished_at,"
             " coalesce(j.updated_at, v.created_at), coalesce(j.version, 0)"
-            " FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::timestamptz[],"
-            " %s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::uuid[],"
-            " %s::timestamptz[]) AS v(run_id, task_uuid, client, trigger, fire_at, job_id,"
+            " FROM unnest(%b::uuid[], %b::uuid[], %b::text[], %b::text[], %b::timestamptz[],"
+            " %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::uuid[],"
+            " %b::timestamptz[]) AS v(run_id, task_uuid, client, trigger, fire_at, job_id,"
             " status, reason, duplicate_of, event_id, created_at)"
             f" LEFT JOIN {jobs} AS j ON j.job_id = v.job_id"
             " ON CONFLICT (run_id) DO NOTHING",
@@ -316,8 +316,8 @@ def run_updates(batch: Sequence[Position], runs: str = "rm_task_runs") -> list[S
             " started_at = coalesce(r.started_at, u.started_at),"
             " finished_at = coalesce(r.finished_at, u.finished_at),"
             " reason = coalesce(u.reason, r.reason)"
-            " FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::timestamptz[], %s::int[],"
-            " %s::timestamptz[], %s::timestamptz[], %s::text[]) AS u(job_id, status, version,"
+            " FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::timestamptz[], %b::int[],"
+            " %b::timestamptz[], %b::timestamptz[], %b::text[]) AS u(job_id, status, version,"
             " updated_at, attempts, started_at, finished_at, reason)"
             " WHERE r.job_id = u.job_id AND r.job_version < u.version",
             [list(column) for column in zip(*(p.row() for p in progress.values()), strict=True)],

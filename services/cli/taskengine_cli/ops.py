@@ -4,8 +4,7 @@ read models."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import msgspec
 from taskengine_contracts.events import Event
@@ -80,37 +79,44 @@ def replay(
     Returns (replayed hash, live hash, position): the live hash is taken in one snapshot with
     the live projector's position, and the replay stops at exactly that position. `progress`
     is told (position reached, position to reach) after each batch.
+
+    The rebuild is one transaction, rolled back at the end: its tables are temporary (never
+    written ahead to the log, invisible to other sessions), the log is read in pages of
+    `batch` through one server-side cursor (on its own connection), and each page goes
+    through the live projector's `project()`.
     """
     live_hash, position = _live_snapshot(store)
-    statements = [(f"DROP TABLE IF EXISTS {REPLAY_PREFIX}{t}", ()) for t in READ_MODELS]
-    statements += [
-        (f"CREATE TABLE {REPLAY_PREFIX}{t} (LIKE {t} INCLUDING ALL)", ()) for t in READ_MODELS
-    ]
-    store.execute(statements)
-    done = 0
     skip = rejected.set_aside_positions(store, PROJECTOR)
-    try:
-        while done < position:
-            notes = [n for n in store.notifications(done, batch) if n.id <= position]
-            if not notes:
-                break
-            done = notes[-1].id
-            if progress:
-                progress(done, position)
-            # What the live projector set aside (or could not decode) is left out here too.
-            items, _ = rejected.decoded(notes, skip)
-            if not items:
-                continue
-            tables = {name.removeprefix("rm_"): REPLAY_PREFIX + name for name in READ_MODELS}
-            jobs, log, clients = tables["jobs"], tables["job_log"], tables["clients"]
-            tasks, runs = tables["tasks"], tables["task_runs"]
-            store.execute(
-                project(items, jobs=jobs, log=log, clients=clients, tasks=tasks, runs=runs)
+    with store.datastore.transaction(commit=False) as curs:
+        for table in READ_MODELS:
+            curs.execute(
+                f"CREATE TEMPORARY TABLE {REPLAY_PREFIX}{table} (LIKE {table} INCLUDING ALL)"
+                " ON COMMIT DROP"
             )
-        replayed = state_hash(store.query, prefix=REPLAY_PREFIX)
-    finally:
-        store.execute([(f"DROP TABLE IF EXISTS {REPLAY_PREFIX}{t}", ()) for t in READ_MODELS])
+        # The log is read on a second connection, and the statements are pipelined (sent
+        # without waiting for each result): PostgreSQL applies a page while the next one is
+        # read, decoded and folded.
+        with store.datastore.transaction() as reading, curs.connection.pipeline():
+            for notes in store.notification_pages(reading, position, batch):
+                # What the live projector set aside (or could not decode) is left out too.
+                items, _ = rejected.decoded(notes, skip)
+                if items:
+                    for query, params in project(items, **_REPLAY_TABLES):
+                        curs.execute(query, params)
+                if progress:
+                    progress(notes[-1].id, position)
+        replayed = state_hash(curs, prefix=REPLAY_PREFIX)
     return replayed, live_hash, position
+
+
+_REPLAY_TABLES = {
+    "jobs": REPLAY_PREFIX + "rm_jobs",
+    "log": REPLAY_PREFIX + "rm_job_log",
+    "clients": REPLAY_PREFIX + "rm_clients",
+    "tasks": REPLAY_PREFIX + "rm_tasks",
+    "runs": REPLAY_PREFIX + "rm_task_runs",
+}
+"""`project()`'s tables in a replay: the scratch copies of `READ_MODELS`."""
 
 
 def _live_snapshot(store: EventStore) -> tuple[str, int]:
@@ -122,12 +128,7 @@ def _live_snapshot(store: EventStore) -> tuple[str, int]:
         )
         row = curs.fetchone()
         position = row["notification_id"] if row else 0
-
-        def query(sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-            curs.execute(sql, params)
-            return curs.fetchall()
-
-        return state_hash(query), position
+        return state_hash(curs), position
 
 
 def reset_read_models(store: EventStore) -> None:
