@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import IntegrityError, Tracking
 from taskengine_contracts.events import JobAdmitted, JobCancelled
 from taskengine_core.jobs import JobRef, advance
 from taskengine_store.store import Conflict, EventStore
@@ -90,3 +90,33 @@ def test_the_rest_of_a_commit_is_the_events_stored_after_a_position_in_its_trans
     assert store.rest_of_commit(before[0]) == []  # a commit of one, followed by another
     assert [p.position for p in store.rest_of_commit(after[0])] == after[1:]  # the newest
     assert store.rest_of_commit(after[-1] + 100) == []  # no such position
+
+
+CLAIM = "INSERT INTO drove_task_ids (client, source_app, task_id, job_id) VALUES (%s, %s, %s, %s)"
+
+
+def test_a_refused_claim_leaves_the_connection_fit_for_the_next_commit(database_url):
+    """A commit whose claim is refused (a name taken) fails alone: every commit after it on
+    the same connections succeeds. (With psycopg's prepared statements, a failure inside
+    eventsourcing's pipeline left the cache believing in a statement the server never kept:
+    about one fresh store in two then failed a later commit with `prepared statement
+    "_pg3_N" does not exist`, a 500 to the client.)"""
+    EventStore(database_url, create_tables=True).close()
+    numbers = iter(range(1, 1000))
+
+    def claimed(store: EventStore, task_id: str) -> None:
+        number = next(numbers)
+        claim = (CLAIM, ("c", "app", task_id, number))
+        store.commit([submitted(job_id=number)], None, [claim])
+
+    for round_ in range(8):  # fresh connections each round
+        store = EventStore(database_url, pool_size=1)
+        try:
+            claimed(store, f"first-{round_}")
+            for _ in range(5):
+                with pytest.raises(IntegrityError):
+                    claimed(store, f"first-{round_}")
+            for n in range(3):
+                claimed(store, f"fresh-{round_}-{n}")  # raised ProgrammingError before
+        finally:
+            store.close()

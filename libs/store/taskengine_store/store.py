@@ -81,7 +81,7 @@ class _Recorder(PostgresProcessRecorder):
     ) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
         for query, params in kwargs.get("statements", ()):
-            curs.execute(query, params, prepare=True)
+            curs.execute(query, params)
 
     def _insert_stored_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -97,7 +97,7 @@ class _Recorder(PostgresProcessRecorder):
             [e.topic for e in stored_events],
             [e.state for e in stored_events],
         )
-        curs.execute(self.insert_arrays, columns, prepare=True)
+        curs.execute(self.insert_arrays, columns)
 
 
 class EventStore:
@@ -115,6 +115,14 @@ class EventStore:
             max_overflow=pool_size,
             connect_timeout=10,
         )
+        # No server-side prepared statements. eventsourcing writes in pipeline mode, and after a
+        # statement in a pipeline fails (a claim refused: a name taken), psycopg may believe a
+        # statement prepared that the server never kept: the next commit on that connection
+        # fails with `prepared statement "_pg3_N" does not exist` (reproduced in
+        # tests/integration/test_store.py). Parsing each statement again costs far less
+        # than a commit's fsync.
+        assert isinstance(self.datastore.pool.kwargs, dict)
+        self.datastore.pool.kwargs["prepare_threshold"] = None
         self.recorder = _Recorder(self.datastore)
         self.observe_commit: Callable[[float], None] | None = None
         """Told each successful commit's duration in seconds (the service's metrics)."""
