@@ -105,6 +105,7 @@ def burst(system: Embedded) -> None:
         f"burst: {JOBS} noop jobs, {CONNECTIONS} connections, 2 cores, hop tracing {tracing}",
         flush=True,
     )
+    cpu_before = idle.cpu_by_name(system.supervisor)
     started = time.time()
     submitted = asyncio.run(submit_all(system.port, JOBS))
     submit_seconds = time.time() - started
@@ -118,9 +119,29 @@ def burst(system: Embedded) -> None:
         print(f"  submit -> ack      {percentiles([a - s for s, a in submitted.values()])}")
         print(f"  submit -> start    {percentiles([times[j][0] - submitted[j][0] for j in times])}")
         print(f"  submit -> complete {percentiles([times[j][1] - submitted[j][0] for j in times])}")
+        cpu_breakdown(cpu_before, idle.cpu_by_name(system.supervisor), elapsed)
         chain_breakdown(db, set(submitted))
     if HOPS:
         hop_breakdown(system.data_dir / "run", since=started)
+
+
+def cpu_breakdown(before: dict[str, float], after: dict[str, float], elapsed: float) -> None:
+    """Each component's CPU per job in the burst, and the jobs/s one instance of it could
+    carry with a core of its own at that cost (the scaling model's figure: which component
+    caps the system first, docs/architecture.md)."""
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    print(f"per component, CPU over the burst ({elapsed:.1f} s, 2 cores):")
+    for name, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
+        if seconds < 0.05:
+            continue
+        per_job = seconds / JOBS * 1000
+        share = seconds / elapsed * 100
+        print(
+            f"  {name.removeprefix('taskengine_'):<12} {per_job:6.3f} ms/job"
+            f"   {share:5.0f}% of a core   one core: {1000 / per_job:8.0f} jobs/s"
+        )
+    total = sum(used.values()) / JOBS * 1000
+    print(f"  {'all':<12} {total:6.3f} ms/job   2 cores: {2000 / total:8.0f} jobs/s at most")
 
 
 def chain_breakdown(db, jobs: set[int]) -> None:  # type: ignore[no-untyped-def]

@@ -52,9 +52,26 @@ def report(system: Embedded) -> None:
     print("  PSS by process: " + ", ".join(f"{n} {v / 2**20:.0f} MB" for n, v in largest))
 
 
+def cpu_by_name(supervisor: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each kind of process, summed over its
+    processes and their children: `taskengine_gateway`, `postgres`, `nats-server`, ..."""
+    used: dict[str, float] = {}
+    for process in processes(supervisor):
+        try:
+            times = process.cpu_times()
+            name = _name(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        used[name] = used.get(name, 0.0) + times.user + times.system
+    return used
+
+
 def _name(process: psutil.Process) -> str:
     """`taskengine_gateway`, `nats-server`, `postgres`, ...: what a reader would call it."""
     command = process.cmdline()
     if "-m" in command:
         return command[command.index("-m") + 1]
-    return process.name()
+    name = process.name()
+    if name.isdigit() and command:  # a process that renamed itself to a number
+        return command[0].rsplit("/", 1)[-1].split(":")[0]
+    return name
