@@ -6,9 +6,12 @@ lets them through. It is applied twice: to the URL when a client submits it (`re
 the address actually connected to (`outbound_client`): the connection goes to the address that
 was checked, so a name that resolves differently the second time (DNS rebinding) gets nowhere.
 
-`exchange` bounds one call as a whole: connect, headers and body within one deadline (httpx's
-own timeouts are per read, so a receiver sending a byte every few seconds would never trip
-them), and at most a small part of the body is read.
+`exchange` bounds one call as a whole: connect, headers and body within one deadline (a
+client's per-read timeouts alone would never trip on a receiver sending a byte every few
+seconds), and at most a small part of the body is read.
+
+The client is aiohttp's: on one core it takes about a tenth of the CPU time httpx takes per
+call (~0.1 ms against ~1.1 ms on loopback), and the notifier makes one call per delivery.
 
 Deliveries are signed the Standard Webhooks way: `webhook-id`, `webhook-timestamp` and
 `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">` with the client's secret.
@@ -18,23 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import hmac
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class Refused(httpx.ConnectError):
-    """The URL's host resolves to an address the guard does not allow."""
+class Refused(OSError):
+    """A connection to an address the guard does not allow (never attempted)."""
 
 
 def parse_allowlist(spec: str) -> list[Network]:
@@ -56,6 +60,10 @@ class OutboundGuard:
         return None
 
     async def resolve(self, host: str, port: int) -> list[Address]:
+        try:
+            return [ipaddress.ip_address(host)]  # an address already: nothing to look up
+        except ValueError:
+            pass
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
@@ -83,54 +91,72 @@ class OutboundGuard:
         return None
 
 
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves the host itself, checks every address, and connects to a checked one."""
+class _GuardResolver(AbstractResolver):
+    """Names are looked up the guard's way (the addresses it checks at submit time too)."""
 
     def __init__(self, guard: OutboundGuard):
         self.guard = guard
-        self.inner = httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            addresses = await self.guard.resolve(host, port)
-        except OSError as error:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {error}") from None
-        for address in addresses:
-            if refusal := self.guard.address_refusal(host, address):
-                raise httpcore.ConnectError(f"refused: {refusal}")
-        return await self.inner.connect_tcp(
-            str(addresses[0]), port, timeout, local_address, socket_options
-        )
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(address),
+                port=port,
+                family=socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for address in await self.guard.resolve(host, port)
+        ]
 
-    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("refused: unix sockets are not reachable from outside")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
+    async def close(self) -> None:
+        pass
 
 
-def outbound_client(guard: OutboundGuard, timeout: float = 10.0) -> httpx.AsyncClient:
-    """An HTTP client whose every connection goes through `guard` (no proxies, no redirects).
+def _guarded_socket(guard: OutboundGuard) -> Callable[[Any], socket.socket]:
+    """The connector's socket factory: it sees the very address a socket is about to connect
+    to (a name's or a literal's) and refuses one the guard does not allow."""
 
+    def open_socket(addr_info: Any) -> socket.socket:
+        family, kind, proto, _, sockaddr = addr_info
+        address = ipaddress.ip_address(sockaddr[0])
+        if guard.address_refusal(sockaddr[0], address):
+            raise Refused(errno.EACCES, f"refused: internal address {address}")
+        return socket.socket(family=family, type=kind, proto=proto)
+
+    return open_socket
+
+
+CONNECTIONS = 100
+"""Connections in use at once from one outbound client (the lanes bound each receiver)."""
+
+
+def outbound_client(guard: OutboundGuard, timeout: float = 10.0) -> aiohttp.ClientSession:
+    """An HTTP client whose every connection goes through `guard`: no proxies, no cookies, no
+    decompression (the response size cap counts the bytes on the wire).
+
+    Connections are kept alive and reused per receiver, at most `CONNECTIONS` in use at once.
     TLS still verifies the URL's host name: only the TCP connection is pinned to the address.
     """
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
-    # httpx has no public hook for name resolution; its pool takes a network backend.
-    transport._pool._network_backend = _GuardedBackend(guard)  # noqa: SLF001
-    return httpx.AsyncClient(
-        transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
+    connector = aiohttp.TCPConnector(
+        limit=CONNECTIONS,
+        resolver=_GuardResolver(guard),
+        socket_factory=_guarded_socket(guard),
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        trust_env=False,
     )
 
 
 async def exchange(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     method: str,
     url: str,
     *,
@@ -140,27 +166,24 @@ async def exchange(
     **kwargs: Any,
 ) -> tuple[int | None, str | None]:
     """(status, None) once the receiver answered within `deadline` seconds, else (status or
-    None, why not). At most `max_bytes` of the body are read: the rest is left unread (the
-    connection is dropped) and the answer counts by its status. With `guard`, a URL it refuses
-    is not called: (None, "refused: ..."). Never raises but cancellation.
+    None, why not). At most about `max_bytes` of the body are read: the rest is left unread
+    (the connection is dropped) and the answer counts by its status. With `guard`, a URL it
+    refuses is not called: (None, "refused: ..."). Redirects are not followed. Never raises
+    but cancellation.
     """
     status = None
     try:
         async with asyncio.timeout(deadline):
             if guard and (refusal := await guard.refusal(url)):
                 return None, f"refused: {refusal}"
-            async with client.stream(method, url, **kwargs) as response:
-                status = response.status_code
+            async with client.request(method, url, allow_redirects=False, **kwargs) as response:
+                status = response.status
                 received = 0
-                async for chunk in response.aiter_raw():
+                while received < max_bytes and (chunk := await response.content.readany()):
                     received += len(chunk)
-                    if received >= max_bytes:
-                        break
         return status, None
     except TimeoutError:
         return status, f"timeout: no complete answer within {deadline:g}s"
-    except httpx.TimeoutException as error:
-        return status, f"timeout: {type(error).__name__}: {error}"[:300]
     except Exception as error:  # whatever the URL or the receiver does, the call failed
         return status, f"{type(error).__name__}: {error}"[:300]
 

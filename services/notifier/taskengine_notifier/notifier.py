@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-import httpx
+import aiohttp
 import msgspec
 from eventsourcing.persistence import Tracking
 from taskengine_contracts import subjects
@@ -93,7 +93,7 @@ class Notifier:
     def __init__(
         self,
         runtime: Runtime,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         guard: OutboundGuard,
         lanes: HostLanes | None = None,
     ):
@@ -280,7 +280,7 @@ class Notifier:
             deadline=self.deadline,
             max_bytes=self.max_bytes,
             guard=self.guard,
-            content=delivery.body,
+            data=delivery.body,
             headers=self.headers(delivery),
         )
         if error is None and status is not None and status >= 300:

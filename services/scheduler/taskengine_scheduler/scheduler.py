@@ -24,7 +24,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-import httpx
+import aiohttp
 from eventsourcing.persistence import Tracking
 from taskengine_contracts import subjects
 from taskengine_contracts.events import (
@@ -167,7 +167,7 @@ class Scheduler:
         self,
         runtime: Runtime,
         duties: dict[str, bool],
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         fence: Statement | None = None,
     ):
         self.runtime = runtime
