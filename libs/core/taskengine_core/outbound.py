@@ -130,19 +130,35 @@ def _guarded_socket(guard: OutboundGuard) -> Callable[[Any], socket.socket]:
     return open_socket
 
 
-CONNECTIONS = 100
-"""Connections in use at once from one outbound client (the lanes bound each receiver)."""
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp bounds the connections in use (`limit`), not those kept open between calls: a
+    released connection is closed rather than kept when `idle` are kept already, so calls to
+    many receivers (a client's thousand ports) cannot pile up open sockets."""
+
+    def __init__(self, idle: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.idle = idle
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        kept = sum(len(connections) for connections in self._conns.values())
+        super()._release(key, protocol, should_close=should_close or kept >= self.idle)
 
 
-def outbound_client(guard: OutboundGuard, timeout: float = 10.0) -> aiohttp.ClientSession:
+def outbound_client(
+    guard: OutboundGuard, timeout: float = 10.0, connections: int = 100
+) -> aiohttp.ClientSession:
     """An HTTP client whose every connection goes through `guard`: no proxies, no cookies, no
     decompression (the response size cap counts the bytes on the wire).
 
-    Connections are kept alive and reused per receiver, at most `CONNECTIONS` in use at once.
+    At most `connections` are in use at once, the caller's own concurrency
+    (`outbound_concurrency`), so the pool is never the narrower bound that lets slow receivers
+    hold back others (the lanes bound each receiver); as many more are kept alive between calls
+    for the next call to the same receiver, each at most 15 s.
     TLS still verifies the URL's host name: only the TCP connection is pinned to the address.
     """
-    connector = aiohttp.TCPConnector(
-        limit=CONNECTIONS,
+    connector = _Connector(
+        idle=connections,
+        limit=connections,
         resolver=_GuardResolver(guard),
         socket_factory=_guarded_socket(guard),
     )

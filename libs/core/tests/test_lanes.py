@@ -109,6 +109,10 @@ def test_the_settings_shape_the_lanes():
     assert (lane.per_host, lane.failures, lane.cooldown) == (3, 2, 5.0)
     with pytest.raises(ValueError):
         EngineSettings(outbound_deadline=0)
+    # A few slow receivers must not take every call in flight: a lane is at most a quarter.
+    with pytest.raises(ValueError, match="at most a quarter"):
+        EngineSettings(outbound_per_host=65, outbound_concurrency=256)
+    assert EngineSettings(outbound_per_host=64, outbound_concurrency=256).outbound_per_host == 64
 
 
 async def test_waiting_calls_take_freed_slots_in_the_order_they_came():

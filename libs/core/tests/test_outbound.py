@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -157,3 +158,38 @@ async def test_a_refused_url_is_not_called():
             )
     assert status is None and error is not None and error.startswith("refused: 127.0.0.1")
     assert receiver.connections == 0
+
+
+async def test_connections_kept_between_calls_are_bounded_however_many_receivers():
+    open_now = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now
+        open_now += 1
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            open_now -= 1
+            writer.close()
+
+    servers = [await asyncio.start_server(answer, "127.0.0.1", 0) for _ in range(12)]
+    guard = OutboundGuard(parse_allowlist("127.0.0.0/8"))
+    try:
+        async with outbound_client(guard, connections=4) as client:
+            for server in servers * 2:
+                port = server.sockets[0].getsockname()[1]
+                url = f"http://127.0.0.1:{port}/hook"
+                assert await exchange(client, "POST", url, deadline=5, max_bytes=1) == (204, None)
+            await asyncio.sleep(0.1)  # the receivers see the connections closed
+            assert open_now <= 4  # kept alive for the next call: no more than it may use at once
+            port = servers[0].sockets[0].getsockname()[1]
+            before = open_now
+            await exchange(client, "POST", f"http://127.0.0.1:{port}/", deadline=5, max_bytes=1)
+            assert open_now == before  # the first receiver's connection was kept and reused
+    finally:
+        for server in servers:
+            server.close()
