@@ -2,9 +2,11 @@
 
 Such a URL may point inside the network the engine runs in (SSRF). `OutboundGuard` refuses
 loopback, private, link-local and other non-global addresses unless an allowlist of networks
-lets them through. It is applied twice: to the URL when a client submits it (`refusal`), and to
-the address actually connected to (`outbound_client`): the connection goes to the address that
-was checked, so a name that resolves differently the second time (DNS rebinding) gets nowhere.
+lets them through. It is applied twice: to the URL when a client submits it (`refusal`), and at
+every connection (`outbound_client`): the client's resolver refuses a name resolving to an
+address not allowed, and each socket's address is checked before it connects, so a name that
+resolves differently the second time (DNS rebinding) gets nowhere. A call looks no name up of
+its own: the client keeps what it resolved for 10 s and reuses connections.
 
 `exchange` bounds one call as a whole: connect, headers and body within one deadline (a
 client's per-read timeouts alone would never trip on a receiver sending a byte every few
@@ -67,22 +69,35 @@ class OutboundGuard:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
-    async def refusal(self, url: str, unresolvable_ok: bool = False) -> str | None:
-        """Why `url` may not be called, or None when every address it resolves to is allowed.
-
-        `unresolvable_ok`: a name that does not resolve now is not refused (at submit time a
-        DNS hiccup must not reject a job; delivery checks again).
-        """
+    def url_refusal(self, url: str) -> str | None:
+        """Why `url` may not be called, judged without looking a name up: it is no http(s)
+        URL, or the address written in it is not allowed."""
         try:
             parts = urlsplit(url)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
+            parts.port  # noqa: B018  (raises on a port out of range)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 return f"not an http(s) URL: {url}"
             parts.hostname.encode("idna")
         except (ValueError, UnicodeError) as error:
             return f"not a valid URL: {url} ({error})"
         try:
-            addresses = await self.resolve(parts.hostname, port)
+            address = ipaddress.ip_address(parts.hostname)
+        except ValueError:
+            return None  # a name: see `refusal`, and the client's resolver at every connection
+        return self.address_refusal(parts.hostname, address)
+
+    async def refusal(self, url: str, unresolvable_ok: bool = False) -> str | None:
+        """Why `url` may not be called, or None when every address it resolves to is allowed.
+
+        `unresolvable_ok`: a name that does not resolve now is not refused (at submit time a
+        DNS hiccup must not reject a job; delivery checks again).
+        """
+        if refusal := self.url_refusal(url):
+            return refusal
+        parts = urlsplit(url)
+        assert parts.hostname
+        try:
+            addresses = await self.resolve(parts.hostname, parts.port or _PORTS[parts.scheme])
         except (OSError, UnicodeError) as error:
             return None if unresolvable_ok else f"cannot resolve {parts.hostname}: {error}"
         for address in addresses:
@@ -91,8 +106,13 @@ class OutboundGuard:
         return None
 
 
+_PORTS = {"http": 80, "https": 443}
+
+
 class _GuardResolver(AbstractResolver):
-    """Names are looked up the guard's way (the addresses it checks at submit time too)."""
+    """Looks names up the guard's way and refuses one that resolves to an address the guard
+    does not allow (as `refusal` does at submit time). The client keeps what it resolved for
+    10 s and reuses connections, so a delivery costs no lookup of its own."""
 
     def __init__(self, guard: OutboundGuard):
         self.guard = guard
@@ -100,6 +120,13 @@ class _GuardResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
+        try:
+            addresses = await self.guard.resolve(host, port)
+        except (OSError, UnicodeError) as error:
+            raise Refused(errno.EHOSTUNREACH, f"refused: cannot resolve {host}: {error}") from None
+        for address in addresses:
+            if refusal := self.guard.address_refusal(host, address):
+                raise Refused(errno.EACCES, f"refused: {refusal}")
         return [
             ResolveResult(
                 hostname=host,
@@ -109,7 +136,7 @@ class _GuardResolver(AbstractResolver):
                 proto=0,
                 flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
             )
-            for address in await self.guard.resolve(host, port)
+            for address in addresses
         ]
 
     async def close(self) -> None:
@@ -183,14 +210,15 @@ async def exchange(
 ) -> tuple[int | None, str | None]:
     """(status, None) once the receiver answered within `deadline` seconds, else (status or
     None, why not). At most about `max_bytes` of the body are read: the rest is left unread
-    (the connection is dropped) and the answer counts by its status. With `guard`, a URL it
-    refuses is not called: (None, "refused: ..."). Redirects are not followed. Never raises
-    but cancellation.
+    (the connection is dropped) and the answer counts by its status. A URL the guard refuses
+    is not called: (None, "refused: ..."), judged by `guard.url_refusal` (when given) and, for
+    a name, by the client's resolver. Redirects are not followed. Never raises but
+    cancellation.
     """
     status = None
     try:
         async with asyncio.timeout(deadline):
-            if guard and (refusal := await guard.refusal(url)):
+            if guard and (refusal := guard.url_refusal(url)):
                 return None, f"refused: {refusal}"
             async with client.request(method, url, allow_redirects=False, **kwargs) as response:
                 status = response.status
@@ -200,6 +228,10 @@ async def exchange(
         return status, None
     except TimeoutError:
         return status, f"timeout: no complete answer within {deadline:g}s"
+    except aiohttp.ClientConnectorError as error:
+        if isinstance(error.os_error, Refused):
+            return None, str(error.os_error.strerror)
+        return status, f"{type(error).__name__}: {error}"[:300]
     except Exception as error:  # whatever the URL or the receiver does, the call failed
         return status, f"{type(error).__name__}: {error}"[:300]
 

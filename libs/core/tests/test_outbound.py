@@ -21,6 +21,7 @@ from taskengine_core.outbound import (
 )
 
 from tests.support.hostile import HostileReceiver
+from tests.support.receiver import CallbackReceiver
 
 
 @pytest.mark.parametrize(
@@ -193,3 +194,36 @@ async def test_connections_kept_between_calls_are_bounded_however_many_receivers
     finally:
         for server in servers:
             server.close()
+
+
+class _Counting(OutboundGuard):
+    """Resolves every name to loopback, counting the lookups."""
+
+    def __init__(self, allowlist: str = "") -> None:
+        super().__init__(parse_allowlist(allowlist))
+        self.lookups = 0
+
+    async def resolve(self, host, port):
+        self.lookups += 1
+        return await super().resolve("127.0.0.1", port)
+
+
+async def test_a_name_is_refused_where_it_is_looked_up_and_not_looked_up_per_call():
+    with CallbackReceiver() as receiver:
+        url = receiver.url.replace("127.0.0.1", "hooks.example")
+        refusing = _Counting()
+        async with outbound_client(refusing) as client:
+            status, error = await exchange(
+                client, "POST", url, deadline=5, max_bytes=1, data=b"{}", guard=refusing
+            )
+        assert status is None
+        assert error == "refused: hooks.example resolves to internal address 127.0.0.1"
+        assert receiver.received == []
+        allowing = _Counting("127.0.0.0/8")
+        async with outbound_client(allowing) as client:
+            for _ in range(3):
+                assert await exchange(
+                    client, "POST", url, deadline=5, max_bytes=64, data=b"{}", guard=allowing
+                ) == (200, None)
+        assert allowing.lookups == 1  # the client keeps what it resolved
+        assert len(receiver.received) == 3
