@@ -8,8 +8,9 @@ default), then, in one sitting:
   keep-alive connections, and reads submit/start/complete times back from the event store;
 - replay: `taskengine replay` of every read model from position 0, in events/s;
 - paced: 200 and then 500 jobs/s for 10 s each, submit ack and enqueue → start (`paced`);
-- callbacks: deliveries/s to a fast loopback receiver, alone and beside a slow one
-  (`callbacks`);
+- callbacks: deliveries/s to a fast loopback receiver, alone and beside a slow one, with one
+  callback URL a job and with ten (the notifier's own rate) (`callbacks`; on its own:
+  `python -m tests.bench.callbacks`);
 - lists: a list query (`GET /jobs`) alone and right after a write: what waiting for the read
   models to hold the write (`TASKENGINE_READ_WAIT`) costs a list.
 

@@ -4,7 +4,16 @@ job has one callback URL and gets two callbacks (its start and its end); the slo
 listens on another port (a receiver is a scheme, host and port: each has its own lane).
 Prints deliveries/s from the first delivery to the last, and how long after the last job
 ended its last callback arrived (a backlog shows there). Target: ≥ 2,000 deliveries/s,
-within 10% of that beside a slow receiver."""
+within 10% of that beside a slow receiver.
+
+With one URL a job, deliveries come no faster than twice the rate jobs run at: once the
+notifier keeps up (its last callback close after the last job), those rows measure the
+engine's job rate. The rows `URLS URLs a job` give each job that many callback URLs on the
+fast receiver (each its own line: a job's deliveries to one URL go in order), so deliveries
+come faster than the notifier can send them and the rate is the notifier's own.
+
+On its own, on a fresh embedded system: `.venv/bin/python -m tests.bench.callbacks`
+(`BENCH_PER_HOST=8` there sets `TASKENGINE_OUTBOUND_PER_HOST`, to compare lane widths)."""
 
 from __future__ import annotations
 
@@ -19,10 +28,11 @@ import httpx
 import psycopg
 from taskengine_embedded import free_port
 
-from tests.bench.embedded import CONNECTIONS, Connection, Embedded, wait_for_completion
+from tests.bench.embedded import CONNECTIONS, Connection, Embedded, embedded, wait_for_completion
 
 JOBS = int(os.environ.get("BENCH_CALLBACK_JOBS", "1000"))
 SLOW_JOBS = 50
+URLS = 10
 
 
 async def submit(port: int, urls: list[str], count: int) -> set[int]:
@@ -56,15 +66,22 @@ def report(system: Embedded) -> None:
         base, slow_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{slow_port}"
         _wait_listening(base)
         print(f"callbacks: {JOBS} noop jobs, one callback URL each (2 callbacks a job), loopback")
-        for label, slow in (("alone", False), ("beside a slow receiver", True)):
-            name = f"fast{int(slow)}"
-            if slow:
+        rows = (
+            ("alone", False, 1, JOBS),
+            (f"  {URLS} URLs a job", False, URLS, JOBS // URLS),
+            ("beside a slow receiver", True, 1, JOBS),
+            (f"  {URLS} URLs a job", True, URLS, JOBS // URLS),
+        )
+        for n, (label, slow, urls, count) in enumerate(rows):
+            name = f"fast{n}"
+            if slow and urls == 1:  # it stays busy for both rows beside it (~15 s)
                 asyncio.run(submit(system.port, [f"{slow_base}/slow"], SLOW_JOBS))
-            jobs = asyncio.run(submit(system.port, [f"{base}/{name}"], JOBS))
+            endpoints = [f"{base}/{name}/{u}" for u in range(urls)]
+            jobs = asyncio.run(submit(system.port, endpoints, count))
             with psycopg.connect(system.endpoints["database_url"]) as db:
                 ended = wait_for_completion(db, jobs, deadline=time.monotonic() + 300)
             last_end = max(done for _, done in ended.values())
-            counts = _wait_count(base, name, 2 * JOBS, timeout=300)
+            counts = _wait_count(base, name, 2 * urls * count, timeout=300)
             span = counts["last"] - counts["first"]
             rate = (counts["n"] - 1) / span if span > 0 else float("inf")
             behind = counts["last"] - last_end
@@ -96,3 +113,17 @@ def _wait_count(base: str, name: str, expected: int, timeout: float) -> dict:
         if counts["n"] >= expected or time.monotonic() > deadline:
             return counts
         time.sleep(0.2)
+
+
+def main() -> int:
+    settings = {"TASKENGINE_CALLBACK_ALLOWLIST": "127.0.0.0/8"}
+    if per_host := os.environ.get("BENCH_PER_HOST"):
+        settings["TASKENGINE_OUTBOUND_PER_HOST"] = per_host
+    with embedded("te-bench-callbacks-", **settings) as system:
+        system.setting("max_jobs", 10_000)
+        report(system)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,6 +22,8 @@ from tests.support.system import ADMIN, OTHER, System
 from tests.support.waiting import wait_until
 
 DEADLINE = 2  # seconds: the system's outbound_deadline here, so A's attempts end quickly
+PER_HOST = 8  # the system's outbound_per_host: few enough for A's jobs to fill the lanes
+# before their first attempts time out and the breakers hold A's receivers back
 EXPECTED = [("start", None), ("start", 1), ("complete", 1), ("complete", None)]
 """A job's callbacks, in order: its start, its step's start and completion, its end."""
 
@@ -33,7 +35,11 @@ def system(postgres_url):
     try:
         with nats_server(root) as nats_url:
             system = System(
-                root, nats_url, database_url, TASKENGINE_OUTBOUND_DEADLINE=str(DEADLINE)
+                root,
+                nats_url,
+                database_url,
+                TASKENGINE_OUTBOUND_DEADLINE=str(DEADLINE),
+                TASKENGINE_OUTBOUND_PER_HOST=str(PER_HOST),
             )
             try:
                 yield system.start(timeout=180)  # a busy machine can take long to start it
@@ -60,10 +66,10 @@ def test_hostile_receivers_delay_only_their_own_clients_callbacks(system):
         system.client(OTHER) as b,
     ):
         hostile = [drip.url, silent.url, huge.url]
-        # More of A's jobs than a receiver's lane holds (outbound_per_host, 8).
-        a_jobs = [submit(a, parameters={"rest_endpoints": hostile}) for _ in range(10)]
+        # More of A's jobs than a receiver's lane holds.
+        a_jobs = [submit(a, parameters={"rest_endpoints": hostile}) for _ in range(PER_HOST + 2)]
         wait_until(
-            lambda: drip.connections >= 8 and silent.connections >= 8,
+            lambda: drip.connections >= PER_HOST and silent.connections >= PER_HOST,
             what="A's callbacks to hang in the drip and silent receivers",
         )
 

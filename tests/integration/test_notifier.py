@@ -111,3 +111,37 @@ def test_a_jobs_callbacks_to_a_url_keep_their_order_across_retries(services):
         receiver.status = 200
         wait_until(lambda: len(receiver.received) == 2, timeout=20, what="both callbacks")
     assert [body["event"] for body in receiver.received] == ["start", "complete"]
+
+
+def test_each_jobs_callbacks_to_each_url_keep_their_order_with_the_lane_full(services):
+    # Many lines (a job and one of its URLs) to one receiver, its lane full all along: calls
+    # run side by side, yet each line's callbacks arrive one after the other, in order.
+    services.start("relay", "notifier")
+    with CallbackReceiver() as receiver:
+        receiver.delay = 0.02
+        urls = [f"{receiver.url}?to={n}" for n in range(3)]
+        jobs = [submitted(callbacks=urls) for _ in range(20)]
+        services.store.commit(jobs)
+        services.store.commit([started(job, urls) for job in jobs])
+        services.store.commit(
+            [
+                JobSucceeded(
+                    id=job.id,
+                    version=4,
+                    at=job.at,
+                    job_id=job.job_id,
+                    client=job.client,
+                    workflow=job.workflow,
+                    attempt=1,
+                    callbacks=urls,
+                )
+                for job in jobs
+            ]
+        )
+        expected = 2 * len(urls) * len(jobs)
+        wait_until(lambda: len(receiver.received) == expected, timeout=90, what="every callback")
+    lines: dict[tuple[int, str], list[str]] = {}
+    for body, path in zip(receiver.received, receiver.paths, strict=True):
+        lines.setdefault((body["job_id"], path), []).append(body["event"])
+    assert len(lines) == len(jobs) * len(urls)
+    assert all(events == ["start", "complete"] for events in lines.values()), lines

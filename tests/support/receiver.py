@@ -23,21 +23,29 @@ class CallbackReceiver:
         self.received: list[dict] = []
         self.headers: list[dict] = []
         self.raw: list[bytes] = []
+        self.paths: list[str] = []
+        """The path (and query) each recorded POST went to."""
         self.arrived: list[float] = []
         """When each recorded POST arrived (time.time()), to measure delivery latency."""
         self.status = 200
+        self.delay = 0.0
+        """Seconds each POST takes to answer (after it is recorded)."""
         self.gate = 200
         self.checks = 0
+        self.recording = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 if receiver.status < 300:
-                    receiver.arrived.append(time.time())
-                    receiver.received.append(json.loads(body))
-                    receiver.headers.append(dict(self.headers))
-                    receiver.raw.append(body)
+                    with receiver.recording:  # the lists stay aligned with POSTs side by side
+                        receiver.arrived.append(time.time())
+                        receiver.received.append(json.loads(body))
+                        receiver.headers.append(dict(self.headers))
+                        receiver.raw.append(body)
+                        receiver.paths.append(self.path)
+                time.sleep(receiver.delay)
                 self.send_response(receiver.status)
                 self.end_headers()
 

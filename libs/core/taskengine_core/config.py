@@ -67,10 +67,19 @@ class EngineSettings(BaseSettings):
         " dropped unread and the answer counts by its status",
     )
     outbound_per_host: int = Field(
-        default=8,
+        default=32,
         ge=1,
+        le=1024,
         description="calls in flight at once to one receiver (scheme, host and port), so a slow"
-        " receiver cannot take the notifier's or scheduler's whole concurrency",
+        " receiver cannot take the notifier's or scheduler's whole concurrency"
+        " (outbound_concurrency): at most a quarter of it",
+    )
+    outbound_concurrency: int = Field(
+        default=256,
+        ge=4,
+        le=4096,
+        description="calls in flight at once from the notifier, and from the scheduler, over all"
+        " receivers (each call an open connection)",
     )
     outbound_breaker_failures: int = Field(
         default=5,
@@ -317,6 +326,15 @@ class EngineSettings(BaseSettings):
         if self.nats_tls_ca:
             options["tls"] = ssl.create_default_context(cafile=self.nats_tls_ca)
         return options
+
+    @model_validator(mode="after")
+    def _lanes_within_the_concurrency(self) -> EngineSettings:
+        if self.outbound_per_host * 4 > self.outbound_concurrency:
+            raise ValueError(
+                "outbound_per_host may be at most a quarter of outbound_concurrency: a few slow"
+                " receivers must not take every call in flight"
+            )
+        return self
 
     @model_validator(mode="after")
     def _workflows_in_data_dir(self) -> EngineSettings:

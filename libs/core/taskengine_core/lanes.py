@@ -6,7 +6,9 @@ a circuit breaker: after `failures` failed calls in a row (errors, timeouts, 5xx
 held back for `cooldown` seconds; then one call probes it (half-open). A probe that succeeds
 closes the breaker; one that fails holds the receiver back again, twice as long each time up to
 `max_cooldown`. The decisions are plain and clocked from outside, so they are tested without
-sleeping; `acquire` is the one async part (waiting for a free slot).
+sleeping; `acquire` is the one async part (waiting for a free slot). Callers waiting for a
+receiver queue up in order and a freed slot wakes one of them, not all: thousands of calls
+queued behind a busy receiver cost nothing while they wait.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -39,7 +42,8 @@ class _Receiver:
     open_until: float = -math.inf
     cooldown: float = 0.0
     probing: bool = False
-    freed: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    """Calls waiting for a slot, in the order they came."""
 
 
 class HostLanes:
@@ -85,25 +89,39 @@ class HostLanes:
         receiver = self._receiver(host)
         receiver.in_flight -= 1
         probe, receiver.probing = receiver.probing, False
-        receiver.freed.set()
-        receiver.freed = asyncio.Event()
-        if ok:
-            reopened = receiver.failures >= self.failures
-            receiver.failures, receiver.cooldown = 0, self.cooldown
-            receiver.open_until = -math.inf
-            if receiver.in_flight == 0:
-                del self.receivers[host]  # nothing left to remember
-            return f"{host} answers again: calls to it resume" if reopened else None
-        receiver.failures += 1
-        if probe or receiver.failures == self.failures:
-            if probe:
-                receiver.cooldown = min(receiver.cooldown * 2, self.max_cooldown)
-            receiver.open_until = self.clock() + receiver.cooldown
-            return (
-                f"{host} failed {receiver.failures} times in a row: calls to it wait"
-                f" {receiver.cooldown:g}s, then one probes it"
-            )
-        return None
+        try:
+            if ok:
+                reopened = receiver.failures >= self.failures
+                receiver.failures, receiver.cooldown = 0, self.cooldown
+                receiver.open_until = -math.inf
+                if receiver.in_flight == 0 and not receiver.waiters:
+                    del self.receivers[host]  # nothing left to remember
+                return f"{host} answers again: calls to it resume" if reopened else None
+            receiver.failures += 1
+            if probe or receiver.failures == self.failures:
+                if probe:
+                    receiver.cooldown = min(receiver.cooldown * 2, self.max_cooldown)
+                receiver.open_until = self.clock() + receiver.cooldown
+                return (
+                    f"{host} failed {receiver.failures} times in a row: calls to it wait"
+                    f" {receiver.cooldown:g}s, then one probes it"
+                )
+            return None
+        finally:
+            self._wake(host)
+
+    def _wake(self, host: str) -> None:
+        """Wakes the first call waiting for `host`, unless it still has no room for it. Each
+        woken call passes the wake on once it took its slot or learnt that the breaker is open,
+        so free slots and an open breaker reach every waiting call, one after the other."""
+        receiver = self.receivers.get(host)
+        if receiver is None or not receiver.waiters or self.wait(host) == math.inf:
+            return
+        while receiver.waiters:
+            waiter = receiver.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def held_back(self, host: str) -> bool:
         """Whether `host`'s breaker is open or probing (calls to it wait)."""
@@ -113,11 +131,26 @@ class HostLanes:
     async def acquire(self, host: str) -> float | None:
         """Waits for a slot to `host` and takes it (None), unless its breaker is open: then
         returns the seconds until it half-opens, without taking a slot."""
+        woken = False
         while (wait := self.wait(host)) is not None:
             if wait != math.inf:
+                self._wake(host)
                 return wait
-            await self._receiver(host).freed.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            waiters = self._receiver(host).waiters
+            if woken:  # woken, but another call took the slot first: still first in the queue
+                waiters.appendleft(waiter)
+            else:
+                waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake(host)  # woken but leaving: the next one goes instead
+                raise
+            woken = True
         self.start(host)
+        self._wake(host)
         return None
 
 

@@ -109,3 +109,63 @@ def test_the_settings_shape_the_lanes():
     assert (lane.per_host, lane.failures, lane.cooldown) == (3, 2, 5.0)
     with pytest.raises(ValueError):
         EngineSettings(outbound_deadline=0)
+    # A few slow receivers must not take every call in flight: a lane is at most a quarter.
+    with pytest.raises(ValueError, match="at most a quarter"):
+        EngineSettings(outbound_per_host=65, outbound_concurrency=256)
+    assert EngineSettings(outbound_per_host=64, outbound_concurrency=256).outbound_per_host == 64
+
+
+async def test_waiting_calls_take_freed_slots_in_the_order_they_came():
+    lane = lanes(Clock(), per_host=2)
+    for _ in range(2):
+        assert await lane.acquire(A) is None
+    order: list[int] = []
+
+    async def call(n: int) -> None:
+        assert await lane.acquire(A) is None
+        order.append(n)
+
+    waiting = [asyncio.create_task(call(n)) for n in range(5)]
+    await asyncio.sleep(0.01)
+    assert order == []
+    lane.finish(A, ok=True)
+    await asyncio.sleep(0.01)
+    assert order == [0]  # one slot freed: one call goes, the others keep waiting
+    assert lane.receivers[A].in_flight == 2
+    for _ in range(4):
+        lane.finish(A, ok=True)
+        await asyncio.sleep(0.01)
+    assert order == [0, 1, 2, 3, 4]
+    await asyncio.gather(*waiting)
+
+
+async def test_an_open_breaker_reaches_every_waiting_call_and_a_closed_one_fills_the_lane():
+    clock = Clock()
+    lane = lanes(clock, per_host=3, failures=1)
+    for _ in range(3):
+        assert await lane.acquire(A) is None
+    waiting = [asyncio.create_task(lane.acquire(A)) for _ in range(4)]
+    await asyncio.sleep(0.01)
+    lane.finish(A, ok=False)  # the breaker opens: none of them may go
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 1) == [5, 5, 5, 5]
+    for _ in range(2):
+        lane.finish(A, ok=False)
+    clock.now += 5
+    assert await lane.acquire(A) is None  # the probe
+    waiting = [asyncio.create_task(lane.acquire(A)) for _ in range(4)]
+    await asyncio.sleep(0.01)
+    assert not any(w.done() for w in waiting)  # the others wait for the probe's outcome
+    lane.finish(A, ok=True)  # it answered: the lane's three slots fill at once
+    await asyncio.sleep(0.01)
+    assert sum(w.done() for w in waiting) == 3 and lane.receivers[A].in_flight == 3
+
+
+async def test_a_cancelled_waiting_call_gives_its_turn_to_the_next():
+    lane = lanes(Clock(), per_host=1)
+    assert await lane.acquire(A) is None
+    first, second = (asyncio.create_task(lane.acquire(A)) for _ in range(2))
+    await asyncio.sleep(0.01)
+    lane.finish(A, ok=True)  # wakes the first, which is cancelled before it runs
+    first.cancel()
+    assert await asyncio.wait_for(second, 1) is None
+    assert lane.receivers[A].in_flight == 1

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
 from datetime import UTC, datetime
 
-import httpx
+import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from taskengine_core.outbound import (
@@ -20,6 +21,7 @@ from taskengine_core.outbound import (
 )
 
 from tests.support.hostile import HostileReceiver
+from tests.support.receiver import CallbackReceiver
 
 
 @pytest.mark.parametrize(
@@ -69,12 +71,15 @@ async def test_the_client_checks_the_address_it_connects_to():
         listener.listen()
         port = listener.getsockname()[1]
         async with outbound_client(_Rebinding()) as client:
-            with pytest.raises(httpx.ConnectError, match="internal address 127.0.0.1"):
+            with pytest.raises(aiohttp.ClientConnectorError, match="internal address 127.0.0.1"):
                 await client.get(f"http://public.example:{port}/")
+            # An address in the URL is checked just the same (no name to resolve).
+            with pytest.raises(aiohttp.ClientConnectorError, match="internal address 127.0.0.1"):
+                await client.get(f"http://127.0.0.1:{port}/")
         allowed = _Rebinding(parse_allowlist("127.0.0.0/8"))
         async with outbound_client(allowed, timeout=0.5) as client:
             # Allowed: it connects (and times out waiting, since the listener never answers).
-            with pytest.raises(httpx.ReadTimeout):
+            with pytest.raises(TimeoutError):
                 await client.get(f"http://public.example:{port}/")
 
 
@@ -110,7 +115,7 @@ async def test_a_receiver_dripping_its_answer_is_cut_off_at_the_deadline():
         async with outbound_client(guard) as client:  # per-read timeouts alone never trip
             started = time.monotonic()
             status, error = await exchange(
-                client, "POST", receiver.url, deadline=1.0, max_bytes=65536, content=b"{}"
+                client, "POST", receiver.url, deadline=1.0, max_bytes=65536, data=b"{}"
             )
     assert time.monotonic() - started < 5
     assert error == "timeout: no complete answer within 1s" and status is None
@@ -126,31 +131,19 @@ async def test_a_receiver_that_never_answers_is_a_timeout():
     assert status is None and error is not None and error.startswith("timeout")
 
 
-async def test_only_the_first_bytes_of_a_huge_answer_are_read():
+async def test_only_the_first_bytes_of_a_huge_answer_are_read(monkeypatch):
     guard = OutboundGuard(parse_allowlist("127.0.0.0/8"))
+    read: list[int] = []
+    original = aiohttp.StreamReader.readany
+
+    async def counting(self):  # type: ignore[no-untyped-def]  (counts what the caller reads)
+        chunk = await original(self)
+        read.append(len(chunk))
+        return chunk
+
+    monkeypatch.setattr(aiohttp.StreamReader, "readany", counting)
     with HostileReceiver("huge", size=10 * 1024 * 1024) as receiver:
         async with outbound_client(guard) as client:
-            read: list[int] = []
-            transport = client._transport  # noqa: SLF001  (counts what the client reads)
-            original = transport.handle_async_request
-
-            async def counting(request):  # type: ignore[no-untyped-def]
-                response = await original(request)
-                inner = response.stream
-
-                class Counted(httpx.AsyncByteStream):
-                    async def __aiter__(self):  # type: ignore[no-untyped-def]
-                        async for chunk in inner:
-                            read.append(len(chunk))
-                            yield chunk
-
-                    async def aclose(self) -> None:
-                        await inner.aclose()
-
-                response.stream = Counted()
-                return response
-
-            transport.handle_async_request = counting  # type: ignore[method-assign]
             status, error = await exchange(
                 client, "GET", receiver.url, deadline=5.0, max_bytes=65536
             )
@@ -166,3 +159,71 @@ async def test_a_refused_url_is_not_called():
             )
     assert status is None and error is not None and error.startswith("refused: 127.0.0.1")
     assert receiver.connections == 0
+
+
+async def test_connections_kept_between_calls_are_bounded_however_many_receivers():
+    open_now = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now
+        open_now += 1
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            open_now -= 1
+            writer.close()
+
+    servers = [await asyncio.start_server(answer, "127.0.0.1", 0) for _ in range(12)]
+    guard = OutboundGuard(parse_allowlist("127.0.0.0/8"))
+    try:
+        async with outbound_client(guard, connections=4) as client:
+            for server in servers * 2:
+                port = server.sockets[0].getsockname()[1]
+                url = f"http://127.0.0.1:{port}/hook"
+                assert await exchange(client, "POST", url, deadline=5, max_bytes=1) == (204, None)
+            await asyncio.sleep(0.1)  # the receivers see the connections closed
+            assert open_now <= 4  # kept alive for the next call: no more than it may use at once
+            port = servers[0].sockets[0].getsockname()[1]
+            before = open_now
+            await exchange(client, "POST", f"http://127.0.0.1:{port}/", deadline=5, max_bytes=1)
+            assert open_now == before  # the first receiver's connection was kept and reused
+    finally:
+        for server in servers:
+            server.close()
+
+
+class _Counting(OutboundGuard):
+    """Resolves every name to loopback, counting the lookups."""
+
+    def __init__(self, allowlist: str = "") -> None:
+        super().__init__(parse_allowlist(allowlist))
+        self.lookups = 0
+
+    async def resolve(self, host, port):
+        self.lookups += 1
+        return await super().resolve("127.0.0.1", port)
+
+
+async def test_a_name_is_refused_where_it_is_looked_up_and_not_looked_up_per_call():
+    with CallbackReceiver() as receiver:
+        url = receiver.url.replace("127.0.0.1", "hooks.example")
+        refusing = _Counting()
+        async with outbound_client(refusing) as client:
+            status, error = await exchange(
+                client, "POST", url, deadline=5, max_bytes=1, data=b"{}", guard=refusing
+            )
+        assert status is None
+        assert error == "refused: hooks.example resolves to internal address 127.0.0.1"
+        assert receiver.received == []
+        allowing = _Counting("127.0.0.0/8")
+        async with outbound_client(allowing) as client:
+            for _ in range(3):
+                assert await exchange(
+                    client, "POST", url, deadline=5, max_bytes=64, data=b"{}", guard=allowing
+                ) == (200, None)
+        assert allowing.lookups == 1  # the client keeps what it resolved
+        assert len(receiver.received) == 3

@@ -8,10 +8,10 @@ Failed attempts are retried with exponential backoff. Every delivery is signed (
 Webhooks) with the job's client's secret, and goes only to addresses the guard allows.
 
 Each attempt is bounded as a whole (`outbound_deadline`, `outbound_max_response_bytes`) and runs
-in its receiver's lane (`taskengine_core.lanes`): a few at once per receiver, and a breaker that
-holds back a receiver failing again and again, so a slow or dead receiver delays only its own
-deliveries. A job's deliveries to one URL go one at a time and in order: the next waits until
-the one before is delivered or given up.
+in its receiver's lane (`taskengine_core.lanes`): `outbound_per_host` at once per receiver, of
+`outbound_concurrency` in all, and a breaker that holds back a receiver failing again and again,
+so a slow or dead receiver delays only its own deliveries. A job's deliveries to one URL go one
+at a time and in order: the next waits until the one before is delivered or given up.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-import httpx
+import aiohttp
 import msgspec
 from eventsourcing.persistence import Tracking
 from taskengine_contracts import subjects
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 NAME = "notifier"
 MAX_ATTEMPTS = 10
 MAX_BACKOFF = 60.0
-CONCURRENCY = 64
 
 _INSERT = (
     "INSERT INTO notifier_deliveries (id, job_id, url, event, body, attempts, next_at)"
@@ -93,7 +92,7 @@ class Notifier:
     def __init__(
         self,
         runtime: Runtime,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         guard: OutboundGuard,
         lanes: HostLanes | None = None,
     ):
@@ -104,7 +103,7 @@ class Notifier:
         self.lanes = lanes or lanes_from(config)
         self.deadline = config.outbound_deadline
         self.max_bytes = config.outbound_max_response_bytes
-        self.room = asyncio.Semaphore(CONCURRENCY)
+        self.room = asyncio.Semaphore(config.outbound_concurrency)
         self.lines: dict[Line, deque[Delivery]] = {}
         """Deliveries not yet delivered or given up, per job and URL, in the order due."""
         self.due: list[Delivery] = []
@@ -280,7 +279,7 @@ class Notifier:
             deadline=self.deadline,
             max_bytes=self.max_bytes,
             guard=self.guard,
-            content=delivery.body,
+            data=delivery.body,
             headers=self.headers(delivery),
         )
         if error is None and status is not None and status >= 300:
@@ -353,7 +352,10 @@ async def notifier(runtime: Runtime) -> None:
     if not runtime.config.webhook_key:
         raise SystemExit("notifier: TASKENGINE_WEBHOOK_KEY is not set; callbacks must be signed")
     guard = OutboundGuard(parse_allowlist(runtime.config.callback_allowlist))
-    async with outbound_client(guard, runtime.config.outbound_deadline) as client:
+    config = runtime.config
+    async with outbound_client(
+        guard, config.outbound_deadline, config.outbound_concurrency
+    ) as client:
         service = Notifier(runtime, client, guard)
         runtime.working = service.pending
         rows = await runtime.call(runtime.store.query, "SELECT * FROM notifier_deliveries")

@@ -24,7 +24,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-import httpx
+import aiohttp
 from eventsourcing.persistence import Tracking
 from taskengine_contracts import subjects
 from taskengine_contracts.events import (
@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 
 NAME = "scheduler"
 DUE_BATCH = 500
-GATE_CHECKS = 32
-"""Semaphore URLs asked at once."""
 GRID_MARGIN = 0.002
 """Seconds a tick comes after its instant on the wall clock, so that instant has passed."""
 
@@ -167,7 +165,7 @@ class Scheduler:
         self,
         runtime: Runtime,
         duties: dict[str, bool],
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         fence: Statement | None = None,
     ):
         self.runtime = runtime
@@ -183,7 +181,8 @@ class Scheduler:
         """Jobs whose semaphore is being asked now."""
         self.checks: set[asyncio.Task] = set()
         self.lanes = lanes_from(runtime.config)
-        self.asking = asyncio.Semaphore(GATE_CHECKS)
+        self.asking = asyncio.Semaphore(runtime.config.outbound_concurrency)
+        """Semaphore URLs asked at once."""
 
     async def on_job_events(self, batch: list[Delivered]) -> bool:
         async with self.busy:
@@ -385,7 +384,10 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
     gc.freeze()
     switches = await runtime.call(runtime.store.stream, SCHEDULES_STREAM)
     guard = OutboundGuard(parse_allowlist(runtime.config.callback_allowlist))
-    async with outbound_client(guard, runtime.config.outbound_deadline) as http:
+    config = runtime.config
+    async with outbound_client(
+        guard, config.outbound_deadline, config.outbound_concurrency
+    ) as http:
         service = Scheduler(
             runtime,
             active_duties(e for e in switches if isinstance(e, ScheduleSwitched)),
