@@ -69,9 +69,7 @@ def cpu_by_name(supervisor: int) -> dict[str, float]:
 def _name(process: psutil.Process) -> str:
     """`taskengine_gateway`, `nats-server`, `postgres`, ...: what a reader would call it."""
     command = process.cmdline()
-    if "-m" in command:
-        return command[command.index("-m") + 1]
     name = process.name()
-    if name.isdigit() and command:  # a process that renamed itself to a number
-        return command[0].rsplit("/", 1)[-1].split(":")[0]
+    if name.startswith("python") and "-m" in command:  # (nats-server's -m is its monitor port)
+        return command[command.index("-m") + 1]
     return name
