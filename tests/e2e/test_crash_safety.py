@@ -11,7 +11,7 @@ import httpx
 import nats
 from taskengine_contracts import subjects
 
-from tests.support.audit import audit
+from tests.support.audit import audit, audited_when_final
 from tests.support.system import ADMIN, BIN
 from tests.support.waiting import wait_until
 
@@ -68,19 +68,7 @@ def test_kill_9_of_every_service_in_turn_loses_and_duplicates_nothing(system_fac
         accepted = submitted.result(timeout=120)
     assert len(accepted) >= 190, f"only {len(accepted)} of 200 submissions were accepted"
 
-    problem: list[str] = []
-
-    def all_final() -> dict | None:
-        try:
-            return audit(system.events(), accepted)
-        except AssertionError as error:
-            problem[:] = [str(error)]
-            return None
-
-    try:
-        states = wait_until(all_final, timeout=180, every=1.0, what="every job to finish")
-    except AssertionError:
-        raise AssertionError(f"{problem}\n{system.service_errors()}") from None
+    states = audited_when_final(system, accepted)
     assert states == {"succeeded": len(accepted)}, states
     assert audit(system.events(), accepted)
 

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_crash_safety import submit_all
-from tests.support.audit import audit
+from tests.support.audit import audited_when_final
 from tests.support.system import ADMIN, BIN, System, running_system
 from tests.support.waiting import wait_until
 
@@ -105,19 +105,7 @@ def test_kill_9_of_one_replica_of_each_under_load_loses_and_duplicates_nothing(s
         accepted = submitted.result(timeout=120)
     assert len(accepted) >= 190, f"only {len(accepted)} of 200 submissions were accepted"
 
-    problem: list[str] = []
-
-    def all_final() -> dict | None:
-        try:
-            return audit(system.events(), accepted)
-        except AssertionError as error:
-            problem[:] = [str(error)]
-            return None
-
-    try:
-        states = wait_until(all_final, timeout=180, every=1.0, what="every job to finish")
-    except AssertionError:
-        raise AssertionError(f"{problem}\n{system.service_errors()}") from None
+    states = audited_when_final(system, accepted)
     assert states == {"succeeded": len(accepted)}, states
 
 

@@ -31,6 +31,19 @@ def started(job, callbacks: list[str]) -> JobStarted:  # type: ignore[no-untyped
     )
 
 
+def succeeded(job, callbacks: list[str]) -> JobSucceeded:  # type: ignore[no-untyped-def]
+    return JobSucceeded(
+        id=job.id,
+        version=4,
+        at=job.at,
+        job_id=job.job_id,
+        client=job.client,
+        workflow=job.workflow,
+        attempt=1,
+        callbacks=callbacks,
+    )
+
+
 def test_callback_is_retried_while_the_receiver_is_down_then_delivered(services):
     services.start("relay", "notifier")
     with CallbackReceiver() as receiver:
@@ -85,20 +98,7 @@ def test_a_jobs_callbacks_to_a_url_keep_their_order_across_retries(services):
         job = submitted(callbacks=[receiver.url])
         services.store.commit([job])
         services.store.commit([started(job, [receiver.url])])
-        services.store.commit(
-            [
-                JobSucceeded(
-                    id=job.id,
-                    version=4,
-                    at=job.at,
-                    job_id=job.job_id,
-                    client=job.client,
-                    workflow=job.workflow,
-                    attempt=1,
-                    callbacks=[receiver.url],
-                )
-            ]
-        )
+        services.store.commit([succeeded(job, [receiver.url])])
         events = wait_events(
             services,
             lambda es: sum(isinstance(e, CallbackAttemptFailed) for e in es) >= 2,
@@ -123,21 +123,7 @@ def test_each_jobs_callbacks_to_each_url_keep_their_order_with_the_lane_full(ser
         jobs = [submitted(callbacks=urls) for _ in range(20)]
         services.store.commit(jobs)
         services.store.commit([started(job, urls) for job in jobs])
-        services.store.commit(
-            [
-                JobSucceeded(
-                    id=job.id,
-                    version=4,
-                    at=job.at,
-                    job_id=job.job_id,
-                    client=job.client,
-                    workflow=job.workflow,
-                    attempt=1,
-                    callbacks=urls,
-                )
-                for job in jobs
-            ]
-        )
+        services.store.commit([succeeded(job, urls) for job in jobs])
         expected = 2 * len(urls) * len(jobs)
         wait_until(lambda: len(receiver.received) == expected, timeout=90, what="every callback")
     lines: dict[tuple[int, str], list[str]] = {}

@@ -7,6 +7,8 @@ from collections import Counter, defaultdict
 from taskengine_contracts.events import JobAdmitted, JobEvent, JobStarted, JobSubmitted
 from taskengine_core.jobs import FINAL_STATES, Job
 
+from tests.support.waiting import wait_until
+
 
 def job_histories(events) -> dict[int, list[JobEvent]]:  # type: ignore[no-untyped-def]
     histories: dict[int, list[JobEvent]] = defaultdict(list)
@@ -46,3 +48,21 @@ def audit(events, accepted: set[int]) -> dict[str, int]:  # type: ignore[no-unty
         assert len(terminal) == 1, (job_id, terminal)
         states[str(job.state)] += 1
     return dict(states)
+
+
+def audited_when_final(system, accepted: set[int], timeout: float = 180) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Waits until `audit` passes on the system's event log; its count of jobs per final
+    state. On timeout, fails with the audit's last complaint and the services' errors."""
+    problem: list[str] = []
+
+    def all_final() -> dict | None:
+        try:
+            return audit(system.events(), accepted)
+        except AssertionError as error:
+            problem[:] = [str(error)]
+            return None
+
+    try:
+        return wait_until(all_final, timeout=timeout, every=1.0, what="every job to finish")
+    except AssertionError:
+        raise AssertionError(f"{problem}\n{system.service_errors()}") from None
