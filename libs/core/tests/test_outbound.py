@@ -11,14 +11,8 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-from taskengine_core.outbound import (
-    OutboundGuard,
-    exchange,
-    outbound_client,
-    parse_allowlist,
-    sign,
-    webhook_secret,
-)
+from taskengine_core.outbound import OutboundGuard, parse_allowlist, sign, webhook_secret
+from taskengine_core.outbound_http import exchange, outbound_client
 
 from tests.support.hostile import HostileReceiver
 from tests.support.receiver import CallbackReceiver

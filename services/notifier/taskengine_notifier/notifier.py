@@ -38,14 +38,8 @@ from taskengine_contracts.events import (
 )
 from taskengine_core.deliveries import NOTIFIED
 from taskengine_core.lanes import HostLanes, lanes_from, origin
-from taskengine_core.outbound import (
-    OutboundGuard,
-    exchange,
-    outbound_client,
-    parse_allowlist,
-    sign,
-    webhook_secret,
-)
+from taskengine_core.outbound import OutboundGuard, parse_allowlist, sign, webhook_secret
+from taskengine_core.outbound_http import exchange, outbound_client
 from taskengine_runtime import BatchConsumer, Delivered, Runtime, metrics
 from taskengine_runtime.logs import context
 from taskengine_store.store import Statement

@@ -43,7 +43,8 @@ from taskengine_core.clients import mask_secrets
 from taskengine_core.ids import RETENTION_STREAM, SCHEDULES_STREAM
 from taskengine_core.jobs import Job, JobRef, JobState, advance
 from taskengine_core.lanes import lanes_from, origin
-from taskengine_core.outbound import OutboundGuard, exchange, outbound_client, parse_allowlist
+from taskengine_core.outbound import OutboundGuard, parse_allowlist
+from taskengine_core.outbound_http import exchange, outbound_client
 from taskengine_core.schedules import TICK, active_duties
 from taskengine_runtime import BatchConsumer, Delivered, Runtime, metrics
 from taskengine_store.leadership import LeaderLock, run_as_leader
