@@ -4,7 +4,6 @@ loses and duplicates nothing."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_crash_safety import submit_all
+from tests.e2e.test_observability import metrics_urls, scrape, value
 from tests.support.audit import audited_when_final
 from tests.support.system import ADMIN, BIN, System, running_system
 from tests.support.waiting import wait_until
@@ -35,14 +34,7 @@ def system(postgres_url) -> Iterator[System]:
 
 def commits(system: System, instance: str) -> float:
     """How many store commits the process has made (its metrics)."""
-    endpoints = json.loads((system.data_dir / "run" / "endpoints.json").read_text())
-    text = httpx.get(endpoints["metrics"][instance], timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "taskengine_commit_seconds_count"
-    )
+    return value(scrape(metrics_urls(system)[instance]), "taskengine_commit_seconds_count")
 
 
 def test_every_replica_runs_as_its_own_instance(system):
