@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from taskengine_contracts.events import (
     ExecutionLogged,
     JobAdmitted,
@@ -10,14 +12,19 @@ from taskengine_contracts.events import (
     JobFailed,
     JobRetryScheduled,
     JobStarted,
+    JobSubmitted,
     JobSucceeded,
     JobTimedOut,
     StepChanged,
 )
+from taskengine_core.config import EngineSettings
 from taskengine_core.jobs import JobRef, advance
+from taskengine_dispatcher.dispatcher import Dispatcher
+from taskengine_runtime import Delivered, Runtime
 
 from tests.support.factories import settings, submitted
-from tests.support.system import wait_events
+from tests.support.lost_answer import answer_lost_once
+from tests.support.system import WEBHOOK_KEY, wait_events
 
 
 def admit(job, attempt: int = 1) -> JobAdmitted:  # type: ignore[no-untyped-def]
@@ -139,3 +146,35 @@ def test_an_attempt_lost_with_its_dispatcher_is_retried_after_restart(services):
     events = wait_events(services, lambda es: ended(es, job), what="the lost attempt to end")
     retry = [e for e in job_events(events, job.job_id) if isinstance(e, JobRetryScheduled)]
     assert len(retry) == 1 and retry[0].reason.startswith("lost")
+
+
+async def test_an_attempt_started_by_a_commit_whose_answer_was_lost_still_runs(services):
+    """The retried commit finds the start already stored and reports the job as moved; the
+    dispatcher must still run what it started, or the job stays running until a restart."""
+    store = services.store
+    job = submitted("echo", parameters={"word": "in-doubt"})
+    store.commit([job])
+    admitted = admit(job)
+    [position] = store.commit([admitted])
+    config = EngineSettings(
+        webhook_key=WEBHOOK_KEY, data_dir=services.data_dir, instance="dispatcher-in-doubt"
+    )
+    dispatcher = Dispatcher(Runtime("dispatcher", config, store, None, None))  # type: ignore[arg-type]
+    dispatcher.submissions.apply(job)  # consumed: its first store call is the commit of the start
+    flusher = asyncio.create_task(dispatcher.flush_forever())
+    try:
+        with answer_lost_once(store) as lost:
+            assert await dispatcher.on_job_events([Delivered(position, admitted, None)])
+        assert lost, "the commit's answer was not lost: the test tested nothing"
+
+        def over() -> bool:
+            return ended(services.events(job.job_id), job)
+
+        for _ in range(200):
+            if await asyncio.to_thread(over):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        flusher.cancel()
+    kinds = [type(e) for e in services.events(job.job_id) if isinstance(e, JobEvent)]
+    assert kinds == [JobSubmitted, JobAdmitted, JobStarted, JobSucceeded], kinds

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from taskengine_contracts.events import (
     CallbackAttemptFailed,
     CallbackDelivered,
     JobStarted,
     JobSucceeded,
 )
+from taskengine_core.config import EngineSettings
 from taskengine_core.jobs import JobRef, JobState
+from taskengine_core.outbound import OutboundGuard, parse_allowlist
+from taskengine_core.outbound_http import outbound_client
+from taskengine_notifier.notifier import Notifier
+from taskengine_runtime import Delivered, Runtime
 
 from tests.support.factories import submitted
+from tests.support.lost_answer import answer_lost_once
 from tests.support.receiver import CallbackReceiver
-from tests.support.system import wait_events
+from tests.support.system import WEBHOOK_KEY, wait_events
 from tests.support.waiting import wait_until
 
 
@@ -131,3 +139,35 @@ def test_each_jobs_callbacks_to_each_url_keep_their_order_with_the_lane_full(ser
         lines.setdefault((body["job_id"], path), []).append(body["event"])
     assert len(lines) == len(jobs) * len(urls)
     assert all(events == ["start", "complete"] for events in lines.values()), lines
+
+
+async def test_callbacks_stored_by_a_commit_whose_answer_was_lost_are_sent_once(services):
+    """The retried commit finds the batch's tracking record there: its deliveries are stored,
+    so they are sent, each once, not set aside with the batch as if it were poison."""
+    store = services.store
+    with CallbackReceiver() as receiver:
+        job = submitted(callbacks=[receiver.url])
+        store.commit([job])
+        event = started(job, [receiver.url])
+        [position] = store.commit([event])
+        config = EngineSettings(webhook_key=WEBHOOK_KEY, data_dir=services.data_dir)
+        guard = OutboundGuard(parse_allowlist("127.0.0.0/8"))
+        async with outbound_client(guard) as client:
+            runtime = Runtime("notifier", config, store, None, None)  # type: ignore[arg-type]
+            notifier = Notifier(runtime, client, guard)
+            sender = asyncio.create_task(notifier.deliver_forever())
+            try:
+                with answer_lost_once(store) as lost:
+                    assert await notifier.on_job_events([Delivered(position, event, None)])
+                assert lost, "the commit's answer was not lost: the test tested nothing"
+                # The consumer sees the same batch again (say, redelivered): nothing new.
+                assert await notifier.on_job_events([Delivered(position, event, None)])
+                for _ in range(200):
+                    if receiver.received and not notifier.pending():
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.3)  # time for a second, wrong, send
+            finally:
+                sender.cancel()
+    assert [body["event"] for body in receiver.received] == ["start"]
+    assert store.query("SELECT count(*) AS n FROM notifier_deliveries")[0]["n"] == 0

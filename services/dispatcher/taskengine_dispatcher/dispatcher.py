@@ -162,22 +162,74 @@ class Dispatcher:
         if missing:  # submitted before this dispatcher's last start, or forgotten since
             known |= await self.runtime.call(submissions.read, self.runtime.store, missing)
         tracking = Tracking(NAME, batch[-1].position)
+        starting = admitted
         while True:
-            events, rows, launches = self._starts(admitted, known)
+            events, rows, launches = self._starts(starting, known)
             try:
                 await self.runtime.call(self.runtime.store.commit, events, tracking, rows)
                 break
             except Conflict as conflict:
-                if not conflict.stale:
-                    return True  # already handled before a restart
-                admitted = [e for e in admitted if e.id not in conflict.stale]
+                if not conflict.stale:  # the batch is stored already
+                    starting, events, launches = [], [], []
+                    break
+                starting = [e for e in starting if e.id not in conflict.stale]
         for event in events:
             self.submissions.apply(event)
         for execution, runner in launches:
             self._launch(execution, runner)
         if launches:
             self.wake.set()
+        if len(starting) < len(admitted):
+            await self._resume([e for e in admitted if e not in starting], known)
         return True
+
+    async def _resume(self, admitted: list[JobAdmitted], known: dict[UUID, Submission]) -> None:
+        """Runs the attempts among `admitted` that this instance started in a commit whose
+        answer it never got.
+
+        The connection died as the store committed: the commit was tried again, found its own
+        events there and reported those jobs as moved by someone else. Their execution rows
+        (this instance, this attempt) say they were ours; without this, nothing would run them
+        and they would stay running until the next restart. One whose start cannot be made
+        again (its deadline passed meanwhile) is ended as lost."""
+        rows = await self.runtime.call(
+            self.runtime.store.query,
+            "SELECT job_uuid, attempt FROM dispatcher_executions"
+            " WHERE instance = %s AND job_uuid = ANY(%s)",
+            (self.runtime.instance, [e.id for e in admitted]),
+        )
+        ours = {row["job_uuid"]: row["attempt"] for row in rows}
+        mine = [e for e in admitted if ours.get(e.id) == e.attempt and e.id not in self.running]
+        if not mine:
+            return
+        jobs = await self.runtime.call(self.runtime.store.jobs, [e.id for e in mine])
+        mine = [e for e in mine if _runs(jobs.get(e.id), e.attempt)]
+        _, _, launches = self._starts(mine, known)
+        for execution, runner in launches:
+            execution.ref = jobs[execution.ref.id].ref
+            self._launch(execution, runner)
+        launched = {execution.ref.id for execution, _ in launches}
+        if launched:
+            self.wake.set()
+        lost = Outcome("failed", "lost: its start could not be made again", transient=LOST)
+        endings = [
+            Ending(
+                e.id,
+                e.attempt,
+                lost,
+                known[e.id].submitted.callbacks,
+                known[e.id].submitted.parameters.get("custom_data"),
+            )
+            for e in mine
+            if e.id not in launched
+        ]
+        if endings:
+            await self.runtime.call(self.end_attempts, endings)
+        log.warning(
+            "dispatcher: %d attempt(s) started in a commit whose answer was lost; %d run now",
+            len(mine),
+            len(launched),
+        )
 
     def _starts(
         self, admitted: list[JobAdmitted], known: dict[UUID, Submission]
@@ -506,6 +558,10 @@ class Dispatcher:
         if len(left) < len(rows):
             log.info("dispatcher: adopted %d %s", len(rows) - len(left), executor.runs_as)
         return left
+
+
+def _runs(job: Job | None, attempt: int) -> bool:
+    return job is not None and job.state == JobState.RUNNING and job.attempt == attempt
 
 
 def _ran(execution: Execution, outcome: Outcome | None) -> None:

@@ -42,7 +42,7 @@ from taskengine_core.outbound import OutboundGuard, parse_allowlist, sign, webho
 from taskengine_core.outbound_http import exchange, outbound_client
 from taskengine_runtime import BatchConsumer, Delivered, Runtime, metrics
 from taskengine_runtime.logs import context
-from taskengine_store.store import Statement
+from taskengine_store.store import Conflict, Statement
 
 from taskengine_notifier.callbacks import deliveries_for
 
@@ -145,12 +145,36 @@ class Notifier:
         if not rows:
             return False
         statements = [(_INSERT, row) for row in rows]
-        await self.runtime.call(
-            self.runtime.store.commit, (), Tracking(NAME, batch[-1].position), statements
-        )
+        try:
+            await self.runtime.call(
+                self.runtime.store.commit, (), Tracking(NAME, batch[-1].position), statements
+            )
+        except Conflict as conflict:
+            if conflict.stale:
+                raise
+            rows = await self._unscheduled(rows)
         for row in rows:
             self.schedule(row)
         return True
+
+    async def _unscheduled(self, rows: list[tuple]) -> list[tuple]:
+        """The deliveries among `rows` of a batch stored in a commit whose answer was lost
+        (the connection died as the store committed; the retried commit found the batch's
+        tracking record): those stored and not in hand here, so each is sent once."""
+        here = {delivery.id for line in self.lines.values() for delivery in line}
+        ids = [row[0] for row in rows if row[0] not in here]
+        stored = await self.runtime.call(
+            self.runtime.store.query,
+            "SELECT id FROM notifier_deliveries WHERE id = ANY(%s)",
+            (ids,),
+        )
+        found = {row["id"] for row in stored}
+        log.warning(
+            "notifier: %d deliveries stored in a commit whose answer was lost; %d to send",
+            len(rows),
+            len(found),
+        )
+        return [row for row in rows if row[0] in found]
 
     async def deliver_forever(self) -> None:
         """Sends due deliveries forever; a failure to record them is retried, never fatal."""
