@@ -15,7 +15,11 @@ from tests.deploy.files import SETTINGS, check_command, kustomize
 LAYOUTS = ("base", "overlays/production")
 # The newest schemas the package has, and an older cluster we still mean to run on.
 VERSIONS = (all_versions()[-1], "1.29.0")
-SINGLETONS = ("relay", "projector", "dispatcher", "notifier")
+SINGLETONS = ("relay", "projector")
+# Their instances share jobs' partitions (leased in PostgreSQL), each instance under its own name.
+PARTITIONED = ("dispatcher", "notifier")
+AUTOSCALED = ("gateway", *PARTITIONED)
+PARTITIONS = 16  # taskengine_core.partitions.PARTITIONS: an instance beyond them holds none
 SECRET = "taskengine"
 DISPATCHER_ACCOUNT = "taskengine-dispatcher"
 DISPATCHER_RULES = [
@@ -45,10 +49,7 @@ def deployments(layout: str) -> dict[str, dict[str, Any]]:
 def replicas(layout: str) -> dict[str, int]:
     """Service name -> how many pods run at least: its Deployment's count, or where an
     autoscaler sets it (the Deployment then names none), the autoscaler's minimum."""
-    scaled = {
-        hpa["spec"]["scaleTargetRef"]["name"].removeprefix("taskengine-"): hpa["spec"]
-        for hpa in of_kind(layout, "HorizontalPodAutoscaler").values()
-    }
+    scaled = autoscalers(layout)
     found = {}
     for name, deployment in deployments(layout).items():
         if name in scaled:
@@ -57,6 +58,25 @@ def replicas(layout: str) -> dict[str, int]:
         else:
             found[name] = deployment["spec"]["replicas"]
     return found
+
+
+def autoscalers(layout: str) -> dict[str, dict[str, Any]]:
+    """Service name -> the spec of the autoscaler that sets its count; each one's target is a
+    Deployment that exists (an autoscaler aimed at nothing scales nothing, silently)."""
+    found = deployments(layout)
+    scaled = {}
+    for hpa in of_kind(layout, "HorizontalPodAutoscaler").values():
+        target = hpa["spec"]["scaleTargetRef"]
+        name = target["name"].removeprefix("taskengine-")
+        assert target["apiVersion"] == "apps/v1" and target["kind"] == "Deployment", target
+        assert name in found, f"{hpa['metadata']['name']}: no Deployment {target['name']}"
+        assert name not in scaled, f"{name}: two autoscalers"
+        scaled[name] = hpa["spec"]
+    return scaled
+
+
+def instance_variables(container: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in container.get("env", []) if e["name"] == "TASKENGINE_INSTANCE"]
 
 
 def pod_specs(layout: str) -> dict[str, dict[str, Any]]:
@@ -101,25 +121,49 @@ def test_replicas_and_update_strategies_keep_single_services_single(layout):
     for name in SINGLETONS:
         assert counts[name] == 1, name
         assert found[name]["spec"]["strategy"] == {"type": "Recreate"}, name
+    for name in PARTITIONED:  # one lost or drained leaves one; an update stops none first
+        assert counts[name] >= 2, name
+        assert found[name]["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        }, name
     assert counts["admission"] == 2  # active / standby
     assert counts["scheduler"] == 2  # active / standby
     assert counts["gateway"] >= 2
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_the_gateway_scales_with_its_cpu_and_nothing_single_is_autoscaled(layout):
-    [hpa] = of_kind(layout, "HorizontalPodAutoscaler").values()
-    spec = hpa["spec"]
-    assert spec["scaleTargetRef"] == {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "name": "taskengine-gateway",
-    }
-    assert 2 <= spec["minReplicas"] < spec["maxReplicas"]
-    [metric] = spec["metrics"]
-    assert metric["resource"]["name"] == "cpu"
-    container = deployments(layout)["gateway"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["requests"]["cpu"]  # what utilization is measured against
+def test_the_scaled_services_scale_with_their_cpu_and_no_single_service_is(layout):
+    scaled, found = autoscalers(layout), deployments(layout)
+    assert set(scaled) == set(AUTOSCALED)  # not the relay, projector, admission or scheduler
+    for name, spec in scaled.items():
+        assert "replicas" not in found[name]["spec"], f"{name}: an apply would reset the count"
+        assert 2 <= spec["minReplicas"] < spec["maxReplicas"], name
+        if name in PARTITIONED:
+            assert spec["maxReplicas"] <= PARTITIONS, name
+        [metric] = spec["metrics"]
+        assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu", name
+        assert metric["resource"]["target"]["type"] == "Utilization", name
+        container = found[name]["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["requests"]["cpu"], name  # what utilization is of
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_dispatcher_and_notifier_pod_is_an_instance_named_after_the_pod(layout):
+    """Their instances share partitions by name: each pod needs a name no other pod has, kept
+    for its life. Its own pod's name is; a literal would be every pod's."""
+    for name, spec in pod_specs(layout).items():
+        for container in spec["containers"]:
+            variables = instance_variables(container)
+            if name in PARTITIONED:
+                assert variables == [
+                    {
+                        "name": "TASKENGINE_INSTANCE",
+                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                    }
+                ], name
+            else:  # unset: a service names itself after its host, which is its pod
+                assert variables == [], name
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -162,8 +206,8 @@ def test_settings_are_real_and_secrets_are_only_referenced(layout):
             names = {e["name"] for e in container.get("env", [])}
             assert names <= SETTINGS, f"{name}: {names - SETTINGS} are not settings"
             for variable in container.get("env", []):
-                if "value" in variable:  # a literal: only a name, never a secret
-                    assert variable["name"] == "TASKENGINE_INSTANCE", variable
+                assert "value" not in variable, f"{name}: a literal belongs in the ConfigMap"
+                if variable["name"] == "TASKENGINE_INSTANCE":  # the pod's name, not a secret
                     continue
                 ref = variable["valueFrom"]["secretKeyRef"]
                 assert ref["name"] == SECRET
@@ -250,7 +294,7 @@ def test_disruption_budgets_cover_the_replicated_services_and_allow_drains(layou
         assert len(matched) == 1, budget["metadata"]["name"]
         assert budget["spec"]["minAvailable"] < counts[matched[0]]
         covered.add(matched[0])
-    assert covered == {"gateway", "admission", "scheduler"}
+    assert covered == {"gateway", "admission", "scheduler", *PARTITIONED}
 
 
 def test_the_production_overlay_pins_the_image_and_sets_namespace_replicas_and_sizes():
@@ -276,6 +320,9 @@ def test_the_production_overlay_pins_the_image_and_sets_namespace_replicas_and_s
         image = spec["containers"][0]["image"]
         assert ":" in image and not image.endswith(":latest"), image
     assert replicas("overlays/production")["gateway"] > replicas("base")["gateway"]
+    for name in PARTITIONED:
+        most = [autoscalers(layout)[name]["maxReplicas"] for layout in LAYOUTS]
+        assert most[1] > most[0], f"{name}: production may run more"
     gateway = [
         d["gateway"]["spec"]["template"]["spec"]["containers"][0] for d in (base, production)
     ]
