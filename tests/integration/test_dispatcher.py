@@ -160,6 +160,7 @@ async def test_an_attempt_started_by_a_commit_whose_answer_was_lost_still_runs(s
         webhook_key=WEBHOOK_KEY, data_dir=services.data_dir, instance="dispatcher-in-doubt"
     )
     dispatcher = Dispatcher(Runtime("dispatcher", config, store, None, None))  # type: ignore[arg-type]
+    await dispatcher.partitions.refresh()  # alone: it holds every partition
     dispatcher.submissions.apply(job)  # consumed: its first store call is the commit of the start
     flusher = asyncio.create_task(dispatcher.flush_forever())
     try:

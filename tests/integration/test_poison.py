@@ -11,7 +11,6 @@ import time
 import nats
 import psycopg
 import pytest
-from nats.js.errors import NotFoundError
 from taskengine_cli.ops import replay, reset_read_models
 from taskengine_contracts import subjects
 from taskengine_contracts.events import CallbackDelivered, JobSucceeded, encode
@@ -44,17 +43,16 @@ def filters(nats_url: str) -> dict[str, list[str]] | None:
 
     async def read() -> dict[str, list[str]] | None:
         nc = await nats.connect(nats_url)
-        js = nc.jetstream()
-        found = {}
         try:
-            for name in CONSUMERS:
-                info = await js.consumer_info(subjects.STREAM, name)
-                found[name] = info.config.filter_subjects or [info.config.filter_subject]
-        except NotFoundError:
-            return None
+            infos = await nc.jetstream().consumers_info(subjects.STREAM)
         finally:
             await nc.close()
-        return found
+        found = {}
+        for service in CONSUMERS:  # a dispatcher's or notifier's: `<service>-<instance>-...`
+            for info in infos:
+                if info.name == service or info.name.startswith(f"{service}-"):
+                    found[service] = info.config.filter_subjects or [info.config.filter_subject]
+        return found if len(found) == len(CONSUMERS) else None
 
     return asyncio.run(read())
 

@@ -156,6 +156,14 @@ class EngineSettings(BaseSettings):
         " appends every event's written, published, received and handled instants to"
         " <data dir>/run/hops-<consumer>.csv (what `make bench` breaks its latency down by)",
     )
+    partition_ttl: float = Field(
+        default=10.0,
+        ge=1,
+        le=600,
+        description="seconds a dispatcher's or notifier's lease on a partition of the work lasts"
+        " unrenewed (renewed every fifth of it): how soon the others take over a dead instance's"
+        " attempts and callbacks",
+    )
     attempt_timeout: float = Field(
         default=3600.0,
         gt=0,

@@ -198,13 +198,21 @@ class BatchConsumer:
         idle: Callable[[], Awaitable[None]] | None = None,
         attempts: int = POISON_ATTEMPTS,
         trace: HopTrace | None = None,
+        inactive: float | None = None,
+        name: str | None = None,
     ):
         self.js, self.durable, self.filter_subjects = js, durable, list(filter_subjects)
+        self.name = name or durable
+        """Who it is in logs, metrics and set-aside records (a partitioned service's instances
+        read through consumers of their own, under the service's name)."""
         self.handler, self.handled, self.batch, self.wait = handler, handled, batch, wait
         self.track, self.reject, self.idle = track, reject, idle
         self.attempts = max(1, attempts)
         self.latest = latest
         self.trace = trace
+        self.inactive = inactive
+        """Seconds after which JetStream removes the consumer once nobody reads it (one named
+        after an instance that is gone for good); None: never."""
         """Hop tracing (debug): each handled event's instants, appended after its batch."""
         self.stored = 0
         """The store's last position when last read: no event from it can be past that."""
@@ -214,7 +222,14 @@ class BatchConsumer:
         """The last fetch found nothing: this consumer has all the bus holds for it."""
         self.delivered = 0
         """The consumer sequence of the last message received from the current consumer."""
-        metrics.LAG.consumers[durable] = self.lag_position
+        self.rewound: int | None = None
+        metrics.LAG.consumers[self.name] = self.lag_position
+
+    def rewind(self, position: int) -> None:
+        """Delivers again what follows `position`, from the next fetch on (a partition taken
+        over stands behind this consumer)."""
+        if position < self.handled:
+            self.rewound = min(position, self.rewound if self.rewound is not None else position)
 
     def lag_position(self) -> int | None:
         """Where this consumer got to, for its lag (None: it has all the bus holds for it, so
@@ -241,6 +256,7 @@ class BatchConsumer:
             max_ack_pending=self.batch,
             ack_wait=120.0,
             filter_subjects=self.filter_subjects,
+            inactive_threshold=self.inactive,
         )
         await self.js.add_consumer(subjects.STREAM, config)
         return await self.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM)
@@ -253,9 +269,7 @@ class BatchConsumer:
             try:
                 return await self._subscribe()
             except FAILOVER as error:
-                log.warning(
-                    "%s: (re)creating the consumer: %s; again", self.durable, describe(error)
-                )
+                log.warning("%s: (re)creating the consumer: %s; again", self.name, describe(error))
                 await asyncio.sleep(FAILOVER_PAUSE)
 
     def _missed(self, messages: list[Msg]) -> bool:
@@ -271,7 +285,7 @@ class BatchConsumer:
             if sequence != self.delivered + 1:
                 log.warning(
                     "%s: deliveries %d to %d never arrived; re-creating the consumer after %d",
-                    self.durable,
+                    self.name,
                     self.delivered + 1,
                     sequence - 1,
                     self.handled,
@@ -318,6 +332,9 @@ class BatchConsumer:
     async def run(self) -> None:
         subscription = await self._resubscribe()
         while True:
+            if self.rewound is not None:
+                self.handled, self.rewound = self.rewound, None
+                subscription = await self._resubscribe()
             messages = await self._fetch(subscription)
             if self._missed(messages):
                 subscription = await self._resubscribe()
@@ -357,7 +374,7 @@ class BatchConsumer:
                 await self._handle(batch)
                 self.handled = max(self.handled, batch[-1].position)
                 if self.trace:
-                    self.trace.record(self.durable, batch, received, time.time())
+                    self.trace.record(self.name, batch, received, time.time())
             await messages[-1].ack()
             await self._track_lazily()
             if self.idle:
@@ -372,7 +389,7 @@ class BatchConsumer:
         except (TimeoutError, nats.errors.TimeoutError):
             return []
         except FAILOVER as error:
-            log.warning("%s: no consumer leader yet (%s)", self.durable, describe(error))
+            log.warning("%s: no consumer leader yet (%s)", self.name, describe(error))
             await asyncio.sleep(FAILOVER_PAUSE)
             return []
         if len(messages) >= self.batch:
@@ -399,7 +416,7 @@ class BatchConsumer:
             except Exception as error:
                 if not is_transient(error):
                     raise
-                log.warning("%s: reading the store's position failed: %s", self.durable, error)
+                log.warning("%s: reading the store's position failed: %s", self.name, error)
                 await asyncio.sleep(0.5)
         for item in batch:
             if item.position > self.stored and item.message is not None:
@@ -413,7 +430,7 @@ class BatchConsumer:
         except Exception:  # not a JetStream delivery (a test's own message)
             sequence = None
         return Rejected(
-            consumer=self.durable,
+            consumer=self.name,
             subject=message.subject,
             payload=bytes(message.data),
             error=error,
@@ -427,14 +444,14 @@ class BatchConsumer:
         for item in rejected:
             log.error(
                 "%s: message set aside: stream sequence %s, subject %s, position %s: %s",
-                self.durable,
+                self.name,
                 item.stream_seq,
                 item.subject,
                 item.position,
                 item.error,
                 extra=context(position=item.position),
             )
-        metrics.REJECTED.labels(self.durable).inc(len(rejected))
+        metrics.REJECTED.labels(self.name).inc(len(rejected))
         await self._retrying(lambda: self.reject(rejected, position), "recording set-aside")
 
     async def _retrying(self, call: Callable[[], Awaitable[None]], what: str) -> None:
@@ -448,10 +465,10 @@ class BatchConsumer:
                 raise
             except Exception as error:
                 if not is_transient(error):
-                    log.exception("%s: %s failed", self.durable, what)
+                    log.exception("%s: %s failed", self.name, what)
                     return
                 text = describe(error)
-                log.warning("%s: %s failed (%s); retry in %.1fs", self.durable, what, text, delay)
+                log.warning("%s: %s failed (%s); retry in %.1fs", self.name, what, text, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -463,7 +480,7 @@ class BatchConsumer:
             except Exception as error:
                 if not is_transient(error):
                     raise
-                log.warning("%s: tracking failed (%s); later", self.durable, describe(error))
+                log.warning("%s: tracking failed (%s); later", self.name, describe(error))
                 self.tracked_at = now
                 return
             self.tracked, self.tracked_at = self.handled, now
@@ -481,11 +498,20 @@ class BatchConsumer:
                 rejected = self._rejected(item.message, text, failures)
             else:
                 subject, payload = subjects.subject_for(item.event), encode(item.event)
-                rejected = Rejected(self.durable, subject, payload, text, None, item.position)
+                rejected = Rejected(self.name, subject, payload, text, None, item.position)
             await self._set_aside([rejected], item.position)
             self.tracked = item.position
 
-        await isolating(batch, handle, set_aside, self.attempts, self.durable)
+        await isolating(batch, handle, set_aside, self.attempts, self.name)
+
+
+async def retire_consumer(js: JetStreamContext, name: str) -> None:
+    """Removes the consumer `name` if there is one (a service's consumer of an older layout,
+    which nobody reads any more and which would hold the relay's resume point back)."""
+    try:
+        await js.delete_consumer(subjects.STREAM, name)
+    except NotFoundError:
+        pass
 
 
 def in_order(batch: list[Delivered]) -> list[Delivered]:

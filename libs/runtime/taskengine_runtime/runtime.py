@@ -94,16 +94,17 @@ class Runtime:
         return track
 
     def rejecter(
-        self, name: str, fence: Statement | None = None
+        self, name: str, fence: Statement | None = None, track: bool = True
     ) -> Callable[[list[Rejected], int | None], Awaitable[None]]:
         """Records messages a consumer set aside; with a position, its tracking record moves
-        there in the same transaction (behind the leader's fence, as for `tracker`)."""
+        there in the same transaction (behind the leader's fence, as for `tracker`). A
+        partitioned service (`track` False) tracks its partitions as its batches go on."""
 
         async def reject(rejected: list[Rejected], position: int | None) -> None:
             statements = [record(r) for r in rejected]
             if fence is not None:
                 statements.insert(0, fence)
-            tracking = None if position is None else Tracking(name, position)
+            tracking = None if position is None or not track else Tracking(name, position)
             try:
                 await self.call(self.store.commit, (), tracking, statements)
             except Conflict as conflict:

@@ -207,6 +207,22 @@ CREATE TABLE IF NOT EXISTS rm_task_runs (
 );
 CREATE INDEX IF NOT EXISTS rm_task_runs_task ON rm_task_runs (task_uuid, fire_at);
 
+-- Partitioned services (dispatcher, notifier): each of the PARTITIONS partitions of their work
+-- is leased to one live instance at a time (`taskengine_store.partitions`).
+CREATE TABLE IF NOT EXISTS partition_leases (
+    service text NOT NULL,
+    partition int NOT NULL,
+    holder text,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity',
+    PRIMARY KEY (service, partition)
+);
+CREATE TABLE IF NOT EXISTS partition_members (
+    service text NOT NULL,
+    instance text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (service, instance)
+);
+
 -- Messages a consumer set aside (undecodable, not from the store, or failing the same way N
 -- times), kept for inspection: `taskengine events --rejected`, counted in `GET /health`.
 -- A set-aside event's position counts as handled: recorded with the tracking record.

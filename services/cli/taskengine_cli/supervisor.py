@@ -14,10 +14,10 @@ use: any free port), else free ports; the banner lists them, as does `run/endpoi
 
 `TASKENGINE_REPLICAS` (e.g. `gateway=2,admission=2`) runs more than one process of a service:
 gateways share the one port (SO_REUSEPORT: the kernel spreads connections over them); the
-admission controller and the scheduler elect a leader, the rest stand by. Replica `i` of a
+admission controller and the scheduler elect a leader, the rest stand by; dispatchers and
+notifiers share the work by partitions (`taskengine_core.partitions`). Replica `i` of a
 service is `<service>-<i>` (its log, pid file and TASKENGINE_INSTANCE; the first keeps the
-plain name). The relay and the projector run once (their order is the store's); the
-dispatcher and the notifier run once until their work can be partitioned among several.
+plain name). The relay and the projector run once (their order is the store's).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from taskengine_cli.healing import FIRST_DELAY, WatchedServer, say
 
 SERVICES = ("relay", "projector", "scheduler", "admission", "dispatcher", "notifier", "gateway")
 STOP_GRACE = 10.0
-REPLICABLE = ("gateway", "admission", "scheduler")
+REPLICABLE = ("gateway", "admission", "scheduler", "dispatcher", "notifier")
 """Services of which `TASKENGINE_REPLICAS` may run more than one process."""
 MAX_REPLICAS = 16
 

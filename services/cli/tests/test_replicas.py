@@ -6,17 +6,16 @@ from taskengine_cli.supervisor import SERVICES, file_name, parse_replicas
 
 def test_unnamed_services_run_once_and_named_ones_as_many_as_asked():
     assert parse_replicas("") == dict.fromkeys(SERVICES, 1)
-    counts = parse_replicas(" gateway=3, admission=2 ,scheduler=2,")
+    counts = parse_replicas(" gateway=3, admission=2 ,scheduler=2,dispatcher=4,notifier=2")
     assert (counts["gateway"], counts["admission"], counts["scheduler"]) == (3, 2, 2)
-    assert counts["dispatcher"] == counts["relay"] == 1
-    assert parse_replicas("relay=1,dispatcher=1")["relay"] == 1  # once is always fine
+    assert (counts["dispatcher"], counts["notifier"]) == (4, 2)
+    assert counts["projector"] == counts["relay"] == 1
+    assert parse_replicas("relay=1,projector=1")["relay"] == 1  # once is always fine
 
 
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("dispatcher=2", "the dispatcher runs once"),
-        ("notifier=2", "the notifier runs once"),
         ("relay=3", "the relay runs once"),
         ("projector=2", "the projector runs once"),
         ("gateway=0", "from 1 to 16"),

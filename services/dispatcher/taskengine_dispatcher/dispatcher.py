@@ -18,12 +18,12 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Tracking
 from taskengine_contracts import subjects
 from taskengine_contracts.events import (
     Event,
@@ -46,11 +46,14 @@ from taskengine_core.confinement import Confinement
 from taskengine_core.errors import DomainError
 from taskengine_core.ids import execution_stream
 from taskengine_core.jobs import Job, JobRef, JobState, advance
+from taskengine_core.partitions import PARTITIONS, consumer_name, partition_of
 from taskengine_core.retries import RetrySettings
 from taskengine_core.startable import check_startable
 from taskengine_core.steps import Outcome, StepEvent
 from taskengine_runtime import BatchConsumer, Delivered, Runtime, metrics
+from taskengine_runtime.bus import retire_consumer
 from taskengine_runtime.logs import context
+from taskengine_runtime.partitioned import Partitions
 from taskengine_store.store import Conflict, Statement
 
 from taskengine_dispatcher import submissions
@@ -64,6 +67,8 @@ log = logging.getLogger(__name__)
 
 NAME = "dispatcher"
 FLUSH = 0.05
+INACTIVE = 3600.0
+"""Seconds after which JetStream drops the consumer of an instance gone for good."""
 CONSUMED = (JobSubmitted, JobAdmitted, JobRetryScheduled, JobCancelled, JobBroken)
 """The job events the dispatcher consumes (and the settings)."""
 
@@ -76,6 +81,7 @@ _INSERT_EXECUTION = (
 )
 _DELETE_EXECUTION = "DELETE FROM dispatcher_executions WHERE job_uuid = %s"
 _DELETE_ATTEMPT = "DELETE FROM dispatcher_executions WHERE job_uuid = %s AND attempt = %s"
+_ADOPTED = "UPDATE dispatcher_executions SET instance = %s WHERE job_uuid = ANY(%s)"
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,7 @@ class Dispatcher:
         self.remote = remote
         """The configured process or Kubernetes executor (None: local only)."""
         self.submissions = Submissions()
+        self.partitions = Partitions(runtime, NAME, self.idle, self.take_over)
 
     def executor_for(self, kind: str) -> Executor:
         """A remote executor runs workers and containers; every other job runs its steps here
@@ -150,28 +157,38 @@ class Dispatcher:
     # --- starting --------------------------------------------------------------------------
 
     async def on_job_events(self, batch: list[Delivered]) -> bool:
-        admitted = [d.event for d in batch if isinstance(d.event, JobAdmitted)]
-        for item in batch:
+        for item in batch:  # whichever partition it is in now, the attempt runs here
             if isinstance(item.event, (JobCancelled, JobBroken)):
                 self._cancel(item.event)
-            if not self.runtime.apply(item.event):
-                self.submissions.apply(item.event)
-        if not admitted:
-            return False
+        async with self.partitions.lock:
+            end = batch[-1].position
+            mine = self.partitions.mine(batch)
+            for item in mine:
+                if not self.runtime.apply(item.event):
+                    self.submissions.apply(item.event)
+            admitted = [d.event for d in mine if isinstance(d.event, JobAdmitted)]
+            if not admitted:
+                self.partitions.advance(end)
+                return False
+            await self._start(admitted, self.partitions.tracking(end))
+            self.partitions.advance(end)
+        return True
+
+    async def _start(self, admitted: list[JobAdmitted], tracking: Statement | None) -> None:
+        """Commits the starts of `admitted` with the tracking of their partitions, then
+        launches them. A job someone else moved meanwhile is left out."""
         known, missing = self.submissions.known([e.id for e in admitted])
         if missing:  # submitted before this dispatcher's last start, or forgotten since
             known |= await self.runtime.call(submissions.read, self.runtime.store, missing)
-        tracking = Tracking(NAME, batch[-1].position)
         starting = admitted
         while True:
             events, rows, launches = self._starts(starting, known)
+            if tracking is not None:
+                rows.append(tracking)
             try:
-                await self.runtime.call(self.runtime.store.commit, events, tracking, rows)
+                await self.runtime.call(self.runtime.store.commit, events, None, rows)
                 break
             except Conflict as conflict:
-                if not conflict.stale:  # the batch is stored already
-                    starting, events, launches = [], [], []
-                    break
                 starting = [e for e in starting if e.id not in conflict.stale]
         for event in events:
             self.submissions.apply(event)
@@ -181,7 +198,6 @@ class Dispatcher:
             self.wake.set()
         if len(starting) < len(admitted):
             await self._resume([e for e in admitted if e not in starting], known)
-        return True
 
     async def _resume(self, admitted: list[JobAdmitted], known: dict[UUID, Submission]) -> None:
         """Runs the attempts among `admitted` that this instance started in a commit whose
@@ -503,20 +519,34 @@ class Dispatcher:
             rows, pending = [], {i: e for i, e in pending.items() if i in dropped}
         return appended
 
-    async def recover(self) -> None:
-        """Ends attempts this instance was running when it last died (their steps or workers
-        died with it): lost, so retried, or failed when out of attempts."""
-        rows = await self.runtime.call(
-            self.runtime.store.query,
-            "SELECT * FROM dispatcher_executions WHERE instance = %s",
-            (self.runtime.instance,),
-        )
-        if self.remote:  # a Job outlives it: those of attempts still running are watched again
-            rows = self._adopt(
-                self.remote,
-                rows,
-                await self.runtime.call(self.runtime.store.jobs, [r["job_uuid"] for r in rows]),
+    async def recover(self, instance: str | None = None, partitions: Sequence[int] = ()) -> None:
+        """Ends the attempts a dispatcher was running when it died (their steps or workers died
+        with it): lost, so retried, or failed when out of attempts. By default this instance's
+        own, as it starts; else `instance`'s in `partitions`, which this one took over from it.
+        A Kubernetes Job outlives its dispatcher: one still running is watched again, here."""
+        me = self.runtime.instance
+        params: tuple[object, ...]
+        if instance is None:
+            sql, params = "SELECT * FROM dispatcher_executions WHERE instance = %s", (me,)
+        else:
+            sql = (
+                "SELECT * FROM dispatcher_executions"
+                f" WHERE instance = %s AND job_id %% {PARTITIONS} = ANY(%s)"
             )
+            params = (instance, list(partitions))
+        rows = await self.runtime.call(self.runtime.store.query, sql, params)
+        if self.remote and rows:
+            jobs = await self.runtime.call(self.runtime.store.jobs, [r["job_uuid"] for r in rows])
+            left = self._adopt(self.remote, rows, jobs)
+            if instance is not None and len(left) < len(rows):  # they run here now
+                adopted = [r["job_uuid"] for r in rows if r not in left]
+                await self.runtime.call(
+                    self.runtime.store.commit,
+                    (),
+                    None,
+                    [(_ADOPTED, (me, adopted))],
+                )
+            rows = left
         if not rows:
             return
         lost = Outcome("failed", "lost: the dispatcher running it stopped", transient=LOST)
@@ -526,10 +556,24 @@ class Dispatcher:
         ]
         appended = await self.runtime.call(self.end_attempts, endings)
         log.warning(
-            "dispatcher: %d attempt(s) running when it stopped; %d ended as lost",
+            "dispatcher: %d attempt(s) running when %s stopped; %d ended as lost",
             len(rows),
+            instance or "it",
             len(appended),
         )
+
+    async def take_over(self, taken: dict[int, str | None]) -> None:
+        """Partitions taken from instances presumed dead: their attempts there are ended."""
+        left: dict[str, list[int]] = {}
+        for partition, holder in taken.items():
+            if holder is not None:
+                left.setdefault(holder, []).append(partition)
+        for holder, partitions in left.items():
+            await self.recover(holder, partitions)
+
+    def idle(self, partition: int) -> bool:
+        """Nothing of the partition runs here: it may be handed to another instance."""
+        return all(partition_of(e.ref.job_id) != partition for e in self.running.values())
 
     def _adopt(
         self, executor: Executor, rows: list[dict[str, Any]], jobs: dict[UUID, Job]
@@ -595,23 +639,32 @@ async def dispatcher(runtime: Runtime) -> None:
     runtime.working = lambda: len(service.running)
     service.remote = await remote_executor(runtime)
     await service.recover()
+    await retire_consumer(runtime.js, NAME)  # one consumer for all, before partitions
+    partitions = service.partitions
+    durable = consumer_name(NAME, runtime.instance)
     consumer = BatchConsumer(
         runtime.js,
-        durable=NAME,
+        durable=durable,
         filter_subjects=[*(subjects.subject_for(e) for e in CONSUMED), subjects.SETTINGS],
         handler=service.on_job_events,
-        handled=await runtime.call(runtime.store.tracked, NAME),
-        track=runtime.tracker(NAME),
-        reject=runtime.rejecter(NAME),
+        handled=await partitions.start(),
+        track=partitions.track,
+        reject=runtime.rejecter(NAME, track=False),
         latest=runtime.latest,
         attempts=runtime.config.poison_attempts,
         trace=runtime.hop_trace(NAME),
+        inactive=INACTIVE,
+        name=NAME,
     )
+    partitions.consumer = consumer
+    refresher = asyncio.create_task(partitions.refresh_forever())
     flusher = asyncio.create_task(service.flush_forever())
     try:
         await consumer.run()
     finally:
         flusher.cancel()
+        refresher.cancel()
+        await partitions.leave()
         for execution in service.running.values():
             if execution.task:
                 execution.task.cancel()

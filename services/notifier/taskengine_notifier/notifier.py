@@ -28,7 +28,6 @@ from uuid import UUID
 
 import aiohttp
 import msgspec
-from eventsourcing.persistence import Tracking
 from taskengine_contracts import subjects
 from taskengine_contracts.events import (
     CallbackAttemptFailed,
@@ -40,9 +39,12 @@ from taskengine_core.deliveries import NOTIFIED
 from taskengine_core.lanes import HostLanes, lanes_from, origin
 from taskengine_core.outbound import OutboundGuard, parse_allowlist, sign, webhook_secret
 from taskengine_core.outbound_http import exchange, outbound_client
+from taskengine_core.partitions import PARTITIONS, consumer_name, partition_of
 from taskengine_runtime import BatchConsumer, Delivered, Runtime, metrics
+from taskengine_runtime.bus import retire_consumer
 from taskengine_runtime.logs import context
-from taskengine_store.store import Conflict, Statement
+from taskengine_runtime.partitioned import Partitions
+from taskengine_store.store import Statement
 
 from taskengine_notifier.callbacks import deliveries_for
 
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 NAME = "notifier"
 MAX_ATTEMPTS = 10
 MAX_BACKOFF = 60.0
+INACTIVE = 3600.0
+"""Seconds after which JetStream drops the consumer of an instance gone for good."""
 
 _INSERT = (
     "INSERT INTO notifier_deliveries (id, job_id, url, event, body, attempts, next_at)"
@@ -108,6 +112,7 @@ class Notifier:
         self.tasks: set[asyncio.Task] = set()
         self.wake = asyncio.Event()
         self.secrets: dict[str, str] = {}
+        self.partitions = Partitions(runtime, NAME, self.idle, self.take_over, self.drop)
 
     def pending(self) -> int:
         return sum(len(line) for line in self.lines.values())
@@ -138,43 +143,58 @@ class Notifier:
         self.wake.set()
 
     async def on_job_events(self, batch: list[Delivered]) -> bool:
-        rows = []
-        for item in batch:
-            self.runtime.apply(item.event)
-            rows.extend(deliveries_for(item.event))
-        if not rows:
-            return False
-        statements = [(_INSERT, row) for row in rows]
-        try:
-            await self.runtime.call(
-                self.runtime.store.commit, (), Tracking(NAME, batch[-1].position), statements
-            )
-        except Conflict as conflict:
-            if conflict.stale:
-                raise
-            rows = await self._unscheduled(rows)
-        for row in rows:
-            self.schedule(row)
+        async with self.partitions.lock:
+            end = batch[-1].position
+            rows = []
+            for item in self.partitions.mine(batch):
+                self.runtime.apply(item.event)
+                rows.extend(deliveries_for(item.event))
+            if not rows:
+                self.partitions.advance(end)
+                return False
+            statements: list[Statement] = [(_INSERT, row) for row in rows]
+            if tracking := self.partitions.tracking(end):
+                statements.append(tracking)
+            await self.runtime.call(self.runtime.store.commit, (), None, statements)
+            self.partitions.advance(end)
+            for row in rows:
+                self.schedule(row)
         return True
 
-    async def _unscheduled(self, rows: list[tuple]) -> list[tuple]:
-        """The deliveries among `rows` of a batch stored in a commit whose answer was lost
-        (the connection died as the store committed; the retried commit found the batch's
-        tracking record): those stored and not in hand here, so each is sent once."""
-        here = {delivery.id for line in self.lines.values() for delivery in line}
-        ids = [row[0] for row in rows if row[0] not in here]
-        stored = await self.runtime.call(
+    async def take_over(self, taken: dict[int, str | None]) -> None:
+        """Partitions now held here: their deliveries not yet done are sent from here on, each
+        job's in the order its events happened."""
+        rows = await self.runtime.call(
             self.runtime.store.query,
-            "SELECT id FROM notifier_deliveries WHERE id = ANY(%s)",
-            (ids,),
+            f"SELECT * FROM notifier_deliveries WHERE job_id %% {PARTITIONS} = ANY(%s)",
+            (list(taken),),
         )
-        found = {row["id"] for row in stored}
-        log.warning(
-            "notifier: %d deliveries stored in a commit whose answer was lost; %d to send",
-            len(rows),
-            len(found),
-        )
-        return [row for row in rows if row[0] in found]
+        here = {delivery.id for line in self.lines.values() for delivery in line}
+        for row in sorted(rows, key=lambda r: (_happened(bytes(r["body"])), r["next_at"])):
+            if row["id"] in here:
+                continue
+            self.schedule(
+                (
+                    row["id"],
+                    row["job_id"],
+                    row["url"],
+                    row["event"],
+                    bytes(row["body"]),
+                    row["next_at"],
+                ),
+                row["attempts"],
+            )
+
+    def drop(self, partitions: set[int]) -> None:
+        """Partitions no longer held here: their deliveries are forgotten (the next holder
+        loads them), but for one being sent, which is recorded as it ends."""
+        for line in list(self.lines):
+            if partition_of(line[0]) in partitions and line not in self.sending:
+                del self.lines[line]
+
+    def idle(self, partition: int) -> bool:
+        """No delivery of the partition is in hand here: it may be handed to another."""
+        return all(partition_of(job_id) != partition for job_id, _ in self.lines)
 
     async def deliver_forever(self) -> None:
         """Sends due deliveries forever; a failure to record them is retried, never fatal."""
@@ -198,6 +218,9 @@ class Notifier:
             now = time.monotonic()
             while self.due and self.due[0].next_at <= now:
                 delivery = heapq.heappop(self.due)
+                line = self.lines.get((delivery.job_id, delivery.url))
+                if not line or line[0] is not delivery:  # its partition was given up
+                    continue
                 self.sending.add((delivery.job_id, delivery.url))
                 task = asyncio.create_task(self.send(delivery))
                 self.tasks.add(task)
@@ -236,7 +259,9 @@ class Notifier:
         """Its line's next delivery (this one again, or the one after) may be sent."""
         line = (delivery.job_id, delivery.url)
         self.sending.discard(line)
-        if self.lines.get(line):
+        if not self.partitions.owns(delivery.job_id):  # given up meanwhile
+            self.lines.pop(line, None)
+        elif self.lines.get(line):
             heapq.heappush(self.due, self.lines[line][0])
         else:
             self.lines.pop(line, None)
@@ -376,37 +401,32 @@ async def notifier(runtime: Runtime) -> None:
     ) as client:
         service = Notifier(runtime, client, guard)
         runtime.working = service.pending
-        rows = await runtime.call(runtime.store.query, "SELECT * FROM notifier_deliveries")
-        # In the order their events happened, so each receiver still hears of a job in order.
-        for row in sorted(rows, key=lambda r: (_happened(bytes(r["body"])), r["next_at"])):
-            service.schedule(
-                (
-                    row["id"],
-                    row["job_id"],
-                    row["url"],
-                    row["event"],
-                    bytes(row["body"]),
-                    row["next_at"],
-                ),
-                row["attempts"],
-            )
+        await retire_consumer(runtime.js, NAME)  # one consumer for all, before partitions
+        partitions = service.partitions
+        durable = consumer_name(NAME, runtime.instance)
         consumer = BatchConsumer(
             runtime.js,
-            durable=NAME,
+            durable=durable,
             filter_subjects=[
                 *(subjects.subject_for(e) for e in (*NOTIFIED, StepChanged)),
                 subjects.SETTINGS,
             ],
             handler=service.on_job_events,
-            handled=await runtime.call(runtime.store.tracked, NAME),
-            track=runtime.tracker(NAME),
-            reject=runtime.rejecter(NAME),
+            handled=await partitions.start(),
+            track=partitions.track,
+            reject=runtime.rejecter(NAME, track=False),
             latest=runtime.latest,
             attempts=runtime.config.poison_attempts,
             trace=runtime.hop_trace(NAME),
+            inactive=INACTIVE,
+            name=NAME,
         )
+        partitions.consumer = consumer
+        refresher = asyncio.create_task(partitions.refresh_forever())
         sender = asyncio.create_task(service.deliver_forever())
         try:
             await consumer.run()
         finally:
             sender.cancel()
+            refresher.cancel()
+            await partitions.leave()

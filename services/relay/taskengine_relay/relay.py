@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from taskengine_contracts import subjects
+from taskengine_core.partitions import tracking_names
 from taskengine_runtime import Runtime, metrics
 from taskengine_runtime.bus import FAILOVER, FAILOVER_PAUSE
 from taskengine_runtime.failures import describe
@@ -123,8 +124,8 @@ async def _resume_from(runtime: Runtime, position: int) -> int:
     rows = await runtime.call(
         runtime.store.query,
         "SELECT min(notification_id) AS low FROM notification_tracking"
-        " WHERE application_name = ANY(%s)",
-        (names,),
+        " WHERE application_name LIKE ANY(%s)",
+        (tracking_names(names),),
     )
     low = rows[0]["low"] if rows else None
     return position if low is None else min(position, low)
