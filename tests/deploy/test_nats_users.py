@@ -221,6 +221,10 @@ async def test_the_subscriber_cannot_touch_the_services_consumers_or_the_stream(
             f"$JS.API.CONSUMER.PAUSE.{stream}.dispatcher",
             f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.dispatcher",
             f"$JS.API.CONSUMER.DELETE.{stream}.projector",
+            # a dispatcher's or notifier's instance consumer is reached only by its name,
+            # whose random part a subscriber cannot learn: listing consumers is refused
+            f"$JS.API.CONSUMER.LIST.{stream}",
+            f"$JS.API.CONSUMER.NAMES.{stream}",
             f"$JS.API.STREAM.DELETE.{stream}",
             f"$JS.API.STREAM.PURGE.{stream}",
             f"$JS.API.STREAM.UPDATE.{stream}",
