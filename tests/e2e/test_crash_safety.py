@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import nats
+import pytest
 from taskengine_contracts import subjects
 
 from tests.support.audit import audit, audited_when_final
@@ -46,8 +47,13 @@ def stream_message_count(nats_url: str) -> int:
     return asyncio.run(count())
 
 
-def test_kill_9_of_every_service_in_turn_loses_and_duplicates_nothing(system_factory):
-    system = system_factory()
+@pytest.mark.parametrize(
+    "replicas",
+    ["", "gateway=2,admission=2,scheduler=2,dispatcher=2,notifier=2"],
+    ids=["one-of-each", "replicated"],
+)
+def test_kill_9_of_every_service_in_turn_loses_and_duplicates_nothing(system_factory, replicas):
+    system = system_factory(TASKENGINE_REPLICAS=replicas)
     with system.client() as client:
         for name, value in (("max_jobs", 10), ("retry_delay", 0), ("retry_limit", 5)):
             assert (
