@@ -37,6 +37,18 @@ def submit_all(url: str, bodies: list[dict]) -> set[int]:
         return {job_id for job_id in pool.map(submit, bodies) if job_id is not None}
 
 
+def submitted_while_killing(system, bodies: list[dict], names: list[str], pause: float) -> set[int]:  # type: ignore[no-untyped-def]
+    """Submits `bodies` (`submit_all`) while each process in `names` is killed with -9 in
+    turn, `pause` seconds apart, and restarted by the supervisor; the ids acknowledged."""
+    with ThreadPoolExecutor(1) as background:
+        submitted = background.submit(submit_all, system.url, bodies)
+        for name in names:
+            time.sleep(pause)
+            old = system.kill(name)
+            system.wait_restarted(name, old)
+        return submitted.result(timeout=180)
+
+
 def stream_message_count(nats_url: str) -> int:
     async def count() -> int:
         nc = await nats.connect(nats_url)
@@ -63,15 +75,8 @@ def test_kill_9_of_every_service_in_turn_loses_and_duplicates_nothing(system_fac
         {"job": {"workflow": "sleep" if n % 2 else "echo"}, "parameters": {"seconds": 0.3, "n": n}}
         for n in range(200)
     ]
-    with ThreadPoolExecutor(1) as background:
-        submitted = background.submit(submit_all, system.url, bodies)
-        for service in SERVICES:
-            time.sleep(1.0)
-            old = system.kill(service)
-            system.wait_restarted(service, old)
-        # The relay once more, while events are still flowing from the store to the bus.
-        system.wait_restarted("relay", system.kill("relay"))
-        accepted = submitted.result(timeout=120)
+    # The relay once more at the end, while events are still flowing from the store to the bus.
+    accepted = submitted_while_killing(system, bodies, [*SERVICES, "relay"], pause=1.0)
     assert len(accepted) >= 190, f"only {len(accepted)} of 200 submissions were accepted"
 
     states = audited_when_final(system, accepted)

@@ -6,14 +6,12 @@ attempt twice and keeps each job's callbacks in order."""
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.e2e.test_crash_safety import submit_all
+from tests.e2e.test_crash_safety import submitted_while_killing
 from tests.e2e.test_observability import metrics_urls, scrape, value
 from tests.support.audit import audited_when_final
 from tests.support.receiver import CallbackReceiver
@@ -96,15 +94,9 @@ def test_kill_9_of_one_replica_of_each_under_load_loses_and_duplicates_nothing(s
             }
             for n in range(240)
         ]
-        killed = ("dispatcher", "notifier", "gateway", "admission", "scheduler")
-        killed += ("dispatcher-1", "notifier-1", "gateway-1", "admission-1")
-        with ThreadPoolExecutor(1) as background:
-            submitted = background.submit(submit_all, system.url, bodies)
-            for name in killed:
-                time.sleep(0.7)
-                old = system.kill(name)
-                system.wait_restarted(name, old)
-            accepted = submitted.result(timeout=180)
+        killed = ["dispatcher", "notifier", "gateway", "admission", "scheduler"]
+        killed += ["dispatcher-1", "notifier-1", "gateway-1", "admission-1"]
+        accepted = submitted_while_killing(system, bodies, killed, pause=0.7)
         assert len(accepted) >= 230, f"only {len(accepted)} of 240 submissions were accepted"
 
         states = audited_when_final(system, accepted)
