@@ -172,3 +172,36 @@ async def test_callbacks_stored_by_a_commit_whose_answer_was_lost_are_sent_once(
                 sender.cancel()
     assert [body["event"] for body in receiver.received] == ["start"]
     assert store.query("SELECT count(*) AS n FROM notifier_deliveries")[0]["n"] == 0
+
+
+async def test_an_attempt_recorded_by_a_commit_whose_answer_was_lost_is_not_sent_again(services):
+    """The retried commit finds the attempt's event there (recorded already): the delivery is
+    done, not sent again and again while its record keeps conflicting."""
+    store = services.store
+    with CallbackReceiver() as receiver:
+        job = submitted(callbacks=[receiver.url])
+        store.commit([job])
+        event = started(job, [receiver.url])
+        [position] = store.commit([event])
+        config = EngineSettings(webhook_key=WEBHOOK_KEY, data_dir=services.data_dir)
+        guard = OutboundGuard(parse_allowlist("127.0.0.0/8"))
+        async with outbound_client(guard) as client:
+            runtime = Runtime("notifier", config, store, None, None)  # type: ignore[arg-type]
+            notifier = Notifier(runtime, client, guard)
+            await notifier.partitions.refresh()  # alone: it holds every partition
+            assert await notifier.on_job_events([Delivered(position, event, None)])
+            with answer_lost_once(store) as lost:  # the next commit records the attempt
+                sender = asyncio.create_task(notifier.deliver_forever())
+                try:
+                    for _ in range(100):
+                        if lost and not notifier.pending():
+                            break
+                        await asyncio.sleep(0.05)
+                    await asyncio.sleep(2.5)  # a resend would come within 1 s
+                finally:
+                    sender.cancel()
+            assert lost, "the commit's answer was not lost: the test tested nothing"
+            assert not notifier.pending()
+    assert [body["event"] for body in receiver.received] == ["start"]
+    delivered = [e for e in services.events(job.job_id) if isinstance(e, CallbackDelivered)]
+    assert len(delivered) == 1

@@ -12,6 +12,7 @@ from taskengine_contracts.events import (
     JobStarted,
     JobSucceeded,
 )
+from taskengine_core.jobs import JobRef, advance
 from taskengine_core.partitions import PARTITIONS, partition_of
 from taskengine_store.partitions import PartitionLeases
 
@@ -171,3 +172,34 @@ def test_a_dead_notifiers_deliveries_are_sent_by_the_one_that_takes_its_partitio
         )
     sent = [b["job_id"] for b in receiver.received]
     assert sorted(sent) == sorted(job.job_id for job in jobs)  # each once
+
+
+def test_attempts_of_an_instance_no_longer_alive_are_ended_whoever_held_their_partition(services):
+    """A row left by an instance that never held the partition (its start landed after its
+    lease lapsed, or the takeover that knew of it failed) is found all the same."""
+    settings(services.store, retry_limit=3, retry_delay=0)
+    job = submitted("sleep", parameters={"seconds": 30})
+    admitted = admit(job)
+    services.store.commit([job])
+    services.store.commit([admitted])
+    start = advance(
+        JobRef.of(admitted), JobStarted, workflow=job.workflow, attempt=1, executor="local"
+    )
+    ghost = (
+        "INSERT INTO dispatcher_executions (job_uuid, job_id, client, workflow, priority,"
+        " attempt, version, instance, started_at)"
+        " VALUES (%s, %s, %s, %s, 5, 1, %s, 'ghost', now())",
+        (job.id, job.job_id, job.client, job.workflow, start.version),
+    )
+    services.store.commit([start], None, [ghost])
+    services.start("relay", "dispatcher")
+    events = wait_events(
+        services,
+        lambda es: any(isinstance(e, JobRetryScheduled) for e in es),
+        timeout=60,
+        what="the ghost's attempt ended as lost",
+    )
+    [retry] = [e for e in events if isinstance(e, JobRetryScheduled)]
+    assert retry.job_id == job.job_id and retry.reason.startswith("lost"), retry
+    assert [e.attempt for e in events if isinstance(e, JobStarted)] == [1]  # not started again
+    assert not services.store.query("SELECT 1 FROM dispatcher_executions")

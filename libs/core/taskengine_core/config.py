@@ -157,12 +157,13 @@ class EngineSettings(BaseSettings):
         " <data dir>/run/hops-<consumer>.csv (what `make bench` breaks its latency down by)",
     )
     partition_ttl: float = Field(
-        default=10.0,
+        default=15.0,
         ge=1,
         le=600,
         description="seconds a dispatcher's or notifier's lease on a partition of the work lasts"
         " unrenewed (renewed every fifth of it): how soon the others take over a dead instance's"
-        " attempts and callbacks",
+        " attempts and callbacks. A callback is sent only within the lease it was started in:"
+        " keep it above TASKENGINE_OUTBOUND_DEADLINE",
     )
     attempt_timeout: float = Field(
         default=3600.0,

@@ -223,13 +223,14 @@ class BatchConsumer:
         self.delivered = 0
         """The consumer sequence of the last message received from the current consumer."""
         self.rewound: int | None = None
+        self.rewinds = 0
+        """How many rewinds took effect: each delivers again from where it went back to."""
         metrics.LAG.consumers[self.name] = self.lag_position
 
     def rewind(self, position: int) -> None:
-        """Delivers again what follows `position`, from the next fetch on (a partition taken
-        over stands behind this consumer)."""
-        if position < self.handled:
-            self.rewound = min(position, self.rewound if self.rewound is not None else position)
+        """Delivers again what follows `position`, from the next fetch on, once the batch in
+        hand is done (a partition taken over stands behind this consumer)."""
+        self.rewound = min(position, self.rewound if self.rewound is not None else position)
 
     def lag_position(self) -> int | None:
         """Where this consumer got to, for its lag (None: it has all the bus holds for it, so
@@ -335,6 +336,7 @@ class BatchConsumer:
             if self.rewound is not None:
                 self.handled, self.rewound = self.rewound, None
                 subscription = await self._resubscribe()
+                self.rewinds += 1
             messages = await self._fetch(subscription)
             if self._missed(messages):
                 subscription = await self._resubscribe()

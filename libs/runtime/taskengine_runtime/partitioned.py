@@ -2,13 +2,17 @@
 
 `Partitions` keeps the leases (`taskengine_store.partitions`) renewed, knows which partitions
 this instance holds and how far in the event log it handled each, and tells its service when it
-takes some over (to end or take over what their last holder left) or drops some (nothing more
-of theirs may be done here). The service's consumer reads every event; its handler keeps the
-events of its own partitions past their positions (`mine`), commits `tracking()` with their
-effects, and then `advance`s.
+takes some (`taken`: e.g. load their pending deliveries), what it holds after each refresh
+(`tend`: e.g. end the attempts of instances no longer alive there) and when it gives some up
+(`dropped`). The service's consumer reads every event; its handler keeps the events of its own
+partitions past their positions (`mine`), commits `tracking()` with their effects, and then
+`advance`s.
 
-A lease counts as held here for half its time after a refresh began: an instance that cannot
-renew (the store away, a stall) stops before another may take its partitions over.
+A partition taken over behind where the consumer got to waits (`behind`) until the consumer
+has gone back to its position (`BatchConsumer.rewind`), so no event of it is passed over.
+
+A lease counts as held here until `lease_end`: the time its last renewal began plus the lease
+time. Another instance can take it only once it expired in the store, later than that.
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Taken = Callable[[dict[int, str | None]], Awaitable[None]]
+OnPartitions = Callable[[set[int]], Awaitable[None]]
+
+
+async def _nothing(partitions: set[int]) -> None:
+    del partitions
 
 
 class Partitions:
@@ -42,16 +50,24 @@ class Partitions:
         runtime: Runtime,
         service: str,
         idle: Callable[[int], bool],
-        taken: Taken,
+        taken: OnPartitions = _nothing,
+        tend: OnPartitions = _nothing,
         dropped: Callable[[set[int]], None] = lambda partitions: None,
     ):
         self.runtime, self.service = runtime, service
-        self.idle, self.taken, self.dropped = idle, taken, dropped
+        self.idle, self.taken, self.tend, self.dropped = idle, taken, tend, dropped
         self.handled: dict[int, int] = {}
         """The partitions held here, each with the position up to which it was handled."""
         self.behind: dict[int, int] = {}
         """Partitions taken over behind the consumer, until it went back to them."""
-        self.valid_until = 0.0
+        self.rewinds = 0
+        """The consumer's rewinds when partitions were last put behind."""
+        self.reached = 0
+        """The furthest position a batch handed here went to."""
+        self.shared = 0
+        """The position of the last event of no job (a setting) kept: a rewind delivers those
+        again, and an older setting must not come back."""
+        self.lease_end = 0.0
         self.lock = asyncio.Lock()
         """Held while a batch is handled and while the leases are refreshed."""
         self.consumer: BatchConsumer | None = None
@@ -64,9 +80,8 @@ class Partitions:
     def leases(self) -> PartitionLeases:
         return PartitionLeases(self.runtime.store, self.service, self.runtime.instance, self.ttl)
 
-    def batch_start(self) -> int:
-        """Where the consumer stood before the batch in hand."""
-        return self.consumer.handled if self.consumer is not None else 0
+    def held(self) -> set[int]:
+        return set(self.handled) | set(self.behind)
 
     def owns(self, job_id: int) -> bool:
         partition = partition_of(job_id)
@@ -74,15 +89,17 @@ class Partitions:
 
     def mine(self, batch: list[Delivered]) -> list[Delivered]:
         """The events of `batch` in a partition held here and past its position; events of no
-        job (settings) are everyone's."""
-        if self.behind and self.batch_start() <= min(self.behind.values()):
+        job (settings) are everyone's, once each."""
+        if self.behind and self.consumer is not None and self.consumer.rewinds > self.rewinds:
             self.handled.update(self.behind)  # the consumer went back to them
             self.behind.clear()
         kept = []
         for item in batch:
             job_id = getattr(item.event, "job_id", None)
             if job_id is None:
-                kept.append(item)
+                if item.position > self.shared:
+                    self.shared = item.position
+                    kept.append(item)
                 continue
             handled = self.handled.get(partition_of(job_id))
             if handled is not None and item.position > handled:
@@ -96,6 +113,7 @@ class Partitions:
 
     def advance(self, end: int) -> None:
         """The batch in hand, up to `end`, is handled: its partitions stand there."""
+        self.reached = max(self.reached, end)
         for p, at in self.handled.items():
             self.handled[p] = max(at, end)
 
@@ -121,44 +139,36 @@ class Partitions:
                 log.warning("%s: taking leases failed (%s); again", self.service, describe(error))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        if self.handled:
-            return min(self.handled.values())
-        return await self.runtime.latest()
+        self.reached = min(self.handled.values()) if self.handled else await self.runtime.latest()
+        return self.reached
 
     async def refresh(self) -> None:
         async with self.lock:
             started = time.monotonic()
-            idle = [p for p in (*self.handled, *self.behind) if self.idle(p)]
+            idle = [p for p in self.held() if self.idle(p)]
             try:
                 held = await self.runtime.call(self.leases.refresh, idle)
-            except Exception as error:
-                if time.monotonic() > self.valid_until:
-                    self._expired(describe(error))
+            except Exception:
+                self._lapse_if_over()
                 raise
-            self.valid_until = started + self.ttl / 2
-            ours = set(self.handled) | set(self.behind)
-            if gone := ours - held.partitions:
+            self.lease_end = started + self.ttl
+            if gone := self.held() - held.partitions:
                 self._drop(gone)
-            new = held.partitions - ours
-            if not new:
-                return
-            positions = await self.runtime.call(self.leases.tracked, new)
-            me = self.runtime.instance
-            taken = {p: held.taken.get(p) for p in new}
-            await self.taken({p: None if who == me else who for p, who in taken.items()})
-            log.info("%s: took partitions %s", self.service, sorted(new))
-            lowest = min(positions.values())
-            if self.consumer is not None and lowest < self.consumer.handled:
-                self.behind.update(positions)
-                self.consumer.rewind(lowest)
-            else:
-                self.handled.update(positions)
+            if new := set(held.partitions) - self.held():
+                positions = await self.runtime.call(self.leases.tracked, new)
+                await self.taken(new)
+                log.info("%s: took partitions %s", self.service, sorted(new))
+                if self.consumer is not None and min(positions.values()) < self.reached:
+                    self.behind.update(positions)
+                    self.rewinds = self.consumer.rewinds
+                    self.consumer.rewind(min(self.behind.values()))
+                else:
+                    self.handled.update(positions)
+            await self.tend(self.held())
 
-    def _expired(self, why: str) -> None:
-        if held := set(self.handled) | set(self.behind):
-            log.warning(
-                "%s: leases expired here (%s); giving up %s", self.service, why, sorted(held)
-            )
+    def _lapse_if_over(self) -> None:
+        if time.monotonic() >= self.lease_end and (held := self.held()):
+            log.warning("%s: leases not renewed in time; giving up %s", self.service, sorted(held))
             self._drop(held)
 
     def _drop(self, partitions: set[int]) -> None:
@@ -171,9 +181,9 @@ class Partitions:
     async def refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self.ttl / 5)
-            if time.monotonic() > self.valid_until:
+            if time.monotonic() >= self.lease_end:
                 async with self.lock:
-                    self._expired("not renewed in time")
+                    self._lapse_if_over()
             try:
                 await self.refresh()
             except asyncio.CancelledError:

@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -79,7 +79,6 @@ _INSERT_EXECUTION = (
     " ON CONFLICT (job_uuid) DO UPDATE SET attempt = excluded.attempt,"
     " version = excluded.version, instance = excluded.instance, started_at = excluded.started_at"
 )
-_DELETE_EXECUTION = "DELETE FROM dispatcher_executions WHERE job_uuid = %s"
 _DELETE_ATTEMPT = "DELETE FROM dispatcher_executions WHERE job_uuid = %s AND attempt = %s"
 _ADOPTED = "UPDATE dispatcher_executions SET instance = %s WHERE job_uuid = ANY(%s)"
 
@@ -143,7 +142,7 @@ class Dispatcher:
         self.remote = remote
         """The configured process or Kubernetes executor (None: local only)."""
         self.submissions = Submissions()
-        self.partitions = Partitions(runtime, NAME, self.idle, self.take_over)
+        self.partitions = Partitions(runtime, NAME, self.idle, tend=self.recover)
 
     def executor_for(self, kind: str) -> Executor:
         """A remote executor runs workers and containers; every other job runs its steps here
@@ -454,7 +453,7 @@ class Dispatcher:
                 )
             if execution.done:
                 done.append(execution)
-                rows.append((_DELETE_EXECUTION, (execution.ref.id,)))
+                rows.append((_DELETE_ATTEMPT, (execution.ref.id, execution.attempt)))
                 if execution.outcome is not None and not execution.cancelled:
                     events.append(ended(execution, execution.outcome, self.retry_settings))
         if not events and not rows:
@@ -519,26 +518,30 @@ class Dispatcher:
             rows, pending = [], {i: e for i, e in pending.items() if i in dropped}
         return appended
 
-    async def recover(self, instance: str | None = None, partitions: Sequence[int] = ()) -> None:
+    async def recover(self, partitions: Collection[int] | None = None) -> None:
         """Ends the attempts a dispatcher was running when it died (their steps or workers died
-        with it): lost, so retried, or failed when out of attempts. By default this instance's
-        own, as it starts; else `instance`'s in `partitions`, which this one took over from it.
-        A Kubernetes Job outlives its dispatcher: one still running is watched again, here."""
+        with it): lost, so retried, or failed when out of attempts. As this instance starts,
+        its own; after each refresh of its leases (`partitions`: those it holds), those there
+        of instances no longer alive (none renewed for the lease time), whoever held the
+        partition then. A Kubernetes Job outlives its dispatcher: one still running is watched
+        again, here."""
         me = self.runtime.instance
         params: tuple[object, ...]
-        if instance is None:
+        if partitions is None:
             sql, params = "SELECT * FROM dispatcher_executions WHERE instance = %s", (me,)
         else:
             sql = (
-                "SELECT * FROM dispatcher_executions"
-                f" WHERE instance = %s AND job_id %% {PARTITIONS} = ANY(%s)"
+                "SELECT * FROM dispatcher_executions AS e"
+                f" WHERE job_id %% {PARTITIONS} = ANY(%s) AND instance <> %s"
+                " AND NOT EXISTS (SELECT FROM partition_members AS m WHERE m.service = %s"
+                " AND m.instance = e.instance AND m.expires_at > now())"
             )
-            params = (instance, list(partitions))
+            params = (list(partitions), me, NAME)
         rows = await self.runtime.call(self.runtime.store.query, sql, params)
         if self.remote and rows:
             jobs = await self.runtime.call(self.runtime.store.jobs, [r["job_uuid"] for r in rows])
             left = self._adopt(self.remote, rows, jobs)
-            if instance is not None and len(left) < len(rows):  # they run here now
+            if partitions is not None and len(left) < len(rows):  # they run here now
                 adopted = [r["job_uuid"] for r in rows if r not in left]
                 await self.runtime.call(
                     self.runtime.store.commit,
@@ -558,18 +561,9 @@ class Dispatcher:
         log.warning(
             "dispatcher: %d attempt(s) running when %s stopped; %d ended as lost",
             len(rows),
-            instance or "it",
+            ", ".join(sorted({row["instance"] for row in rows})),
             len(appended),
         )
-
-    async def take_over(self, taken: dict[int, str | None]) -> None:
-        """Partitions taken from instances presumed dead: their attempts there are ended."""
-        left: dict[str, list[int]] = {}
-        for partition, holder in taken.items():
-            if holder is not None:
-                left.setdefault(holder, []).append(partition)
-        for holder, partitions in left.items():
-            await self.recover(holder, partitions)
 
     def idle(self, partition: int) -> bool:
         """Nothing of the partition runs here: it may be handed to another instance."""

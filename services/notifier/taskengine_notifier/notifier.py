@@ -44,7 +44,7 @@ from taskengine_runtime import BatchConsumer, Delivered, Runtime, metrics
 from taskengine_runtime.bus import retire_consumer
 from taskengine_runtime.logs import context
 from taskengine_runtime.partitioned import Partitions
-from taskengine_store.store import Statement
+from taskengine_store.store import Conflict, Statement
 
 from taskengine_notifier.callbacks import deliveries_for
 
@@ -54,6 +54,8 @@ NAME = "notifier"
 MAX_ATTEMPTS = 10
 MAX_BACKOFF = 60.0
 INACTIVE = 3600.0
+WINDOW = 0.5
+"""The shortest time a send may be given (seconds); less, and it waits for the leases."""
 """Seconds after which JetStream drops the consumer of an instance gone for good."""
 
 _INSERT = (
@@ -112,7 +114,9 @@ class Notifier:
         self.tasks: set[asyncio.Task] = set()
         self.wake = asyncio.Event()
         self.secrets: dict[str, str] = {}
-        self.partitions = Partitions(runtime, NAME, self.idle, self.take_over, self.drop)
+        self.partitions = Partitions(
+            runtime, NAME, self.idle, taken=self.take_over, dropped=self.drop
+        )
 
     def pending(self) -> int:
         return sum(len(line) for line in self.lines.values())
@@ -161,7 +165,7 @@ class Notifier:
                 self.schedule(row)
         return True
 
-    async def take_over(self, taken: dict[int, str | None]) -> None:
+    async def take_over(self, taken: set[int]) -> None:
         """Partitions now held here: their deliveries not yet done are sent from here on, each
         job's in the order its events happened."""
         rows = await self.runtime.call(
@@ -216,7 +220,7 @@ class Notifier:
             self.wake.clear()
             await self.record_done()
             now = time.monotonic()
-            while self.due and self.due[0].next_at <= now:
+            while self.due and self.due[0].next_at <= now and self._window(now) > 0:
                 delivery = heapq.heappop(self.due)
                 line = self.lines.get((delivery.job_id, delivery.url))
                 if not line or line[0] is not delivery:  # its partition was given up
@@ -226,10 +230,19 @@ class Notifier:
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             wait = self.due[0].next_at - now if self.due else None
+            if wait is not None and not self._window(now):
+                wait = max(wait, WINDOW)  # until the leases are renewed
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=wait)
             except TimeoutError:
                 pass
+
+    def _window(self, now: float) -> float:
+        """Seconds a send started now may take: within the deadline, and over before this
+        instance's leases could lapse, so that no other instance sends the same line meanwhile
+        (0: none may start until the leases are renewed)."""
+        window = min(self.deadline, self.partitions.lease_end - now)
+        return window if window >= WINDOW else 0.0
 
     async def send(self, delivery: Delivery) -> None:
         """One attempt in its receiver's lane; while the receiver is held back, it waits."""
@@ -244,8 +257,13 @@ class Notifier:
         try:
             async with self.room:
                 started = time.monotonic()
+                if not (window := self._window(started)):  # the leases may lapse meanwhile
+                    delivery.next_at = started + WINDOW
+                    self.release(delivery)
+                    self.wake.set()
+                    return
                 try:
-                    status, error = await self.attempt(delivery)
+                    status, error = await self.attempt(delivery, window)
                 except Exception as failure:  # whatever happens, it is a failed attempt
                     status, error = None, f"{type(failure).__name__}: {failure}"[:300]
             answered = error is None or error.startswith("refused") or _answered(status, error)
@@ -294,13 +312,29 @@ class Notifier:
                     "" if retry else "; given up",
                     extra=context(job_id=delivery.job_id, client=_owner(delivery)),
                 )
-        try:
-            await self.runtime.call(self.runtime.store.commit, events, None, statements)
-        except Exception:
-            log.exception("notifier: recording %s attempts failed; sending again", len(batch))
-            retries = [1.0] * len(batch)
-            for delivery, _, _, _ in batch:
-                delivery.attempts -= 1
+        pending = list(range(len(batch)))
+        while pending:
+            try:
+                await self.runtime.call(
+                    self.runtime.store.commit,
+                    [events[i] for i in pending],
+                    None,
+                    [statements[i] for i in pending],
+                )
+                break
+            except Conflict as conflict:
+                # Recorded already: by this commit, whose answer was lost, or by the instance
+                # that holds the partition now. Either way it is done here.
+                for i in pending:
+                    if events[i].id in conflict.stale:
+                        retries[i] = None
+                pending = [i for i in pending if events[i].id not in conflict.stale]
+            except Exception:
+                log.exception("notifier: recording %s attempts failed; sending again", len(batch))
+                for i in pending:
+                    retries[i] = 1.0
+                    batch[i][0].attempts -= 1
+                break
         for outcome, durations in outcomes.items():
             metrics.CALLBACKS.labels(outcome).inc(len(durations))
             histogram = metrics.CALLBACK_LATENCY.labels(outcome)
@@ -313,13 +347,13 @@ class Notifier:
                 delivery.next_at = time.monotonic() + retry
             self.release(delivery)
 
-    async def attempt(self, delivery: Delivery) -> tuple[int | None, str | None]:
-        """Posts once, the whole exchange within the deadline: (status, why it failed)."""
+    async def attempt(self, delivery: Delivery, deadline: float) -> tuple[int | None, str | None]:
+        """Posts once, the whole exchange within `deadline`: (status, why it failed)."""
         status, error = await exchange(
             self.client,
             "POST",
             delivery.url,
-            deadline=self.deadline,
+            deadline=deadline,
             max_bytes=self.max_bytes,
             guard=self.guard,
             data=delivery.body,
