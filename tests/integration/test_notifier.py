@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from taskengine_contracts.events import (
     CallbackAttemptFailed,
     CallbackDelivered,
     JobStarted,
+    JobSubmitted,
     JobSucceeded,
 )
 from taskengine_core.config import EngineSettings
@@ -141,28 +144,42 @@ def test_each_jobs_callbacks_to_each_url_keep_their_order_with_the_lane_full(ser
     assert all(events == ["start", "complete"] for events in lines.values()), lines
 
 
+def started_with_callback(store, url: str) -> tuple[JobSubmitted, list[Delivered]]:  # type: ignore[no-untyped-def]
+    """A job with a callback to `url`, stored, and the batch of its start as a consumer gets it."""
+    job = submitted(callbacks=[url])
+    store.commit([job])
+    event = started(job, [url])
+    [position] = store.commit([event])
+    return job, [Delivered(position, event, None)]
+
+
+@asynccontextmanager
+async def notifier_in_process(services) -> AsyncIterator[Notifier]:  # type: ignore[no-untyped-def]
+    """A notifier in this process on the test's store, alone (holding every partition), with
+    no consumer: the test hands it batches."""
+    config = EngineSettings(webhook_key=WEBHOOK_KEY, data_dir=services.data_dir)
+    guard = OutboundGuard(parse_allowlist("127.0.0.0/8"))
+    async with outbound_client(guard) as client:
+        runtime = Runtime("notifier", config, services.store, None, None)  # type: ignore[arg-type]
+        notifier = Notifier(runtime, client, guard)
+        await notifier.partitions.refresh()
+        yield notifier
+
+
 async def test_callbacks_stored_by_a_commit_whose_answer_was_lost_are_sent_once(services):
     """The retried commit finds the batch's deliveries there: they are sent, each once, not set
     aside with the batch as if it were poison."""
     store = services.store
     with CallbackReceiver() as receiver:
-        job = submitted(callbacks=[receiver.url])
-        store.commit([job])
-        event = started(job, [receiver.url])
-        [position] = store.commit([event])
-        config = EngineSettings(webhook_key=WEBHOOK_KEY, data_dir=services.data_dir)
-        guard = OutboundGuard(parse_allowlist("127.0.0.0/8"))
-        async with outbound_client(guard) as client:
-            runtime = Runtime("notifier", config, store, None, None)  # type: ignore[arg-type]
-            notifier = Notifier(runtime, client, guard)
-            await notifier.partitions.refresh()  # alone: it holds every partition
+        job, batch = started_with_callback(store, receiver.url)
+        async with notifier_in_process(services) as notifier:
             sender = asyncio.create_task(notifier.deliver_forever())
             try:
                 with answer_lost_once(store) as lost:
-                    assert await notifier.on_job_events([Delivered(position, event, None)])
+                    assert await notifier.on_job_events(batch)
                 assert lost, "the commit's answer was not lost: the test tested nothing"
                 # The same batch again (redelivered): its partition is past it, nothing new.
-                assert not await notifier.on_job_events([Delivered(position, event, None)])
+                assert not await notifier.on_job_events(batch)
                 for _ in range(200):
                     if receiver.received and not notifier.pending():
                         break
@@ -179,17 +196,9 @@ async def test_an_attempt_recorded_by_a_commit_whose_answer_was_lost_is_not_sent
     done, not sent again and again while its record keeps conflicting."""
     store = services.store
     with CallbackReceiver() as receiver:
-        job = submitted(callbacks=[receiver.url])
-        store.commit([job])
-        event = started(job, [receiver.url])
-        [position] = store.commit([event])
-        config = EngineSettings(webhook_key=WEBHOOK_KEY, data_dir=services.data_dir)
-        guard = OutboundGuard(parse_allowlist("127.0.0.0/8"))
-        async with outbound_client(guard) as client:
-            runtime = Runtime("notifier", config, store, None, None)  # type: ignore[arg-type]
-            notifier = Notifier(runtime, client, guard)
-            await notifier.partitions.refresh()  # alone: it holds every partition
-            assert await notifier.on_job_events([Delivered(position, event, None)])
+        job, batch = started_with_callback(store, receiver.url)
+        async with notifier_in_process(services) as notifier:
+            assert await notifier.on_job_events(batch)
             with answer_lost_once(store) as lost:  # the next commit records the attempt
                 sender = asyncio.create_task(notifier.deliver_forever())
                 try:

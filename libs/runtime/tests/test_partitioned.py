@@ -64,14 +64,21 @@ async def call(fn: Any, *args: Any) -> Any:
     return fn(*args)
 
 
-async def test_a_partition_taken_between_two_halves_of_a_batch_waits_for_the_rewind():
+async def holding_0(positions: dict[int, int], reached: int) -> tuple[Partitions, Consumer]:
+    """An instance holding partition 0, its consumer at 100, its batches handed up to
+    `reached`; the store tracks each partition at `positions`."""
     runtime: Any = SimpleNamespace(call=call, config=SimpleNamespace(partition_ttl=15.0))
     partitions = Partitions(runtime, "dispatcher", idle=lambda p: False)
-    partitions.leases = Leases(held={0}, positions={0: 100, 1: 120})  # type: ignore[misc]
+    partitions.leases = Leases(held={0}, positions=positions)  # type: ignore[misc]
     await partitions.refresh()
     consumer = Consumer(handled=100)
     partitions.consumer = consumer  # type: ignore[assignment]
-    partitions.reached = 100
+    partitions.reached = reached
+    return partitions, consumer
+
+
+async def test_a_partition_taken_between_two_halves_of_a_batch_waits_for_the_rewind():
+    partitions, consumer = await holding_0(positions={0: 100, 1: 120}, reached=100)
 
     # The batch (100, 200] failed once and was split; its first half (100, 150] is handled.
     first = [event(110, 0), event(130, 1), event(150, 0)]
@@ -94,13 +101,7 @@ async def test_a_partition_taken_between_two_halves_of_a_batch_waits_for_the_rew
 
 
 async def test_a_partition_taken_ahead_of_the_consumer_needs_no_rewind():
-    runtime: Any = SimpleNamespace(call=call, config=SimpleNamespace(partition_ttl=15.0))
-    partitions = Partitions(runtime, "notifier", idle=lambda p: False)
-    partitions.leases = Leases(held={0}, positions={0: 100, 1: 300})  # type: ignore[misc]
-    await partitions.refresh()
-    consumer = Consumer(handled=100)
-    partitions.consumer = consumer  # type: ignore[assignment]
-    partitions.reached = 200
+    partitions, consumer = await holding_0(positions={0: 100, 1: 300}, reached=200)
     partitions.leases.held = {0, 1}  # type: ignore[attr-defined]
     await partitions.refresh()
     assert consumer.rewound == [] and partitions.handled == {0: 100, 1: 300}
