@@ -89,13 +89,15 @@ def port_open(port: int, host: str) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-def metrics_ports(base: int, instances: list[str]) -> dict[str, int]:
-    """A metrics port for each instance: `base` + its index (if free), else any free one."""
+def metrics_ports(base: int, instances: list[str], reserved: int) -> dict[str, int]:
+    """A metrics port for each instance: `base` + its index (if free), else any free one;
+    never `reserved` (the gateway's port: free until the gateway binds it, so the OS may
+    offer it)."""
     ports: dict[str, int] = {}
     for index, name in enumerate(instances):
-        preferred = base + index if base else None
+        preferred = base + index if base and base + index != reserved else None
         port = free_port(preferred)
-        while port in ports.values():
+        while port in ports.values() or port == reserved:
             port = free_port()
         ports[name] = port
     return ports
@@ -206,7 +208,9 @@ class Supervisor:
                 for name in SERVICES
                 for index in range(replicas[name])
             ]
-            ports = metrics_ports(self.config.metrics_port, [key for _, _, key in names])
+            ports = metrics_ports(
+                self.config.metrics_port, [key for _, _, key in names], self.config.port
+            )
             host = self.config.metrics_host
             write_endpoints(
                 data_dir,

@@ -1,6 +1,7 @@
 """`TASKENGINE_REPLICAS`: what `taskengine up` accepts and what it refuses, saying why."""
 
 import pytest
+from taskengine_cli import supervisor
 from taskengine_cli.supervisor import SERVICES, file_name, parse_replicas
 
 
@@ -32,3 +33,16 @@ def test_a_count_that_cannot_be_run_is_refused_saying_why(text, says):
 
 def test_the_first_process_of_a_service_keeps_its_plain_name():
     assert [file_name("gateway", i) for i in range(3)] == ["gateway", "gateway-1", "gateway-2"]
+
+
+def test_no_metrics_port_is_the_gateways_even_when_the_os_offers_it(monkeypatch):
+    """The gateway's port is free until the gateway binds it: the OS may offer it as "any
+    free port", and a metrics server there would answer the API's clients."""
+    offered = iter([8000, 9001, 8000, 9002, 9003])
+    monkeypatch.setattr(supervisor, "free_port", lambda preferred=None: preferred or next(offered))
+    ports = supervisor.metrics_ports(0, ["relay", "gateway", "dispatcher"], reserved=8000)
+    assert ports == {"relay": 9001, "gateway": 9002, "dispatcher": 9003}
+    # From a base whose run reaches the gateway's port: that one is skipped too.
+    offered = iter([9004])
+    ports = supervisor.metrics_ports(7999, ["relay", "gateway", "dispatcher"], reserved=8000)
+    assert ports == {"relay": 7999, "gateway": 9004, "dispatcher": 8001}
