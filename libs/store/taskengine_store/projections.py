@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from psycopg import Cursor
@@ -42,6 +41,7 @@ from taskengine_contracts.events import (
 from taskengine_core.clients import mask_secrets
 from taskengine_core.jobs import FINAL_STATES, TRANSITIONS, state_after
 
+from taskengine_store.recordsets import Columns, names, records, recordset
 from taskengine_store.store import Position, Statement
 from taskengine_store.task_projections import run_inserts, run_updates, task_statements
 
@@ -59,7 +59,8 @@ _OF_A_JOB = (JobEvent, ExecutionLogged, CallbackDelivered, CallbackAttemptFailed
 
 
 def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
-    """(severity, progname, message, task_id) rows an event contributes to its job's log."""
+    """(severity, progname, message, task_id) rows an event contributes to its job's log.
+    (Every job's four commonest events first: each case is one class test.)"""
     match event:
         case JobSubmitted():
             message = {
@@ -73,9 +74,6 @@ def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
                 "payload": "job_created",
             }
             return [("INFO", "api", mask_secrets(json.dumps(message, default=str)), 0)]
-        case JobQueued(reason=reason):
-            why = {"due": "run_at reached", "retry": "retry delay over", "resumed": "resumed"}
-            return [("INFO", "scheduler", f"job queued ({why[reason]})", 0)]
         case JobAdmitted():
             text = f"job admitted, attempt {event.attempt} ({event.running}/{event.max_jobs} slots)"
             return [("INFO", "controller", text, 0)]
@@ -83,6 +81,11 @@ def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
             where = f", Kubernetes Job {event.job_name}" if event.job_name else ""
             text = f"attempt {event.attempt} started ({event.executor}{where})"
             return [("INFO", "worker", text, 0)]
+        case JobSucceeded():
+            return [("INFO", "controller", "job has completed successfully", 0)]
+        case JobQueued(reason=reason):
+            why = {"due": "run_at reached", "retry": "retry delay over", "resumed": "resumed"}
+            return [("INFO", "scheduler", f"job queued ({why[reason]})", 0)]
         case JobExecuting():
             return [("INFO", "worker", f"attempt {event.attempt} executing ({event.by})", 0)]
         case ExecutionLogged():
@@ -90,8 +93,6 @@ def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
                 (line.severity, "worker", mask_secrets(line.text), line.step)
                 for line in event.lines[:LINES_PER_EVENT]
             ]
-        case JobSucceeded():
-            return [("INFO", "controller", "job has completed successfully", 0)]
         case JobFailed():
             return [("ERROR", "controller", f"job failed: {event.reason}", 0)]
         case JobTimedOut():
@@ -180,27 +181,73 @@ def clear_finished_jobs(
     )
 
 
+JOB_COLUMNS: Columns = (
+    ("job_uuid", "uuid"),
+    ("job_id", "bigint"),
+    ("client", "text"),
+    ("workflow", "text"),
+    ("priority", "int"),
+    ("state", "text"),
+    ("attempt", "int"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+    ("run_at", "timestamptz"),
+    ("version", "bigint"),
+    ("parameters", "jsonb"),
+    ("persist", "bool"),
+    ("finished_at", "timestamptz"),
+    ("dialect", "text"),
+    ("attributes", "jsonb"),
+    ("executing", "bool"),
+)
+"""A new job's row in the job list."""
+
+MOVE_COLUMNS: Columns = (
+    ("job_uuid", "uuid"),
+    ("state", "text"),
+    ("version", "bigint"),
+    ("updated_at", "timestamptz"),
+    ("attempt", "int"),
+    ("priority", "int"),
+    ("run_at", "timestamptz"),
+    ("persist", "bool"),
+    ("finished_at", "timestamptz"),
+    ("executing", "bool"),
+)
+"""What a segment changes of a job listed before it (null: left as it is)."""
+
+LOG_COLUMNS: Columns = (
+    ("id", "bigint"),
+    ("job_id", "bigint"),
+    ("severity", "int"),
+    ("progname", "text"),
+    ("message", "text"),
+    ("created_at", "timestamptz"),
+    ("task_id", "int"),
+)
+
+
 def _project_segment(
     batch: Sequence[Position], jobs: str, log: str, clients: str, runs: str
 ) -> list[Statement]:
-    new: dict[Any, list[Any]] = {}
-    moved: dict[Any, list[Any]] = {}
-    log_values: list[list[Any]] = [[], [], [], [], [], [], []]
+    new: dict[Any, dict[str, Any]] = {}
+    moved: dict[Any, dict[str, Any]] = {}
+    log_records: list[dict[str, Any]] = []
     for item in batch:
         event = item.event
         if isinstance(event, _OF_A_JOB):
             for n, (severity, progname, message, task_id) in enumerate(log_rows(event)):
-                row = (
-                    item.position * LINES_PER_EVENT + n,
-                    event.job_id,
-                    SEVERITY[severity],
-                    progname,
-                    message,
-                    event.at,
-                    task_id,
+                log_records.append(
+                    {
+                        "id": item.position * LINES_PER_EVENT + n,
+                        "job_id": event.job_id,
+                        "severity": SEVERITY[severity],
+                        "progname": progname,
+                        "message": message,
+                        "created_at": event.at,
+                        "task_id": task_id,
+                    }
                 )
-                for column, value in zip(log_values, row, strict=True):
-                    column.append(value)
         if isinstance(event, JobEvent):
             _fold_job_row(event, new, moved)
     statements: list[Statement] = []
@@ -226,22 +273,14 @@ def _project_segment(
                 )
             )
     if new:
-        columns = list(zip(*new.values(), strict=True))
         statements.append(
             (
-                f"INSERT INTO {jobs} (job_uuid, job_id, client, workflow, priority, state, attempt,"
-                " created_at, updated_at, run_at, version, parameters, persist, finished_at,"
-                " dialect, attributes, executing)"
-                " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[],"
-                " %b::int[], %b::text[], %b::int[], %b::timestamptz[], %b::timestamptz[],"
-                " %b::timestamptz[], %b::bigint[], %b::jsonb[], %b::bool[], %b::timestamptz[],"
-                " %b::text[], %b::jsonb[], %b::bool[])"
-                " ON CONFLICT (job_uuid) DO NOTHING",
-                [list(c) for c in columns],
+                f"INSERT INTO {jobs} ({names(JOB_COLUMNS)})"
+                f" SELECT * FROM {recordset(JOB_COLUMNS)} ON CONFLICT (job_uuid) DO NOTHING",
+                (records(new.values()),),
             )
         )
     if moved:
-        columns = list(zip(*moved.values(), strict=True))
         # No row, no update: events of a job cleared by retention leave no trace.
         statements.append(
             (
@@ -251,88 +290,87 @@ def _project_segment(
                 " run_at = coalesce(u.run_at, j.run_at), persist = coalesce(u.persist, j.persist),"
                 " finished_at = coalesce(j.finished_at, u.finished_at),"
                 " executing = coalesce(u.executing, j.executing)"
-                " FROM unnest(%b::uuid[], %b::text[], %b::bigint[], %b::timestamptz[], %b::int[],"
-                " %b::int[], %b::timestamptz[], %b::bool[], %b::timestamptz[], %b::bool[])"
-                " AS u(job_uuid, state, version, updated_at, attempt, priority, run_at, persist,"
-                " finished_at, executing)"
+                f" FROM {recordset(MOVE_COLUMNS)}"
                 " WHERE j.job_uuid = u.job_uuid AND j.version < u.version",
-                [list(c) for c in columns],
+                (records(moved.values()),),
             )
         )
     statements += run_updates(batch, runs)
-    if log_values[0]:
+    if log_records:
         # Only rows of jobs in the list: a late event of a job cleared by retention (a
         # callback, output) adds none. A job's rows never precede its submission, and jobs
         # leave only between segments, so this is the same under any batching.
         statements.append(
             (
-                f"INSERT INTO {log} (id, job_id, severity, progname, message, created_at, task_id)"
-                " SELECT u.* FROM unnest(%b::bigint[], %b::bigint[], %b::int[], %b::text[],"
-                " %b::text[], %b::timestamptz[], %b::int[]) AS u(id, job_id, severity, progname,"
-                " message, created_at, task_id)"
+                f"INSERT INTO {log} ({names(LOG_COLUMNS)}) SELECT u.* FROM {recordset(LOG_COLUMNS)}"
                 f" WHERE EXISTS (SELECT 1 FROM {jobs} j WHERE j.job_id = u.job_id)"
                 " ON CONFLICT (id) DO NOTHING",
-                log_values,
+                (records(log_records),),
             )
         )
     return statements
 
 
-def _fold_job_row(event: JobEvent, new: dict[Any, list[Any]], moved: dict[Any, list[Any]]) -> None:
-    state = str(state_after(event))
-    attempt = getattr(event, "attempt", None)
-    moves_fields = isinstance(event, (JobQueued, JobUpdated, JobScheduled))
-    priority = getattr(event, "priority", None) if moves_fields else None
-    run_at: datetime | None = event.retry_at if isinstance(event, JobRetryScheduled) else None
-    if isinstance(event, (JobUpdated, JobScheduled)):
-        run_at = event.run_at
-    persist = event.persist if isinstance(event, JobUpdated) else None
-    finished_at = event.at if isinstance(event, _FINISHING) else None
-    executing = True if isinstance(event, JobExecuting) else None
-    executing = False if isinstance(event, JobStarted) else executing
-    if isinstance(event, JobSubmitted):
-        new[event.id] = [
-            event.id,
-            event.job_id,
-            event.client,
-            event.workflow,
-            event.priority,
-            state,
-            0,
-            event.at,
-            event.at,
-            event.run_at,
-            event.version,
-            json.dumps(event.parameters, sort_keys=True),
-            False,
-            None,
-            event.dialect,
-            json.dumps(event.attributes, sort_keys=True),
-            False,
-        ]
-    elif event.id in new:
-        row = new[event.id]
-        row[5], row[10], row[8] = state, event.version, event.at
-        row[6] = attempt if attempt is not None else row[6]
-        row[4] = priority if priority is not None else row[4]
-        row[9] = run_at or row[9]
-        row[12] = persist if persist is not None else row[12]
-        row[13] = row[13] or finished_at
-        row[16] = executing if executing is not None else row[16]
-    else:
-        previous = moved.get(event.id)
-        moved[event.id] = [
-            event.id,
-            state,
-            event.version,
-            event.at,
-            attempt if attempt is not None else (previous[4] if previous else None),
-            priority if priority is not None else (previous[5] if previous else None),
-            run_at or (previous[6] if previous else None),
-            persist if persist is not None else (previous[7] if previous else None),
-            (previous[8] if previous else None) or finished_at,
-            executing if executing is not None else (previous[9] if previous else None),
-        ]
+_STATE_AFTER = {kind: str(state) for kind, (_, state) in TRANSITIONS.items() if state}
+"""The state each kind of job event leads to (JobSubmitted and JobUpdated name theirs)."""
+
+_WITH_ATTEMPT = frozenset(kind for kind in TRANSITIONS if "attempt" in kind.__struct_fields__)
+_FINISHING_KINDS = frozenset(_FINISHING)
+
+
+def _fold_job_row(
+    event: JobEvent, new: dict[Any, dict[str, Any]], moved: dict[Any, dict[str, Any]]
+) -> None:
+    """Folds a job event into its job's new row (`new`) or its change (`moved`). A hot loop
+    of a replay: the event's kind is looked up, not tested class by class."""
+    kind = type(event)
+    if kind is JobSubmitted:
+        assert isinstance(event, JobSubmitted)
+        new[event.id] = {
+            "job_uuid": event.id,
+            "job_id": event.job_id,
+            "client": event.client,
+            "workflow": event.workflow,
+            "priority": event.priority,
+            "state": str(state_after(event)),
+            "attempt": 0,
+            "created_at": event.at,
+            "updated_at": event.at,
+            "run_at": event.run_at,
+            "version": event.version,
+            "parameters": event.parameters,
+            "persist": False,
+            "finished_at": None,
+            "dialect": event.dialect,
+            "attributes": event.attributes,
+            "executing": False,
+        }
+        return
+    row = new.get(event.id) or moved.get(event.id)
+    if row is None:
+        row = moved[event.id] = dict.fromkeys(name for name, _ in MOVE_COLUMNS)
+        row["job_uuid"] = event.id
+    row["state"] = _STATE_AFTER.get(kind) or str(state_after(event))
+    row["version"], row["updated_at"] = event.version, event.at
+    if kind in _WITH_ATTEMPT and (attempt := getattr(event, "attempt")) is not None:  # noqa: B009
+        row["attempt"] = attempt
+    if kind in _FINISHING_KINDS and row["finished_at"] is None:
+        row["finished_at"] = event.at
+    if kind is JobStarted:
+        row["executing"] = False
+    elif kind is JobExecuting:
+        row["executing"] = True
+    elif kind is JobRetryScheduled:
+        assert isinstance(event, JobRetryScheduled)
+        row["run_at"] = event.retry_at
+    elif kind is JobQueued or kind is JobScheduled or kind is JobUpdated:
+        assert isinstance(event, (JobQueued, JobScheduled, JobUpdated))
+        if event.priority is not None:
+            row["priority"] = event.priority
+        if not isinstance(event, JobQueued) and event.run_at is not None:
+            row["run_at"] = event.run_at
+        if isinstance(event, JobUpdated) and event.persist is not None:
+            row["persist"] = event.persist
 
 
 KEYS = (

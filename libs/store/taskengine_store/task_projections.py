@@ -8,7 +8,6 @@ and an update applies only what is newer.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +35,7 @@ from taskengine_contracts.events import (
 )
 from taskengine_core.jobs import state_after
 
+from taskengine_store.recordsets import Columns, names, records, recordset
 from taskengine_store.store import Position, Statement
 
 STATUS = {
@@ -63,11 +63,72 @@ DEFINITION = (
 """The definition's columns in `rm_tasks`, in `TaskDefinition`'s field order."""
 
 
+TASK_COLUMNS: Columns = (
+    ("task_uuid", "uuid"),
+    ("client", "text"),
+    *DEFINITION,
+    ("status", "text"),
+    ("next_fire_at", "timestamptz"),
+    ("last_fire_at", "timestamptz"),
+    ("runs", "int"),
+    ("skipped", "int"),
+    ("snoozed_until", "timestamptz"),
+    ("snooze_reason", "text"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+    ("version", "bigint"),
+)
+"""A new task's row in the task list."""
+
+TASK_MOVE_COLUMNS: Columns = (
+    ("task_uuid", "uuid"),
+    ("version", "bigint"),
+    ("updated_at", "timestamptz"),
+    ("next_fire_at", "timestamptz"),
+    ("status", "text"),
+    ("redefined", "bool"),
+    *DEFINITION,
+    ("runs", "int"),
+    ("skipped", "int"),
+    ("last_fire_at", "timestamptz"),
+    ("snoozed", "bool"),
+    ("snoozed_until", "timestamptz"),
+    ("snooze_reason", "text"),
+)
+"""What a segment changes of a task listed before it."""
+
+RUN_COLUMNS: Columns = (
+    ("run_id", "uuid"),
+    ("task_uuid", "uuid"),
+    ("client", "text"),
+    ("trigger", "text"),
+    ("fire_at", "timestamptz"),
+    ("job_id", "bigint"),
+    ("status", "text"),
+    ("reason", "text"),
+    ("duplicate_of", "bigint"),
+    ("event_id", "uuid"),
+    ("created_at", "timestamptz"),
+)
+"""A run fired or skipped (its job's state joins it in the statement)."""
+
+PROGRESS_COLUMNS: Columns = (
+    ("job_id", "bigint"),
+    ("status", "text"),
+    ("version", "bigint"),
+    ("updated_at", "timestamptz"),
+    ("attempts", "int"),
+    ("started_at", "timestamptz"),
+    ("finished_at", "timestamptz"),
+    ("reason", "text"),
+)
+"""`RunProgress`'s fields: what a segment's events of a job do to its run."""
+
+
 def definition_values(definition: TaskDefinition | None) -> list[Any]:
     if definition is None:
         return [None] * len(DEFINITION)
-    values = [getattr(definition, name) for name, _ in DEFINITION]
-    return [json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in values]
+    return [getattr(definition, name) for name, _ in DEFINITION]
 
 
 UNSNOOZED: tuple[datetime | None, str | None] = (None, None)
@@ -114,10 +175,10 @@ class TaskChange:
         if isinstance(event, (TaskFired, TaskRunSkipped)) and event.trigger == "schedule":
             self.snooze = UNSNOOZED
 
-    def inserted(self) -> list[Any]:
+    def inserted(self) -> dict[str, Any]:
         assert self.created is not None
         snoozed_until, reason = self.snooze or UNSNOOZED
-        return [
+        values = [
             self.task_uuid,
             self.client,
             *definition_values(self.definition),
@@ -132,10 +193,11 @@ class TaskChange:
             self.updated_at,
             self.version,
         ]
+        return dict(zip((name for name, _ in TASK_COLUMNS), values, strict=True))
 
-    def moved(self) -> list[Any]:
+    def moved(self) -> dict[str, Any]:
         snoozed_until, reason = self.snooze or UNSNOOZED
-        return [
+        values = [
             self.task_uuid,
             self.version,
             self.updated_at,
@@ -150,6 +212,7 @@ class TaskChange:
             snoozed_until,
             reason,
         ]
+        return dict(zip((name for name, _ in TASK_MOVE_COLUMNS), values, strict=True))
 
 
 @dataclass
@@ -181,18 +244,6 @@ class RunProgress:
         if isinstance(event, TERMINAL_JOB_EVENTS):
             self.finished_at = self.finished_at or event.at
 
-    def row(self) -> list[Any]:
-        return [
-            self.job_id,
-            self.status,
-            self.version,
-            self.updated_at,
-            self.attempts,
-            self.started_at,
-            self.finished_at,
-            self.reason,
-        ]
-
 
 def task_statements(batch: Sequence[Position], tasks: str = "rm_tasks") -> list[Statement]:
     """The task list's INSERT (tasks created in the segment, with their later events folded
@@ -211,18 +262,12 @@ def task_statements(batch: Sequence[Position], tasks: str = "rm_tasks") -> list[
     new = [c.inserted() for c in changes.values() if c.created is not None]
     moved = [c.moved() for c in changes.values() if c.created is None]
     statements: list[Statement] = []
-    names = ", ".join(name for name, _ in DEFINITION)
-    types = ", ".join(f"%b::{kind}[]" for _, kind in DEFINITION)
     if new:
         statements.append(
             (
-                f"INSERT INTO {tasks} (task_uuid, client, {names}, status, next_fire_at,"
-                " last_fire_at, runs, skipped, snoozed_until, snooze_reason, created_at,"
-                f" updated_at, version) SELECT * FROM unnest(%b::uuid[], %b::text[], {types},"
-                " %b::text[], %b::timestamptz[], %b::timestamptz[], %b::int[], %b::int[],"
-                " %b::timestamptz[], %b::text[], %b::timestamptz[], %b::timestamptz[],"
-                " %b::bigint[]) ON CONFLICT (task_uuid) DO NOTHING",
-                [list(column) for column in zip(*new, strict=True)],
+                f"INSERT INTO {tasks} ({names(TASK_COLUMNS)})"
+                f" SELECT * FROM {recordset(TASK_COLUMNS)} ON CONFLICT (task_uuid) DO NOTHING",
+                (records(new),),
             )
         )
     if moved:
@@ -241,13 +286,9 @@ def task_statements(batch: Sequence[Position], tasks: str = "rm_tasks") -> list[
                 " ELSE t.snoozed_until END,"
                 " snooze_reason = CASE WHEN u.snoozed THEN u.snooze_reason"
                 " ELSE t.snooze_reason END"
-                " FROM unnest(%b::uuid[], %b::bigint[], %b::timestamptz[], %b::timestamptz[],"
-                f" %b::text[], %b::bool[], {types}, %b::int[], %b::int[], %b::timestamptz[],"
-                " %b::bool[], %b::timestamptz[], %b::text[]) AS u(task_uuid, version,"
-                f" updated_at, next_fire_at, status, redefined, {names}, runs, skipped,"
-                " last_fire_at, snoozed, snoozed_until, snooze_reason)"
+                f" FROM {recordset(TASK_MOVE_COLUMNS)}"
                 " WHERE t.task_uuid = u.task_uuid AND t.version < u.version",
-                [list(column) for column in zip(*moved, strict=True)],
+                (records(moved),),
             )
         )
     return statements
@@ -262,7 +303,7 @@ def run_inserts(
     earlier batch (same commit, cut between) starts from that job's row, as the runs' UPDATE
     would have left it had both been in one batch.
     """
-    rows: dict[UUID, list[Any]] = {}
+    rows: dict[UUID, dict[str, Any]] = {}
     job_id: int | None
     reason: str | None
     duplicate_of: int | None
@@ -274,8 +315,22 @@ def run_inserts(
                 job_id, status, reason, duplicate_of = None, "skipped", e.reason, e.duplicate_of
             case _:
                 continue
-        row = [e.run_id, e.id, e.client, e.trigger, e.fire_at, job_id, status, reason]
-        rows.setdefault(e.run_id, [*row, duplicate_of, e.event_id, e.at])
+        rows.setdefault(
+            e.run_id,
+            {
+                "run_id": e.run_id,
+                "task_uuid": e.id,
+                "client": e.client,
+                "trigger": e.trigger,
+                "fire_at": e.fire_at,
+                "job_id": job_id,
+                "status": status,
+                "reason": reason,
+                "duplicate_of": duplicate_of,
+                "event_id": e.event_id,
+                "created_at": e.at,
+            },
+        )
     if not rows:
         return []
     return [
@@ -286,13 +341,10 @@ def run_inserts(
             " v.job_id, coalesce(j.state, v.status), v.reason, v.duplicate_of, v.event_id,"
             " coalesce(j.attempt, 0), v.created_at, j.finished_at,"
             " coalesce(j.updated_at, v.created_at), coalesce(j.version, 0)"
-            " FROM unnest(%b::uuid[], %b::uuid[], %b::text[], %b::text[], %b::timestamptz[],"
-            " %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::uuid[],"
-            " %b::timestamptz[]) AS v(run_id, task_uuid, client, trigger, fire_at, job_id,"
-            " status, reason, duplicate_of, event_id, created_at)"
+            f" FROM {recordset(RUN_COLUMNS, 'v')}"
             f" LEFT JOIN {jobs} AS j ON j.job_id = v.job_id"
             " ON CONFLICT (run_id) DO NOTHING",
-            [list(column) for column in zip(*rows.values(), strict=True)],
+            (records(rows.values()),),
         )
     ]
 
@@ -316,10 +368,8 @@ def run_updates(batch: Sequence[Position], runs: str = "rm_task_runs") -> list[S
             " started_at = coalesce(r.started_at, u.started_at),"
             " finished_at = coalesce(r.finished_at, u.finished_at),"
             " reason = coalesce(u.reason, r.reason)"
-            " FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::timestamptz[], %b::int[],"
-            " %b::timestamptz[], %b::timestamptz[], %b::text[]) AS u(job_id, status, version,"
-            " updated_at, attempts, started_at, finished_at, reason)"
+            f" FROM {recordset(PROGRESS_COLUMNS)}"
             " WHERE r.job_id = u.job_id AND r.job_version < u.version",
-            [list(column) for column in zip(*(p.row() for p in progress.values()), strict=True)],
+            (records(progress.values()),),  # (msgspec encodes a dataclass as its fields)
         )
     ]
