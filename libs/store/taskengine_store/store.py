@@ -111,8 +111,11 @@ class EventStore:
             port=url.port or 5432,
             user=unquote(url.username or "postgres"),
             password=unquote(url.password or ""),
-            pool_size=pool_size,
-            max_overflow=pool_size,
+            # One connection kept open; up to 2 x pool_size while busy (psycopg_pool closes
+            # the extra ones after 10 idle minutes). An idle process holds one PostgreSQL
+            # backend of ~2 MB rather than pool_size of them.
+            pool_size=1,
+            max_overflow=2 * pool_size - 1,
             connect_timeout=10,
         )
         # No server-side prepared statements. eventsourcing writes in pipeline mode, and after a
