@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from taskengine_core.clients import key_secret, new_key
@@ -105,12 +106,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         ops.reset_read_models(store)
         print("read models emptied; the projector is rebuilding them from position 0")
         return 0
+    started = time.monotonic()
     if on_terminal():
         with events_bar("replaying") as advance:
             replayed, live, position = ops.replay(store, progress=advance)
     else:
         replayed, live, position = ops.replay(store)
+    seconds = time.monotonic() - started
     print(f"position   {position}")
+    print(f"took       {seconds:.2f} s ({position / max(seconds, 1e-9):.0f} events/s)")
     print(f"replayed   {replayed}")
     print(f"live       {live}")
     print("identical" if replayed == live else "DIFFERENT")
