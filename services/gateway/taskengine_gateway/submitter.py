@@ -4,7 +4,9 @@ Each request waits for the commit that holds its job, so an acknowledged job is 
 burst of N submits costs one insert instead of N. Job numbers are reserved from the store's
 sequence `ID_BLOCK` at a time, so a commit does not wait on a round trip for them: numbers are
 unique and rise in submission order within a gateway; a gateway that stops leaves the rest of
-its block unused (a gap), and two gateways hand out numbers from different blocks.
+its block unused (a gap), and two gateways hand out numbers from different blocks. A commit
+whose answer was lost (the connection died as PostgreSQL committed) but which stored its jobs
+acknowledges them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 
 from taskengine_contracts.events import Event
 from taskengine_runtime import Runtime
-from taskengine_store.store import Statement
+from taskengine_store.store import Conflict, Statement
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +94,16 @@ class Submitter:
             self.numbers.extend(store.next_job_ids(max(ID_BLOCK, len(builds))))
         numbers = [self.numbers.popleft() for _ in builds]
         pairs = list(zip(builds, numbers, strict=True))
-        store.commit(
-            [event for (build, _), n in pairs for event in build(n)],
-            None,
-            [row for (_, claim), n in pairs if claim for row in claim(n)],
-        )
+        events = [event for (build, _), n in pairs for event in build(n)]
+        claimed = [row for (_, claim), n in pairs if claim for row in claim(n)]
+        try:
+            store.commit(events, None, claimed)
+        except Conflict as conflict:
+            # Every stream here is new (a job's, by its fresh number): only this very commit
+            # can have stored them. Its answer was lost after it went through (the connection
+            # died; eventsourcing retried the insert and found them): the jobs are stored and
+            # are acknowledged, so a client's retry does not make a second job.
+            if conflict.stale != {event.id for event in events}:
+                raise
+            log.warning("a commit's answer was lost; its %d job(s) were stored", len(numbers))
         return numbers

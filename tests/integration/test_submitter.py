@@ -1,0 +1,45 @@
+"""The gateway's group commit (`Submitter`) on the real store, when a commit's answer is lost:
+PostgreSQL committed, then the connection died before the answer came."""
+
+from __future__ import annotations
+
+import asyncio
+
+from taskengine_contracts.events import JobSubmitted
+from taskengine_core.config import EngineSettings
+from taskengine_gateway.submitter import Submitter
+from taskengine_runtime import Runtime
+
+from tests.support.factories import submitted
+from tests.support.lost_answer import answer_lost_once
+
+
+def stored_jobs(store) -> list[int]:  # type: ignore[no-untyped-def]
+    found, after = [], 0
+    while batch := store.events_after(after, 5000):
+        found += [p.event.job_id for p in batch if isinstance(p.event, JobSubmitted)]
+        after = batch[-1].position
+    return found
+
+
+async def test_jobs_stored_by_a_commit_whose_answer_was_lost_are_acknowledged_once(services):
+    """Each concurrent submission of the batch gets its number, and each job is stored once:
+    the client is not told of a failure for a job that runs (its retry would make a second)."""
+    store = services.store
+    runtime = Runtime("gateway", EngineSettings(data_dir=services.data_dir), store, None, None)  # type: ignore[arg-type]
+    submitter = Submitter(runtime)
+    submitter.start()
+    try:
+        first = await submitter.submit(lambda n: [submitted(job_id=n)])  # numbers reserved
+        with answer_lost_once(store) as lost:
+            numbers = await asyncio.gather(
+                *(submitter.submit(lambda n: [submitted(job_id=n)]) for _ in range(5))
+            )
+        assert lost, "the commit's answer was not lost: the test tested nothing"
+        assert len(set(numbers)) == 5
+        assert sorted(stored_jobs(store)) == sorted([first, *numbers])  # each once
+        # The submitter goes on as before.
+        after = await submitter.submit(lambda n: [submitted(job_id=n)])
+        assert stored_jobs(store).count(after) == 1
+    finally:
+        await submitter.stop()
