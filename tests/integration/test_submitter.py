@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from taskengine_contracts.events import JobSubmitted
 from taskengine_core.config import EngineSettings
 from taskengine_gateway.submitter import Submitter
 from taskengine_runtime import Runtime
+from taskengine_store.store import Conflict
 
 from tests.support.factories import submitted
 from tests.support.lost_answer import answer_lost_once
@@ -41,5 +43,24 @@ async def test_jobs_stored_by_a_commit_whose_answer_was_lost_are_acknowledged_on
         # The submitter goes on as before.
         after = await submitter.submit(lambda n: [submitted(job_id=n)])
         assert stored_jobs(store).count(after) == 1
+    finally:
+        await submitter.stop()
+
+
+async def test_a_job_number_stored_before_fails_its_batch_and_is_not_acknowledged(services):
+    """A Conflict that is not the commit's own (here, a stream already holding another
+    submission under the number, as after a sequence reset) is not taken for a lost answer."""
+    store = services.store
+    runtime = Runtime("gateway", EngineSettings(data_dir=services.data_dir), store, None, None)  # type: ignore[arg-type]
+    submitter = Submitter(runtime)
+    submitter.start()
+    try:
+        first = await submitter.submit(lambda n: [submitted(job_id=n)])  # numbers reserved
+        store.commit([submitted(job_id=first + 1, client="someone-else")])
+        with pytest.raises(Conflict):
+            await submitter.submit(lambda n: [submitted(job_id=n)])
+        assert stored_jobs(store).count(first + 1) == 1  # the earlier one, alone
+        after = await submitter.submit(lambda n: [submitted(job_id=n)])
+        assert after == first + 2
     finally:
         await submitter.stop()

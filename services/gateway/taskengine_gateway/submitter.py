@@ -15,10 +15,11 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
+from uuid import UUID
 
 from taskengine_contracts.events import Event
 from taskengine_runtime import Runtime
-from taskengine_store.store import Conflict, Statement
+from taskengine_store.store import Conflict, EventStore, Statement
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,21 @@ class Submitter:
         claimed = [row for (_, claim), n in pairs if claim for row in claim(n)]
         try:
             store.commit(events, None, claimed)
-        except Conflict as conflict:
-            # Every stream here is new (a job's, by its fresh number): only this very commit
-            # can have stored them. Its answer was lost after it went through (the connection
-            # died; eventsourcing retried the insert and found them): the jobs are stored and
-            # are acknowledged, so a client's retry does not make a second job.
-            if conflict.stale != {event.id for event in events}:
+        except Conflict:
+            # The commit's answer may have been lost after it went through (the connection
+            # died; eventsourcing retried the insert and found the events): if the store holds
+            # exactly these events (each stamped to the microsecond), this very commit stored
+            # them, and the jobs are acknowledged, so a client's retry makes no second job.
+            # Anything else (e.g. a job number used before) fails the batch as it is.
+            if not _stored(store, events):
                 raise
             log.warning("a commit's answer was lost; its %d job(s) were stored", len(numbers))
         return numbers
+
+
+def _stored(store: EventStore, events: list[Event]) -> bool:
+    """Whether the store holds `events` as they are, and nothing else in their streams."""
+    ours: dict[UUID, list[Event]] = {}
+    for event in events:
+        ours.setdefault(event.id, []).append(event)
+    return store.streams(ours) == ours
