@@ -4,6 +4,8 @@ PostgreSQL committed, then the connection died before the answer came."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from taskengine_contracts.events import JobSubmitted
@@ -24,43 +26,44 @@ def stored_jobs(store) -> list[int]:  # type: ignore[no-untyped-def]
     return found
 
 
+@asynccontextmanager
+async def submitter_in_process(services) -> AsyncIterator[tuple[Submitter, int]]:  # type: ignore[no-untyped-def]
+    """A gateway's submitter on the test's store, and the number of a first job it stored (so
+    a block of numbers is reserved: the next commit is the next use of the store)."""
+    config = EngineSettings(data_dir=services.data_dir)
+    submitter = Submitter(Runtime("gateway", config, services.store, None, None))  # type: ignore[arg-type]
+    submitter.start()
+    try:
+        yield submitter, await submit(submitter)
+    finally:
+        await submitter.stop()
+
+
+async def submit(submitter: Submitter) -> int:
+    return await submitter.submit(lambda n: [submitted(job_id=n)])
+
+
 async def test_jobs_stored_by_a_commit_whose_answer_was_lost_are_acknowledged_once(services):
     """Each concurrent submission of the batch gets its number, and each job is stored once:
     the client is not told of a failure for a job that runs (its retry would make a second)."""
     store = services.store
-    runtime = Runtime("gateway", EngineSettings(data_dir=services.data_dir), store, None, None)  # type: ignore[arg-type]
-    submitter = Submitter(runtime)
-    submitter.start()
-    try:
-        first = await submitter.submit(lambda n: [submitted(job_id=n)])  # numbers reserved
+    async with submitter_in_process(services) as (submitter, first):
         with answer_lost_once(store) as lost:
-            numbers = await asyncio.gather(
-                *(submitter.submit(lambda n: [submitted(job_id=n)]) for _ in range(5))
-            )
+            numbers = await asyncio.gather(*(submit(submitter) for _ in range(5)))
         assert lost, "the commit's answer was not lost: the test tested nothing"
         assert len(set(numbers)) == 5
         assert sorted(stored_jobs(store)) == sorted([first, *numbers])  # each once
-        # The submitter goes on as before.
-        after = await submitter.submit(lambda n: [submitted(job_id=n)])
+        after = await submit(submitter)  # the submitter goes on as before
         assert stored_jobs(store).count(after) == 1
-    finally:
-        await submitter.stop()
 
 
 async def test_a_job_number_stored_before_fails_its_batch_and_is_not_acknowledged(services):
     """A Conflict that is not the commit's own (here, a stream already holding another
     submission under the number, as after a sequence reset) is not taken for a lost answer."""
     store = services.store
-    runtime = Runtime("gateway", EngineSettings(data_dir=services.data_dir), store, None, None)  # type: ignore[arg-type]
-    submitter = Submitter(runtime)
-    submitter.start()
-    try:
-        first = await submitter.submit(lambda n: [submitted(job_id=n)])  # numbers reserved
+    async with submitter_in_process(services) as (submitter, first):
         store.commit([submitted(job_id=first + 1, client="someone-else")])
         with pytest.raises(Conflict):
-            await submitter.submit(lambda n: [submitted(job_id=n)])
+            await submit(submitter)
         assert stored_jobs(store).count(first + 1) == 1  # the earlier one, alone
-        after = await submitter.submit(lambda n: [submitted(job_id=n)])
-        assert after == first + 2
-    finally:
-        await submitter.stop()
+        assert await submit(submitter) == first + 2
