@@ -34,7 +34,6 @@ def recordset(columns: Columns, alias: str = "u") -> str:
     return f"json_to_recordset(%s) AS {alias}({typed})"
 
 
-def names(columns: Columns, alias: str = "") -> str:
-    """The columns' names, comma-separated, each after `alias.` when given."""
-    prefix = f"{alias}." if alias else ""
-    return ", ".join(prefix + name for name, _ in columns)
+def names(columns: Columns) -> str:
+    """The columns' names, comma-separated."""
+    return ", ".join(name for name, _ in columns)
