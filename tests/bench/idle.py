@@ -68,8 +68,10 @@ def cpu_by_name(supervisor: int) -> dict[str, float]:
 
 def _name(process: psutil.Process) -> str:
     """`taskengine_gateway`, `nats-server`, `postgres`, ...: what a reader would call it."""
-    command = process.cmdline()
     name = process.name()
+    if name.startswith("taskengine_"):  # a service forked by `taskengine up`, by its title
+        return name.split()[0]
+    command = process.cmdline()
     if name.startswith("python") and "-m" in command:  # (nats-server's -m is its monitor port)
         return command[command.index("-m") + 1]
     return name

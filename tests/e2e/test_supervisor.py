@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+from taskengine_cli.supervisor import SERVICES
 from taskengine_embedded import free_port
 
 from tests.support.servers import scratch_dir
@@ -54,6 +55,19 @@ def start(env: dict[str, str], log: Path) -> subprocess.Popen:
     return process
 
 
+def assert_services_are_named_forks(data_dir: Path) -> None:
+    """Each service runs under its own name in `ps`, holding none of the supervisor's files."""
+    lock = str(data_dir / "run" / "supervisor.lock")
+    for service in SERVICES:
+        pid = int((data_dir / "run" / f"{service}.pid").read_text())
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        assert title.startswith(f"taskengine_{service} ({service})"), title
+        opened = {int(fd.name): os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+        assert opened[1] == opened[2] == str(data_dir / "logs" / f"{service}.log")
+        beyond = [name for fd, name in opened.items() if fd > 2]
+        assert lock not in beyond and not any(n.endswith(".log") for n in beyond), opened
+
+
 def test_embedded_default_keeps_data_across_restarts_and_leaves_no_orphans():
     root = scratch_dir("te-up-")
     data_dir = root / "data"
@@ -79,6 +93,7 @@ def test_embedded_default_keeps_data_across_restarts_and_leaves_no_orphans():
             return response.json()["queue_state"] == "completed"
 
         wait_until(lambda: completed(job["id"]), what="the job to complete")
+        assert_services_are_named_forks(data_dir)
         # A second `up` on the same data dir, or on a busy port, refuses clearly.
         twin = subprocess.run(
             [str(BIN / "taskengine"), "up"], env=env, capture_output=True, text=True, timeout=30

@@ -3,10 +3,12 @@
 Starts a real nats-server and PostgreSQL from their wheels unless `TASKENGINE_NATS_URL` /
 `TASKENGINE_DATABASE_URL` name existing ones, creates the tables once, makes sure a client
 exists, then runs each service as its own process (own process group), restarting any that
-dies. A server it started that dies is started again (`healing`). Services reconnect; one
-that dies meanwhile is held while NATS is down, and started at once while PostgreSQL recovers
-(it waits for the database itself), so restarts do not pile up. SIGINT/SIGTERM stop every
-child, then the servers it started.
+dies. The supervisor imports every service's code once; each service process is a fork of
+it (`taskengine_cli.forks`), named `taskengine_<service> (<instance>)` in `ps`. A server it
+started that dies is started again (`healing`). Services reconnect; one that dies meanwhile
+is held while NATS is down, and started at once while PostgreSQL recovers (it waits for the
+database itself), so restarts do not pile up. SIGINT/SIGTERM stop every child, then the
+servers it started.
 
 Each service serves its Prometheus metrics on a port of its own (TASKENGINE_METRICS_PORT):
 from the supervisor's TASKENGINE_METRICS_PORT on, one per service in SERVICES order (one in
@@ -42,6 +44,7 @@ from taskengine_store.store import EventStore
 
 from taskengine_cli.clients import ensure_clients
 from taskengine_cli.endpoints import webhook_key, write_endpoints
+from taskengine_cli.forks import Forked, preload
 from taskengine_cli.healing import FIRST_DELAY, WatchedServer, say
 
 SERVICES = ("relay", "projector", "scheduler", "admission", "dispatcher", "notifier", "gateway")
@@ -116,7 +119,7 @@ class Child:
     """Which of the service's processes it is (TASKENGINE_INSTANCE `<service>-<index>`)."""
     log_path: Path
     pid_path: Path
-    process: subprocess.Popen | None = None
+    process: Forked | None = None
     started: float = 0.0
     backoff: float = FIRST_DELAY
     next_start: float = 0.0
@@ -128,20 +131,16 @@ class Child:
         return file_name(self.name, self.index)
 
     def start(self, env: dict[str, str]) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115  (owned by the child from here)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", f"taskengine_{self.name}"],
-            env={
+        self.process = Forked.start(
+            self.name,
+            f"taskengine_{self.name} ({self.key})",
+            {
                 **env,
                 "TASKENGINE_METRICS_PORT": str(self.metrics_port),
                 "TASKENGINE_INSTANCE": f"{self.name}-{self.index}",
             },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            self.log_path,
         )
-        log.close()
         self.started = time.monotonic()
         self.pid_path.write_text(str(self.process.pid))
 
@@ -186,6 +185,7 @@ class Supervisor:
             return 1
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
+        preload(SERVICES)
         try:
             nats_url, database_url = self._servers(data_dir)
             master = webhook_key(self.config, create=True) or ""
