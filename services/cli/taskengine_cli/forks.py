@@ -95,7 +95,9 @@ def _become(service: str, title: str, env: dict[str, str], log: int) -> NoReturn
         os.environ.update(env)
         engine_settings.cache_clear()  # the supervisor's, read from its environment
         random.seed()  # not the supervisor's sequence, shared by every sibling
-        runpy.run_module(f"taskengine_{service}", run_name="__main__", alter_sys=True)
+        module = f"taskengine_{service}"
+        sys.modules.pop(f"{module}.__main__", None)  # preloaded, it is run afresh as __main__
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as leaving:
         if isinstance(leaving.code, int):
