@@ -16,7 +16,7 @@ from typing import Any
 from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Parameter, ParameterKwarg
+from litestar.params import QueryParameter
 
 AUTHENTICATED = (401, 429)
 """What any route for clients may answer: bad credentials, or too many failed attempts."""
@@ -78,10 +78,10 @@ class Answers:
         return answer(self.error, self.example(MESSAGES[status]), HTTPStatus(status).phrase)
 
 
-def query(description: str, example: str, name: str | None = None) -> ParameterKwarg:
+def query(description: str, example: str, name: str | None = None) -> QueryParameter:
     """A documented query parameter, taken as the string sent (`str | None`, so Litestar never
     refuses it): the dialect checks it and words what is wrong in its own shape. `name`: the
     parameter's name when it cannot be the handler's (`from`, `client`)."""
-    return Parameter(
-        query=name, description=description, examples=[Example(value=example)], required=False
+    return QueryParameter(
+        name=name, description=description, examples=[Example(value=example)], required=False
     )

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 from litestar import Litestar, post
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.testing import TestClient
 from taskengine_gateway.bodies import refuse_nul
 from taskengine_gateway.dialects.drove_api import DROVE
@@ -23,7 +23,7 @@ class Body(msgspec.Struct, forbid_unknown_fields=True):
 
 def client_for(shape: ErrorShape, opt: dict[str, Any] | None = None) -> TestClient:
     @post("/things/{job_id:str}", status_code=200, opt=opt or {})
-    async def write(job_id: str, data: JSONBody[Body]) -> dict:
+    async def write(job_id: FromPath[str], data: JSONBody[Body]) -> dict:
         return {"name": data.name}
 
     app = Litestar(

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 from litestar.static_files import create_static_files_router
 from taskengine_contracts.events import Event, JobEvent, StepChanged, topic_of
 from taskengine_core.clients import mask_secrets, mask_values
@@ -88,12 +90,14 @@ class DashboardController(Controller):
         return Response(html, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
     @get("/api/me", operation_id="dashboard_me")
-    async def me(self, client: Client) -> dict:
+    async def me(self, client: NamedDependency[Client]) -> dict:
         """Who the key belongs to: the page's sign-in check."""
         return {"client": client.name, "admin": client.admin}
 
     @get("/api/queues", operation_id="dashboard_queues")
-    async def queues(self, gateway: GatewayState, client: Client) -> dict:
+    async def queues(
+        self, gateway: NamedDependency[GatewayState], client: NamedDependency[Client]
+    ) -> dict:
         """Jobs not yet ended by priority and state, and the admission settings."""
         rows = await gateway.reads.query(queries.jobs_by_state_and_priority, _scope(client))
         settings = await current_settings(gateway)
@@ -112,7 +116,12 @@ class DashboardController(Controller):
         }
 
     @get("/api/jobs", operation_id="dashboard_jobs")
-    async def jobs(self, request: Request, gateway: GatewayState, client: Client) -> list[dict]:
+    async def jobs(
+        self,
+        request: Request,
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
+    ) -> list[dict]:
         """Every dialect's jobs, newest first: `dialect`, `state`, `search` (in parameters),
         `client` (an admin's choice), `limit`."""
         wanted = dashboard_filter(request.query_params, client)
@@ -120,7 +129,12 @@ class DashboardController(Controller):
         return [job_row(row) for row in rows]
 
     @get("/api/jobs/{job_id:str}", operation_id="dashboard_job")
-    async def job(self, job_id: str, gateway: GatewayState, client: Client) -> dict:
+    async def job(
+        self,
+        job_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
+    ) -> dict:
         """One job: its state, its stored events, its steps' output and its callbacks."""
         store = gateway.runtime.store
         if not JOB_NUMBER.fullmatch(job_id):
@@ -157,7 +171,12 @@ class DashboardController(Controller):
         }
 
     @get("/api/tasks", operation_id="dashboard_tasks")
-    async def tasks(self, request: Request, gateway: GatewayState, client: Client) -> list[dict]:
+    async def tasks(
+        self,
+        request: Request,
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
+    ) -> list[dict]:
         """Scheduled tasks with their next fire, newest first."""
         limit = _limit(request.query_params)
         rows = await gateway.reads.query(queries.task_list, _scope(client), limit, 0)

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 from litestar import WebSocket, websocket
+from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, WebSocketDisconnect
 from nats.aio.msg import Msg
 from nats.js import api
@@ -99,7 +100,7 @@ async def _sign_in(socket: WebSocket, gateway: GatewayState) -> Client:
 
 
 @websocket("/ui/ws")
-async def dashboard_updates(socket: WebSocket, gateway: GatewayState) -> None:
+async def dashboard_updates(socket: WebSocket, gateway: NamedDependency[GatewayState]) -> None:
     await socket.accept()
     try:
         client = await _sign_in(socket, gateway)

@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
 from litestar import Controller, Request, Response, delete, get, post, route
+from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from msgspec import UNSET
 from taskengine_contracts.events import JobBroken, JobCancelled
 from taskengine_core.dialects.drove import DIALECT
@@ -178,7 +180,7 @@ class DroveController(Controller):
         operation_id="drove_ping",
         responses=ANSWERS(200, a.Pong, a.enveloped("pong"), "the engine answers", *AUTH),
     )
-    async def ping(self, client: Client) -> dict:
+    async def ping(self, client: NamedDependency[Client]) -> dict:
         return envelope("pong")
 
     @post(
@@ -190,8 +192,8 @@ class DroveController(Controller):
     async def operation(
         self,
         data: Annotated[TaskOperation, body(TaskOperation)],
-        gateway: GatewayState,
-        client: Client,
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> dict:
         operation = given(data)
         if operation_type(operation) == "CREATE":
@@ -203,7 +205,9 @@ class DroveController(Controller):
         operation_id="drove_list_tasks",
         responses=ANSWERS(200, a.InstancesAnswer, INSTANCES, "the client's tasks", *AUTH),
     )
-    async def list_tasks(self, gateway: GatewayState, client: Client) -> dict:
+    async def list_tasks(
+        self, gateway: NamedDependency[GatewayState], client: NamedDependency[Client]
+    ) -> dict:
         store = gateway.runtime.store
         numbers = await gateway.runtime.call(queries.drove_job_ids, store, client.name, MAX_LISTED)
         return envelope([instance_view(job, HOSTNAME) for job in await load_jobs(gateway, numbers)])
@@ -214,7 +218,11 @@ class DroveController(Controller):
         responses=ANSWERS(200, a.InstanceAnswer, a.enveloped(a.INSTANCE), "the task", *AUTH, 404),
     )
     async def get_task(
-        self, source_app: str, task_id: str, gateway: GatewayState, client: Client
+        self,
+        source_app: FromPath[str],
+        task_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> dict:
         return envelope(
             instance_view(await find_task(gateway, client, source_app, task_id), HOSTNAME)
@@ -227,7 +235,11 @@ class DroveController(Controller):
         responses=ANSWERS(200, a.TaskIdAnswer, TASK_ID, "the task is deleted", *AUTH, 404, 409),
     )
     async def delete_task(
-        self, source_app: str, task_id: str, gateway: GatewayState, client: Client
+        self,
+        source_app: FromPath[str],
+        task_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> dict:
 
         async def load() -> Job:
@@ -255,7 +267,10 @@ class DroveController(Controller):
         opt={"unknown": SEARCH_BY},
     )
     async def search(
-        self, data: Annotated[TaskSearch, body(TaskSearch)], gateway: GatewayState, client: Client
+        self,
+        data: Annotated[TaskSearch, body(TaskSearch)],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> Response:
         wanted = given(data)
         if not wanted:
@@ -283,7 +298,11 @@ class DroveController(Controller):
         ),
     )
     async def log_files(
-        self, source_app: str, task_id: str, gateway: GatewayState, client: Client
+        self,
+        source_app: FromPath[str],
+        task_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> dict:
         await find_task(gateway, client, source_app, task_id)
         return {"files": list(LOG_FILES)}
@@ -297,11 +316,11 @@ class DroveController(Controller):
     )
     async def read_log(
         self,
-        source_app: str,
-        task_id: str,
-        file_name: str,
-        gateway: GatewayState,
-        client: Client,
+        source_app: FromPath[str],
+        task_id: FromPath[str],
+        file_name: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
         offset: Annotated[
             str | None, query("-1 (the default): the current end; from 0: where to read", "0")
         ] = None,
@@ -335,7 +354,12 @@ class DroveController(Controller):
         ),
     )
     async def download_log(
-        self, source_app: str, task_id: str, file_name: str, gateway: GatewayState, client: Client
+        self,
+        source_app: FromPath[str],
+        task_id: FromPath[str],
+        file_name: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> Response:
         job = await log_of(gateway, client, source_app, task_id, file_name)
         row = await _output(gateway, job, 1, 2**31 - 1)

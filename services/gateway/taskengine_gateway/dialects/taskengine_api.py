@@ -9,8 +9,9 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import Controller, Response, get, patch, post, put
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from msgspec import UNSET
 from taskengine_contracts.events import (
     Event,
@@ -210,7 +211,9 @@ async def refuse_internal(gateway: GatewayState, urls: list[str]) -> None:
             raise BadRequest(f"{url} is refused: {refusal}")
 
 
-async def load_job(gateway: GatewayState, job_id: str, client: Client) -> Job:
+async def load_job(
+    gateway: NamedDependency[GatewayState], job_id: FromPath[str], client: NamedDependency[Client]
+) -> Job:
     """The caller's job rebuilt from its events; another client's job does not exist for it.
     An unknown or malformed job id is the seed's error response, a 400, on every job route."""
     if not JOB_NUMBER.fullmatch(job_id):
@@ -243,7 +246,10 @@ class TaskEngineController(Controller):
         ),
     )
     async def submit_job(
-        self, data: Annotated[JobRequest, body(JobRequest)], gateway: GatewayState, client: Client
+        self,
+        data: Annotated[JobRequest, body(JobRequest)],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> JobAccepted:
         workflow, parameters, priority, run_at, semaphore = job_submission(given(data), client)
         callbacks = parse_callbacks(parameters)
@@ -279,7 +285,9 @@ class TaskEngineController(Controller):
             500: ANSWERS.failure(500),
         },
     )
-    async def health(self, gateway: GatewayState, client: Client) -> Response:
+    async def health(
+        self, gateway: NamedDependency[GatewayState], client: NamedDependency[Client]
+    ) -> Response:
         try:
             report = await health_report(
                 gateway.runtime, gateway.heartbeats, await current_settings(gateway), VERSION
@@ -295,8 +303,8 @@ class TaskEngineController(Controller):
     )
     async def list_jobs(
         self,
-        gateway: GatewayState,
-        client: Client,
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
         queue_state: Annotated[
             str | None, query("0 (queued) to 6 (paused)", "2", name="state")
         ] = None,
@@ -345,7 +353,9 @@ class TaskEngineController(Controller):
             200, a.Dashboard, DASHBOARD, "the client's running and waiting jobs", *AUTH
         ),
     )
-    async def dashboard(self, gateway: GatewayState, client: Client) -> dict:
+    async def dashboard(
+        self, gateway: NamedDependency[GatewayState], client: NamedDependency[Client]
+    ) -> dict:
         rows = await gateway.reads.query(queries.job_dashboard, client.name)
         settings = await current_settings(gateway)
         lists: dict[str, list] = {"started": [], "queued": [], "scheduled": []}
@@ -365,7 +375,12 @@ class TaskEngineController(Controller):
         operation_id="get_job",
         responses=ANSWERS(200, a.JobView, a.JOB, "the job", *AUTH, 400),
     )
-    async def get_job(self, job_id: str, gateway: GatewayState, client: Client) -> dict:
+    async def get_job(
+        self,
+        job_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
+    ) -> dict:
         job = await load_job(gateway, job_id, client)
         return job_view(job, await queue_position(gateway, job))
 
@@ -381,10 +396,10 @@ class TaskEngineController(Controller):
     )
     async def update_job(
         self,
-        job: Job,
+        job: NamedDependency[Job],
         data: Annotated[JobUpdate, body(JobUpdate)],
-        gateway: GatewayState,
-        client: Client,
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> dict:
         changes = given(data)
         try:
@@ -404,7 +419,12 @@ class TaskEngineController(Controller):
         status_code=200,
         responses=a.JOB_ERRORS(200, JobAccepted, ACCEPTED, "the rerun is stored", *AUTH, 400, 409),
     )
-    async def rerun_job(self, job_id: str, gateway: GatewayState, client: Client) -> JobAccepted:
+    async def rerun_job(
+        self,
+        job_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
+    ) -> JobAccepted:
         job = await load_job(gateway, job_id, client)
         store = gateway.runtime.store
         [number] = await gateway.runtime.call(store.next_job_ids, 1)
@@ -429,7 +449,12 @@ class TaskEngineController(Controller):
             200, list[a.LogEntry], [a.LOG], "the job's log, oldest first", *AUTH, 400
         ),
     )
-    async def get_logs(self, job_id: str, gateway: GatewayState, client: Client) -> list[dict]:
+    async def get_logs(
+        self,
+        job_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
+    ) -> list[dict]:
         job = await load_job(gateway, job_id, client)
         rows = await gateway.reads.query(queries.job_log, job.job_id)
         return [
@@ -453,7 +478,9 @@ class TaskEngineController(Controller):
         operation_id="list_schedules",
         responses=ANSWERS(200, a.Schedules, a.SCHEDULES, "the engine's schedules", *AUTH),
     )
-    async def list_schedules(self, gateway: GatewayState, client: Client) -> dict:
+    async def list_schedules(
+        self, gateway: NamedDependency[GatewayState], client: NamedDependency[Client]
+    ) -> dict:
         active = await current_duties(gateway)
         settings = await current_settings(gateway)
         return {
@@ -479,8 +506,8 @@ class TaskEngineController(Controller):
     async def switch_schedule(
         self,
         data: Annotated[ScheduleSwitch, body(ScheduleSwitch)],
-        gateway: GatewayState,
-        client: Client,
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> dict:
         if not client.admin:
             raise Forbidden("schedules can be switched only by an admin client")
@@ -514,8 +541,8 @@ class TaskEngineController(Controller):
     async def update_setting(
         self,
         data: Annotated[SettingChange, body(SettingChange)],
-        gateway: GatewayState,
-        client: Client,
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> dict:
         if not client.admin:
             raise Forbidden("settings can be changed only by an admin client")

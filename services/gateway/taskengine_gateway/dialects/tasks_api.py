@@ -15,8 +15,9 @@ from uuid import UUID, uuid4
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, put
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from msgspec import UNSET
 from taskengine_contracts.events import TaskDefinition, TaskEvent, TopicPublished
 from taskengine_core import workflows
@@ -312,7 +313,9 @@ def refuse_reserved_priority(
         )
 
 
-async def load_task(gateway: GatewayState, task_id: str, client: Client) -> Task:
+async def load_task(
+    gateway: NamedDependency[GatewayState], task_id: FromPath[str], client: NamedDependency[Client]
+) -> Task:
     """The caller's task from its stream; another client's task does not exist for it."""
     missing = TasksError(404, "Task not found")
     if not _UUID.fullmatch(task_id):
@@ -364,7 +367,10 @@ class TasksController(Controller):
         },
     )
     async def create_task(
-        self, data: Annotated[TaskRequest, body(TaskRequest)], gateway: GatewayState, client: Client
+        self,
+        data: Annotated[TaskRequest, body(TaskRequest)],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> dict:
         now = datetime.now(UTC)
         async with gateway.tasks.searching(client.name):
@@ -393,8 +399,8 @@ class TasksController(Controller):
     )
     async def list_tasks(
         self,
-        gateway: GatewayState,
-        client: Client,
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
         limit: Annotated[str | None, LIMIT] = None,
         offset: Annotated[str | None, OFFSET] = None,
         status: Annotated[str | None, query(", ".join(STATUSES), "active")] = None,
@@ -431,7 +437,12 @@ class TasksController(Controller):
         operation_id="get_task",
         responses=ANSWERS(200, a.ScheduledTask, a.TASK, "the task", *AUTH, 404),
     )
-    async def get_task(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
+    async def get_task(
+        self,
+        task_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
+    ) -> dict:
         return task_view(await load_task(gateway, task_id, client))
 
     # The task is looked up before the body's fields are checked: another client's is a 404.
@@ -446,11 +457,11 @@ class TasksController(Controller):
     )
     async def update_task(
         self,
-        task_id: str,
-        task: Task,
+        task_id: FromPath[str],
+        task: NamedDependency[Task],
         data: Annotated[TaskRequest, body(TaskRequest)],
-        gateway: GatewayState,
-        client: Client,
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> dict:
         changes = given(data)
 
@@ -477,7 +488,12 @@ class TasksController(Controller):
             202, RunRequested, RUN_REQUESTED, "the run is requested", *AUTH, 404, 409
         ),
     )
-    async def run_now(self, task_id: str, gateway: GatewayState, client: Client) -> RunRequested:
+    async def run_now(
+        self,
+        task_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
+    ) -> RunRequested:
         requested: list = []
 
         def plan(task: Task, now: datetime) -> TaskEvent:
@@ -499,10 +515,10 @@ class TasksController(Controller):
     )
     async def snooze(
         self,
-        task_id: str,
+        task_id: FromPath[str],
         data: Annotated[Snooze, body(Snooze)],
-        gateway: GatewayState,
-        client: Client,
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> dict:
         if data.delay_seconds is msgspec.UNSET:
             raise invalid("delay_seconds", "delay_seconds is required", "missing")
@@ -521,7 +537,12 @@ class TasksController(Controller):
         status_code=200,
         responses=ANSWERS(200, a.ScheduledTask, a.TASK, "the task, paused", *AUTH, 404, 409),
     )
-    async def pause(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
+    async def pause(
+        self,
+        task_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
+    ) -> dict:
         return task_view(
             await change_task(gateway, task_id, client, lambda t, now: t.pause(client.name, now))
         )
@@ -532,7 +553,12 @@ class TasksController(Controller):
         status_code=200,
         responses=ANSWERS(200, a.ScheduledTask, a.TASK, "the task, resumed", *AUTH, 404, 409),
     )
-    async def resume(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
+    async def resume(
+        self,
+        task_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
+    ) -> dict:
         return task_view(
             await change_task(gateway, task_id, client, lambda t, now: t.resume(client.name, now))
         )
@@ -543,7 +569,12 @@ class TasksController(Controller):
         status_code=200,
         responses=ANSWERS(200, a.ScheduledTask, a.TASK, "the task, canceled", *AUTH, 404, 409),
     )
-    async def cancel(self, task_id: str, gateway: GatewayState, client: Client) -> dict:
+    async def cancel(
+        self,
+        task_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
+    ) -> dict:
         return task_view(await cancel_task(gateway, task_id, client))
 
     @get(
@@ -556,9 +587,9 @@ class TasksController(Controller):
     )
     async def runs(
         self,
-        task_id: str,
-        gateway: GatewayState,
-        client: Client,
+        task_id: FromPath[str],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
         limit: Annotated[str | None, LIMIT] = None,
         offset: Annotated[str | None, OFFSET] = None,
     ) -> list:
@@ -577,7 +608,10 @@ class TasksController(Controller):
         },
     )
     async def publish(
-        self, data: Annotated[TopicEvent, body(TopicEvent)], gateway: GatewayState, client: Client
+        self,
+        data: Annotated[TopicEvent, body(TopicEvent)],
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> EventAccepted:
         if data.topic is None:
             raise invalid("topic", "topic is required", "missing")

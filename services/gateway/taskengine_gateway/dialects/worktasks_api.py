@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
 from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.params import FromPath
 from msgspec import UNSET
 from taskengine_contracts.events import (
     ExecutionLogged,
@@ -310,7 +312,9 @@ class WorkTasksController(Controller):
         operation_id="worktask_queue_length",
         responses=ANSWERS(200, a.QueueLength, {"queue_length": 3}, "waiting work tasks", *AUTH),
     )
-    async def queue_length(self, gateway: GatewayState, client: Client) -> dict:
+    async def queue_length(
+        self, gateway: NamedDependency[GatewayState], client: NamedDependency[Client]
+    ) -> dict:
         waiting = [str(state) for state in WAITING]
         length = await gateway.reads.query(queries.waiting_jobs, client.name, DIALECT, waiting)
         return {"queue_length": length}
@@ -324,8 +328,8 @@ class WorkTasksController(Controller):
     async def submit_worktask(
         self,
         data: Annotated[WorkTaskRequest, body(WorkTaskRequest)],
-        gateway: GatewayState,
-        client: Client,
+        gateway: NamedDependency[GatewayState],
+        client: NamedDependency[Client],
     ) -> dict:
         task = submission(given(data))
         config = gateway.runtime.config
@@ -355,7 +359,9 @@ class WorkTasksController(Controller):
         operation_id="get_worktask",
         responses=ANSWERS(200, a.WorkTask, a.WORKTASK, "the work task", *AUTH, 404, 409),
     )
-    async def get_worktask(self, worktask_id: str, request: Request, gateway: GatewayState) -> dict:
+    async def get_worktask(
+        self, worktask_id: FromPath[str], request: Request, gateway: NamedDependency[GatewayState]
+    ) -> dict:
         """A client's own task, secret-looking values masked; or, for its worker, the task as
         submitted (its steps need the real parameters)."""
         reporter = await reporter_of(request, gateway)
@@ -385,10 +391,10 @@ class WorkTasksController(Controller):
     )
     async def report_worktask(
         self,
-        worktask_id: str,
+        worktask_id: FromPath[str],
         data: Annotated[WorkTaskReport, body(WorkTaskReport)],
         request: Request,
-        gateway: GatewayState,
+        gateway: NamedDependency[GatewayState],
     ) -> dict:
         reporter: Reporter = request.state.reporter
         report = report_of(given(data), worktask_id)
@@ -441,10 +447,10 @@ class WorkTasksController(Controller):
     )
     async def log_worktask(
         self,
-        worktask_id: str,
+        worktask_id: FromPath[str],
         data: Annotated[WorkTaskLines, body(WorkTaskLines)],
         request: Request,
-        gateway: GatewayState,
+        gateway: NamedDependency[GatewayState],
     ) -> dict:
         """Lines a remote worker printed, appended to its attempt's log (`GET /logs/<id>`)."""
         reporter: Reporter = request.state.reporter
@@ -480,7 +486,9 @@ class WorkTasksController(Controller):
         operation_id="worktask_metrics",
         responses=ANSWERS(200, a.Metrics, a.METRICS, "the client's work tasks", *AUTH),
     )
-    async def metrics(self, gateway: GatewayState, client: Client) -> dict:
+    async def metrics(
+        self, gateway: NamedDependency[GatewayState], client: NamedDependency[Client]
+    ) -> dict:
         """The caller's work tasks: the queue, and counts by status and by type."""
         rows = await gateway.reads.query(queries.job_tallies, client.name, DIALECT)
         # One statement, one snapshot: the queue and the counts agree with each other.

@@ -26,6 +26,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import WebSocket, websocket
+from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, WebSocketDisconnect
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -92,7 +93,7 @@ async def _client(socket: WebSocket, gateway: GatewayState) -> Client:
 
 
 @websocket("/ws/tasks")
-async def task_updates(socket: WebSocket, gateway: GatewayState) -> None:
+async def task_updates(socket: WebSocket, gateway: NamedDependency[GatewayState]) -> None:
     try:
         client = await _client(socket, gateway)
     except NotAuthorizedException as error:
