@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
+import psycopg
 from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg import Cursor
@@ -72,7 +73,7 @@ class _Recorder(PostgresProcessRecorder):
         super().__init__(*args, **kwargs)
         self.insert_arrays = SQL(
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+            " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
             " RETURNING notification_id"
         ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
 
@@ -87,17 +88,29 @@ class _Recorder(PostgresProcessRecorder):
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
         """eventsourcing's insert (table lock, notify, rows in order, their ids returned), with
-        the rows sent as four plain arrays: psycopg dumps those natively, where eventsourcing's
-        array of composites is quoted field by field in Python."""
-        self._lock_table(curs)
-        self._notify_channel(curs)
+        the rows sent as four plain arrays, where eventsourcing's array of composites is quoted
+        field by field in Python. In binary: as text, each event's JSON is hex-escaped, then
+        quoted with a regular expression (10,000 events: 0.14 s of CPU, against 0.02 s)."""
         columns = (
             [e.originator_id for e in stored_events],
             [e.originator_version for e in stored_events],
             [e.topic for e in stored_events],
             [e.state for e in stored_events],
         )
-        curs.execute(self.insert_arrays, columns)
+        try:
+            self._lock_table(curs)
+            self._notify_channel(curs)
+            curs.execute(self.insert_arrays, columns)
+        except psycopg.Error:
+            # An earlier statement of this commit failed (a claim refused, a position already
+            # tracked), and its answer came back while these were sent. eventsourcing keeps
+            # the error to raise it later, but its COMMIT would then go down an unsynced,
+            # aborted pipeline and fail as `PipelineAborted` instead: an OperationalError,
+            # retried ten times and then raised in place of this one. A sync (leaving a
+            # nested pipeline sends one) ends the failed part first.
+            with suppress(psycopg.Error), curs.connection.pipeline():
+                pass
+            raise
 
 
 class EventStore:
