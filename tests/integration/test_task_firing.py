@@ -10,7 +10,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
-from taskengine_contracts.events import TaskCreated, TaskDefinition, TaskFired
+from taskengine_contracts.events import TaskCreated, TaskDefinition, TaskFired, TaskPaused
 from taskengine_core.dialects.scheduled.runs import run_id
 from taskengine_scheduler.tasks import TaskFiring, task_statements
 from taskengine_store.store import Position
@@ -97,6 +97,40 @@ def test_two_schedulers_fire_every_run_once_and_the_standby_takes_over(services)
     assert LEADING not in services.log("scheduler-b").split(STANDBY)[0]
 
 
+class Calls:
+    """What TaskFiring needs of the runtime, around a store."""
+
+    def __init__(self, store):  # type: ignore[no-untyped-def]
+        self.store = store
+
+    async def call(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await asyncio.to_thread(fn, *args)
+
+
+def test_a_batch_planned_ahead_fires_at_its_instant_without_a_task_paused_meanwhile(services):
+    """The next tick's runs are read and planned a tick ahead, then committed once it comes,
+    stamped with its instant; a task paused in between is not fired (its version moved)."""
+    instant = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    tasks = [task("* * * * * *", instant) for _ in range(50)]
+    positions = services.store.commit(tasks)
+    services.store.execute(
+        task_statements([Position(p, e) for p, e in zip(positions, tasks, strict=True)])
+    )
+    firing = TaskFiring(Calls(services.store))  # type: ignore[arg-type]
+    asyncio.run(firing.prepare(instant))
+    assert firing.planned is not None and len(firing.planned.due) == len(tasks)
+    paused = TaskPaused(id=tasks[0].id, version=2, at=datetime.now(UTC), client="alice", by="alice")
+    services.store.commit([paused])  # the scheduler's row learns it only later
+    time.sleep(max(0.0, (instant - datetime.now(UTC)).total_seconds()))
+
+    assert asyncio.run(firing.fire_due()) == len(tasks) - 1
+    fires = fired(services)
+    assert sorted(f.id for f in fires) == sorted(t.id for t in tasks[1:])
+    assert {(f.at, f.fire_at) for f in fires} == {(instant, instant)}
+    assert all(f.next_fire_at == instant + timedelta(seconds=1) for f in fires)
+    assert asyncio.run(firing.fire_due()) == 0  # the paused task's row was rebuilt: paused
+
+
 def test_two_firers_racing_on_the_same_due_runs_fire_each_once(services):
     """Without the leader lock (as if two leaders overlapped), the task versions alone keep a
     run from firing twice: the loser's commit conflicts and it rebuilds its rows."""
@@ -107,14 +141,9 @@ def test_two_firers_racing_on_the_same_due_runs_fire_each_once(services):
         task_statements([Position(p, e) for p, e in zip(positions, tasks, strict=True)])
     )
 
-    class Calls:  # what TaskFiring needs of the runtime
-        store = services.store
-
-        async def call(self, fn, *args):  # type: ignore[no-untyped-def]
-            return await asyncio.to_thread(fn, *args)
-
     async def race() -> list[int]:
-        firers = [TaskFiring(Calls()), TaskFiring(Calls())]  # type: ignore[arg-type]
+        calls = Calls(services.store)
+        firers = [TaskFiring(calls), TaskFiring(calls)]  # type: ignore[arg-type]
         return await asyncio.gather(*(f.fire_due() for f in firers))
 
     counts = asyncio.run(race())

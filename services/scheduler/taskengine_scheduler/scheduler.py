@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -227,6 +228,9 @@ class Scheduler:
             try:
                 if await self.tasks.fire_due():
                     self.next_tick = 0.0  # there may be more due
+                elif self.tasks.planned is None:  # what the next tick fires, planned now
+                    upcoming = math.floor(time.time() / TICK + 1) * TICK
+                    await self.tasks.prepare(datetime.fromtimestamp(upcoming, UTC))
             except Exception:  # e.g. the store is unreachable: the runs stay due
                 log.exception("scheduler: firing scheduled tasks failed")
         if not self.duties["queue_scheduled_jobs"]:

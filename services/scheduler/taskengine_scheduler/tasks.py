@@ -12,7 +12,10 @@ the task's version is checked on commit, so two schedulers can never fire a run 
 the leader fires at all.
 
 A burst (thousands due at one instant) fires as a pipeline: while one batch commits, the next
-is read and planned; the tasks' rows move with one array statement per batch.
+is read and planned; the tasks' rows move with one array statement per batch. The first batch
+due at the next tick is read and planned a tick ahead (`prepare`), stamped with that instant:
+when it comes, firing starts with a commit. A task that moved meanwhile (updated, paused)
+fails the version check on that commit and is planned again from its stream.
 
 Downtime: a task whose fire instant passed while no scheduler ran fires once on recovery (the
 oldest missed instant, with how many more it stands for in `missed`), then goes on from the
@@ -94,7 +97,7 @@ _REQUEST_TOPIC = (
 _DUE = (
     "SELECT task_uuid, client, version, status, definition::text, next_fire_at, created_at,"
     " NULL AS token, NULL AS trigger, NULL AS fire_at, NULL::uuid AS run_id, NULL::uuid AS event_id"
-    " FROM scheduler_tasks WHERE status = 'active' AND next_fire_at <= now()"
+    " FROM scheduler_tasks WHERE status = 'active' AND next_fire_at <= %s"
     " AND definition IS NOT NULL AND task_uuid <> ALL(%s::uuid[]) ORDER BY next_fire_at LIMIT %s"
 )
 _REQUESTED = (
@@ -244,6 +247,20 @@ def next_fire(
 _TICK = timedelta(microseconds=1)
 
 
+@dataclass
+class Planned:
+    """A batch planned ahead for `instant`: what `fire` commits once that instant comes."""
+
+    instant: datetime
+    due: list[Due]
+    events: list[Event]
+    statements: list[Statement]
+
+
+PLANNED_STALE = timedelta(seconds=1)
+"""A batch planned ahead is dropped (and planned again) once its instant is this far past."""
+
+
 class TaskFiring:
     """Fires due runs for the scheduler, a batch per commit."""
 
@@ -256,6 +273,7 @@ class TaskFiring:
         self.runtime = runtime
         self.fence = fence
         self.min_interval = min_interval  # no task fires closer than this to its last fire
+        self.planned: Planned | None = None
 
     async def fire_due(self) -> int:
         """Fires what is due now (schedules first, then requests); returns how many runs."""
@@ -273,9 +291,17 @@ class TaskFiring:
         fired = 0
         firing: asyncio.Future[int] | None = None  # the last batch, on its way to commit
         flying: list[UUID] = []  # its tasks
+        now = datetime.now(UTC)
+        planned, self.planned = self.planned, None
+        if planned and planned.instant <= now < planned.instant + PLANNED_STALE:
+            firing = asyncio.ensure_future(self.fire(planned.due, planned=planned))
+            flying = [d.task_id for d in planned.due]
+        elif planned and now < planned.instant:
+            self.planned = planned  # not yet
         try:
             while True:
-                rows = await self.runtime.call(store.query, _DUE, (flying, FIRE_BATCH))
+                now = datetime.now(UTC)
+                rows = await self.runtime.call(store.query, _DUE, (now, flying, FIRE_BATCH))
                 due = [Due.of(row) for row in rows]
                 if firing and (not due or any(d.definition.dedupe_key for d in due)):
                     # Dedupe reads what the last batch fired: it must be committed first.
@@ -296,14 +322,37 @@ class TaskFiring:
             if firing:  # on an error, the batch on its way still commits (or fails) first
                 await asyncio.gather(firing, return_exceptions=True)
 
-    async def fire(self, due: list[Due], after: asyncio.Future[int] | None = None) -> int:
-        """Fires `due` in one commit, made after the `after` batch's; returns how many."""
+    async def prepare(self, instant: datetime) -> None:
+        """Reads and plans the first batch of schedules due at `instant` (the next tick), for
+        `fire_due` to commit once it comes; none when nothing is due by then."""
         store = self.runtime.store
+        rows = await self.runtime.call(store.query, _DUE, (instant, [], FIRE_BATCH))
+        if rows:
+            due = [Due.of(row) for row in rows]
+            events, statements = await self._planned(due, instant)
+            self.planned = Planned(instant, due, events, statements)
+
+    async def _planned(self, due: list[Due], now: datetime) -> tuple[list[Event], list[Statement]]:
+        numbers = await self.runtime.call(self.runtime.store.next_job_ids, len(due))
+        seen = await self._dedupe_seen(due)
+        # Off the loop: planning searches each schedule for its next fire.
+        return await off_loop(self._plan, due, numbers, seen, now)
+
+    async def fire(
+        self,
+        due: list[Due],
+        after: asyncio.Future[int] | None = None,
+        planned: Planned | None = None,
+    ) -> int:
+        """Fires `due` in one commit, made after the `after` batch's; returns how many. A batch
+        `planned` ahead fires as of its instant (planned again as of it after a conflict)."""
+        store = self.runtime.store
+        instant = planned.instant if planned else None
         while due:
-            numbers = await self.runtime.call(store.next_job_ids, len(due))
-            seen = await self._dedupe_seen(due)
-            # Off the loop: planning searches each schedule for its next fire.
-            events, statements = await off_loop(self._plan, due, numbers, seen, datetime.now(UTC))
+            if planned is None:
+                events, statements = await self._planned(due, instant or datetime.now(UTC))
+            else:
+                events, statements, planned = planned.events, list(planned.statements), None
             if self.fence:
                 statements.insert(0, self.fence)
             if after:
