@@ -22,7 +22,7 @@ from taskengine_store.store import EventStore, Statement
 
 _TRACK = (
     "INSERT INTO notification_tracking (application_name, notification_id)"
-    " SELECT * FROM unnest(%s::text[], %s::bigint[])"
+    " SELECT * FROM unnest(%b::text[], %b::bigint[])"
     " ON CONFLICT (application_name) DO UPDATE SET notification_id = excluded.notification_id"
     " WHERE notification_tracking.notification_id < excluded.notification_id"
 )

@@ -58,9 +58,9 @@ CONSUMED = (JobSubmitted, JobQueued, JobAdmitted, JobUpdated, *RELEASES, Setting
 
 _UPSERT = (
     "INSERT INTO admission_queue (job_uuid, job_id, client, workflow, priority, version,"
-    " queued_at, admitted, attempt, concurrency_key) SELECT * FROM unnest(%s::uuid[],"
-    " %s::bigint[], %s::text[], %s::text[], %s::int[], %s::bigint[], %s::timestamptz[],"
-    " %s::bool[], %s::int[], %s::text[])"
+    " queued_at, admitted, attempt, concurrency_key) SELECT * FROM unnest(%b::uuid[],"
+    " %b::bigint[], %b::text[], %b::text[], %b::int[], %b::bigint[], %b::timestamptz[],"
+    " %b::bool[], %b::int[], %b::text[])"
     " ON CONFLICT (job_uuid) DO UPDATE SET priority = excluded.priority,"
     " version = excluded.version, queued_at = excluded.queued_at,"
     " admitted = excluded.admitted, attempt = excluded.attempt"

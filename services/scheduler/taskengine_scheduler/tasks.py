@@ -76,8 +76,8 @@ _STATUS = {
 
 _UPSERT_TASKS = (
     "INSERT INTO scheduler_tasks (task_uuid, client, version, status, definition, next_fire_at,"
-    " created_at) SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::text[],"
-    " %s::jsonb[], %s::timestamptz[], %s::timestamptz[])"
+    " created_at) SELECT * FROM unnest(%b::uuid[], %b::text[], %b::bigint[], %b::text[],"
+    " %b::jsonb[], %b::timestamptz[], %b::timestamptz[])"
     " ON CONFLICT (task_uuid) DO UPDATE SET version = excluded.version,"
     " status = COALESCE(excluded.status, scheduler_tasks.status),"
     " definition = COALESCE(excluded.definition, scheduler_tasks.definition),"
@@ -98,7 +98,7 @@ _DUE = (
     "SELECT task_uuid, client, version, status, definition::text, next_fire_at, created_at,"
     " NULL AS token, NULL AS trigger, NULL AS fire_at, NULL::uuid AS run_id, NULL::uuid AS event_id"
     " FROM scheduler_tasks WHERE status = 'active' AND next_fire_at <= %s"
-    " AND definition IS NOT NULL AND task_uuid <> ALL(%s::uuid[]) ORDER BY next_fire_at LIMIT %s"
+    " AND definition IS NOT NULL AND task_uuid <> ALL(%b::uuid[]) ORDER BY next_fire_at LIMIT %s"
 )
 _REQUESTED = (
     "SELECT t.task_uuid, t.client, t.version, t.status, t.definition::text, t.next_fire_at,"
@@ -108,20 +108,20 @@ _REQUESTED = (
 )
 _MOVED = (
     "UPDATE scheduler_tasks t SET version = m.version, next_fire_at = m.next_fire_at"
-    " FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[]) AS m(task_uuid, version,"
+    " FROM unnest(%b::uuid[], %b::bigint[], %b::timestamptz[]) AS m(task_uuid, version,"
     " next_fire_at) WHERE t.task_uuid = m.task_uuid"
 )
 _DONE_REQUESTS = (
     "DELETE FROM scheduler_requests WHERE (task_uuid, token) IN"
-    " (SELECT * FROM unnest(%s::uuid[], %s::text[]))"
+    " (SELECT * FROM unnest(%b::uuid[], %b::text[]))"
 )
 _DEDUPE_SEEN = (
     "SELECT client, dedupe_key, fired_at, job_id FROM scheduler_dedupe"
-    " WHERE (client, dedupe_key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+    " WHERE (client, dedupe_key) IN (SELECT * FROM unnest(%b::text[], %b::text[]))"
 )
 _DEDUPE_FIRED = (
     "INSERT INTO scheduler_dedupe (client, dedupe_key, fired_at, job_id)"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::bigint[])"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], %b::bigint[])"
     " ON CONFLICT (client, dedupe_key) DO UPDATE SET fired_at = excluded.fired_at,"
     " job_id = excluded.job_id"
 )
