@@ -12,6 +12,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from uuid import uuid4
 
 import httpx
@@ -175,3 +176,52 @@ def test_jobs_with_300_kb_parameters_leave_b_listed_and_completed_within_seconds
 def a_jobs(system) -> list[dict]:  # type: ignore[no-untyped-def]
     with system.client(OTHER) as a:
         return a.get("/jobs", params={"limit": 500}).json()
+
+
+def test_a_client_sending_more_bytes_than_its_budget_waits_then_gets_429_alone(system):
+    """16 bodies of 400 kB at once (6.4 MB) from A, against 2 MB/s and a 2 MB burst: the first
+    go through (some waiting their turn), the rest are refused whole with 429 and Retry-After
+    in the dialect's shape; B is answered at once meanwhile."""
+    size = 400_000
+    before = {r["id"] for r in a_jobs(system)}
+    body = {"job": {"workflow": "noop"}, "parameters": {"x": "a" * size}}
+    with ThreadPoolExecutor(16) as pool:
+        flood = pool.map(
+            post_as(system, "/job", body, {"client": OTHER[0], "api-key": OTHER[1]}), range(16)
+        )
+        with system.client(ADMIN) as b:
+            started = time.monotonic()
+            assert b.post("/job", json={"job": {"workflow": "noop"}}).status_code == 200
+            b_took = time.monotonic() - started
+        answers = list(flood)
+    refused = [r for r in answers if r.status_code == 429]
+    accepted = [r.json()["id"] for r in answers if r.status_code == 200]
+    assert len(refused) + len(accepted) == 16 and refused and len(accepted) >= 5
+    for response in refused:
+        assert int(response.headers["retry-after"]) >= 1
+        assert set(response.json()) == {"error"}
+        assert response.json()["error"].startswith("too much data: at most 2097152 request")
+    assert b_took < 5.0, b_took  # B's budget is its own (normally milliseconds)
+    wait_until(
+        lambda: {r["id"] for r in a_jobs(system)} - before == set(accepted),
+        timeout=60,
+        what="exactly A's accepted jobs listed",
+    )
+    time.sleep(3)  # A's bucket refills
+    # The scheduled-tasks dialect words it in its own shape.
+    task = {"title": "x" * size}
+    bearer = {"Authorization": f"Bearer {OTHER[1]}"}
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(post_as(system, "/tasks", task, bearer), range(16)))
+    limited = [r for r in answers if r.status_code == 429]
+    assert limited and all(set(r.json()) == {"detail"} for r in limited)
+    assert limited[0].json()["detail"].startswith("too much data")
+
+
+def post_as(  # type: ignore[no-untyped-def]
+    system, path: str, body: dict, headers: dict[str, str]
+) -> Callable[[int], httpx.Response]:
+    def post(_: int) -> httpx.Response:
+        return httpx.post(system.url + path, json=body, headers=headers, timeout=30)
+
+    return post

@@ -260,6 +260,13 @@ class EngineSettings(BaseSettings):
         description="open WebSockets (/ws/tasks, /ui/ws) one client may hold on one gateway;"
         " one more is closed with code 4429",
     )
+    max_bytes_per_second_per_client: int = Field(
+        default=2 * 2**20,
+        ge=1024,
+        description="request bytes one client may send one gateway per second, on average"
+        " (a burst up to max_body_bytes or this, whichever is more); a request beyond waits"
+        " its turn for up to a second, or is refused with 429 and Retry-After",
+    )
     max_active_tasks_per_client: int = Field(
         default=1000,
         ge=0,

@@ -28,6 +28,7 @@ from taskengine_gateway.dialects.worktasks_api import WorkTasksController
 from taskengine_gateway.dialects.worktasks_ws import mask_tokens_in_logs, task_updates
 from taskengine_gateway.errors import handler
 from taskengine_gateway.health import Heartbeats
+from taskengine_gateway.limits import ByteBudget
 from taskengine_gateway.reading import Reads, stale_header
 from taskengine_gateway.state import GatewayState
 from taskengine_gateway.submitter import Submitter
@@ -123,6 +124,7 @@ async def gateway(runtime: Runtime) -> None:
         Heartbeats(),
         OutboundGuard(parse_allowlist(runtime.config.callback_allowlist)),
         Reads(runtime),
+        ByteBudget(runtime.config.max_bytes_per_second_per_client, runtime.config.max_body_bytes),
     )
     state.submitter.start()
     metrics.JOBS.count_with(lambda: _job_counts(runtime))

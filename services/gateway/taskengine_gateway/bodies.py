@@ -85,11 +85,21 @@ def body_problem(error: Exception, request: Request) -> BodyProblem | None:
 
 async def before_body(request: Request) -> None:
     """What comes before a body is read: a route for clients checks their credentials first
-    (a 401 before any 400; `request.state.client` keeps who it is), then `refuse_nul`."""
+    (a 401 before any 400; `request.state.client` keeps who it is) and charges the body to the
+    client's byte budget (it may wait its turn, or get a 429), then `refuse_nul`."""
     if "client" in request.route_handler.parsed_fn_signature.parameters:
         gateway = request.app.state.gateway
-        request.state.client = await gateway.authenticator.authenticate(request)
+        client = request.state.client = await gateway.authenticator.authenticate(request)
+        # A body over the largest allowed is charged as the largest: it gets its 413.
+        size = min(await body_size(request), gateway.runtime.config.max_body_bytes)
+        await gateway.ingest.take(client.name, size)
     await refuse_nul(request)
+
+
+async def body_size(request: Request) -> int:
+    """The body's size: its Content-Length, known before it is read; else read it."""
+    length = request.headers.get("content-length", "")
+    return int(length) if length.isdecimal() else len(await request.body())
 
 
 async def refuse_nul(request: Request) -> None:

@@ -1,12 +1,17 @@
-"""Failed key checks, limited per caller address and per client name.
+"""Failed key checks, limited per caller address and per client name; request bytes, limited
+per client.
 
 Token buckets kept in memory by each gateway instance (several instances each allow their own
 burst): a failure takes a token, a bucket regains `per_minute` tokens a minute up to `burst`,
 and an empty one answers 429 with the seconds until it holds a token again.
+
+`ByteBudget` charges each client's request bodies to the client: what one client sends cannot
+outrun what the services behind the gateway handle, which every other client waits behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -119,3 +124,68 @@ def client_address(
         if not _within(hop, trusted):
             return hop
     return hops[0] if hops else peer
+
+
+MAX_WAIT = 1.0
+"""Seconds a request may wait for its client's byte budget before it is refused instead."""
+
+
+class TooManyBytes(HTTPException):
+    """429 with `Retry-After`: the client sent more bytes than its budget allows for now."""
+
+    status_code = HTTP_429_TOO_MANY_REQUESTS
+
+    def __init__(self, retry_after: float, per_second: int):
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            detail=f"too much data: at most {per_second} request bytes a second per client;"
+            f" retry in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+class ByteBudget:
+    """Request bytes per client: `per_second` on average, bursts of up to `burst`.
+
+    A request takes its size from its client's bucket before its body is read. When the bucket
+    does not hold that much, the request waits until it would have (requests of one client
+    take turns in arrival order), for at most `MAX_WAIT` seconds: beyond that it is refused with
+    429. A waiting request holds no body and no thread."""
+
+    def __init__(self, per_second: int, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.per_second = per_second
+        self.burst = float(max(burst, per_second))
+        self.clock = clock
+        self.buckets: dict[str, _Bucket] = {}
+
+    def charge(self, client: str, size: int) -> float:
+        """Takes `size` bytes from `client`'s bucket; the seconds to wait before going on.
+        Raises TooManyBytes (and takes nothing) when that would be more than MAX_WAIT."""
+        now = self.clock()
+        bucket = self.buckets.get(client)
+        if bucket is None:
+            self._bound(now)
+            bucket = self.buckets[client] = _Bucket(self.burst, now)
+        tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.per_second) - size
+        wait = max(0.0, -tokens / self.per_second)
+        if wait > MAX_WAIT:
+            raise TooManyBytes(wait - MAX_WAIT, self.per_second)
+        bucket.tokens, bucket.at = tokens, now
+        return wait
+
+    async def take(self, client: str, size: int) -> None:
+        """`charge`, then the wait it asks for."""
+        wait = self.charge(client, size)
+        if wait:
+            await asyncio.sleep(wait)
+
+    def _bound(self, now: float) -> None:
+        if len(self.buckets) < MAX_BUCKETS:
+            return
+        rate = self.per_second
+        full = [k for k, b in self.buckets.items() if b.tokens + (now - b.at) * rate >= self.burst]
+        for key in full:
+            del self.buckets[key]
+        if len(self.buckets) >= MAX_BUCKETS:
+            for key in list(self.buckets)[: MAX_BUCKETS // 2]:
+                del self.buckets[key]

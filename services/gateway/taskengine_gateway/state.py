@@ -10,6 +10,7 @@ from taskengine_runtime import Runtime
 
 from taskengine_gateway.auth import Authenticator
 from taskengine_gateway.health import Heartbeats
+from taskengine_gateway.limits import ByteBudget
 from taskengine_gateway.quotas import SocketQuota, TaskQuota
 from taskengine_gateway.reading import Reads
 from taskengine_gateway.submitter import Submitter
@@ -23,5 +24,7 @@ class GatewayState:
     heartbeats: Heartbeats
     guard: OutboundGuard
     reads: Reads
+    ingest: ByteBudget
+    """Request bytes per client."""
     sockets: SocketQuota = field(default_factory=SocketQuota)
     tasks: TaskQuota = field(default_factory=TaskQuota)

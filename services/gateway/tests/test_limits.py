@@ -1,11 +1,14 @@
-"""The failure limiter's buckets and the caller's address behind trusted proxies."""
+"""The failure limiter's buckets, the byte budget, and the caller's address behind trusted
+proxies."""
 
 from __future__ import annotations
 
 import pytest
 from taskengine_gateway.limits import (
+    ByteBudget,
     FailureLimiter,
     TooManyAttempts,
+    TooManyBytes,
     client_address,
     parse_networks,
 )
@@ -80,3 +83,24 @@ def test_a_bad_trusted_proxy_entry_is_a_clear_configuration_error():
     with pytest.raises(ValueError, match="TASKENGINE_TRUSTED_PROXIES"):
         parse_networks("127.0.0.1, not-an-ip")
     assert parse_networks("") == ()
+
+
+def test_a_clients_bytes_pass_within_the_burst_then_wait_their_turn_then_are_refused():
+    clock = Clock()
+    budget = ByteBudget(per_second=1000, burst=2000, clock=clock)
+    assert budget.charge("a", 1500) == 0  # within the burst
+    assert budget.charge("a", 1000) == pytest.approx(0.5)  # 500 short: half a second
+    assert budget.charge("b", 2000) == 0  # another client's bucket is its own
+    with pytest.raises(TooManyBytes) as refused:
+        budget.charge("a", 1000)  # would wait 1.5 s: more than a second
+    assert refused.value.status_code == 429
+    assert refused.value.headers == {"Retry-After": "1"}
+    clock.now += 0.5  # a refusal took nothing: the earlier request's wait is over
+    assert budget.charge("a", 1000) == pytest.approx(1.0)
+    clock.now += 3600
+    assert budget.charge("a", 2000) == 0  # refilled up to the burst, no more
+    assert budget.charge("a", 1) == pytest.approx(0.001)
+
+
+def test_the_burst_is_at_least_a_seconds_worth():
+    assert ByteBudget(per_second=5000, burst=10).burst == 5000
