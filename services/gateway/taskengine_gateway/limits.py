@@ -46,34 +46,57 @@ class _Bucket:
     at: float
 
 
+class _Buckets:
+    """Token buckets by key, each regaining `rate` tokens a second up to `burst`. At most
+    MAX_BUCKETS are kept: beyond that, those full again are forgotten, then the oldest."""
+
+    def __init__(self, burst: float, rate: float, clock: Callable[[], float]):
+        self.burst = burst
+        self.rate = rate
+        self.clock = clock
+        self.held: dict[str, _Bucket] = {}
+
+    def tokens(self, bucket: _Bucket, now: float) -> float:
+        return min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+
+    def get(self, key: str, now: float) -> _Bucket:
+        """`key`'s bucket, a full one if it had none."""
+        bucket = self.held.get(key)
+        if bucket is None:
+            self._bound(now)
+            bucket = self.held[key] = _Bucket(self.burst, now)
+        return bucket
+
+    def _bound(self, now: float) -> None:
+        if len(self.held) < MAX_BUCKETS:
+            return
+        full = [k for k, b in self.held.items() if self.tokens(b, now) >= self.burst]
+        for key in full:
+            del self.held[key]
+        if len(self.held) >= MAX_BUCKETS:  # still full of active buckets: forget the oldest
+            for key in list(self.held)[: MAX_BUCKETS // 2]:
+                del self.held[key]
+
+
 class FailureLimiter:
     """Buckets of failures by address (`address:<ip>`) and by client name (`name:<name>`)."""
 
     def __init__(self, burst: int, per_minute: float, clock: Callable[[], float] = time.monotonic):
-        self.burst = float(burst)
-        self.rate = per_minute / 60.0
-        self.clock = clock
-        self.buckets: dict[str, _Bucket] = {}
-
-    def _tokens(self, bucket: _Bucket, now: float) -> float:
-        return min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+        self.buckets = _Buckets(float(burst), per_minute / 60.0, clock)
 
     def wait(self, key: str) -> float:
         """Seconds until `key` may fail again (0: it may now)."""
-        bucket = self.buckets.get(key)
+        bucket = self.buckets.held.get(key)
         if bucket is None:
             return 0.0
-        tokens = self._tokens(bucket, self.clock())
-        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        tokens = self.buckets.tokens(bucket, self.buckets.clock())
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.buckets.rate
 
     def fail(self, key: str) -> float:
         """Takes a token for a failure; returns the wait that now applies to `key`."""
-        now = self.clock()
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            self._bound(now)
-            bucket = self.buckets[key] = _Bucket(self.burst, now)
-        bucket.tokens = max(0.0, self._tokens(bucket, now) - 1)
+        now = self.buckets.clock()
+        bucket = self.buckets.get(key, now)
+        bucket.tokens = max(0.0, self.buckets.tokens(bucket, now) - 1)
         bucket.at = now
         return self.wait(key)
 
@@ -83,16 +106,6 @@ class FailureLimiter:
         if name:
             waits.append(self.fail(f"name:{name}"))
         return max(waits)
-
-    def _bound(self, now: float) -> None:
-        if len(self.buckets) < MAX_BUCKETS:
-            return
-        full = [k for k, b in self.buckets.items() if self._tokens(b, now) >= self.burst]
-        for key in full:
-            del self.buckets[key]
-        if len(self.buckets) >= MAX_BUCKETS:  # still full of active buckets: forget the oldest
-            for key in list(self.buckets)[: MAX_BUCKETS // 2]:
-                del self.buckets[key]
 
 
 def parse_networks(spec: str) -> tuple[Network, ...]:
@@ -154,19 +167,18 @@ class ByteBudget:
 
     def __init__(self, per_second: int, burst: int, clock: Callable[[], float] = time.monotonic):
         self.per_second = per_second
-        self.burst = float(max(burst, per_second))
-        self.clock = clock
-        self.buckets: dict[str, _Bucket] = {}
+        self.buckets = _Buckets(float(max(burst, per_second)), float(per_second), clock)
+
+    @property
+    def burst(self) -> float:
+        return self.buckets.burst
 
     def charge(self, client: str, size: int) -> float:
         """Takes `size` bytes from `client`'s bucket; the seconds to wait before going on.
         Raises TooManyBytes (and takes nothing) when that would be more than MAX_WAIT."""
-        now = self.clock()
-        bucket = self.buckets.get(client)
-        if bucket is None:
-            self._bound(now)
-            bucket = self.buckets[client] = _Bucket(self.burst, now)
-        tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.per_second) - size
+        now = self.buckets.clock()
+        bucket = self.buckets.get(client, now)
+        tokens = self.buckets.tokens(bucket, now) - size
         wait = max(0.0, -tokens / self.per_second)
         if wait > MAX_WAIT:
             raise TooManyBytes(wait - MAX_WAIT, self.per_second)
@@ -178,14 +190,3 @@ class ByteBudget:
         wait = self.charge(client, size)
         if wait:
             await asyncio.sleep(wait)
-
-    def _bound(self, now: float) -> None:
-        if len(self.buckets) < MAX_BUCKETS:
-            return
-        rate = self.per_second
-        full = [k for k, b in self.buckets.items() if b.tokens + (now - b.at) * rate >= self.burst]
-        for key in full:
-            del self.buckets[key]
-        if len(self.buckets) >= MAX_BUCKETS:
-            for key in list(self.buckets)[: MAX_BUCKETS // 2]:
-                del self.buckets[key]
