@@ -86,8 +86,8 @@ def test_read_models_follow_the_log_through_a_kill_and_match_a_replay(services):
         "SELECT progname, count(*) AS n FROM rm_job_log GROUP BY progname ORDER BY progname"
     )
     assert log == [{"progname": "api", "n": 400}, {"progname": "controller", "n": 400}]
-    replayed, live, position = replay(services.store)
-    assert replayed == live and position == services.store.max_position()
+    done = replay(services.store)
+    assert done.replayed == done.live and done.position == services.store.max_position()
 
 
 class _Job:
@@ -278,9 +278,9 @@ def test_a_replay_of_every_dialect_equals_what_the_live_projector_built(services
     assert 0 < sum(row["n"] for row in jobs) < 48  # the clearing removed some
     assert services.store.query("SELECT count(*) AS n FROM rm_task_runs") == [{"n": 12}]
     for batch in (1, 7, 20_000):  # pages that cut the live batches anywhere
-        replayed, live, position = replay(services.store, batch=batch)
-        assert replayed == live, f"replay in pages of {batch}"
-        assert position == services.store.max_position()
+        done = replay(services.store, batch=batch)
+        assert done.replayed == done.live, f"replay in pages of {batch}"
+        assert done.position == services.store.max_position()
 
     services.store.execute(
         [
@@ -291,5 +291,5 @@ def test_a_replay_of_every_dialect_equals_what_the_live_projector_built(services
             )
         ]
     )
-    replayed, live, _ = replay(services.store)
-    assert replayed != live  # every row is compared
+    done = replay(services.store)
+    assert done.replayed != done.live  # every row is compared

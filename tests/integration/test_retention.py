@@ -169,9 +169,9 @@ def test_finished_jobs_before_the_cutoff_leave_the_read_models_and_replay_agrees
     assert services.store.stream(succeeded.first.id)[-1] == succeeded.events[-1]
 
     for batch in (5000, 1, 3, 7):
-        replayed, live, position = replay(services.store, batch=batch)
-        assert replayed == live, f"replay in batches of {batch}"
-        assert position == services.store.max_position()
+        done = replay(services.store, batch=batch)
+        assert done.replayed == done.live, f"replay in batches of {batch}"
+        assert done.position == services.store.max_position()
 
 
 def test_a_job_finished_after_the_cutoff_stays_until_a_later_clearing(services):
@@ -187,5 +187,5 @@ def test_a_job_finished_after_the_cutoff_stays_until_a_later_clearing(services):
     services.store.commit([cleared(2, NOW + timedelta(seconds=1))])
     wait_until(lambda: not jobs_in(services.store, [job.job_id]), what="the job to be cleared")
     assert logged(services.store, [job.job_id]) == set()
-    replayed, live, _ = replay(services.store)
-    assert replayed == live
+    done = replay(services.store)
+    assert done.replayed == done.live

@@ -79,10 +79,16 @@ TRANSITIONS: dict[type[JobEvent], tuple[frozenset[JobState], JobState | None]] =
 }
 
 
+_LEADS_TO = {kind: state for kind, (_, state) in TRANSITIONS.items() if state is not None}
+
+
 def state_after(event: JobEvent) -> JobState:
-    if isinstance(event, (JobSubmitted, JobUpdated)):
+    """The state a job is in after `event` (a replay asks it for every job event)."""
+    state = _LEADS_TO.get(type(event))
+    if state is None:
+        assert isinstance(event, (JobSubmitted, JobUpdated))
         return JobState(event.state)
-    return TRANSITIONS[type(event)][1]  # type: ignore[return-value]
+    return state
 
 
 class JobRef(msgspec.Struct, frozen=True):

@@ -43,7 +43,12 @@ from taskengine_core.jobs import FINAL_STATES, TRANSITIONS, state_after
 
 from taskengine_store.recordsets import Columns, names, records, recordset
 from taskengine_store.store import Position, Statement
-from taskengine_store.task_projections import run_inserts, run_updates, task_statements
+from taskengine_store.task_projections import (
+    RunProgress,
+    run_inserts,
+    run_updates,
+    task_statements,
+)
 
 SEVERITY = {"DEBUG": 0, "INFO": 1, "WARN": 2, "ERROR": 3}
 LINES_PER_EVENT = 1000
@@ -56,6 +61,10 @@ _FINISHING = tuple(t for t, (_, state) in TRANSITIONS.items() if state in FINAL_
 
 _OF_A_JOB = (JobEvent, ExecutionLogged, CallbackDelivered, CallbackAttemptFailed)
 """The events that name a job: only they can have rows in its log."""
+
+
+_message_json = json.JSONEncoder(default=str).encode
+"""`json.dumps(message, default=str)`, without building an encoder for each message."""
 
 
 def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
@@ -73,7 +82,7 @@ def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
                 },
                 "payload": "job_created",
             }
-            return [("INFO", "api", mask_secrets(json.dumps(message, default=str)), 0)]
+            return [("INFO", "api", mask_secrets(_message_json(message)), 0)]
         case JobAdmitted():
             text = f"job admitted, attempt {event.attempt} ({event.running}/{event.max_jobs} slots)"
             return [("INFO", "controller", text, 0)]
@@ -232,45 +241,33 @@ def _project_segment(
 ) -> list[Statement]:
     new: dict[Any, dict[str, Any]] = {}
     moved: dict[Any, dict[str, Any]] = {}
+    progress: dict[int, RunProgress] = {}
     log_records: list[dict[str, Any]] = []
-    for item in batch:
+    statements: list[Statement] = []  # the clients' first, in log order
+    for item in batch:  # one pass: a replay's hot loop
         event = item.event
-        if isinstance(event, _OF_A_JOB):
-            for n, (severity, progname, message, task_id) in enumerate(log_rows(event)):
-                log_records.append(
-                    {
-                        "id": item.position * LINES_PER_EVENT + n,
-                        "job_id": event.job_id,
-                        "severity": SEVERITY[severity],
-                        "progname": progname,
-                        "message": message,
-                        "created_at": event.at,
-                        "task_id": task_id,
-                    }
-                )
         if isinstance(event, JobEvent):
             _fold_job_row(event, new, moved)
-    statements: list[Statement] = []
-    for item in batch:
-        if isinstance(item.event, ClientRegistered):
-            e = item.event
-            statements.append(
-                (
-                    f"INSERT INTO {clients} (name, key_hash, key_lookup, key_hint, admin,"
-                    " registered_at, revoked_at) VALUES (%s, %s, %s, %s, %s, %s, NULL)"
-                    " ON CONFLICT (name) DO UPDATE SET key_hash = excluded.key_hash,"
-                    " key_lookup = excluded.key_lookup, key_hint = excluded.key_hint,"
-                    " admin = excluded.admin, registered_at = excluded.registered_at,"
-                    " revoked_at = NULL",
-                    (e.name, e.key_hash, e.key_lookup, e.key_hint, e.admin, e.at),
-                )
-            )
-        elif isinstance(item.event, ClientRevoked):
-            statements.append(
-                (
-                    f"UPDATE {clients} SET revoked_at = %s WHERE name = %s",
-                    (item.event.at, item.event.name),
-                )
+            run = progress.get(event.job_id)
+            if run is None:
+                run = progress[event.job_id] = RunProgress(event.job_id)
+            run.apply(event)
+        elif not isinstance(event, _OF_A_JOB):
+            if isinstance(event, (ClientRegistered, ClientRevoked)):
+                statements.append(_client_statement(event, clients))
+            continue
+        first = item.position * LINES_PER_EVENT
+        for n, (severity, progname, message, task_id) in enumerate(log_rows(event)):
+            log_records.append(
+                {
+                    "id": first + n,
+                    "job_id": event.job_id,
+                    "severity": SEVERITY[severity],
+                    "progname": progname,
+                    "message": message,
+                    "created_at": event.at,
+                    "task_id": task_id,
+                }
             )
     if new:
         statements.append(
@@ -295,7 +292,7 @@ def _project_segment(
                 (records(moved.values()),),
             )
         )
-    statements += run_updates(batch, runs)
+    statements += run_updates(progress.values(), runs)
     if log_records:
         # Only rows of jobs in the list: a late event of a job cleared by retention (a
         # callback, output) adds none. A job's rows never precede its submission, and jobs
@@ -309,6 +306,20 @@ def _project_segment(
             )
         )
     return statements
+
+
+def _client_statement(event: ClientRegistered | ClientRevoked, clients: str) -> Statement:
+    if isinstance(event, ClientRevoked):
+        return (f"UPDATE {clients} SET revoked_at = %s WHERE name = %s", (event.at, event.name))
+    return (
+        f"INSERT INTO {clients} (name, key_hash, key_lookup, key_hint, admin,"
+        " registered_at, revoked_at) VALUES (%s, %s, %s, %s, %s, %s, NULL)"
+        " ON CONFLICT (name) DO UPDATE SET key_hash = excluded.key_hash,"
+        " key_lookup = excluded.key_lookup, key_hint = excluded.key_hint,"
+        " admin = excluded.admin, registered_at = excluded.registered_at,"
+        " revoked_at = NULL",
+        (event.name, event.key_hash, event.key_lookup, event.key_hint, event.admin, event.at),
+    )
 
 
 _STATE_AFTER = {kind: str(state) for kind, (_, state) in TRANSITIONS.items() if state}

@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from eventsourcing.persistence import Notification
 from taskengine_contracts.events import decode
 
-from taskengine_store.store import EventStore, Position, Statement
+from taskengine_store.store import Entry, EventStore, Position, Statement
 
 PAYLOAD_LIMIT = 4096
 """Bytes of a payload kept: enough to see what it was, bounded whatever was sent."""
@@ -115,12 +114,12 @@ def set_aside_positions(store: EventStore, consumer: str) -> set[int]:
 
 
 def decoded(
-    notes: list[Notification],
+    notes: list[Entry],
     skip: Container[int] = frozenset(),
-) -> tuple[list[Position], list[tuple[Notification, str]]]:
+) -> tuple[list[Position], list[tuple[Entry, str]]]:
     """The stored events of `notes` not in `skip`, and those that do not decode (with why)."""
     events: list[Position] = []
-    undecodable: list[tuple[Notification, str]] = []
+    undecodable: list[tuple[Entry, str]] = []
     for note in notes:
         if note.id in skip:
             continue

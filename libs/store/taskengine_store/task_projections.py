@@ -8,7 +8,7 @@ and an update applies only what is newer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -229,20 +229,24 @@ class RunProgress:
     reason: str | None = None
 
     def apply(self, event: JobEvent) -> None:
-        self.status = str(state_after(event))
+        """Folds the job's next event in (a replay's hot loop: kinds are compared, not
+        matched class by class)."""
+        self.status = state_after(event)
         self.version = event.version
         self.updated_at = event.at
-        match event:
-            case JobAdmitted():
-                self.attempts = event.attempt
-            case JobStarted():
-                self.started_at = self.started_at or event.at
-            case JobFailed() | JobRetryScheduled():
-                self.reason = event.reason
-            case JobTimedOut():
-                self.reason = f"timed out after {event.timeout:g}s"
-        if isinstance(event, TERMINAL_JOB_EVENTS):
+        if type(event) is JobAdmitted:
+            self.attempts = event.attempt
+        elif type(event) is JobStarted:
+            self.started_at = self.started_at or event.at
+        elif type(event) is JobFailed or type(event) is JobRetryScheduled:
+            self.reason = event.reason
+        elif type(event) is JobTimedOut:
+            self.reason = f"timed out after {event.timeout:g}s"
+        if type(event) in _TERMINAL:
             self.finished_at = self.finished_at or event.at
+
+
+_TERMINAL = frozenset(TERMINAL_JOB_EVENTS)
 
 
 def task_statements(batch: Sequence[Position], tasks: str = "rm_tasks") -> list[Statement]:
@@ -349,17 +353,14 @@ def run_inserts(
     ]
 
 
-def run_updates(batch: Sequence[Position], runs: str = "rm_task_runs") -> list[Statement]:
-    """One UPDATE moving each run whose job has events in the segment to the job's state.
+def run_updates(progress: Iterable[RunProgress], runs: str = "rm_task_runs") -> list[Statement]:
+    """One UPDATE moving each run whose job has events in the segment (`progress`, folded by
+    the caller's pass over the segment) to the job's state.
 
     Every job of the segment is offered: whether it is a run is known only to the run rows.
     """
-    progress: dict[int, RunProgress] = {}
-    for item in batch:
-        if isinstance(item.event, JobEvent):
-            job_id = item.event.job_id
-            progress.setdefault(job_id, RunProgress(job_id)).apply(item.event)
-    if not progress:
+    rows = list(progress)
+    if not rows:
         return []
     return [
         (
@@ -370,6 +371,6 @@ def run_updates(batch: Sequence[Position], runs: str = "rm_task_runs") -> list[S
             " reason = coalesce(u.reason, r.reason)"
             f" FROM {recordset(PROGRESS_COLUMNS)}"
             " WHERE r.job_id = u.job_id AND r.job_version < u.version",
-            (records(progress.values()),),  # (msgspec encodes a dataclass as its fields)
+            (records(rows),),  # (msgspec encodes a dataclass as its fields)
         )
     ]

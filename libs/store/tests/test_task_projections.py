@@ -634,9 +634,9 @@ def test_replay_rebuilds_the_task_tables_as_the_projector_built_them(store):
         store.commit(tracking=Tracking(PROJECTOR, chunk[-1].position), statements=project(chunk))
     assert len(store.query("SELECT * FROM rm_task_runs")) == 4
 
-    replayed, live, position = replay(store, batch=7)
-    assert replayed == live and position == store.max_position()
+    done = replay(store, batch=7)
+    assert done.replayed == done.live and done.position == store.max_position()
 
     store.execute([("UPDATE rm_task_runs SET attempts = attempts + 1", ())])
-    replayed, live, _ = replay(store, batch=7)
-    assert replayed != live  # the runs are part of the comparison
+    done = replay(store, batch=7)
+    assert done.replayed != done.live  # the runs are part of the comparison

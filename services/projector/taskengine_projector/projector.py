@@ -85,7 +85,7 @@ async def follow(runtime: Runtime, position: int, skip: set[int], wake: asyncio.
     while True:
         try:
             wake.clear()  # before reading: a commit during the read wakes the wait below
-            notes = await runtime.call(store.notifications, position, BATCH)
+            notes = await runtime.call(store.entries, position, BATCH)
             if not notes:
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=IDLE_POLL)
