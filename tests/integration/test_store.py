@@ -77,6 +77,19 @@ def test_a_batch_already_tracked_is_reported_as_handled(store):
     assert store.tracked("consumer") == 10 and len(store.stream(job.id)) == 1
 
 
+def test_derived_state_commits_without_waiting_for_the_disk_and_never_carries_events(store):
+    store.track("consumer", 7)
+    store.commit((), Tracking("consumer", 9), [("SELECT 1", ())], durable=False)
+    assert store.tracked("consumer") == 9
+    # Only this commit's transaction gave up waiting for the flush: the next one waits again.
+    [row] = store.query("SHOW synchronous_commit")
+    assert row["synchronous_commit"] == "on"
+    job = submitted()
+    with pytest.raises(ValueError, match="always committed durably"):
+        store.commit([job], Tracking("consumer", 10), durable=False)
+    assert store.stream(job.id) == [] and store.tracked("consumer") == 9
+
+
 def test_the_rest_of_a_commit_is_the_events_stored_after_a_position_in_its_transaction(store):
     first = [submitted() for _ in range(3)]
     before = store.commit([submitted()])

@@ -50,6 +50,9 @@ ORDER BY e.notification_id
 """
 
 
+_NO_FLUSH_WAIT: Statement = ("SET LOCAL synchronous_commit TO OFF", ())
+
+
 class Conflict(Exception):
     """Streams moved by someone else since the caller's view: its events for them are stale."""
 
@@ -172,11 +175,22 @@ class EventStore:
         events: Sequence[Event] = (),
         tracking: Tracking | None = None,
         statements: Sequence[Statement] = (),
+        durable: bool = True,
     ) -> list[int]:
         """Stores everything in one transaction; returns the events' positions.
 
         Raises `Conflict` naming the streams whose version moved; nothing is stored then.
+
+        `durable=False` is for a commit of derived state only (read models, a consumer's
+        position): it returns without waiting for PostgreSQL to flush its log to disk (the
+        log's next flush, at most `wal_writer_delay` later, takes it along). A crash of
+        PostgreSQL may lose it, whole, and what it held is then derived again from the log:
+        projected, published or delivered again, each idempotent. Never with events.
         """
+        if not durable:
+            if events:
+                raise ValueError("events are the record: they are always committed durably")
+            statements = [_NO_FLUSH_WAIT, *statements]
         stored = [
             StoredEvent(
                 originator_id=e.id, originator_version=e.version, topic=topic_of(e), state=encode(e)
@@ -363,7 +377,8 @@ class EventStore:
         return self.recorder.max_tracking_id(name) or 0
 
     def track(self, name: str, position: int) -> None:
-        self.recorder.insert_tracking(Tracking(name, position))
+        """Records a consumer's position alone (not durably: see `commit`)."""
+        self.commit((), Tracking(name, position), durable=False)
 
     def query(
         self, sql: str | SQL, params: Sequence[Any] | dict[str, Any] = ()

@@ -60,7 +60,9 @@ async def follow(runtime: Runtime, position: int, skip: set[int], wake: asyncio.
 
     async def commit(batch: Sequence[Position]) -> None:
         tracking = Tracking(PROJECTOR, batch[-1].position)
-        await runtime.call(store.commit, tracking=tracking, statements=project(batch))
+        # Derived state only: the commit need not wait for the disk (see `EventStore.commit`).
+        statements = project(batch)
+        await runtime.call(store.commit, (), tracking, statements, durable=False)
 
     async def set_aside(item: Position, error: BaseException, failures: int) -> None:
         text = f"projecting failed {failures} times: {describe(error)}"
