@@ -89,7 +89,8 @@ class Runtime:
             if fence is None:
                 await self.call(self.store.track, name, position)
             else:
-                await self.call(self.store.commit, (), Tracking(name, position), [fence])
+                tracking = Tracking(name, position)
+                await self.call(self.store.commit, (), tracking, [fence], durable=False)
 
         return track
 
