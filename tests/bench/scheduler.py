@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import psycopg
+from taskengine_cli.supervisor import hide_password
 from taskengine_contracts.events import TaskCreated, TaskDefinition, TaskFired, decode
 from taskengine_core.dialects.scheduled.lifecycle import first_fire
 
@@ -211,7 +212,7 @@ def main() -> int:
                         services.close()
             finally:
                 if keep:
-                    print(f"  kept: database {database_url}, logs in {root}")
+                    print(f"  kept: database {hide_password(database_url)}, logs in {root}")
                 else:
                     drop_database(server_url, database_url)
     finally:
