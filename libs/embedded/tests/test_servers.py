@@ -92,19 +92,15 @@ async def test_a_nats_cluster_keeps_a_replicated_stream_when_its_leader_is_kille
         js = nc.jetstream()
         config = api.StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3)
         await js.add_stream(config)
-        for n in range(5):
-            await js.publish("r3.before", str(n).encode())
-        info = await js.stream_info("R3")
-        assert info.cluster is not None and info.cluster.leader is not None
-        assert len(info.cluster.replicas or []) == 2  # the leader and two followers
-        leader = cluster.node(info.cluster.leader)
-        os.kill(leader.pid or 0, signal.SIGKILL)
 
-        async def publish(n: int) -> None:
-            deadline = time.monotonic() + 30  # the survivors elect a new leader meanwhile
+        async def publish(subject: str, n: int) -> None:
+            # No leader yet (a new stream's first election; the survivors' after a kill): the
+            # publish finds no responder until one is elected.
+            deadline = time.monotonic() + 30
             while True:
                 try:
-                    await js.publish("r3.after", str(n).encode(), timeout=1)
+                    once = {"Nats-Msg-Id": f"{subject}-{n}"}  # a retry after a lost ack
+                    await js.publish(subject, str(n).encode(), timeout=1, headers=once)
                     return
                 except (nats.errors.Error, TimeoutError):
                     if time.monotonic() > deadline:
@@ -112,7 +108,14 @@ async def test_a_nats_cluster_keeps_a_replicated_stream_when_its_leader_is_kille
                     await asyncio.sleep(0.2)
 
         for n in range(5):
-            await publish(n)
+            await publish("r3.before", n)
+        info = await js.stream_info("R3")
+        assert info.cluster is not None and info.cluster.leader is not None
+        assert len(info.cluster.replicas or []) == 2  # the leader and two followers
+        leader = cluster.node(info.cluster.leader)
+        os.kill(leader.pid or 0, signal.SIGKILL)
+        for n in range(5):
+            await publish("r3.after", n)
         info = await js.stream_info("R3")
         assert info.state.messages == 10
         assert info.cluster is not None and info.cluster.leader != leader.server_name
