@@ -153,6 +153,11 @@ class EventStore:
         assert isinstance(self.datastore.pool.kwargs, dict)
         self.datastore.pool.kwargs["prepare_threshold"] = None
         self.recorder = _Recorder(self.datastore)
+        self._entries = SQL("SELECT notification_id, topic, state FROM {schema}.{events}").format(
+            schema=Identifier(self.datastore.schema),
+            events=Identifier(self.recorder.events_table_name),
+        )
+        """What a projection reads of the log (`Entry`), to be followed by a condition."""
         self.observe_commit: Callable[[float], None] | None = None
         """Told each successful commit's duration in seconds (the service's metrics)."""
         if create_tables:
@@ -305,13 +310,7 @@ class EventStore:
 
     def entries(self, after: int, limit: int) -> list[Entry]:
         """Up to `limit` events after position `after`, in order, as a projection reads them."""
-        sql = SQL(
-            "SELECT notification_id, topic, state FROM {schema}.{events}"
-            " WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
-        ).format(
-            schema=Identifier(self.datastore.schema),
-            events=Identifier(self.recorder.events_table_name),
-        )
+        sql = self._entries + SQL(" WHERE notification_id > %s ORDER BY notification_id LIMIT %s")
         with (
             self.datastore.get_connection() as conn,
             conn.cursor(row_factory=tuple_row, binary=True) as curs,
@@ -324,13 +323,7 @@ class EventStore:
     ) -> Iterator[list[Entry]]:
         """Every notification up to position `stop`, in pages of `size`: one query in the
         transaction of `curs`, read through a server-side cursor (what a replay reads)."""
-        sql = SQL(
-            "SELECT notification_id, topic, state FROM {schema}.{events}"
-            " WHERE notification_id <= %s ORDER BY notification_id"
-        ).format(
-            schema=Identifier(self.datastore.schema),
-            events=Identifier(self.recorder.events_table_name),
-        )
+        sql = self._entries + SQL(" WHERE notification_id <= %s ORDER BY notification_id")
         # Binary: the payloads (bytea) come as they are stored, not hex-encoded and decoded.
         with curs.connection.cursor(
             "notification_pages", row_factory=tuple_row, binary=True
