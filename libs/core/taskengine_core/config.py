@@ -42,6 +42,14 @@ class EngineSettings(BaseSettings):
     data_dir: Path = Path(".taskengine")
     host: str = "127.0.0.1"
     port: int = 8080
+    keep_alive: int = Field(
+        default=65,
+        ge=1,
+        le=3600,
+        description="seconds the gateway keeps an idle keep-alive connection open: longer than"
+        " its clients' and load balancers' own idle timeouts (httpx 5 s, AWS ALB 60 s), so a"
+        " client never sends a request on a connection the gateway is closing",
+    )
     reuse_port: bool = Field(
         default=False,
         description="the gateway binds its port with SO_REUSEPORT, so several gateways on one"

@@ -137,6 +137,7 @@ async def gateway(runtime: Runtime) -> None:
         log_config=None,
         access_log=False,
         lifespan="on",
+        timeout_keep_alive=runtime.config.keep_alive,
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
