@@ -8,7 +8,7 @@ import socket
 import uvicorn
 from litestar import Litestar, Request
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -70,10 +70,15 @@ def create_app(state: GatewayState) -> Litestar:
     async def provide_state() -> GatewayState:
         return state
 
-    async def provide_client(request: Request) -> Client:
-        """The client `before_body` authenticated (or, for a dependency alone, now)."""
+    async def provide_client(request: Request, gateway: NamedDependency[GatewayState]) -> Client:
+        """The client `before_body` authenticated (or, for a dependency alone, now).
+
+        It depends on `gateway` so that Litestar resolves the two one after the other: two
+        independent dependencies are resolved in an anyio task group of their own, which cost
+        a fifth of the gateway's time per request.
+        """
         client = getattr(request.state, "client", None)
-        return client if client is not None else await state.authenticator.authenticate(request)
+        return client if client is not None else await gateway.authenticator.authenticate(request)
 
     return Litestar(
         route_handlers=[
