@@ -152,3 +152,35 @@ def test_two_firers_racing_on_the_same_due_runs_fire_each_once(services):
     assert len(fires) == len(tasks)
     assert Counter(f.id for f in fires) == Counter({t.id: 1 for t in tasks})
     assert asyncio.run(race()) == [0, 0]  # nothing is due any more
+
+
+class Counting(Calls):
+    """`Calls`, noting each store call a tick makes."""
+
+    def __init__(self, store):  # type: ignore[no-untyped-def]
+        super().__init__(store)
+        self.made: list[str] = []
+
+    async def call(self, fn, *args):  # type: ignore[no-untyped-def]
+        self.made.append(fn.__name__)
+        return await super().call(fn, *args)
+
+
+def test_a_tick_reads_no_schedule_until_one_is_due_by_the_next_tick(services):
+    """Told the earliest next fire (the scheduler's one query a tick), a tick with nothing due
+    by the next one makes no call at all; one due at the next tick plans it; then fires it."""
+    instant = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    created = task("* * * * * *", instant)
+    [position] = services.store.commit([created])
+    services.store.execute(task_statements([Position(position, created)]))
+    calls = Counting(services.store)
+    firing = TaskFiring(calls)  # type: ignore[arg-type]
+
+    assert asyncio.run(firing.tick(instant, False, instant - timedelta(seconds=1))) == 0
+    assert calls.made == [] and firing.planned is None
+    assert asyncio.run(firing.tick(instant, False, instant)) == 0
+    assert firing.planned is not None and firing.planned.instant == instant
+    assert fired(services) == []
+    time.sleep(max(0.0, (instant - datetime.now(UTC)).total_seconds()))
+    assert asyncio.run(firing.tick(instant, False, instant + timedelta(seconds=0.25))) == 1
+    assert [(f.id, f.fire_at) for f in fired(services)] == [(created.id, instant)]

@@ -275,6 +275,20 @@ class TaskFiring:
         self.min_interval = min_interval  # no task fires closer than this to its last fire
         self.planned: Planned | None = None
 
+    async def tick(self, next_fire: datetime | None, requested: bool, upcoming: datetime) -> int:
+        """A tick's work: fires what is due, else plans what the next tick (`upcoming`) fires.
+        `next_fire` is the earliest next fire of an active schedule and `requested` whether
+        runs were asked for (one query of the scheduler's): with neither due, no schedule or
+        request is read. Returns how many runs it fired."""
+        now = datetime.now(UTC)
+        planned = self.planned is not None and self.planned.instant <= now
+        if requested or planned or (next_fire is not None and next_fire <= now):
+            if fired := await self.fire_due():
+                return fired
+        if self.planned is None and next_fire is not None and next_fire <= upcoming:
+            await self.prepare(upcoming)
+        return 0
+
     async def fire_due(self) -> int:
         """Fires what is due now (schedules first, then requests); returns how many runs."""
         fired = await self._fire_schedules()
