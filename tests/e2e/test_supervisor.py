@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
@@ -62,7 +63,12 @@ def assert_services_are_named_forks(data_dir: Path) -> None:
         pid = int((data_dir / "run" / f"{service}.pid").read_text())
         title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         assert title.startswith(f"taskengine_{service} ({service})"), title
-        opened = {int(fd.name): os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+        opened = {}
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            # A running service opens and closes sockets: one listed may be gone when read
+            # (the files looked for stay open for the process's life).
+            with suppress(FileNotFoundError):
+                opened[int(fd.name)] = os.readlink(fd)
         assert opened[1] == opened[2] == str(data_dir / "logs" / f"{service}.log")
         beyond = [name for fd, name in opened.items() if fd > 2]
         assert lock not in beyond and not any(n.endswith(".log") for n in beyond), opened
