@@ -333,7 +333,7 @@ class EventStore:
                 yield [Entry(*row) for row in rows]
 
     def events_after(self, after: int, limit: int) -> list[Position]:
-        return [Position(n.id, decode(n.state)) for n in self.notifications(after, limit)]
+        return [Position(e.id, decode(e.state)) for e in self.entries(after, limit)]
 
     def rest_of_commit(self, position: int) -> list[Position]:
         """The events stored after `position` in the same transaction as it, in order.
