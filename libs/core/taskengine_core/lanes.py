@@ -14,6 +14,7 @@ queued behind a busy receiver cost nothing while they wait.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 from taskengine_core.config import EngineSettings
 
 
+@functools.lru_cache(maxsize=4096)
 def origin(url: str) -> str:
     """The receiver a URL names: `scheme://host:port` (an unparsable URL is its own receiver)."""
     try:

@@ -40,9 +40,14 @@ def parse_allowlist(spec: str) -> list[Network]:
     ]
 
 
+JUDGED = 4096
+"""URLs whose `url_refusal` a guard keeps (a notifier calls the same few again and again)."""
+
+
 class OutboundGuard:
     def __init__(self, allowlist: Iterable[Network] = ()):
         self.allowlist = list(allowlist)
+        self._judged: dict[str, str | None] = {}
 
     def address_refusal(self, host: str, address: Address) -> str | None:
         if any(address in network for network in self.allowlist):
@@ -61,7 +66,18 @@ class OutboundGuard:
 
     def url_refusal(self, url: str) -> str | None:
         """Why `url` may not be called, judged without looking a name up: it is no http(s)
-        URL, or the address written in it is not allowed."""
+        URL, or the address written in it is not allowed. The answer depends on the URL alone,
+        so the last `JUDGED` distinct URLs' answers are kept."""
+        try:
+            return self._judged[url]
+        except KeyError:
+            pass
+        if len(self._judged) >= JUDGED:
+            self._judged.clear()
+        refusal = self._judged[url] = self._judge(url)
+        return refusal
+
+    def _judge(self, url: str) -> str | None:
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018  (raises on a port out of range)
