@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import nats.errors
 import pytest
 from nats.js.errors import ServiceUnavailableError
@@ -69,10 +67,10 @@ async def test_any_other_failure_of_a_fetch_is_not_hidden(monkeypatch):
 
 
 class Delivery:
-    """A message as JetStream delivered it: its consumer sequence in its metadata."""
+    """A message as JetStream delivered it: its consumer sequence in its reply subject."""
 
     def __init__(self, sequence: int) -> None:
-        self.metadata = SimpleNamespace(sequence=SimpleNamespace(consumer=sequence))
+        self.reply = f"$JS.ACK.TASKENGINE.test.1.{100 + sequence}.{sequence}.1764800000000000000.0"
 
 
 def test_deliveries_that_never_arrived_are_noticed_before_any_ack():

@@ -6,8 +6,9 @@ from __future__ import annotations
 import eventsourcing.persistence as es
 import psycopg
 import pytest
+from nats.aio.msg import Msg
 from taskengine_runtime import failures
-from taskengine_runtime.bus import Delivered, in_order, position_of
+from taskengine_runtime.bus import Delivered, consumer_sequence, in_order, position_of
 from taskengine_runtime.failures import Transient, is_transient, isolating
 
 
@@ -112,6 +113,26 @@ def test_transient_is_recognised_through_explicit_causes_only():
 )
 def test_position_of_a_message_without_a_valid_header_is_none(headers, position):
     assert position_of(headers) == position
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.TASKENGINE.admission.1.523.17.1764800000000000000.4",
+        "$JS.ACK._.HASH.TASKENGINE.admission.2.523.18.1764800000000000000.4.token",
+        "$JS.ACK.hub.HASH.TASKENGINE.admission.2.523.19.1764800000000000000.4",
+    ],
+)
+def test_consumer_sequence_reads_what_nats_py_reads_from_a_delivery(reply):
+    assert consumer_sequence(reply) == Msg.Metadata._from_reply(reply).sequence.consumer
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [None, "", "_INBOX.abc.1", "$JS.ACK.S.c.1.2", "$JS.ACK.S.c.1.2.x.4.5", "$JS.API.a.b.c.d.1.2"],
+)
+def test_a_message_that_is_no_jetstream_delivery_has_no_consumer_sequence(reply):
+    assert consumer_sequence(reply) is None
 
 
 def test_a_forged_position_out_of_order_does_not_hide_the_real_events_around_it():
