@@ -43,6 +43,8 @@ from taskengine_core.ids import (
     job_stream,
 )
 from taskengine_core.jobs import JobRef, advance
+from taskengine_store.projections import KEYED_PLANS, project
+from taskengine_store.store import EventStore, Position
 
 from tests.support.factories import job_number, submitted
 from tests.support.waiting import wait_until
@@ -293,3 +295,39 @@ def test_a_replay_of_every_dialect_equals_what_the_live_projector_built(services
     )
     done = replay(services.store)
     assert done.replayed != done.live  # every row is compared
+
+
+def test_a_batch_finds_its_jobs_by_key_not_by_scanning_the_job_list(database_url):
+    """Each batch joins its rows to `rm_jobs` by key: with a few thousand jobs listed, the
+    statements `project()` makes, sent after `KEYED_PLANS` as the projector sends them, look
+    the jobs up in an index rather than read the whole table (once per batch)."""
+    store = EventStore(database_url, create_tables=True)
+    try:
+        jobs = [submitted() for _ in range(5000)]
+        store.execute(project([Position(n, job) for n, job in enumerate(jobs, start=1)]))
+        store.execute([("ANALYZE rm_jobs", ())])
+        moved = [
+            advance(
+                JobRef.of(job),
+                JobAdmitted,
+                workflow="noop",
+                priority=5,
+                attempt=1,
+                running=1,
+                max_jobs=200,
+            )
+            for job in jobs[-200:]
+        ]
+        batch = [Position(10_000 + n, event) for n, event in enumerate(moved)]
+        with store.datastore.transaction(commit=False) as curs:
+            curs.execute(*KEYED_PLANS)
+            plans = []
+            for query, params in project(batch):
+                if query.startswith(("UPDATE rm_jobs", "INSERT INTO rm_job_log")):
+                    curs.execute("EXPLAIN " + query, params)
+                    plans.append("\n".join(row["QUERY PLAN"] for row in curs.fetchall()))
+        assert len(plans) == 2
+        for plan in plans:
+            assert "Seq Scan on rm_jobs" not in plan, plan
+    finally:
+        store.close()

@@ -159,6 +159,15 @@ def project(
     return statements
 
 
+KEYED_PLANS: Statement = ("SET LOCAL random_page_cost = 1.1", ())
+"""Sent before `project()`'s statements. Each joins a batch's rows (a recordset PostgreSQL
+guesses at 100 rows) to a read model by key; at the default cost of a random read (4, a
+spinning disk's) a table of a few thousand to ~30,000 jobs is scanned whole for every batch
+instead (EXPLAIN ANALYZE, 200 rows into 5,500 jobs: seq scan and hash join 5.5 ms, index
+lookups 3.0 ms). The read models are hot in memory: a random read costs what a sequential
+one does."""
+
+
 def segments(
     batch: Sequence[Position],
 ) -> list[tuple[list[Position], FinishedJobsCleared | None]]:

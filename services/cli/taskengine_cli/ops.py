@@ -13,7 +13,7 @@ import msgspec
 from psycopg import Cursor
 from taskengine_contracts.events import Event
 from taskengine_store import rejected
-from taskengine_store.projections import PROJECTOR, project, state_hash
+from taskengine_store.projections import KEYED_PLANS, PROJECTOR, project, state_hash
 from taskengine_store.schema import READ_MODELS
 from taskengine_store.store import EventStore, Statement
 
@@ -109,6 +109,7 @@ def replay(
     try:
         with store.datastore.transaction(commit=False) as curs:
             started = time.perf_counter()
+            curs.execute(*KEYED_PLANS)
             for table in READ_MODELS:
                 _scratch_copy(curs, table)
             # The log is read on a second connection, and the statements are pipelined (sent

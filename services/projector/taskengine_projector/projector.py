@@ -24,7 +24,7 @@ from taskengine_runtime import Runtime, metrics
 from taskengine_runtime.failures import describe, is_transient, isolating
 from taskengine_runtime.logs import context
 from taskengine_store.commits import wake_on_commits
-from taskengine_store.projections import PROJECTOR, project
+from taskengine_store.projections import KEYED_PLANS, PROJECTOR, project
 from taskengine_store.rejected import Rejected, decoded, record, set_aside_positions
 from taskengine_store.store import Position
 
@@ -61,7 +61,7 @@ async def follow(runtime: Runtime, position: int, skip: set[int], wake: asyncio.
     async def commit(batch: Sequence[Position]) -> None:
         tracking = Tracking(PROJECTOR, batch[-1].position)
         # Derived state only: the commit need not wait for the disk (see `EventStore.commit`).
-        statements = project(batch)
+        statements = [KEYED_PLANS, *project(batch)]
         await runtime.call(store.commit, (), tracking, statements, durable=False)
 
     async def set_aside(item: Position, error: BaseException, failures: int) -> None:
