@@ -128,9 +128,13 @@ def refusal(msg: Msg) -> Exception | None:
         return None
     try:
         answer = json.loads(msg.data)
-    except ValueError:
+        if "error" in answer:
+            APIError.from_error(answer["error"])  # raises the error's own class
+    except APIError as error:
+        return error
+    except (ValueError, TypeError, KeyError):
         return APIError(description=f"unreadable answer: {msg.data[:200]!r}")
-    return APIError.from_error(answer["error"]) if "error" in answer else None
+    return None
 
 
 async def _acked(publisher: Publisher, runtime: Runtime) -> bool:
