@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-from taskengine_core.outbound import OutboundGuard, parse_allowlist, sign, webhook_secret
+from taskengine_core.outbound import (
+    JUDGED,
+    OutboundGuard,
+    parse_allowlist,
+    sign,
+    webhook_secret,
+)
 from taskengine_core.outbound_http import exchange, outbound_client
 
 from tests.support.hostile import HostileReceiver
@@ -50,6 +56,18 @@ async def test_an_unresolvable_name_is_refused_only_when_asked_to():
     assert await OutboundGuard().refusal(url) is not None
     assert await OutboundGuard().refusal(url, unresolvable_ok=True) is None
     assert await OutboundGuard().refusal("http://127.0.0.1/", unresolvable_ok=True) is not None
+
+
+def test_a_guard_keeps_a_bounded_number_of_judged_urls_and_judges_them_alike():
+    guard = OutboundGuard(parse_allowlist("127.0.0.0/8"))
+    # A tenant sending ever new URLs: the guard keeps at most JUDGED answers.
+    for n in range(3 * JUDGED):
+        assert guard.url_refusal(f"http://127.0.0.1:{1 + n % 60000}/{n}") is None
+        assert len(guard._judged) <= JUDGED
+    # A kept answer is the one judging anew gives.
+    for url in ("http://10.0.0.1/x", "ftp://127.0.0.1/", "http://127.0.0.1:99999/"):
+        first = guard.url_refusal(url)
+        assert first is not None and guard.url_refusal(url) == first == guard._judge(url)
 
 
 class _Rebinding(OutboundGuard):
