@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -47,7 +48,7 @@ JUDGED = 4096
 class OutboundGuard:
     def __init__(self, allowlist: Iterable[Network] = ()):
         self.allowlist = list(allowlist)
-        self._judged: dict[str, str | None] = {}
+        self._judged = functools.lru_cache(maxsize=JUDGED)(self._judge)
 
     def address_refusal(self, host: str, address: Address) -> str | None:
         if any(address in network for network in self.allowlist):
@@ -67,15 +68,8 @@ class OutboundGuard:
     def url_refusal(self, url: str) -> str | None:
         """Why `url` may not be called, judged without looking a name up: it is no http(s)
         URL, or the address written in it is not allowed. The answer depends on the URL alone,
-        so the last `JUDGED` distinct URLs' answers are kept."""
-        try:
-            return self._judged[url]
-        except KeyError:
-            pass
-        if len(self._judged) >= JUDGED:
-            self._judged.clear()
-        refusal = self._judged[url] = self._judge(url)
-        return refusal
+        so the answers for the `JUDGED` URLs used last are kept."""
+        return self._judged(url)
 
     def _judge(self, url: str) -> str | None:
         try:

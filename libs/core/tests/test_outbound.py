@@ -63,7 +63,7 @@ def test_a_guard_keeps_a_bounded_number_of_judged_urls_and_judges_them_alike():
     # A tenant sending ever new URLs: the guard keeps at most JUDGED answers.
     for n in range(3 * JUDGED):
         assert guard.url_refusal(f"http://127.0.0.1:{1 + n % 60000}/{n}") is None
-        assert len(guard._judged) <= JUDGED
+        assert guard._judged.cache_info().currsize <= JUDGED
     # A kept answer is the one judging anew gives.
     for url in ("http://10.0.0.1/x", "ftp://127.0.0.1/", "http://127.0.0.1:99999/"):
         first = guard.url_refusal(url)
