@@ -49,6 +49,16 @@ REFUSED_JOBS = [
         b'{"job": {"workflow": "noop"}, "parameters": {"rest_endpoints": ["http://a..b/"]}}',
         "not an http(s) URL",
     ),
+    (
+        b'{"job": {"workflow": "noop"}, "parameters": {"rest_endpoints": ["http://x.example/'
+        + b"a" * 2048
+        + b'"]}}',
+        "at most 2048 characters",
+    ),
+    (
+        b'{"job": {"workflow": "noop"}, "semaphore_url": "http://x.example/' + b"a" * 4000 + b'"}',
+        "at most 2048 characters",
+    ),
     (b'{"job": {"workflow": "noop"}, "parameters": {"note": "a\\u0000b"}}', "NUL"),
     (b'{"job": {"workflow": "fail"}, "parameters": {"exit_code": "inf"}}', "finite"),
 ]

@@ -35,10 +35,15 @@ def parse_priority(value: object) -> int:
 
 
 MAX_CALLBACKS = 20
+MAX_URL = 2048
+"""Characters a callback or semaphore URL may have: what the services keep of each (the
+notifier's and scheduler's per-URL answers, `JUDGED` of them) stays bounded in bytes too."""
 
 
 def parse_url(url: object, name: str) -> str:
-    """A well-formed http(s) URL with a valid port and host."""
+    """A well-formed http(s) URL with a valid port and host, of at most `MAX_URL` characters."""
+    if isinstance(url, str) and len(url) > MAX_URL:
+        raise BadRequest(f"{name}: a URL may have at most {MAX_URL} characters, got {len(url)}")
     try:
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts:
