@@ -116,7 +116,8 @@ class Publisher:
         if self.error is None:
             self.error = refusal(msg)
         self.acked += 1
-        if self.acked >= self.expected:
+        # A refusal ends the batch at once: in a failover some answers never come.
+        if self.error is not None or self.acked >= self.expected:
             self.done.set()
 
 

@@ -63,6 +63,16 @@ async def test_a_batch_the_stream_did_not_answer_is_published_again(monkeypatch)
     assert await relay._acked(sent, runtime()) is False  # type: ignore[arg-type]
 
 
+async def test_a_failover_ends_the_batch_without_waiting_for_answers_that_never_come(monkeypatch):
+    monkeypatch.setattr(relay, "FAILOVER_PAUSE", 0)
+    monkeypatch.setattr(relay, "ACK_TIMEOUT", 0.05)
+    sent = publisher(3)
+    await sent._answered(answer(sent.reply))  # type: ignore[arg-type]
+    # the leader died: this one was refused, and the third went with the leader (no answer)
+    await sent._answered(answer(sent.reply, b"", {"Status": "503"}))  # type: ignore[arg-type]
+    assert await relay._acked(sent, runtime()) is False  # type: ignore[arg-type]
+
+
 async def test_a_batch_refused_for_another_reason_fails_the_relay():
     sent = publisher(1)
     refused = json.dumps({"error": {"code": 400, "err_code": 10054, "description": "bad"}})
