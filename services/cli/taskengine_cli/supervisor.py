@@ -142,7 +142,10 @@ class Child:
             self.log_path,
         )
         self.started = time.monotonic()
-        self.pid_path.write_text(str(self.process.pid))
+        # Whole or not at all: a reader (an operator's script, the tests) never sees it empty.
+        written = self.pid_path.with_name(self.pid_path.name + ".new")
+        written.write_text(str(self.process.pid))
+        os.replace(written, self.pid_path)
 
     def signal_group(self, signum: int) -> None:
         if self.process and self.process.poll() is None:
