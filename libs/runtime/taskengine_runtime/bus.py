@@ -161,10 +161,39 @@ Reject = Callable[[list[Rejected], int | None], Awaitable[None]]
 TRACK_EVERY = 1.0
 IDLE_WAIT = 1.0
 """Seconds one pull waits for a first message before the consumer's idle work runs."""
-GATHER = 0.002
-"""Seconds a batch goes on gathering what is already there once its first message came."""
+GATHER = 0.05
+"""Seconds to wait for the answer to a pull that takes only what is ready (`ready`): the server
+answers it at once, with what it has and then "404 No Messages"."""
 PROBE = 16
 """Messages looked at past one without a position before the resume search assumes the worst."""
+
+
+async def ready(
+    subscription: JetStreamContext.PullSubscription, count: int, timeout: float = GATHER
+) -> list[Msg]:
+    """Up to `count` messages the consumer has ready now, without waiting for more: one pull
+    with `no_wait` and no expiry, which the server answers at once (what it has, then "404 No
+    Messages"). nats-py's `fetch` gives such a pull an expiry, and the server then holds it
+    for the whole expiry when it has nothing: 2.4 ms at every hop of a quiet system, against
+    0.25 ms for this pull.
+
+    The pull goes to the subscription's own inbox, which nats-py keeps private: a message or
+    a status coming after `timeout` waits there for the next `fetch`, which takes the message
+    and drops the status, as it does for its own late answers.
+    """
+    request = b'{"batch": %d, "no_wait": true}' % count
+    await subscription._nc.publish(subscription._nms, request, subscription._deliver)
+    messages: list[Msg] = []
+    deadline = time.monotonic() + timeout
+    while len(messages) < count:
+        try:
+            message = await subscription._sub.next_msg(max(deadline - time.monotonic(), 0.001))
+        except nats.errors.TimeoutError:
+            break
+        if JetStreamContext.is_status_msg(message):  # 404: that is all; 408, 409: ended
+            break
+        messages.append(message)
+    return messages
 
 
 class BatchConsumer:
@@ -383,8 +412,8 @@ class BatchConsumer:
 
     async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
         """The next batch: waits up to `wait` for one message, then takes what else the bus
-        has at once (for up to GATHER seconds). One pull of a whole batch would hold its first
-        message until the batch filled or the pull expired: every hop paid the wait."""
+        has ready (`ready`). One pull of a whole batch would hold its first message until the
+        batch filled or the pull expired: every hop paid the wait."""
         try:
             messages = await subscription.fetch(1, timeout=self.wait)
         except (TimeoutError, nats.errors.TimeoutError):
@@ -395,13 +424,7 @@ class BatchConsumer:
             return []
         if len(messages) >= self.batch:
             return messages
-        try:
-            messages += await subscription.fetch(self.batch - len(messages), timeout=GATHER)
-        except TimeoutError:
-            pass
-        except FAILOVER:  # the consumer lost its leader meanwhile: hand on what came
-            pass
-        return messages
+        return messages + await ready(subscription, self.batch - len(messages))
 
     async def _stored_only(
         self, batch: list[Delivered], rejected: list[Rejected]

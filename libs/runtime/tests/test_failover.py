@@ -19,7 +19,11 @@ class LeaderlessSubscription:
         if self.failures:
             self.failures -= 1
             raise self.error
-        return ["message"] if batch == 1 else []  # one, then nothing more to gather
+        return ["message"]
+
+
+async def nothing_ready(subscription: object, count: int) -> list[object]:
+    return []
 
 
 def consumer() -> BatchConsumer:
@@ -40,24 +44,12 @@ def consumer() -> BatchConsumer:
 )
 async def test_a_fetch_without_a_consumer_leader_is_an_empty_batch(monkeypatch, error):
     monkeypatch.setattr(bus, "FAILOVER_PAUSE", 0)
+    monkeypatch.setattr(bus, "ready", nothing_ready)
     taking = consumer()
     subscription = LeaderlessSubscription(2, error)
     assert await taking._fetch(subscription) == []  # type: ignore[arg-type]
     assert await taking._fetch(subscription) == []  # type: ignore[arg-type]
     assert await taking._fetch(subscription) == ["message"]  # type: ignore[arg-type]
-
-
-class LeaderLostWhileGathering:
-    """A pull subscription whose consumer loses its leader after the first message."""
-
-    async def fetch(self, batch: int, timeout: float) -> list[object]:
-        if batch == 1:
-            return ["message"]
-        raise ServiceUnavailableError()
-
-
-async def test_a_leader_lost_while_gathering_hands_on_what_came():
-    assert await consumer()._fetch(LeaderLostWhileGathering()) == ["message"]  # type: ignore[arg-type]
 
 
 async def test_any_other_failure_of_a_fetch_is_not_hidden(monkeypatch):

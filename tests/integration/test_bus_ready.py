@@ -1,0 +1,59 @@
+"""`bus.ready`, the pull that takes what a consumer has ready, against a real JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+from nats.js import api
+from taskengine_runtime.bus import ready
+
+STREAM, SUBJECT = "READYTEST", "readytest.events"
+
+
+async def consumer_with(nats_url: str, count: int):  # type: ignore[no-untyped-def]
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await js.add_stream(name=STREAM, subjects=[SUBJECT], storage=api.StorageType.MEMORY)
+    for n in range(count):
+        await js.publish(SUBJECT, b"%d" % n)
+    config = api.ConsumerConfig(durable_name="ready", ack_policy=api.AckPolicy.ALL)
+    await js.add_consumer(STREAM, config)
+    return nc, js, await js.pull_subscribe_bind(durable="ready", stream=STREAM)
+
+
+async def test_it_takes_what_is_ready_in_order_and_leaves_the_rest_for_the_next_fetch(nats_url):
+    nc, _, subscription = await consumer_with(nats_url, 5)
+    try:
+        first = await subscription.fetch(1, timeout=5)
+        more = await ready(subscription, 3)
+        rest = await subscription.fetch(5, timeout=1)
+        assert [m.data for m in more] == [b"1", b"2", b"3"]
+        assert [m.data for m in first + more + rest] == [b"0", b"1", b"2", b"3", b"4"]
+    finally:
+        await nc.close()
+
+
+async def test_with_nothing_ready_the_server_answers_at_once_rather_than_holding_the_pull(
+    nats_url,
+):
+    nc, js, subscription = await consumer_with(nats_url, 1)
+    try:
+        await subscription.fetch(1, timeout=5)
+        # The timeout is a minute: the answer must be the server's "404 No Messages", which a
+        # pull with an expiry (nats-py's fetch) would get only when the expiry ran out.
+        assert await asyncio.wait_for(ready(subscription, 10, timeout=60), 10) == []
+        await js.publish(SUBJECT, b"later")  # the late 404 of nothing is not taken for a message
+        assert [m.data for m in await subscription.fetch(1, timeout=5)] == [b"later"]
+    finally:
+        await nc.close()
+
+
+async def test_a_consumer_gone_meanwhile_gives_nothing_rather_than_an_error(nats_url):
+    nc, js, subscription = await consumer_with(nats_url, 2)
+    try:
+        await subscription.fetch(1, timeout=5)
+        await js.delete_consumer(STREAM, "ready")  # as when its leader died: no one answers
+        assert await asyncio.wait_for(ready(subscription, 10, timeout=60), 10) == []
+    finally:
+        await nc.close()
