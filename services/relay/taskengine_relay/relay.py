@@ -35,7 +35,7 @@ BATCH = 2000
 ACK_TIMEOUT = 30.0
 
 
-async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
+async def relay(runtime: Runtime) -> None:
     store = runtime.store
     publisher = Publisher(runtime.nc)
     await publisher.start()
@@ -48,7 +48,7 @@ async def relay(runtime: Runtime, stop_after: int | None = None) -> None:
     wake = asyncio.Event()
     listener = asyncio.create_task(wake_on_commits(runtime.config.database_url, wake, NAME))
     try:
-        while stop_after is None or position < stop_after:
+        while True:
             if runtime.reconnects.count != reconnects:
                 reconnects = runtime.reconnects.count
                 position = await _resume_from(runtime, position)
