@@ -59,6 +59,8 @@ def test_a_leader_that_lost_its_lock_connection_stops_and_cannot_commit(database
 
 
 def test_a_new_leader_waits_out_a_fenced_commit_of_the_old_one(database_url):
+    EventStore(database_url, pool_size=1, create_tables=True).close()  # the fence's function
+
     async def scenario() -> None:
         old, new = LeaderLock(database_url, NAME), LeaderLock(database_url, NAME)
         await old.acquire()

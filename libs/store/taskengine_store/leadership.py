@@ -107,19 +107,15 @@ class LeaderLock:
 
     @property
     def fence(self) -> Statement:
-        """A statement that fails the transaction it runs in unless this process leads."""
+        """A statement that fails the transaction it runs in unless this process leads
+        (`taskengine_fence`, created with the schema)."""
         assert self.connection is not None
         pid = self.connection.info.backend_pid
         # pg_locks shows a bigint key as two unsigned 32-bit halves (classid, objid).
         high, low = (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF
         return (
-            "DO $$ BEGIN"
-            f" PERFORM pg_advisory_xact_lock_shared({self.commit_key});"
-            " IF NOT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            f" AND pid = {pid} AND classid = {high} AND objid = {low} AND objsubid = 1)"
-            f" THEN RAISE EXCEPTION '{self.name}: this process no longer holds the leader lock';"
-            " END IF; END $$",
-            (),
+            "SELECT taskengine_fence(%s, %s, %s, %s, %s)",
+            (self.commit_key, pid, high, low, self.name),
         )
 
     async def close(self) -> None:

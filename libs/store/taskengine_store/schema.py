@@ -242,6 +242,22 @@ CREATE TABLE IF NOT EXISTS rejected_messages (
     last_seen timestamptz NOT NULL,
     UNIQUE (consumer, stream_seq)
 );
+
+-- A leader's fence (`taskengine_store.leadership`): fails the transaction unless backend
+-- `holder` still holds the leader lock (`high`, `low`: its key as pg_locks shows it), and holds
+-- `commit_key` shared until the transaction ends. A function rather than a DO block, which
+-- PostgreSQL compiles again for every commit.
+CREATE OR REPLACE FUNCTION taskengine_fence(
+    commit_key bigint, holder bigint, high bigint, low bigint, service text
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(commit_key);
+    IF NOT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND pid = holder AND classid = high::oid AND objid = low::oid
+                   AND objsubid = 1) THEN
+        RAISE EXCEPTION '%: this process no longer holds the leader lock', service;
+    END IF;
+END $$;
 """
 
 READ_MODELS = ("rm_jobs", "rm_job_log", "rm_clients", "rm_tasks", "rm_task_runs")
