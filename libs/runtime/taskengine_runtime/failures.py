@@ -33,6 +33,11 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     nats.errors.Error,  # timeouts, connection closed, no servers
     ConnectionError,
     TimeoutError,
+    # The schema is older than the code (an upgrade whose migration has not run yet): no
+    # message is to blame, and setting messages aside would lose them. Wait for it.
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+    psycopg.errors.UndefinedFunction,
 )
 
 

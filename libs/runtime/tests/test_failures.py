@@ -78,6 +78,31 @@ async def test_a_transient_failure_is_retried_past_n_without_setting_anything_as
     assert recorder.set_aside == [] and recorder.calls == 21
 
 
+@pytest.mark.parametrize(
+    "missing",
+    [
+        psycopg.errors.UndefinedFunction("function taskengine_fence(...) does not exist"),
+        psycopg.errors.UndefinedTable('relation "admission_queue" does not exist'),
+        psycopg.errors.UndefinedColumn('column "concurrency_key" does not exist'),
+    ],
+    ids=type,
+)
+async def test_a_schema_older_than_the_code_is_waited_for_not_blamed_on_messages(missing):
+    """An upgrade's services may start before its migration ran: as eventsourcing raises it."""
+
+    class Migrated(Recorder):
+        async def handle(self, batch) -> None:  # type: ignore[no-untyped-def]
+            self.calls += 1
+            if self.calls <= 20:
+                raise es.ProgrammingError(str(missing)) from missing
+            self.handled.extend(batch)
+
+    recorder = Migrated(poison=set())
+    await isolating([1, 2, 3], recorder.handle, recorder.reject, 5, "test")
+    assert recorder.handled == [1, 2, 3] and recorder.set_aside == []
+    assert not is_transient(es.ProgrammingError("syntax error at or near"))
+
+
 def test_transient_is_recognised_through_explicit_causes_only():
     class Wrapped(Exception):
         pass
