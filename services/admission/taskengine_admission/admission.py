@@ -129,9 +129,9 @@ class Admission:
                 case _ if isinstance(event, RELEASES):
                     self.entries.pop(event.id, None)
             touched.add(event.id)
-        await self._admit(touched, Tracking(NAME, end))
+        committed = await self._admit(touched, Tracking(NAME, end))
         self.committed = end
-        return True
+        return committed
 
     async def _rest_of_commit(self, position: int) -> tuple[list[Delivered], int]:
         """What admission applies of the events committed with `position` but after it, and
@@ -145,8 +145,10 @@ class Admission:
         applied = [Delivered(p.position, p.event) for p in rest if isinstance(p.event, CONSUMED)]
         return applied, rest[-1].position if rest else position
 
-    async def _admit(self, touched: set[UUID], tracking: Tracking) -> None:
-        """Admits what the limits allow; commits admissions, queue rows and position at once."""
+    async def _admit(self, touched: set[UUID], tracking: Tracking) -> bool:
+        """Admits what the limits allow; commits admissions, queue rows and position at once.
+        False if there was nothing to commit (its own admissions coming back, say): the
+        position is then recorded lazily, and a redelivery changes nothing."""
         while True:
             chosen = choose(self.entries.values(), self.limits)
             running = sum(e.admitted for e in self.entries.values())
@@ -170,13 +172,15 @@ class Admission:
                     )
                 )
             rows = self._rows(touched | {e.job_uuid for e in chosen}, {e.id: e for e in events})
+            if not events and not rows:
+                return False
             if self.fence:
                 rows.insert(0, self.fence)
             try:
                 await self.runtime.call(self.runtime.store.commit, events, tracking, rows)
             except Conflict as conflict:
                 if not conflict.stale:
-                    return  # the batch was already handled
+                    return True  # the batch was already handled
                 await self._refresh(conflict.stale)
                 touched |= conflict.stale
                 continue
@@ -185,7 +189,7 @@ class Admission:
                 entry.admitted, entry.version, entry.attempt = True, event.version, event.attempt
                 wait = (event.at - entry.queued_at).total_seconds()
                 metrics.ADMISSION_WAIT.observe(max(wait, 0.0))
-            return
+            return True
 
     async def _refresh(self, stale: set[UUID]) -> None:
         """Rebuilds the entries of jobs that moved meanwhile from their streams."""

@@ -191,3 +191,21 @@ async def test_a_batch_ending_inside_a_commit_is_decided_with_the_whole_commit()
     await admission.on_job_events(batch(*rest, (9, done)))
     assert [e.job_id for e in admissions(store)] == [4, 2, 1]
     assert 4 not in {e.job_id for e in admission.entries.values()}
+
+
+async def test_its_own_admissions_coming_back_commit_nothing():
+    """A batch that changes nothing (the `JobAdmitted` it wrote, read back from the bus) costs
+    no commit: the consumer then records the position lazily."""
+    admission, store = controller()
+    job = submitted(1)
+    store.append(job)
+    assert await admission.on_job_events(batch((1, job)))  # admits it: one commit
+    (admitted,) = admissions(store)
+    commits = len(store.commits)
+    assert not await admission.on_job_events(batch((2, admitted)))
+    assert len(store.commits) == commits
+    ids = {"id": job.id, "at": T0, "job_id": 1, "client": "c", "workflow": "noop", "attempt": 1}
+    store.append(JobStarted(version=3, executor="noop", **ids))
+    done = JobSucceeded(version=4, **ids)
+    assert await admission.on_job_events(batch((4, done)))  # the slot freed: its row goes
+    assert len(store.commits) == commits + 1
