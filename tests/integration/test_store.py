@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
 from taskengine_contracts.events import JobAdmitted, JobCancelled
 from taskengine_core.jobs import JobRef, advance
+from taskengine_store.commits import CHANNEL
 from taskengine_store.store import Conflict, EventStore
 
 from tests.support.factories import submitted
@@ -133,3 +135,14 @@ def test_a_refused_claim_leaves_the_connection_fit_for_the_next_commit(database_
                 claimed(store, f"fresh-{round_}-{n}")  # raised ProgrammingError before
         finally:
             store.close()
+
+
+def test_a_commit_of_events_announces_its_last_position_to_listeners(store, database_url):
+    """What `Runtime.heard` learns the store's head from, without reading it."""
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        first = store.commit([submitted(job_id=n) for n in (1, 2, 3)])
+        store.commit([], Tracking("quiet", 1))  # no events: nothing to announce
+        second = store.commit([submitted(job_id=4)])
+        payloads = [note.payload for note in listener.notifies(timeout=2, stop_after=3)]
+    assert payloads == [str(first[-1]), str(second[-1])]

@@ -222,6 +222,7 @@ class BatchConsumer:
         track: Callable[[int], Awaitable[None]],
         reject: Reject,
         latest: Callable[[], Awaitable[int]],
+        heard: Callable[[], int] | None = None,
         batch: int = 500,
         wait: float = IDLE_WAIT,
         idle: Callable[[], Awaitable[None]] | None = None,
@@ -238,6 +239,8 @@ class BatchConsumer:
         self.track, self.reject, self.idle = track, reject, idle
         self.attempts = max(1, attempts)
         self.latest = latest
+        self.heard = heard
+        """A lower bound of the store's head known without reading it (`Runtime.heard`)."""
         self.trace = trace
         self.inactive = inactive
         """Seconds after which JetStream removes the consumer once nobody reads it (one named
@@ -430,7 +433,12 @@ class BatchConsumer:
         self, batch: list[Delivered], rejected: list[Rejected]
     ) -> list[Delivered]:
         """`batch` without events claiming a position the store has not reached: a forged
-        header must not move the consumer past events it has not seen yet."""
+        header must not move the consumer past events it has not seen yet. The store's
+        commits announce their positions as they happen, before the relay publishes them, so
+        the store is read only when the batch goes past what was heard."""
+        if self.heard is not None and self.heard() >= max(item.position for item in batch):
+            self.stored = self.heard()
+            return batch
         while True:
             try:
                 self.stored = await self.latest()

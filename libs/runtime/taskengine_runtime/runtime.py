@@ -24,6 +24,7 @@ from taskengine_core.confinement import not_dumpable
 from taskengine_core.ids import SETTINGS_STREAM
 from taskengine_core.settings import RuntimeSettings
 from taskengine_core.workflows import allow_inline, load_registry
+from taskengine_store.commits import listen_to_commits
 from taskengine_store.rejected import Rejected, record
 from taskengine_store.store import Conflict, EventStore, Statement
 
@@ -52,6 +53,8 @@ class Runtime:
     """What this instance has in hand, for its heartbeat (e.g. running attempts)."""
     reconnects: Reconnects = field(default_factory=Reconnects)
     """The bus connection's reconnects (a restarted NATS may have lost its unsynced tail)."""
+    _head_heard: int = 0
+    _hearing: asyncio.Task[None] | None = None
 
     async def heartbeat_forever(self) -> None:
         """Says this instance is alive every HEARTBEAT seconds (what /health counts)."""
@@ -122,6 +125,20 @@ class Runtime:
     async def latest(self) -> int:
         """The store's last position."""
         return await self.call(self.store.max_position)
+
+    def heard(self) -> int:
+        """The last position the store's commits announced (their NOTIFY): a lower bound of
+        its head, known without a round trip; 0 until the first. Listens from the first call
+        on."""
+        if self._hearing is None:
+            self._hearing = asyncio.create_task(
+                listen_to_commits(self.config.database_url, self._heard, self.name)
+            )
+        return self._head_heard
+
+    def _heard(self, payload: str) -> None:
+        if payload.isdigit():  # a NOTIFY without a position (not a commit of ours) tells nothing
+            self._head_heard = max(self._head_heard, int(payload))
 
     async def load_settings(self) -> None:
         events = await self.call(self.store.stream, SETTINGS_STREAM)

@@ -1,11 +1,13 @@
-"""Woken by commits: the store sends a NOTIFY on its `stored_events` channel with every
-commit (eventsourcing's recorder does), so a follower of the log (the relay, the projector)
-sleeps until there is something new instead of polling hard to stay prompt."""
+"""Woken by commits: the store sends a NOTIFY on its `stored_events` channel with every commit
+of events, its payload the commit's last position. A follower of the log (the relay, the
+projector) sleeps until there is something new instead of polling hard to stay prompt; a
+consumer of the bus learns how far the store got without asking it (`heard`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import psycopg
 
@@ -18,12 +20,18 @@ async def wake_on_commits(database_url: str, wake: asyncio.Event, who: str) -> N
     """Sets `wake` on every commit to the store, reconnecting when the connection drops (the
     follower's own poll keeps it going meanwhile). Clear `wake` before reading the log, so a
     commit during the read wakes the next wait."""
+    await listen_to_commits(database_url, lambda _: wake.set(), who)
+
+
+async def listen_to_commits(database_url: str, told: Callable[[str], None], who: str) -> None:
+    """Tells `told` each commit's payload (its last position), reconnecting when the connection
+    drops. Whoever relies on it must have another way for what it misses meanwhile."""
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
                 await conn.execute(f"LISTEN {CHANNEL}")
-                async for _ in conn.notifies():
-                    wake.set()
+                async for note in conn.notifies():
+                    told(note.payload)
         except asyncio.CancelledError:
             raise
         except Exception as error:

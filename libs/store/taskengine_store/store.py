@@ -30,7 +30,7 @@ from eventsourcing.utils import retry
 from psycopg import Cursor
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, tuple_row
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 from taskengine_contracts.events import Event, JobEvent, decode, encode, topic_of
 from taskengine_core.jobs import Job
 
@@ -98,6 +98,15 @@ class _Recorder(PostgresProcessRecorder):
             " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
             " RETURNING notification_id"
         ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
+        self.notify_position = SQL(
+            "SELECT pg_notify({channel}, max(notification_id)::text) FROM {schema}.{table}"
+        ).format(
+            channel=Literal(self.channel_name),
+            schema=Identifier(self.datastore.schema),
+            table=Identifier(self.events_table_name),
+        )
+        """The commit's NOTIFY, its payload the commit's last position (the table is locked:
+        the highest there is ours). Sent at COMMIT, to followers of the log and consumers."""
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -126,8 +135,8 @@ class _Recorder(PostgresProcessRecorder):
                     self._insert_events(curs, stored_events, **kwargs)
                     if stored_events:
                         self._lock_table(inserted)
-                        self._notify_channel(inserted)
                         inserted.execute(self.insert_arrays, _columns(stored_events))
+                        curs.execute(self.notify_position)
                     curs.execute(_COMMIT)
                     pipeline.sync()
             except psycopg.Error:

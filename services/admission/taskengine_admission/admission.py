@@ -290,6 +290,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
         track=runtime.tracker(NAME, lock.fence),
         reject=runtime.rejecter(NAME, lock.fence),
         latest=runtime.latest,
+        heard=runtime.heard,
         attempts=runtime.config.poison_attempts,
         trace=runtime.hop_trace(NAME),
     )

@@ -645,6 +645,7 @@ async def dispatcher(runtime: Runtime) -> None:
         track=partitions.track,
         reject=runtime.rejecter(NAME, track=False),
         latest=runtime.latest,
+        heard=runtime.heard,
         attempts=runtime.config.poison_attempts,
         trace=runtime.hop_trace(NAME),
         inactive=INACTIVE,

@@ -450,6 +450,7 @@ async def notifier(runtime: Runtime) -> None:
             track=partitions.track,
             reject=runtime.rejecter(NAME, track=False),
             latest=runtime.latest,
+            heard=runtime.heard,
             attempts=runtime.config.poison_attempts,
             trace=runtime.hop_trace(NAME),
             inactive=INACTIVE,

@@ -1,0 +1,64 @@
+"""The store's head as its commits announced it: trusted without a read, never beyond it."""
+
+from __future__ import annotations
+
+from taskengine_runtime.bus import BatchConsumer, Delivered
+
+
+class Message:
+    """A delivery whose position header claims `position`."""
+
+    subject = "taskengine.job.submitted"
+    data = b"{}"
+
+    def __init__(self, position: int) -> None:
+        self.headers = {"Taskengine-Position": str(position)}
+
+
+def consumer(head: int, heard: int | None) -> tuple[BatchConsumer, list[int]]:
+    reads: list[int] = []
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    async def latest() -> int:
+        reads.append(head)
+        return head
+
+    taking = BatchConsumer(
+        None,  # type: ignore[arg-type]
+        "test-heard",
+        [],
+        nothing,  # type: ignore[arg-type]
+        0,
+        nothing,
+        nothing,
+        latest,
+        heard=None if heard is None else lambda: heard,
+    )
+    return taking, reads
+
+
+def batch(*positions: int) -> list[Delivered]:
+    return [Delivered(p, None, Message(p)) for p in positions]  # type: ignore[arg-type]
+
+
+async def test_positions_up_to_what_was_heard_need_no_read_of_the_store():
+    taking, reads = consumer(head=10, heard=10)
+    assert [d.position for d in await taking._stored_only(batch(8, 9, 10), [])] == [8, 9, 10]
+    assert reads == []
+
+
+async def test_a_position_past_what_was_heard_is_checked_against_the_store():
+    taking, reads = consumer(head=12, heard=10)
+    rejected: list = []
+    kept = await taking._stored_only(batch(10, 11, 12, 13), rejected)
+    assert [d.position for d in kept] == [10, 11, 12] and reads == [12]
+    assert [r.position for r in rejected] == [13]  # forged: past the store's head
+
+
+async def test_without_hearing_every_batch_past_the_last_read_reads_the_store():
+    taking, reads = consumer(head=5, heard=None)
+    rejected: list = []
+    assert [d.position for d in await taking._stored_only(batch(5, 6), rejected)] == [5]
+    assert reads == [5] and [r.position for r in rejected] == [6]
