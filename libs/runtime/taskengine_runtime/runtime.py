@@ -36,6 +36,8 @@ from taskengine_runtime.logs import configure_logging
 T = TypeVar("T")
 SWITCH_INTERVAL = 0.0005
 HEARTBEAT = 2.0
+ENDS_KEPT = 4096
+"""Commits whose last position a service remembers (`Runtime.ends_a_commit`)."""
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +56,8 @@ class Runtime:
     reconnects: Reconnects = field(default_factory=Reconnects)
     """The bus connection's reconnects (a restarted NATS may have lost its unsynced tail)."""
     _head_heard: int = 0
+    _ends_heard: dict[int, None] = field(default_factory=dict)
+    """The last positions of the last `ENDS_KEPT` commits heard, oldest first."""
     _hearing: asyncio.Task[None] | None = None
 
     async def heartbeat_forever(self) -> None:
@@ -136,9 +140,18 @@ class Runtime:
             )
         return self._head_heard
 
+    def ends_a_commit(self, position: int) -> bool:
+        """Whether `position` was heard to be the last of its commit (False: not known)."""
+        return position in self._ends_heard
+
     def _heard(self, payload: str) -> None:
-        if payload.isdigit():  # a NOTIFY without a position (not a commit of ours) tells nothing
-            self._head_heard = max(self._head_heard, int(payload))
+        if not payload.isdigit():  # a NOTIFY without a position (not a commit) tells nothing
+            return
+        position = int(payload)
+        self._head_heard = max(self._head_heard, position)
+        self._ends_heard[position] = None
+        if len(self._ends_heard) > ENDS_KEPT:
+            del self._ends_heard[next(iter(self._ends_heard))]
 
     async def load_settings(self) -> None:
         events = await self.call(self.store.stream, SETTINGS_STREAM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from taskengine_runtime.bus import BatchConsumer, Delivered
+from taskengine_runtime.runtime import ENDS_KEPT, Runtime
 
 
 class Message:
@@ -62,3 +63,15 @@ async def test_without_hearing_every_batch_past_the_last_read_reads_the_store():
     rejected: list = []
     assert [d.position for d in await taking._stored_only(batch(5, 6), rejected)] == [5]
     assert reads == [5] and [r.position for r in rejected] == [6]
+
+
+def test_commit_ends_heard_are_kept_for_the_last_commits_only():
+    runtime = Runtime("test", None, None, None, None)  # type: ignore[arg-type]
+    for position in range(1, 3 * ENDS_KEPT + 1):
+        runtime._heard(str(position * 2))
+    runtime._heard("")  # a NOTIFY without a position: not a commit of events
+    runtime._heard("not a number")
+    assert len(runtime._ends_heard) == ENDS_KEPT
+    assert runtime.ends_a_commit(6 * ENDS_KEPT) and not runtime.ends_a_commit(6 * ENDS_KEPT - 1)
+    assert not runtime.ends_a_commit(2)  # forgotten: the store is asked again
+    assert runtime._head_heard == 6 * ENDS_KEPT

@@ -140,7 +140,10 @@ class Admission:
         A bus batch may end inside a commit (the relay is still publishing it). Jobs queued
         in one commit wait from the same moment, so admission decides on whole commits only:
         else it could admit a priority-5 job of a commit before seeing its priority-1 job.
+        The store is read only when `position` is not known to end its commit.
         """
+        if self.runtime.ends_a_commit(position):
+            return [], position
         rest = await self.runtime.call(self.runtime.store.rest_of_commit, position)
         applied = [Delivered(p.position, p.event) for p in rest if isinstance(p.event, CONSUMED)]
         return applied, rest[-1].position if rest else position

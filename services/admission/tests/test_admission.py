@@ -209,3 +209,13 @@ async def test_its_own_admissions_coming_back_commit_nothing():
     done = JobSucceeded(version=4, **ids)
     assert await admission.on_job_events(batch((4, done)))  # the slot freed: its row goes
     assert len(store.commits) == commits + 1
+
+
+async def test_a_batch_heard_to_end_its_commit_is_decided_without_reading_the_rest():
+    admission, store = controller()
+    job, other = submitted(1), submitted(2, priority=1)
+    store.append(job, other)
+    store.rests[1] = [Position(2, other)]  # what a read of the store would add
+    admission.runtime._heard("1")  # the commit's NOTIFY said: position 1 ends it
+    assert await admission.on_job_events(batch((1, job)))
+    assert [e.job_id for e in admissions(store)] == [1]
