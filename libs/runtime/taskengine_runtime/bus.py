@@ -398,8 +398,8 @@ class BatchConsumer:
                     rejected.append(self._rejected(message, why))
                 else:
                     batch.append(Delivered(position, event, message))
-            if batch and max(d.position for d in batch) > self.stored:
-                batch = await self._stored_only(batch, rejected)
+            if batch and (last := max(d.position for d in batch)) > self.stored:
+                batch = await self._stored_only(batch, last, rejected)
             batch = in_order(batch)
             if rejected:  # not events from the store: they say nothing about its positions
                 await self._set_aside(rejected, None)
@@ -430,14 +430,15 @@ class BatchConsumer:
         return messages + await ready(subscription, self.batch - len(messages))
 
     async def _stored_only(
-        self, batch: list[Delivered], rejected: list[Rejected]
+        self, batch: list[Delivered], last: int, rejected: list[Rejected]
     ) -> list[Delivered]:
         """`batch` without events claiming a position the store has not reached: a forged
         header must not move the consumer past events it has not seen yet. The store's
         commits announce their positions as they happen, before the relay publishes them, so
-        the store is read only when the batch goes past what was heard."""
-        if self.heard is not None and self.heard() >= max(item.position for item in batch):
-            self.stored = self.heard()
+        the store is read only when the batch goes past what was heard (`last`: its highest
+        position)."""
+        if self.heard is not None and (heard := self.heard()) >= last:
+            self.stored = heard
             return batch
         while True:
             try:

@@ -55,9 +55,9 @@ class Runtime:
     """What this instance has in hand, for its heartbeat (e.g. running attempts)."""
     reconnects: Reconnects = field(default_factory=Reconnects)
     """The bus connection's reconnects (a restarted NATS may have lost its unsynced tail)."""
-    _head_heard: int = 0
     _ends_heard: dict[int, None] = field(default_factory=dict)
-    """The last positions of the last `ENDS_KEPT` commits heard, oldest first."""
+    """The last positions of the last `ENDS_KEPT` commits heard, oldest first (commits are
+    announced in the order they committed, so the newest is the store's head as heard)."""
     _hearing: asyncio.Task[None] | None = None
 
     async def heartbeat_forever(self) -> None:
@@ -138,7 +138,10 @@ class Runtime:
             self._hearing = asyncio.create_task(
                 listen_to_commits(self.config.database_url, self._heard, self.name)
             )
-        return self._head_heard
+        return self._last_heard()
+
+    def _last_heard(self) -> int:
+        return next(reversed(self._ends_heard), 0)
 
     def ends_a_commit(self, position: int) -> bool:
         """Whether `position` was heard to be the last of its commit (False: not known)."""
@@ -147,9 +150,7 @@ class Runtime:
     def _heard(self, payload: str) -> None:
         if not payload.isdigit():  # a NOTIFY without a position (not a commit) tells nothing
             return
-        position = int(payload)
-        self._head_heard = max(self._head_heard, position)
-        self._ends_heard[position] = None
+        self._ends_heard[int(payload)] = None
         if len(self._ends_heard) > ENDS_KEPT:
             del self._ends_heard[next(iter(self._ends_heard))]
 

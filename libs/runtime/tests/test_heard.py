@@ -46,14 +46,14 @@ def batch(*positions: int) -> list[Delivered]:
 
 async def test_positions_up_to_what_was_heard_need_no_read_of_the_store():
     taking, reads = consumer(head=10, heard=10)
-    assert [d.position for d in await taking._stored_only(batch(8, 9, 10), [])] == [8, 9, 10]
+    assert [d.position for d in await taking._stored_only(batch(8, 9, 10), 10, [])] == [8, 9, 10]
     assert reads == []
 
 
 async def test_a_position_past_what_was_heard_is_checked_against_the_store():
     taking, reads = consumer(head=12, heard=10)
     rejected: list = []
-    kept = await taking._stored_only(batch(10, 11, 12, 13), rejected)
+    kept = await taking._stored_only(batch(10, 11, 12, 13), 13, rejected)
     assert [d.position for d in kept] == [10, 11, 12] and reads == [12]
     assert [r.position for r in rejected] == [13]  # forged: past the store's head
 
@@ -61,7 +61,7 @@ async def test_a_position_past_what_was_heard_is_checked_against_the_store():
 async def test_without_hearing_every_batch_past_the_last_read_reads_the_store():
     taking, reads = consumer(head=5, heard=None)
     rejected: list = []
-    assert [d.position for d in await taking._stored_only(batch(5, 6), rejected)] == [5]
+    assert [d.position for d in await taking._stored_only(batch(5, 6), 6, rejected)] == [5]
     assert reads == [5] and [r.position for r in rejected] == [6]
 
 
@@ -74,4 +74,4 @@ def test_commit_ends_heard_are_kept_for_the_last_commits_only():
     assert len(runtime._ends_heard) == ENDS_KEPT
     assert runtime.ends_a_commit(6 * ENDS_KEPT) and not runtime.ends_a_commit(6 * ENDS_KEPT - 1)
     assert not runtime.ends_a_commit(2)  # forgotten: the store is asked again
-    assert runtime._head_heard == 6 * ENDS_KEPT
+    assert runtime._last_heard() == 6 * ENDS_KEPT
