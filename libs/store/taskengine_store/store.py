@@ -28,7 +28,6 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from eventsourcing.utils import retry
 from psycopg import Cursor
-from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Identifier, Literal
 from taskengine_contracts.events import Event, JobEvent, decode, encode, topic_of
@@ -141,10 +140,11 @@ class _Recorder(PostgresProcessRecorder):
                     pipeline.sync()
             except psycopg.Error:
                 # A statement failed: the server skipped the rest, COMMIT too, up to the sync,
-                # and the transaction is left aborted.
-                if conn.info.transaction_status != TransactionStatus.IDLE:
-                    with suppress(psycopg.Error):
-                        conn.execute(_ROLLBACK)
+                # and the transaction is left aborted. The ROLLBACK goes out even if there is
+                # none: psycopg then forgets the statements it believes prepared (the server
+                # skipped preparing those after the failure) and deallocates them all.
+                with suppress(psycopg.Error):
+                    conn.execute(_ROLLBACK)
                 raise
             if not stored_events:
                 return None
@@ -184,14 +184,12 @@ class EventStore:
             max_overflow=2 * pool_size - 1,
             connect_timeout=10,
         )
-        # No server-side prepared statements. eventsourcing writes in pipeline mode, and after a
-        # statement in a pipeline fails (a claim refused: a name taken), psycopg may believe a
-        # statement prepared that the server never kept: the next commit on that connection
-        # fails with `prepared statement "_pg3_N" does not exist` (reproduced in
-        # tests/integration/test_store.py). Parsing each statement again costs far less
-        # than a commit's fsync.
-        assert isinstance(self.datastore.pool.kwargs, dict)
-        self.datastore.pool.kwargs["prepare_threshold"] = None
+        # Statements are prepared on the server after psycopg's threshold (5 runs on a
+        # connection): a commit's dozen statements are then neither parsed nor planned again
+        # (at 200 jobs/s, PostgreSQL planned for as long as it executed). A statement that fails
+        # inside a commit's pipeline can leave psycopg believing in a statement the server never
+        # kept; the commit then sends ROLLBACK, which makes psycopg forget every prepared
+        # statement of the connection and deallocate them on the server (see `insert_events`).
         self.recorder = _Recorder(self.datastore)
         self._entries = SQL("SELECT notification_id, topic, state FROM {schema}.{events}").format(
             schema=Identifier(self.datastore.schema),
