@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -59,6 +60,8 @@ class Runtime:
     """The last positions of the last `ENDS_KEPT` commits heard, oldest first (commits are
     announced in the order they committed, so the newest is the store's head as heard)."""
     _hearing: asyncio.Task[None] | None = None
+    _news: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a commit is heard."""
 
     async def heartbeat_forever(self) -> None:
         """Says this instance is alive every HEARTBEAT seconds (what /health counts)."""
@@ -140,6 +143,18 @@ class Runtime:
             )
         return self._last_heard()
 
+    async def news(self, past: int, timeout: float) -> None:
+        """Returns once a commit that ends past `past` is heard, or after `timeout` (a NOTIFY
+        sent while the listener reconnects is lost: whoever follows the log reads it then
+        anyway). A follower that holds everything heard waits here instead of reading the
+        log to find it has nothing new."""
+        self.heard()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self._last_heard() <= past:
+                    self._news.clear()
+                    await self._news.wait()
+
     def _last_heard(self) -> int:
         return next(reversed(self._ends_heard), 0)
 
@@ -151,6 +166,7 @@ class Runtime:
         if not payload.isdigit():  # a NOTIFY without a position (not a commit) tells nothing
             return
         self._ends_heard[int(payload)] = None
+        self._news.set()
         if len(self._ends_heard) > ENDS_KEPT:
             del self._ends_heard[next(iter(self._ends_heard))]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from taskengine_runtime.bus import BatchConsumer, Delivered
 from taskengine_runtime.runtime import ENDS_KEPT, Runtime
 
@@ -75,3 +78,38 @@ def test_commit_ends_heard_are_kept_for_the_last_commits_only():
     assert runtime.ends_a_commit(6 * ENDS_KEPT) and not runtime.ends_a_commit(6 * ENDS_KEPT - 1)
     assert not runtime.ends_a_commit(2)  # forgotten: the store is asked again
     assert runtime._last_heard() == 6 * ENDS_KEPT
+
+
+def listening() -> Runtime:
+    """A runtime as if its listener were running (no database behind it)."""
+    runtime = Runtime("test", None, None, None, None)  # type: ignore[arg-type]
+    runtime._hearing = asyncio.get_running_loop().create_future()  # type: ignore[assignment]
+    return runtime
+
+
+async def test_news_of_a_commit_already_heard_past_the_position_comes_at_once():
+    runtime = listening()
+    runtime._heard("12")
+    async with asyncio.timeout(1):
+        await runtime.news(10, timeout=60)
+
+
+async def test_news_waits_for_a_commit_past_the_position():
+    runtime = listening()
+    waiting = asyncio.create_task(runtime.news(10, timeout=60))
+    await asyncio.sleep(0.01)
+    runtime._heard("9")  # a commit the follower already holds: not news
+    runtime._heard("10")
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    runtime._heard("11")
+    async with asyncio.timeout(1):
+        await waiting
+
+
+async def test_without_news_the_wait_ends_at_its_timeout():
+    runtime = listening()
+    runtime._heard("10")
+    started = time.monotonic()
+    await runtime.news(10, timeout=0.05)  # a lost NOTIFY: the follower reads the log anyway
+    assert time.monotonic() - started >= 0.05

@@ -1,7 +1,8 @@
 """Woken by commits: the store sends a NOTIFY on its `stored_events` channel with every commit
 of events, its payload the commit's last position. A follower of the log (the relay, the
-projector) sleeps until there is something new instead of polling hard to stay prompt; a
-consumer of the bus learns how far the store got without asking it (`heard`)."""
+projector) sleeps until there is something new instead of polling hard to stay prompt, and
+reads the log only when a commit past what it holds was heard; a consumer of the bus learns
+how far the store got without asking it (`Runtime.heard`)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,6 @@ import psycopg
 log = logging.getLogger(__name__)
 
 CHANNEL = "stored_events"
-
-
-async def wake_on_commits(database_url: str, wake: asyncio.Event, who: str) -> None:
-    """Sets `wake` on every commit to the store, reconnecting when the connection drops (the
-    follower's own poll keeps it going meanwhile). Clear `wake` before reading the log, so a
-    commit during the read wakes the next wait."""
-    await listen_to_commits(database_url, lambda _: wake.set(), who)
 
 
 async def listen_to_commits(database_url: str, told: Callable[[str], None], who: str) -> None:

@@ -23,7 +23,6 @@ from taskengine_contracts.events import Event, encode
 from taskengine_runtime import Runtime, metrics
 from taskengine_runtime.failures import describe, is_transient, isolating
 from taskengine_runtime.logs import context
-from taskengine_store.commits import wake_on_commits
 from taskengine_store.projections import KEYED_PLANS, PROJECTOR, project
 from taskengine_store.rejected import Rejected, decoded, record, set_aside_positions
 from taskengine_store.store import Position
@@ -40,19 +39,13 @@ async def projector(runtime: Runtime) -> None:
     position = await runtime.call(store.tracked, PROJECTOR)
     log.info("projector resuming after position %d", position)
     skip = await runtime.call(set_aside_positions, store, PROJECTOR)
-    # Idle, it sleeps until a commit wakes it (at most IDLE_POLL): lists wait for the projector
-    # to hold the writes acknowledged before them, so its pick-up time is what a list after a
-    # write costs.
-    wake = asyncio.Event()
-    listener = asyncio.create_task(wake_on_commits(runtime.config.database_url, wake, PROJECTOR))
-    try:
-        await follow(runtime, position, skip, wake)
-    finally:
-        listener.cancel()
+    await follow(runtime, position, skip)
 
 
-async def follow(runtime: Runtime, position: int, skip: set[int], wake: asyncio.Event) -> None:
-    """Projects the log from `position` on, forever."""
+async def follow(runtime: Runtime, position: int, skip: set[int]) -> None:
+    """Projects the log from `position` on, forever. Idle, it sleeps until a commit is heard
+    (at most IDLE_POLL): lists wait for the projector to hold the writes acknowledged before
+    them, so its pick-up time is what a list after a write costs."""
     store = runtime.store
     attempts = runtime.config.poison_attempts
     track = runtime.tracker(PROJECTOR)
@@ -86,13 +79,10 @@ async def follow(runtime: Runtime, position: int, skip: set[int], wake: asyncio.
     delay = 0.2
     while True:
         try:
-            wake.clear()  # before reading: a commit during the read wakes the wait below
+            heard = runtime.heard()
             notes = await runtime.call(store.entries, position, BATCH)
             if not notes:
-                try:
-                    await asyncio.wait_for(wake.wait(), timeout=IDLE_POLL)
-                except TimeoutError:
-                    pass
+                await runtime.news(max(heard, position), IDLE_POLL)
                 # `taskengine replay --reset` rewinds us to 0 while we run: follow it.
                 position = min(position, await runtime.call(store.tracked, PROJECTOR))
                 continue
@@ -114,6 +104,8 @@ async def follow(runtime: Runtime, position: int, skip: set[int], wake: asyncio.
                 await track(notes[-1].id)
             position = notes[-1].id
             delay = 0.2
+            if runtime.heard() <= position:  # projected all that was heard: no read to find so
+                await runtime.news(position, IDLE_POLL)
         except Exception as error:
             if not is_transient(error):
                 raise

@@ -26,12 +26,13 @@ from taskengine_core.partitions import tracking_names
 from taskengine_runtime import Runtime, metrics
 from taskengine_runtime.bus import FAILOVER, FAILOVER_PAUSE
 from taskengine_runtime.failures import describe
-from taskengine_store.commits import wake_on_commits
 
 log = logging.getLogger(__name__)
 
 NAME = "relay"
 BATCH = 2000
+IDLE_POLL = 0.5
+"""Seconds idle between reads of the log when no commit was heard (a lost NOTIFY)."""
 ACK_TIMEOUT = 10.0
 """Seconds a batch waits for its acks before it is published again (JetStream answers in
 milliseconds; an answer lost with a stream leader that died never comes)."""
@@ -47,41 +48,35 @@ async def relay(runtime: Runtime) -> None:
     metrics.LAG.relay = lambda: position
     reconnects = runtime.reconnects.count
     stamp = runtime.config.hop_trace
-    wake = asyncio.Event()
-    listener = asyncio.create_task(wake_on_commits(runtime.config.database_url, wake, NAME))
-    try:
-        while True:
-            if runtime.reconnects.count != reconnects:
-                reconnects = runtime.reconnects.count
-                position = await _resume_from(runtime, position)
-                log.warning("relay: NATS reconnected; publishing again after %d", position)
-            wake.clear()  # before reading: a commit during the read wakes the wait below
-            notes = await runtime.call(store.notifications, position, BATCH)
-            if not notes:
-                try:
-                    await asyncio.wait_for(wake.wait(), timeout=0.5)
-                except TimeoutError:
-                    pass
-                continue
-            publisher.begin(len(notes))
-            for note in notes:
-                headers = {
-                    subjects.MSG_ID_HEADER: subjects.message_id(
-                        note.originator_id, note.originator_version
-                    ),
-                    subjects.POSITION_HEADER: str(note.id),
-                }
-                if stamp:
-                    headers[subjects.PUBLISHED_HEADER] = f"{time.time():.6f}"
-                await publisher.publish(subjects.subject_for_topic(note.topic), note.state, headers)
-            if not await _acked(publisher, runtime):
-                continue  # NATS came back meanwhile: the batch may be lost, publish it again
-            position = notes[-1].id
-            if position > tracked:  # below it we are re-publishing after a reconnect
-                await runtime.call(store.track, NAME, position)
-                tracked = position
-    finally:
-        listener.cancel()
+    while True:
+        if runtime.reconnects.count != reconnects:
+            reconnects = runtime.reconnects.count
+            position = await _resume_from(runtime, position)
+            log.warning("relay: NATS reconnected; publishing again after %d", position)
+        heard = runtime.heard()
+        notes = await runtime.call(store.notifications, position, BATCH)
+        if not notes:
+            await runtime.news(max(heard, position), IDLE_POLL)
+            continue
+        publisher.begin(len(notes))
+        for note in notes:
+            headers = {
+                subjects.MSG_ID_HEADER: subjects.message_id(
+                    note.originator_id, note.originator_version
+                ),
+                subjects.POSITION_HEADER: str(note.id),
+            }
+            if stamp:
+                headers[subjects.PUBLISHED_HEADER] = f"{time.time():.6f}"
+            await publisher.publish(subjects.subject_for_topic(note.topic), note.state, headers)
+        if not await _acked(publisher, runtime):
+            continue  # NATS came back meanwhile: the batch may be lost, publish it again
+        position = notes[-1].id
+        if position > tracked:  # below it we are re-publishing after a reconnect
+            await runtime.call(store.track, NAME, position)
+            tracked = position
+        if runtime.heard() <= position:  # published all that was heard: no read to find so
+            await runtime.news(position, IDLE_POLL)
 
 
 class Publisher:
