@@ -92,6 +92,15 @@ def test_derived_state_commits_without_waiting_for_the_disk_and_never_carries_ev
     assert store.stream(job.id) == [] and store.tracked("consumer") == 9
 
 
+def test_a_position_tracked_alone_only_moves_forward(store):
+    name = "it's; DROP TABLE stored_events; --"  # quoted as a literal, not spliced in
+    store.track(name, 9)
+    store.track(name, 5)
+    assert store.tracked(name) == 9
+    store.track(name, 12)
+    assert store.tracked(name) == 12 and store.max_position() == 0
+
+
 def test_the_rest_of_a_commit_is_the_events_stored_after_a_position_in_its_transaction(store):
     first = [submitted() for _ in range(3)]
     before = store.commit([submitted()])
