@@ -9,8 +9,9 @@ import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
 from taskengine_contracts.events import JobAdmitted, JobCancelled
 from taskengine_core.jobs import JobRef, advance
+from taskengine_runtime.failures import is_transient
 from taskengine_store.commits import CHANNEL
-from taskengine_store.store import Conflict, EventStore
+from taskengine_store.store import STALE_PLAN, Conflict, EventStore
 
 from tests.support.factories import submitted
 
@@ -90,6 +91,37 @@ def test_derived_state_commits_without_waiting_for_the_disk_and_never_carries_ev
     with pytest.raises(ValueError, match="always committed durably"):
         store.commit([job], Tracking("consumer", 10), durable=False)
     assert store.stream(job.id) == [] and store.tracked("consumer") == 9
+
+
+def test_a_statement_prepared_before_a_migration_fails_as_a_wait_then_works(database_url):
+    """Statements are prepared on the server; a migration that changes a table's columns
+    makes PostgreSQL refuse the prepared ones that read it whole. That is transient (no
+    message is to blame, none may be set aside): each connection fails once, then works."""
+    EventStore(database_url, create_tables=True).close()
+    store = EventStore(database_url, pool_size=1)
+    store.datastore.pool.kwargs["prepare_threshold"] = 0  # prepared from the first run
+    try:
+        store.commit([submitted(job_id=1)])
+        for _ in range(4):
+            assert len(store.notifications(0, 10)) == 1
+        with psycopg.connect(database_url, autocommit=True) as migrate:
+            migrate.execute("ALTER TABLE stored_events ADD COLUMN added_later int")
+        failures = 0
+        while True:
+            try:
+                notes = store.notifications(0, 10)
+                break
+            except Exception as error:
+                assert STALE_PLAN in str(error) and is_transient(error)
+                failures += 1
+                assert failures <= store.datastore.pool.max_size  # once per connection
+        assert failures >= 1 and len(notes) == 1
+        for _ in range(4):  # on every connection of the pool
+            assert len(store.notifications(0, 10)) == 1
+        store.commit([submitted(job_id=2)])
+        assert len(store.notifications(0, 10)) == 2
+    finally:
+        store.close()
 
 
 def test_a_position_tracked_alone_only_moves_forward(store):

@@ -11,6 +11,7 @@ from typing import TypeVar
 import eventsourcing.persistence as es
 import nats.errors
 import psycopg
+from taskengine_store.store import STALE_PLAN
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -47,11 +48,17 @@ def is_transient(error: BaseException) -> bool:
     current: BaseException | None = error
     # Wrapped (`raise ... from`): its causes too.
     while current is not None and id(current) not in seen:
-        if isinstance(current, TRANSIENT):
+        if isinstance(current, TRANSIENT) or _stale_plan(current):
             return True
         seen.add(id(current))
         current = current.__cause__
     return False
+
+
+def _stale_plan(error: BaseException) -> bool:
+    """A statement prepared before a migration changed its result (the store's connection has
+    deallocated it: the retry prepares it again)."""
+    return isinstance(error, psycopg.errors.FeatureNotSupported) and STALE_PLAN in str(error)
 
 
 def describe(error: BaseException) -> str:

@@ -103,6 +103,15 @@ async def test_a_schema_older_than_the_code_is_waited_for_not_blamed_on_messages
     assert not is_transient(es.ProgrammingError("syntax error at or near"))
 
 
+def test_a_plan_prepared_before_a_migration_is_transient_other_unsupported_features_not():
+    stale = psycopg.errors.FeatureNotSupported("cached plan must not change result type")
+    try:
+        raise es.NotSupportedError(str(stale)) from stale  # as eventsourcing wraps it
+    except es.NotSupportedError as wrapped:
+        assert is_transient(wrapped)
+    assert not is_transient(psycopg.errors.FeatureNotSupported("cannot do this in a function"))
+
+
 def test_transient_is_recognised_through_explicit_causes_only():
     class Wrapped(Exception):
         pass

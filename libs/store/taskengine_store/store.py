@@ -87,6 +87,28 @@ class Position:
     event: Event
 
 
+STALE_PLAN = "cached plan must not change result type"
+"""PostgreSQL's refusal of a statement prepared before a migration changed its result's columns
+(FeatureNotSupported): the statement must be prepared again, and nothing else is wrong."""
+
+
+class _Datastore(PostgresDatastore):
+    @contextmanager
+    def get_connection(self) -> Iterator[psycopg.Connection[DictRow]]:
+        """eventsourcing's connection. After a statement prepared before a migration is refused
+        (`STALE_PLAN`), every statement prepared on the connection is deallocated, on the server
+        and in psycopg's cache: the caller's retry prepares them again. (A failure inside a
+        transaction already did so with its ROLLBACK; a read in autocommit did not.)"""
+        with super().get_connection() as conn:
+            try:
+                yield conn
+            except psycopg.errors.FeatureNotSupported as error:
+                if STALE_PLAN in str(error):
+                    with suppress(psycopg.Error):
+                        conn.execute(b"DEALLOCATE ALL")
+                raise
+
+
 class _Recorder(PostgresProcessRecorder):
     """Runs the caller's statements in the same transaction as the events and tracking."""
 
@@ -171,7 +193,7 @@ class EventStore:
 
     def __init__(self, database_url: str, pool_size: int = 4, create_tables: bool = False):
         url = urlparse(database_url)
-        self.datastore = PostgresDatastore(
+        self.datastore = _Datastore(
             dbname=url.path.lstrip("/") or "postgres",
             host=url.hostname or "127.0.0.1",
             port=url.port or 5432,
