@@ -6,7 +6,6 @@ import asyncio
 
 import nats
 from nats.js import api
-from taskengine_runtime import bus
 from taskengine_runtime.bus import ready
 
 STREAM, SUBJECT = "READYTEST", "readytest.events"
@@ -56,31 +55,5 @@ async def test_a_consumer_gone_meanwhile_gives_nothing_rather_than_an_error(nats
         await subscription.fetch(1, timeout=5)
         await js.delete_consumer(STREAM, "ready")  # as when its leader died: no one answers
         assert await asyncio.wait_for(ready(subscription, 10, timeout=60), 10) == []
-    finally:
-        await nc.close()
-
-
-async def test_a_consumer_asks_for_more_only_when_the_delivery_said_more_was_there(
-    nats_url, monkeypatch
-):
-    """A delivery's reply subject counts what the consumer still had (`pending_after`): with
-    none, the pull for what is ready would only come back empty (a round trip per batch at
-    every hop of a quiet system)."""
-    asked: list[int] = []
-
-    async def counting(subscription, count, timeout=bus.GATHER):  # type: ignore[no-untyped-def]
-        asked.append(count)
-        return await ready(subscription, count, timeout)
-
-    monkeypatch.setattr(bus, "ready", counting)
-    nc, js, subscription = await consumer_with(nats_url, 1)
-    try:
-        taking = bus.BatchConsumer(js, "ready", [SUBJECT], None, 0, None, None, None, batch=10)  # type: ignore[arg-type]
-        assert [m.data for m in await taking._fetch(subscription)] == [b"0"]
-        assert asked == []  # alone on the stream: nothing more was asked for
-        for n in (1, 2, 3):
-            await js.publish(SUBJECT, b"%d" % n)
-        assert [m.data for m in await taking._fetch(subscription)] == [b"1", b"2", b"3"]
-        assert asked == [9]
     finally:
         await nc.close()

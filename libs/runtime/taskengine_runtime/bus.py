@@ -425,8 +425,8 @@ class BatchConsumer:
             log.warning("%s: no consumer leader yet (%s)", self.name, describe(error))
             await asyncio.sleep(FAILOVER_PAUSE)
             return []
-        if len(messages) >= self.batch or pending_after(messages[-1].reply) == 0:
-            return messages  # nothing else was there when it left the server: no pull to ask
+        if len(messages) >= self.batch:
+            return messages
         return messages + await ready(subscription, self.batch - len(messages))
 
     async def _stored_only(
@@ -573,18 +573,6 @@ def consumer_sequence(reply: str | None) -> int | None:
     try:
         return int(tokens[6] if len(tokens) == 9 else tokens[8])
     except ValueError:
-        return None
-
-
-def pending_after(reply: str | None) -> int | None:
-    """How many messages a JetStream consumer still had for its subscriber when it delivered
-    this one (the reply subject's last count); None when not known."""
-    if reply is None or consumer_sequence(reply) is None:
-        return None
-    tokens = reply.split(".")
-    try:
-        return int(tokens[8] if len(tokens) == 9 else tokens[10])
-    except (ValueError, IndexError):
         return None
 
 

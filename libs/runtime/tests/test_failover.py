@@ -9,16 +9,6 @@ from taskengine_runtime import bus
 from taskengine_runtime.bus import BatchConsumer
 
 
-class Delivery:
-    """A message as JetStream delivered it: its consumer sequence in its reply subject."""
-
-    def __init__(self, sequence: int) -> None:
-        self.reply = f"$JS.ACK.TASKENGINE.test.1.{100 + sequence}.{sequence}.1764800000000000000.0"
-
-
-MESSAGE = Delivery(1)
-
-
 class LeaderlessSubscription:
     """A pull subscription whose consumer has no leader for `failures` fetches."""
 
@@ -29,7 +19,7 @@ class LeaderlessSubscription:
         if self.failures:
             self.failures -= 1
             raise self.error
-        return [MESSAGE]
+        return ["message"]
 
 
 async def nothing_ready(subscription: object, count: int) -> list[object]:
@@ -59,13 +49,20 @@ async def test_a_fetch_without_a_consumer_leader_is_an_empty_batch(monkeypatch, 
     subscription = LeaderlessSubscription(2, error)
     assert await taking._fetch(subscription) == []  # type: ignore[arg-type]
     assert await taking._fetch(subscription) == []  # type: ignore[arg-type]
-    assert await taking._fetch(subscription) == [MESSAGE]  # type: ignore[arg-type]
+    assert await taking._fetch(subscription) == ["message"]  # type: ignore[arg-type]
 
 
 async def test_any_other_failure_of_a_fetch_is_not_hidden(monkeypatch):
     taking = consumer()
     with pytest.raises(ValueError):
         await taking._fetch(LeaderlessSubscription(1, ValueError("broken")))  # type: ignore[arg-type]
+
+
+class Delivery:
+    """A message as JetStream delivered it: its consumer sequence in its reply subject."""
+
+    def __init__(self, sequence: int) -> None:
+        self.reply = f"$JS.ACK.TASKENGINE.test.1.{100 + sequence}.{sequence}.1764800000000000000.0"
 
 
 def test_deliveries_that_never_arrived_are_noticed_before_any_ack():
