@@ -104,8 +104,8 @@ async def follow(runtime: Runtime, position: int, skip: set[int]) -> None:
                 await track(notes[-1].id)
             position = notes[-1].id
             delay = 0.2
-            if runtime.heard() <= position:  # projected all that was heard: no read to find so
-                await runtime.news(position, IDLE_POLL)
+            # Past all that was heard, it waits for news rather than read the log for nothing.
+            await runtime.news(position, IDLE_POLL)
         except Exception as error:
             if not is_transient(error):
                 raise

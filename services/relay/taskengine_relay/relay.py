@@ -75,8 +75,8 @@ async def relay(runtime: Runtime) -> None:
         if position > tracked:  # below it we are re-publishing after a reconnect
             await runtime.call(store.track, NAME, position)
             tracked = position
-        if runtime.heard() <= position:  # published all that was heard: no read to find so
-            await runtime.news(position, IDLE_POLL)
+        # Past all that was heard, it waits for news rather than read the log for nothing.
+        await runtime.news(position, IDLE_POLL)
 
 
 class Publisher:
