@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
@@ -10,7 +12,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from taskengine_contracts.events import JobAdmitted, JobCancelled
 from taskengine_core.jobs import JobRef, advance
 from taskengine_runtime.failures import is_transient
-from taskengine_store.commits import CHANNEL
+from taskengine_store.commits import CHANNEL, listen_to_commits
 from taskengine_store.store import STALE_PLAN, Conflict, EventStore
 
 from tests.support.factories import submitted
@@ -189,3 +191,45 @@ def test_a_commit_of_events_announces_its_last_position_to_listeners(store, data
         second = store.commit([submitted(job_id=4)])
         payloads = [note.payload for note in listener.notifies(timeout=2, stop_after=3)]
     assert payloads == [str(first[-1]), str(second[-1])]
+
+
+async def test_the_commit_listener_hears_every_commit_and_listens_again_when_cut_off(
+    store, database_url
+):
+    heard: list[str] = []
+    listening = asyncio.create_task(listen_to_commits(database_url, heard.append, "test"))
+    try:
+        await heard_commit(store, heard)
+        burst = [store.commit([submitted()])[-1] for _ in range(20)]
+        await until(lambda: heard[-1:] == [str(burst[-1])])
+        assert heard[-20:] == [str(position) for position in burst]  # each, in order
+
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            cut = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query = %s",
+                (f"LISTEN {CHANNEL}",),
+            ).fetchall()
+        assert cut == [(True,)]
+        await heard_commit(store, heard)  # on a new connection
+        assert not listening.done()
+    finally:
+        listening.cancel()
+
+
+async def heard_commit(store: EventStore, heard: list[str]) -> None:
+    """Commits until the listener hears one (it may not be listening yet)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        position = store.commit([submitted()])[-1]
+        await asyncio.sleep(0.1)
+        if str(position) in heard:
+            return
+    raise AssertionError(f"no commit heard in 10 s (heard {heard[-5:]})")
+
+
+async def until(condition, timeout: float = 5) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the timeout"
+        await asyncio.sleep(0.02)
