@@ -158,6 +158,15 @@ class EngineSettings(BaseSettings):
         description="seconds a list, search or count may wait for the read models to hold every"
         " write acknowledged before it; answered stale (X-Taskengine-Stale) after that; 0: no wait",
     )
+    follow_interval: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="seconds between two batches of the services off a job's way to its start"
+        " (the projector, the scheduler, the notifier): under load each takes what came"
+        " meanwhile as one batch, not many small ones, and what it makes (read models, timers,"
+        " callbacks) lags by at most this; 0: each batch at once",
+    )
     hop_trace: bool = Field(
         default=False,
         description="debug: the relay stamps each message's publish instant and each consumer"

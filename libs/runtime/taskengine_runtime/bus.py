@@ -23,6 +23,7 @@ from taskengine_runtime import metrics
 from taskengine_runtime.failures import POISON_ATTEMPTS, describe, is_transient, isolating
 from taskengine_runtime.hops import HopTrace
 from taskengine_runtime.logs import context
+from taskengine_runtime.pacing import Pacing
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,7 @@ class BatchConsumer:
         trace: HopTrace | None = None,
         inactive: float | None = None,
         name: str | None = None,
+        interval: float = 0.0,
     ):
         self.js, self.durable, self.filter_subjects = js, durable, list(filter_subjects)
         self.name = name or durable
@@ -242,6 +244,8 @@ class BatchConsumer:
         self.heard = heard
         """A lower bound of the store's head known without reading it (`Runtime.heard`)."""
         self.trace = trace
+        self.pacing = Pacing(interval)
+        """Off a job's way to its start, batches at least `interval` seconds apart."""
         self.inactive = inactive
         """Seconds after which JetStream removes the consumer once nobody reads it (one named
         after an instance that is gone for good); None: never."""
@@ -368,7 +372,10 @@ class BatchConsumer:
                 self.handled, self.rewound = self.rewound, None
                 subscription = await self._resubscribe()
                 self.rewinds += 1
+            await self.pacing.wait()
             messages = await self._fetch(subscription)
+            if messages:
+                self.pacing.began()
             if self._missed(messages):
                 subscription = await self._resubscribe()
                 continue

@@ -23,6 +23,7 @@ from taskengine_contracts.events import Event, encode
 from taskengine_runtime import Runtime, metrics
 from taskengine_runtime.failures import describe, is_transient, isolating
 from taskengine_runtime.logs import context
+from taskengine_runtime.pacing import Pacing
 from taskengine_store.projections import KEYED_PLANS, PROJECTOR, project
 from taskengine_store.rejected import Rejected, decoded, record, set_aside_positions
 from taskengine_store.store import Position
@@ -76,9 +77,11 @@ async def follow(runtime: Runtime, position: int, skip: set[int]) -> None:
         tracking = Tracking(PROJECTOR, position)
         await runtime.call(store.commit, tracking=tracking, statements=statements)
 
+    pacing = Pacing(runtime.config.follow_interval)
     delay = 0.2
     while True:
         try:
+            await pacing.wait()
             heard = runtime.heard()
             notes = await runtime.call(store.entries, position, BATCH)
             if not notes:
@@ -86,6 +89,7 @@ async def follow(runtime: Runtime, position: int, skip: set[int]) -> None:
                 # `taskengine replay --reset` rewinds us to 0 while we run: follow it.
                 position = min(position, await runtime.call(store.tracked, PROJECTOR))
                 continue
+            pacing.began()
             batch, undecodable = decoded(notes, skip)
             # What cannot be decoded is set aside at once, after what precedes it is projected.
             for note, error in undecodable:

@@ -1,0 +1,31 @@
+"""Pacing the followers that are not on a job's way to its start."""
+
+from __future__ import annotations
+
+from asyncio import sleep
+from time import monotonic
+
+
+class Pacing:
+    """At least `interval` seconds from the start of one batch to the start of the next
+    (`EngineSettings.follow_interval`).
+
+    The projector, the scheduler and the notifier gain nothing from taking each commit the
+    moment it comes: under load they would handle many batches of an event or two, each with
+    its own reads, commit and wake-ups, on the cores the jobs' own path needs. Paced, each
+    takes what came meanwhile as one batch. After a quiet spell the first batch goes at once.
+    """
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._began = float("-inf")
+
+    async def wait(self) -> None:
+        """Returns once `interval` has passed since the last batch began."""
+        pause = self._began + self.interval - monotonic()
+        if pause > 0:
+            await sleep(pause)
+
+    def began(self) -> None:
+        """A batch begins now."""
+        self._began = monotonic()

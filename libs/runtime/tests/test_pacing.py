@@ -1,0 +1,45 @@
+"""Pacing: the first batch after a quiet spell goes at once, the next waits out the interval."""
+
+from __future__ import annotations
+
+import pytest
+from taskengine_runtime import pacing
+from taskengine_runtime.pacing import Pacing
+
+
+@pytest.fixture
+def clock(monkeypatch):  # type: ignore[no-untyped-def]
+    """A clock that moves only when told, and records the pauses asked for."""
+    state = {"now": 100.0, "pauses": []}
+
+    async def sleep(seconds: float) -> None:
+        state["pauses"].append(round(seconds, 6))
+        state["now"] += seconds
+
+    monkeypatch.setattr(pacing, "monotonic", lambda: state["now"])
+    monkeypatch.setattr(pacing, "sleep", sleep)
+    return state
+
+
+async def test_the_first_batch_goes_at_once(clock):  # type: ignore[no-untyped-def]
+    await Pacing(0.5).wait()
+    assert clock["pauses"] == []
+
+
+async def test_the_next_batch_waits_out_what_is_left_of_the_interval(clock):  # type: ignore[no-untyped-def]
+    paced = Pacing(0.5)
+    paced.began()
+    clock["now"] += 0.2  # the batch took 0.2 s
+    await paced.wait()
+    assert clock["pauses"] == [0.3]
+    paced.began()
+    clock["now"] += 0.7  # longer than the interval: no pause
+    await paced.wait()
+    assert clock["pauses"] == [0.3]
+
+
+async def test_no_interval_never_pauses(clock):  # type: ignore[no-untyped-def]
+    paced = Pacing(0.0)
+    paced.began()
+    await paced.wait()
+    assert clock["pauses"] == []
