@@ -33,6 +33,10 @@ NAME = "relay"
 BATCH = 2000
 IDLE_POLL = 0.5
 """Seconds idle between reads of the log when no commit was heard (a lost NOTIFY)."""
+TRACK_EVERY = 1.0
+"""Seconds between two records of the relay's position while it publishes; idle, it records
+it at once. A relay restarted publishes again what followed the record (JetStream drops it
+within its duplicate window, consumers beyond it), so the record need not follow each batch."""
 ACK_TIMEOUT = 10.0
 """Seconds a batch waits for its acks before it is published again (JetStream answers in
 milliseconds; an answer lost with a stream leader that died never comes)."""
@@ -48,6 +52,13 @@ async def relay(runtime: Runtime) -> None:
     metrics.LAG.relay = lambda: position
     reconnects = runtime.reconnects.count
     stamp = runtime.config.hop_trace
+    tracked_at = time.monotonic()
+
+    async def track() -> None:
+        nonlocal tracked, tracked_at
+        await runtime.call(store.track, NAME, position)
+        tracked, tracked_at = position, time.monotonic()
+
     while True:
         if runtime.reconnects.count != reconnects:
             reconnects = runtime.reconnects.count
@@ -56,6 +67,8 @@ async def relay(runtime: Runtime) -> None:
         heard = runtime.heard()
         notes = await runtime.call(store.notifications, position, BATCH)
         if not notes:
+            if position > tracked:  # below it we are re-publishing after a reconnect
+                await track()
             await runtime.news(max(heard, position), IDLE_POLL)
             continue
         publisher.begin(len(notes))
@@ -72,9 +85,8 @@ async def relay(runtime: Runtime) -> None:
         if not await _acked(publisher, runtime):
             continue  # NATS came back meanwhile: the batch may be lost, publish it again
         position = notes[-1].id
-        if position > tracked:  # below it we are re-publishing after a reconnect
-            await runtime.call(store.track, NAME, position)
-            tracked = position
+        if position > tracked and time.monotonic() - tracked_at >= TRACK_EVERY:
+            await track()
         # Past all that was heard, it waits for news rather than read the log for nothing.
         await runtime.news(position, IDLE_POLL)
 
