@@ -193,6 +193,30 @@ def test_a_commit_of_events_announces_its_last_position_to_listeners(store, data
     assert payloads == [str(first[-1]), str(second[-1])]
 
 
+def test_a_commit_waits_for_the_log_lock_whatever_lock_timeout_the_database_sets(database_url):
+    """The log's table lock is waited for (as eventsourcing's `SET LOCAL lock_timeout` made
+    it), now set once per connection."""
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(
+            psycopg.sql.SQL("ALTER DATABASE {} SET lock_timeout = '10ms'").format(
+                psycopg.sql.Identifier(admin.info.dbname)
+            )
+        )
+    store = EventStore(database_url, create_tables=True)
+    try:
+        with psycopg.connect(database_url) as holder:
+            holder.execute("LOCK TABLE stored_events IN EXCLUSIVE MODE")
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(store.commit, [submitted()])
+                # Longer than eventsourcing's retries of a lock refused (10 x 0.2 s).
+                time.sleep(2.5)
+                assert not waiting.done()
+                holder.rollback()
+                assert len(waiting.result(timeout=10)) == 1
+    finally:
+        store.close()
+
+
 async def test_the_commit_listener_hears_every_commit_and_listens_again_when_cut_off(
     store, database_url
 ):

@@ -93,6 +93,18 @@ STALE_PLAN = "cached plan must not change result type"
 
 
 class _Datastore(PostgresDatastore):
+    def after_connect_func(self) -> Callable[[psycopg.Connection[Any]], None]:
+        """eventsourcing's set-up of each connection, and no lock timeout for the connection's
+        life: eventsourcing sends `SET LOCAL lock_timeout` before every table lock instead, a
+        statement in every commit of events (`_Recorder` drops it)."""
+        configure = super().after_connect_func()
+
+        def after_connect(conn: psycopg.Connection[Any]) -> None:
+            configure(conn)
+            conn.execute(SQL("SET lock_timeout = {}").format(Literal(f"{self.lock_timeout}s")))
+
+        return after_connect
+
     @contextmanager
     def get_connection(self) -> Iterator[psycopg.Connection[DictRow]]:
         """eventsourcing's connection. After a statement prepared before a migration is refused
@@ -114,20 +126,26 @@ class _Recorder(PostgresProcessRecorder):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # eventsourcing's lock, without its `SET LOCAL lock_timeout` (see `_Datastore`).
+        self.lock_table_statements = [
+            SQL("LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE").format(
+                schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
+            )
+        ]
         self.insert_arrays = SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
+            "WITH inserted AS (INSERT INTO {schema}.{table}"
+            " (originator_id, originator_version, topic, state)"
             " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
-            " RETURNING notification_id"
-        ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name))
-        self.notify_position = SQL(
-            "SELECT pg_notify({channel}, max(notification_id)::text) FROM {schema}.{table}"
+            " RETURNING notification_id),"
+            " told AS (SELECT pg_notify({channel}, max(notification_id)::text) FROM inserted)"
+            " SELECT notification_id FROM inserted, told ORDER BY notification_id"
         ).format(
-            channel=Literal(self.channel_name),
             schema=Identifier(self.datastore.schema),
             table=Identifier(self.events_table_name),
+            channel=Literal(self.channel_name),
         )
-        """The commit's NOTIFY, its payload the commit's last position (the table is locked:
-        the highest there is ours). Sent at COMMIT, to followers of the log and consumers."""
+        """The events' insert and the commit's NOTIFY in one statement: its payload is the
+        commit's last position, sent at COMMIT to followers of the log and consumers."""
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -157,7 +175,6 @@ class _Recorder(PostgresProcessRecorder):
                     if stored_events:
                         self._lock_table(inserted)
                         inserted.execute(self.insert_arrays, _columns(stored_events))
-                        curs.execute(self.notify_position)
                     curs.execute(_COMMIT)
                     pipeline.sync()
             except psycopg.Error:
