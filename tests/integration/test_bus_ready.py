@@ -29,6 +29,8 @@ async def test_it_takes_what_is_ready_in_order_and_leaves_the_rest_for_the_next_
         more = await ready(subscription, 3)
         rest = await subscription.fetch(5, timeout=1)
         assert [m.data for m in more] == [b"1", b"2", b"3"]
+        # What was taken from the inbox's queue is off its books (its slow-consumer limit).
+        assert (subscription._sub.pending_msgs, subscription._sub.pending_bytes) == (0, 0)
         assert [m.data for m in first + more + rest] == [b"0", b"1", b"2", b"3", b"4"]
     finally:
         await nc.close()
