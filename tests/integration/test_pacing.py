@@ -1,4 +1,5 @@
-"""Pacing the followers off a job's way to its start (TASKENGINE_FOLLOW_INTERVAL), on real
+"""Pacing the followers off a job's way to its start (TASKENGINE_FOLLOW_INTERVAL for the
+projector, TASKENGINE_REACTION_INTERVAL for the scheduler and the notifier), on real
 NATS and PostgreSQL: what comes during the interval is taken as one batch."""
 
 from __future__ import annotations
@@ -7,10 +8,11 @@ import asyncio
 
 import nats
 from taskengine_contracts import subjects
-from taskengine_contracts.events import encode
+from taskengine_contracts.events import JobStarted, encode
 from taskengine_runtime.bus import BatchConsumer
 
 from tests.support.factories import submitted
+from tests.support.receiver import CallbackReceiver
 from tests.support.system import reset_stream
 from tests.support.waiting import wait_until
 
@@ -84,3 +86,44 @@ def test_the_paced_projector_projects_commits_of_its_interval_in_one_transaction
 def rows(services, job_id: int) -> list[tuple[str]]:  # type: ignore[no-untyped-def]
     found = services.store.query("SELECT xmin::text AS x FROM rm_jobs WHERE job_id = %s", (job_id,))
     return [(row["x"],) for row in found]
+
+
+def test_the_notifier_is_paced_by_the_reaction_interval_not_the_projectors(services):
+    services.env["TASKENGINE_REACTION_INTERVAL"] = "1"
+    services.env["TASKENGINE_FOLLOW_INTERVAL"] = "0"
+    services.env["TASKENGINE_HOP_TRACE"] = "true"  # each batch's received instant, per event
+    services.start("relay", "notifier")
+    trace = services.data_dir / "run" / "hops-notifier.csv"
+    with CallbackReceiver() as receiver:
+        first, second = submitted(callbacks=[receiver.url]), submitted(callbacks=[receiver.url])
+        services.store.commit([first])
+        services.store.commit([started(first, receiver.url)])
+        wait_until(lambda: started_batches(trace), timeout=90, what="the first batch")
+        services.store.commit([second])  # at once: unpaced, handled a moment later
+        services.store.commit([started(second, receiver.url)])
+        wait_until(lambda: len(receiver.received) > 1, what="the second callback")
+    one, two = started_batches(trace)
+    # Pacing: the batch with the second job's start began a whole interval after the first's.
+    assert two - one >= 0.99
+    assert [body["job_id"] for body in receiver.received] == [first.job_id, second.job_id]
+
+
+def started_batches(trace) -> list[float]:  # type: ignore[no-untyped-def]
+    """When the notifier received the batch of each job.started it handled, in order (the
+    hop trace's `received`)."""
+    lines = trace.read_text().splitlines()[1:] if trace.exists() else []
+    return [float(line.split(",")[5]) for line in lines if line.split(",")[1] == "job.started"]
+
+
+def started(job, callback: str) -> JobStarted:  # type: ignore[no-untyped-def]
+    return JobStarted(
+        id=job.id,
+        version=2,
+        at=job.at,
+        job_id=job.job_id,
+        client=job.client,
+        workflow=job.workflow,
+        attempt=1,
+        executor="test",
+        callbacks=[callback],
+    )

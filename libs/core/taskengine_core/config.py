@@ -162,10 +162,19 @@ class EngineSettings(BaseSettings):
         default=0.01,
         ge=0,
         le=1,
-        description="seconds between two batches of the services off a job's way to its start"
-        " (the projector, the scheduler, the notifier): under load each takes what came"
-        " meanwhile as one batch, not many small ones, and what it makes (read models, timers,"
-        " callbacks) lags by at most this; 0: each batch at once",
+        description="seconds between two batches of the projector (off a job's way to its"
+        " start): under load it takes what came meanwhile as one batch, not many small ones,"
+        " and the read models lag by at most this more (a list right after a write waits for"
+        " them); 0: each batch at once",
+    )
+    reaction_interval: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="seconds between two batches of the scheduler and the notifier (off a"
+        " job's way to its start, and no read waits for them): under load each takes what"
+        " came meanwhile as one batch, and the timers and callbacks they make lag by at most"
+        " this; 0: each batch at once",
     )
     hop_trace: bool = Field(
         default=False,

@@ -8,7 +8,8 @@ from time import monotonic
 
 class Pacing:
     """At least `interval` seconds from the start of one batch to the start of the next
-    (`EngineSettings.follow_interval`).
+    (`EngineSettings.follow_interval` for the projector, `reaction_interval` for the scheduler and
+    the notifier).
 
     The projector, the scheduler and the notifier gain nothing from taking each commit the
     moment it comes: under load they would handle many batches of an event or two, each with

@@ -453,7 +453,7 @@ async def notifier(runtime: Runtime) -> None:
             heard=runtime.heard,
             attempts=runtime.config.poison_attempts,
             trace=runtime.hop_trace(NAME),
-            interval=runtime.config.follow_interval,
+            interval=runtime.config.reaction_interval,
             inactive=INACTIVE,
             name=NAME,
         )

@@ -435,7 +435,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
             heard=runtime.heard,
             attempts=runtime.config.poison_attempts,
             trace=runtime.hop_trace(NAME),
-            interval=runtime.config.follow_interval,
+            interval=runtime.config.reaction_interval,
             idle=service.tick,
         )
         async with asyncio.TaskGroup() as group:
