@@ -9,37 +9,20 @@ from contextlib import asynccontextmanager
 from taskengine_contracts.events import (
     CallbackAttemptFailed,
     CallbackDelivered,
-    JobStarted,
     JobSubmitted,
     JobSucceeded,
 )
 from taskengine_core.config import EngineSettings
-from taskengine_core.jobs import JobRef, JobState
 from taskengine_core.outbound import OutboundGuard, parse_allowlist
 from taskengine_core.outbound_http import outbound_client
 from taskengine_notifier.notifier import Notifier
 from taskengine_runtime import Delivered, Runtime
 
-from tests.support.factories import submitted
+from tests.support.factories import started, submitted
 from tests.support.lost_answer import answer_lost_once
 from tests.support.receiver import CallbackReceiver
 from tests.support.system import WEBHOOK_KEY, wait_events
 from tests.support.waiting import wait_until
-
-
-def started(job, callbacks: list[str]) -> JobStarted:  # type: ignore[no-untyped-def]
-    ref = JobRef(job.id, job.job_id, job.client, 2, JobState.ADMITTED)
-    return JobStarted(
-        id=ref.id,
-        version=3,
-        at=job.at,
-        job_id=job.job_id,
-        client=job.client,
-        workflow=job.workflow,
-        attempt=1,
-        executor="test",
-        callbacks=callbacks,
-    )
 
 
 def succeeded(job, callbacks: list[str]) -> JobSucceeded:  # type: ignore[no-untyped-def]

@@ -8,10 +8,10 @@ import asyncio
 
 import nats
 from taskengine_contracts import subjects
-from taskengine_contracts.events import JobStarted, encode
+from taskengine_contracts.events import encode
 from taskengine_runtime.bus import BatchConsumer
 
-from tests.support.factories import submitted
+from tests.support.factories import started, submitted
 from tests.support.receiver import CallbackReceiver
 from tests.support.system import reset_stream
 from tests.support.waiting import wait_until
@@ -97,10 +97,10 @@ def test_the_notifier_is_paced_by_the_reaction_interval_not_the_projectors(servi
     with CallbackReceiver() as receiver:
         first, second = submitted(callbacks=[receiver.url]), submitted(callbacks=[receiver.url])
         services.store.commit([first])
-        services.store.commit([started(first, receiver.url)])
+        services.store.commit([started(first, [receiver.url])])
         wait_until(lambda: started_batches(trace), timeout=90, what="the first batch")
         services.store.commit([second])  # at once: unpaced, handled a moment later
-        services.store.commit([started(second, receiver.url)])
+        services.store.commit([started(second, [receiver.url])])
         wait_until(lambda: len(receiver.received) > 1, what="the second callback")
     one, two = started_batches(trace)
     # Pacing: the batch with the second job's start began a whole interval after the first's.
@@ -113,17 +113,3 @@ def started_batches(trace) -> list[float]:  # type: ignore[no-untyped-def]
     hop trace's `received`)."""
     lines = trace.read_text().splitlines()[1:] if trace.exists() else []
     return [float(line.split(",")[5]) for line in lines if line.split(",")[1] == "job.started"]
-
-
-def started(job, callback: str) -> JobStarted:  # type: ignore[no-untyped-def]
-    return JobStarted(
-        id=job.id,
-        version=2,
-        at=job.at,
-        job_id=job.job_id,
-        client=job.client,
-        workflow=job.workflow,
-        attempt=1,
-        executor="test",
-        callbacks=[callback],
-    )

@@ -7,7 +7,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from taskengine_contracts.events import JobSubmitted, RunSpec, SettingChanged
+from taskengine_contracts.events import JobStarted, JobSubmitted, RunSpec, SettingChanged
 from taskengine_core.ids import SETTINGS_STREAM, job_stream
 
 _numbers = itertools.count(random.randrange(10**6, 10**9, 10**5))
@@ -43,6 +43,21 @@ def submitted(
         state="scheduled" if delay > 0 else "queued",
         run=RunSpec(kind=kind, timeout=timeout),
         callbacks=callbacks or [],
+    )
+
+
+def started(job: JobSubmitted, callbacks: list[str], version: int = 3) -> JobStarted:
+    """`job` started (its first attempt), after its admission (version 2)."""
+    return JobStarted(
+        id=job.id,
+        version=version,
+        at=job.at,
+        job_id=job.job_id,
+        client=job.client,
+        workflow=job.workflow,
+        attempt=1,
+        executor="test",
+        callbacks=callbacks,
     )
 
 
