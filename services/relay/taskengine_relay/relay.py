@@ -24,7 +24,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from taskengine_contracts import subjects
 from taskengine_core.partitions import tracking_names
 from taskengine_runtime import Runtime, metrics
-from taskengine_runtime.bus import FAILOVER, FAILOVER_PAUSE
+from taskengine_runtime.bus import FAILOVER, FAILOVER_PAUSE, TRACK_EVERY
 from taskengine_runtime.failures import describe
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,6 @@ NAME = "relay"
 BATCH = 2000
 IDLE_POLL = 0.5
 """Seconds idle between reads of the log when no commit was heard (a lost NOTIFY)."""
-TRACK_EVERY = 1.0
-"""Seconds between two records of the relay's position while it publishes; idle, it records
-it at once. A relay restarted publishes again what followed the record (JetStream drops it
-within its duplicate window, consumers beyond it), so the record need not follow each batch."""
 ACK_TIMEOUT = 10.0
 """Seconds a batch waits for its acks before it is published again (JetStream answers in
 milliseconds; an answer lost with a stream leader that died never comes)."""
@@ -85,6 +81,9 @@ async def relay(runtime: Runtime) -> None:
         if not await _acked(publisher, runtime):
             continue  # NATS came back meanwhile: the batch may be lost, publish it again
         position = notes[-1].id
+        # While publishing, the position is recorded as lazily as a consumer's; idle, at once.
+        # A relay restarted publishes again what followed the record (JetStream drops it
+        # within its duplicate window, consumers beyond it).
         if position > tracked and time.monotonic() - tracked_at >= TRACK_EVERY:
             await track()
         # Past all that was heard, it waits for news rather than read the log for nothing.
