@@ -28,7 +28,6 @@ consumer and topic (`taskengine_runtime.hops`).
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import os
 import subprocess
@@ -40,13 +39,12 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from tests.bench import callbacks, idle, paced
+from tests.bench import breakdown, callbacks, idle, paced
 from tests.bench.embedded import (
     CONNECTIONS,
     Connection,
     Embedded,
     embedded,
-    p50_p99,
     percentiles,
     wait_for_completion,
 )
@@ -54,7 +52,6 @@ from tests.bench.embedded import (
 JOBS = int(os.environ.get("BENCH_JOBS", "2000"))
 LIST_ROUNDS = int(os.environ.get("BENCH_LIST_ROUNDS", "300"))
 HOPS = os.environ.get("BENCH_HOPS", "1") != "0"
-CHAIN = ("job.submitted", "job.admitted", "job.started", "job.succeeded")
 
 
 async def submit_all(port: int, count: int) -> dict[int, tuple[float, float]]:
@@ -94,7 +91,7 @@ def main() -> int:
         time.sleep(1)
         burst(system)
         replay(system)
-        paced.report(system)
+        paced.report(system, HOPS)
         callbacks.report(system)
         list_after_write(system)
     return 0
@@ -120,71 +117,10 @@ def burst(system: Embedded) -> None:
         print(f"  submit -> ack      {percentiles([a - s for s, a in submitted.values()])}")
         print(f"  submit -> start    {percentiles([times[j][0] - submitted[j][0] for j in times])}")
         print(f"  submit -> complete {percentiles([times[j][1] - submitted[j][0] for j in times])}")
-        cpu_breakdown(cpu_before, idle.cpu_by_name(system.supervisor), elapsed)
-        chain_breakdown(db, set(submitted))
+        breakdown.cpu(cpu_before, idle.cpu_by_name(system.supervisor), elapsed, JOBS)
+        breakdown.chain(db, set(submitted))
     if HOPS:
-        hop_breakdown(system.data_dir / "run", since=started)
-
-
-def cpu_breakdown(before: dict[str, float], after: dict[str, float], elapsed: float) -> None:
-    """Each component's CPU per job in the burst, and the jobs/s one instance of it could
-    carry with a core of its own at that cost (the scaling model's figure: which component
-    caps the system first, docs/architecture.md)."""
-    used = {name: after[name] - before.get(name, 0.0) for name in after}
-    print(f"per component, CPU over the burst ({elapsed:.1f} s, 2 cores):")
-    for name, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
-        if seconds < 0.05:
-            continue
-        per_job = seconds / JOBS * 1000
-        share = seconds / elapsed * 100
-        print(
-            f"  {name.removeprefix('taskengine_'):<12} {per_job:6.3f} ms/job"
-            f"   {share:5.0f}% of a core   one core: {1000 / per_job:8.0f} jobs/s"
-        )
-    total = sum(used.values()) / JOBS * 1000
-    print(f"  {'all':<12} {total:6.3f} ms/job   2 cores: {2000 / total:8.0f} jobs/s at most")
-
-
-def chain_breakdown(db, jobs: set[int]) -> None:  # type: ignore[no-untyped-def]
-    """Each step of a job's life, from the `at` of its lifecycle events: the writer's instant
-    of one to the writer's instant of the next (a commit, a relay hop, a consumer's turn)."""
-    instants: dict[int, dict[str, float]] = {}
-    rows = db.execute(
-        "SELECT topic, state FROM stored_events WHERE topic = ANY(%s)", (list(CHAIN),)
-    ).fetchall()
-    for topic, state in rows:
-        event = json.loads(bytes(state))
-        if event["job_id"] in jobs:
-            at = datetime.fromisoformat(event["at"].replace("Z", "+00:00")).timestamp()
-            instants.setdefault(event["job_id"], {})[topic] = at
-    print("per job, between its lifecycle events (writer's instants):")
-    for earlier, later in zip(CHAIN, CHAIN[1:], strict=False):
-        gaps = [t[later] - t[earlier] for t in instants.values() if earlier in t and later in t]
-        if gaps:
-            print(f"  {earlier[4:]:>9} -> {later[4:]:<9} {percentiles(gaps)}")
-
-
-def hop_breakdown(run: Path, since: float) -> None:
-    """Per consumer and topic, from the hop traces of the events written since `since`:
-    written -> published (the writer's commit and the relay), published -> received (the
-    bus and the consumer's fetch), received -> handled (the consumer's work and commit)."""
-    hops: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
-    for path in sorted(run.glob("hops-*.csv")):
-        with path.open() as file:
-            for row in csv.DictReader(file):
-                if not row["published"] or float(row["written"]) < since:
-                    continue
-                written, published = float(row["written"]), float(row["published"])
-                received, handled = float(row["received"]), float(row["handled"])
-                hops.setdefault((row["consumer"], row["topic"]), []).append(
-                    (published - written, received - published, handled - received)
-                )
-    print("per hop, p50 / p99 ms (written -> published -> received -> handled):")
-    for (consumer, topic), values in sorted(hops.items(), key=lambda kv: -len(kv[1])):
-        if len(values) < 100:
-            continue
-        columns = ["   ".join(p50_p99([v[n] for v in values])) for n in range(3)]
-        print(f"  {consumer:<10} {topic:<15} {len(values):>6}   " + "  |  ".join(columns))
+        breakdown.hops(system.data_dir / "run", since=started)
 
 
 def replay(system: Embedded) -> None:

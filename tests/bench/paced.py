@@ -2,18 +2,30 @@
 each at its own instant whether or not earlier ones were answered (no coordinated omission:
 a late answer counts from when the job was due to be sent). Prints the submit ack and the
 enqueue → start latency (the job's `JobStarted.at` after its due instant).
-Targets at 200/s: ack p50 ≤ 3 ms, p99 ≤ 15 ms; enqueue → start p50 ≤ 5 ms, p99 ≤ 25 ms."""
+Targets at 200/s: ack p50 ≤ 3 ms, p99 ≤ 15 ms; enqueue → start p50 ≤ 5 ms, p99 ≤ 25 ms.
+Each rate's CPU per job by component follows its latencies.
+
+On its own, on a fresh embedded system: `python -m tests.bench.paced` (`BENCH_RATES=200`,
+`BENCH_PACED_SECONDS`, `BENCH_HOPS=0`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import sys
 import time
 
 import psycopg
 
-from tests.bench.embedded import Connection, Embedded, percentiles, wait_for_completion
+from tests.bench import breakdown, idle
+from tests.bench.embedded import (
+    Connection,
+    Embedded,
+    embedded,
+    percentiles,
+    wait_for_completion,
+)
 
 RATES = tuple(int(r) for r in os.environ.get("BENCH_RATES", "200,500").split(","))
 SECONDS = float(os.environ.get("BENCH_PACED_SECONDS", "10"))
@@ -54,13 +66,34 @@ async def submit_paced(port: int, rate: int, seconds: float) -> dict[int, tuple[
     return results
 
 
-def report(system: Embedded) -> None:
+def report(system: Embedded, hops: bool) -> None:
     print(f"paced: noop jobs at a steady rate for {SECONDS:.0f} s each, {POOL} connections")
     for rate in RATES:
+        cpu_before, started = idle.cpu_by_name(system.supervisor), time.time()
         submitted = asyncio.run(submit_paced(system.port, rate, SECONDS))
         with psycopg.connect(system.endpoints["database_url"]) as db:
             times = wait_for_completion(db, set(submitted), deadline=time.monotonic() + 300)
-        acks = [ack - due for due, ack in submitted.values()]
-        starts = [times[job][0] - submitted[job][0] for job in times]
-        print(f"  {rate:4d}/s  submit -> ack     {percentiles(acks)}")
-        print(f"  {rate:4d}/s  enqueue -> start  {percentiles(starts)}")
+            cpu_after, elapsed = idle.cpu_by_name(system.supervisor), time.time() - started
+            acks = [ack - due for due, ack in submitted.values()]
+            starts = [times[job][0] - submitted[job][0] for job in times]
+            print(f"  {rate:4d}/s  submit -> ack     {percentiles(acks)}")
+            print(f"  {rate:4d}/s  enqueue -> start  {percentiles(starts)}")
+            breakdown.cpu(cpu_before, cpu_after, elapsed, len(submitted))
+            breakdown.chain(db, set(submitted))
+        if hops:
+            breakdown.hops(system.data_dir / "run", since=started)
+
+
+def main() -> int:
+    hops = os.environ.get("BENCH_HOPS", "1") != "0"
+    settings = {"TASKENGINE_HOP_TRACE": "true" if hops else "false"}
+    with embedded("te-bench-paced-", **settings) as system:
+        system.setting("max_jobs", 10_000)
+        asyncio.run(submit_paced(system.port, 50, 1.0))  # warm-up: connections, consumers
+        time.sleep(1)
+        report(system, hops)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
