@@ -243,6 +243,21 @@ CREATE TABLE IF NOT EXISTS rejected_messages (
     UNIQUE (consumer, stream_seq)
 );
 
+-- A consumer's tracking record moved forward to `upto` in the transaction it runs in, or
+-- the transaction fails (unique_violation) when the record is there already. eventsourcing's
+-- own statement returns the row and the caller reads it back, which inside a commit's
+-- pipeline is a round trip of its own before the rest of the commit can go.
+CREATE OR REPLACE FUNCTION taskengine_track(consumer text, upto bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO notification_tracking VALUES (consumer, upto)
+    ON CONFLICT (application_name) DO UPDATE SET notification_id = excluded.notification_id
+    WHERE notification_tracking.notification_id < excluded.notification_id;
+    IF NOT FOUND THEN
+        RAISE unique_violation USING MESSAGE = format('%s has tracked %s already', consumer, upto);
+    END IF;
+END $$;
+
 -- A leader's fence (`taskengine_store.leadership`): fails the transaction unless backend
 -- `holder` still holds the leader lock (`high`, `low`: its key as pg_locks shows it), and holds
 -- `commit_key` shared until the transaction ends. A function rather than a DO block, which

@@ -150,7 +150,12 @@ class _Recorder(PostgresProcessRecorder):
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
-        super()._insert_events(curs, stored_events, **kwargs)
+        """The tracking record (`taskengine_track`: eventsourcing's insert reads its row back,
+        a round trip inside the pipeline) and the caller's statements."""
+        tracking: Tracking | None = kwargs.get("tracking")
+        if tracking is not None:
+            position = (tracking.application_name, tracking.notification_id)
+            curs.execute(_TRACK, position, prepare=True)
         for query, params in kwargs.get("statements", ()):
             curs.execute(query, params)
 
@@ -159,7 +164,8 @@ class _Recorder(PostgresProcessRecorder):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         """The whole transaction in one round trip: BEGIN, the tracking record and statements,
-        the table lock, the events and COMMIT go out together and are answered together.
+        the table lock, the events and COMMIT go out together, with the one sync that ends
+        the pipeline, and are answered together (nothing in it reads a result back).
 
         eventsourcing's own insert waits for the events' ids before it sends COMMIT, and
         psycopg's `transaction()` in a pipeline syncs on entry and exit: three round trips,
@@ -169,14 +175,13 @@ class _Recorder(PostgresProcessRecorder):
             assert conn.autocommit
             inserted = conn.cursor()
             try:
-                with conn.pipeline() as pipeline, conn.cursor() as curs:
+                with conn.pipeline(), conn.cursor() as curs:
                     curs.execute(_BEGIN)
                     self._insert_events(curs, stored_events, **kwargs)
                     if stored_events:
                         self._lock_table(inserted)
                         inserted.execute(self.insert_arrays, _columns(stored_events))
                     curs.execute(_COMMIT)
-                    pipeline.sync()
             except psycopg.Error:
                 # A statement failed: the server skipped the rest, COMMIT too, up to the sync,
                 # and the transaction is left aborted. The ROLLBACK goes out even if there is
@@ -203,6 +208,7 @@ def _columns(stored_events: Sequence[StoredEvent]) -> tuple[list[Any], ...]:
 
 
 _BEGIN, _COMMIT, _ROLLBACK = b"BEGIN", b"COMMIT", b"ROLLBACK"
+_TRACK = b"SELECT taskengine_track(%s, %s)"
 
 
 class EventStore:
