@@ -6,7 +6,9 @@ Targets at 200/s: ack p50 ≤ 3 ms, p99 ≤ 15 ms; enqueue → start p50 ≤ 5 m
 Each rate's CPU per job by component follows its latencies.
 
 On its own, on a fresh embedded system: `python -m tests.bench.paced` (`BENCH_RATES=200`,
-`BENCH_PACED_SECONDS`, `BENCH_HOPS=0`)."""
+`BENCH_PACED_SECONDS`, `BENCH_HOPS=0`, and `BENCH_TASKENGINE_<SETTING>=<value>` to run the
+system with `TASKENGINE_<SETTING>`: the embedded system takes nothing from the caller's
+environment)."""
 
 from __future__ import annotations
 
@@ -87,6 +89,9 @@ def report(system: Embedded, hops: bool) -> None:
 def main() -> int:
     hops = os.environ.get("BENCH_HOPS", "1") != "0"
     settings = {"TASKENGINE_HOP_TRACE": "true" if hops else "false"}
+    # A/B of a setting: BENCH_TASKENGINE_X=v runs the system with TASKENGINE_X=v.
+    given = {k.removeprefix("BENCH_"): v for k, v in os.environ.items()}
+    settings |= {k: v for k, v in given.items() if k.startswith("TASKENGINE_")}
     with embedded("te-bench-paced-", **settings) as system:
         system.setting("max_jobs", 10_000)
         asyncio.run(submit_paced(system.port, 50, 1.0))  # warm-up: connections, consumers

@@ -247,3 +247,17 @@ def test_drove_lists_and_searches_show_created_and_killed_tasks(system, second_u
         pairs.run(2 * ROUNDS, one)
     assert pairs.count == 200
     assert pairs.misses == [] and pairs.stale == 0
+
+
+def test_a_read_that_waits_does_not_wait_out_the_projectors_pace(system_factory):
+    """The projector takes a batch at most every second here, and a read waits half a second
+    for the read models: a read that had to wait out the pace would answer stale. Waiting,
+    it tells the projector so (a NOTIFY), which takes its next batch at once."""
+    system = system_factory(TASKENGINE_FOLLOW_INTERVAL="1", TASKENGINE_READ_WAIT="0.5")
+    later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.000")
+    with system.client() as client:
+        for _ in range(10):  # each right after the previous batch: inside its pace
+            job = ok(client.post("/job", json={"job": {"workflow": "noop"}, "run_at": later}))
+            response = client.get("/jobs", params={"job_ids": job["id"]})
+            assert response.headers.get(STALE) != "true"
+            assert [row["id"] for row in response.json()] == [job["id"]]

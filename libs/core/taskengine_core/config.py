@@ -159,13 +159,13 @@ class EngineSettings(BaseSettings):
         " write acknowledged before it; answered stale (X-Taskengine-Stale) after that; 0: no wait",
     )
     follow_interval: float = Field(
-        default=0.01,
+        default=0.05,
         ge=0,
         le=1,
         description="seconds between two batches of the projector (off a job's way to its"
-        " start): under load it takes what came meanwhile as one batch, not many small ones,"
-        " and the read models lag by at most this more (a list right after a write waits for"
-        " them); 0: each batch at once",
+        " start): under load it takes what came meanwhile as one batch, not many small ones;"
+        " a list, search or count waiting for the read models cuts the pause short; 0: each"
+        " batch at once",
     )
     reaction_interval: float = Field(
         default=0.05,

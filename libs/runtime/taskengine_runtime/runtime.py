@@ -25,7 +25,7 @@ from taskengine_core.confinement import not_dumpable
 from taskengine_core.ids import SETTINGS_STREAM
 from taskengine_core.settings import RuntimeSettings
 from taskengine_core.workflows import allow_inline, load_registry
-from taskengine_store.commits import listen_to_commits
+from taskengine_store.commits import WAITING, listen_to_commits
 from taskengine_store.rejected import Rejected, record
 from taskengine_store.store import Conflict, EventStore, Statement
 
@@ -60,6 +60,7 @@ class Runtime:
     """The last positions of the last `ENDS_KEPT` commits heard, oldest first (commits are
     announced in the order they committed, so the newest is the store's head as heard)."""
     _hearing: asyncio.Task[None] | None = None
+    _waited_for: Callable[[str], None] | None = None
     _news: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a commit is heard."""
 
@@ -138,10 +139,17 @@ class Runtime:
         its head, known without a round trip; 0 until the first. Listens from the first call
         on."""
         if self._hearing is None:
+            also = {WAITING: self._waited_for} if self._waited_for else None
             self._hearing = asyncio.create_task(
-                listen_to_commits(self.config.database_url, self._heard, self.name)
+                listen_to_commits(self.config.database_url, self._heard, self.name, also)
             )
         return self._last_heard()
+
+    def when_waited_for(self, follower: str, hurry: Callable[[], None]) -> None:
+        """Calls `hurry` whenever a reader waits for `follower` to catch up with the store
+        (`EventStore.head_and_tracked(..., waiting=True)`); before the first `heard`."""
+        assert self._hearing is None, "set before listening"
+        self._waited_for = lambda name: hurry() if name == follower else None
 
     async def news(self, past: int, timeout: float) -> None:
         """Returns once a commit that ends past `past` is heard, or after `timeout` (a NOTIFY

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from taskengine_runtime import pacing
 from taskengine_runtime.pacing import Pacing
@@ -12,7 +14,7 @@ def clock(monkeypatch):  # type: ignore[no-untyped-def]
     """A clock that moves only when told, and records the pauses asked for."""
     state = {"now": 100.0, "pauses": []}
 
-    async def sleep(seconds: float) -> None:
+    async def sleep(seconds: float, until: object) -> None:
         state["pauses"].append(round(seconds, 6))
         state["now"] += seconds
 
@@ -43,3 +45,20 @@ async def test_no_interval_never_pauses(clock):  # type: ignore[no-untyped-def]
     paced.began()
     await paced.wait()
     assert clock["pauses"] == []
+
+
+async def test_a_hurry_ends_the_pause_at_once_and_only_once():
+    paced = Pacing(30.0)
+    paced.began()
+    waiting = asyncio.create_task(paced.wait())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # in its pause
+    paced.hurry()
+    await asyncio.wait_for(waiting, 5)  # not 30 s
+    paced.hurry()  # while busy: the next pause is skipped...
+    await asyncio.wait_for(paced.wait(), 5)
+    paced.began()
+    later = asyncio.create_task(paced.wait())  # ...and only that one
+    await asyncio.sleep(0.05)
+    assert not later.done()
+    later.cancel()

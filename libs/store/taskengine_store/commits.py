@@ -2,13 +2,17 @@
 of events, its payload the commit's last position. A follower of the log (the relay, the
 projector) sleeps until there is something new instead of polling hard to stay prompt, and
 reads the log only when a commit past what it holds was heard; a consumer of the bus learns
-how far the store got without asking it (`Runtime.heard`)."""
+how far the store got without asking it (`Runtime.heard`).
+
+A reader waiting for a follower to catch up says so on `WAITING`, its payload the follower's
+name (`EventStore.head_and_tracked`): the projector then takes its next batch at once rather
+than at its pace."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import psycopg
 from psycopg import pq
@@ -16,16 +20,25 @@ from psycopg import pq
 log = logging.getLogger(__name__)
 
 CHANNEL = "stored_events"
+WAITING = "taskengine_waiting"
 
 
-async def listen_to_commits(database_url: str, told: Callable[[str], None], who: str) -> None:
-    """Tells `told` each commit's payload (its last position), reconnecting when the connection
-    drops. Whoever relies on it must have another way for what it misses meanwhile."""
+async def listen_to_commits(
+    database_url: str,
+    told: Callable[[str], None],
+    who: str,
+    also: Mapping[str, Callable[[str], None]] | None = None,
+) -> None:
+    """Tells `told` each commit's payload (its last position), and each callback of `also` the
+    payloads of its channel, reconnecting when the connection drops. Whoever relies on it must
+    have another way for what it misses meanwhile."""
+    channels = {CHANNEL: told, **(also or {})}
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-                await conn.execute(f"LISTEN {CHANNEL}")
-                await _notifications(conn.pgconn, told)
+                for channel in channels:
+                    await conn.execute(f"LISTEN {channel}")
+                await _notifications(conn.pgconn, channels)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -33,12 +46,14 @@ async def listen_to_commits(database_url: str, told: Callable[[str], None], who:
             await asyncio.sleep(1)
 
 
-async def _notifications(pgconn: pq.abc.PGconn, told: Callable[[str], None]) -> None:
-    """Tells `told` the payload of each notification the connection receives; raises once the
-    connection fails. One reader for the connection's whole life, called when its socket has
-    something: psycopg's `notifies()` adds and removes a reader and makes a future for every
-    notification (6 processes listen, and each commit of events wakes them all: 90 µs of CPU
-    a notification in each, against 30 µs this way)."""
+async def _notifications(
+    pgconn: pq.abc.PGconn, channels: Mapping[str, Callable[[str], None]]
+) -> None:
+    """Tells its channel's callback the payload of each notification the connection receives;
+    raises once the connection fails. One reader for the connection's whole life, called when
+    its socket has something: psycopg's `notifies()` adds and removes a reader and makes a
+    future for every notification (6 processes listen, and each commit of events wakes them
+    all: 90 µs of CPU a notification in each, against 30 µs this way)."""
     loop = asyncio.get_running_loop()
     failed: asyncio.Future[None] = loop.create_future()
     socket = pgconn.socket
@@ -47,7 +62,8 @@ async def _notifications(pgconn: pq.abc.PGconn, told: Callable[[str], None]) -> 
         try:
             pgconn.consume_input()  # raises when the server is gone
             while (note := pgconn.notifies()) is not None:
-                told(note.extra.decode())
+                if (tell := channels.get(note.relname.decode())) is not None:
+                    tell(note.extra.decode())
         except Exception as error:
             loop.remove_reader(socket)
             if not failed.done():

@@ -33,6 +33,7 @@ from psycopg.sql import SQL, Identifier, Literal
 from taskengine_contracts.events import Event, JobEvent, decode, encode, topic_of
 from taskengine_core.jobs import Job
 
+from taskengine_store.commits import WAITING
 from taskengine_store.schema import SCHEMA
 
 log = logging.getLogger(__name__)
@@ -439,20 +440,24 @@ class EventStore:
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0
 
-    def head_and_tracked(self, name: str) -> tuple[int, int]:
+    def head_and_tracked(self, name: str, waiting: bool = False) -> tuple[int, int]:
         """The store's head (`max_position`) and `name`'s tracked position, read in one
-        statement: one snapshot, one round trip (what a reader waiting for a consumer polls)."""
+        statement: one snapshot, one round trip (what a reader waiting for a consumer polls).
+        `waiting`: the same statement tells `name` that a reader waits for it (a NOTIFY on
+        `commits.WAITING`), which makes the projector take its next batch at once."""
+        told = SQL(", pg_notify({}, %s) AS told").format(Literal(WAITING))
         sql = SQL(
             "SELECT (SELECT max(notification_id) FROM {schema}.{events}) AS head,"
             " (SELECT max(notification_id) FROM {schema}.{tracking}"
-            " WHERE application_name = %s) AS tracked"
+            " WHERE application_name = %s) AS tracked{told}"
         ).format(
             schema=Identifier(self.datastore.schema),
             events=Identifier(self.recorder.events_table_name),
             tracking=Identifier(self.recorder.tracking_table_name),
+            told=told if waiting else SQL(""),
         )
         with self._reading() as curs:
-            curs.execute(sql, (name,))
+            curs.execute(sql, (name, name) if waiting else (name,))
             row = curs.fetchone()
         assert row is not None
         return row["head"] or 0, row["tracked"] or 0

@@ -11,7 +11,9 @@ is answered anyway, from what the projector has, and says so: the response carri
 One poller per gateway process reads the head and the tracked position (one statement) while
 reads wait, and wakes all those it finds caught up: many concurrent reads cost one poll per
 `POLL_INTERVAL`, not one each. A read arriving while a poll is under way waits for the next
-poll, whose head includes its predecessors' writes.
+poll, whose head includes its predecessors' writes. Each poll also tells the projector that
+a read waits (`EventStore.head_and_tracked(waiting=True)`): it takes its next batch at once
+instead of at its pace (`TASKENGINE_FOLLOW_INTERVAL`).
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ class Reads:
         store = self.runtime.store
 
         async def positions() -> tuple[int, int]:
-            return await self.runtime.call(store.head_and_tracked, PROJECTOR)
+            return await self.runtime.call(store.head_and_tracked, PROJECTOR, True)
 
         self.caught_up = CaughtUp(positions, self.runtime.config.read_wait)
 

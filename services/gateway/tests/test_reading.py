@@ -110,7 +110,7 @@ async def test_a_list_that_could_not_wait_is_answered_and_marked_stale():
     """Through litestar: the handler's read marks its own response, and only that one."""
 
     class Store:
-        def head_and_tracked(self, name: str) -> tuple[int, int]:
+        def head_and_tracked(self, name: str, waiting: bool = False) -> tuple[int, int]:
             return (10, 3) if name == "projector" else (0, 0)
 
     class Config:

@@ -78,6 +78,7 @@ async def follow(runtime: Runtime, position: int, skip: set[int]) -> None:
         await runtime.call(store.commit, tracking=tracking, statements=statements)
 
     pacing = Pacing(runtime.config.follow_interval)
+    runtime.when_waited_for(PROJECTOR, pacing.hurry)  # a list waits for what we project
     delay = 0.2
     while True:
         try:
