@@ -12,7 +12,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from taskengine_contracts.events import JobAdmitted, JobCancelled
 from taskengine_core.jobs import JobRef, advance
 from taskengine_runtime.failures import is_transient
-from taskengine_store.commits import CHANNEL, listen_to_commits
+from taskengine_store.commits import CHANNEL, WAITING, listen_to_commits
 from taskengine_store.store import STALE_PLAN, Conflict, EventStore
 
 from tests.support.factories import submitted
@@ -191,6 +191,20 @@ def test_a_commit_of_events_announces_its_last_position_to_listeners(store, data
         second = store.commit([submitted(job_id=4)])
         payloads = [note.payload for note in listener.notifies(timeout=2, stop_after=3)]
     assert payloads == [str(first[-1]), str(second[-1])]
+
+
+def test_a_reader_waiting_tells_the_follower_only_while_it_is_behind(store, database_url):
+    """However often reads poll, a follower that holds the head hears nothing of them."""
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {WAITING}")
+        [position] = store.commit([submitted()])
+        store.commit([], Tracking("projector", position))
+        for _ in range(50):  # a flood of reads while the follower is caught up
+            assert store.head_and_tracked("projector", waiting=True) == (position, position)
+        [ahead] = store.commit([submitted()])
+        assert store.head_and_tracked("projector", waiting=True) == (ahead, position)
+        notes = list(listener.notifies(timeout=1))
+    assert [(note.channel, note.payload) for note in notes] == [(WAITING, "projector")]
 
 
 def test_a_commit_waits_for_the_log_lock_whatever_lock_timeout_the_database_sets(database_url):

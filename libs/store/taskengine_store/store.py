@@ -443,13 +443,16 @@ class EventStore:
     def head_and_tracked(self, name: str, waiting: bool = False) -> tuple[int, int]:
         """The store's head (`max_position`) and `name`'s tracked position, read in one
         statement: one snapshot, one round trip (what a reader waiting for a consumer polls).
-        `waiting`: the same statement tells `name` that a reader waits for it (a NOTIFY on
-        `commits.WAITING`), which makes the projector take its next batch at once."""
-        told = SQL(", pg_notify({}, %s) AS told").format(Literal(WAITING))
+        `waiting`: if `name` is behind, the same statement tells it that a reader waits (a
+        NOTIFY on `commits.WAITING`), which makes the projector take its next batch at once."""
+        told = SQL(", (SELECT pg_notify({}, %s) WHERE head > coalesce(tracked, 0))").format(
+            Literal(WAITING)
+        )
         sql = SQL(
-            "SELECT (SELECT max(notification_id) FROM {schema}.{events}) AS head,"
+            "SELECT head, tracked{told} FROM"
+            " (SELECT (SELECT max(notification_id) FROM {schema}.{events}) AS head,"
             " (SELECT max(notification_id) FROM {schema}.{tracking}"
-            " WHERE application_name = %s) AS tracked{told}"
+            " WHERE application_name = %s) AS tracked) AS now"
         ).format(
             schema=Identifier(self.datastore.schema),
             events=Identifier(self.recorder.events_table_name),
