@@ -53,8 +53,11 @@ RELEASES = (
     JobScheduled,
 )
 """Events after which a job holds no slot and waits for none."""
-CONSUMED = (JobSubmitted, JobQueued, JobAdmitted, JobUpdated, *RELEASES, SettingChanged)
-"""Every event admission applies (settings included)."""
+CONSUMED = (JobSubmitted, JobQueued, JobUpdated, *RELEASES, SettingChanged)
+"""Every event admission applies (settings included). Not its own `JobAdmitted`: it applies
+each to its queue as the commit that stores it succeeds (`_admit`), and only it writes them,
+in the same transaction as its queue rows and position; read back from the bus they would
+change nothing, and cost a batch a job."""
 
 _UPSERT = (
     "INSERT INTO admission_queue (job_uuid, job_id, client, workflow, priority, version,"
@@ -119,10 +122,6 @@ class Admission:
                         attempt=attempts,
                         concurrency_key=event.concurrency_key,
                     )
-                case JobAdmitted() if event.id in self.entries:
-                    entry = self.entries[event.id]
-                    entry.admitted, entry.version = True, event.version
-                    entry.attempt = event.attempt
                 case JobUpdated() if event.id in self.entries:
                     entry = self.entries[event.id]
                     entry.priority, entry.version = event.priority, event.version
@@ -253,6 +252,12 @@ class Admission:
         return statements
 
 
+def filter_subjects() -> list[str]:
+    """The subjects of what admission consumes (`CONSUMED`)."""
+    jobs = (subjects.subject_for(e) for e in CONSUMED if e is not SettingChanged)
+    return [*jobs, subjects.SETTINGS]
+
+
 async def load_entries(runtime: Runtime) -> dict[UUID, Entry]:
     rows = await runtime.call(runtime.store.query, "SELECT * FROM admission_queue")
     return {r["job_uuid"]: Entry(**r) for r in rows}
@@ -284,10 +289,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
     consumer = BatchConsumer(
         runtime.js,
         durable=NAME,
-        filter_subjects=[
-            *(subjects.subject_for(e) for e in CONSUMED if e is not SettingChanged),
-            subjects.SETTINGS,
-        ],
+        filter_subjects=filter_subjects(),
         handler=service.on_job_events,
         handled=position,
         track=runtime.tracker(NAME, lock.fence),

@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from eventsourcing.persistence import Tracking
-from taskengine_admission.admission import Admission
+from taskengine_admission.admission import CONSUMED, Admission, filter_subjects
+from taskengine_contracts import subjects
 from taskengine_contracts.events import (
     Event,
     JobAdmitted,
@@ -193,21 +194,31 @@ async def test_a_batch_ending_inside_a_commit_is_decided_with_the_whole_commit()
     assert 4 not in {e.job_id for e in admission.entries.values()}
 
 
-async def test_its_own_admissions_coming_back_commit_nothing():
-    """A batch that changes nothing (the `JobAdmitted` it wrote, read back from the bus) costs
-    no commit: the consumer then records the position lazily."""
+def test_it_does_not_read_its_own_admissions_back_from_the_bus():
+    """Only admission writes `JobAdmitted`, and applies each as its commit succeeds: read back
+    from the bus, they would cost a batch a job and change nothing."""
+    assert JobAdmitted not in CONSUMED
+    assert subjects.subject_for(JobAdmitted) not in filter_subjects()
+    assert subjects.subject_for(JobSubmitted) in filter_subjects()
+
+
+async def test_a_slot_is_held_from_the_commit_that_admits_the_job():
+    """With no `JobAdmitted` coming back, the commit itself marks the entry admitted: the
+    slot stays taken for the next batch, until an event frees it."""
     admission, store = controller()
-    job = submitted(1)
-    store.append(job)
-    assert await admission.on_job_events(batch((1, job)))  # admits it: one commit
-    (admitted,) = admissions(store)
+    first, second = submitted(1), submitted(2)
+    store.append(first, second)
+    assert await admission.on_job_events(batch((1, setting(1, "max_jobs", 1)), (2, first)))
+    entry = admission.entries[first.id]
+    assert entry.admitted and entry.version == 2 and entry.attempt == 1
+    assert await admission.on_job_events(batch((3, second)))
+    assert [e.job_id for e in admissions(store)] == [1]  # the only slot is taken
     commits = len(store.commits)
-    assert not await admission.on_job_events(batch((2, admitted)))
-    assert len(store.commits) == commits
-    ids = {"id": job.id, "at": T0, "job_id": 1, "client": "c", "workflow": "noop", "attempt": 1}
+    ids = {"id": first.id, "at": T0, "job_id": 1, "client": "c", "workflow": "noop", "attempt": 1}
     store.append(JobStarted(version=3, executor="noop", **ids))
     done = JobSucceeded(version=4, **ids)
-    assert await admission.on_job_events(batch((4, done)))  # the slot freed: its row goes
+    assert await admission.on_job_events(batch((5, done)))  # the slot freed: job 2 takes it
+    assert [e.job_id for e in admissions(store)] == [1, 2]
     assert len(store.commits) == commits + 1
 
 
