@@ -159,7 +159,7 @@ class EngineSettings(BaseSettings):
         " write acknowledged before it; answered stale (X-Taskengine-Stale) after that; 0: no wait",
     )
     follow_interval: float = Field(
-        default=0.05,
+        default=0.2,
         ge=0,
         le=1,
         description="seconds between two batches of the projector (off a job's way to its"
