@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
-from taskengine_contracts.events import JobAdmitted, JobCancelled
+from taskengine_contracts.events import JobAdmitted, JobCancelled, decode, topic_of
 from taskengine_core.jobs import JobRef, advance
 from taskengine_runtime.failures import is_transient
 from taskengine_store.commits import CHANNEL, WAITING, listen_to_commits
@@ -103,25 +103,27 @@ def test_a_statement_prepared_before_a_migration_fails_as_a_wait_then_works(data
     store = EventStore(database_url, pool_size=1)
     store.datastore.pool.kwargs["prepare_threshold"] = 0  # prepared from the first run
     try:
-        store.commit([submitted(job_id=1)])
+        job = submitted(job_id=1)
+        store.commit([job])
         for _ in range(4):
-            assert len(store.notifications(0, 10)) == 1
+            assert len(store.stream(job.id)) == 1
         with psycopg.connect(database_url, autocommit=True) as migrate:
             migrate.execute("ALTER TABLE stored_events ADD COLUMN added_later int")
         failures = 0
         while True:
             try:
-                notes = store.notifications(0, 10)
+                events = store.stream(job.id)
                 break
             except Exception as error:
                 assert STALE_PLAN in str(error) and is_transient(error)
                 failures += 1
                 assert failures <= store.datastore.pool.max_size  # once per connection
-        assert failures >= 1 and len(notes) == 1
+        assert failures >= 1 and len(events) == 1
         for _ in range(4):  # on every connection of the pool
-            assert len(store.notifications(0, 10)) == 1
-        store.commit([submitted(job_id=2)])
-        assert len(store.notifications(0, 10)) == 2
+            assert len(store.stream(job.id)) == 1
+        other = submitted(job_id=2)
+        store.commit([other])
+        assert len(store.stream(other.id)) == 1
     finally:
         store.close()
 
@@ -271,3 +273,29 @@ async def until(condition, timeout: float = 5) -> None:  # type: ignore[no-untyp
     while not condition():
         assert time.monotonic() < deadline, "not within the timeout"
         await asyncio.sleep(0.02)
+
+
+async def test_the_outbox_reads_the_log_in_order_and_opens_a_connection_cut_off_again(store):
+    """The relay's reader: the events after a position, in order, at most `limit`, each with
+    what its message needs (position, stream, version, topic, state); a connection cut off
+    (PostgreSQL restarted, say) is opened again and the read goes on."""
+    jobs = [submitted(job_id=n) for n in range(1, 6)]
+    store.commit(jobs[:3])
+    store.commit(jobs[3:])
+    start = store.max_position() - 5
+    outbox = store.outbox()
+    try:
+        first = await outbox.after(start, 2)
+        assert [(o.stream, o.version, o.topic) for o in first] == [
+            (str(job.id), 1, topic_of(job)) for job in jobs[:2]
+        ]
+        assert [o.position for o in first] == [start + 1, start + 2]
+        with psycopg.connect(store.database_url, autocommit=True) as admin:
+            assert outbox.conn is not None
+            admin.execute("SELECT pg_terminate_backend(%s)", (outbox.conn.info.backend_pid,))
+        rest = await outbox.after(first[-1].position, 100)
+        assert [o.position for o in rest] == [start + 3, start + 4, start + 5]
+        assert [decode(o.state) for o in first + rest] == jobs
+        assert await outbox.after(rest[-1].position, 100) == []
+    finally:
+        await outbox.close()

@@ -7,6 +7,7 @@ changes, so a consumer's effects and its position can never disagree.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,7 +21,6 @@ import psycopg
 from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
-    Notification,
     OperationalError,
     StoredEvent,
     Tracking,
@@ -86,6 +86,68 @@ class Position:
 
     position: int
     event: Event
+
+
+class Outgoing(NamedTuple):
+    """A stored event as the relay publishes it: its position, stream (as text), version,
+    topic and encoded state."""
+
+    position: int
+    stream: str
+    version: int
+    topic: str
+    state: bytes
+
+
+class Outbox:
+    """The log after a position, read on the event loop by its one close follower (the relay),
+    on a connection of its own: no thread hop, one prepared statement, binary rows, and the
+    stream id as text (what the message id needs), not a `UUID` built in Python. At 50 jobs/s
+    a read through the thread pool and eventsourcing's `select_notifications` took 0.73 ms
+    (p50) of the relay's 3 ms from a commit heard to its events acknowledged by JetStream.
+
+    A lost connection is opened again, as eventsourcing's recorder does (10 attempts, 0.2 s
+    apart); past that the error is raised. So is one whose prepared statement a migration
+    made stale (`STALE_PLAN`)."""
+
+    ATTEMPTS, PAUSE = 10, 0.2
+
+    def __init__(self, database_url: str, query: bytes):
+        self.database_url, self.query = database_url, query
+        self.conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+
+    async def after(self, position: int, limit: int) -> list[Outgoing]:
+        for attempt in range(1, self.ATTEMPTS + 1):
+            try:
+                conn = await self._connection()
+                cursor = await conn.execute(
+                    self.query, (position, limit), prepare=True, binary=True
+                )
+                return [Outgoing(*row) for row in await cursor.fetchall()]
+            except psycopg.errors.FeatureNotSupported as error:
+                if STALE_PLAN not in str(error) or attempt == self.ATTEMPTS:
+                    raise
+                await self.close()  # its statements are prepared again on the next
+                continue
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                await self.close()
+                if attempt == self.ATTEMPTS:
+                    raise
+                await asyncio.sleep(self.PAUSE)
+        raise AssertionError("unreachable")
+
+    async def _connection(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+        if self.conn is None or self.conn.closed:
+            self.conn = await psycopg.AsyncConnection.connect(
+                self.database_url, autocommit=True, connect_timeout=10
+            )
+        return self.conn
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            with suppress(psycopg.Error):
+                await self.conn.close()
+            self.conn = None
 
 
 STALE_PLAN = "cached plan must not change result type"
@@ -216,6 +278,7 @@ class EventStore:
     """Append-only source of truth. Blocking: call it from a thread, once per batch."""
 
     def __init__(self, database_url: str, pool_size: int = 4, create_tables: bool = False):
+        self.database_url = database_url
         url = urlparse(database_url)
         self.datastore = _Datastore(
             dbname=url.path.lstrip("/") or "postgres",
@@ -393,12 +456,16 @@ class EventStore:
         }
         return {i: job for i, job in jobs.items() if job is not None}
 
-    def notifications(self, after: int, limit: int, stop: int | None = None) -> list[Notification]:
-        return list(
-            self.recorder.select_notifications(
-                start=after, limit=limit, stop=stop, inclusive_of_start=False
-            )
+    def outbox(self) -> Outbox:
+        """The log read on the event loop, for the relay (`Outbox`)."""
+        sql = SQL(
+            "SELECT notification_id, originator_id::text, originator_version, topic, state"
+            " FROM {schema}.{events} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+        ).format(
+            schema=Identifier(self.datastore.schema),
+            events=Identifier(self.recorder.events_table_name),
         )
+        return Outbox(self.database_url, sql.as_string(None).encode())
 
     def entries(self, after: int, limit: int) -> list[Entry]:
         """Up to `limit` events after position `after`, in order, as a projection reads them."""

@@ -40,6 +40,7 @@ milliseconds; an answer lost with a stream leader that died never comes)."""
 
 async def relay(runtime: Runtime) -> None:
     store = runtime.store
+    outbox = store.outbox()
     publisher = Publisher(runtime.nc)
     await publisher.start()
     tracked = await runtime.call(store.tracked, NAME)
@@ -55,39 +56,41 @@ async def relay(runtime: Runtime) -> None:
         await runtime.call(store.track, NAME, position)
         tracked, tracked_at = position, time.monotonic()
 
-    while True:
-        if runtime.reconnects.count != reconnects:
-            reconnects = runtime.reconnects.count
-            position = await _resume_from(runtime, position)
-            log.warning("relay: NATS reconnected; publishing again after %d", position)
-        heard = runtime.heard()
-        notes = await runtime.call(store.notifications, position, BATCH)
-        if not notes:
-            if position > tracked:  # below it we are re-publishing after a reconnect
+    try:
+        while True:
+            if runtime.reconnects.count != reconnects:
+                reconnects = runtime.reconnects.count
+                position = await _resume_from(runtime, position)
+                log.warning("relay: NATS reconnected; publishing again after %d", position)
+            heard = runtime.heard()
+            notes = await outbox.after(position, BATCH)
+            if not notes:
+                if position > tracked:  # below it we are re-publishing after a reconnect
+                    await track()
+                await runtime.news(max(heard, position), IDLE_POLL)
+                continue
+            publisher.begin(len(notes))
+            for note in notes:
+                headers = {
+                    subjects.MSG_ID_HEADER: subjects.message_id(note.stream, note.version),
+                    subjects.POSITION_HEADER: str(note.position),
+                }
+                if stamp:
+                    headers[subjects.PUBLISHED_HEADER] = f"{time.time():.6f}"
+                await publisher.publish(subjects.subject_for_topic(note.topic), note.state, headers)
+            if not await _acked(publisher, runtime):
+                continue  # NATS came back meanwhile: the batch may be lost, publish it again
+            position = notes[-1].position
+            # While publishing, the position is recorded as lazily as a consumer's; idle, at once.
+            # A relay restarted publishes again what followed the record (JetStream drops it
+            # within its duplicate window, consumers beyond it).
+            if position > tracked and time.monotonic() - tracked_at >= TRACK_EVERY:
                 await track()
-            await runtime.news(max(heard, position), IDLE_POLL)
-            continue
-        publisher.begin(len(notes))
-        for note in notes:
-            headers = {
-                subjects.MSG_ID_HEADER: subjects.message_id(
-                    note.originator_id, note.originator_version
-                ),
-                subjects.POSITION_HEADER: str(note.id),
-            }
-            if stamp:
-                headers[subjects.PUBLISHED_HEADER] = f"{time.time():.6f}"
-            await publisher.publish(subjects.subject_for_topic(note.topic), note.state, headers)
-        if not await _acked(publisher, runtime):
-            continue  # NATS came back meanwhile: the batch may be lost, publish it again
-        position = notes[-1].id
-        # While publishing, the position is recorded as lazily as a consumer's; idle, at once.
-        # A relay restarted publishes again what followed the record (JetStream drops it
-        # within its duplicate window, consumers beyond it).
-        if position > tracked and time.monotonic() - tracked_at >= TRACK_EVERY:
-            await track()
-        # Past all that was heard, it waits for news rather than read the log for nothing.
-        await runtime.news(position, IDLE_POLL)
+            # Past all that was heard, it waits for news rather than read the log for nothing.
+            await runtime.news(position, IDLE_POLL)
+
+    finally:
+        await outbox.close()
 
 
 class Publisher:
