@@ -6,7 +6,7 @@ import asyncio
 
 import nats
 from nats.js import api
-from taskengine_runtime.bus import ready
+from taskengine_runtime.bus import BatchConsumer, ready
 
 STREAM, SUBJECT = "READYTEST", "readytest.events"
 
@@ -58,4 +58,55 @@ async def test_a_consumer_gone_meanwhile_gives_nothing_rather_than_an_error(nats
         await js.delete_consumer(STREAM, "ready")  # as when its leader died: no one answers
         assert await asyncio.wait_for(ready(subscription, 10, timeout=60), 10) == []
     finally:
+        await nc.close()
+
+
+async def pulls_seen(nats_url: str):  # type: ignore[no-untyped-def]
+    """The pull requests the consumer's server gets, as a list filled as they come."""
+    watcher = await nats.connect(nats_url)
+    seen: list[bytes] = []
+
+    async def saw(message) -> None:  # type: ignore[no-untyped-def]
+        seen.append(message.data)
+
+    await watcher.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.ready", cb=saw)
+    await watcher.flush()
+    return watcher, seen
+
+
+def fetching(js) -> BatchConsumer:  # type: ignore[no-untyped-def]
+    async def nothing(*_) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+    async def unused(*_) -> bool:  # type: ignore[no-untyped-def]
+        raise AssertionError("only _fetch is used")
+
+    return BatchConsumer(js, "ready", [SUBJECT], unused, 0, nothing, nothing, nothing)
+
+
+async def test_a_first_message_with_nothing_pending_behind_it_is_the_batch_without_a_second_pull(
+    nats_url,
+):
+    nc, js, subscription = await consumer_with(nats_url, 1)
+    watcher, seen = await pulls_seen(nats_url)
+    try:
+        assert [m.data for m in await fetching(js)._fetch(subscription)] == [b"0"]
+        await nc.flush()
+        await watcher.flush()
+        assert len(seen) == 1  # the fetch's own pull: no "take what is ready" after it
+    finally:
+        await watcher.close()
+        await nc.close()
+
+
+async def test_a_first_message_with_more_pending_is_followed_by_what_is_ready(nats_url):
+    nc, js, subscription = await consumer_with(nats_url, 3)
+    watcher, seen = await pulls_seen(nats_url)
+    try:
+        assert [m.data for m in await fetching(js)._fetch(subscription)] == [b"0", b"1", b"2"]
+        await nc.flush()
+        await watcher.flush()
+        assert len(seen) == 2 and b"no_wait" in seen[1]
+    finally:
+        await watcher.close()
         await nc.close()

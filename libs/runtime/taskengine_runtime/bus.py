@@ -438,7 +438,10 @@ class BatchConsumer:
     async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
         """The next batch: waits up to `wait` for one message, then takes what else the bus
         has ready (`ready`). One pull of a whole batch would hold its first message until the
-        batch filled or the pull expired: every hop paid the wait."""
+        batch filled or the pull expired: every hop paid the wait. A first message that the
+        server sent with nothing else pending (`pending_of`) is the batch: no second pull,
+        whose answer would be "404 No Messages" (a round trip through the server before the
+        batch is handled, at every hop of a job that comes alone)."""
         try:
             messages = await subscription.fetch(1, timeout=self.wait)
         except (TimeoutError, nats.errors.TimeoutError):
@@ -447,7 +450,7 @@ class BatchConsumer:
             log.warning("%s: no consumer leader yet (%s)", self.name, describe(error))
             await asyncio.sleep(FAILOVER_PAUSE)
             return []
-        if len(messages) >= self.batch:
+        if len(messages) >= self.batch or pending_of(messages[-1].reply) == 0:
             return messages
         return messages + await ready(subscription, self.batch - len(messages))
 
@@ -595,6 +598,19 @@ def consumer_sequence(reply: str | None) -> int | None:
     try:
         return int(tokens[6] if len(tokens) == 9 else tokens[8])
     except ValueError:
+        return None
+
+
+def pending_of(reply: str | None) -> int | None:
+    """How many more messages the consumer had for delivery when the server sent this one
+    (the last number of its reply subject, `consumer_sequence`'s layout); None for any other
+    message. A message published meanwhile is not counted: the next fetch takes it."""
+    if consumer_sequence(reply) is None:
+        return None
+    tokens = (reply or "").split(".")
+    try:
+        return int(tokens[8] if len(tokens) == 9 else tokens[10])
+    except (ValueError, IndexError):
         return None
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import nats.errors
 import pytest
 from nats.js.errors import ServiceUnavailableError
 from taskengine_runtime import bus
 from taskengine_runtime.bus import BatchConsumer
+
+MESSAGE = SimpleNamespace(reply=None)
+"""A message that is no JetStream delivery (nothing said of what is pending)."""
 
 
 class LeaderlessSubscription:
@@ -19,7 +24,7 @@ class LeaderlessSubscription:
         if self.failures:
             self.failures -= 1
             raise self.error
-        return ["message"]
+        return [MESSAGE]
 
 
 async def nothing_ready(subscription: object, count: int) -> list[object]:
@@ -49,7 +54,7 @@ async def test_a_fetch_without_a_consumer_leader_is_an_empty_batch(monkeypatch, 
     subscription = LeaderlessSubscription(2, error)
     assert await taking._fetch(subscription) == []  # type: ignore[arg-type]
     assert await taking._fetch(subscription) == []  # type: ignore[arg-type]
-    assert await taking._fetch(subscription) == ["message"]  # type: ignore[arg-type]
+    assert await taking._fetch(subscription) == [MESSAGE]  # type: ignore[arg-type]
 
 
 async def test_any_other_failure_of_a_fetch_is_not_hidden(monkeypatch):

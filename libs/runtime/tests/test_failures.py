@@ -8,7 +8,13 @@ import psycopg
 import pytest
 from nats.aio.msg import Msg
 from taskengine_runtime import failures
-from taskengine_runtime.bus import Delivered, consumer_sequence, in_order, position_of
+from taskengine_runtime.bus import (
+    Delivered,
+    consumer_sequence,
+    in_order,
+    pending_of,
+    position_of,
+)
 from taskengine_runtime.failures import Transient, is_transient, isolating
 
 
@@ -167,6 +173,20 @@ def test_consumer_sequence_reads_what_nats_py_reads_from_a_delivery(reply):
 )
 def test_a_message_that_is_no_jetstream_delivery_has_no_consumer_sequence(reply):
     assert consumer_sequence(reply) is None
+    assert pending_of(reply) is None
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.TASKENGINE.admission.1.523.17.1764800000000000000.0",
+        "$JS.ACK.TASKENGINE.admission.1.523.17.1764800000000000000.4",
+        "$JS.ACK._.HASH.TASKENGINE.admission.2.523.18.1764800000000000000.4.token",
+        "$JS.ACK.hub.HASH.TASKENGINE.admission.2.523.19.1764800000000000000.7",
+    ],
+)
+def test_pending_of_reads_what_nats_py_reads_from_a_delivery(reply):
+    assert pending_of(reply) == Msg.Metadata._from_reply(reply).num_pending
 
 
 def test_a_forged_position_out_of_order_does_not_hide_the_real_events_around_it():
