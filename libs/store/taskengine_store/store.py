@@ -104,7 +104,7 @@ class Outbox:
     on a connection of its own: no thread hop, one prepared statement, binary rows, and the
     stream id as text (what the message id needs), not a `UUID` built in Python. At 50 jobs/s
     a read through the thread pool and eventsourcing's `select_notifications` took 0.73 ms
-    (p50) of the relay's 3 ms from a commit heard to its events acknowledged by JetStream.
+    (p50) of the 3.0 ms from an event's `at` (stamped before its commit) to JetStream's ack.
 
     A lost connection is opened again, as eventsourcing's recorder does (10 attempts, 0.2 s
     apart); past that the error is raised. So is one whose prepared statement a migration

@@ -88,7 +88,6 @@ async def relay(runtime: Runtime) -> None:
                 await track()
             # Past all that was heard, it waits for news rather than read the log for nothing.
             await runtime.news(position, IDLE_POLL)
-
     finally:
         await outbox.close()
 
