@@ -587,29 +587,32 @@ def in_order(batch: list[Delivered]) -> list[Delivered]:
 
 
 def consumer_sequence(reply: str | None) -> int | None:
-    """A JetStream delivery's consumer sequence, read from its reply subject
-    (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, or
-    with a domain and account hash after `ACK`); None for any other message. nats-py's
-    `Msg.metadata` builds a timestamp and three objects for it: a tenth of a consumer's
-    CPU per message."""
-    tokens = (reply or "").split(".")
-    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
-        return None
-    try:
-        return int(tokens[6] if len(tokens) == 9 else tokens[8])
-    except ValueError:
-        return None
+    """A JetStream delivery's consumer sequence, read from its reply subject (`_delivery`);
+    None for any other message. nats-py's `Msg.metadata` builds a timestamp and three objects
+    for it: a tenth of a consumer's CPU per message."""
+    delivery = _delivery(reply)
+    return delivery[0] if delivery else None
 
 
 def pending_of(reply: str | None) -> int | None:
-    """How many more messages the consumer had for delivery when the server sent this one
-    (the last number of its reply subject, `consumer_sequence`'s layout); None for any other
-    message. A message published meanwhile is not counted: the next fetch takes it."""
-    if consumer_sequence(reply) is None:
-        return None
+    """How many more messages the consumer had for delivery when the server sent this one,
+    read from its reply subject (`_delivery`); None for any other message. A message
+    published meanwhile is not counted: the next fetch takes it."""
+    delivery = _delivery(reply)
+    return delivery[1] if delivery else None
+
+
+def _delivery(reply: str | None) -> tuple[int, int] | None:
+    """(consumer sequence, pending) of a JetStream delivery, from its reply subject
+    (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
+    or with a domain and account hash after `ACK`, and a token at the end); None for any
+    other message."""
     tokens = (reply or "").split(".")
+    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return None
+    delivered = 4 if len(tokens) == 9 else 6
     try:
-        return int(tokens[8] if len(tokens) == 9 else tokens[10])
+        return int(tokens[delivered + 2]), int(tokens[delivered + 4])
     except (ValueError, IndexError):
         return None
 
