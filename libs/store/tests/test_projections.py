@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import msgspec
 import pytest
 from psycopg.types.json import Json
 from taskengine_contracts.events import (
@@ -42,6 +43,7 @@ from taskengine_store.projections import (
     log_rows,
     project,
     segments,
+    submission_message,
 )
 from taskengine_store.store import Position
 
@@ -119,7 +121,11 @@ def statement(statements: list, starts_with: str) -> tuple[str, Any]:
 def rows(params: Any) -> list[list[Any]]:
     """A statement's rows (its one `records()` parameter), as values in column order."""
     (recordset,) = params
-    return [list(row.values()) for row in recordset.obj]
+    return [list(_fields(row).values()) for row in recordset.obj]
+
+
+def _fields(row: Any) -> dict[str, Any]:
+    return msgspec.structs.asdict(row) if isinstance(row, msgspec.Struct) else row
 
 
 def jobs_insert(statements: list) -> list[list[Any]]:
@@ -195,6 +201,34 @@ def test_a_submission_is_logged_by_the_api_as_the_request_it_came_from():
         },
         "payload": "job_created",
     }
+
+
+@pytest.mark.parametrize(
+    ("client", "workflow", "parameters", "priority"),
+    [
+        ("alice", "flaky", {"n": 3}, 4),
+        ('a "quoted", \\ one', "wf\nline\ttab", {}, 0),
+        ("émile ☃ 𝄞", "ünï", {"ü": ["☃", None, True, 1.5, -0.0, 10**30], "": {}}, -7),
+        ("c", "w", {"nested": {"deep": [[{"x": "</script>"}]]}, "nan": float("nan")}, 10),
+    ],
+)
+def test_a_submission_line_is_byte_for_byte_what_json_dumps_writes(
+    client, workflow, parameters, priority
+):
+    event = msgspec.structs.replace(
+        submitted(parameters), client=client, workflow=workflow, priority=priority
+    )
+    request = {
+        "path": "POST /job",
+        "parameters": {
+            "client": client,
+            "job": {"workflow": workflow},
+            "parameters": parameters,
+            "priority": priority,
+        },
+        "payload": "job_created",
+    }
+    assert submission_message(event) == json.dumps(request, default=str)
 
 
 def test_secrets_in_submitted_parameters_are_masked_in_the_api_row():
