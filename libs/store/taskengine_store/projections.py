@@ -12,9 +12,11 @@ import hashlib
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, Literal, overload
 
 import msgspec
+from msgspec.structs import astuple
 from psycopg import Cursor
 from taskengine_contracts.events import (
     CallbackAttemptFailed,
@@ -43,7 +45,7 @@ from taskengine_contracts.events import (
 from taskengine_core.clients import mask_secrets
 from taskengine_core.jobs import FINAL_STATES, TRANSITIONS, state_after
 
-from taskengine_store.recordsets import Columns, names, records, recordset
+from taskengine_store.recordsets import Columns, Rows, names, records, recordset
 from taskengine_store.store import Position, Statement
 from taskengine_store.task_projections import (
     RunProgress,
@@ -140,6 +142,28 @@ def log_rows(event: Event) -> list[tuple[str, str, str, int]]:
     return []
 
 
+@overload
+def project(
+    batch: Sequence[Position],
+    jobs: str = ...,
+    log: str = ...,
+    clients: str = ...,
+    tasks: str = ...,
+    runs: str = ...,
+    *,
+    fresh: Literal[False] = False,
+) -> list[Statement]: ...
+@overload
+def project(
+    batch: Sequence[Position],
+    jobs: str = ...,
+    log: str = ...,
+    clients: str = ...,
+    tasks: str = ...,
+    runs: str = ...,
+    *,
+    fresh: Literal[True],
+) -> list[Statement | Rows]: ...
 def project(
     batch: Sequence[Position],
     jobs: str = "rm_jobs",
@@ -147,22 +171,38 @@ def project(
     clients: str = "rm_clients",
     tasks: str = "rm_tasks",
     runs: str = "rm_task_runs",
-) -> list[Statement]:
+    *,
+    fresh: bool = False,
+) -> list[Statement] | list[Statement | Rows]:
     """The statements that apply `batch` (in store order) to the read models.
 
     The batch is cut at each `FinishedJobsCleared`: what precedes it, then the clearing, then
     the rest, so a clearing removes exactly the jobs finished at its place in the log, however
     the live projector or a replay happened to batch the events.
+
+    `fresh`: the tables are being built from position 0 and hold nothing of what `batch`
+    brings, so its new jobs and its log rows come as `Rows`, to be copied in where they
+    stand in the list, rather than inserted against what is there. The log rows then come
+    unfiltered: whoever builds so must finish with `orphan_log_rows`.
     """
-    statements: list[Statement] = []
+    statements: list[Statement | Rows] = []
     for segment, clearing in segments(batch):
         statements += task_statements(segment, tasks)
         # A run's row before its job's, so the job's events in the segment reach it.
         statements += run_inserts(segment, runs, jobs)
-        statements += _project_segment(segment, jobs, log, clients, runs)
+        statements += _project_segment(segment, jobs, log, clients, runs, fresh)
         if clearing is not None:
             statements.append(clear_finished_jobs(clearing, jobs, log))
     return statements
+
+
+def orphan_log_rows(jobs: str, log: str) -> Statement:
+    """Deletes the log rows of jobs not in the list: what `project()` leaves out of a live
+    table, after a `fresh` build. A job's rows never precede its submission and a cleared job
+    never comes back, so a row whose job is listed at the end is one whose job was listed when
+    the row came, and not cleared since."""
+    listed = f"SELECT FROM {jobs} j WHERE j.job_id = l.job_id"
+    return (f"DELETE FROM {log} l WHERE NOT EXISTS ({listed})", ())
 
 
 KEYED_PLANS: Statement = ("SET LOCAL random_page_cost = 1.1", ())
@@ -225,6 +265,8 @@ JOB_COLUMNS: Columns = (
     ("executing", "bool"),
 )
 """A new job's row in the job list."""
+_job_values = itemgetter(*(name for name, _ in JOB_COLUMNS))
+"""A new job's row (a dict) as a tuple, in `JOB_COLUMNS` order."""
 
 MOVE_COLUMNS: Columns = (
     ("job_uuid", "uuid"),
@@ -265,13 +307,13 @@ class LogRow(msgspec.Struct, gc=False):
 
 
 def _project_segment(
-    batch: Sequence[Position], jobs: str, log: str, clients: str, runs: str
-) -> list[Statement]:
+    batch: Sequence[Position], jobs: str, log: str, clients: str, runs: str, fresh: bool
+) -> list[Statement | Rows]:
     new: dict[int, dict[str, Any]] = {}  # by job number: an int hashes in C, a UUID in Python
     moved: dict[int, dict[str, Any]] = {}
     progress: dict[int, RunProgress] = {}
     log_records: list[LogRow] = []
-    statements: list[Statement] = []  # the clients' first, in log order
+    statements: list[Statement | Rows] = []  # the clients' first, in log order
     for item in batch:  # one pass: a replay's hot loop
         event = item.event
         if isinstance(event, JobEvent):
@@ -297,7 +339,9 @@ def _project_segment(
                     task_id,
                 )
             )
-    if new:
+    if new and fresh:
+        statements.append(Rows(jobs, JOB_COLUMNS, [_job_values(row) for row in new.values()]))
+    elif new:
         statements.append(
             (
                 f"INSERT INTO {jobs} ({names(JOB_COLUMNS)})"
@@ -321,7 +365,9 @@ def _project_segment(
             )
         )
     statements += run_updates(progress.values(), runs)
-    if log_records:
+    if log_records and fresh:
+        statements.append(Rows(log, LOG_COLUMNS, [astuple(row) for row in log_records]))
+    elif log_records:
         # Only rows of jobs in the list: a late event of a job cleared by retention (a
         # callback, output) adds none. A job's rows never precede its submission, and jobs
         # leave only between segments, so this is the same under any batching.

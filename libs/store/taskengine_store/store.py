@@ -99,6 +99,33 @@ class Outgoing(NamedTuple):
     state: bytes
 
 
+class LogPages:
+    """Reads the log a range of positions at a time, on its own connection (opened at the
+    first read): what each of a replay's worker processes reads with, made there from the
+    database URL and the query of the `EventStore`'s."""
+
+    def __init__(self, database_url: str, query: str):
+        self.database_url, self.query = database_url, query
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None:
+            self._conn = psycopg.connect(self.database_url, autocommit=True)
+        return self._conn
+
+    def between(self, after: int, upto: int) -> list[Entry]:
+        """The stored events after position `after` up to `upto`, in order."""
+        # Binary: the payloads (bytea) come as they are stored, not hex-encoded and decoded.
+        with self.connection.cursor(row_factory=tuple_row, binary=True) as curs:
+            curs.execute(self.query, (after, upto))
+            return [Entry(*row) for row in curs.fetchall()]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
 class Outbox:
     """The log after a position, read on the event loop by its one close follower (the relay),
     on a connection of its own: no thread hop, one prepared statement, binary rows, and the
@@ -477,19 +504,12 @@ class EventStore:
             curs.execute(sql, (after, limit))
             return [Entry(*row) for row in curs.fetchall()]
 
-    def notification_pages(
-        self, curs: Cursor[DictRow], stop: int, size: int
-    ) -> Iterator[list[Entry]]:
-        """Every notification up to position `stop`, in pages of `size`: one query in the
-        transaction of `curs`, read through a server-side cursor (what a replay reads)."""
-        sql = self._entries + SQL(" WHERE notification_id <= %s ORDER BY notification_id")
-        # Binary: the payloads (bytea) come as they are stored, not hex-encoded and decoded.
-        with curs.connection.cursor(
-            "notification_pages", row_factory=tuple_row, binary=True
-        ) as pages:
-            pages.execute(sql, (stop,))
-            while rows := pages.fetchmany(size):
-                yield [Entry(*row) for row in rows]
+    def log_pages(self) -> LogPages:
+        """The log read by position, on a connection of its own (`LogPages`)."""
+        sql = self._entries + SQL(
+            " WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id"
+        )
+        return LogPages(self.database_url, sql.as_string(None))
 
     def events_after(self, after: int, limit: int) -> list[Position]:
         return [Position(e.id, decode(e.state)) for e in self.entries(after, limit)]

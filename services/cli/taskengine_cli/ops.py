@@ -4,18 +4,31 @@ read models."""
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import os
 import time
+from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from psycopg import Cursor
+from psycopg.types.json import Json
 from taskengine_contracts.events import Event
 from taskengine_store import rejected
-from taskengine_store.projections import KEYED_PLANS, PROJECTOR, project, state_hash
+from taskengine_store.projections import (
+    KEYED_PLANS,
+    PROJECTOR,
+    orphan_log_rows,
+    project,
+    state_hash,
+)
+from taskengine_store.recordsets import Rows, copy_data
 from taskengine_store.schema import READ_MODELS
-from taskengine_store.store import EventStore, Statement
+from taskengine_store.store import EventStore, LogPages, Statement
 
 REPLAY_PREFIX = "replay_"
 _json = msgspec.json.Encoder()
@@ -86,50 +99,121 @@ class Replayed:
     """Seconds the rebuild took (reading, projecting, applying), without either hash."""
 
 
+WORKERS = min(4, os.cpu_count() or 1)
+"""A replay's folding processes: one a core, up to four (this process only hands their pages
+over, and one PostgreSQL backend applies them all)."""
+
+
 def replay(
-    store: EventStore, batch: int = 5000, progress: Callable[[int, int], None] | None = None
+    store: EventStore,
+    batch: int = 5000,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int = WORKERS,
 ) -> Replayed:
     """Rebuilds every read model from position 0 into scratch tables and compares them.
 
     The live hash is taken in one snapshot with the live projector's position, and the replay
     stops at exactly that position. `progress` is told (position reached, position to reach)
-    after each batch.
+    after each page.
 
-    The rebuild is one transaction, rolled back at the end: its tables are temporary (never
-    written ahead to the log, invisible to other sessions) and carry only the unique indexes
-    `project()` looks rows up by, the log is read in pages of `batch` through one server-side
-    cursor (on its own connection), and each page goes through the live projector's
-    `project()`. The cyclic garbage collector is off meanwhile: a page leaves no cycles, and
-    its passes over the page's objects cost a third of the folding.
+    The log is cut into pages of `batch` positions, which `workers` processes read (each on
+    its own connection), decode and fold through the live projector's `project()`, as a
+    `fresh` build: a page comes back as statements and COPY data, ready to send. Folding is
+    most of a replay's work, and one process did it on one core. This process applies the
+    pages in log order, in one transaction rolled back at the end: its tables are temporary
+    (never written ahead to the log, invisible to other sessions) and carry only the unique
+    indexes `project()`'s upserts and lookups need. At most two pages a worker are in flight:
+    memory stays bounded however long the log.
     """
-    live_hash, position = _live_snapshot(store)
-    skip = rejected.set_aside_positions(store, PROJECTOR)
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    pages = store.log_pages()
+    # Forked: a worker needs only the code already imported here and a connection of its own
+    # (spawned, each imported it again inside the rebuild's time). What else it inherits, the
+    # store's pool and its threads, it never touches, and psycopg does not close a
+    # connection it inherited.
+    forking = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(
+        workers, forking, initializer=_start_folding, initargs=(pages.database_url, pages.query)
+    ) as folders:
+        live_hash, position = _live_snapshot(store)
+        skip = sorted(rejected.set_aside_positions(store, PROJECTOR))
         with store.datastore.transaction(commit=False) as curs:
             started = time.perf_counter()
             curs.execute(*KEYED_PLANS)
             for table in READ_MODELS:
                 _scratch_copy(curs, table)
-            # The log is read on a second connection, and the statements are pipelined (sent
-            # without waiting for each result): PostgreSQL applies a page while the next one is
-            # read, decoded and folded.
-            with store.datastore.transaction() as reading, curs.connection.pipeline():
-                for notes in store.notification_pages(reading, position, batch):
-                    # What the live projector set aside (or could not decode) is left out too.
-                    items, _ = rejected.decoded(notes, skip)
-                    if items:
-                        for query, params in project(items, **_REPLAY_TABLES):
-                            curs.execute(query, params)
+            folding: deque[tuple[int, Future[list[Ready]]]] = deque()
+            for after in range(0, position, batch):
+                upto = min(after + batch, position)
+                # What the live projector set aside (or could not decode) is left out too.
+                left_out = skip[bisect_right(skip, after) : bisect_right(skip, upto)]
+                folding.append((upto, folders.submit(_fold, after, upto, frozenset(left_out))))
+                while len(folding) > 2 * workers or (folding and upto == position):
+                    reached, page = folding.popleft()
+                    _apply(curs, page.result())
                     if progress:
-                        progress(notes[-1].id, position)
+                        progress(reached, position)
+            curs.execute(*orphan_log_rows(_REPLAY_TABLES["jobs"], _REPLAY_TABLES["log"]))
             rebuilt = time.perf_counter() - started
             replayed = state_hash(curs, prefix=REPLAY_PREFIX)
-    finally:
-        if collecting:
-            gc.enable()
     return Replayed(replayed, live_hash, position, rebuilt)
+
+
+class Copied(NamedTuple):
+    """A COPY statement and its data."""
+
+    statement: str
+    data: bytes
+
+
+Ready = Statement | Copied
+"""A page's statement as a folding process hands it over: parameters encoded, rows in COPY
+format."""
+
+_pages: LogPages | None = None
+"""A folding process's reader of the log."""
+
+
+def _start_folding(database_url: str, query: str) -> None:
+    global _pages
+    _pages = LogPages(database_url, query)
+    # A page leaves no cycles, and the collector's passes over its objects cost a third of
+    # the folding.
+    gc.disable()
+
+
+def _fold(after: int, upto: int, left_out: frozenset[int]) -> list[Ready]:
+    """In a folding process: the page of the log after `after` up to `upto`, ready to send."""
+    assert _pages is not None
+    items, _ = rejected.decoded(_pages.between(after, upto), left_out)
+    ready: list[Ready] = []
+    with _pages.connection.cursor() as curs:
+        for statement in project(items, **_REPLAY_TABLES, fresh=True):
+            if isinstance(statement, Rows):
+                ready.append(Copied(*copy_data(curs, statement)))
+            else:
+                query, params = statement
+                ready.append((query, [_encoded(p) for p in params]))
+    return ready
+
+
+def _encoded(param: object) -> object:
+    """A parameter as it crosses to the applying process: a `Json` as its encoded text."""
+    if isinstance(param, Json):
+        return Json(param.dumps(param.obj) if param.dumps else _json.encode(param.obj), _as_is)
+    return param
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
+def _apply(curs: Cursor[Any], page: list[Ready]) -> None:
+    for ready in page:
+        if isinstance(ready, Copied):
+            with curs.copy(ready.statement) as copy:
+                copy.write(ready.data)
+        else:
+            curs.execute(*ready)
 
 
 def _scratch_copy(curs: Cursor[Any], table: str) -> None:
