@@ -121,10 +121,6 @@ class LogPages:
             curs.execute(self.query, (after, upto))
             return [Entry(*row) for row in curs.fetchall()]
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
 
 class Outbox:
     """The log after a position, read on the event loop by its one close follower (the relay),

@@ -122,8 +122,8 @@ def replay(
     most of a replay's work, and one process did it on one core. This process applies the
     pages in log order, in one transaction rolled back at the end: its tables are temporary
     (never written ahead to the log, invisible to other sessions) and carry only the unique
-    indexes `project()`'s upserts and lookups need. At most two pages a worker are in flight:
-    memory stays bounded however long the log.
+    indexes `project()`'s upserts and lookups need. At most one page more than there are
+    workers is in flight: memory stays bounded however long the log.
     """
     pages = store.log_pages()
     # Forked: a worker needs only the code already imported here and a connection of its own
@@ -147,7 +147,7 @@ def replay(
                 # What the live projector set aside (or could not decode) is left out too.
                 left_out = skip[bisect_right(skip, after) : bisect_right(skip, upto)]
                 folding.append((upto, folders.submit(_fold, after, upto, frozenset(left_out))))
-                while len(folding) > 2 * workers or (folding and upto == position):
+                while len(folding) > workers + 1 or (folding and upto == position):
                     reached, page = folding.popleft()
                     _apply(curs, page.result())
                     if progress:
