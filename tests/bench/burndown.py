@@ -135,7 +135,7 @@ def replay(system: Embedded) -> None:
     position, rebuilt = int(lines["position"][1]), float(lines["rebuilt"][1])
     took = float(lines["took"][1])
     verdict = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-200:]
-    print("replay: every read model rebuilt from position 0 in one process, then compared")
+    print("replay: every read model rebuilt from position 0 (`taskengine replay`), then compared")
     print(f"  {position} events rebuilt in {rebuilt:6.2f} s   ({position / rebuilt:8.0f} events/s)")
     print(f"  with both hashes {took:.2f} s ({verdict}); the whole command {seconds:.2f} s")
 
