@@ -18,6 +18,7 @@ import msgspec
 from psycopg import Cursor
 from psycopg.types.json import Json
 from taskengine_contracts.events import Event
+from taskengine_core.steps import die_with_parent
 from taskengine_store import rejected
 from taskengine_store.projections import (
     KEYED_PLANS,
@@ -132,7 +133,10 @@ def replay(
     # connection it inherited.
     forking = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(
-        workers, forking, initializer=_start_folding, initargs=(pages.database_url, pages.query)
+        workers,
+        forking,
+        initializer=_start_folding,
+        initargs=(os.getpid(), pages.database_url, pages.query),
     ) as folders:
         live_hash, position = _live_snapshot(store)
         skip = sorted(rejected.set_aside_positions(store, PROJECTOR))
@@ -173,8 +177,13 @@ _pages: LogPages | None = None
 """A folding process's reader of the log."""
 
 
-def _start_folding(database_url: str, query: str) -> None:
+def _start_folding(command: int, database_url: str, query: str) -> None:
     global _pages
+    # A worker ends with the command, however it ends: forked, it holds the pool's pipes
+    # itself, so it would never hear that the command is gone.
+    die_with_parent()
+    if os.getppid() != command:
+        os._exit(1)  # the command was gone before that took hold
     _pages = LogPages(database_url, query)
     # A page leaves no cycles, and the collector's passes over its objects cost a third of
     # the folding.
