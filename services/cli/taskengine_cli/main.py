@@ -107,11 +107,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("read models emptied; the projector is rebuilding them from position 0")
         return 0
     started = time.monotonic()
-    if on_terminal():
-        with events_bar("replaying") as advance:
-            done = ops.replay(store, progress=advance)
-    else:
-        done = ops.replay(store)
+    try:
+        if on_terminal():
+            with events_bar("replaying") as advance:
+                done = ops.replay(store, progress=advance)
+        else:
+            done = ops.replay(store)
+    except KeyboardInterrupt:
+        print("replay interrupted: nothing was changed", file=sys.stderr)
+        return 130
     seconds = time.monotonic() - started
     position = done.position
     print(f"position   {position}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import signal
 import time
 from bisect import bisect_right
 from collections import deque
@@ -184,6 +185,8 @@ def _start_folding(command: int, database_url: str, query: str) -> None:
     die_with_parent()
     if os.getppid() != command:
         os._exit(1)  # the command was gone before that took hold
+    # Ctrl-C reaches the whole process group: the command stops the pool, once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _pages = LogPages(database_url, query)
     # A page leaves no cycles, and the collector's passes over its objects cost a third of
     # the folding.
