@@ -11,8 +11,11 @@ $(UV):
 	$(PYTHON) -m venv .tools/uv
 	.tools/uv/bin/pip install --quiet --disable-pip-version-check "uv>=0.9,<0.14"
 
+# Bytecode is compiled once, here: where the environment forbids writing it
+# (PYTHONDONTWRITEBYTECODE), every process would compile its imports again at each start.
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock $(wildcard */pyproject.toml */*/pyproject.toml)
-	$(UV) sync --all-packages --frozen --python $(PYTHON)
+	$(UV) sync --all-packages --frozen --python $(PYTHON) --compile-bytecode
+	$(VENV)/bin/python -m compileall -q -j 0 contracts libs services
 	@touch $@
 
 install: $(VENV)/.installed
