@@ -299,3 +299,20 @@ async def test_the_outbox_reads_the_log_in_order_and_opens_a_connection_cut_off_
         assert await outbox.after(rest[-1].position, 100) == []
     finally:
         await outbox.close()
+
+
+def test_log_pages_end_at_a_count_or_at_a_size_whichever_comes_first(store):
+    """A replay's pages: at most `size` events and `budget` bytes of stored events, so the
+    size of what it holds does not follow the size of the events clients chose; an event
+    larger than the budget is a page of its own."""
+    small = store.commit([submitted(job_id=n) for n in range(1, 6)])
+    huge = store.commit([submitted(job_id=6, parameters={"blob": "x" * 300_000})])
+    more = store.commit([submitted(job_id=n) for n in range(7, 10)])
+    pages = store.log_pages()
+    everything = store.max_position()
+    # By count alone: pages of 4, whatever their bytes.
+    assert list(pages.ends(everything, 4, 10**9)) == [small[3], more[1], everything]
+    # By bytes: the huge event stands alone, the small ones around it stay together.
+    assert list(pages.ends(everything, 100, 100_000)) == [small[-1], huge[0], everything]
+    assert list(pages.ends(more[0], 100, 100_000)) == [small[-1], huge[0], more[0]]
+    assert [e.id for e in pages.between(small[-1], huge[0])] == huge

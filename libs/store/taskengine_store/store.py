@@ -101,11 +101,12 @@ class Outgoing(NamedTuple):
 
 class LogPages:
     """Reads the log a range of positions at a time, on its own connection (opened at the
-    first read): what each of a replay's worker processes reads with, made there from the
-    database URL and the query of the `EventStore`'s."""
+    first read): what a replay cuts the log into pages with (`ends`), and what each of its
+    worker processes reads a page with (`between`), made there from the database URL and the
+    events table's name."""
 
-    def __init__(self, database_url: str, query: str):
-        self.database_url, self.query = database_url, query
+    def __init__(self, database_url: str, table: str):
+        self.database_url, self.table = database_url, table
         self._conn: psycopg.Connection[Any] | None = None
 
     @property
@@ -114,11 +115,36 @@ class LogPages:
             self._conn = psycopg.connect(self.database_url, autocommit=True)
         return self._conn
 
+    def ends(self, upto: int, size: int, budget: int) -> Iterator[int]:
+        """The last positions of pages of at most `size` events and `budget` bytes of stored
+        events (an event larger than that is a page of its own), up to position `upto`: how
+        large a page is held in memory depends on its events, and clients choose their size.
+        Streamed through a server-side cursor (`octet_length` reads a large value's size
+        without reading the value)."""
+        query = (
+            f"SELECT notification_id, octet_length(state) FROM {self.table}"
+            " WHERE notification_id <= %s ORDER BY notification_id"
+        )
+        count = total = last = 0
+        with self.connection.transaction(), self.connection.cursor("page_ends") as curs:
+            curs.execute(query, (upto,))
+            for position, length in curs:
+                if count and (count == size or total + length > budget):
+                    yield last
+                    count = total = 0
+                count, total, last = count + 1, total + length, position
+        if count:
+            yield last
+
     def between(self, after: int, upto: int) -> list[Entry]:
         """The stored events after position `after` up to `upto`, in order."""
+        query = (
+            f"SELECT notification_id, topic, state FROM {self.table}"
+            " WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id"
+        )
         # Binary: the payloads (bytea) come as they are stored, not hex-encoded and decoded.
         with self.connection.cursor(row_factory=tuple_row, binary=True) as curs:
-            curs.execute(self.query, (after, upto))
+            curs.execute(query, (after, upto))
             return [Entry(*row) for row in curs.fetchall()]
 
 
@@ -502,10 +528,11 @@ class EventStore:
 
     def log_pages(self) -> LogPages:
         """The log read by position, on a connection of its own (`LogPages`)."""
-        sql = self._entries + SQL(
-            " WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id"
+        table = SQL("{schema}.{events}").format(
+            schema=Identifier(self.datastore.schema),
+            events=Identifier(self.recorder.events_table_name),
         )
-        return LogPages(self.database_url, sql.as_string(None))
+        return LogPages(self.database_url, table.as_string(None))
 
     def events_after(self, after: int, limit: int) -> list[Position]:
         return [Position(e.id, decode(e.state)) for e in self.entries(after, limit)]

@@ -106,11 +106,18 @@ WORKERS = min(4, os.cpu_count() or 1)
 over, and one PostgreSQL backend applies them all)."""
 
 
+PAGE_BYTES = 16 * 2**20
+"""A replay's page holds at most this much of stored events (or one event larger): with one
+page more than there are workers in flight, a log of the largest events a client may submit
+costs a replay tens of MB, not GBs."""
+
+
 def replay(
     store: EventStore,
     batch: int = 5000,
     progress: Callable[[int, int], None] | None = None,
     workers: int = WORKERS,
+    page_bytes: int = PAGE_BYTES,
 ) -> Replayed:
     """Rebuilds every read model from position 0 into scratch tables and compares them.
 
@@ -118,7 +125,8 @@ def replay(
     stops at exactly that position. `progress` is told (position reached, position to reach)
     after each page.
 
-    The log is cut into pages of `batch` positions, which `workers` processes read (each on
+    The log is cut into pages of `batch` events (and at most `page_bytes` of them), which
+    `workers` processes read (each on
     its own connection), decode and fold through the live projector's `project()`, as a
     `fresh` build: a page comes back as statements and COPY data, ready to send. Folding is
     most of a replay's work, and one process did it on one core. This process applies the
@@ -137,7 +145,7 @@ def replay(
         workers,
         forking,
         initializer=_start_folding,
-        initargs=(os.getpid(), pages.database_url, pages.query),
+        initargs=(os.getpid(), pages.database_url, pages.table),
     ) as folders:
         live_hash, position = _live_snapshot(store)
         skip = sorted(rejected.set_aside_positions(store, PROJECTOR))
@@ -147,16 +155,16 @@ def replay(
             for table in READ_MODELS:
                 _scratch_copy(curs, table)
             folding: deque[tuple[int, Future[list[Ready]]]] = deque()
-            for after in range(0, position, batch):
-                upto = min(after + batch, position)
+            after = 0
+            for upto in pages.ends(position, batch, page_bytes):
                 # What the live projector set aside (or could not decode) is left out too.
                 left_out = skip[bisect_right(skip, after) : bisect_right(skip, upto)]
                 folding.append((upto, folders.submit(_fold, after, upto, frozenset(left_out))))
-                while len(folding) > workers + 1 or (folding and upto == position):
-                    reached, page = folding.popleft()
-                    _apply(curs, page.result())
-                    if progress:
-                        progress(reached, position)
+                after = upto
+                while len(folding) > workers + 1:
+                    _apply_next(curs, folding, position, progress)
+            while folding:
+                _apply_next(curs, folding, position, progress)
             curs.execute(*orphan_log_rows(_REPLAY_TABLES["jobs"], _REPLAY_TABLES["log"]))
             rebuilt = time.perf_counter() - started
             replayed = state_hash(curs, prefix=REPLAY_PREFIX)
@@ -178,7 +186,19 @@ _pages: LogPages | None = None
 """A folding process's reader of the log."""
 
 
-def _start_folding(command: int, database_url: str, query: str) -> None:
+def _apply_next(
+    curs: Cursor[Any],
+    folding: deque[tuple[int, Future[list[Ready]]]],
+    position: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    reached, page = folding.popleft()
+    _apply(curs, page.result())
+    if progress:
+        progress(reached, position)
+
+
+def _start_folding(command: int, database_url: str, table: str) -> None:
     global _pages
     # A worker ends with the command, however it ends: forked, it holds the pool's pipes
     # itself, so it would never hear that the command is gone.
@@ -187,7 +207,7 @@ def _start_folding(command: int, database_url: str, query: str) -> None:
         os._exit(1)  # the command was gone before that took hold
     # Ctrl-C reaches the whole process group: the command stops the pool, once.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _pages = LogPages(database_url, query)
+    _pages = LogPages(database_url, table)
     # A page leaves no cycles, and the collector's passes over its objects cost a third of
     # the folding.
     gc.disable()

@@ -19,7 +19,7 @@ from taskengine_cli import ops
 forking = multiprocessing.get_context("fork")
 with ProcessPoolExecutor(
     2, forking, initializer=ops._start_folding,
-    initargs=(os.getpid(), "postgresql://127.0.0.1:1/none", "SELECT 1"),
+    initargs=(os.getpid(), "postgresql://127.0.0.1:1/none", "stored_events"),
 ) as pool:
     pool.submit(os.getpid).result()
     me = str(os.getpid())
