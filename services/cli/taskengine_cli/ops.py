@@ -126,9 +126,9 @@ def replay(
     after each page.
 
     The log is cut into pages of `batch` events (and at most `page_bytes` of them), which
-    `workers` processes read (each on
-    its own connection), decode and fold through the live projector's `project()`, as a
-    `fresh` build: a page comes back as statements and COPY data, ready to send. Folding is
+    `workers` processes read (each on its own connection), decode and fold through the live
+    projector's `project()`, as a `fresh` build: a page comes back as statements and COPY
+    data, ready to send. Folding is
     most of a replay's work, and one process did it on one core. This process applies the
     pages in log order, in one transaction rolled back at the end: its tables are temporary
     (never written ahead to the log, invisible to other sessions) and carry only the unique
