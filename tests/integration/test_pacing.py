@@ -51,7 +51,7 @@ def test_a_paced_consumer_takes_what_came_during_its_interval_as_one_batch(nats_
             return 3
 
         consumer = BatchConsumer(
-            js, "paced", [subjects.JOBS], handler, 0, track, reject, latest, interval=2.0
+            nc, "paced", [subjects.JOBS], handler, 0, track, reject, latest, interval=2.0
         )
         task = asyncio.create_task(consumer.run())
         try:

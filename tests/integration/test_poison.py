@@ -143,9 +143,7 @@ async def _search(nats_url: str, position: int) -> int:
     async def never():  # type: ignore[no-untyped-def]
         raise AssertionError
 
-    consumer = BatchConsumer(
-        nc.jetstream(), "search", [subjects.JOBS], never, position, never, never, never
-    )
+    consumer = BatchConsumer(nc, "search", [subjects.JOBS], never, position, never, never, never)
     try:
         return await consumer._stream_sequence_after(position)
     finally:
@@ -219,9 +217,7 @@ async def _consume(nats_url: str, handler, until: int) -> list:  # type: ignore[
     async def latest() -> int:
         return until
 
-    consumer = BatchConsumer(
-        nc.jetstream(), "poison-test", [subjects.JOBS], handler, 0, track, reject, latest
-    )
+    consumer = BatchConsumer(nc, "poison-test", [subjects.JOBS], handler, 0, track, reject, latest)
     task = asyncio.create_task(consumer.run())
     try:
         for _ in range(1200):  # a minute at most

@@ -13,7 +13,6 @@ import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from taskengine_contracts import subjects
@@ -25,6 +24,7 @@ from taskengine_runtime.failures import POISON_ATTEMPTS, describe, is_transient,
 from taskengine_runtime.hops import HopTrace
 from taskengine_runtime.logs import context
 from taskengine_runtime.pacing import Pacing
+from taskengine_runtime.pull import StandingPull, consumer_sequence
 
 log = logging.getLogger(__name__)
 
@@ -163,62 +163,18 @@ Reject = Callable[[list[Rejected], int | None], Awaitable[None]]
 TRACK_EVERY = 1.0
 IDLE_WAIT = 1.0
 """Seconds one pull waits for a first message before the consumer's idle work runs."""
-GATHER = 0.05
-"""Seconds to wait for the answer to a pull that takes only what is ready (`ready`): the server
-answers it at once, with what it has and then "404 No Messages"."""
 PROBE = 16
 """Messages looked at past one without a position before the resume search assumes the worst."""
-
-
-async def ready(
-    subscription: JetStreamContext.PullSubscription, count: int, timeout: float = GATHER
-) -> list[Msg]:
-    """Up to `count` messages the consumer has ready now, without waiting for more: one pull
-    with `no_wait` and no expiry, which the server answers at once (what it has, then "404 No
-    Messages"). nats-py's `fetch` gives such a pull an expiry, and the server then holds it
-    for the whole expiry when it has nothing: 2.4 ms at every hop of a quiet system, against
-    0.25 ms for this pull.
-
-    The pull goes to the subscription's own inbox, which nats-py keeps private: a message or
-    a status coming after `timeout` waits there for the next `fetch`, which takes the message
-    and drops the status, as it does for its own late answers. What the inbox already holds is
-    taken straight from its queue (`_take`): nats-py's `next_msg` makes a task, a uuid and a
-    timer for each message (a pull of 500: 32 µs of CPU a message, parsing included, against
-    10 µs taken from the queue).
-    """
-    request = b'{"batch": %d, "no_wait": true}' % count
-    await subscription._nc.publish(subscription._nms, request, subscription._deliver)
-    inbox = subscription._sub
-    messages: list[Msg] = []
-    deadline = time.monotonic() + timeout
-    while len(messages) < count:
-        try:
-            message = _take(inbox) or await inbox.next_msg(max(deadline - time.monotonic(), 0.001))
-        except nats.errors.TimeoutError:
-            break
-        if JetStreamContext.is_status_msg(message):  # 404: that is all; 408, 409: ended
-            break
-        messages.append(message)
-    return messages
-
-
-def _take(inbox: Subscription) -> Msg | None:
-    """The inbox's next message if it holds one, with `next_msg`'s bookkeeping."""
-    if inbox._pending_queue.empty():
-        return None
-    message = inbox._pending_queue.get_nowait()
-    inbox._pending_size -= len(message.data)
-    inbox._pending_queue.task_done()
-    return message
 
 
 class BatchConsumer:
     """A durable pull consumer handled a batch at a time, in order.
 
     The handler commits its effects with a tracking record of the batch's last position, so
-    anything at or below `handled` is a redelivery and is skipped. At most one batch is
-    unacknowledged (`max_ack_pending` = batch size), and a failing batch is retried, so no
-    later event is handled before an earlier one.
+    anything at or below `handled` is a redelivery and is skipped. Messages come through a
+    standing pull (`StandingPull`: at most a batch waiting beyond the one in hand), nothing is
+    acknowledged, and a failing batch is retried, so no later event is handled before an
+    earlier one.
 
     Poison is set aside (`reject`), never retried forever: a message that is not an event from
     the store (no position header, undecodable, an event type other than its subject says, or
@@ -230,7 +186,7 @@ class BatchConsumer:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: Client,
         durable: str,
         filter_subjects: Sequence[str],
         handler: Handler,
@@ -248,7 +204,7 @@ class BatchConsumer:
         name: str | None = None,
         interval: float = 0.0,
     ):
-        self.js, self.durable, self.filter_subjects = js, durable, list(filter_subjects)
+        self.nc, self.durable, self.filter_subjects = nc, durable, list(filter_subjects)
         self.name = name or durable
         """Who it is in logs, metrics and set-aside records (a partitioned service's instances
         read through consumers of their own, under the service's name)."""
@@ -288,12 +244,16 @@ class BatchConsumer:
         its lag is none of its own; events it does not take count while it is busy)."""
         return None if self.idle_now else self.handled
 
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
-        """(Re)creates the consumer to deliver from just after the tracked position.
+    @property
+    def js(self) -> JetStreamContext:
+        return self.nc.jetstream()
 
-        The store's tracking record, not JetStream's ack floor, says what was handled: a
-        predecessor killed mid-batch may have left fetched-but-unhandled messages that a plain
-        resume (with ack-all) would acknowledge unseen.
+    async def _subscribe(self) -> StandingPull:
+        """(Re)creates the consumer to deliver from just after the tracked position, and
+        pulls from it.
+
+        The store's tracking record says what was handled (the consumer acknowledges nothing):
+        a predecessor killed mid-batch may have left fetched-but-unhandled messages.
         """
         start = await self._stream_sequence_after(self.handled)
         try:
@@ -302,20 +262,22 @@ class BatchConsumer:
             pass
         config = api.ConsumerConfig(
             durable_name=self.durable,
-            ack_policy=api.AckPolicy.ALL,
+            ack_policy=api.AckPolicy.NONE,
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start,
-            max_ack_pending=self.batch,
-            ack_wait=120.0,
             filter_subjects=self.filter_subjects,
             inactive_threshold=self.inactive,
         )
         await self.js.add_consumer(subjects.STREAM, config)
-        return await self.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM)
+        pull = StandingPull(self.nc, subjects.STREAM, self.durable, self.batch)
+        await pull.start()
+        return pull
 
-    async def _resubscribe(self) -> JetStreamContext.PullSubscription:
+    async def _resubscribe(self, previous: StandingPull | None = None) -> StandingPull:
         """`_subscribe`, waiting out a cluster's failover (no leader for the stream or the
         consumer yet)."""
+        if previous is not None:
+            await previous.stop()
         self.delivered = 0
         while True:
             try:
@@ -326,9 +288,10 @@ class BatchConsumer:
 
     def _missed(self, messages: list[Msg]) -> bool:
         """True if deliveries before or within `messages` never arrived (the consumer's
-        sequence skips): a consumer leader died with them on their way. They count as
-        delivered, so the next ack-all would acknowledge them unseen; the consumer is to be
-        re-created from the tracked position instead (what it already handled is skipped)."""
+        sequence skips): a consumer leader died with them on their way, or they were dropped
+        on the way to this process. The server counts them as delivered and never delivers
+        them again; the consumer is to be re-created from the tracked position instead (what
+        it already handled is skipped)."""
         for message in messages:
             sequence = consumer_sequence(message.reply)
             if sequence is None:  # not a JetStream delivery (a test's own message)
@@ -381,22 +344,28 @@ class BatchConsumer:
         return None
 
     async def run(self) -> None:
-        subscription = await self._resubscribe()
+        pull = await self._resubscribe()
+        try:
+            await self._follow(pull)
+        finally:
+            await pull.stop()
+
+    async def _follow(self, pull: StandingPull) -> None:
         while True:
             if self.rewound is not None:
                 self.handled, self.rewound = self.rewound, None
-                subscription = await self._resubscribe()
+                pull = await self._resubscribe(pull)
                 self.rewinds += 1
             await self.pacing.wait()
-            messages = await self._fetch(subscription)
+            messages = await self._fetch(pull)
             if messages:
                 self.pacing.began()
             if self._missed(messages):
-                subscription = await self._resubscribe()
+                pull = await self._resubscribe(pull)
                 continue
             received = time.time()
             self.idle_now = not messages
-            if not messages:  # nats-py answers [] when the server's timeout reply comes first
+            if not messages:
                 await self._track_lazily()
                 if self.idle:
                     await self.idle()
@@ -430,29 +399,19 @@ class BatchConsumer:
                 self.handled = max(self.handled, batch[-1].position)
                 if self.trace:
                     self.trace.record(self.name, batch, received, time.time())
-            await messages[-1].ack()
             await self._track_lazily()
             if self.idle:
                 await self.idle()
 
-    async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
-        """The next batch: waits up to `wait` for one message, then takes what else the bus
-        has ready (`ready`). One pull of a whole batch would hold its first message until the
-        batch filled or the pull expired: every hop paid the wait. A first message that the
-        server sent with nothing else pending (`pending_of`) is the batch: no second pull,
-        whose answer would be "404 No Messages" (a round trip through the server before the
-        batch is handled, at every hop of a job that comes alone)."""
+    async def _fetch(self, pull: StandingPull) -> list[Msg]:
+        """The next batch (`StandingPull.take`: waits up to `wait` for a first message); none
+        while the consumer has no leader."""
         try:
-            messages = await subscription.fetch(1, timeout=self.wait)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
+            return await pull.take(self.wait)
         except FAILOVER as error:
             log.warning("%s: no consumer leader yet (%s)", self.name, describe(error))
             await asyncio.sleep(FAILOVER_PAUSE)
             return []
-        if len(messages) >= self.batch or pending_of(messages[-1].reply) == 0:
-            return messages
-        return messages + await ready(subscription, self.batch - len(messages))
 
     async def _stored_only(
         self, batch: list[Delivered], last: int, rejected: list[Rejected]
@@ -584,37 +543,6 @@ def in_order(batch: list[Delivered]) -> list[Delivered]:
             seen.add(item.position)
             ordered.append(item)
     return ordered
-
-
-def consumer_sequence(reply: str | None) -> int | None:
-    """A JetStream delivery's consumer sequence, read from its reply subject (`_delivery`);
-    None for any other message. nats-py's `Msg.metadata` builds a timestamp and three objects
-    for it: a tenth of a consumer's CPU per message."""
-    delivery = _delivery(reply)
-    return delivery[0] if delivery else None
-
-
-def pending_of(reply: str | None) -> int | None:
-    """How many more messages the consumer had for delivery when the server sent this one,
-    read from its reply subject (`_delivery`); None for any other message. A message
-    published meanwhile is not counted: the next fetch takes it."""
-    delivery = _delivery(reply)
-    return delivery[1] if delivery else None
-
-
-def _delivery(reply: str | None) -> tuple[int, int] | None:
-    """(consumer sequence, pending) of a JetStream delivery, from its reply subject
-    (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
-    or with a domain and account hash after `ACK`, and a token at the end); None for any
-    other message."""
-    tokens = (reply or "").split(".")
-    if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
-        return None
-    delivered = 4 if len(tokens) == 9 else 6
-    try:
-        return int(tokens[delivered + 2]), int(tokens[delivered + 4])
-    except (ValueError, IndexError):
-        return None
 
 
 def position_of(headers: dict[str, str] | None) -> int:

@@ -14,21 +14,17 @@ MESSAGE = SimpleNamespace(reply=None)
 """A message that is no JetStream delivery (nothing said of what is pending)."""
 
 
-class LeaderlessSubscription:
-    """A pull subscription whose consumer has no leader for `failures` fetches."""
+class LeaderlessPull:
+    """A standing pull whose consumer has no leader for `failures` takes."""
 
     def __init__(self, failures: int, error: Exception) -> None:
         self.failures, self.error = failures, error
 
-    async def fetch(self, batch: int, timeout: float) -> list[object]:
+    async def take(self, wait: float) -> list[object]:
         if self.failures:
             self.failures -= 1
             raise self.error
         return [MESSAGE]
-
-
-async def nothing_ready(subscription: object, count: int) -> list[object]:
-    return []
 
 
 def consumer() -> BatchConsumer:
@@ -49,18 +45,17 @@ def consumer() -> BatchConsumer:
 )
 async def test_a_fetch_without_a_consumer_leader_is_an_empty_batch(monkeypatch, error):
     monkeypatch.setattr(bus, "FAILOVER_PAUSE", 0)
-    monkeypatch.setattr(bus, "ready", nothing_ready)
     taking = consumer()
-    subscription = LeaderlessSubscription(2, error)
-    assert await taking._fetch(subscription) == []  # type: ignore[arg-type]
-    assert await taking._fetch(subscription) == []  # type: ignore[arg-type]
-    assert await taking._fetch(subscription) == [MESSAGE]  # type: ignore[arg-type]
+    pull = LeaderlessPull(2, error)
+    assert await taking._fetch(pull) == []  # type: ignore[arg-type]
+    assert await taking._fetch(pull) == []  # type: ignore[arg-type]
+    assert await taking._fetch(pull) == [MESSAGE]  # type: ignore[arg-type]
 
 
 async def test_any_other_failure_of_a_fetch_is_not_hidden(monkeypatch):
     taking = consumer()
     with pytest.raises(ValueError):
-        await taking._fetch(LeaderlessSubscription(1, ValueError("broken")))  # type: ignore[arg-type]
+        await taking._fetch(LeaderlessPull(1, ValueError("broken")))  # type: ignore[arg-type]
 
 
 class Delivery:
@@ -70,9 +65,9 @@ class Delivery:
         self.reply = f"$JS.ACK.TASKENGINE.test.1.{100 + sequence}.{sequence}.1764800000000000000.0"
 
 
-def test_deliveries_that_never_arrived_are_noticed_before_any_ack():
+def test_deliveries_that_never_arrived_are_noticed():
     taking = consumer()
     assert not taking._missed([Delivery(1), Delivery(2)])  # type: ignore[list-item]
     assert not taking._missed([Delivery(3)])  # type: ignore[list-item]
-    # 4 and 5 went to a consumer leader that died: an ack-all of 6 would acknowledge them
+    # 4 and 5 went to a consumer leader that died: the server never delivers them again
     assert taking._missed([Delivery(6), Delivery(7)])  # type: ignore[list-item]

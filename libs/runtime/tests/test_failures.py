@@ -8,14 +8,9 @@ import psycopg
 import pytest
 from nats.aio.msg import Msg
 from taskengine_runtime import failures
-from taskengine_runtime.bus import (
-    Delivered,
-    consumer_sequence,
-    in_order,
-    pending_of,
-    position_of,
-)
+from taskengine_runtime.bus import Delivered, in_order, position_of
 from taskengine_runtime.failures import Transient, is_transient, isolating
+from taskengine_runtime.pull import consumer_sequence, pending_of
 
 
 @pytest.fixture(autouse=True)

@@ -287,7 +287,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
     service = Admission(runtime, await load_entries(runtime), position, lock.fence)
     runtime.working = lambda: sum(e.admitted for e in service.entries.values())
     consumer = BatchConsumer(
-        runtime.js,
+        runtime.nc,
         durable=NAME,
         filter_subjects=filter_subjects(),
         handler=service.on_job_events,

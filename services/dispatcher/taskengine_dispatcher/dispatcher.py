@@ -637,7 +637,7 @@ async def dispatcher(runtime: Runtime) -> None:
     partitions = service.partitions
     durable = consumer_name(NAME, runtime.instance)
     consumer = BatchConsumer(
-        runtime.js,
+        runtime.nc,
         durable=durable,
         filter_subjects=[*(subjects.subject_for(e) for e in CONSUMED), subjects.SETTINGS],
         handler=service.on_job_events,

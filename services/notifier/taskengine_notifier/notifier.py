@@ -439,7 +439,7 @@ async def notifier(runtime: Runtime) -> None:
         partitions = service.partitions
         durable = consumer_name(NAME, runtime.instance)
         consumer = BatchConsumer(
-            runtime.js,
+            runtime.nc,
             durable=durable,
             filter_subjects=[
                 *(subjects.subject_for(e) for e in (*NOTIFIED, StepChanged)),

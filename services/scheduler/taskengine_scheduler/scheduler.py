@@ -413,7 +413,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
             lock.fence,
         )
         consumer = BatchConsumer(
-            runtime.js,
+            runtime.nc,
             durable=NAME,
             filter_subjects=[
                 subjects.subject_for(JobSubmitted),
