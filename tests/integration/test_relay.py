@@ -8,11 +8,13 @@ import shutil
 import subprocess
 
 import nats
+import pytest
 from nats.js import api
 from nats.js.errors import NotFoundError
 from taskengine_contracts import subjects
 from taskengine_contracts.events import decode
 from taskengine_embedded import EmbeddedNats, EmbeddedPostgres
+from taskengine_store.store import Conflict
 
 from tests.support.factories import submitted
 from tests.support.system import BIN, Services
@@ -73,6 +75,35 @@ def test_relay_publishes_every_event_in_store_order_exactly_once_across_restarts
     first = messages[0]
     assert first.headers[subjects.MSG_ID_HEADER] == f"{events[0].id}:1"
     assert first.subject == "taskengine.job.submitted"
+
+
+def test_commits_carried_by_their_notify_large_ones_and_gaps_all_go_out_in_order(services):
+    """Single events come with their commit's NOTIFY; a commit too large to carry and a
+    position an insert used up before it was rolled back send the relay to the log."""
+    services.start("relay")
+    first = submitted()
+    services.store.commit([first])
+    wait_until(lambda: len(stream_messages(services.nats_url)) == 1, what="the relay up")
+    alone = [submitted() for _ in range(20)]
+    for event in alone[:10]:
+        services.store.commit([event])
+    with pytest.raises(Conflict):  # the same stream and version again: rolled back
+        services.store.commit([submitted(), alone[0]])
+    for event in alone[10:]:
+        services.store.commit([event])
+    large = [submitted() for _ in range(40)]
+    services.store.commit(large)
+    last = submitted()
+    services.store.commit([last])
+    expected = [first, *alone, *large, last]
+    wait_until(
+        lambda: len(stream_messages(services.nats_url)) >= len(expected), what="all published"
+    )
+    messages = stream_messages(services.nats_url)
+    assert [decode(m.data).id for m in messages] == [e.id for e in expected]
+    positions = [int(m.headers[subjects.POSITION_HEADER]) for m in messages]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    assert positions[11] > positions[10] + 1  # the rolled-back insert's gap
 
 
 def test_a_lost_stream_is_rebuilt_from_the_store_with_taskengine_republish(services):

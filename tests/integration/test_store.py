@@ -13,7 +13,7 @@ from taskengine_contracts.events import JobAdmitted, JobCancelled, decode, topic
 from taskengine_core.jobs import JobRef, advance
 from taskengine_runtime.failures import is_transient
 from taskengine_store.commits import CHANNEL, WAITING, listen_to_commits
-from taskengine_store.store import STALE_PLAN, Conflict, EventStore
+from taskengine_store.store import CARRIED_BYTES, STALE_PLAN, Conflict, EventStore, carried
 
 from tests.support.factories import submitted
 
@@ -185,14 +185,29 @@ def test_a_refused_claim_leaves_the_connection_fit_for_the_next_commit(database_
 
 
 def test_a_commit_of_events_announces_its_last_position_to_listeners(store, database_url):
-    """What `Runtime.heard` learns the store's head from, without reading it."""
+    """What `Runtime.heard` learns the store's head from, without reading it; a small
+    commit's announcement carries its events too, as the relay would read them."""
     with psycopg.connect(database_url, autocommit=True) as listener:
         listener.execute(f"LISTEN {CHANNEL}")
         first = store.commit([submitted(job_id=n) for n in (1, 2, 3)])
         store.commit([], Tracking("quiet", 1))  # no events: nothing to announce
         second = store.commit([submitted(job_id=4)])
+        large = store.commit([submitted(job_id=n) for n in range(5, 25)])
         payloads = [note.payload for note in listener.notifies(timeout=2, stop_after=3)]
-    assert payloads == [str(first[-1]), str(second[-1])]
+    assert [p.split("\n")[0] for p in payloads] == [str(c[-1]) for c in (first, second, large)]
+    assert all(len(p.encode()) <= CARRIED_BYTES + 20 for p in payloads)
+    read = asyncio.run(outbox_after(store, first[0] - 1))
+    assert carried(payloads[0]) == read[:3]
+    assert carried(payloads[1]) == read[3:4]
+    assert carried(payloads[2]) == []  # too large to carry: read from the log
+
+
+async def outbox_after(store: EventStore, position: int) -> list:
+    outbox = store.outbox()
+    try:
+        return await outbox.after(position, 100)
+    finally:
+        await outbox.close()
 
 
 def test_a_reader_waiting_tells_the_follower_only_while_it_is_behind(store, database_url):
@@ -237,7 +252,11 @@ async def test_the_commit_listener_hears_every_commit_and_listens_again_when_cut
     store, database_url
 ):
     heard: list[str] = []
-    listening = asyncio.create_task(listen_to_commits(database_url, heard.append, "test"))
+
+    def hear(payload: str) -> None:
+        heard.append(payload.split("\n")[0])  # the commit's last position
+
+    listening = asyncio.create_task(listen_to_commits(database_url, hear, "test"))
     try:
         await heard_commit(store, heard)
         burst = [store.commit([submitted()])[-1] for _ in range(20)]

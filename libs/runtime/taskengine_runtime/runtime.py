@@ -61,6 +61,7 @@ class Runtime:
     announced in the order they committed, so the newest is the store's head as heard)."""
     _hearing: asyncio.Task[None] | None = None
     _waited_for: Callable[[str], None] | None = None
+    _told: Callable[[str], None] | None = None
     _news: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a commit is heard."""
 
@@ -151,6 +152,12 @@ class Runtime:
         assert self._hearing is None, "set before listening"
         self._waited_for = lambda name: hurry() if name == follower else None
 
+    def when_committed(self, told: Callable[[str], None]) -> None:
+        """Tells `told` the payload of each commit heard (its last position, and the events of
+        a small one: `store.carried`); before the first `heard`."""
+        assert self._hearing is None, "set before listening"
+        self._told = told
+
     async def news(self, past: int, timeout: float) -> None:
         """Returns once a commit that ends past `past` is heard, or after `timeout` (a NOTIFY
         sent while the listener reconnects is lost: whoever follows the log reads it then
@@ -171,9 +178,12 @@ class Runtime:
         return position in self._ends_heard
 
     def _heard(self, payload: str) -> None:
-        if not payload.isdigit():  # a NOTIFY without a position (not a commit) tells nothing
+        last = payload.partition("\n")[0]
+        if not last.isdigit():  # a NOTIFY without a position (not a commit) tells nothing
             return
-        self._ends_heard[int(payload)] = None
+        self._ends_heard[int(last)] = None
+        if self._told is not None:
+            self._told(payload)
         self._news.set()
         if len(self._ends_heard) > ENDS_KEPT:
             del self._ends_heard[next(iter(self._ends_heard))]

@@ -99,6 +99,26 @@ class Outgoing(NamedTuple):
     state: bytes
 
 
+CARRIED_BYTES = 7_600
+"""How large a commit's events may be (hex-encoded, with `CARRIED_ROW` a line) for its NOTIFY
+to carry them: PostgreSQL refuses a payload of 8,000 bytes or more, and one `job.submitted`
+is 1-2 KB so."""
+CARRIED_ROW = 128
+"""Bytes reckoned for a carried event's position, stream, version, topic and separators."""
+
+
+def carried(payload: str) -> list[Outgoing]:
+    """The events a commit's NOTIFY carries (none: it was too large, it carries only its last
+    position), as the relay publishes them: what it would read back from the log, without
+    reading it. The state goes as hex: whatever the database's encoding, it comes back byte
+    for byte."""
+    events = []
+    for line in payload.split("\n")[1:]:
+        position, stream, version, topic, state = line.split("\t")
+        events.append(Outgoing(int(position), stream, int(version), topic, bytes.fromhex(state)))
+    return events
+
+
 class LogPages:
     """Reads the log a range of positions at a time, on its own connection (opened at the
     first read): what a replay cuts the log into pages with (`ends`), and what each of its
@@ -248,16 +268,27 @@ class _Recorder(PostgresProcessRecorder):
             "WITH inserted AS (INSERT INTO {schema}.{table}"
             " (originator_id, originator_version, topic, state)"
             " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
-            " RETURNING notification_id),"
-            " told AS (SELECT pg_notify({channel}, max(notification_id)::text) FROM inserted)"
+            " RETURNING notification_id, originator_id, originator_version, topic,"
+            "  2 * octet_length(state) + {row} AS size,"  # what it takes in a NOTIFY
+            "  CASE WHEN 2 * octet_length(state) + {row} <= {carried} THEN state END AS small),"
+            " told AS (SELECT pg_notify({channel}, max(notification_id)::text || coalesce(("
+            "  SELECT string_agg(E'\\n' || notification_id || E'\\t' || originator_id"
+            "   || E'\\t' || originator_version || E'\\t' || topic || E'\\t'"
+            "   || encode(small, 'hex'), '' ORDER BY notification_id) FROM inserted"
+            "  WHERE (SELECT sum(size) FROM inserted) <= {carried}"
+            " ), '')) FROM inserted)"
             " SELECT notification_id FROM inserted, told ORDER BY notification_id"
         ).format(
             schema=Identifier(self.datastore.schema),
             table=Identifier(self.events_table_name),
             channel=Literal(self.channel_name),
+            row=Literal(CARRIED_ROW),
+            carried=Literal(CARRIED_BYTES),
         )
-        """The events' insert and the commit's NOTIFY in one statement: its payload is the
-        commit's last position, sent at COMMIT to followers of the log and consumers."""
+        """The events' insert and the commit's NOTIFY in one statement, sent at COMMIT to
+        followers of the log and consumers: its payload is the commit's last position, and
+        for a commit small enough the events themselves (`carried`), one a line. Only a state
+        small enough to be carried is kept for it (a large commit's would fill memory)."""
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any

@@ -4,6 +4,11 @@ Each event goes out with `Nats-Msg-Id` = `<stream id>:<version>`, so a re-publis
 (between the store commit and our tracking update) is dropped by JetStream's duplicate window
 and, beyond it, by the consumers' tracking. The relay's own position is a tracking record.
 
+A small commit's NOTIFY carries its events (`store.carried`): when they follow the last
+position published without a gap, they are published as they came, without reading the log.
+Anything else (a commit too large to carry, a NOTIFY lost while the listener reconnected, a
+position a rolled-back insert used up, a re-publish after a reconnect) is read from the log.
+
 The stream is not the record: a NATS that died may come back without its unsynced tail. So on
 start and after every reconnect the relay publishes again from the lowest position any of
 the stream's consumers recorded (never from further back than it must).
@@ -12,6 +17,7 @@ the stream's consumers recorded (never from further back than it must).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import logging
@@ -26,6 +32,7 @@ from taskengine_core.partitions import tracking_names
 from taskengine_runtime import Runtime, metrics
 from taskengine_runtime.bus import FAILOVER, FAILOVER_PAUSE, TRACK_EVERY
 from taskengine_runtime.failures import describe
+from taskengine_store.store import Outgoing, carried
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,15 @@ milliseconds; an answer lost with a stream leader that died never comes)."""
 async def relay(runtime: Runtime) -> None:
     store = runtime.store
     outbox = store.outbox()
+    told: collections.deque[Outgoing] = collections.deque()
+
+    def hear(payload: str) -> None:
+        events = carried(payload)
+        if len(told) + len(events) > BATCH:  # far behind: the log is read instead
+            told.clear()
+        told.extend(events)
+
+    runtime.when_committed(hear)
     publisher = Publisher(runtime.nc)
     await publisher.start()
     tracked = await runtime.call(store.tracked, NAME)
@@ -63,7 +79,7 @@ async def relay(runtime: Runtime) -> None:
                 position = await _resume_from(runtime, position)
                 log.warning("relay: NATS reconnected; publishing again after %d", position)
             heard = runtime.heard()
-            notes = await outbox.after(position, BATCH)
+            notes = following(told, position) or await outbox.after(position, BATCH)
             if not notes:
                 if position > tracked:  # below it we are re-publishing after a reconnect
                     await track()
@@ -90,6 +106,17 @@ async def relay(runtime: Runtime) -> None:
             await runtime.news(position, IDLE_POLL)
     finally:
         await outbox.close()
+
+
+def following(told: collections.deque[Outgoing], position: int) -> list[Outgoing]:
+    """The events heard of that follow `position` without a gap, up to a batch (none: the log
+    is to be read); those at or before it are dropped."""
+    while told and told[0].position <= position:
+        told.popleft()
+    events: list[Outgoing] = []
+    while told and told[0].position == position + len(events) + 1 and len(events) < BATCH:
+        events.append(told.popleft())
+    return events
 
 
 class Publisher:
