@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import msgspec
 import uvloop
@@ -40,6 +40,20 @@ HEARTBEAT = 2.0
 ENDS_KEPT = 4096
 """Commits whose last position a service remembers (`Runtime.ends_a_commit`)."""
 log = logging.getLogger(__name__)
+
+
+class Unsaved(Protocol):
+    """What a consumer keeps in its own tables but writes with its next commit rather than
+    after every batch (admission's queue rows of a job that stopped): whatever records its
+    position writes them too, so that its tables and its position never disagree."""
+
+    def rows(self) -> list[Statement]:
+        """The statements that write what is unsaved (none: nothing is)."""
+        ...
+
+    def saved(self) -> None:
+        """They were committed."""
+        ...
 
 
 @dataclass
@@ -90,40 +104,54 @@ class Runtime:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     def tracker(
-        self, name: str, fence: Statement | None = None
+        self, name: str, fence: Statement | None = None, unsaved: Unsaved | None = None
     ) -> Callable[[int], Awaitable[None]]:
-        """Records a consumer's position on its own, for batches that had no effect. A leader
-        passes its lock's fence: a process that lost the lock must not move the position."""
+        """Records a consumer's position on its own, for batches that committed nothing. A
+        leader passes its lock's fence: a process that lost the lock must not move the
+        position. What the consumer left `unsaved` goes in the same transaction."""
 
         async def track(position: int) -> None:
             if position <= await self.call(self.store.tracked, name):
                 return
-            if fence is None:
+            rows = unsaved.rows() if unsaved is not None else []
+            if fence is None and not rows:
                 await self.call(self.store.track, name, position)
             else:
+                statements = [fence, *rows] if fence is not None else rows
                 tracking = Tracking(name, position)
-                await self.call(self.store.commit, (), tracking, [fence], durable=False)
+                await self.call(self.store.commit, (), tracking, statements, durable=False)
+            if unsaved is not None:
+                unsaved.saved()
 
         return track
 
     def rejecter(
-        self, name: str, fence: Statement | None = None, track: bool = True
+        self,
+        name: str,
+        fence: Statement | None = None,
+        track: bool = True,
+        unsaved: Unsaved | None = None,
     ) -> Callable[[list[Rejected], int | None], Awaitable[None]]:
         """Records messages a consumer set aside; with a position, its tracking record moves
-        there in the same transaction (behind the leader's fence, as for `tracker`). A
-        partitioned service (`track` False) tracks its partitions as its batches go on."""
+        there in the same transaction (behind the leader's fence, and with what the consumer
+        left `unsaved`, as for `tracker`). A partitioned service (`track` False) tracks its
+        partitions as its batches go on."""
 
         async def reject(rejected: list[Rejected], position: int | None) -> None:
             statements = [record(r) for r in rejected]
             if fence is not None:
                 statements.insert(0, fence)
             tracking = None if position is None or not track else Tracking(name, position)
+            rows = unsaved.rows() if unsaved is not None and tracking is not None else []
             try:
-                await self.call(self.store.commit, (), tracking, statements)
+                await self.call(self.store.commit, (), tracking, [*statements, *rows])
             except Conflict as conflict:
                 if conflict.stale:
                     raise
                 log.info("%s: position %s was already handled", name, position)
+                return
+            if rows and unsaved is not None:
+                unsaved.saved()
 
         return reject
 

@@ -1,8 +1,12 @@
 """The admission controller: grants queued jobs a slot and takes it back when they stop.
 
 Its queue (waiting and admitted jobs) is kept in memory and mirrored in `admission_queue`,
-written in the same transaction as the `JobAdmitted` events and the tracking record. Only the
-holder of the leader lock admits (`leadership`); other instances wait as standbys.
+written in the same transaction as the `JobAdmitted` events and the tracking record. A batch
+that admits nothing (a job that stopped and freed its slot, say) commits nothing: its rows
+go with the next commit, an admission's or the lazy record of the position (`Unsaved`), so
+the mirror and the position never disagree, and a crash before it makes the bus deliver the
+batch again. Only the holder of the leader lock admits (`leadership`); other instances wait
+as standbys.
 """
 
 from __future__ import annotations
@@ -86,6 +90,8 @@ class Admission:
         self.fence = fence
         self.committed = position
         """The last log position applied in a commit (it may lie past the bus batch's end)."""
+        self.unsaved: set[UUID] = set()
+        """Jobs whose queue rows changed since the last commit."""
 
     @property
     def limits(self) -> Limits:
@@ -132,6 +138,13 @@ class Admission:
         self.committed = end
         return committed
 
+    def rows(self) -> list[Statement]:
+        """The queue rows of the jobs that changed since the last commit (`Unsaved`)."""
+        return self._rows(self.unsaved, {})
+
+    def saved(self) -> None:
+        self.unsaved.clear()
+
     async def _rest_of_commit(self, position: int) -> tuple[list[Delivered], int]:
         """What admission applies of the events committed with `position` but after it, and
         the position of that commit's last event.
@@ -149,8 +162,10 @@ class Admission:
 
     async def _admit(self, touched: set[UUID], tracking: Tracking) -> bool:
         """Admits what the limits allow; commits admissions, queue rows and position at once.
-        False if there was nothing to commit (its own admissions coming back, say): the
-        position is then recorded lazily, and a redelivery changes nothing."""
+        False if there was nothing to admit: the rows of what changed are left unsaved and the
+        position is recorded lazily, with them; a redelivery before that changes nothing
+        twice."""
+        touched = touched | self.unsaved
         while True:
             chosen = choose(self.entries.values(), self.limits)
             running = sum(e.admitted for e in self.entries.values())
@@ -173,9 +188,10 @@ class Admission:
                         position=self.position,
                     )
                 )
-            rows = self._rows(touched | {e.job_uuid for e in chosen}, {e.id: e for e in events})
-            if not events and not rows:
+            if not events:
+                self.unsaved = touched
                 return False
+            rows = self._rows(touched | {e.job_uuid for e in chosen}, {e.id: e for e in events})
             if self.fence:
                 rows.insert(0, self.fence)
             try:
@@ -186,6 +202,7 @@ class Admission:
                 await self._refresh(conflict.stale)
                 touched |= conflict.stale
                 continue
+            self.unsaved.clear()
             for event in events:
                 entry = self.entries[event.id]
                 entry.admitted, entry.version, entry.attempt = True, event.version, event.attempt
@@ -292,8 +309,8 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
         filter_subjects=filter_subjects(),
         handler=service.on_job_events,
         handled=position,
-        track=runtime.tracker(NAME, lock.fence),
-        reject=runtime.rejecter(NAME, lock.fence),
+        track=runtime.tracker(NAME, lock.fence, service),
+        reject=runtime.rejecter(NAME, lock.fence, unsaved=service),
         latest=runtime.latest,
         heard=runtime.heard,
         attempts=runtime.config.poison_attempts,

@@ -37,6 +37,8 @@ class Store:
     def __init__(self) -> None:
         self.events: dict[UUID, list[Event]] = {}
         self.commits: list[tuple[list[Event], Tracking | None]] = []
+        self.statements: list[list] = []
+        """Each commit's statements (the queue's rows)."""
         self.rests: dict[int, list[Position]] = {}
         """The events committed with a position but after it (`rest_of_commit`)."""
 
@@ -44,13 +46,19 @@ class Store:
         for event in events:
             self.events.setdefault(event.id, []).append(event)
 
-    def commit(self, events: Sequence[Event], tracking=None, statements=()) -> list[int]:  # type: ignore[no-untyped-def]
+    def commit(
+        self, events: Sequence[Event], tracking=None, statements=(), durable=True
+    ) -> list[int]:  # type: ignore[no-untyped-def]
         stale = {e.id for e in events if len(self.events.get(e.id, [])) != e.version - 1}
         if stale:
             raise Conflict(stale)
         self.append(*events)
         self.commits.append((list(events), tracking))
+        self.statements.append(list(statements))
         return []
+
+    def tracked(self, name: str) -> int:
+        return max((t.notification_id for _, t in self.commits if t), default=0)
 
     def rest_of_commit(self, position: int) -> list[Position]:
         return self.rests.get(position, [])
@@ -106,8 +114,9 @@ async def test_admissions_name_the_last_position_applied_and_commit_it_as_tracke
     await admission.on_job_events(batch((12, jobs[1])))
     [first] = admissions(store)
     assert (first.job_id, first.position) == (1, 11)
-    assert store.commits[-1][1] == Tracking("admission", 12)
-    assert admission.position == 12
+    assert store.commits[-1][1] == Tracking("admission", 11)
+    assert admission.position == 12  # job 2 waits: its row and position are recorded lazily
+    assert admission.unsaved == {jobs[1].id}
 
 
 async def test_a_settings_change_admits_with_the_position_of_the_change():
@@ -211,7 +220,7 @@ async def test_a_slot_is_held_from_the_commit_that_admits_the_job():
     assert await admission.on_job_events(batch((1, setting(1, "max_jobs", 1)), (2, first)))
     entry = admission.entries[first.id]
     assert entry.admitted and entry.version == 2 and entry.attempt == 1
-    assert await admission.on_job_events(batch((3, second)))
+    assert not await admission.on_job_events(batch((3, second)))  # nothing to commit
     assert [e.job_id for e in admissions(store)] == [1]  # the only slot is taken
     commits = len(store.commits)
     ids = {"id": first.id, "at": T0, "job_id": 1, "client": "c", "workflow": "noop", "attempt": 1}
@@ -230,3 +239,59 @@ async def test_a_batch_heard_to_end_its_commit_is_decided_without_reading_the_re
     admission.runtime._heard("1")  # the commit's NOTIFY said: position 1 ends it
     assert await admission.on_job_events(batch((1, job)))
     assert [e.job_id for e in admissions(store)] == [1]
+
+
+def queue_rows(statements: list) -> tuple[set[int], set[UUID]]:
+    """The job numbers a commit's statements upsert into the queue, and the jobs they delete."""
+    upserted: set[int] = set()
+    deleted: set[UUID] = set()
+    for query, params in statements:
+        if query.startswith("INSERT INTO admission_queue"):
+            upserted |= set(params[1])
+        elif query.startswith("DELETE FROM admission_queue"):
+            deleted |= set(params[0])
+    return upserted, deleted
+
+
+async def test_a_batch_that_admits_nothing_leaves_its_rows_for_the_next_commit():
+    """A job that stops and frees a slot no one waits for changes only the queue's mirror:
+    it goes with the next commit, an admission's here."""
+    admission, store = controller()
+    first, second = submitted(1), submitted(2)
+    store.append(first, second)
+    await admission.on_job_events(batch((1, setting(1, "max_jobs", 1)), (2, first)))
+    commits = len(store.commits)
+    ids = {"id": first.id, "at": T0, "job_id": 1, "client": "c", "workflow": "noop", "attempt": 1}
+    store.append(JobStarted(version=3, executor="noop", **ids))
+    assert not await admission.on_job_events(batch((4, JobSucceeded(version=4, **ids))))
+    assert len(store.commits) == commits and admission.unsaved == {first.id}
+    assert queue_rows(admission.rows()) == (set(), {first.id})
+    await admission.on_job_events(batch((5, second)))  # admitted: the commit takes both rows
+    assert [e.job_id for e in admissions(store)] == [1, 2]
+    assert store.commits[-1][1] == Tracking("admission", 5)
+    assert queue_rows(store.statements[-1]) == ({2}, {first.id})
+    assert admission.unsaved == set()
+
+
+async def test_the_lazy_record_of_the_position_writes_what_was_left_unsaved():
+    admission, store = controller()
+    job = submitted(1)
+    store.append(job)
+    await admission.on_job_events(batch((1, setting(1, "max_jobs", 0)), (2, job)))
+    assert not store.commits and admission.unsaved == {job.id}  # queued, not admitted
+    await admission.runtime.tracker("admission", unsaved=admission)(2)
+    assert store.commits == [([], Tracking("admission", 2))]
+    assert queue_rows(store.statements[-1]) == ({1}, set())
+    assert admission.unsaved == set()
+    assert admission.rows() == []
+
+
+async def test_a_message_set_aside_with_its_position_writes_what_was_left_unsaved():
+    admission, store = controller()
+    job = submitted(1)
+    store.append(job)
+    await admission.on_job_events(batch((1, setting(1, "max_jobs", 0)), (2, job)))
+    await admission.runtime.rejecter("admission", unsaved=admission)([], 3)
+    assert store.commits == [([], Tracking("admission", 3))]
+    assert queue_rows(store.statements[-1]) == ({1}, set())
+    assert admission.unsaved == set()
