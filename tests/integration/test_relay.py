@@ -6,14 +6,17 @@ import asyncio
 import csv
 import shutil
 import subprocess
+import time
 
 import nats
+import psycopg
 import pytest
 from nats.js import api
 from nats.js.errors import NotFoundError
 from taskengine_contracts import subjects
-from taskengine_contracts.events import decode
+from taskengine_contracts.events import decode, encode, topic_of
 from taskengine_embedded import EmbeddedNats, EmbeddedPostgres
+from taskengine_store.commits import CHANNEL, relay_channel
 from taskengine_store.store import Conflict
 
 from tests.support.factories import submitted
@@ -104,6 +107,26 @@ def test_commits_carried_by_their_notify_large_ones_and_gaps_all_go_out_in_order
     positions = [int(m.headers[subjects.POSITION_HEADER]) for m in messages]
     assert positions == sorted(positions) and len(set(positions)) == len(positions)
     assert positions[11] > positions[10] + 1  # the rolled-back insert's gap
+
+
+def test_events_in_a_notify_by_whoever_lacks_the_password_are_not_published(services):
+    """Any role that may connect may NOTIFY: on the commits' channel, or on the relay's as a
+    guess without the database password, its events go nowhere."""
+    services.start("relay")
+    real = [submitted(), submitted()]
+    services.store.commit(real[:1])
+    wait_until(lambda: len(stream_messages(services.nats_url)) == 1, what="the relay up")
+    position = services.store.max_position()
+    forged = submitted()
+    line = f"{position + 1}\t{forged.id}\t1\t{topic_of(forged)}\t{encode(forged).hex()}"
+    with psycopg.connect(services.database_url, autocommit=True) as stranger:
+        for channel in (CHANNEL, relay_channel("a guess")):
+            stranger.execute("SELECT pg_notify(%s, %s)", (channel, f"{position + 1}\n{line}"))
+    time.sleep(1)
+    services.store.commit(real[1:])
+    wait_until(lambda: len(stream_messages(services.nats_url)) >= 2, what="the next event")
+    time.sleep(0.5)
+    assert [decode(m.data).id for m in stream_messages(services.nats_url)] == [e.id for e in real]
 
 
 def test_a_lost_stream_is_rebuilt_from_the_store_with_taskengine_republish(services):

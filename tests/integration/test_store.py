@@ -12,7 +12,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from taskengine_contracts.events import JobAdmitted, JobCancelled, decode, topic_of
 from taskengine_core.jobs import JobRef, advance
 from taskengine_runtime.failures import is_transient
-from taskengine_store.commits import CHANNEL, WAITING, listen_to_commits
+from taskengine_store.commits import CHANNEL, WAITING, listen_to_commits, relay_channel
 from taskengine_store.store import CARRIED_BYTES, STALE_PLAN, Conflict, EventStore, carried
 
 from tests.support.factories import submitted
@@ -185,21 +185,34 @@ def test_a_refused_claim_leaves_the_connection_fit_for_the_next_commit(database_
 
 
 def test_a_commit_of_events_announces_its_last_position_to_listeners(store, database_url):
-    """What `Runtime.heard` learns the store's head from, without reading it; a small
-    commit's announcement carries its events too, as the relay would read them."""
+    """What `Runtime.heard` learns the store's head from, without reading it; on the relay's
+    own channel, a small commit's announcement carries its events too, as the relay would
+    read them."""
     with psycopg.connect(database_url, autocommit=True) as listener:
         listener.execute(f"LISTEN {CHANNEL}")
+        listener.execute(f"LISTEN {store.relay_channel}")
         first = store.commit([submitted(job_id=n) for n in (1, 2, 3)])
         store.commit([], Tracking("quiet", 1))  # no events: nothing to announce
         second = store.commit([submitted(job_id=4)])
         large = store.commit([submitted(job_id=n) for n in range(5, 25)])
-        payloads = [note.payload for note in listener.notifies(timeout=2, stop_after=3)]
-    assert [p.split("\n")[0] for p in payloads] == [str(c[-1]) for c in (first, second, large)]
-    assert all(len(p.encode()) <= CARRIED_BYTES + 20 for p in payloads)
+        notes = list(listener.notifies(timeout=2, stop_after=6))
+    heads = [str(c[-1]) for c in (first, second, large)]
+    assert [n.payload for n in notes if n.channel == CHANNEL] == heads
+    to_relay = [n.payload for n in notes if n.channel == store.relay_channel]
+    assert [p.split("\n")[0] for p in to_relay] == heads
+    assert all(len(p.encode()) <= CARRIED_BYTES + 20 for p in to_relay)
     read = asyncio.run(outbox_after(store, first[0] - 1))
-    assert carried(payloads[0]) == read[:3]
-    assert carried(payloads[1]) == read[3:4]
-    assert carried(payloads[2]) == []  # too large to carry: read from the log
+    assert carried(to_relay[0]) == read[:3]
+    assert carried(to_relay[1]) == read[3:4]
+    assert carried(to_relay[2]) == []  # too large to carry: read from the log
+
+
+def test_the_relays_channel_is_named_after_the_database_password(database_url):
+    """Any role that may connect may NOTIFY any channel: one without the password cannot
+    name the relay's."""
+    assert relay_channel("s3cret") == relay_channel("s3cret") != relay_channel("other")
+    assert "s3cret" not in relay_channel("s3cret")
+    assert len(relay_channel("s3cret")) < 64  # an identifier
 
 
 async def outbox_after(store: EventStore, position: int) -> list:

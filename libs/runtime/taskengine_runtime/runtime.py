@@ -25,7 +25,7 @@ from taskengine_core.confinement import not_dumpable
 from taskengine_core.ids import SETTINGS_STREAM
 from taskengine_core.settings import RuntimeSettings
 from taskengine_core.workflows import allow_inline, load_registry
-from taskengine_store.commits import WAITING, listen_to_commits
+from taskengine_store.commits import CHANNEL, WAITING, listen_to_commits
 from taskengine_store.rejected import Rejected, record
 from taskengine_store.store import Conflict, EventStore, Statement
 
@@ -169,8 +169,9 @@ class Runtime:
         on."""
         if self._hearing is None:
             also = {WAITING: self._waited_for} if self._waited_for else None
+            channel = self.store.relay_channel if self._told is not None else CHANNEL
             self._hearing = asyncio.create_task(
-                listen_to_commits(self.config.database_url, self._heard, self.name, also)
+                listen_to_commits(self.config.database_url, self._heard, self.name, also, channel)
             )
         return self._last_heard()
 
@@ -181,8 +182,9 @@ class Runtime:
         self._waited_for = lambda name: hurry() if name == follower else None
 
     def when_committed(self, told: Callable[[str], None]) -> None:
-        """Tells `told` the payload of each commit heard (its last position, and the events of
-        a small one: `store.carried`); before the first `heard`."""
+        """Tells `told` the payload of each commit heard on the relay's channel (its last
+        position, and the events of a small one: `store.carried`), which it then listens to
+        instead of the commits' own; before the first `heard`. For the relay only."""
         assert self._hearing is None, "set before listening"
         self._told = told
 

@@ -4,6 +4,12 @@ projector) sleeps until there is something new instead of polling hard to stay p
 reads the log only when a commit past what it holds was heard; a consumer of the bus learns
 how far the store got without asking it (`Runtime.heard`).
 
+A commit small enough also sends its events, to the relay alone (`relay_channel`), which then
+publishes them without reading them back (`store.carried`). Any role that may connect to the
+database may NOTIFY any channel: the relay's is named after the database password, which such
+a role does not know (nor can it read the channel's name from others' queries), so no
+publishing through it without the password.
+
 A reader waiting for a follower to catch up says so on `WAITING`, its payload the follower's
 name (`EventStore.head_and_tracked`): the projector then takes its next batch at once rather
 than at its pace."""
@@ -11,6 +17,7 @@ than at its pace."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 
@@ -23,16 +30,25 @@ CHANNEL = "stored_events"
 WAITING = "taskengine_waiting"
 
 
+def relay_channel(password: str) -> str:
+    """The channel a commit sends its events to the relay on: named after the database
+    password (`commits` above)."""
+    digest = hashlib.sha256(b"taskengine relay channel\0" + password.encode()).hexdigest()
+    return f"taskengine_relay_{digest[:24]}"
+
+
 async def listen_to_commits(
     database_url: str,
     told: Callable[[str], None],
     who: str,
     also: Mapping[str, Callable[[str], None]] | None = None,
+    channel: str = CHANNEL,
 ) -> None:
-    """Tells `told` each commit's payload (its last position), and each callback of `also` the
-    payloads of its channel, reconnecting when the connection drops. Whoever relies on it must
-    have another way for what it misses meanwhile."""
-    channels = {CHANNEL: told, **(also or {})}
+    """Tells `told` each commit's payload (its last position; on `relay_channel`, and the
+    events of a small one), and each callback of `also` the payloads of its channel,
+    reconnecting when the connection drops. Whoever relies on it must have another way for
+    what it misses meanwhile."""
+    channels = {channel: told, **(also or {})}
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:

@@ -33,7 +33,7 @@ from psycopg.sql import SQL, Identifier, Literal
 from taskengine_contracts.events import Event, JobEvent, decode, encode, topic_of
 from taskengine_core.jobs import Job
 
-from taskengine_store.commits import WAITING
+from taskengine_store.commits import WAITING, relay_channel
 from taskengine_store.schema import SCHEMA
 
 log = logging.getLogger(__name__)
@@ -108,10 +108,10 @@ CARRIED_ROW = 128
 
 
 def carried(payload: str) -> list[Outgoing]:
-    """The events a commit's NOTIFY carries (none: it was too large, it carries only its last
-    position), as the relay publishes them: what it would read back from the log, without
-    reading it. The state goes as hex: whatever the database's encoding, it comes back byte
-    for byte."""
+    """The events a commit's NOTIFY to the relay carries (none: it was too large, it carries
+    only its last position), as the relay publishes them: what it would read back from the
+    log, without reading it. The state goes as hex: whatever the database's encoding, it comes
+    back byte for byte."""
     events = []
     for line in payload.split("\n")[1:]:
         position, stream, version, topic, state = line.split("\t")
@@ -256,7 +256,7 @@ class _Datastore(PostgresDatastore):
 class _Recorder(PostgresProcessRecorder):
     """Runs the caller's statements in the same transaction as the events and tracking."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, relay: str, **kwargs: Any):
         super().__init__(*args, **kwargs)
         # eventsourcing's lock, without its `SET LOCAL lock_timeout` (see `_Datastore`).
         self.lock_table_statements = [
@@ -271,24 +271,27 @@ class _Recorder(PostgresProcessRecorder):
             " RETURNING notification_id, originator_id, originator_version, topic,"
             "  2 * octet_length(state) + {row} AS size,"  # what it takes in a NOTIFY
             "  CASE WHEN 2 * octet_length(state) + {row} <= {carried} THEN state END AS small),"
-            " told AS (SELECT pg_notify({channel}, max(notification_id)::text || coalesce(("
-            "  SELECT string_agg(E'\\n' || notification_id || E'\\t' || originator_id"
-            "   || E'\\t' || originator_version || E'\\t' || topic || E'\\t'"
-            "   || encode(small, 'hex'), '' ORDER BY notification_id) FROM inserted"
-            "  WHERE (SELECT sum(size) FROM inserted) <= {carried}"
-            " ), '')) FROM inserted)"
+            " told AS (SELECT pg_notify({channel}, max(notification_id)::text),"
+            "  pg_notify({relay}, max(notification_id)::text || coalesce(("
+            "   SELECT string_agg(E'\\n' || notification_id || E'\\t' || originator_id"
+            "    || E'\\t' || originator_version || E'\\t' || topic || E'\\t'"
+            "    || encode(small, 'hex'), '' ORDER BY notification_id) FROM inserted"
+            "   WHERE (SELECT sum(size) FROM inserted) <= {carried}"
+            "  ), '')) FROM inserted)"
             " SELECT notification_id FROM inserted, told ORDER BY notification_id"
         ).format(
             schema=Identifier(self.datastore.schema),
             table=Identifier(self.events_table_name),
             channel=Literal(self.channel_name),
+            relay=Literal(relay),
             row=Literal(CARRIED_ROW),
             carried=Literal(CARRIED_BYTES),
         )
-        """The events' insert and the commit's NOTIFY in one statement, sent at COMMIT to
-        followers of the log and consumers: its payload is the commit's last position, and
-        for a commit small enough the events themselves (`carried`), one a line. Only a state
-        small enough to be carried is kept for it (a large commit's would fill memory)."""
+        """The events' insert and the commit's NOTIFYs in one statement, sent at COMMIT: to
+        followers of the log and consumers, its last position; to the relay, on its own
+        channel (`relay`), that position and, for a commit small enough, the events themselves
+        (`carried`), one a line. Only a state small enough to be carried is kept for it (a
+        large commit's would fill memory)."""
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -379,7 +382,9 @@ class EventStore:
         # inside a commit's pipeline can leave psycopg believing in a statement the server never
         # kept; the commit then sends ROLLBACK, which makes psycopg forget every prepared
         # statement of the connection and deallocate them on the server (see `insert_events`).
-        self.recorder = _Recorder(self.datastore)
+        self.relay_channel = relay_channel(unquote(url.password or ""))
+        """Where each commit tells the relay its events (`commits.relay_channel`)."""
+        self.recorder = _Recorder(self.datastore, relay=self.relay_channel)
         self._entries = SQL("SELECT notification_id, topic, state FROM {schema}.{events}").format(
             schema=Identifier(self.datastore.schema),
             events=Identifier(self.recorder.events_table_name),

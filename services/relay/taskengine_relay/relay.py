@@ -4,8 +4,9 @@ Each event goes out with `Nats-Msg-Id` = `<stream id>:<version>`, so a re-publis
 (between the store commit and our tracking update) is dropped by JetStream's duplicate window
 and, beyond it, by the consumers' tracking. The relay's own position is a tracking record.
 
-A small commit's NOTIFY carries its events (`store.carried`): when they follow the last
-position published without a gap, they are published as they came, without reading the log.
+A small commit's NOTIFY to the relay (on its own channel, `commits.relay_channel`) carries its
+events (`store.carried`): when they follow the last position published without a gap, they
+are published as they came, without reading the log.
 Anything else (a commit too large to carry, a NOTIFY lost while the listener reconnected, a
 position a rolled-back insert used up, a re-publish after a reconnect) is read from the log.
 
