@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import time
@@ -118,16 +119,14 @@ class StandingPull:
         return taken
 
     async def _arrival(self, timeout: float) -> bool:
-        """Whether a message came within `timeout` seconds (or a refusal ended the request)."""
+        """Whether a message came within `timeout` seconds (no: also when a refusal ended the
+        request meanwhile)."""
         self.arrived.clear()
-        if self.messages or self.refusal is not None:
-            return True
-        try:
-            async with asyncio.timeout(max(timeout, 0.0)):
-                await self.arrived.wait()
-        except TimeoutError:
-            return False
-        return True
+        if not self.messages and self.refusal is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(timeout, 0.0)):
+                    await self.arrived.wait()
+        return bool(self.messages)
 
     async def _refused(self) -> None:
         refusal, self.refusal = self.refusal, None
