@@ -29,6 +29,7 @@ import time
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import ConnectionClosedError
 from nats.js import api
 from nats.js.errors import APIError
 
@@ -47,8 +48,9 @@ MAX_BYTES = 8 * 2**20
 PAUSE = 0.5
 """Seconds before asking again after a refused request (no consumer leader, a conflict)."""
 ENDED = (api.StatusCode.NO_MESSAGES, api.StatusCode.REQUEST_TIMEOUT)
-TOO_LARGE = "Message Size Exceeds MaxBytes"
-"""A 409 that ends a request whose byte budget the next message would overrun: a normal end."""
+DONE = ("Message Size Exceeds MaxBytes", "Batch Completed")
+"""409s that end a request normally: the next message would overrun its byte budget; it was
+served in full (newer servers say so)."""
 
 
 class StandingPull:
@@ -84,7 +86,8 @@ class StandingPull:
 
     async def stop(self) -> None:
         if self.subscription is not None:
-            await self.subscription.unsubscribe()
+            with contextlib.suppress(ConnectionClosedError):  # gone with it
+                await self.subscription.unsubscribe()
             self.subscription = None
 
     async def take(self, wait: float) -> list[Msg]:
@@ -172,7 +175,7 @@ class StandingPull:
             return  # a past request's end, or a heartbeat
         self.left = 0
         description = msg.headers.get(api.Header.DESCRIPTION, "") if msg.headers else ""
-        if status in ENDED or description == TOO_LARGE:
+        if status in ENDED or description in DONE:
             await self._ask_if_room()
             return
         self.refusal = msg

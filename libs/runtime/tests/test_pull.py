@@ -72,3 +72,14 @@ async def test_a_message_too_large_for_what_is_left_of_the_bytes_ends_the_reques
     pull, nc = await standing()
     await pull._received(status("409", pull.reply, "Message Size Exceeds MaxBytes"))
     assert pull.refusal is None and len(nc.requests) == 2
+
+
+async def test_a_request_served_in_full_and_said_so_is_no_refusal():
+    """Newer servers end a request served in full with "409 Batch Completed": with no room
+    for the next request yet, that must not read as a refusal (a pause of the consumer)."""
+    pull, nc = await standing(size=2)
+    await pull._received(delivery(1, pending=0))
+    await pull._received(delivery(2, pending=0))
+    await pull._received(status("409", pull.reply, "Batch Completed"))
+    assert pull.refusal is None and len(nc.requests) == 1
+    assert len(await asyncio.wait_for(pull.take(1), 0.2)) == 2
