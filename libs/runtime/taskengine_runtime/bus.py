@@ -346,23 +346,25 @@ class BatchConsumer:
     async def run(self) -> None:
         pull = await self._resubscribe()
         try:
-            await self._follow(pull)
+            while True:
+                pull = await self._follow(pull)
         finally:
             await pull.stop()
 
-    async def _follow(self, pull: StandingPull) -> None:
+    async def _follow(self, pull: StandingPull) -> StandingPull:
+        """Handles batches until the consumer is to be made again; returns its new pull."""
         while True:
             if self.rewound is not None:
                 self.handled, self.rewound = self.rewound, None
                 pull = await self._resubscribe(pull)
                 self.rewinds += 1
+                return pull
             await self.pacing.wait()
             messages = await self._fetch(pull)
             if messages:
                 self.pacing.began()
             if self._missed(messages):
-                pull = await self._resubscribe(pull)
-                continue
+                return await self._resubscribe(pull)
             received = time.time()
             self.idle_now = not messages
             if not messages:
