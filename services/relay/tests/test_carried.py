@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import collections
 
+import pytest
 from taskengine_relay import relay
-from taskengine_store.store import Outgoing
+from taskengine_store.store import Outgoing, carried
 
 
 def told(*positions: int) -> collections.deque[Outgoing]:
@@ -38,3 +39,11 @@ def test_a_batch_is_at_most_the_relays_batch(monkeypatch):
     heard = told(1, 2, 3)
     assert [e.position for e in relay.following(heard, 0)] == [1, 2]
     assert [e.position for e in relay.following(heard, 2)] == [3]
+
+
+def test_a_payload_not_as_a_commit_writes_it_is_not_carried():
+    with pytest.raises(ValueError):
+        carried("12\n12\tnot enough fields")
+    with pytest.raises(ValueError):
+        carried("12\n12\ts\t1\tjob.submitted\tnot hex")
+    assert carried("12") == []
