@@ -122,6 +122,8 @@ class ServerProcess:
 
     name = "server"
     stop_signal = signal.SIGTERM
+    defaults: Mapping[str, str] = {}
+    """Environment variables the server starts with unless the caller's environment sets them."""
 
     def __init__(self, log_path: Path, port: int | None, default_port: int | None) -> None:
         self.log_path = log_path
@@ -180,7 +182,7 @@ class ServerProcess:
         while True:
             if self._port_fixed and port_open(self.port):
                 raise EmbeddedServerError(f"port {self.port} on {LOCALHOST} is already in use")
-            self._spawn(argv(), cwd=cwd, env=child_env())
+            self._spawn(argv(), cwd=cwd, env={**self.defaults, **child_env()})
             try:
                 self._wait_until(self._ready, deadline)
                 # clients were handed this port: a restart must come back on it

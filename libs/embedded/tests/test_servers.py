@@ -80,6 +80,24 @@ async def test_nats_jetstream_roundtrip(data_root: Path) -> None:
     assert (data_root / "nats" / "jetstream").is_dir()
 
 
+@pytest.mark.parametrize("given", [None, "2"])
+def test_nats_runs_go_on_one_thread_unless_told_otherwise(
+    data_root: Path, monkeypatch: pytest.MonkeyPatch, given: str | None
+) -> None:
+    if given is None:
+        monkeypatch.delenv("GOMAXPROCS", raising=False)
+    else:
+        monkeypatch.setenv("GOMAXPROCS", given)
+    server = EmbeddedNats(data_root / "nats")
+    server.start()
+    try:
+        assert server.pid is not None
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        assert f"GOMAXPROCS={given or 1}".encode() in environ
+    finally:
+        server.stop()
+
+
 async def test_a_nats_cluster_keeps_a_replicated_stream_when_its_leader_is_killed(
     data_root: Path,
 ) -> None:
