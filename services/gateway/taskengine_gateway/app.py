@@ -18,6 +18,7 @@ from taskengine_runtime import Runtime, metrics
 
 from taskengine_gateway.auth import Authenticator, Client
 from taskengine_gateway.bodies import before_body
+from taskengine_gateway.corked import CorkedHttpToolsProtocol
 from taskengine_gateway.dashboard.api import DashboardController, static_files
 from taskengine_gateway.dashboard.feed import dashboard_updates
 from taskengine_gateway.dialects.drove_api import DroveController
@@ -143,6 +144,7 @@ async def gateway(runtime: Runtime) -> None:
         access_log=False,
         lifespan="on",
         timeout_keep_alive=runtime.config.keep_alive,
+        http=CorkedHttpToolsProtocol,
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
