@@ -33,6 +33,7 @@ from taskengine_runtime import metrics
 from taskengine_runtime.bus import Reconnects, StreamError, connect, ensure_stream
 from taskengine_runtime.hops import HopTrace
 from taskengine_runtime.logs import configure_logging
+from taskengine_runtime.threads import Threads
 
 T = TypeVar("T")
 SWITCH_INTERVAL = 0.0005
@@ -70,6 +71,8 @@ class Runtime:
     """What this instance has in hand, for its heartbeat (e.g. running attempts)."""
     reconnects: Reconnects = field(default_factory=Reconnects)
     """The bus connection's reconnects (a restarted NATS may have lost its unsynced tail)."""
+    threads: Threads = field(default_factory=Threads)
+    """Where `call` runs blocking store work."""
     _ends_heard: dict[int, None] = field(default_factory=dict)
     """The last positions of the last `ENDS_KEPT` commits heard, oldest first (commits are
     announced in the order they committed, so the newest is the store's head as heard)."""
@@ -101,7 +104,7 @@ class Runtime:
 
     async def call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """Runs blocking store work off the event loop: one thread hop per batch."""
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await self.threads.call(fn, *args, **kwargs)
 
     def tracker(
         self, name: str, fence: Statement | None = None, unsaved: Unsaved | None = None
@@ -299,6 +302,7 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
         finally:
             heartbeat.cancel()
             await nc.close()  # handled batches are acked; the rest is redelivered
+            runtime.threads.close()  # the store work in hand ends before the store closes
             store.close()
 
     try:
