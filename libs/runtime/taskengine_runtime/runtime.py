@@ -262,6 +262,8 @@ def run_service(name: str, main: Callable[[Runtime], Awaitable[None]]) -> None:
     # The store thread re-takes the GIL after each database round trip; with the default
     # 5 ms switch interval a busy event loop makes every commit wait ~5 ms per round trip.
     sys.setswitchinterval(SWITCH_INTERVAL)
+    # Every PostgreSQL connection of the process says whose it is (pg_stat_activity).
+    os.environ.setdefault("PGAPPNAME", f"taskengine-{name}")
     if not config.database_url or not config.nats_url:
         sys.exit(f"{name}: TASKENGINE_DATABASE_URL and TASKENGINE_NATS_URL must be set")
     load_registry(config.workflows_dir)  # the operators' workflows, next to the built-ins
