@@ -19,6 +19,12 @@ from taskengine_store.store import EventStore
 NAME = "test-service"
 
 
+@pytest.fixture(autouse=True)
+def schema(database_url):
+    """The leaders' turns table and the fence's function."""
+    EventStore(database_url, pool_size=1, create_tables=True).close()
+
+
 def test_one_leader_at_a_time_and_a_standby_takes_over_when_its_session_ends(database_url):
     async def scenario() -> None:
         leader, standby = LeaderLock(database_url, NAME), LeaderLock(database_url, NAME)
@@ -59,7 +65,6 @@ def test_a_leader_that_lost_its_lock_connection_stops_and_cannot_commit(database
 
 
 def test_a_new_leader_waits_out_a_fenced_commit_of_the_old_one(database_url):
-    EventStore(database_url, pool_size=1, create_tables=True).close()  # the fence's function
 
     async def scenario() -> None:
         old, new = LeaderLock(database_url, NAME), LeaderLock(database_url, NAME)
@@ -78,6 +83,33 @@ def test_a_new_leader_waits_out_a_fenced_commit_of_the_old_one(database_url):
         await new.close()
 
     asyncio.run(scenario())
+
+
+def test_after_a_takeover_only_the_new_leaders_fence_lets_a_commit_through(database_url):
+    """The lock is held again, by the successor: the old leader's fence still fails (its turn
+    is over), the new one's passes."""
+    store = EventStore(database_url, pool_size=2)
+
+    async def scenario() -> None:
+        old, new = LeaderLock(database_url, NAME), LeaderLock(database_url, NAME)
+        await old.acquire()
+        old_fence = old.fence
+        store.commit([], Tracking("fenced", 1), [old_fence])
+        assert old.connection is not None
+        store.query("SELECT pg_terminate_backend(%s)", (old.connection.info.backend_pid,))
+        await asyncio.wait_for(new.acquire(poll=0.05), 10)
+        assert new.epoch == old.epoch + 1
+        with pytest.raises(Exception, match="no longer holds the leader lock"):
+            store.commit([], Tracking("fenced", 2), [old_fence])
+        store.commit([], Tracking("fenced", 3), [new.fence])
+        await old.close()
+        await new.close()
+
+    try:
+        asyncio.run(scenario())
+        assert store.tracked("fenced") == 3
+    finally:
+        store.close()
 
 
 HANGS = {

@@ -7,9 +7,10 @@ killed leader's session ends, and its lock with it. A leader whose lock connecti
 must stop at once; it exits, and its supervisor restarts it as a standby.
 
 Every commit of the leader carries a fence, so a leader that lost its lock cannot slip in a
-commit before it notices: the fence fails the transaction unless the lock is still held, and
-holds a shared transaction lock that a new leader waits out (`takeover`) before it reads the
-state its predecessor left.
+commit before it notices: the fence fails the transaction once the lock is held by nobody or a
+new leader took over (each leader takes the next turn in `leader_epochs` on taking over; a
+fence names its leader's turn), and holds a shared transaction lock that a new leader waits
+out (`takeover`), after taking its turn, before it reads the state its predecessor left.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class LeaderLock:
         self.key = lock_key(f"taskengine:{name}")
         self.commit_key = lock_key(f"taskengine:{name}:commit")
         self.connection: psycopg.AsyncConnection | None = None
+        self.epoch = 0
+        """This leader's turn (`leader_epochs`), taken on taking over."""
 
     async def acquire(self, poll: float = POLL) -> None:
         """Returns once this process holds the lock; a standby waits here."""
@@ -89,8 +92,17 @@ class LeaderLock:
         return bool(row and row[0])
 
     async def _takeover(self) -> None:
-        """Waits until no commit fenced by a previous leader is still in flight."""
+        """Takes the next turn, then waits until no commit fenced by a previous leader is
+        still in flight. In that order: a fence that gets past the wait sees the new turn."""
         assert self.connection is not None
+        cursor = await self.connection.execute(
+            "INSERT INTO leader_epochs VALUES (%s, 1) ON CONFLICT (name)"
+            " DO UPDATE SET epoch = leader_epochs.epoch + 1 RETURNING epoch",
+            (self.name,),
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        self.epoch = row[0]
         await self.connection.execute("SELECT pg_advisory_lock(%s)", (self.commit_key,))
         await self.connection.execute("SELECT pg_advisory_unlock(%s)", (self.commit_key,))
 
@@ -108,14 +120,11 @@ class LeaderLock:
     @property
     def fence(self) -> Statement:
         """A statement that fails the transaction it runs in unless this process leads
-        (`taskengine_fence`, created with the schema)."""
-        assert self.connection is not None
-        pid = self.connection.info.backend_pid
-        # pg_locks shows a bigint key as two unsigned 32-bit halves (classid, objid).
-        high, low = (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF
+        (`taskengine_fence_epoch`, created with the schema)."""
+        assert self.connection is not None and self.epoch
         return (
-            "SELECT taskengine_fence(%s, %s, %s, %s, %s)",
-            (self.commit_key, pid, high, low, self.name),
+            "SELECT taskengine_fence_epoch(%s, %s, %s, %s)",
+            (self.commit_key, self.key, self.epoch, self.name),
         )
 
     async def close(self) -> None:
