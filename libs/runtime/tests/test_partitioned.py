@@ -11,6 +11,7 @@ from uuid import uuid4
 
 from taskengine_contracts.events import JobQueued
 from taskengine_core.partitions import PARTITIONS
+from taskengine_runtime import partitioned as partitions_module
 from taskengine_runtime.bus import Delivered
 from taskengine_runtime.partitioned import Partitions
 from taskengine_store.partitions import Held
@@ -106,3 +107,23 @@ async def test_a_partition_taken_ahead_of_the_consumer_needs_no_rewind():
     await partitions.refresh()
     assert consumer.rewound == [] and partitions.handled == {0: 100, 1: 300}
     assert [d.position for d in partitions.mine([event(250, 1), event(310, 1)])] == [310]
+
+
+async def test_a_commit_moves_the_records_of_its_batchs_partitions_and_now_and_then_all() -> None:
+    runtime: Any = SimpleNamespace(call=call, config=SimpleNamespace(partition_ttl=15.0))
+    partitions = Partitions(runtime, "dispatcher", idle=lambda p: False)
+    partitions.leases = Leases(held={0, 1, 2}, positions={0: 10, 1: 10, 2: 10})  # type: ignore[misc]
+    await partitions.refresh()
+
+    def commit(batch: list[Delivered]) -> dict[int, int]:
+        partitions.mine(batch)
+        statement = partitions.tracking(batch[-1].position)
+        partitions.advance(batch[-1].position)
+        return statement[1][0] if statement else {}
+
+    assert commit([event(11, 1)]) == {0: 11, 1: 11, 2: 11}  # the first: every record
+    assert commit([event(12, 1), event(13, 2)]) == {1: 13, 2: 13}
+    assert commit([event(14, 7)]) == {}  # a partition held elsewhere: nothing of ours moved
+    partitions.swept_at -= partitions_module.TRACK_EVERY  # a while later: every record again
+    assert commit([event(15, 2)]) == {0: 15, 1: 15, 2: 15}
+    assert partitions.handled == {0: 15, 1: 15, 2: 15}
