@@ -260,38 +260,45 @@ class _Recorder(PostgresProcessRecorder):
         super().__init__(*args, **kwargs)
         # eventsourcing's lock, without its `SET LOCAL lock_timeout` (see `_Datastore`).
         self.lock_table_statements = [
-            SQL("LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE").format(
+            SQL("LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE")
+            .format(
                 schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name)
             )
+            .as_bytes(None)
         ]
-        self.insert_arrays = SQL(
-            "WITH inserted AS (INSERT INTO {schema}.{table}"
-            " (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
-            " RETURNING notification_id, originator_id, originator_version, topic,"
-            "  2 * octet_length(state) + {row} AS size,"  # what it takes in a NOTIFY
-            "  CASE WHEN 2 * octet_length(state) + {row} <= {carried} THEN state END AS small),"
-            " told AS (SELECT pg_notify({channel}, max(notification_id)::text),"
-            "  pg_notify({relay}, max(notification_id)::text || coalesce(("
-            "   SELECT string_agg(E'\\n' || notification_id || E'\\t' || originator_id"
-            "    || E'\\t' || originator_version || E'\\t' || topic || E'\\t'"
-            "    || encode(small, 'hex'), '' ORDER BY notification_id) FROM inserted"
-            "   WHERE (SELECT sum(size) FROM inserted) <= {carried}"
-            "  ), '')) FROM inserted)"
-            " SELECT notification_id FROM inserted, told ORDER BY notification_id"
-        ).format(
-            schema=Identifier(self.datastore.schema),
-            table=Identifier(self.events_table_name),
-            channel=Literal(self.channel_name),
-            relay=Literal(relay),
-            row=Literal(CARRIED_ROW),
-            carried=Literal(CARRIED_BYTES),
+        self.insert_arrays = (
+            SQL(
+                "WITH inserted AS (INSERT INTO {schema}.{table}"
+                " (originator_id, originator_version, topic, state)"
+                " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
+                " RETURNING notification_id, originator_id, originator_version, topic,"
+                "  2 * octet_length(state) + {row} AS size,"  # what it takes in a NOTIFY
+                "  CASE WHEN 2 * octet_length(state) + {row} <= {carried} THEN state END AS small),"
+                " told AS (SELECT pg_notify({channel}, max(notification_id)::text),"
+                "  pg_notify({relay}, max(notification_id)::text || coalesce(("
+                "   SELECT string_agg(E'\\n' || notification_id || E'\\t' || originator_id"
+                "    || E'\\t' || originator_version || E'\\t' || topic || E'\\t'"
+                "    || encode(small, 'hex'), '' ORDER BY notification_id) FROM inserted"
+                "   WHERE (SELECT sum(size) FROM inserted) <= {carried}"
+                "  ), '')) FROM inserted)"
+                " SELECT notification_id FROM inserted, told ORDER BY notification_id"
+            )
+            .format(
+                schema=Identifier(self.datastore.schema),
+                table=Identifier(self.events_table_name),
+                channel=Literal(self.channel_name),
+                relay=Literal(relay),
+                row=Literal(CARRIED_ROW),
+                carried=Literal(CARRIED_BYTES),
+            )
+            .as_bytes(None)
         )
         """The events' insert and the commit's NOTIFYs in one statement, sent at COMMIT: to
         followers of the log and consumers, its last position; to the relay, on its own
         channel (`relay`), that position and, for a commit small enough, the events themselves
         (`carried`), one a line. Only a state small enough to be carried is kept for it (a
-        large commit's would fill memory)."""
+        large commit's would fill memory). Composed here, once: composing it again in every
+        commit took 16 us."""
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
