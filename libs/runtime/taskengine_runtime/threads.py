@@ -47,9 +47,9 @@ class Threads:
         stop the call: it ends in its thread and its result is dropped."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._outstanding += 1
-        if self._outstanding > len(self._threads) and len(self._threads) < self.limit:
+        if self._outstanding >= len(self._threads) and len(self._threads) < self.limit:
             self._start()
+        self._outstanding += 1
         self._queue.put((loop, future, fn, args, kwargs))
         return await future
 

@@ -16,7 +16,7 @@ HELD_BYTES = 64 * 1024
 
 class CorkedTransport:
     """A transport whose writes are held until the loop's current turn ends. Everything else
-    is the transport's own; closing sends what is held first."""
+    is the transport's own; closing, or ending the writing side, sends what is held first."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
         self._transport, self._loop = transport, loop
@@ -43,6 +43,10 @@ class CorkedTransport:
     def close(self) -> None:
         self._send()
         self._transport.close()
+
+    def write_eof(self) -> None:
+        self._send()
+        self._transport.write_eof()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)

@@ -27,6 +27,9 @@ class RecordingTransport(asyncio.Transport):
     def close(self) -> None:
         self.closed = True
 
+    def write_eof(self) -> None:
+        self.closed = True
+
     def is_closing(self) -> bool:
         return self.closed
 
@@ -91,11 +94,12 @@ async def test_a_large_body_is_not_held_back() -> None:
     assert len(transport.writes) == 1  # nothing held is sent twice
 
 
-async def test_closing_sends_what_is_held_first_and_nothing_after() -> None:
+@pytest.mark.parametrize("ending", ["close", "write_eof"])
+async def test_closing_sends_what_is_held_first_and_nothing_after(ending: str) -> None:
     transport = RecordingTransport()
     corked = CorkedTransport(transport, asyncio.get_running_loop())
     corked.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-    corked.close()
+    getattr(corked, ending)()
     assert transport.writes == [b"HTTP/1.1 400 Bad Request\r\n\r\n"] and transport.closed
     await asyncio.sleep(0)
     assert len(transport.writes) == 1
