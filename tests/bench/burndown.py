@@ -84,6 +84,7 @@ def main() -> int:
         "TASKENGINE_HOP_TRACE": "true" if HOPS else "false",
         "TASKENGINE_CALLBACK_ALLOWLIST": "127.0.0.0/8",
     }
+    machine()
     with embedded("te-bench-", **settings) as system:
         idle.report(system)
         system.setting("max_jobs", max(JOBS, 10_000))
@@ -95,6 +96,28 @@ def main() -> int:
         callbacks.report(system)
         list_after_write(system)
     return 0
+
+
+def machine() -> None:
+    """What this machine is, and how fast it runs Python now: these machines differ from one
+    session to the next, and one's speed drifts within an hour, so figures compare only
+    within one sitting (the peers' harness measured in it too)."""
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    started, total = time.perf_counter(), 0
+    for n in range(10_000_000):
+        total += n
+    seconds = time.perf_counter() - started
+    print(
+        f"machine: {os.cpu_count()} cores, {model}; 10M additions in a Python function:"
+        f" {seconds:.2f} s"
+    )
 
 
 def burst(system: Embedded) -> None:
