@@ -20,9 +20,11 @@ NAME = "test-service"
 
 
 @pytest.fixture(autouse=True)
-def schema(database_url):
-    """The leaders' turns table and the fence's function."""
-    EventStore(database_url, pool_size=1, create_tables=True).close()
+def store(database_url):
+    """The store, with its tables: the leaders' turns and the fence's function among them."""
+    store = EventStore(database_url, pool_size=2, create_tables=True)
+    yield store
+    store.close()
 
 
 def test_one_leader_at_a_time_and_a_standby_takes_over_when_its_session_ends(database_url):
@@ -39,9 +41,7 @@ def test_one_leader_at_a_time_and_a_standby_takes_over_when_its_session_ends(dat
     asyncio.run(scenario())
 
 
-def test_a_leader_that_lost_its_lock_connection_stops_and_cannot_commit(database_url):
-    store = EventStore(database_url, pool_size=2, create_tables=True)
-
+def test_a_leader_that_lost_its_lock_connection_stops_and_cannot_commit(database_url, store):
     async def scenario() -> None:
         lock = LeaderLock(database_url, NAME)
         await lock.acquire()
@@ -57,11 +57,8 @@ def test_a_leader_that_lost_its_lock_connection_stops_and_cannot_commit(database
             store.commit([], Tracking("fenced", 2), [fence])
         await lock.close()
 
-    try:
-        asyncio.run(scenario())
-        assert store.tracked("fenced") == 1
-    finally:
-        store.close()
+    asyncio.run(scenario())
+    assert store.tracked("fenced") == 1
 
 
 def test_a_new_leader_waits_out_a_fenced_commit_of_the_old_one(database_url):
@@ -85,10 +82,9 @@ def test_a_new_leader_waits_out_a_fenced_commit_of_the_old_one(database_url):
     asyncio.run(scenario())
 
 
-def test_after_a_takeover_only_the_new_leaders_fence_lets_a_commit_through(database_url):
+def test_after_a_takeover_only_the_new_leaders_fence_lets_a_commit_through(database_url, store):
     """The lock is held again, by the successor: the old leader's fence still fails (its turn
     is over), the new one's passes."""
-    store = EventStore(database_url, pool_size=2)
 
     async def scenario() -> None:
         old, new = LeaderLock(database_url, NAME), LeaderLock(database_url, NAME)
@@ -105,11 +101,8 @@ def test_after_a_takeover_only_the_new_leaders_fence_lets_a_commit_through(datab
         await old.close()
         await new.close()
 
-    try:
-        asyncio.run(scenario())
-        assert store.tracked("fenced") == 3
-    finally:
-        store.close()
+    asyncio.run(scenario())
+    assert store.tracked("fenced") == 3
 
 
 HANGS = {
