@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 import pytest
 from taskengine_contracts.events import JobSubmitted
 from taskengine_core.config import EngineSettings
-from taskengine_gateway.submitter import Submitter
+from taskengine_gateway import submitter as submitter_module
+from taskengine_gateway.submitter import CROWD, Submitter
 from taskengine_runtime import Runtime
 from taskengine_store.store import Conflict
 
@@ -67,3 +68,51 @@ async def test_a_job_number_stored_before_fails_its_batch_and_is_not_acknowledge
             await submit(submitter)
         assert stored_jobs(store).count(first + 1) == 1  # the earlier one, alone
         assert await submit(submitter) == first + 2
+
+
+def recording(submitter: Submitter) -> list[int]:
+    """The number of jobs in each of `submitter`'s commits from now on."""
+    sizes: list[int] = []
+    commit = submitter._commit
+
+    def counted(builds):  # type: ignore[no-untyped-def]
+        sizes.append(len(builds))
+        return commit(builds)
+
+    submitter._commit = counted  # type: ignore[method-assign]
+    return sizes
+
+
+async def trickle(submitter: Submitter, count: int) -> list[int]:
+    """`count` submissions, one a loop turn apart: each comes after the one before it was
+    taken, as a crowd of clients' next jobs do."""
+
+    async def later(turns: int) -> int:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await submit(submitter)
+
+    return await asyncio.gather(*(later(3 * n) for n in range(count)))
+
+
+async def test_after_a_crowd_a_commit_gathers_as_many_jobs_before_it_goes(services, monkeypatch):
+    """A crowd of clients whose next jobs come a few loop turns apart shares one commit (as
+    many as the last one held); a lone request after a small commit waits for nobody."""
+    monkeypatch.setattr(submitter_module, "GATHER", 30.0)  # waiting it out would fail the test
+    async with submitter_in_process(services) as (submitter, _):
+        sizes = recording(submitter)
+        crowd = await asyncio.gather(*(submit(submitter) for _ in range(CROWD + 2)))
+        assert sizes == [CROWD + 2]
+        async with asyncio.timeout(10):
+            trickled = await trickle(submitter, CROWD + 2)
+        assert sizes == [CROWD + 2, CROWD + 2], "the trickle was not gathered into one commit"
+        assert sorted(stored_jobs(services.store))[-2 * (CROWD + 2) :] == sorted(crowd + trickled)
+
+        monkeypatch.setattr(submitter_module, "GATHER", 0.2)
+        thinned = await trickle(submitter, 3)  # fewer come: they wait GATHER, then go together
+        assert sizes[2:] == [3]
+        monkeypatch.setattr(submitter_module, "GATHER", 30.0)
+        async with asyncio.timeout(10):
+            await trickle(submitter, 3)  # after a small commit nobody is waited for
+        assert sizes[3] < 3, f"a commit waited for company after a small one: {sizes}"
+        assert sorted(stored_jobs(services.store))[-6:-3] == sorted(thinned)
