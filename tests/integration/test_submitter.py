@@ -99,6 +99,7 @@ async def test_after_a_crowd_a_commit_gathers_as_many_jobs_before_it_goes(servic
     """A crowd of clients whose next jobs come a few loop turns apart shares one commit (as
     many as the last one held); a lone request after a small commit waits for nobody."""
     monkeypatch.setattr(submitter_module, "GATHER", 30.0)  # waiting it out would fail the test
+    monkeypatch.setattr(submitter_module, "DISPERSED", 30.0)  # however slow the machine
     async with submitter_in_process(services) as (submitter, _):
         sizes = recording(submitter)
         crowd = await asyncio.gather(*(submit(submitter) for _ in range(CROWD + 2)))
@@ -116,3 +117,16 @@ async def test_after_a_crowd_a_commit_gathers_as_many_jobs_before_it_goes(servic
             await trickle(submitter, 3)  # after a small commit nobody is waited for
         assert sizes[3] < 3, f"a commit waited for company after a small one: {sizes}"
         assert sorted(stored_jobs(services.store))[-6:-3] == sorted(thinned)
+
+
+async def test_the_first_job_after_a_crowd_went_quiet_waits_for_nobody(services, monkeypatch):
+    """A crowd's last commit does not make the next lone request, long after, wait for it."""
+    monkeypatch.setattr(submitter_module, "GATHER", 30.0)  # waiting it out would fail the test
+    monkeypatch.setattr(submitter_module, "DISPERSED", 0.05)
+    async with submitter_in_process(services) as (submitter, _):
+        sizes = recording(submitter)
+        await asyncio.gather(*(submit(submitter) for _ in range(CROWD + 2)))
+        await asyncio.sleep(0.2)  # the crowd went quiet
+        async with asyncio.timeout(10):
+            await submit(submitter)
+        assert sizes == [CROWD + 2, 1]
