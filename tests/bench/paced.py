@@ -75,9 +75,13 @@ async def submit_paced(
     return results
 
 
-def report(system: Embedded, hops: bool) -> None:
-    print(f"paced: noop jobs at a steady rate for {SECONDS:.0f} s each, {POOL} connections")
-    for rate in RATES:
+def report(system: Embedded, hops: bool, rates: tuple[int, ...] = RATES) -> None:
+    tracing = "on" if hops else "off"
+    print(
+        f"paced: noop jobs at a steady rate for {SECONDS:.0f} s each, {POOL} connections,"
+        f" hop tracing {tracing}"
+    )
+    for rate in rates:
         cpu_before, started = idle.cpu_by_name(system.supervisor), time.time()
         submitted = asyncio.run(submit_paced(system.port, rate, SECONDS))
         with psycopg.connect(system.endpoints["database_url"]) as db:
