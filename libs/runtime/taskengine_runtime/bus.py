@@ -213,7 +213,11 @@ class BatchConsumer:
         self.attempts = max(1, attempts)
         self.latest = latest
         self.heard = heard
-        """A lower bound of the store's head known without reading it (`Runtime.heard`)."""
+        """A lower bound of the store's head known without reading it (`Runtime.heard`). None:
+        the head is read (`latest`) once for a batch past the last head read, what a paced
+        consumer (`interval`) should do: hearing every commit's NOTIFY wakes the process and
+        its PostgreSQL backend for each (the notifier and the scheduler, at 200 jobs/s: 0.7-1.2
+        ms of CPU a job)."""
         self.trace = trace
         self.pacing = Pacing(interval)
         """Off a job's way to its start, batches at least `interval` seconds apart."""

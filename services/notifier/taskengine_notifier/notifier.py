@@ -449,9 +449,7 @@ async def notifier(runtime: Runtime) -> None:
             handled=await partitions.start(),
             track=partitions.track,
             reject=runtime.rejecter(NAME, track=False),
-            # Paced (`interval`): it reads the store's head once a batch rather than hear
-            # every commit's NOTIFY (`Runtime.heard`), each a wake-up of this process and
-            # of its PostgreSQL backend: at 200 jobs/s, 4.9-5.7 -> 4.2-4.5 ms of CPU a job.
+            # Paced: no `heard` (see `BatchConsumer.heard`).
             latest=runtime.latest,
             attempts=runtime.config.poison_attempts,
             trace=runtime.hop_trace(NAME),

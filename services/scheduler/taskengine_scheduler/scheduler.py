@@ -431,9 +431,7 @@ async def lead(runtime: Runtime, lock: LeaderLock) -> None:
             handled=await runtime.call(runtime.store.tracked, NAME),
             track=runtime.tracker(NAME, lock.fence),
             reject=runtime.rejecter(NAME, lock.fence),
-            # Paced (`interval`): it reads the store's head once a batch rather than hear
-            # every commit's NOTIFY (`Runtime.heard`), each a wake-up of this process and
-            # of its PostgreSQL backend: at 200 jobs/s, 4.9-5.7 -> 4.2-4.5 ms of CPU a job.
+            # Paced: no `heard` (see `BatchConsumer.heard`).
             latest=runtime.latest,
             attempts=runtime.config.poison_attempts,
             trace=runtime.hop_trace(NAME),
